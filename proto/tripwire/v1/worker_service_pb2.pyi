@@ -286,7 +286,6 @@ class TaskRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
-    RETRYABLE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Chosen by the worker; echoed in the TaskResult."""
     run_id: _builtins.str
@@ -298,10 +297,6 @@ class TaskRequest(_message.Message):
     kind: _run_pb2.TaskKind.ValueType
     name: _builtins.str
     """Display name."""
-    retryable: _builtins.bool
-    """RUN only: when true, a failure is retried with `retry` (or the job's
-    policy); when false, a failure fails the task at once.
-    """
     @_builtins.property
     def params(self) -> _struct_pb2.Value:
         """SEND_EVENT: {"event": EventInput JSON, "options": SendEventOptions JSON};
@@ -311,7 +306,10 @@ class TaskRequest(_message.Message):
 
     @_builtins.property
     def retry(self) -> _job_pb2.RetryPolicy:
-        """RUN only: retry policy for this task; absent = the job's, if any."""
+        """RUN only: how a failure of this task is retried. Absent: the job's
+        `retry` policy; when the job has none either, a failure is final and the
+        task comes back ERRORED. `limit: 1` also means no retries.
+        """
 
     def __init__(
         self,
@@ -325,11 +323,10 @@ class TaskRequest(_message.Message):
         name: _builtins.str = ...,
         params: _struct_pb2.Value | None = ...,
         retry: _job_pb2.RetryPolicy | None = ...,
-        retryable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "key", b"key", "kind", b"kind", "name", b"name", "params", b"params", "parent_id", b"parent_id", "request_id", b"request_id", "retry", b"retry", "retryable", b"retryable", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "key", b"key", "kind", b"kind", "name", b"name", "params", b"params", "parent_id", b"parent_id", "request_id", b"request_id", "retry", b"retry", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
