@@ -1,0 +1,82 @@
+"""Python client of tripwire, the event-driven job server.
+
+```python
+from tripwire.client import Client, event_trigger
+
+client = Client("my-app", url="localhost:50051")
+client.register_job("welcome", version="1.0.0", trigger=event_trigger("new.user"))
+event = client.send_event({"name": "new.user", "payload": {"userId": "u_1"}})
+print(event.status, [run.id for run in event.runs])
+```
+
+:class:`Client` blocks; :class:`AsyncClient` (or ``client.aio``) has the same methods for
+asyncio. Failures raise :class:`TripwireError` subclasses.
+"""
+
+from tripwire.client.client import AsyncClient, Client, RunUpdate
+from tripwire.client.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    TripwireError,
+    Unauthenticated,
+    Unavailable,
+)
+from tripwire.client.models import (
+    TERMINAL_RUN_STATUSES,
+    ErrorInfo,
+    Event,
+    EventDetail,
+    Job,
+    JobMatch,
+    LogEntry,
+    Page,
+    Run,
+    RunDetail,
+    Task,
+    Trigger,
+    ValidationError,
+    cron_trigger,
+    event_trigger,
+    interval_trigger,
+    invoke_trigger,
+)
+
+__all__ = [
+    "TERMINAL_RUN_STATUSES",
+    "AlreadyExists",
+    "AsyncClient",
+    "Client",
+    "DeadlineExceeded",
+    "ErrorInfo",
+    "Event",
+    "EventDetail",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "Job",
+    "JobMatch",
+    "LogEntry",
+    "NotFound",
+    "Page",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Run",
+    "RunDetail",
+    "RunUpdate",
+    "Task",
+    "Trigger",
+    "TripwireError",
+    "Unauthenticated",
+    "Unavailable",
+    "ValidationError",
+    "cron_trigger",
+    "event_trigger",
+    "interval_trigger",
+    "invoke_trigger",
+]

@@ -1,0 +1,130 @@
+"""Channels, call metadata and the retry policy shared by both client flavours."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from tripwire.client.errors import TripwireError, Unavailable
+from tripwire.v1 import event_service_pb2_grpc, job_service_pb2_grpc, run_service_pb2_grpc
+
+DEFAULT_URL = "localhost:50051"
+
+#: Attempts in all (the first included) for a call that is safe to repeat.
+RETRY_ATTEMPTS = 4
+#: First backoff delay in seconds; it doubles per attempt up to BACKOFF_CAP.
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 2.0
+
+# Replies carry whole runs with their tasks and logs; 4 MiB (gRPC's default) is too tight.
+_MAX_RECEIVE = 64 * 1024 * 1024
+_SECURE_SCHEMES = ("https://", "grpcs://")
+_PLAIN_SCHEMES = ("http://", "grpc://")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What both flavours need to open a channel and make calls."""
+
+    name: str
+    url: str
+    api_key: str | None
+    timeout: float | None
+    metadata: tuple[tuple[str, str], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        auth = (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+        object.__setattr__(self, "metadata", auth)
+
+    def target(self) -> tuple[str, bool]:
+        """The gRPC target and whether it needs TLS (``https://`` or ``grpcs://`` URLs)."""
+        url = self.url.strip().rstrip("/")
+        for scheme in _SECURE_SCHEMES:
+            if url.startswith(scheme):
+                return url.removeprefix(scheme), True
+        for scheme in _PLAIN_SCHEMES:
+            if url.startswith(scheme):
+                return url.removeprefix(scheme), False
+        return url, False
+
+    def options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.max_receive_message_length", _MAX_RECEIVE),
+            ("grpc.primary_user_agent", f"tripwire-python ({self.name})"),
+        ]
+
+
+class ClientBase:
+    """Settings shared by both client flavours."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float | None = 30,
+    ) -> None:
+        self._settings = Settings(name=name, url=url, api_key=api_key, timeout=timeout)
+
+    @property
+    def name(self) -> str:
+        """This application's name (sent in the user agent; workers use it too)."""
+        return self._settings.name
+
+    @property
+    def url(self) -> str:
+        return self._settings.url
+
+    @property
+    def api_key(self) -> str | None:
+        return self._settings.api_key
+
+    @property
+    def timeout(self) -> float | None:
+        """Deadline in seconds of each unary call (None: no deadline)."""
+        return self._settings.timeout
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, url={self.url!r})"
+
+
+def open_sync(settings: Settings) -> grpc.Channel:
+    target, secure = settings.target()
+    if secure:
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(), settings.options())
+    return grpc.insecure_channel(target, settings.options())
+
+
+def open_async(settings: Settings) -> grpc.aio.Channel:
+    target, secure = settings.target()
+    if secure:
+        credentials = grpc.ssl_channel_credentials()
+        return grpc.aio.secure_channel(target, credentials, settings.options())
+    return grpc.aio.insecure_channel(target, settings.options())
+
+
+class Stubs:
+    """The three service stubs of one channel, by the names ``Call.service`` uses."""
+
+    __slots__ = ("events", "jobs", "runs")
+
+    def __init__(self, channel: Any) -> None:
+        self.events: Any = event_service_pb2_grpc.EventServiceStub(channel)
+        self.jobs: Any = job_service_pb2_grpc.JobServiceStub(channel)
+        self.runs: Any = run_service_pb2_grpc.RunServiceStub(channel)
+
+
+def retry_delay(idempotent: bool, error: TripwireError, attempt: int) -> float | None:
+    """Seconds to wait before repeating a failed call, or None to give up.
+
+    Only UNAVAILABLE is retried (the server was not reached or is shutting down, so the
+    call had no effect or is safe to repeat), only for idempotent calls, and only
+    ``RETRY_ATTEMPTS`` times in all. ``attempt`` counts from 0 for the first call.
+    """
+    if not idempotent or not isinstance(error, Unavailable) or attempt + 1 >= RETRY_ATTEMPTS:
+        return None
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0**attempt)
+    return ceiling / 2 + random.random() * ceiling / 2

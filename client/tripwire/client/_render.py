@@ -1,0 +1,262 @@
+"""Text for the command line: aligned tables, field blocks and JSON.
+
+Times print as ISO 8601 in UTC (``2024-05-01T09:00:00Z``; JSON keeps the microseconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from tripwire.client.models import (
+    Event,
+    Job,
+    JobMatch,
+    LogEntry,
+    Run,
+    Task,
+    Trigger,
+    ValidationError,
+)
+
+MAX_CELL = 80
+EMPTY = "-"
+
+
+def iso(when: datetime | None, *, precise: bool = False) -> str:
+    """``2024-05-01T09:00:00Z``; with ``precise`` the microseconds too. None: ``-``."""
+    if when is None:
+        return EMPTY
+    text = when.astimezone(UTC).isoformat(timespec="microseconds" if precise else "seconds")
+    return text.removesuffix("+00:00") + "Z"
+
+
+def cell(value: object, *, limit: int = MAX_CELL) -> str:
+    """One value as single-line text, cut at ``limit`` characters."""
+    if value is None or value == "":
+        text = EMPTY
+    elif isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif isinstance(value, datetime):
+        text = iso(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    text = " ".join(text.splitlines())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces, headers first; no trailing blanks."""
+    cells = [[cell(v) for v in row] for row in rows]
+    lines = [list(headers), *cells]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def block(pairs: Iterable[tuple[str, object]]) -> str:
+    """``label  value`` lines with the values aligned; multi-line values stay intact."""
+    items = list(pairs)
+    width = max((len(label) for label, _ in items), default=0)
+    out = []
+    for label, value in items:
+        if isinstance(value, str) and "\n" in value:
+            text = value.replace("\n", "\n" + " " * (width + 2))
+        else:
+            text = cell(value, limit=10_000)
+        out.append(f"{label.ljust(width)}  {text}".rstrip())
+    return "\n".join(out)
+
+
+# -- models ----------------------------------------------------------------------------
+
+
+def _errors(errors: Sequence[ValidationError]) -> str:
+    return "; ".join(f"{e.path or '/'}: {e.message}" for e in errors)
+
+
+def event_block(event: Event) -> str:
+    pairs: list[tuple[str, object]] = [
+        ("id", event.id),
+        ("name", event.name),
+        ("source", event.source),
+        ("status", event.status + (" (deduplicated)" if event.deduplicated else "")),
+        ("timestamp", event.timestamp),
+        ("deliver at", event.deliver_at),
+        ("delivered at", event.delivered_at),
+    ]
+    if event.cancelled_at is not None:
+        pairs.append(("cancelled at", event.cancelled_at))
+    if event.account_id:
+        pairs.append(("account", event.account_id))
+    pairs += [("payload", event.payload), ("context", event.context)]
+    return block(pairs)
+
+
+def events_table(events: Sequence[Event]) -> str:
+    return table(
+        ["ID", "NAME", "SOURCE", "STATUS", "TIMESTAMP", "DELIVER AT", "DELIVERED AT"],
+        [
+            (e.id, e.name, e.source, e.status, e.timestamp, e.deliver_at, e.delivered_at)
+            for e in events
+        ],
+    )
+
+
+def run_block(run: Run) -> str:
+    pairs: list[tuple[str, object]] = [
+        ("id", run.id),
+        ("job", f"{run.job_id}@{run.job_version}"),
+        ("event", run.event_id),
+        ("status", run.status),
+        ("attempt", str(run.attempt)),
+        ("created at", run.created_at),
+        ("started at", run.started_at),
+        ("completed at", run.completed_at),
+    ]
+    if run.wait_until is not None:
+        pairs.append(("wait until", run.wait_until))
+    if run.account_id:
+        pairs.append(("account", run.account_id))
+    if run.output is not None:
+        pairs.append(("output", run.output))
+    if run.error is not None:
+        pairs.append(("error", f"{run.error.type}: {run.error.message}"))
+    if run.validation_errors:
+        pairs.append(("invalid", _errors(run.validation_errors)))
+    return block(pairs)
+
+
+def runs_table(runs: Sequence[Run]) -> str:
+    return table(
+        ["ID", "JOB", "VERSION", "EVENT", "STATUS", "ATTEMPT", "CREATED AT", "COMPLETED AT"],
+        [
+            (
+                r.id,
+                r.job_id,
+                r.job_version,
+                r.event_id,
+                r.status,
+                str(r.attempt),
+                r.created_at,
+                r.completed_at,
+            )
+            for r in runs
+        ],
+    )
+
+
+def tasks_table(tasks: Sequence[Task]) -> str:
+    return table(
+        ["#", "KEY", "KIND", "STATUS", "ATTEMPTS", "STARTED AT", "COMPLETED AT", "OUTPUT"],
+        [
+            (
+                str(t.position),
+                t.key,
+                t.kind,
+                t.status,
+                str(t.attempts),
+                t.started_at,
+                t.completed_at,
+                f"{t.error.type}: {t.error.message}" if t.error else t.output,
+            )
+            for t in tasks
+        ],
+    )
+
+
+def logs_table(logs: Sequence[LogEntry]) -> str:
+    return table(
+        ["SEQ", "TIME", "LEVEL", "MESSAGE", "DATA"],
+        [(str(log.seq), log.time, log.level, log.message, log.data) for log in logs],
+    )
+
+
+def trigger_text(trigger: Trigger | None) -> str:
+    return trigger.describe() if trigger is not None else EMPTY
+
+
+def job_block(job: Job) -> str:
+    pairs: list[tuple[str, object]] = [
+        ("id", job.id),
+        ("name", job.name),
+        ("version", job.version + (" (latest)" if job.latest else "")),
+        ("trigger", trigger_text(job.trigger)),
+        ("enabled", job.enabled),
+        ("concurrency", str(job.concurrency_limit or "unlimited")),
+        ("max duration", f"{job.max_duration_seconds}s" if job.max_duration_seconds else None),
+        ("retry", job.retry),
+        ("log level", job.log_level),
+        ("next fire", job.next_fire_at),
+        ("created at", job.created_at),
+        ("updated at", job.updated_at),
+    ]
+    trigger = job.trigger
+    if trigger is not None and trigger.kind == "event":
+        pairs += [("filter", trigger.filter), ("context filter", trigger.context_filter)]
+    if trigger is not None and trigger.schema is not None:
+        pairs.append(("schema", trigger.schema))
+    return block(pairs)
+
+
+def jobs_table(jobs: Sequence[Job]) -> str:
+    return table(
+        ["ID", "VERSION", "NAME", "TRIGGER", "ENABLED", "NEXT FIRE", "UPDATED AT"],
+        [
+            (
+                j.id,
+                j.version,
+                j.name,
+                trigger_text(j.trigger),
+                j.enabled,
+                j.next_fire_at,
+                j.updated_at,
+            )
+            for j in jobs
+        ],
+    )
+
+
+def matches_table(matches: Sequence[JobMatch]) -> str:
+    return table(
+        ["JOB", "VERSION", "MATCH", "REASON"],
+        [
+            (
+                m.job_id,
+                m.job_version,
+                m.matched,
+                " ".join(filter(None, (m.reason, _errors(m.validation_errors)))),
+            )
+            for m in matches
+        ],
+    )
+
+
+# -- JSON ------------------------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """Models as plain JSON data: dataclasses as objects, times as ISO strings."""
+    if isinstance(value, datetime):
+        return iso(value, precise=True)
+    if isinstance(value, Trigger):
+        fields = dataclasses.fields(value)
+        return {f.name: jsonable(getattr(value, f.name)) for f in fields if f.name != "model"}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(jsonable(value), indent=2, ensure_ascii=False)

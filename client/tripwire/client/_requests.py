@@ -1,0 +1,380 @@
+"""Every unary RPC of the client, described once for both flavours.
+
+Each function checks its arguments, builds the request message and returns a
+:class:`Call`: which service and method to call, whether a retry on UNAVAILABLE is safe,
+and how to turn the reply into models. :class:`~tripwire.client.AsyncClient` and
+:class:`~tripwire.client.Client` only execute calls, so they never disagree on what a
+method sends or returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar, Unpack
+
+from google.protobuf.message import Message
+from tripwire.client import convert
+from tripwire.client.errors import FailedPrecondition, InvalidArgument, TripwireError
+from tripwire.client.models import (
+    TERMINAL_RUN_STATUSES,
+    Event,
+    EventDetail,
+    Job,
+    JobMatch,
+    LogEntry,
+    Page,
+    Run,
+    RunDetail,
+    Task,
+    Trigger,
+)
+from tripwire.client.options import (
+    EventFilters,
+    InvokeOptions,
+    JobOptions,
+    PageOptions,
+    RunFilters,
+    SendOptions,
+)
+from tripwire.v1 import (
+    event_pb2,
+    event_service_pb2,
+    job_pb2,
+    job_service_pb2,
+    run_pb2,
+    run_service_pb2,
+)
+from ulid import ULID
+
+R = TypeVar("R")
+Service = Literal["events", "jobs", "runs"]
+
+_EVENT_KEYS = frozenset({"name", "payload", "context", "id", "timestamp", "source"})
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[R]):
+    """One unary RPC, ready to execute."""
+
+    service: Service
+    method: str
+    request: Message
+    convert: Callable[[Any], R]
+    #: Safe to repeat after UNAVAILABLE: the server cannot apply it twice.
+    idempotent: bool = False
+
+
+@contextmanager
+def _arguments() -> Iterator[None]:
+    """Bad input found while building a request is INVALID_ARGUMENT, as from the server."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(str(exc)) from exc
+
+
+def new_event_id() -> str:
+    """A fresh ULID, the id the client gives every event sent without one."""
+    return str(ULID())
+
+
+# -- events ----------------------------------------------------------------------------
+
+
+def event_input(event: Mapping[str, Any]) -> event_pb2.EventInput:
+    """An ``EventInput`` from an event dict; an event without an id gets a new ULID."""
+    if not isinstance(event, Mapping):
+        raise TypeError(f"an event is a dict with at least a name, got {type(event).__name__}")
+    unknown = sorted(set(event) - _EVENT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown event key(s) {unknown} (known: {sorted(_EVENT_KEYS)})")
+    name = event.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("event name is required")
+    message = event_pb2.EventInput(
+        name=name,
+        id=event.get("id") or new_event_id(),
+        source=event.get("source") or "",
+    )
+    for key in ("payload", "context"):
+        if event.get(key) is not None:
+            convert.fill_value(getattr(message, key), event[key], what=key)
+    if event.get("timestamp") is not None:
+        message.timestamp.CopyFrom(convert.datetime_to_timestamp(event["timestamp"]))
+    return message
+
+
+def _send_options(options: SendOptions) -> event_pb2.SendEventOptions:
+    message = event_pb2.SendEventOptions(
+        deliver_after=options.get("deliver_after") or 0,
+        account_id=options.get("account_id") or "",
+    )
+    deliver_at = options.get("deliver_at")
+    if deliver_at is not None:
+        message.deliver_at.CopyFrom(convert.datetime_to_timestamp(deliver_at))
+    return message
+
+
+def send_event(event: Mapping[str, Any], **options: Unpack[SendOptions]) -> Call[Event]:
+    _known("send_event", options, SendOptions)
+    with _arguments():
+        request = event_service_pb2.SendEventRequest(
+            event=event_input(event), options=_send_options(options)
+        )
+    return Call("events", "SendEvent", request, _event_reply, idempotent=True)
+
+
+def _event_reply(reply: Any) -> Event:
+    return convert.event_from_pb(reply.event)
+
+
+def send_events(
+    events: Sequence[Mapping[str, Any]], **options: Unpack[SendOptions]
+) -> Call[list[Event]]:
+    _known("send_events", options, SendOptions)
+    with _arguments():
+        if isinstance(events, (str, bytes, Mapping)):
+            raise TypeError("send_events takes a list of event dicts")
+        request = event_service_pb2.SendEventsRequest(
+            events=[event_input(e) for e in events],
+            options=_send_options(options),
+        )
+    return Call("events", "SendEvents", request, _events_reply, idempotent=True)
+
+
+def _events_reply(reply: Any) -> list[Event]:
+    return [convert.event_from_pb(e) for e in reply.events]
+
+
+def get_event(id: str) -> Call[EventDetail]:
+    request = event_service_pb2.GetEventRequest(id=_id(id))
+    return Call("events", "GetEvent", request, _event_detail, idempotent=True)
+
+
+def _event_detail(reply: Any) -> EventDetail:
+    runs = tuple(convert.run_from_pb(r) for r in reply.runs)
+    return EventDetail(event=convert.event_from_pb(reply.event), runs=runs)
+
+
+def list_events(**filters: Unpack[EventFilters]) -> Call[Page[Event]]:
+    _known("list_events", filters, EventFilters)
+    with _arguments():
+        request = event_service_pb2.ListEventsRequest(
+            name=filters.get("name") or "",
+            status=_status(event_pb2.EventStatus, filters.get("status"), "EVENT_STATUS_"),
+            page_size=filters.get("page_size") or 0,
+            page_token=filters.get("page_token") or "",
+        )
+    return Call("events", "ListEvents", request, _event_page, idempotent=True)
+
+
+def _event_page(reply: Any) -> Page[Event]:
+    items = tuple(convert.event_from_pb(e) for e in reply.events)
+    return Page(items, reply.next_page_token or None)
+
+
+def cancel_event(id: str) -> Call[Event]:
+    request = event_service_pb2.CancelEventRequest(id=_id(id))
+    return Call("events", "CancelEvent", request, _event_reply)
+
+
+def cancel_runs_for_event(id: str) -> Call[list[str]]:
+    request = event_service_pb2.CancelRunsForEventRequest(id=_id(id))
+    return Call("events", "CancelRunsForEvent", request, _cancelled_run_ids)
+
+
+def _cancelled_run_ids(reply: Any) -> list[str]:
+    return list(reply.cancelled_run_ids)
+
+
+def match_event(event: Mapping[str, Any]) -> Call[list[JobMatch]]:
+    with _arguments():
+        request = event_service_pb2.MatchEventRequest(event=event_input(event))
+    return Call("events", "MatchEvent", request, _matches, idempotent=True)
+
+
+def _matches(reply: Any) -> list[JobMatch]:
+    return [convert.job_match_from_pb(m) for m in reply.jobs]
+
+
+# -- jobs ------------------------------------------------------------------------------
+
+
+def register_job(
+    id: str, *, version: str, trigger: Trigger, **options: Unpack[JobOptions]
+) -> Call[Job]:
+    _known("register_job", options, JobOptions)
+    with _arguments():
+        if not isinstance(trigger, Trigger):
+            raise TypeError("trigger must come from event_trigger(), cron_trigger(), ...")
+        job = job_pb2.Job(
+            id=_id(id, "job id"),
+            name=options.get("name") or "",
+            version=version,
+            trigger=trigger.to_proto(),
+            enabled=options.get("enabled", True),
+            concurrency_limit=options.get("concurrency_limit", 0),
+            max_duration_seconds=options.get("max_duration_seconds", 0),
+        )
+        retry, log_level = options.get("retry"), options.get("log_level")
+        if retry is not None:
+            job.retry.CopyFrom(convert.retry_to_pb(retry))
+        if log_level is not None:
+            job.log_level = convert.enum_value(job_pb2.LogLevel, log_level, "LOG_LEVEL_")
+    request = job_service_pb2.RegisterJobRequest(job=job)
+    return Call("jobs", "RegisterJob", request, _job_reply)
+
+
+def _job_reply(reply: Any) -> Job:
+    return convert.job_from_pb(reply.job)
+
+
+def get_job(id: str, version: str | None) -> Call[Job]:
+    request = job_service_pb2.GetJobRequest(id=_id(id, "job id"), version=version or "")
+    return Call("jobs", "GetJob", request, _job_with_versions, idempotent=True)
+
+
+def _job_with_versions(reply: Any) -> Job:
+    return convert.job_from_pb(reply.job, reply.versions)
+
+
+def list_jobs(**page: Unpack[PageOptions]) -> Call[Page[Job]]:
+    _known("list_jobs", page, PageOptions)
+    request = job_service_pb2.ListJobsRequest(
+        page_size=page.get("page_size") or 0, page_token=page.get("page_token") or ""
+    )
+    return Call("jobs", "ListJobs", request, _job_page, idempotent=True)
+
+
+def _job_page(reply: Any) -> Page[Job]:
+    return Page(tuple(convert.job_from_pb(j) for j in reply.jobs), reply.next_page_token or None)
+
+
+def set_job_enabled(job_id: str, enabled: bool, version: str | None) -> Call[list[Job]]:
+    request = job_service_pb2.SetJobEnabledRequest(
+        job_id=_id(job_id, "job id"), enabled=enabled, version=version or ""
+    )
+    return Call("jobs", "SetJobEnabled", request, _jobs)
+
+
+def _jobs(reply: Any) -> list[Job]:
+    return [convert.job_from_pb(j) for j in reply.jobs]
+
+
+def invoke_job(job_id: str, payload: Any, **options: Unpack[InvokeOptions]) -> Call[Run]:
+    _known("invoke_job", options, InvokeOptions)
+    idempotency_key, context = options.get("idempotency_key"), options.get("context")
+    with _arguments():
+        request = job_service_pb2.InvokeJobRequest(
+            job_id=_id(job_id, "job id"),
+            idempotency_key=idempotency_key or "",
+            account_id=options.get("account_id") or "",
+        )
+        if payload is not None:
+            convert.fill_value(request.payload, payload, what="payload")
+        if context is not None:
+            convert.fill_value(request.context, context, what="context")
+    # Without a key every call starts a new run, so only a keyed invoke may be repeated.
+    return Call("jobs", "InvokeJob", request, _run_reply, idempotent=bool(idempotency_key))
+
+
+# -- runs ------------------------------------------------------------------------------
+
+
+def _run_reply(reply: Any) -> Run:
+    return convert.run_from_pb(reply.run)
+
+
+def get_run(id: str) -> Call[RunDetail]:
+    request = run_service_pb2.GetRunRequest(id=_id(id, "run id"))
+    return Call("runs", "GetRun", request, _run_detail, idempotent=True)
+
+
+def _run_detail(reply: Any) -> RunDetail:
+    return RunDetail(
+        run=convert.run_from_pb(reply.run),
+        tasks=tuple(convert.task_from_pb(t) for t in reply.tasks),
+        logs=tuple(convert.log_from_pb(log) for log in reply.logs),
+    )
+
+
+def list_runs(**filters: Unpack[RunFilters]) -> Call[Page[Run]]:
+    _known("list_runs", filters, RunFilters)
+    with _arguments():
+        request = run_service_pb2.ListRunsRequest(
+            job_id=filters.get("job_id") or "",
+            event_id=filters.get("event_id") or "",
+            status=_status(run_pb2.RunStatus, filters.get("status"), "RUN_STATUS_"),
+            page_size=filters.get("page_size") or 0,
+            page_token=filters.get("page_token") or "",
+        )
+    return Call("runs", "ListRuns", request, _run_page, idempotent=True)
+
+
+def _run_page(reply: Any) -> Page[Run]:
+    return Page(tuple(convert.run_from_pb(r) for r in reply.runs), reply.next_page_token or None)
+
+
+def cancel_run(id: str) -> Call[Run]:
+    request = run_service_pb2.CancelRunRequest(id=_id(id, "run id"))
+    return Call("runs", "CancelRun", request, _run_reply)
+
+
+def watch_run(id: str) -> run_service_pb2.WatchRunRequest:
+    return run_service_pb2.WatchRunRequest(id=_id(id, "run id"))
+
+
+def watch_update(reply: Any) -> Run | Task | LogEntry | None:
+    """The model of one WatchRun message (None for a kind this client does not know)."""
+    kind = reply.WhichOneof("update")
+    if kind == "run":
+        return convert.run_from_pb(reply.run)
+    if kind == "task":
+        return convert.task_from_pb(reply.task)
+    if kind == "log":
+        return convert.log_from_pb(reply.log)
+    return None
+
+
+def run_statuses(statuses: Collection[str] | None) -> frozenset[str]:
+    """Checked, upper-cased run status names (the terminal ones by default)."""
+    if statuses is None:
+        return TERMINAL_RUN_STATUSES
+    if isinstance(statuses, str):
+        statuses = (statuses,)
+    with _arguments():
+        for status in statuses:
+            convert.enum_value(run_pb2.RunStatus, status, "RUN_STATUS_")
+    return frozenset(s.strip().upper().removeprefix("RUN_STATUS_") for s in statuses)
+
+
+def wait_ended(id: str, last: Run | None, wanted: frozenset[str]) -> TripwireError:
+    """The error for a watch that ended before the run reached one of ``wanted``."""
+    if last is None:
+        return TripwireError(f"the watch of run {id} ended without any update")
+    return FailedPrecondition(
+        f"run {id} finished {last.status}, never reaching {', '.join(sorted(wanted))}"
+    )
+
+
+# -- argument helpers ------------------------------------------------------------------
+
+
+def _known(method: str, options: Mapping[str, Any], spec: Any) -> None:
+    """``**options`` accept anything at run time: refuse a misspelt option like Python."""
+    unknown = set(options) - spec.__required_keys__ - spec.__optional_keys__
+    if unknown:
+        name = sorted(unknown)[0]
+        raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
+
+
+def _id(value: str, what: str = "id") -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{what} is required, got {value!r}")
+    return value
+
+
+def _status(enum: Any, status: str | None, prefix: str) -> Any:
+    return 0 if status is None else convert.enum_value(enum, status, prefix)

@@ -1,0 +1,289 @@
+"""The ``tripwire`` command: send and inspect events, jobs and runs; ``serve`` the server.
+
+``tripwire [--url URL] [--api-key KEY] [--json] COMMAND ...``; the global options may
+also follow the command. Exit status: 0 done, 1 the server refused (``error: CODE:
+details`` on stderr), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tripwire.client import _render as render
+from tripwire.client.client import Client
+from tripwire.client.errors import TripwireError
+from tripwire.client.models import Event, Job
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_URL = "localhost:50051"
+NOT_INSTALLED = "the server is not installed: pip install 'tripwire[server]'"
+
+#: A command: the client and the parsed arguments in, (JSON data, text) out.
+Handler = Callable[[Client, argparse.Namespace], tuple[Any, str]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    serve_args = _serve_args(args_list)
+    if serve_args is not None:
+        return _serve(serve_args)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return exc.code if isinstance(exc.code, int) else 2
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        with Client("tripwire-cli", args.url, api_key=args.api_key or None) as client:
+            data, text = handler(client, args)
+    except TripwireError as exc:
+        print(f"error: {exc.code_name}: {exc.details}", file=sys.stderr)
+        return 1
+    print(render.dumps(data) if args.json else text)
+    return 0
+
+
+# -- serve -----------------------------------------------------------------------------
+
+
+def _serve_args(argv: list[str]) -> list[str] | None:
+    """Everything after ``serve`` when that is the command (global options may precede)."""
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "serve":
+            return argv[index + 1 :]
+        if arg in ("--url", "--api-key"):
+            index += 2
+        elif arg == "--json" or arg.startswith(("--url=", "--api-key=")):
+            index += 1
+        else:
+            return None
+    return None
+
+
+def _serve(argv: list[str]) -> int:
+    # The only place the client touches the server, and only by name: the client must
+    # stay installable without it.
+    try:
+        server_main = importlib.import_module("tripwire.server.__main__")
+    except ImportError:
+        print(NOT_INSTALLED, file=sys.stderr)
+        return 2
+    status = server_main.main(argv)
+    return status if isinstance(status, int) else 0
+
+
+# -- arguments -------------------------------------------------------------------------
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole seconds, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tripwire", description="tripwire: event-driven jobs.")
+    _global_options(parser, suppress=False)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        _global_options(sub, suppress=True)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    commands.add_parser("serve", help="run the server (tripwire serve --help)", add_help=False)
+
+    sub = command("send", _send, "send an event; print it and the runs it created")
+    sub.add_argument("name", help="event name")
+    _event_options(sub)
+    sub.add_argument("--id", help="event id (default: a new ULID)")
+    sub.add_argument("--deliver-after", type=_seconds, metavar="SECONDS", help="delay")
+
+    sub = command("events", _events, "list events, newest first")
+    sub.add_argument("--name", help="only events with this name")
+    sub.add_argument("--status", help="PENDING, DELIVERED or CANCELLED")
+    sub.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
+
+    command("event", _event, "show an event and its runs").add_argument("id")
+    command("cancel-event", _cancel_event, "cancel a pending event").add_argument("id")
+    command("jobs", _jobs, "list jobs (latest versions)")
+
+    sub = command("job", _job, "show a job and its versions")
+    sub.add_argument("id")
+    sub.add_argument("--version", help="this version instead of the latest")
+
+    sub = command("runs", _runs, "list runs, newest first")
+    sub.add_argument("--job", help="only runs of this job")
+    sub.add_argument("--event", help="only runs of this event")
+    sub.add_argument("--status", help="only runs in this status (QUEUED, SUCCESS, ...)")
+    sub.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
+
+    command("run", _run, "show a run with its tasks and logs").add_argument("id")
+    command("cancel-run", _cancel_run, "cancel an unfinished run").add_argument("id")
+
+    sub = command("invoke", _invoke, "start a run of a job now")
+    sub.add_argument("job_id", metavar="JOB_ID")
+    sub.add_argument("--payload", type=_json_arg, metavar="JSON", help="payload (JSON)")
+    sub.add_argument("--context", type=_json_arg, metavar="JSON", help="context (JSON)")
+    sub.add_argument("--idempotency-key", metavar="KEY", help="same key, same run")
+
+    sub = command("match", _match, "which jobs an event would run, and why not the others")
+    sub.add_argument("name", help="event name")
+    _event_options(sub)
+    return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # Accepted before or after the command: a sub-parser knows them too, with SUPPRESS
+    # defaults so that it only overrides what was actually given after the command.
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--url",
+        default=default(os.environ.get("TRIPWIRE_URL") or DEFAULT_URL),
+        help=f"server address (env TRIPWIRE_URL, default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=default(os.environ.get("TRIPWIRE_API_KEY")),
+        help="env TRIPWIRE_API_KEY",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON, not tables"
+    )
+
+
+def _event_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--payload", type=_json_arg, metavar="JSON", help="payload (JSON)")
+    sub.add_argument("--context", type=_json_arg, metavar="JSON", help="context (JSON)")
+    sub.add_argument("--source", help="event source (default: trigger.dev)")
+
+
+def _event_dict(args: argparse.Namespace) -> dict[str, Any]:
+    event: dict[str, Any] = {"name": args.name}
+    for key in ("payload", "context", "source", "id"):
+        value = getattr(args, key, None)
+        if value is not None:
+            event[key] = value
+    return event
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def _runs_note(runs: Sequence[Any], none: str) -> str:
+    return f"runs:\n{render.runs_table(runs)}" if runs else none
+
+
+def _send(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    event = client.send_event(_event_dict(args), deliver_after=args.deliver_after)
+    if event.delivered_at is None and event.status == "PENDING":
+        none = f"runs: none yet (delivery at {render.iso(event.deliver_at)})"
+    elif event.deduplicated:
+        none = "runs: none (this id was already known; see `tripwire event ID`)"
+    else:
+        none = "runs: none (no job matched; try `tripwire match`)"
+    return event, f"{render.event_block(event)}\n\n{_runs_note(event.runs, none)}"
+
+
+def _events(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    page = client.list_events(name=args.name, status=args.status, page_size=args.limit)
+    return list(page), render.events_table(page.items) if page.items else "no events"
+
+
+def _event(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    detail = client.get_event(args.id)
+    text = f"{render.event_block(detail.event)}\n\n{_runs_note(detail.runs, 'runs: none')}"
+    return detail, text
+
+
+def _cancel_event(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    event: Event = client.cancel_event(args.id)
+    return event, render.event_block(event)
+
+
+def _jobs(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    jobs: list[Job] = []
+    token: str | None = None
+    while True:
+        page = client.list_jobs(page_size=1000, page_token=token)
+        jobs += page.items
+        token = page.next_page_token
+        if not token:
+            break
+    return jobs, render.jobs_table(jobs) if jobs else "no jobs"
+
+
+def _job(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    job = client.get_job(args.id, version=args.version)
+    text = render.job_block(job)
+    if job.versions:
+        rows = [(v.version, v.enabled, v.latest, v.created_at) for v in job.versions]
+        versions = render.table(["VERSION", "ENABLED", "LATEST", "CREATED AT"], rows)
+        text += f"\n\nversions:\n{versions}"
+    return job, text
+
+
+def _runs(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    page = client.list_runs(
+        job_id=args.job, event_id=args.event, status=args.status, page_size=args.limit
+    )
+    return list(page), render.runs_table(page.items) if page.items else "no runs"
+
+
+def _run(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    detail = client.get_run(args.id)
+    parts = [render.run_block(detail.run)]
+    parts.append(f"tasks:\n{render.tasks_table(detail.tasks)}" if detail.tasks else "tasks: none")
+    parts.append(f"logs:\n{render.logs_table(detail.logs)}" if detail.logs else "logs: none")
+    return detail, "\n\n".join(parts)
+
+
+def _cancel_run(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    run = client.cancel_run(args.id)
+    return run, render.run_block(run)
+
+
+def _invoke(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    run = client.invoke_job(
+        args.job_id, args.payload, context=args.context, idempotency_key=args.idempotency_key
+    )
+    return run, render.run_block(run)
+
+
+def _match(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    matches = client.match_event(_event_dict(args))
+    return matches, render.matches_table(matches) if matches else "no event-triggered jobs"

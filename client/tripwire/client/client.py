@@ -1,0 +1,405 @@
+"""The tripwire client, in an asyncio flavour and a blocking one.
+
+Both have the same methods with the same arguments; the requests and the conversion of
+replies are built in one place (:mod:`tripwire.client._requests`), so each class is only
+the loop that executes calls: with the API key as metadata, the configured timeout, and
+a few jittered retries on UNAVAILABLE for calls that are safe to repeat (reads, sends of
+events, whose ids are chosen here, and invokes with an idempotency key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Collection,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing, closing
+from typing import Any, Self, TypeVar, Unpack
+
+import grpc
+from tripwire.client import _requests
+from tripwire.client._channel import (
+    DEFAULT_URL,
+    ClientBase,
+    Stubs,
+    open_async,
+    open_sync,
+    retry_delay,
+)
+from tripwire.client._requests import Call
+from tripwire.client.errors import from_rpc_error
+from tripwire.client.models import (
+    TERMINAL_RUN_STATUSES,
+    Event,
+    EventDetail,
+    Job,
+    JobMatch,
+    LogEntry,
+    Page,
+    Run,
+    RunDetail,
+    Task,
+    Trigger,
+)
+from tripwire.client.options import (
+    EventFilters,
+    InvokeOptions,
+    JobOptions,
+    PageOptions,
+    RunFilters,
+    SendOptions,
+)
+
+__all__ = ["AsyncClient", "Client", "RunUpdate"]
+
+R = TypeVar("R")
+RunUpdate = Run | Task | LogEntry
+
+
+class AsyncClient(ClientBase):
+    """asyncio client. The channel opens on first use, in the running event loop.
+
+    ``async with AsyncClient("my-app") as client: await client.send_event({...})``.
+    Every method is documented on :class:`Client`, which has the same ones, blocking.
+    """
+
+    _channel: grpc.aio.Channel | None = None
+    _stubs: Stubs | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def _live_stubs(self) -> Stubs:
+        loop = asyncio.get_running_loop()
+        # An aio channel is bound to the loop it was made in; a new loop needs a new one.
+        if self._stubs is None or self._loop is not loop:
+            self._channel = open_async(self._settings)
+            self._stubs = Stubs(self._channel)
+            self._loop = loop
+        return self._stubs
+
+    async def close(self) -> None:
+        """Close the channel (a later call opens a new one)."""
+        channel, loop = self._channel, self._loop
+        self._channel = self._stubs = self._loop = None
+        if channel is not None and loop is asyncio.get_running_loop():
+            await channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _call(self, call: Call[R]) -> R:
+        method = getattr(getattr(self._live_stubs(), call.service), call.method)
+        settings = self._settings
+        attempt = 0
+        while True:
+            try:
+                reply = await method(
+                    call.request, timeout=settings.timeout, metadata=settings.metadata
+                )
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                delay = retry_delay(call.idempotent, error, attempt)
+                if delay is None:
+                    raise error from exc
+            else:
+                return call.convert(reply)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def send_event(self, event: Mapping[str, Any], **options: Unpack[SendOptions]) -> Event:
+        return await self._call(_requests.send_event(event, **options))
+
+    async def send_events(
+        self, events: Sequence[Mapping[str, Any]], **options: Unpack[SendOptions]
+    ) -> list[Event]:
+        return await self._call(_requests.send_events(events, **options)) if events else []
+
+    async def get_event(self, id: str) -> EventDetail:
+        return await self._call(_requests.get_event(id))
+
+    async def list_events(self, **filters: Unpack[EventFilters]) -> Page[Event]:
+        return await self._call(_requests.list_events(**filters))
+
+    async def cancel_event(self, id: str) -> Event:
+        return await self._call(_requests.cancel_event(id))
+
+    async def cancel_runs_for_event(self, id: str) -> list[str]:
+        return await self._call(_requests.cancel_runs_for_event(id))
+
+    async def match_event(self, event: Mapping[str, Any]) -> list[JobMatch]:
+        return await self._call(_requests.match_event(event))
+
+    async def register_job(
+        self, id: str, *, version: str, trigger: Trigger, **options: Unpack[JobOptions]
+    ) -> Job:
+        return await self._call(
+            _requests.register_job(id, version=version, trigger=trigger, **options)
+        )
+
+    async def get_job(self, id: str, *, version: str | None = None) -> Job:
+        return await self._call(_requests.get_job(id, version))
+
+    async def list_jobs(self, **page: Unpack[PageOptions]) -> Page[Job]:
+        return await self._call(_requests.list_jobs(**page))
+
+    async def set_job_enabled(
+        self, job_id: str, enabled: bool, *, version: str | None = None
+    ) -> list[Job]:
+        return await self._call(_requests.set_job_enabled(job_id, enabled, version))
+
+    async def invoke_job(
+        self, job_id: str, payload: Any = None, **options: Unpack[InvokeOptions]
+    ) -> Run:
+        return await self._call(_requests.invoke_job(job_id, payload, **options))
+
+    async def get_run(self, id: str) -> RunDetail:
+        return await self._call(_requests.get_run(id))
+
+    async def list_runs(self, **filters: Unpack[RunFilters]) -> Page[Run]:
+        return await self._call(_requests.list_runs(**filters))
+
+    async def cancel_run(self, id: str) -> Run:
+        return await self._call(_requests.cancel_run(id))
+
+    def watch_run(self, id: str, *, timeout: float | None = None) -> AsyncIterator[RunUpdate]:
+        return self._watch(_requests.watch_run(id), timeout)
+
+    async def _watch(
+        self,
+        request: Any,
+        timeout: float | None,  # noqa: ASYNC109 (the stream's gRPC deadline)
+    ) -> AsyncGenerator[RunUpdate, None]:
+        attempt, received = 0, False
+        while True:
+            stream = self._live_stubs().runs.WatchRun(
+                request, timeout=timeout, metadata=self._settings.metadata
+            )
+            try:
+                async for reply in stream:
+                    received = True
+                    update = _requests.watch_update(reply)
+                    if update is not None:
+                        yield update
+                return
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                # Re-watching would repeat what was already yielded: only retry the opening.
+                delay = None if received else retry_delay(True, error, attempt)
+                if delay is None:
+                    raise error from exc
+            finally:
+                stream.cancel()
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def wait_for_run(
+        self,
+        id: str,
+        *,
+        statuses: Collection[str] = TERMINAL_RUN_STATUSES,
+        timeout: float | None = None,  # noqa: ASYNC109 (the watch's gRPC deadline)
+    ) -> Run:
+        wanted = _requests.run_statuses(statuses)
+        last: Run | None = None
+        async with aclosing(self._watch(_requests.watch_run(id), timeout)) as updates:
+            async for update in updates:
+                if isinstance(update, Run):
+                    last = update
+                    if update.status in wanted:
+                        return update
+        raise _requests.wait_ended(id, last, wanted)
+
+
+class Client(ClientBase):
+    """Blocking client: ``with Client("my-app") as client: client.send_event({...})``.
+
+    The gRPC channel opens on first use and is safe to share between threads.
+    ``client.aio`` is an :class:`AsyncClient` with the same settings and methods.
+    Every call raises a :class:`~tripwire.client.errors.TripwireError` subclass on failure.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float | None = 30,
+    ) -> None:
+        super().__init__(name, url, api_key=api_key, timeout=timeout)
+        self._channel: grpc.Channel | None = None
+        self._stubs: Stubs | None = None
+        self._lock = threading.Lock()
+        self._aio: AsyncClient | None = None
+
+    @property
+    def aio(self) -> AsyncClient:
+        """The asyncio flavour with the same settings (one instance; ``await`` its close)."""
+        with self._lock:
+            if self._aio is None:
+                s = self._settings
+                self._aio = AsyncClient(s.name, s.url, api_key=s.api_key, timeout=s.timeout)
+            return self._aio
+
+    def _live_stubs(self) -> Stubs:
+        with self._lock:
+            if self._stubs is None:
+                self._channel = open_sync(self._settings)
+                self._stubs = Stubs(self._channel)
+            return self._stubs
+
+    def close(self) -> None:
+        """Close the channel (a later call opens a new one)."""
+        with self._lock:
+            channel, self._channel, self._stubs = self._channel, None, None
+        if channel is not None:
+            channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, call: Call[R]) -> R:
+        method = getattr(getattr(self._live_stubs(), call.service), call.method)
+        settings = self._settings
+        attempt = 0
+        while True:
+            try:
+                reply = method(call.request, timeout=settings.timeout, metadata=settings.metadata)
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                delay = retry_delay(call.idempotent, error, attempt)
+                if delay is None:
+                    raise error from exc
+            else:
+                return call.convert(reply)
+            time.sleep(delay)
+            attempt += 1
+
+    def send_event(self, event: Mapping[str, Any], **options: Unpack[SendOptions]) -> Event:
+        """Send one event: a dict with ``name`` and optionally payload, context, id,
+        timestamp, source. Without an ``id`` the client picks a ULID, so a retry cannot
+        send it twice. The reply carries the runs an immediate delivery created."""
+        return self._call(_requests.send_event(event, **options))
+
+    def send_events(
+        self, events: Sequence[Mapping[str, Any]], **options: Unpack[SendOptions]
+    ) -> list[Event]:
+        """Send a batch atomically (all or none), in order, with the same options."""
+        return self._call(_requests.send_events(events, **options)) if events else []
+
+    def get_event(self, id: str) -> EventDetail:
+        """An event and every run it created."""
+        return self._call(_requests.get_event(id))
+
+    def list_events(self, **filters: Unpack[EventFilters]) -> Page[Event]:
+        """Events newest first, by ``name`` and ``status``, a page at a time."""
+        return self._call(_requests.list_events(**filters))
+
+    def cancel_event(self, id: str) -> Event:
+        """Cancel a pending event: it will never be delivered. Its runs are untouched."""
+        return self._call(_requests.cancel_event(id))
+
+    def cancel_runs_for_event(self, id: str) -> list[str]:
+        """Cancel every unfinished run of an event; returns the ids of those cancelled."""
+        return self._call(_requests.cancel_runs_for_event(id))
+
+    def match_event(self, event: Mapping[str, Any]) -> list[JobMatch]:
+        """Dry run: which jobs this event would run, and why not the others."""
+        return self._call(_requests.match_event(event))
+
+    def register_job(
+        self, id: str, *, version: str, trigger: Trigger, **options: Unpack[JobOptions]
+    ) -> Job:
+        """Register (upsert) one version of a job."""
+        return self._call(_requests.register_job(id, version=version, trigger=trigger, **options))
+
+    def get_job(self, id: str, *, version: str | None = None) -> Job:
+        """A job version (the latest by default), with ``versions`` filled."""
+        return self._call(_requests.get_job(id, version))
+
+    def list_jobs(self, **page: Unpack[PageOptions]) -> Page[Job]:
+        """The latest version of every job, by id."""
+        return self._call(_requests.list_jobs(**page))
+
+    def set_job_enabled(
+        self, job_id: str, enabled: bool, *, version: str | None = None
+    ) -> list[Job]:
+        """Enable or disable one version, or every version; returns those changed."""
+        return self._call(_requests.set_job_enabled(job_id, enabled, version))
+
+    def invoke_job(self, job_id: str, payload: Any = None, **options: Unpack[InvokeOptions]) -> Run:
+        """Start a run of the job's latest version now."""
+        return self._call(_requests.invoke_job(job_id, payload, **options))
+
+    def get_run(self, id: str) -> RunDetail:
+        """A run with its tasks (by position) and logs (by seq)."""
+        return self._call(_requests.get_run(id))
+
+    def list_runs(self, **filters: Unpack[RunFilters]) -> Page[Run]:
+        """Runs newest first, by job, event and status, a page at a time."""
+        return self._call(_requests.list_runs(**filters))
+
+    def cancel_run(self, id: str) -> Run:
+        """Cancel an unfinished run (FAILED_PRECONDITION once it has finished)."""
+        return self._call(_requests.cancel_run(id))
+
+    def watch_run(self, id: str, *, timeout: float | None = None) -> Iterator[RunUpdate]:
+        """The run, its tasks and logs, then every change until the run finishes.
+        ``timeout`` bounds the whole watch (none by default)."""
+        return self._watch(_requests.watch_run(id), timeout)
+
+    def _watch(self, request: Any, timeout: float | None) -> Generator[RunUpdate, None, None]:
+        attempt, received = 0, False
+        while True:
+            stream = self._live_stubs().runs.WatchRun(
+                request, timeout=timeout, metadata=self._settings.metadata
+            )
+            try:
+                for reply in stream:
+                    received = True
+                    update = _requests.watch_update(reply)
+                    if update is not None:
+                        yield update
+                return
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                delay = None if received else retry_delay(True, error, attempt)
+                if delay is None:
+                    raise error from exc
+            finally:
+                stream.cancel()
+            time.sleep(delay)
+            attempt += 1
+
+    def wait_for_run(
+        self,
+        id: str,
+        *,
+        statuses: Collection[str] = TERMINAL_RUN_STATUSES,
+        timeout: float | None = None,
+    ) -> Run:
+        """The run as soon as its status is one of ``statuses`` (default: finished).
+        DeadlineExceeded after ``timeout`` seconds; FailedPrecondition if the run
+        finishes in another status."""
+        wanted = _requests.run_statuses(statuses)
+        last: Run | None = None
+        with closing(self._watch(_requests.watch_run(id), timeout)) as updates:
+            for update in updates:
+                if isinstance(update, Run):
+                    last = update
+                    if update.status in wanted:
+                        return update
+        raise _requests.wait_ended(id, last, wanted)

@@ -1,0 +1,327 @@
+"""What the client hands back: frozen dataclasses with plain Python values.
+
+Payloads, contexts and outputs are JSON values (dict, list, str, int, float, bool or
+None); times are timezone-aware UTC datetimes, None when unset; enums are their names
+without the prefix (``"QUEUED"``, ``"DELIVERED"``, ``"INFO"``).
+
+Also here: the trigger helpers (:func:`event_trigger`, :func:`cron_trigger`,
+:func:`interval_trigger`, :func:`invoke_trigger`) that say what starts a job. They check
+their arguments when called, so a bad trigger fails when the module defining the job is
+imported, not when the first event arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from tripwire.v1 import job_pb2
+
+__all__ = [
+    "TERMINAL_RUN_STATUSES",
+    "ErrorInfo",
+    "Event",
+    "EventDetail",
+    "Job",
+    "JobMatch",
+    "LogEntry",
+    "Page",
+    "Run",
+    "RunDetail",
+    "Task",
+    "Trigger",
+    "TriggerKind",
+    "ValidationError",
+    "cron_trigger",
+    "event_trigger",
+    "interval_trigger",
+    "invoke_trigger",
+]
+
+T = TypeVar("T")
+
+#: Run statuses a run never leaves.
+TERMINAL_RUN_STATUSES: frozenset[str] = frozenset(
+    {"SUCCESS", "FAILURE", "CANCELED", "TIMED_OUT", "INVALID_PAYLOAD", "ABORTED"}
+)
+
+DEFAULT_SOURCE = "trigger.dev"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why a run or task failed."""
+
+    type: str
+    message: str
+    stack: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationError:
+    """One way a payload failed a job's JSON Schema (``path`` is "" for the root)."""
+
+    path: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A run of one job version for one event."""
+
+    id: str
+    job_id: str
+    job_version: str
+    event_id: str
+    status: str
+    attempt: int
+    created_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime | None
+    output: Any
+    error: ErrorInfo | None
+    validation_errors: tuple[ValidationError, ...]
+    account_id: str | None
+    wait_until: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the run has a status it will never leave."""
+        return self.status in TERMINAL_RUN_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event. ``runs`` holds the runs a send created (empty in listings)."""
+
+    id: str
+    name: str
+    source: str
+    payload: Any
+    context: Any
+    timestamp: datetime | None
+    deliver_at: datetime | None
+    delivered_at: datetime | None
+    cancelled_at: datetime | None
+    deduplicated: bool
+    status: str
+    account_id: str | None
+    created_at: datetime | None
+    runs: tuple[Run, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A cached unit of work of a run (``kind`` is RUN, SEND_EVENT, SEND_EVENTS or WAIT)."""
+
+    id: str
+    run_id: str
+    parent_id: str | None
+    key: str
+    idempotency_key: str
+    kind: str
+    status: str
+    position: int
+    attempts: int
+    params: Any
+    output: Any
+    error: ErrorInfo | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    retry_at: datetime | None
+    retry: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One ``io.logger`` line of a run."""
+
+    seq: int
+    level: str
+    message: str
+    data: Any
+    time: datetime | None
+
+
+TriggerKind = Literal["event", "cron", "interval", "invoke"]
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """What starts runs of a job. Build one with the ``*_trigger`` helpers.
+
+    Only the fields of its ``kind`` are meaningful. ``model`` is the pydantic class a
+    schema came from, kept so a worker can parse payloads into it; it is not sent.
+    """
+
+    kind: TriggerKind
+    names: tuple[str, ...] = ()
+    source: str = ""
+    filter: dict[str, Any] | None = None
+    context_filter: dict[str, Any] | None = None
+    schema: dict[str, Any] | None = None
+    cron: str = ""
+    timezone: str = ""
+    seconds: int = 0
+    catch_up: bool = False
+    model: type[BaseModel] | None = field(default=None, compare=False, repr=False)
+
+    def to_proto(self) -> job_pb2.Trigger:
+        """The ``tripwire.v1.Trigger`` message."""
+        from tripwire.client.convert import trigger_to_pb  # convert imports this module
+
+        return trigger_to_pb(self)
+
+    def describe(self) -> str:
+        """A one-line summary, e.g. ``event new.user`` or ``cron 0 9 * * * (UTC)``."""
+        if self.kind == "event":
+            text = "event " + ",".join(self.names)
+            return text if self.source in ("", DEFAULT_SOURCE) else f"{text} from {self.source}"
+        if self.kind == "cron":
+            return f"cron {self.cron} ({self.timezone or 'UTC'})"
+        if self.kind == "interval":
+            return f"every {self.seconds}s"
+        return "invoke"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One registered version of a job.
+
+    ``versions`` is filled by ``get_job`` only: every registered version, highest first.
+    """
+
+    id: str
+    name: str
+    version: str
+    trigger: Trigger | None
+    enabled: bool
+    concurrency_limit: int
+    max_duration_seconds: int
+    retry: dict[str, Any] | None
+    log_level: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    latest: bool
+    next_fire_at: datetime | None
+    versions: tuple[Job, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JobMatch:
+    """How one job relates to an event in a ``match_event`` dry run."""
+
+    job_id: str
+    job_version: str
+    matched: bool
+    reason: str
+    validation_errors: tuple[ValidationError, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing; pass ``next_page_token`` back for the next (None: last)."""
+
+    items: tuple[T, ...]
+    next_page_token: str | None = None
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetail:
+    """A run with its tasks (by position) and logs (by seq)."""
+
+    run: Run
+    tasks: tuple[Task, ...]
+    logs: tuple[LogEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    """An event with every run it created, oldest first."""
+
+    event: Event
+    runs: tuple[Run, ...]
+
+
+# -- trigger helpers -------------------------------------------------------------------
+
+
+def event_trigger(
+    name: str | Sequence[str],
+    *,
+    source: str = DEFAULT_SOURCE,
+    filter: Mapping[str, Any] | None = None,
+    context_filter: Mapping[str, Any] | None = None,
+    schema: Mapping[str, Any] | type[BaseModel] | None = None,
+) -> Trigger:
+    """Run the job for every event with this name (or one of these names) and source.
+
+    ``filter`` and ``context_filter`` are EventFilters on the payload and the context;
+    ``schema`` is a JSON Schema dict or a pydantic model class.
+    """
+    names = (name,) if isinstance(name, str) else tuple(name)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"event_trigger needs at least one non-empty event name, got {name!r}")
+    json_schema, model = _schema(schema)
+    return Trigger(
+        kind="event",
+        names=names,
+        source=source,
+        filter=_mapping("filter", filter),
+        context_filter=_mapping("context_filter", context_filter),
+        schema=json_schema,
+        model=model,
+    )
+
+
+def cron_trigger(cron: str, *, timezone: str = "", catch_up: bool = False) -> Trigger:
+    """Run the job on a 5-field cron expression, in UTC unless ``timezone`` names a zone."""
+    if not isinstance(cron, str) or len(cron.split()) != 5:
+        raise ValueError(f"cron needs 5 fields (minute hour day month weekday), got {cron!r}")
+    return Trigger(kind="cron", cron=" ".join(cron.split()), timezone=timezone, catch_up=catch_up)
+
+
+def interval_trigger(seconds: int, *, catch_up: bool = False) -> Trigger:
+    """Run the job every ``seconds`` (at least 1)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+        raise ValueError(f"interval seconds must be a whole number >= 1, got {seconds!r}")
+    return Trigger(kind="interval", seconds=seconds, catch_up=catch_up)
+
+
+def invoke_trigger(*, schema: Mapping[str, Any] | type[BaseModel] | None = None) -> Trigger:
+    """Run the job only when invoked (``invoke_job``); ``schema`` checks the payload."""
+    json_schema, model = _schema(schema)
+    return Trigger(kind="invoke", schema=json_schema, model=model)
+
+
+def _mapping(what: str, value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict, got {type(value).__name__}")
+    return dict(value)
+
+
+def _schema(
+    schema: Mapping[str, Any] | type[BaseModel] | None,
+) -> tuple[dict[str, Any] | None, type[BaseModel] | None]:
+    if schema is None or isinstance(schema, Mapping):
+        return _mapping("schema", schema), None
+    # A pydantic model class; checked by duck typing so importing the client stays light.
+    to_json_schema = getattr(schema, "model_json_schema", None)
+    if not isinstance(schema, type) or not callable(to_json_schema):
+        raise TypeError(
+            f"schema must be a JSON Schema dict or a pydantic model class, got {schema!r}"
+        )
+    return dict(to_json_schema()), schema

@@ -1,0 +1,436 @@
+"""The tripwire command line without a server: parsing, tables, output, exit codes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from tripwire.client import (
+    Event,
+    EventDetail,
+    Job,
+    JobMatch,
+    LogEntry,
+    NotFound,
+    Page,
+    Run,
+    RunDetail,
+    Task,
+    ValidationError,
+    cli,
+    cron_trigger,
+    event_trigger,
+)
+from tripwire.client import _render as render
+
+T0 = datetime(2024, 5, 1, 9, 0, 0, 123456, tzinfo=UTC)
+
+# -- parsing ----------------------------------------------------------------------------
+
+
+def parse(*argv: str) -> Any:
+    return cli.build_parser().parse_args(list(argv))
+
+
+def test_global_options_before_or_after_the_command() -> None:
+    before = parse("--url", "h:1", "--api-key", "k", "--json", "events")
+    after = parse("events", "--url", "h:1", "--api-key", "k", "--json")
+    for args in (before, after):
+        assert (args.url, args.api_key, args.json) == ("h:1", "k", True)
+
+
+def test_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRIPWIRE_URL", raising=False)
+    monkeypatch.delenv("TRIPWIRE_API_KEY", raising=False)
+    args = parse("jobs")
+    assert (args.url, args.api_key, args.json) == ("localhost:50051", None, False)
+    monkeypatch.setenv("TRIPWIRE_URL", "env:2")
+    monkeypatch.setenv("TRIPWIRE_API_KEY", "envkey")
+    args = parse("jobs")
+    assert (args.url, args.api_key) == ("env:2", "envkey")
+    assert parse("jobs", "--url", "flag:3").url == "flag:3"
+
+
+def test_send_arguments() -> None:
+    args = parse(
+        "send",
+        "new.user",
+        "--payload",
+        '{"userId": "u_1"}',
+        "--context",
+        "[1]",
+        "--id",
+        "e1",
+        "--source",
+        "s",
+        "--deliver-after",
+        "30",
+    )
+    assert cli._event_dict(args) == {
+        "name": "new.user",
+        "payload": {"userId": "u_1"},
+        "context": [1],
+        "source": "s",
+        "id": "e1",
+    }
+    assert args.deliver_after == 30
+    assert cli._event_dict(parse("match", "a")) == {"name": "a"}
+
+
+def test_list_arguments() -> None:
+    args = parse("runs", "--job", "j", "--event", "e", "--status", "SUCCESS", "--limit", "5")
+    assert (args.job, args.event, args.status, args.limit) == ("j", "e", "SUCCESS", 5)
+    assert parse("events").limit == 20
+    args = parse("invoke", "job-1", "--payload", "3", "--idempotency-key", "k")
+    assert (args.job_id, args.payload, args.idempotency_key, args.context) == (
+        "job-1",
+        3,
+        "k",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["send", "a", "--payload", "{bad"], "argument --payload: not valid JSON"),
+        (["match", "a", "--context", "nope"], "argument --context: not valid JSON"),
+        (["events", "--limit", "0"], "expected a whole number >= 1"),
+        (["send", "a", "--deliver-after", "soon"], "expected whole seconds"),
+        (["frobnicate"], "invalid choice"),
+        (["send"], "required: name"),
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "commands:" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "match" in capsys.readouterr().out
+
+
+# -- serve ------------------------------------------------------------------------------
+
+
+def test_serve_hands_everything_after_it_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+
+    def import_module(name: str) -> Any:
+        seen.append(name)
+        return SimpleNamespace(main=lambda argv: seen.append(argv) or 3)
+
+    monkeypatch.setattr(cli.importlib, "import_module", import_module)
+    assert cli.main(["--url", "x", "--json", "serve", "--address", "127.0.0.1:0", "--help"]) == 3
+    assert seen == ["tripwire.server.__main__", ["--address", "127.0.0.1:0", "--help"]]
+    assert cli._serve_args(["--url=x", "serve"]) == []
+    assert cli._serve_args(["events", "serve"]) is None
+
+
+def test_serve_without_the_server_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def import_module(name: str) -> Any:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(cli.importlib, "import_module", import_module)
+    assert cli.main(["serve"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "the server is not installed: pip install 'tripwire[server]'"
+    )
+
+
+# -- rendering --------------------------------------------------------------------------
+
+
+def test_table_aligns_columns_and_formats_cells() -> None:
+    text = render.table(
+        ["ID", "OK", "WHEN", "DATA"],
+        [("a", True, T0, {"k": [1, 2]}), ("longer-id", False, None, "two\nlines")],
+    )
+    assert text.splitlines() == [
+        "ID         OK   WHEN                  DATA",
+        'a          yes  2024-05-01T09:00:00Z  {"k":[1,2]}',
+        "longer-id  no   -                     two lines",
+    ]
+
+
+def test_cells_are_cut() -> None:
+    assert render.cell("x" * 100) == "x" * 79 + "…"
+    assert render.cell("") == "-"
+    assert render.cell(0) == "0"
+
+
+def test_block_aligns_labels() -> None:
+    assert render.block([("id", "e1"), ("delivered at", None), ("stack", "a\nb")]) == (
+        "id            e1\ndelivered at  -\nstack         a\n              b"
+    )
+
+
+def test_iso_is_utc_with_z() -> None:
+    assert render.iso(T0) == "2024-05-01T09:00:00Z"
+    assert render.iso(T0, precise=True) == "2024-05-01T09:00:00.123456Z"
+    assert render.iso(None) == "-"
+
+
+def _run(status: str = "SUCCESS", **changes: Any) -> Run:
+    fields: dict[str, Any] = dict(
+        id="r1",
+        job_id="welcome",
+        job_version="1.0.0",
+        event_id="e1",
+        status=status,
+        attempt=1,
+        created_at=T0,
+        started_at=T0,
+        completed_at=T0,
+        updated_at=T0,
+        output={"sent": True},
+        error=None,
+        validation_errors=(),
+        account_id=None,
+        wait_until=None,
+    )
+    fields.update(changes)
+    return Run(**fields)
+
+
+def _event(runs: tuple[Run, ...] = (), **changes: Any) -> Event:
+    fields: dict[str, Any] = dict(
+        id="e1",
+        name="new.user",
+        source="trigger.dev",
+        payload={"userId": "u_1"},
+        context={},
+        timestamp=T0,
+        deliver_at=T0,
+        delivered_at=T0,
+        cancelled_at=None,
+        deduplicated=False,
+        status="DELIVERED",
+        account_id=None,
+        created_at=T0,
+        runs=runs,
+    )
+    fields.update(changes)
+    return Event(**fields)
+
+
+def _job(**changes: Any) -> Job:
+    fields: dict[str, Any] = dict(
+        id="welcome",
+        name="Welcome",
+        version="1.0.0",
+        trigger=event_trigger("new.user"),
+        enabled=True,
+        concurrency_limit=0,
+        max_duration_seconds=0,
+        retry=None,
+        log_level=None,
+        created_at=T0,
+        updated_at=T0,
+        latest=True,
+        next_fire_at=None,
+    )
+    fields.update(changes)
+    return Job(**fields)
+
+
+def test_json_of_models() -> None:
+    job = _job(trigger=event_trigger("a", schema={"type": "object"}))
+    data = json.loads(render.dumps([_event(runs=(_run(),)), job]))
+    assert data[0]["timestamp"] == "2024-05-01T09:00:00.123456Z"
+    assert data[0]["runs"][0]["output"] == {"sent": True}
+    assert data[1]["trigger"]["names"] == ["a"]
+    assert "model" not in data[1]["trigger"]
+
+
+# -- commands, against a fake client ----------------------------------------------------
+
+
+class FakeClient:
+    """Stands in for Client: canned answers, records the calls."""
+
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+    fail: Exception | None = None
+
+    def __init__(self, name: str, url: str, *, api_key: str | None = None) -> None:
+        FakeClient.calls.append(("__init__", (name, url), {"api_key": api_key}))
+
+    def __enter__(self) -> FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __getattr__(self, method: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            FakeClient.calls.append((method, args, kwargs))
+            if FakeClient.fail is not None:
+                raise FakeClient.fail
+            return ANSWERS[method]
+
+        return call
+
+
+TASK = Task(
+    id="t1",
+    run_id="r1",
+    parent_id=None,
+    key="send-email",
+    idempotency_key="h",
+    kind="RUN",
+    status="COMPLETED",
+    position=1,
+    attempts=0,
+    params=None,
+    output={"ok": 1},
+    error=None,
+    started_at=T0,
+    completed_at=T0,
+    retry_at=None,
+    retry=None,
+)
+LOG = LogEntry(seq=1, level="INFO", message="New user created", data={"userId": "u_1"}, time=T0)
+ANSWERS: dict[str, Any] = {
+    "send_event": _event(runs=(_run("QUEUED"),)),
+    "list_events": Page((_event(),), None),
+    "get_event": EventDetail(_event(), (_run(),)),
+    "cancel_event": _event(status="CANCELLED", cancelled_at=T0, delivered_at=None),
+    "list_jobs": Page((_job(), _job(id="daily", trigger=cron_trigger("0 9 * * *"))), None),
+    "get_job": _job(versions=(_job(), _job(version="0.9.0", latest=False, enabled=False))),
+    "list_runs": Page((_run(),), "next"),
+    "get_run": RunDetail(_run(), (TASK,), (LOG,)),
+    "cancel_run": _run("CANCELED"),
+    "invoke_job": _run("QUEUED", output=None),
+    "match_event": [
+        JobMatch("welcome", "1.0.0", True, ""),
+        JobMatch("billing", "2.0.0", False, "source differs", ()),
+        JobMatch(
+            "strict",
+            "1.0.0",
+            True,
+            "payload fails the schema",
+            (ValidationError("/userId", "is required"),),
+        ),
+    ],
+}
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
+    monkeypatch.setattr(cli, "Client", FakeClient)
+    FakeClient.calls = []
+    FakeClient.fail = None
+    return FakeClient
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = cli.main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_send(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(
+        ["--url", "h:1", "--api-key", "k", "send", "new.user", "--payload", '{"userId":"u_1"}'],
+        capsys,
+    )
+    assert status == 0
+    assert fake.calls[0] == ("__init__", ("tripwire-cli", "h:1"), {"api_key": "k"})
+    assert fake.calls[1] == (
+        "send_event",
+        ({"name": "new.user", "payload": {"userId": "u_1"}},),
+        {"deliver_after": None},
+    )
+    assert "name          new.user" in out
+    assert "delivered at  2024-05-01T09:00:00Z" in out
+    assert "runs:\nID  JOB      VERSION  EVENT  STATUS  ATTEMPT" in out
+    assert "r1  welcome  1.0.0    e1     QUEUED" in out
+
+
+def test_send_json(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(["send", "new.user", "--json"], capsys)
+    assert status == 0
+    data = json.loads(out)
+    assert data["id"] == "e1" and data["runs"][0]["status"] == "QUEUED"
+
+
+@pytest.mark.parametrize(
+    ("argv", "method", "expected"),
+    [
+        (["events", "--name", "new.user", "--limit", "5"], "list_events", "e1  new.user"),
+        (["event", "e1"], "get_event", "runs:\nID"),
+        (["cancel-event", "e1"], "cancel_event", "status        CANCELLED"),
+        (["jobs"], "list_jobs", "daily    1.0.0    Welcome  cron 0 9 * * * (UTC)"),
+        (["job", "welcome"], "get_job", "0.9.0    no       no"),
+        (["runs", "--status", "SUCCESS"], "list_runs", "r1  welcome  1.0.0    e1     SUCCESS"),
+        (["run", "r1"], "get_run", "logs:\nSEQ  TIME"),
+        (["cancel-run", "r1"], "cancel_run", "status        CANCELED"),
+        (
+            ["invoke", "welcome", "--payload", '{"a":1}'],
+            "invoke_job",
+            "job           welcome@1.0.0",
+        ),
+        (
+            ["match", "new.user", "--payload", "{}"],
+            "match_event",
+            "billing  2.0.0    no     source",
+        ),
+    ],
+)
+def test_commands(
+    argv: list[str],
+    method: str,
+    expected: str,
+    fake: type[FakeClient],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, err = run_cli(argv, capsys)
+    assert (status, err) == (0, "")
+    assert fake.calls[1][0] == method
+    assert expected in out
+    status, out, _ = run_cli(["--json", *argv], capsys)
+    assert status == 0
+    json.loads(out)
+
+
+def test_run_shows_tasks_and_logs(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, out, _ = run_cli(["run", "r1"], capsys)
+    assert "1  send-email  RUN   COMPLETED" in out
+    assert 'New user created  {"userId":"u_1"}' in out
+    _, out, _ = run_cli(["match", "x"], capsys)
+    assert "payload fails the schema /userId: is required" in out
+
+
+def test_list_filters_reach_the_client(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli(["runs", "--job", "j", "--event", "e", "--status", "FAILURE", "--limit", "3"], capsys)
+    assert fake.calls[1] == (
+        "list_runs",
+        (),
+        {"job_id": "j", "event_id": "e", "status": "FAILURE", "page_size": 3},
+    )
+    run_cli(["invoke", "j", "--idempotency-key", "k"], capsys)
+    assert fake.calls[-1] == ("invoke_job", ("j", None), {"context": None, "idempotency_key": "k"})
+
+
+def test_server_errors_exit_1(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    fake.fail = NotFound("no run r9")
+    status, out, err = run_cli(["run", "r9"], capsys)
+    assert (status, out) == (1, "")
+    assert err == "error: NOT_FOUND: no run r9\n"
