@@ -1,0 +1,597 @@
+"""The ``io`` a handler gets: cached tasks, server-sent events, durable waits and logs.
+
+Every io call but logging is a *task* with a cache key. A task completed in an earlier
+execution of the run comes back from the run request's cache without contacting the
+server, so a resumed run replays its handler quickly up to where it stopped. Otherwise the
+worker asks the server (``TaskRequest``) and follows its answer (``TaskResult``):
+
+- RUNNING: run the function here and report its outcome (``TaskComplete``);
+- COMPLETED: the output (events are sent and waits recorded by the server itself);
+- WAITING: a retry backoff or an ``io.wait``: this execution stops (:class:`Suspend`
+  unwinds the handler) and the server dispatches the run again when it is due;
+- ERRORED: :class:`TaskError` is raised in the handler.
+
+A ``run_task`` inside a ``run_task`` function is nested: its parent is the outer task, so
+the same key under two parents names two tasks. One key used twice under the same parent
+in one execution raises :class:`DuplicateKeyError`.
+
+:class:`IO` is for ``async def`` handlers; :class:`SyncIO` is the blocking flavour that
+plain-function handlers get in their thread (its calls hop to the event loop and wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
+import math
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, TypeVar, Unpack
+
+from google.protobuf import json_format, struct_pb2
+from tripwire.client import convert
+from tripwire.client._requests import event_input
+from tripwire.client.errors import TripwireError
+from tripwire.client.options import SendOptions
+from tripwire.v1 import event_pb2, job_pb2, run_pb2, worker_service_pb2
+
+__all__ = [
+    "IO",
+    "DuplicateKeyError",
+    "Execution",
+    "Logger",
+    "Suspend",
+    "SyncIO",
+    "TaskError",
+]
+
+T = TypeVar("T")
+Send = Callable[[worker_service_pb2.RunJobRequest], None]
+Request = worker_service_pb2.RunJobRequest
+
+# The server id of the task whose function is running ("" at the top level).
+_parent: contextvars.ContextVar[str] = contextvars.ContextVar("tripwire_parent_task", default="")
+
+_COMPLETED = run_pb2.TASK_STATUS_COMPLETED
+_RUNNING = run_pb2.TASK_STATUS_RUNNING
+_ERRORED = run_pb2.TASK_STATUS_ERRORED
+_STOPPING = (run_pb2.TASK_STATUS_WAITING, run_pb2.TASK_STATUS_CANCELED)
+
+
+class Suspend(BaseException):
+    """This execution of the run stops here; the server resumes the run when it is due.
+
+    A BaseException so that ``except Exception`` in a handler does not swallow it.
+    """
+
+
+class TaskError(TripwireError):
+    """A task failed for good (no retry left): raised where the handler awaited it."""
+
+    def __init__(self, type: str, message: str, stack: str = "", *, key: str = "") -> None:
+        self.type = type
+        self.message = message
+        self.stack = stack
+        self.key = key
+        where = f"task {key!r} failed: " if key else ""
+        super().__init__(f"{where}{type}: {message}" if type else f"{where}{message}")
+
+
+class DuplicateKeyError(TripwireError, ValueError):
+    """A cache key was used twice in one execution of a run."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What an io call asks for, checked and converted before anything is sent."""
+
+    kind: int
+    key: str
+    name: str
+    params: struct_pb2.Value | None = None
+    retry: job_pb2.RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a task function ended: an output or an error (with the exception, if local)."""
+
+    output: struct_pb2.Value | None = None
+    error: run_pb2.ErrorInfo | None = None
+    exception: BaseException | None = None
+
+    @classmethod
+    def of(cls, result: Any) -> Outcome:
+        try:
+            return cls(output=json_value(result, what="task output"))
+        except (TypeError, ValueError) as exc:
+            return cls.failure(exc)
+
+    @classmethod
+    def failure(cls, exc: BaseException) -> Outcome:
+        return cls(error=error_info(exc), exception=exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Where a task stands: ``run`` means the function must run now, else ``output``."""
+
+    request_id: str
+    task: run_pb2.Task
+    run: bool = False
+    output: Any = None
+
+
+def json_value(obj: Any, *, what: str) -> struct_pb2.Value:
+    """A handler's or task's result as a Value; a pydantic model is dumped as JSON."""
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump) and not isinstance(obj, type):
+        obj = dump(mode="json")
+    return convert.to_value(obj, what=what)
+
+
+def error_info(exc: BaseException) -> run_pb2.ErrorInfo:
+    """An exception as the protocol carries it: class name, message and traceback."""
+    stack = "".join(traceback.format_exception(exc))
+    return run_pb2.ErrorInfo(type=type(exc).__name__, message=str(exc), stack=stack)
+
+
+# -- task specs ------------------------------------------------------------------------
+
+
+def _key(key: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"a cache key is a non-empty string, got {key!r}")
+    return key
+
+
+def run_spec(key: str, name: str | None, retry: Mapping[str, Any] | None, params: Any) -> TaskSpec:
+    return TaskSpec(
+        kind=run_pb2.TASK_KIND_RUN,
+        key=_key(key),
+        name=name or key,
+        params=None if params is None else json_value(params, what="params"),
+        retry=None if retry is None else convert.retry_to_pb(retry),
+    )
+
+
+def _event_json(event: Mapping[str, Any]) -> dict[str, Any]:
+    message = event_input(event)
+    if not event.get("id"):
+        message.ClearField("id")  # the server derives the id from the task's key
+    return json_format.MessageToDict(message)
+
+
+def _options_json(given: SendOptions) -> dict[str, Any]:
+    unknown = sorted(set(given) - SendOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(
+            f"unknown send option(s) {unknown} (known: deliver_at, deliver_after, account_id)"
+        )
+    deliver_at, deliver_after = given.get("deliver_at"), given.get("deliver_after")
+    if deliver_after is not None and (
+        isinstance(deliver_after, bool) or not isinstance(deliver_after, int) or deliver_after < 0
+    ):
+        raise ValueError(f"deliver_after is whole seconds >= 0, got {deliver_after!r}")
+    options = event_pb2.SendEventOptions(
+        deliver_after=deliver_after or 0, account_id=given.get("account_id") or ""
+    )
+    if deliver_at is not None:
+        options.deliver_at.CopyFrom(convert.datetime_to_timestamp(deliver_at))
+    as_json = json_format.MessageToDict(options)
+    if "deliverAfter" in as_json:  # int64 is a string in proto JSON; a number reads better
+        as_json["deliverAfter"] = int(as_json["deliverAfter"])
+    return as_json
+
+
+def send_event_spec(key: str, event: Mapping[str, Any], options: dict[str, Any]) -> TaskSpec:
+    params = {"event": _event_json(event), "options": options}
+    name = f"send event {event.get('name')}"
+    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENT, _key(key), name, convert.to_value(params))
+
+
+def send_events_spec(
+    key: str, events: Sequence[Mapping[str, Any]], options: dict[str, Any]
+) -> TaskSpec:
+    if isinstance(events, (str, bytes, Mapping)) or not isinstance(events, Iterable):
+        raise TypeError("send_events takes a list of event dicts")
+    as_json = [_event_json(e) for e in events]
+    if not as_json:
+        raise ValueError("send_events needs at least one event")
+    params = {"events": as_json, "options": options}
+    name = f"send {len(as_json)} events"
+    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENTS, _key(key), name, convert.to_value(params))
+
+
+def wait_spec(key: str, seconds: float) -> TaskSpec:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"wait seconds must be a number, got {seconds!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"wait seconds must be finite and >= 0, got {seconds!r}")
+    params = convert.to_value({"seconds": seconds})
+    return TaskSpec(run_pb2.TASK_KIND_WAIT, _key(key), f"wait {seconds}s", params)
+
+
+def _events_output(output: Any) -> list[Any]:
+    if isinstance(output, dict) and isinstance(output.get("events"), list):
+        return list(output["events"])
+    return list(output) if isinstance(output, list) else [output]
+
+
+# -- one execution ---------------------------------------------------------------------
+
+
+class Execution:
+    """The task and log state of one execution (run id + attempt) of a run.
+
+    Lives on the event loop. ``send`` puts a message on the worker's stream; the worker
+    routes this run's ``task_result`` and ``rejected`` messages to :meth:`resolve` and
+    :meth:`reject`, and calls :meth:`halt` on ``cancel``, ``abandon`` or a lost stream.
+    Once halted (or suspended) it sends nothing more.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        attempt: int,
+        cached_tasks: Iterable[run_pb2.Task],
+        send: Send,
+        *,
+        executor: Executor | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.attempt = attempt
+        self.executor = executor
+        self.halted = False
+        self._send = send
+        self._cache = {(task.parent_id, task.key): task for task in cached_tasks}
+        self._claimed: set[tuple[str, str]] = set()
+        self._pending: dict[str, asyncio.Future[worker_service_pb2.TaskResult]] = {}
+        self._seq = 0
+
+    def send(self, message: Request) -> None:
+        if not self.halted:
+            self._send(message)
+
+    def halt(self) -> None:
+        """Stop: nothing more is sent, and every io call waiting on the server unwinds."""
+        self.halted = True
+        for future in self._pending.values():
+            future.cancel()
+
+    def suspend(self) -> Suspend:
+        self.halt()
+        return Suspend()
+
+    def resolve(self, result: worker_service_pb2.TaskResult) -> bool:
+        """Hand a ``task_result`` to the io call waiting for it; False if none is."""
+        future = self._pending.get(result.request_id)
+        if future is None or future.done():
+            return False
+        future.set_result(result)
+        return True
+
+    def reject(self, request_id: str, error: BaseException) -> bool:
+        """Fail the io call waiting on ``request_id`` with ``error``; False if none is."""
+        future = self._pending.get(request_id)
+        if future is None or future.done():
+            return False
+        future.set_exception(error)
+        return True
+
+    def log(self, level: job_pb2.LogLevel.ValueType, message: str, data: Any) -> None:
+        if self.halted:
+            return
+        self._seq += 1
+        log = worker_service_pb2.RunLog(
+            run_id=self.run_id, attempt=self.attempt, seq=self._seq, level=level, message=message
+        )
+        if data is not None:
+            log.data.CopyFrom(data)
+        self.send(Request(log=log))
+
+    async def open(self, spec: TaskSpec, parent: str) -> Step:
+        """Start a task: from the cache, or by asking the server."""
+        if self.halted:
+            raise Suspend()
+        slot = (parent, spec.key)
+        if slot in self._claimed:
+            where = f" under task {parent}" if parent else ""
+            raise DuplicateKeyError(
+                f"cache key {spec.key!r} is used twice in this run{where}; "
+                "each io call needs its own key"
+            )
+        self._claimed.add(slot)
+        cached = self._cache.get(slot)
+        # A cached task of another kind is not used: the server reports the nondeterminism.
+        if cached is not None and cached.status == _COMPLETED and cached.kind == spec.kind:
+            return Step("", cached, output=_output(cached))
+        request_id = uuid.uuid4().hex
+        task = worker_service_pb2.TaskRequest(
+            request_id=request_id,
+            run_id=self.run_id,
+            attempt=self.attempt,
+            key=spec.key,
+            parent_id=parent,
+            kind=spec.kind,  # type: ignore[arg-type]
+            name=spec.name,
+        )
+        if spec.params is not None:
+            task.params.CopyFrom(spec.params)
+        if spec.retry is not None:
+            task.retry.CopyFrom(spec.retry)
+        result = await self._exchange(request_id, Request(task=task))
+        return self._settle(request_id, result.task, spec.key, None)
+
+    async def complete(self, step: Step, outcome: Outcome) -> Step:
+        """Report a function's outcome; the answer says what comes next (as for open)."""
+        if self.halted:
+            raise Suspend()
+        # The TaskRequest's request_id again: the answer is about the same task.
+        message = worker_service_pb2.TaskComplete(
+            request_id=step.request_id,
+            run_id=self.run_id,
+            attempt=self.attempt,
+            task_id=step.task.id,
+        )
+        if outcome.error is not None:
+            message.error.CopyFrom(outcome.error)
+        else:
+            message.output.CopyFrom(outcome.output or convert.to_value(None))
+        result = await self._exchange(step.request_id, Request(task_complete=message))
+        return self._settle(step.request_id, result.task, step.task.key, outcome.exception)
+
+    async def _exchange(self, request_id: str, message: Request) -> worker_service_pb2.TaskResult:
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self.send(message)
+        try:
+            result: worker_service_pb2.TaskResult = await future
+        finally:
+            self._pending.pop(request_id, None)
+        return result
+
+    def _settle(
+        self, request_id: str, task: run_pb2.Task, key: str, cause: BaseException | None
+    ) -> Step:
+        if task.status == _COMPLETED:
+            return Step(request_id, task, output=_output(task))
+        if task.status == _RUNNING and task.kind == run_pb2.TASK_KIND_RUN:
+            return Step(request_id, task, run=True)
+        if task.status in _STOPPING:
+            raise self.suspend()
+        if task.status == _ERRORED:
+            error = task.error
+            raise TaskError(error.type, error.message, error.stack, key=key) from cause
+        status = convert.enum_name(run_pb2.TaskStatus, task.status, "TASK_STATUS_")
+        raise TaskError("ProtocolError", f"the server answered task {key!r} with {status}", key=key)
+
+
+def _output(task: run_pb2.Task) -> Any:
+    return convert.from_value(task.output) if task.HasField("output") else None
+
+
+# -- the handler-facing objects --------------------------------------------------------
+
+
+async def _call_async(fn: Callable[[], Any], task_id: str, executor: Executor | None) -> Outcome:
+    token = _parent.set(task_id)
+    try:
+        if inspect.iscoroutinefunction(fn):
+            result = await fn()
+        else:
+            context = contextvars.copy_context()  # nested io calls see this task as parent
+            result = await asyncio.get_running_loop().run_in_executor(executor, context.run, fn)
+            if inspect.isawaitable(result):
+                result = await result
+    except Exception as exc:
+        return Outcome.failure(exc)
+    finally:
+        _parent.reset(token)
+    return Outcome.of(result)
+
+
+class _Done:
+    """An awaitable that is already done: log calls work with or without ``await``."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()
+
+
+class Logger:
+    """``io.logger``: lines stored with the run, in order; a replay adds no duplicates.
+
+    ``await io.logger.info("...", {"k": 1})``; in a plain-function handler the same calls
+    work without ``await``. ``data`` is any JSON value (or a pydantic model).
+    """
+
+    def __init__(self, execution: Execution, loop: asyncio.AbstractEventLoop | None = None):
+        self._execution = execution
+        self._loop = loop  # set for handlers in a thread: lines hop to the loop
+
+    def _emit(self, level: job_pb2.LogLevel.ValueType, message: str, data: Any) -> _Done:
+        value = None if data is None else json_value(data, what="log data")
+        if self._loop is None:
+            self._execution.log(level, str(message), value)
+        elif self._execution.halted:
+            raise Suspend()
+        else:  # FIFO with this thread's io calls, so lines keep their order
+            self._loop.call_soon_threadsafe(self._execution.log, level, str(message), value)
+        return _DONE
+
+    def log(self, message: str, data: Any = None) -> Awaitable[None]:
+        return self._emit(job_pb2.LOG_LEVEL_LOG, message, data)
+
+    def debug(self, message: str, data: Any = None) -> Awaitable[None]:
+        return self._emit(job_pb2.LOG_LEVEL_DEBUG, message, data)
+
+    def info(self, message: str, data: Any = None) -> Awaitable[None]:
+        return self._emit(job_pb2.LOG_LEVEL_INFO, message, data)
+
+    def warn(self, message: str, data: Any = None) -> Awaitable[None]:
+        return self._emit(job_pb2.LOG_LEVEL_WARN, message, data)
+
+    def error(self, message: str, data: Any = None) -> Awaitable[None]:
+        return self._emit(job_pb2.LOG_LEVEL_ERROR, message, data)
+
+
+class IO:
+    """The ``io`` of an ``async def`` handler."""
+
+    def __init__(self, execution: Execution) -> None:
+        self._execution = execution
+        self.logger = Logger(execution)
+
+    @property
+    def run_id(self) -> str:
+        return self._execution.run_id
+
+    async def run_task(
+        self,
+        key: str,
+        fn: Callable[[], Any],
+        *,
+        name: str | None = None,
+        retry: Mapping[str, Any] | None = None,
+        params: Any = None,
+    ) -> Any:
+        """``fn()``'s JSON output, cached under ``key``: run once, replayed from the cache.
+
+        ``fn`` takes no arguments; a coroutine function runs on the loop, a plain one in a
+        thread. ``retry`` (limit, factor, min_timeout_ms, max_timeout_ms, randomize) says
+        how a failure is retried; without it the job's policy applies, and without that a
+        failure raises :class:`TaskError`.
+        """
+        execution = self._execution
+        step = await execution.open(run_spec(key, name, retry, params), _parent.get())
+        while step.run:
+            outcome = await _call_async(fn, step.task.id, execution.executor)
+            step = await execution.complete(step, outcome)
+        return step.output
+
+    async def send_event(
+        self, key: str, event: Mapping[str, Any], **options: Unpack[SendOptions]
+    ) -> Any:
+        """Send an event, exactly once, from the server; returns the stored event (JSON).
+
+        Without an ``id`` the server derives one from this task, so a replay never sends
+        a second event.
+        """
+        spec = send_event_spec(key, event, _options_json(options))
+        return (await self._execution.open(spec, _parent.get())).output
+
+    async def send_events(
+        self, key: str, events: Sequence[Mapping[str, Any]], **options: Unpack[SendOptions]
+    ) -> list[Any]:
+        """Send several events atomically and in order; returns the stored events."""
+        spec = send_events_spec(key, events, _options_json(options))
+        return _events_output((await self._execution.open(spec, _parent.get())).output)
+
+    async def wait(self, key: str, seconds: float) -> None:
+        """Wait durably: the run leaves the worker and resumes here after ``seconds``."""
+        await self._execution.open(wait_spec(key, seconds), _parent.get())
+
+
+class SyncIO:
+    """The ``io`` of a plain-function handler: the same calls, blocking its thread.
+
+    Each call runs its protocol steps on the worker's event loop and waits; a ``run_task``
+    function runs in the calling thread. A stopped run (cancel, abandon, lost stream)
+    unwinds the handler at its next io call.
+    """
+
+    def __init__(self, execution: Execution, loop: asyncio.AbstractEventLoop) -> None:
+        self._execution = execution
+        self._loop = loop
+        self._io = IO(execution)
+        self.logger = Logger(execution, loop)
+
+    @property
+    def run_id(self) -> str:
+        return self._execution.run_id
+
+    def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop, in this thread's context (so nesting is kept), and wait."""
+        if self._execution.halted or _on_a_loop():
+            coro.close()
+            if self._execution.halted:
+                raise Suspend()
+            raise RuntimeError("the blocking io was called on the event loop; use `await io...`")
+        context = contextvars.copy_context()
+
+        async def in_context() -> T:
+            return await asyncio.get_running_loop().create_task(coro, context=context)
+
+        future = asyncio.run_coroutine_threadsafe(in_context(), self._loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise Suspend() from None
+
+    def _call(self, fn: Callable[[], Any], task_id: str) -> Outcome:
+        token = _parent.set(task_id)
+        try:
+            if inspect.iscoroutinefunction(fn):
+                return self._wait(_call_async(fn, task_id, self._execution.executor))
+            result = fn()
+            if inspect.isawaitable(result):
+                result = self._wait(_awaited(result))
+        except Exception as exc:
+            return Outcome.failure(exc)
+        finally:
+            _parent.reset(token)
+        return Outcome.of(result)
+
+    def run_task(
+        self,
+        key: str,
+        fn: Callable[[], Any],
+        *,
+        name: str | None = None,
+        retry: Mapping[str, Any] | None = None,
+        params: Any = None,
+    ) -> Any:
+        """As :meth:`IO.run_task`; ``fn`` runs in this thread."""
+        execution = self._execution
+        step = self._wait(execution.open(run_spec(key, name, retry, params), _parent.get()))
+        while step.run:  # the function runs here, in this thread
+            outcome = self._call(fn, step.task.id)
+            step = self._wait(execution.complete(step, outcome))
+        return step.output
+
+    def send_event(self, key: str, event: Mapping[str, Any], **options: Unpack[SendOptions]) -> Any:
+        """As :meth:`IO.send_event`."""
+        return self._wait(self._io.send_event(key, event, **options))
+
+    def send_events(
+        self, key: str, events: Sequence[Mapping[str, Any]], **options: Unpack[SendOptions]
+    ) -> list[Any]:
+        """As :meth:`IO.send_events`."""
+        return self._wait(self._io.send_events(key, events, **options))
+
+    def wait(self, key: str, seconds: float) -> None:
+        """As :meth:`IO.wait`."""
+        self._wait(self._io.wait(key, seconds))
+
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable

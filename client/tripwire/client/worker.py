@@ -1,0 +1,544 @@
+"""The worker: one RunJob stream to the server, each run executed as its own asyncio task.
+
+```python
+async with Worker(client, jobs=[first_job, second_job]) as worker:
+    ...                       # runs are executed in the background
+await Worker(client).run()    # until shutdown(); client.listen() does this with signals
+```
+
+A session is one stream: ``hello`` (this worker's jobs and capacity), ``welcome``, then a
+heartbeat task, a reader dispatching the server's messages, and one task per run; every
+outbound message goes through one queue that feeds the stream. When the stream breaks, the
+local runs are stopped (the server dispatches them again, with a higher attempt) and the
+worker reconnects with capped, fully jittered exponential backoff, reset once a stream has
+stayed healthy for a while. ``drain`` from the server, or :meth:`Worker.shutdown`, stops
+taking runs, lets the running ones finish within a deadline, then closes the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Protocol, Self, TypeVar
+
+import grpc
+from tripwire.client._channel import ClientBase, Settings, open_async
+from tripwire.client.errors import TripwireError, error_class, from_rpc_error
+from tripwire.client.io import Execution
+from tripwire.client.jobs import JobDefinition, execute_run
+from tripwire.v1 import run_pb2, worker_service_pb2, worker_service_pb2_grpc
+
+__all__ = ["Backoff", "StreamCall", "Worker", "backoff_delay", "heartbeat_loop", "listen"]
+
+log = logging.getLogger("tripwire.worker")
+T = TypeVar("T")
+Request = worker_service_pb2.RunJobRequest
+Sleep = Callable[[float], Awaitable[None]]
+
+# Codes that another attempt cannot fix: stop and raise instead of reconnecting.
+_FATAL = frozenset(
+    getattr(grpc.StatusCode, name)
+    for name in (
+        "INVALID_ARGUMENT UNAUTHENTICATED PERMISSION_DENIED UNIMPLEMENTED NOT_FOUND "
+        "FAILED_PRECONDITION ALREADY_EXISTS OUT_OF_RANGE"
+    ).split()
+)
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_DEFAULT_HEARTBEAT = 10.0
+# After half-closing, how long the server has to end the stream.
+_CLOSE_TIMEOUT = 5.0
+
+
+def _sdk() -> str:
+    try:
+        return f"tripwire-python/{metadata.version('tripwire')}"
+    except metadata.PackageNotFoundError:
+        return "tripwire-python/0"
+
+
+class StreamCall(Protocol):
+    """What the worker uses of a ``grpc.aio`` stream-stream call (fakes provide the same)."""
+
+    async def read(self) -> Any: ...  # a RunJobResponse, or grpc.aio.EOF
+
+    def cancel(self) -> bool: ...
+
+
+#: Opens a RunJob stream fed by the given requests.
+Connect = Callable[[AsyncIterator[Request]], StreamCall]
+
+
+def backoff_delay(
+    attempt: int, *, base: float = 0.1, cap: float = 5.0, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds before reconnect number ``attempt`` (from 0): "full jitter", uniform in
+    ``[0, min(cap, base * 2**attempt)]``, so many workers do not reconnect in step."""
+    ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), 64))
+    return rand() * ceiling
+
+
+class Backoff:
+    """Reconnect delays: growing per failed try, reset after a healthy stream."""
+
+    def __init__(
+        self,
+        *,
+        base: float = 0.1,
+        cap: float = 5.0,
+        healthy_after: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.base, self.cap, self.healthy_after = base, cap, healthy_after
+        self.attempt = 0
+        self._clock, self._rand = clock, rand
+        self._healthy_since: float | None = None
+
+    def connected(self) -> None:
+        """A stream was established (welcome received)."""
+        self._healthy_since = self._clock()
+
+    def next_delay(self) -> float:
+        """The delay before the next connection attempt."""
+        since, self._healthy_since = self._healthy_since, None
+        if since is not None and self._clock() - since >= self.healthy_after:
+            self.attempt = 0
+        delay = backoff_delay(self.attempt, base=self.base, cap=self.cap, rand=self._rand)
+        self.attempt += 1
+        return delay
+
+
+async def heartbeat_loop(send: Callable[[], None], interval: float, sleep: Sleep) -> None:
+    """Send a heartbeat every ``interval`` seconds, forever (cancel to stop)."""
+    while True:
+        await sleep(interval)
+        send()
+
+
+async def _requests(queue: asyncio.Queue[Request | None]) -> AsyncIterator[Request]:
+    while (message := await queue.get()) is not None:
+        yield message
+
+
+async def _first(awaitable: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``awaitable``'s result, or None (having cancelled it) if ``stop`` is set first."""
+    work = asyncio.ensure_future(awaitable)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    return None if work.cancelled() else work.result()
+
+
+@dataclass(slots=True)
+class _Running:
+    execution: Execution
+    task: asyncio.Task[None]
+
+
+class _Session:
+    """One stream: its outbound queue, reader and runs."""
+
+    def __init__(self, worker: Worker, call: StreamCall, queue: asyncio.Queue[Request | None]):
+        self.worker = worker
+        self.call = call
+        self.queue = queue
+        self.runs: dict[str, _Running] = {}
+        self.assembling: dict[str, tuple[worker_service_pb2.RunRequest, list[run_pb2.Task]]] = {}
+        self.no_runs = asyncio.Event()
+        self.no_runs.set()
+        self.draining = False
+        self.reader: asyncio.Task[None] | None = None
+        self.closer: asyncio.Task[None] | None = None
+
+    def send(self, message: Request) -> None:
+        self.queue.put_nowait(message)
+
+    async def read_loop(self) -> None:
+        while (message := await self.call.read()) is not grpc.aio.EOF:
+            self.dispatch(message)
+
+    def dispatch(self, message: worker_service_pb2.RunJobResponse) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "run_request":
+            self.on_run_request(message.run_request)
+        elif kind == "cached_tasks":
+            self.on_cached_tasks(message.cached_tasks)
+        elif kind == "task_result":
+            running = self.current(message.task_result.run_id, message.task_result.attempt)
+            if running is not None:
+                running.execution.resolve(message.task_result)
+        elif kind in ("cancel", "abandon"):
+            notice = message.cancel if kind == "cancel" else message.abandon
+            running = self.current(notice.run_id, notice.attempt)
+            if running is not None:
+                log.info("run %s: %s (%s)", notice.run_id, kind, notice.reason or "no reason")
+                self.stop_run(notice.run_id)
+        elif kind == "drain":
+            log.info("the server asks to drain within %d ms", message.drain.deadline_ms)
+            self.close(message.drain.deadline_ms / 1000)
+        elif kind == "rejected":
+            self.on_rejected(message.rejected)
+        # `welcome` again, or a kind this SDK does not know yet: nothing to do.
+
+    def current(self, run_id: str, attempt: int) -> _Running | None:
+        running = self.runs.get(run_id)
+        if running is None or (attempt and attempt != running.execution.attempt):
+            return None
+        return running
+
+    def on_run_request(self, request: worker_service_pb2.RunRequest) -> None:
+        self.worker._activity.set()
+        if self.draining:
+            log.warning("run %s received while draining; not started", request.run.id)
+            return
+        if request.cached_tasks_complete:
+            self.start(request, list(request.cached_tasks))
+        else:
+            self.assembling[request.run.id] = (request, list(request.cached_tasks))
+
+    def on_cached_tasks(self, page: worker_service_pb2.CachedTasks) -> None:
+        entry = self.assembling.get(page.run_id)
+        if entry is None or entry[0].run.attempt != page.attempt:
+            return
+        entry[1].extend(page.tasks)
+        if page.last:
+            del self.assembling[page.run_id]
+            self.start(*entry)
+
+    def on_rejected(self, rejected: worker_service_pb2.Rejected) -> None:
+        code = _CODES.get(rejected.code, grpc.StatusCode.UNKNOWN)
+        log.warning(
+            "the server rejected %s (run %s): %s %s",
+            rejected.request_id or "a message",
+            rejected.run_id or "-",
+            code.name,
+            rejected.message,
+        )
+        if not rejected.request_id:
+            return
+        candidates = [self.runs[rejected.run_id]] if rejected.run_id in self.runs else []
+        for running in candidates or list(self.runs.values()):
+            error = error_class(code)(f"rejected by the server: {rejected.message}", code=code)
+            if running.execution.reject(rejected.request_id, error):
+                return
+
+    def start(self, request: worker_service_pb2.RunRequest, cached: list[run_pb2.Task]) -> None:
+        run = request.run
+        previous = self.runs.get(run.id)
+        if previous is not None:
+            if previous.execution.attempt >= run.attempt:
+                return  # a duplicate of what is already running
+            self.stop_run(run.id)
+        execution = Execution(run.id, run.attempt, cached, self.send, executor=self.worker._pool)
+        task = asyncio.create_task(self.worker._execute(request, execution), name=f"run {run.id}")
+        self.runs[run.id] = _Running(execution, task)
+        self.no_runs.clear()
+        task.add_done_callback(lambda done: self.finished(run.id, done))
+
+    def finished(self, run_id: str, task: asyncio.Task[None]) -> None:
+        running = self.runs.get(run_id)
+        if running is not None and running.task is task:
+            del self.runs[run_id]
+        if not self.runs:
+            self.no_runs.set()
+        self.worker._activity.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run %s: the worker failed", run_id, exc_info=task.exception())
+
+    def stop_run(self, run_id: str) -> None:
+        running = self.runs.pop(run_id, None)
+        if running is not None:
+            running.execution.halt()
+            running.task.cancel()
+        if not self.runs:
+            self.no_runs.set()
+
+    def stop_all(self) -> None:
+        self.assembling.clear()
+        for run_id in list(self.runs):
+            self.stop_run(run_id)
+
+    def close(self, deadline: float) -> None:
+        """Take no new runs, finish the running ones within ``deadline``, close the stream."""
+        if self.closer is None:
+            self.draining = True
+            self.assembling.clear()
+            self.closer = asyncio.create_task(self._close(deadline), name="tripwire-close")
+
+    async def _close(self, deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.no_runs.wait(), max(deadline, 0))
+        if self.runs:
+            log.warning("stopping %d run(s) still executing at the deadline", len(self.runs))
+        self.stop_all()
+        self.queue.put_nowait(None)  # half-close: the server ends the stream
+        reader = self.reader
+        if reader is not None:
+            await asyncio.wait({reader}, timeout=_CLOSE_TIMEOUT)
+            reader.cancel()
+
+
+class Worker:
+    """Executes the runs of ``jobs`` (default: the jobs defined on ``client``).
+
+    ``capacity`` is how many runs may execute at once. ``shutdown_timeout`` is how long
+    :meth:`shutdown` lets running runs finish. ``connect``, ``sleep`` and ``clock`` replace
+    the gRPC stream, the waits and the monotonic clock in tests.
+    """
+
+    def __init__(
+        self,
+        client: ClientBase,
+        jobs: Iterable[JobDefinition] | None = None,
+        *,
+        capacity: int = 10,
+        worker_id: str | None = None,
+        shutdown_timeout: float = 30.0,
+        backoff: Backoff | None = None,
+        connect: Connect | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if jobs is None:
+            jobs = getattr(client, "jobs", None) or ()
+        self._jobs: dict[str, JobDefinition] = {}
+        for job in jobs:
+            if not isinstance(job, JobDefinition):
+                raise TypeError(f"jobs must be JobDefinitions (define_job), got {job!r}")
+            if job.id in self._jobs:
+                raise ValueError(f"job id {job.id!r} is given twice")
+            self._jobs[job.id] = job
+        if not self._jobs:
+            raise ValueError("a worker needs at least one job (define_job, or jobs=[...])")
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be an integer >= 1, got {capacity!r}")
+        self.client = client
+        self.capacity = capacity
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.shutdown_timeout = shutdown_timeout
+        self.backoff = backoff or Backoff()
+        self._connect = connect
+        self._sleep = sleep
+        self._hello = worker_service_pb2.Hello(
+            worker_id=self.worker_id,
+            jobs=[job.to_proto() for job in self._jobs.values()],
+            capacity=capacity,
+            sdk=_sdk(),
+        )
+        self._session: _Session | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._running = False
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._activity = asyncio.Event()
+        self._background: asyncio.Task[None] | None = None
+        self.heartbeat_interval: float | None = None
+
+    @property
+    def jobs(self) -> tuple[JobDefinition, ...]:
+        return tuple(self._jobs.values())
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._session.runs) if self._session else 0
+
+    async def wait_connected(self) -> None:
+        """Return once a stream is open (its jobs registered); wrap in a timeout."""
+        await self._connected.wait()
+
+    async def run(self, *, burst: bool = False, idle_timeout: float = 0.5) -> None:
+        """Serve until :meth:`shutdown` (or, with ``burst``, until idle: no run executing
+        and none received for ``idle_timeout`` seconds after connecting).
+
+        Raises a :class:`~tripwire.client.errors.TripwireError` when the server refuses
+        the worker for good (e.g. INVALID_ARGUMENT for a bad job, UNAUTHENTICATED).
+        """
+        if self._running:
+            raise RuntimeError("this worker is already running")
+        self._running, self._stopping = True, False
+        self._stop.clear()
+        self._finished.clear()
+        connect, close = self._open()
+        self._pool = ThreadPoolExecutor(self.capacity + 4, thread_name_prefix="tripwire-run")
+        idle = asyncio.create_task(self._watch_idle(idle_timeout)) if burst else None
+        try:
+            while not self._stopping:
+                try:
+                    await self._serve(connect)
+                except grpc.RpcError as exc:
+                    if exc.code() in _FATAL:
+                        raise from_rpc_error(exc) from exc
+                    log.warning("stream lost (%s): %s", exc.code(), exc.details())
+                if not self._stopping:
+                    await _first(self._sleep(self.backoff.next_delay()), self._stop)
+        finally:
+            if idle is not None:
+                idle.cancel()
+            await close()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._running = False
+            self._finished.set()
+
+    def request_shutdown(self) -> None:
+        """Start a graceful shutdown without waiting for it (safe from signal handlers)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop.set()
+        if self._session is not None:
+            self._session.close(self.shutdown_timeout)
+
+    async def shutdown(self) -> None:
+        """Drain: take no new runs, let running ones finish within ``shutdown_timeout``,
+        close the stream, and wait for :meth:`run` to return."""
+        self.request_shutdown()
+        if self._running:
+            await self._finished.wait()
+
+    async def __aenter__(self) -> Self:
+        self._background = asyncio.create_task(self.run(), name="tripwire-worker")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+        if self._background is not None:
+            task, self._background = self._background, None
+            await task
+
+    def _open(self) -> tuple[Connect, Callable[[], Awaitable[None]]]:
+        if self._connect is not None:
+            return self._connect, _nothing
+        client = self.client
+        settings = Settings(client.name, client.url, client.api_key, timeout=None)
+        channel = open_async(settings)
+        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+
+        def connect(requests: AsyncIterator[Request]) -> StreamCall:
+            call: StreamCall = stub.RunJob(requests, metadata=settings.metadata)
+            return call
+
+        return connect, channel.close
+
+    async def _serve(self, connect: Connect) -> None:
+        queue: asyncio.Queue[Request | None] = asyncio.Queue()
+        queue.put_nowait(Request(hello=self._hello))
+        call = connect(_requests(queue))
+        session = _Session(self, call, queue)
+        heartbeat: asyncio.Task[None] | None = None
+        try:
+            first = await _first(call.read(), self._stop)
+            if first is None or first is grpc.aio.EOF:
+                return
+            if first.WhichOneof("message") != "welcome":
+                raise TripwireError(f"expected welcome, got {first.WhichOneof('message')}")
+            welcome = first.welcome
+            self.heartbeat_interval = welcome.heartbeat_interval_ms / 1000 or _DEFAULT_HEARTBEAT
+            log.info("connected as %s (session %s)", self.worker_id, welcome.session_id)
+            self._session = session
+            self.backoff.connected()
+            self._connected.set()
+            self._activity.set()
+            beat = worker_service_pb2.Heartbeat()
+            heartbeat = asyncio.create_task(
+                heartbeat_loop(
+                    lambda: queue.put_nowait(Request(heartbeat=beat)),
+                    self.heartbeat_interval,
+                    self._sleep,
+                ),
+                name="tripwire-heartbeat",
+            )
+            session.reader = reader = asyncio.create_task(session.read_loop(), name="tripwire-read")
+            if self._stopping:
+                session.close(self.shutdown_timeout)
+            await asyncio.wait({reader, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            if heartbeat.done():
+                heartbeat.result()  # it never returns: this re-raises its failure
+            if not reader.cancelled():  # cancelled: closing gave up waiting for the server
+                reader.result()
+        finally:
+            self._connected.clear()
+            self._session = None
+            session.stop_all()
+            for task in (heartbeat, session.reader, session.closer):
+                if task is not None:
+                    task.cancel()
+            call.cancel()
+
+    async def _execute(self, request: worker_service_pb2.RunRequest, execution: Execution) -> None:
+        result = await execute_run(self._jobs, request, execution, self.worker_id)
+        if result is not None:
+            execution.send(Request(run_result=result))
+
+    async def _watch_idle(self, idle_timeout: float) -> None:
+        await self._connected.wait()
+        while True:
+            self._activity.clear()
+            busy = self._session is not None and (self._session.runs or self._session.assembling)
+            if busy:
+                await self._activity.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._activity.wait(), idle_timeout)
+            except TimeoutError:
+                self.request_shutdown()
+                return
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _serve_until_signalled(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("shutting down: finishing running runs (signal again to stop now)")
+            worker.request_shutdown()
+        elif main is not None:
+            main.cancel()
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue  # not the main thread, or a platform without them
+        installed.append(sig)
+    try:
+        await worker.run()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def listen(client: ClientBase, jobs: Iterable[JobDefinition] | None = None, **options: Any) -> None:
+    """Run a worker until SIGTERM or SIGINT (which drain it; a second one stops it now)."""
+    worker = Worker(client, jobs, **options)
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(_serve_until_signalled(worker))

@@ -1,0 +1,442 @@
+"""The io of one execution against the server's end of the protocol (a Wire)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from tripwire.client.convert import from_value
+from tripwire.client.errors import InvalidArgument
+from tripwire.client.io import IO, DuplicateKeyError, Execution, Suspend, SyncIO, TaskError
+from tripwire.v1 import job_pb2, run_pb2
+
+from .test_worker_fakes import Wire, as_json, result, task, within
+
+RUN, ATTEMPT = "run_1", 3
+
+
+def make(*cached: run_pb2.Task) -> tuple[Execution, IO, Wire]:
+    wire = Wire()
+    execution = Execution(RUN, ATTEMPT, cached, wire)
+    return execution, IO(execution), wire
+
+
+def answer(execution: Execution, request_id: str, reply: run_pb2.Task) -> None:
+    assert execution.resolve(result(request_id, RUN, ATTEMPT, reply))
+
+
+def never_called() -> Any:
+    raise AssertionError("fn must not run")
+
+
+async def test_a_cached_completed_task_returns_its_output_without_the_server() -> None:
+    _, io, wire = make(task("t1", "a", output={"n": 42}))
+    assert await io.run_task("a", never_called) == {"n": 42}
+    assert wire.drained() == []
+
+
+async def test_a_cached_task_of_another_kind_is_asked_for_again() -> None:
+    execution, io, wire = make(task("t1", "a", kind="WAIT", output=None))
+    call = asyncio.create_task(io.run_task("a", lambda: 1))
+    request = await wire.next("task")
+    assert request.key == "a" and request.kind == run_pb2.TASK_KIND_RUN
+    execution.halt()
+    with pytest.raises(asyncio.CancelledError):
+        await within(call)
+
+
+async def test_running_runs_fn_then_completes_with_its_output() -> None:
+    execution, io, wire = make()
+    calls = []
+
+    async def fn() -> dict[str, int]:
+        calls.append(1)
+        return {"sum": 3}
+
+    call = asyncio.create_task(
+        io.run_task("add", fn, name="Add", retry={"limit": 3}, params={"a": 1})
+    )
+    request = await wire.next("task")
+    assert (request.run_id, request.attempt, request.key, request.parent_id) == (
+        RUN,
+        ATTEMPT,
+        "add",
+        "",
+    )
+    assert request.kind == run_pb2.TASK_KIND_RUN and request.name == "Add"
+    assert request.retry.limit == 3 and not request.retry.HasField("factor")
+    assert from_value(request.params) == {"a": 1}
+    answer(execution, request.request_id, task("t1", "add", "RUNNING"))
+    complete = await wire.next("task_complete")
+    assert complete.request_id == request.request_id  # the same task, the same id
+    assert (complete.run_id, complete.attempt, complete.task_id) == (RUN, ATTEMPT, "t1")
+    assert from_value(complete.output) == {"sum": 3}
+    answer(execution, request.request_id, task("t1", "add", output={"sum": 3}))
+    assert await within(call) == {"sum": 3}
+    assert calls == [1]
+
+
+async def test_a_failing_fn_is_reported_and_an_errored_answer_raises_task_error() -> None:
+    execution, io, wire = make()
+
+    def fn() -> None:
+        raise ValueError("bad input")
+
+    call = asyncio.create_task(io.run_task("k", fn))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "k", "RUNNING"))
+    complete = await wire.next("task_complete")
+    assert complete.error.type == "ValueError" and complete.error.message == "bad input"
+    assert "Traceback" in complete.error.stack and "bad input" in complete.error.stack
+    answer(
+        execution, request.request_id, task("t1", "k", "ERRORED", error=("ValueError", "bad input"))
+    )
+    with pytest.raises(TaskError) as error:
+        await within(call)
+    assert (error.value.type, error.value.message, error.value.key) == (
+        "ValueError",
+        "bad input",
+        "k",
+    )
+    assert isinstance(error.value.__cause__, ValueError)
+
+
+async def test_an_errored_task_on_replay_raises_task_error() -> None:
+    execution, io, wire = make()
+    call = asyncio.create_task(io.run_task("k", never_called))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "k", "ERRORED", error=("Boom", "no")))
+    with pytest.raises(TaskError, match="Boom: no"):
+        await within(call)
+
+
+async def test_running_again_after_complete_runs_fn_again() -> None:
+    execution, io, wire = make()
+    outputs = iter([1, 2])
+    call = asyncio.create_task(io.run_task("k", lambda: next(outputs)))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "k", "RUNNING"))
+    assert from_value((await wire.next("task_complete")).output) == 1
+    answer(execution, request.request_id, task("t1", "k", "RUNNING"))
+    assert from_value((await wire.next("task_complete")).output) == 2
+    answer(execution, request.request_id, task("t1", "k", output=2))
+    assert await within(call) == 2
+
+
+@pytest.mark.parametrize("status", ["WAITING", "CANCELED"])
+async def test_waiting_suspends_and_nothing_more_is_sent(status: str) -> None:
+    execution, io, wire = make()
+    call = asyncio.create_task(io.run_task("k", never_called))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "k", status))
+    with pytest.raises(Suspend):
+        await within(call)
+    assert execution.halted
+    await io.logger.info("after the suspension")
+    with pytest.raises(Suspend):
+        await io.run_task("other", never_called)
+    assert wire.drained() == []
+
+
+async def test_waiting_after_a_failure_suspends_for_the_retry() -> None:
+    execution, io, wire = make()
+
+    def fn() -> None:
+        raise RuntimeError("flaky")
+
+    call = asyncio.create_task(io.run_task("k", fn, retry={"limit": 2}))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "k", "RUNNING"))
+    assert (await wire.next("task_complete")).error.type == "RuntimeError"
+    answer(execution, request.request_id, task("t1", "k", "WAITING"))
+    with pytest.raises(Suspend):
+        await within(call)
+
+
+async def test_a_key_used_twice_raises_naming_it() -> None:
+    _, io, _ = make(task("t1", "same", output=1), task("t2", "same", parent="p", output=2))
+    assert await io.run_task("same", never_called) == 1
+    with pytest.raises(DuplicateKeyError, match="'same'"):
+        await io.run_task("same", never_called)
+    with pytest.raises(DuplicateKeyError, match="'same'"):
+        await io.send_event("same", {"name": "x"})
+
+
+async def test_nested_tasks_have_the_outer_task_as_parent() -> None:
+    # "inner" under t1 is cached; "inner" at the top level is another task.
+    execution, io, wire = make(task("t2", "inner", parent="t1", output="cached"))
+
+    async def outer() -> str:
+        inner = await io.run_task("inner", never_called)
+        deeper = await io.run_task("deeper", lambda: "ran")
+        return f"{inner}+{deeper}"
+
+    call = asyncio.create_task(io.run_task("outer", outer))
+    request = await wire.next("task")
+    assert request.key == "outer" and request.parent_id == ""
+    answer(execution, request.request_id, task("t1", "outer", "RUNNING"))
+    deeper = await wire.next("task")
+    assert deeper.key == "deeper" and deeper.parent_id == "t1"
+    answer(execution, deeper.request_id, task("t3", "deeper", "RUNNING"))
+    assert from_value((await wire.next("task_complete")).output) == "ran"
+    answer(execution, deeper.request_id, task("t3", "deeper", output="ran"))
+    complete = await wire.next("task_complete")
+    assert complete.task_id == "t1" and from_value(complete.output) == "cached+ran"
+    answer(execution, request.request_id, task("t1", "outer", output="cached+ran"))
+    assert await within(call) == "cached+ran"
+    top = asyncio.create_task(io.run_task("inner", lambda: 0))  # not a duplicate: no parent
+    assert (await wire.next("task")).parent_id == ""
+    top.cancel()
+
+
+async def test_log_lines_are_numbered_per_execution() -> None:
+    _, io, wire = make()
+    await io.logger.log("one")
+    await io.logger.debug("two", {"k": [1, 2]})
+    await io.logger.info("three")
+    await io.logger.warn("four")
+    await io.logger.error("five", "text")
+    logs = [m.log for m in wire.drained()]
+    assert [log.seq for log in logs] == [1, 2, 3, 4, 5]
+    assert [log.level for log in logs] == [
+        job_pb2.LOG_LEVEL_LOG,
+        job_pb2.LOG_LEVEL_DEBUG,
+        job_pb2.LOG_LEVEL_INFO,
+        job_pb2.LOG_LEVEL_WARN,
+        job_pb2.LOG_LEVEL_ERROR,
+    ]
+    assert [log.message for log in logs] == ["one", "two", "three", "four", "five"]
+    assert not logs[0].HasField("data") and from_value(logs[1].data) == {"k": [1, 2]}
+    assert all((log.run_id, log.attempt) == (RUN, ATTEMPT) for log in logs)
+
+
+async def test_send_event_asks_the_server_with_the_event_and_options() -> None:
+    execution, io, wire = make()
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    call = asyncio.create_task(
+        io.send_event(
+            "send-event",
+            {"name": "new.user", "payload": {"userId": "u_1"}, "context": {"c": 1}},
+            deliver_at=when,
+            deliver_after=60,
+            account_id="acc",
+        )
+    )
+    request = await wire.next("task")
+    assert request.kind == run_pb2.TASK_KIND_SEND_EVENT and request.key == "send-event"
+    assert from_value(request.params) == {
+        "event": {"name": "new.user", "payload": {"userId": "u_1"}, "context": {"c": 1}},
+        "options": {"deliverAt": "2030-01-02T03:04:05Z", "deliverAfter": 60, "accountId": "acc"},
+    }
+    stored = {"id": "evt_1", "name": "new.user", "payload": {"userId": "u_1"}}
+    answer(
+        execution, request.request_id, task("t1", "send-event", kind="SEND_EVENT", output=stored)
+    )
+    assert await within(call) == stored
+
+
+async def test_send_event_keeps_a_given_id_and_timestamp_and_sends_empty_options() -> None:
+    execution, io, wire = make()
+    when = datetime(2024, 5, 6, tzinfo=UTC)
+    event = {"name": "n", "id": "my-id", "timestamp": when, "source": "billing"}
+    call = asyncio.create_task(io.send_event("k", event))
+    params = from_value((await wire.next("task")).params)
+    assert params == {
+        "event": {
+            "name": "n",
+            "id": "my-id",
+            "timestamp": "2024-05-06T00:00:00Z",
+            "source": "billing",
+        },
+        "options": {},
+    }
+    execution.halt()
+    with pytest.raises(asyncio.CancelledError):
+        await within(call)
+
+
+async def test_send_events_asks_once_for_the_batch() -> None:
+    execution, io, wire = make()
+    call = asyncio.create_task(
+        io.send_events("batch", [{"name": "a"}, {"name": "b"}], deliver_after=5)
+    )
+    request = await wire.next("task")
+    assert request.kind == run_pb2.TASK_KIND_SEND_EVENTS
+    assert from_value(request.params) == {
+        "events": [{"name": "a"}, {"name": "b"}],
+        "options": {"deliverAfter": 5},
+    }
+    stored = [{"id": "1", "name": "a"}, {"id": "2", "name": "b"}]
+    answer(execution, request.request_id, task("t1", "batch", kind="SEND_EVENTS", output=stored))
+    assert await within(call) == stored
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda io: io.send_event("k", {"payload": {}}), "name is required"),
+        (lambda io: io.send_event("k", {"name": "n", "extra": 1}), "unknown event key"),
+        (lambda io: io.send_event("k", {"name": "n"}, deliver_after=-1), "deliver_after"),
+        (lambda io: io.send_event("k", {"name": "n"}, deliver_in=3), "unknown send option"),
+        (lambda io: io.send_events("k", []), "at least one event"),
+        (lambda io: io.send_events("k", {"name": "n"}), "list of event dicts"),
+        (lambda io: io.wait("k", -1), "seconds"),
+        (lambda io: io.run_task("", lambda: 1), "cache key"),
+        (lambda io: io.run_task("k", lambda: 1, retry={"tries": 1}), "unknown retry option"),
+    ],
+)
+async def test_bad_io_calls_raise_before_anything_is_sent(call: Any, error: str) -> None:
+    _, io, wire = make()
+    with pytest.raises((TypeError, ValueError), match=error):
+        await call(io)
+    assert wire.drained() == []
+
+
+async def test_wait_suspends_until_the_server_resumes_the_run() -> None:
+    execution, io, wire = make()
+    call = asyncio.create_task(io.wait("nap", 2.5))
+    request = await wire.next("task")
+    assert request.kind == run_pb2.TASK_KIND_WAIT and from_value(request.params) == {"seconds": 2.5}
+    answer(execution, request.request_id, task("t1", "nap", "WAITING", kind="WAIT"))
+    with pytest.raises(Suspend):
+        await within(call)
+    # The next execution finds the wait completed in its cache and goes on.
+    _, replay, wire2 = make(task("t1", "nap", kind="WAIT", output=None))
+    await replay.wait("nap", 2.5)
+    assert wire2.drained() == []
+
+
+async def test_a_rejected_request_raises_the_typed_error_in_the_handler() -> None:
+    execution, io, wire = make()
+    call = asyncio.create_task(io.run_task("k", never_called))
+    request = await wire.next("task")
+    assert execution.reject(request.request_id, InvalidArgument("task.params: nope"))
+    with pytest.raises(InvalidArgument, match="nope"):
+        await within(call)
+
+
+async def test_halting_unwinds_waiting_calls_and_silences_the_execution() -> None:
+    execution, io, wire = make()
+    call = asyncio.create_task(io.run_task("k", never_called))
+    await wire.next("task")
+    execution.halt()
+    with pytest.raises(asyncio.CancelledError):
+        await within(call)
+    await io.logger.info("nobody hears this")
+    assert wire.drained() == []
+
+
+async def test_outputs_are_json_and_pydantic_models_are_dumped() -> None:
+    class Point(BaseModel):
+        x: int
+        when: datetime
+
+    execution, io, wire = make()
+    call = asyncio.create_task(
+        io.run_task("p", lambda: Point(x=1, when=datetime(2024, 1, 1, tzinfo=UTC)))
+    )
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "p", "RUNNING"))
+    complete = await wire.next("task_complete")
+    assert from_value(complete.output) == {"x": 1, "when": "2024-01-01T00:00:00Z"}
+    execution.halt()
+    with pytest.raises(asyncio.CancelledError):
+        await within(call)
+
+
+async def test_a_non_json_output_is_reported_as_the_task_failing() -> None:
+    execution, io, wire = make()
+    call = asyncio.create_task(io.run_task("s", lambda: {1, 2}))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "s", "RUNNING"))
+    complete = await wire.next("task_complete")
+    assert (
+        complete.error.type == "TypeError" and "set is not a JSON value" in complete.error.message
+    )
+    execution.halt()
+    with pytest.raises(asyncio.CancelledError):
+        await within(call)
+
+
+async def test_a_plain_fn_runs_in_a_thread_and_a_coroutine_fn_on_the_loop() -> None:
+    execution, io, wire = make()
+    loop_thread = threading.get_ident()
+    threads: dict[str, int] = {}
+
+    def blocking() -> int:
+        threads["plain"] = threading.get_ident()
+        return 1
+
+    async def on_loop() -> int:
+        threads["async"] = threading.get_ident()
+        return 2
+
+    for key, fn in (("plain", blocking), ("async", on_loop)):
+        call = asyncio.create_task(io.run_task(key, fn))
+        request = await wire.next("task")
+        answer(execution, request.request_id, task(key, key, "RUNNING"))
+        output = from_value((await wire.next("task_complete")).output)
+        answer(execution, request.request_id, task(key, key, output=output))
+        await within(call)
+    assert threads["plain"] != loop_thread and threads["async"] == loop_thread
+
+
+async def test_sync_io_in_a_handler_thread_runs_fns_inline_and_keeps_nesting() -> None:
+    execution, _, wire = make()
+    loop = asyncio.get_running_loop()
+    seen: dict[str, Any] = {}
+
+    def handler() -> Any:
+        sync_io = SyncIO(execution, loop)
+        seen["handler"] = threading.get_ident()
+
+        def outer() -> str:
+            seen["outer"] = threading.get_ident()
+            return str(sync_io.run_task("inner", lambda: "deep")) + "!"
+
+        sync_io.logger.info("start")
+        return sync_io.run_task("outer", outer)
+
+    thread_call = loop.run_in_executor(None, handler)
+    assert (await wire.next("log")).seq == 1
+    outer = await wire.next("task")
+    answer(execution, outer.request_id, task("t1", "outer", "RUNNING"))
+    inner = await wire.next("task")
+    assert inner.parent_id == "t1"
+    answer(execution, inner.request_id, task("t2", "inner", "RUNNING"))
+    assert from_value((await wire.next("task_complete")).output) == "deep"
+    answer(execution, inner.request_id, task("t2", "inner", output="deep"))
+    assert from_value((await wire.next("task_complete")).output) == "deep!"
+    answer(execution, outer.request_id, task("t1", "outer", output="deep!"))
+    assert await within(thread_call) == "deep!"
+    assert seen["outer"] == seen["handler"] != threading.get_ident()
+
+
+async def test_sync_io_unwinds_its_thread_when_the_run_is_stopped() -> None:
+    execution, _, wire = make()
+    loop = asyncio.get_running_loop()
+
+    def handler() -> None:
+        SyncIO(execution, loop).run_task("k", never_called)
+
+    thread_call = loop.run_in_executor(None, handler)
+    await wire.next("task")
+    execution.halt()
+    with pytest.raises(Suspend):
+        await within(thread_call)
+
+
+async def test_sync_io_refuses_to_block_the_event_loop() -> None:
+    execution, _, _ = make()
+    with pytest.raises(RuntimeError, match="event loop"):
+        SyncIO(execution, asyncio.get_running_loop()).wait("k", 1)
+
+
+def test_task_error_reads_well() -> None:
+    error = TaskError("ValueError", "bad", "stack", key="k")
+    assert str(error) == "task 'k' failed: ValueError: bad"
+    assert as_json(run_pb2.ErrorInfo(type="x")) == {"type": "x"}

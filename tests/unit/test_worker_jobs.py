@@ -1,0 +1,174 @@
+"""Job definitions are checked when they are decorated, not when the first run arrives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from tripwire.client.convert import from_struct
+from tripwire.client.errors import InvalidArgument
+from tripwire.client.jobs import (
+    JobDefinition,
+    JobDefinitionError,
+    JobRegistry,
+    define_job,
+    validate_cron,
+)
+from tripwire.client.models import Trigger, cron_trigger, event_trigger, invoke_trigger
+from tripwire.v1 import job_pb2
+
+
+class NewUser(BaseModel):
+    userId: str
+
+
+async def handler(payload: Any, io: Any, ctx: Any) -> None:
+    return None
+
+
+def good(**overrides: Any) -> dict[str, Any]:
+    return {"id": "job-1", "version": "0.0.1", "trigger": invoke_trigger(), **overrides}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"id": ""}, "not a slug"),
+        ({"id": "Job-1"}, "not a slug"),
+        ({"id": "-job"}, "not a slug"),
+        ({"id": "job 1"}, "not a slug"),
+        ({"id": "j" * 129}, "not a slug"),
+        ({"version": "1.0"}, "not a semantic version"),
+        ({"version": "v1.0.0"}, "not a semantic version"),
+        ({"version": "01.0.0"}, "not a semantic version"),
+        ({"version": "1.0.0-"}, "not a semantic version"),
+        ({"trigger": "new.user"}, "trigger must come from"),
+        ({"trigger": Trigger(kind="cron", cron="61 * * * *")}, "minute field"),
+        ({"trigger": Trigger(kind="cron", cron="0 24 * * *")}, "hour field"),
+        ({"trigger": Trigger(kind="cron", cron="0 9 0 * *")}, "day of month field"),
+        ({"trigger": Trigger(kind="cron", cron="0 9 * 13 *")}, "month field"),
+        ({"trigger": Trigger(kind="cron", cron="0 9 * * 8")}, "day of week field"),
+        ({"trigger": Trigger(kind="cron", cron="0 9 * * FOO")}, "day of week field"),
+        ({"trigger": Trigger(kind="cron", cron="0 9 * MON *")}, "month field"),
+        ({"trigger": Trigger(kind="cron", cron="*/0 * * * *")}, "step"),
+        ({"trigger": Trigger(kind="cron", cron="5-1 * * * *")}, "backwards"),
+        ({"trigger": Trigger(kind="cron", cron="0 9 ? * *")}, "day of month field"),
+        ({"trigger": Trigger(kind="cron", cron="0 9 * *")}, "5 fields"),
+        ({"concurrency_limit": -1}, "concurrency_limit"),
+        ({"max_duration_seconds": 1.5}, "max_duration_seconds"),
+        ({"log_level": "LOUD"}, "log_level"),
+        ({"retry": {"limit": 3, "tries": 2}}, "unknown retry option"),
+    ],
+)
+def test_bad_definitions_fail_at_decoration(overrides: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(JobDefinitionError, match=fragment) as error:
+        define_job(**good(**overrides))(handler)
+    assert isinstance(error.value, ValueError)
+    assert isinstance(error.value, InvalidArgument)
+
+
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 9 * * *",
+        "*/15 0-6,18-23 1,15 JAN-jun mon-FRI",
+        "0 0 1 */2 0",
+        "59 23 31 12 7",
+        "0,30 8-18/2 * * 1-5",
+    ],
+)
+def test_plausible_cron_expressions_pass(cron: str) -> None:
+    validate_cron(cron)
+    job = define_job(**good(trigger=cron_trigger(cron)))(handler)
+    assert job.trigger.cron == " ".join(cron.split())
+
+
+def test_good_versions_include_prerelease_and_build() -> None:
+    for version in ("0.0.1", "1.10.0", "2.0.0-rc.1", "1.0.0+build.5", "1.0.0-alpha+001"):
+        assert define_job(**good(version=version))(handler).version == version
+
+
+@pytest.mark.parametrize(
+    "bad_handler",
+    [
+        42,
+        "not a function",
+        lambda payload: None,
+        lambda payload, io, ctx, extra: None,
+    ],
+)
+def test_handlers_must_be_callable_with_payload_io_ctx(bad_handler: Any) -> None:
+    with pytest.raises(JobDefinitionError, match="handler"):
+        define_job(**good())(bad_handler)
+
+
+def test_handlers_with_defaults_or_varargs_are_fine() -> None:
+    def with_default(payload: Any, io: Any, ctx: Any = None) -> None:
+        return None
+
+    def varargs(*args: Any) -> None:
+        return None
+
+    define_job(**good())(with_default)
+    define_job(**good())(varargs)
+
+
+def test_a_client_refuses_a_second_definition_of_an_id() -> None:
+    registry = JobRegistry()
+    registry.define(id="job-1", version="1.0.0", trigger=invoke_trigger())(handler)
+    with pytest.raises(JobDefinitionError, match="'job-1' is already defined"):
+        registry.define(id="job-1", version="2.0.0", trigger=invoke_trigger())
+    assert len(registry) == 1 and "job-1" in registry
+    assert [job.version for job in registry] == ["1.0.0"]
+
+
+def test_the_decorated_function_stays_callable() -> None:
+    def add(payload: int, io: Any, ctx: Any) -> int:
+        return payload + 1
+
+    job = define_job(**good())(add)
+    assert isinstance(job, JobDefinition)
+    assert job(1, None, None) == 2  # type: ignore[arg-type]
+    assert not job.is_async
+    assert define_job(**good())(handler).is_async
+
+
+def test_async_callable_objects_count_as_async() -> None:
+    class Handler:
+        async def __call__(self, payload: Any, io: Any, ctx: Any) -> None:
+            return None
+
+    assert define_job(**good())(Handler()).is_async
+
+
+def test_to_proto_carries_every_field() -> None:
+    job = define_job(
+        id="job-2",
+        name="Second job",
+        version="0.0.1",
+        trigger=event_trigger("new.user", schema=NewUser),
+        concurrency_limit=3,
+        max_duration_seconds=60,
+        retry={"limit": 2, "min_timeout_ms": 10},
+        log_level="debug",
+        enabled=False,
+    )(handler)
+    message = job.to_proto()
+    assert message.id == "job-2" and message.name == "Second job"
+    assert message.version == "0.0.1"
+    assert list(message.trigger.event.names) == ["new.user"]
+    assert from_struct(message.trigger.event.schema)["properties"]["userId"]["type"] == "string"
+    assert message.concurrency_limit == 3 and message.max_duration_seconds == 60
+    assert message.retry.limit == 2 and message.retry.min_timeout_ms == 10
+    assert not message.retry.HasField("factor")
+    assert message.log_level == job_pb2.LOG_LEVEL_DEBUG
+    assert message.HasField("enabled") and not message.enabled
+
+
+def test_a_pydantic_schema_parses_the_payload() -> None:
+    job = define_job(**good(trigger=event_trigger("new.user", schema=NewUser)))(handler)
+    parsed = job.parse_payload({"userId": "u_1"})
+    assert isinstance(parsed, NewUser) and parsed.userId == "u_1"
+    plain = define_job(**good(trigger=event_trigger("x", schema={"type": "object"})))(handler)
+    assert plain.parse_payload({"a": 1}) == {"a": 1}

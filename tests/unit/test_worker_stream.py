@@ -1,0 +1,469 @@
+"""The worker against a fake RunJob stream: hello, runs, cancel, drain, reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from pydantic import BaseModel
+from tripwire.client import Client
+from tripwire.client.convert import from_value, to_value
+from tripwire.client.errors import InvalidArgument, Unauthenticated
+from tripwire.client.io import IO, SyncIO
+from tripwire.client.jobs import JobDefinition, RunContext, define_job
+from tripwire.client.models import event_trigger, invoke_trigger
+from tripwire.client.worker import Backoff, Worker
+from tripwire.v1 import event_pb2, run_pb2, worker_service_pb2
+
+from .test_worker_fakes import FakeServer, FakeSleep, FakeStream, result, task, within
+
+
+class NewUser(BaseModel):
+    userId: str
+
+
+def run_request(
+    run_id: str = "run_1",
+    job_id: str = "job-1",
+    *,
+    attempt: int = 1,
+    payload: Any = None,
+    cached: tuple[run_pb2.Task, ...] = (),
+    complete: bool = True,
+) -> worker_service_pb2.RunRequest:
+    request = worker_service_pb2.RunRequest(
+        run=run_pb2.Run(id=run_id, job_id=job_id, job_version="1.0.0", attempt=attempt),
+        event=event_pb2.Event(id="evt_1", name="new.user"),
+        cached_tasks=cached,
+        cached_tasks_complete=complete,
+    )
+    if payload is not None:
+        request.event.payload.CopyFrom(to_value(payload))
+    request.job.id, request.job.version = job_id, "1.0.0"
+    request.ctx.CopyFrom(to_value({"environment": "default", "run": {"id": run_id}}))
+    return request
+
+
+@dataclass
+class Harness:
+    worker: Worker
+    server: FakeServer
+    sleep: FakeSleep
+    running: asyncio.Task[None]
+
+    async def connect(self, heartbeat_interval_ms: int = 600_000) -> FakeStream:
+        stream = await self.server.next_stream()
+        await stream.expect("hello")
+        stream.welcome(heartbeat_interval_ms)
+        await within(self.worker.wait_connected())
+        # The heartbeat task asks for its first sleep once connected.
+        delay, _ = await self.sleep.next()
+        assert delay == heartbeat_interval_ms / 1000
+        return stream
+
+
+Make = Callable[..., Any]
+
+
+@pytest.fixture
+async def make() -> AsyncIterator[Make]:
+    harnesses: list[Harness] = []
+
+    async def start(*jobs: JobDefinition, **options: Any) -> Harness:
+        server, sleep = FakeServer(), FakeSleep()
+        options.setdefault("shutdown_timeout", 2.0)
+        worker = Worker(
+            Client("test"), list(jobs), worker_id="w1", connect=server, sleep=sleep, **options
+        )
+        running = asyncio.create_task(worker.run())
+        harness = Harness(worker, server, sleep, running)
+        harnesses.append(harness)
+        return harness
+
+    yield start
+    for harness in harnesses:
+        await within(harness.worker.shutdown())
+        await within(asyncio.wait({harness.running}))
+
+
+def job(handler: Any, job_id: str = "job-1", **options: Any) -> JobDefinition:
+    options.setdefault("trigger", invoke_trigger())
+    return define_job(id=job_id, version="1.0.0", **options)(handler)
+
+
+async def test_hello_announces_the_jobs_capacity_and_sdk(make: Make) -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        return None
+
+    h = await make(
+        job(handler, trigger=event_trigger("new.user", schema=NewUser)),
+        job(handler, "job-2", retry={"limit": 2}),
+        capacity=3,
+    )
+    stream = await h.server.next_stream()
+    hello = await stream.expect("hello")
+    assert (hello.worker_id, hello.capacity) == ("w1", 3)
+    assert hello.sdk.startswith("tripwire-python/")
+    assert [(j.id, j.version) for j in hello.jobs] == [("job-1", "1.0.0"), ("job-2", "1.0.0")]
+    assert list(hello.jobs[0].trigger.event.names) == ["new.user"]
+    assert hello.jobs[1].retry.limit == 2
+
+
+async def test_a_run_gets_its_parsed_payload_and_ctx_and_its_result_is_sent(make: Make) -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(payload: NewUser, io: IO, ctx: RunContext) -> NewUser:
+        seen.update(payload=payload, ctx=ctx)
+        await io.logger.log("New user created", {"userId": payload.userId})
+        return payload
+
+    h = await make(job(handler, trigger=event_trigger("new.user", schema=NewUser)))
+    stream = await h.connect()
+    stream.reply(run_request=run_request(payload={"userId": "u_1"}))
+    log = await stream.expect("log")
+    assert (log.run_id, log.attempt, log.seq, log.message) == ("run_1", 1, 1, "New user created")
+    outcome = await stream.expect("run_result")
+    assert (outcome.run_id, outcome.attempt) == ("run_1", 1)
+    assert from_value(outcome.output) == {"userId": "u_1"}
+    assert isinstance(seen["payload"], NewUser)
+    ctx = seen["ctx"]
+    assert (ctx.run_id, ctx.attempt, ctx.event.name, ctx.job.id) == (
+        "run_1",
+        1,
+        "new.user",
+        "job-1",
+    )
+    assert ctx.environment == "default" and ctx.worker_id == "w1"
+
+
+async def test_a_handler_error_is_the_run_result_error(make: Make) -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        raise KeyError("missing")
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    outcome = await stream.expect("run_result")
+    assert outcome.error.type == "KeyError" and "missing" in outcome.error.message
+    assert "Traceback" in outcome.error.stack
+
+
+async def test_a_run_of_a_job_not_served_fails_with_a_clear_error(make: Make) -> None:
+    h = await make(job(lambda payload, io, ctx: None))
+    stream = await h.connect()
+    stream.reply(run_request=run_request(job_id="other"))
+    outcome = await stream.expect("run_result")
+    assert outcome.error.type == "LookupError" and "job-1@1.0.0" in outcome.error.message
+
+
+async def test_task_results_from_the_stream_reach_the_run(make: Make) -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        return await io.run_task("double", lambda: 2 * payload["n"])
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request(payload={"n": 21}))
+    request = await stream.expect("task")
+    stream.reply(
+        task_result=result(request.request_id, "run_1", 1, task("t1", "double", "RUNNING"))
+    )
+    complete = await stream.expect("task_complete")
+    assert from_value(complete.output) == 42
+    stream.reply(
+        task_result=result(request.request_id, "run_1", 1, task("t1", "double", output=42))
+    )
+    assert from_value((await stream.expect("run_result")).output) == 42
+
+
+async def test_cached_task_pages_arrive_before_the_handler_starts(make: Make) -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        return [await io.run_task("a", lambda: 0), await io.run_task("b", lambda: 0)]
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request(cached=(task("t1", "a", output="A"),), complete=False))
+    page = worker_service_pb2.CachedTasks(
+        run_id="run_1", attempt=1, tasks=[task("t2", "b", output="B")], last=True
+    )
+    stream.reply(cached_tasks=page)
+    assert from_value((await stream.expect("run_result")).output) == ["A", "B"]
+
+
+async def test_a_rejected_task_request_raises_the_typed_error(make: Make) -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        try:
+            await io.send_event("k", {"name": "n"})
+        except InvalidArgument as exc:
+            return exc.details
+        return "not rejected"
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    request = await stream.expect("task")
+    rejected = worker_service_pb2.Rejected(
+        request_id=request.request_id, run_id="run_1", code=3, message="task.params.event: bad"
+    )
+    stream.reply(rejected=rejected)
+    output = from_value((await stream.expect("run_result")).output)
+    assert output == "rejected by the server: task.params.event: bad"
+
+
+@pytest.mark.parametrize("notice", ["cancel", "abandon"])
+async def test_cancel_and_abandon_stop_an_async_handler_silently(make: Make, notice: str) -> None:
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def slow(payload: Any, io: IO, ctx: RunContext) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+            await io.logger.info("unwinding")  # dropped: the run is halted
+
+    async def quick(payload: Any, io: IO, ctx: RunContext) -> str:
+        return "quick"
+
+    h = await make(job(slow), job(quick, "job-2"))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    await within(started.wait())
+    stream.reply(**{notice: {"run_id": "run_1", "attempt": 1, "reason": "test"}})
+    await within(stopped.wait())
+    stream.reply(run_request=run_request("run_2", "job-2"))
+    outcome = await stream.expect("run_result")
+    assert outcome.run_id == "run_2"  # nothing at all was sent for run_1
+    assert h.worker.active_runs == 0
+
+
+async def test_a_notice_for_another_attempt_is_ignored(make: Make) -> None:
+    release = asyncio.Event()
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        await release.wait()
+        return "done"
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request(attempt=2))
+    stream.reply(cancel={"run_id": "run_1", "attempt": 1})
+    stream.reply(run_request=run_request(attempt=2))  # a duplicate of the running attempt: ignored
+    release.set()
+    outcome = await stream.expect("run_result")
+    assert (outcome.attempt, from_value(outcome.output)) == (2, "done")
+
+
+async def test_abandon_unwinds_a_sync_handler_at_its_next_io_call(make: Make) -> None:
+    unwound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+
+    def handler(payload: Any, io: SyncIO, ctx: RunContext) -> None:
+        try:
+            io.run_task("k", lambda: 1)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(unwound.set_result, type(exc).__name__)
+            raise
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    await stream.expect("task")
+    stream.reply(abandon={"run_id": "run_1", "attempt": 1})
+    assert await within(unwound) == "Suspend"
+
+
+async def test_a_sync_handler_runs_in_a_worker_thread(make: Make) -> None:
+    loop_thread = threading.get_ident()
+
+    def handler(payload: Any, io: SyncIO, ctx: RunContext) -> dict[str, Any]:
+        io.logger.info("in a thread")
+        value = io.run_task("k", lambda: threading.current_thread().name)
+        return {"other_thread": threading.get_ident() != loop_thread, "task_thread": value}
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    assert (await stream.expect("log")).message == "in a thread"
+    request = await stream.expect("task")
+    stream.reply(task_result=result(request.request_id, "run_1", 1, task("t1", "k", "RUNNING")))
+    name = from_value((await stream.expect("task_complete")).output)
+    assert name.startswith("tripwire-run")
+    stream.reply(task_result=result(request.request_id, "run_1", 1, task("t1", "k", output=name)))
+    output = from_value((await stream.expect("run_result")).output)
+    assert output == {"other_thread": True, "task_thread": name}
+
+
+async def test_heartbeats_follow_the_welcome_interval(make: Make) -> None:
+    h = await make(job(lambda payload, io, ctx: None))
+    stream = await h.server.next_stream()
+    await stream.expect("hello")
+    stream.welcome(heartbeat_interval_ms=1234)
+    for _ in range(3):
+        delay, release = await h.sleep.next()
+        assert delay == 1.234
+        assert stream.received.empty()  # nothing before the interval has passed
+        release.set_result(None)
+        await stream.expect("heartbeat", skip=())
+    assert h.worker.heartbeat_interval == 1.234
+
+
+async def test_a_lost_stream_stops_the_runs_and_reconnects_after_a_backoff(make: Make) -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    h = await make(job(handler), backoff=Backoff(base=0.1, cap=5.0, rand=lambda: 0.5))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    await within(started.wait())
+    stream.fail(grpc.StatusCode.UNAVAILABLE, "server restarting")
+    await within(cancelled.wait())
+    delay, release = await h.sleep.next()
+    assert delay == 0.05  # half (the jitter) of the first ceiling, 0.1 s
+    assert not h.worker.connected and h.worker.active_runs == 0
+    release.set_result(None)
+    again = await h.connect()
+    assert again is not stream and stream.cancelled
+
+
+async def test_the_backoff_grows_while_connecting_fails(make: Make) -> None:
+    h = await make(job(lambda payload, io, ctx: None), backoff=Backoff(rand=lambda: 1.0))
+    delays = []
+    for _ in range(4):
+        stream = await h.server.next_stream()
+        stream.fail(grpc.StatusCode.UNAVAILABLE)
+        delay, release = await h.sleep.next()
+        delays.append(delay)
+        release.set_result(None)
+    assert delays == [0.1, 0.2, 0.4, 0.8]
+
+
+async def test_a_refusal_for_good_ends_run_with_the_typed_error(make: Make) -> None:
+    h = await make(job(lambda payload, io, ctx: None))
+    stream = await h.server.next_stream()
+    stream.fail(grpc.StatusCode.UNAUTHENTICATED, "bad key")
+    with pytest.raises(Unauthenticated, match="bad key"):
+        await within(h.running)
+
+
+async def test_drain_finishes_running_runs_then_closes_and_reconnects(make: Make) -> None:
+    release = asyncio.Event()
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        await release.wait()
+        return "finished"
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    stream.reply(drain={"deadline_ms": 60_000})
+    stream.reply(run_request=run_request("run_2"))  # after drain: not taken
+    release.set()
+    outcome = await stream.expect("run_result")
+    assert outcome.run_id == "run_1" and from_value(outcome.output) == "finished"
+    await within(stream.half_closed.wait())
+    assert [m.run_result.run_id for m in stream.log if m.HasField("run_result")] == ["run_1"]
+    delay, release_backoff = await h.sleep.next()  # then reconnects, as after any disconnect
+    assert 0 <= delay <= 0.1
+    release_backoff.set_result(None)
+    await h.connect()
+
+
+async def test_drain_stops_what_is_still_running_at_the_deadline(make: Make) -> None:
+    stopped = asyncio.Event()
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    stream.reply(drain={"deadline_ms": 0})
+    await within(stopped.wait())
+    await within(stream.half_closed.wait())
+    assert not any(m.HasField("run_result") for m in stream.log)
+
+
+async def test_shutdown_drains_and_does_not_reconnect(make: Make) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        started.set()
+        await release.wait()
+        return "ok"
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    await within(started.wait())
+    shutting = asyncio.create_task(h.worker.shutdown())
+    release.set()
+    assert from_value((await stream.expect("run_result")).output) == "ok"
+    await within(shutting)
+    await within(h.running)
+    assert len(h.server.opened) == 1 and stream.half_closed.is_set()
+
+
+async def test_shutdown_while_waiting_for_welcome_returns(make: Make) -> None:
+    h = await make(job(lambda payload, io, ctx: None))
+    stream = await h.server.next_stream()
+    await stream.expect("hello")
+    await within(h.worker.shutdown())
+    await within(h.running)
+
+
+async def test_burst_mode_returns_once_idle() -> None:
+    server, sleep = FakeServer(), FakeSleep()
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        return "done"
+
+    worker = Worker(Client("t"), [job(handler)], connect=server, sleep=sleep)
+    running = asyncio.create_task(worker.run(burst=True, idle_timeout=0.05))
+    stream = await server.next_stream()
+    await stream.expect("hello")
+    stream.welcome()
+    stream.reply(run_request=run_request())
+    assert from_value((await stream.expect("run_result")).output) == "done"
+    await within(running)
+    assert stream.half_closed.is_set()
+
+
+async def test_async_with_runs_the_worker_in_the_background() -> None:
+    server, sleep = FakeServer(), FakeSleep()
+    async with Worker(
+        Client("t"), [job(lambda payload, io, ctx: "sync")], connect=server, sleep=sleep
+    ) as worker:
+        stream = await server.next_stream()
+        await stream.expect("hello")
+        stream.welcome()
+        await within(worker.wait_connected())
+        stream.reply(run_request=run_request())
+        assert from_value((await stream.expect("run_result")).output) == "sync"
+    assert not worker.connected
+
+
+def test_worker_arguments_are_checked() -> None:
+    one = job(lambda payload, io, ctx: None)
+    with pytest.raises(ValueError, match="at least one job"):
+        Worker(Client("t"), [])
+    with pytest.raises(ValueError, match="capacity"):
+        Worker(Client("t"), [one], capacity=0)
+    with pytest.raises(ValueError, match="given twice"):
+        Worker(Client("t"), [one, one])
+    with pytest.raises(TypeError, match="JobDefinition"):
+        Worker(Client("t"), [lambda payload, io, ctx: None])  # type: ignore[list-item]
