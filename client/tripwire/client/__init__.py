@@ -11,6 +11,9 @@ print(event.status, [run.id for run in event.runs])
 
 :class:`Client` blocks; :class:`AsyncClient` (or ``client.aio``) has the same methods for
 asyncio. Failures raise :class:`TripwireError` subclasses.
+
+Workers: ``@client.define_job(...)`` on ``async def handler(payload, io, ctx)``, then
+``client.listen()`` (or :class:`Worker` for asyncio programs and tests).
 """
 
 from tripwire.client.client import AsyncClient, Client, RunUpdate
@@ -27,6 +30,8 @@ from tripwire.client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from tripwire.client.io import IO, DuplicateKeyError, SyncIO, TaskError
+from tripwire.client.jobs import JobDefinition, JobDefinitionError, RunContext
 from tripwire.client.models import (
     TERMINAL_RUN_STATUSES,
     ErrorInfo,
@@ -46,13 +51,16 @@ from tripwire.client.models import (
     interval_trigger,
     invoke_trigger,
 )
+from tripwire.client.worker import Worker
 
 __all__ = [
+    "IO",
     "TERMINAL_RUN_STATUSES",
     "AlreadyExists",
     "AsyncClient",
     "Client",
     "DeadlineExceeded",
+    "DuplicateKeyError",
     "ErrorInfo",
     "Event",
     "EventDetail",
@@ -60,6 +68,8 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "Job",
+    "JobDefinition",
+    "JobDefinitionError",
     "JobMatch",
     "LogEntry",
     "NotFound",
@@ -67,14 +77,18 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "Run",
+    "RunContext",
     "RunDetail",
     "RunUpdate",
+    "SyncIO",
     "Task",
+    "TaskError",
     "Trigger",
     "TripwireError",
     "Unauthenticated",
     "Unavailable",
     "ValidationError",
+    "Worker",
     "cron_trigger",
     "event_trigger",
     "interval_trigger",

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("match", _match, "which jobs an event would run, and why not the others")
     sub.add_argument("name", help="event name")
     _event_options(sub)
+
+    sub = command("worker", _worker, "serve the jobs of a Client until SIGTERM or SIGINT")
+    sub.add_argument("target", metavar="MODULE:CLIENT", help="e.g. myapp.jobs:client")
     return parser
 
 
@@ -287,3 +290,18 @@ def _invoke(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
 def _match(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     matches = client.match_event(_event_dict(args))
     return matches, render.matches_table(matches) if matches else "no event-triggered jobs"
+
+
+def _worker(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    # The application's own Client serves its jobs; the command's client is not used.
+    module, _, attr = args.target.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: modules beside the caller
+    try:
+        app = getattr(importlib.import_module(module), attr or "client")
+    except (ImportError, AttributeError) as exc:
+        raise TripwireError(f"cannot load {args.target}: {exc}") from exc
+    if not callable(getattr(app, "listen", None)):
+        raise TripwireError(f"{args.target} is not a tripwire Client")
+    app.listen()
+    return None, "worker stopped"

@@ -15,6 +15,7 @@ import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
+    Callable,
     Collection,
     Generator,
     Iterator,
@@ -36,6 +37,7 @@ from tripwire.client._channel import (
 )
 from tripwire.client._requests import Call
 from tripwire.client.errors import from_rpc_error
+from tripwire.client.jobs import Handler, JobDefinition, JobRegistry
 from tripwire.client.models import (
     TERMINAL_RUN_STATUSES,
     Event,
@@ -241,6 +243,8 @@ class Client(ClientBase):
         self._stubs: Stubs | None = None
         self._lock = threading.Lock()
         self._aio: AsyncClient | None = None
+        #: The jobs defined with :meth:`define_job`, which :meth:`listen` serves.
+        self.jobs = JobRegistry()
 
     @property
     def aio(self) -> AsyncClient:
@@ -403,3 +407,54 @@ class Client(ClientBase):
                     if update.status in wanted:
                         return update
         raise _requests.wait_ended(id, last, wanted)
+
+    # -- worker ----------------------------------------------------------------------
+
+    def define_job(
+        self,
+        *,
+        id: str,
+        version: str,
+        trigger: Trigger,
+        name: str = "",
+        concurrency_limit: int = 0,
+        max_duration_seconds: int = 0,
+        retry: Mapping[str, Any] | None = None,
+        log_level: str = "INFO",
+        enabled: bool = True,
+    ) -> Callable[[Handler], JobDefinition]:
+        """Decorator defining a job served by this client's worker; checked right away
+        (JobDefinitionError for a bad id, version, cron, handler or a repeated id).
+        The handler takes ``(payload, io, ctx)``; see :mod:`tripwire.client.jobs`."""
+        return self.jobs.define(
+            id=id,
+            version=version,
+            trigger=trigger,
+            name=name,
+            concurrency_limit=concurrency_limit,
+            max_duration_seconds=max_duration_seconds,
+            retry=retry,
+            log_level=log_level,
+            enabled=enabled,
+        )
+
+    def listen(
+        self, *, capacity: int = 10, worker_id: str | None = None, shutdown_timeout: float = 30
+    ) -> None:
+        """Serve the defined jobs until SIGTERM or SIGINT, which drain the worker
+        (a second signal stops it at once). Reconnects with backoff when the server goes."""
+        from tripwire.client.worker import listen
+
+        listen(self, capacity=capacity, worker_id=worker_id, shutdown_timeout=shutdown_timeout)
+
+    async def run_worker(
+        self, *, capacity: int = 10, worker_id: str | None = None, shutdown_timeout: float = 30
+    ) -> None:
+        """Serve the defined jobs in this event loop until cancelled (no signal handlers;
+        use :class:`~tripwire.client.worker.Worker` for shutdown() and burst mode)."""
+        from tripwire.client.worker import Worker
+
+        worker = Worker(
+            self, capacity=capacity, worker_id=worker_id, shutdown_timeout=shutdown_timeout
+        )
+        await worker.run()
