@@ -1,0 +1,398 @@
+"""The Python client, both flavours, and the CLI against a real server (SPEC §2, §3, §5, §8).
+
+The blocking client runs in a worker thread (``asyncio.to_thread``): the server lives on
+this test's event loop, which must keep serving while the blocking call waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from tripwire.client import (
+    AsyncClient,
+    Client,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    LogEntry,
+    NotFound,
+    Run,
+    Unauthenticated,
+    Unavailable,
+    _channel,
+    cli,
+    cron_trigger,
+    event_trigger,
+    invoke_trigger,
+)
+
+from ..conftest import StartServer
+
+
+class Both:
+    """One client in either flavour; every method returns an awaitable."""
+
+    def __init__(self, client: Client | AsyncClient) -> None:
+        self.client = client
+        self.flavour = "async" if isinstance(client, AsyncClient) else "sync"
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+        if isinstance(self.client, AsyncClient):
+            return method
+
+        def in_thread(*args: Any, **kwargs: Any) -> Any:
+            return asyncio.to_thread(method, *args, **kwargs)
+
+        return in_thread
+
+    async def watch(self, run_id: str) -> list[Any]:
+        if isinstance(self.client, AsyncClient):
+            return [update async for update in self.client.watch_run(run_id, timeout=10)]
+        client = self.client
+        return await asyncio.to_thread(lambda: list(client.watch_run(run_id, timeout=10)))
+
+    async def close(self) -> None:
+        if isinstance(self.client, AsyncClient):
+            await self.client.close()
+        else:
+            self.client.close()
+
+
+def make(flavour: str, address: str, api_key: str | None = None) -> Both:
+    cls = AsyncClient if flavour == "async" else Client
+    return Both(cls("tests", address, api_key=api_key, timeout=10))
+
+
+@pytest.fixture(params=["sync", "async"])
+async def tw(request: pytest.FixtureRequest, start_server: StartServer) -> AsyncIterator[Both]:
+    server = await start_server()
+    both = make(request.param, server.address)
+    yield both
+    await both.close()
+
+
+class NewUser(BaseModel):
+    userId: str
+
+
+async def welcome_job(tw: Both, job_id: str = "welcome", **options: Any) -> Any:
+    return await tw.register_job(
+        job_id, version="1.0.0", trigger=event_trigger("new.user"), **options
+    )
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+async def test_send_event_delivers_and_a_resend_is_deduplicated(tw: Both) -> None:
+    await welcome_job(tw)
+    event = await tw.send_event(
+        {"name": "new.user", "payload": {"userId": "u_1", "n": 1.0}, "context": {"env": "t"}}
+    )
+    assert len(event.id) == 26  # the client's ULID
+    assert (event.status, event.source, event.deduplicated) == ("DELIVERED", "trigger.dev", False)
+    assert event.payload == {"userId": "u_1", "n": 1}
+    assert event.context == {"env": "t"}
+    assert event.delivered_at is not None and event.delivered_at.tzinfo is UTC
+    assert [(r.job_id, r.status) for r in event.runs] == [("welcome", "QUEUED")]
+
+    again = await tw.send_event({"name": "new.user", "id": event.id, "payload": {"x": 1}})
+    assert again.deduplicated and again.payload == event.payload and again.runs == ()
+
+    detail = await tw.get_event(event.id)
+    assert detail.event.id == event.id
+    assert [r.id for r in detail.runs] == [event.runs[0].id]
+
+
+async def test_delayed_event_pending_then_cancelled(tw: Both) -> None:
+    due = datetime.now(UTC) + timedelta(hours=1)
+    event = await tw.send_event({"name": "later"}, deliver_at=due, deliver_after=5)
+    assert (event.status, event.delivered_at) == ("PENDING", None)
+    assert event.deliver_at is not None and abs(event.deliver_at - due) < timedelta(seconds=1)
+    cancelled = await tw.cancel_event(event.id)
+    assert cancelled.status == "CANCELLED" and cancelled.cancelled_at is not None
+    assert (await tw.cancel_event(event.id)).status == "CANCELLED"
+    delivered = await tw.send_event({"name": "now"})
+    with pytest.raises(FailedPrecondition):
+        await tw.cancel_event(delivered.id)
+
+
+async def test_send_events_is_ordered_and_atomic(tw: Both) -> None:
+    await welcome_job(tw)
+    events = await tw.send_events(
+        [{"name": "new.user"}, {"name": "other"}, {"name": "new.user", "id": "mine"}],
+        account_id="acct-1",
+    )
+    assert [e.name for e in events] == ["new.user", "other", "new.user"]
+    assert events[2].id == "mine"
+    assert {e.account_id for e in events} == {"acct-1"}
+    assert [len(e.runs) for e in events] == [1, 0, 1]
+    assert await tw.send_events([]) == []
+    with pytest.raises(InvalidArgument):
+        await tw.send_events([{"name": "ok", "id": "x1"}, {"name": "n" * 1000}])
+    with pytest.raises(NotFound):
+        await tw.get_event("x1")
+
+
+async def test_list_events_pages_newest_first(tw: Both) -> None:
+    sent = [(await tw.send_event({"name": "tick", "payload": {"i": i}})).id for i in range(5)]
+    await tw.send_event({"name": "tock"})
+    ids: list[str] = []
+    token = None
+    while True:
+        page = await tw.list_events(name="tick", page_size=2, page_token=token)
+        assert len(page) <= 2
+        ids += [e.id for e in page]
+        token = page.next_page_token
+        if token is None:
+            break
+    assert ids == sent[::-1]
+    delivered = await tw.list_events(status="delivered")
+    assert len(delivered.items) == 6
+    assert (await tw.list_events(status="PENDING")).items == ()
+
+
+async def test_errors_are_typed(tw: Both) -> None:
+    with pytest.raises(NotFound) as info:
+        await tw.get_event("nope")
+    assert info.value.code_name == "NOT_FOUND" and info.value.details
+    with pytest.raises(InvalidArgument, match="event name is required"):
+        await tw.send_event({"payload": {}})  # refused before the call
+    with pytest.raises(InvalidArgument):  # refused by the server
+        await tw.send_event({"name": "x"}, deliver_after=-1)
+
+
+# -- jobs and matching ------------------------------------------------------------------
+
+
+async def test_register_get_list_and_enable_jobs(tw: Both) -> None:
+    job = await welcome_job(tw, name="Welcome", concurrency_limit=2, retry={"limit": 3})
+    assert (job.id, job.name, job.version, job.enabled, job.concurrency_limit) == (
+        "welcome",
+        "Welcome",
+        "1.0.0",
+        True,
+        2,
+    )
+    assert job.trigger == event_trigger("new.user")
+    assert job.retry == {"limit": 3}
+    await tw.register_job("welcome", version="1.10.0", trigger=event_trigger(["new.user", "x"]))
+    await tw.register_job("daily", version="0.1.0", trigger=cron_trigger("0 9 * * *"))
+
+    latest = await tw.get_job("welcome")
+    assert latest.version == "1.10.0" and latest.latest  # semver, not string order
+    assert [v.version for v in latest.versions] == ["1.10.0", "1.0.0"]
+    assert (await tw.get_job("welcome", version="1.0.0")).version == "1.0.0"
+    daily = await tw.get_job("daily")
+    assert daily.trigger is not None and daily.trigger.kind == "cron"
+    assert daily.next_fire_at is not None
+
+    page = await tw.list_jobs()
+    assert [(j.id, j.version) for j in page] == [("daily", "0.1.0"), ("welcome", "1.10.0")]
+    first = await tw.list_jobs(page_size=1)
+    assert len(first) == 1 and first.next_page_token
+
+    changed = await tw.set_job_enabled("welcome", False)
+    assert {j.version for j in changed} == {"1.10.0", "1.0.0"}
+    assert not any(j.enabled for j in changed)
+    event = await tw.send_event({"name": "new.user"})
+    assert event.runs == ()
+    changed = await tw.set_job_enabled("welcome", True, version="1.10.0")
+    assert [(j.version, j.enabled) for j in changed] == [("1.10.0", True)]
+
+    with pytest.raises(NotFound):
+        await tw.get_job("missing")
+    with pytest.raises(InvalidArgument):
+        await tw.register_job(
+            "bad", version="1.0.0", trigger=event_trigger("x", filter={"a": {"$nope": 1}})
+        )
+
+
+async def test_match_event_explains(tw: Both) -> None:
+    await welcome_job(tw)
+    await tw.register_job(
+        "pro-only", version="1.0.0", trigger=event_trigger("new.user", filter={"plan": ["pro"]})
+    )
+    await tw.register_job(
+        "strict", version="1.0.0", trigger=event_trigger("new.user", schema=NewUser)
+    )
+    matches = {m.job_id: m for m in await tw.match_event({"name": "new.user", "payload": {}})}
+    assert matches["welcome"].matched
+    assert not matches["pro-only"].matched and matches["pro-only"].reason
+    assert matches["strict"].matched and matches["strict"].validation_errors
+    assert (await tw.list_events()).items == ()  # a dry run stores nothing
+
+
+# -- runs -------------------------------------------------------------------------------
+
+
+async def test_invoke_get_list_and_cancel_runs(tw: Both) -> None:
+    await tw.register_job("report", version="1.0.0", trigger=invoke_trigger())
+    run = await tw.invoke_job("report", {"day": "mon"}, idempotency_key="k1", account_id="a")
+    assert (run.job_id, run.status, run.account_id) == ("report", "QUEUED", "a")
+    assert (await tw.invoke_job("report", {"day": "tue"}, idempotency_key="k1")).id == run.id
+    other = await tw.invoke_job("report")
+    assert other.id != run.id
+
+    detail = await tw.get_run(run.id)
+    assert detail.run.id == run.id and detail.tasks == () and detail.logs == ()
+    page = await tw.list_runs(job_id="report")
+    assert [r.id for r in page] == [other.id, run.id]
+    assert [r.id for r in await tw.list_runs(event_id=run.event_id)] == [run.id]
+
+    cancelled = await tw.cancel_run(run.id)
+    assert cancelled.status == "CANCELED" and cancelled.terminal
+    assert [r.id for r in await tw.list_runs(status="CANCELED")] == [run.id]
+    with pytest.raises(FailedPrecondition):
+        await tw.cancel_run(run.id)
+    with pytest.raises(NotFound):
+        await tw.invoke_job("missing")
+
+
+async def test_cancel_runs_for_event(tw: Both) -> None:
+    await welcome_job(tw)
+    await welcome_job(tw, "audit")
+    event = await tw.send_event({"name": "new.user"})
+    cancelled = await tw.cancel_runs_for_event(event.id)
+    assert sorted(cancelled) == sorted(r.id for r in event.runs)
+    assert await tw.cancel_runs_for_event(event.id) == []
+
+
+async def test_schema_failures_make_invalid_payload_runs(tw: Both) -> None:
+    await tw.register_job(
+        "strict", version="1.0.0", trigger=event_trigger("new.user", schema=NewUser)
+    )
+    event = await tw.send_event({"name": "new.user", "payload": {"user": 1}})
+    (run,) = event.runs
+    assert run.status == "INVALID_PAYLOAD"
+    assert run.validation_errors and all(e.message for e in run.validation_errors)
+    updates = await tw.watch(run.id)  # a finished run: its state, then the end
+    assert isinstance(updates[0], Run) and updates[-1].status == "INVALID_PAYLOAD"
+
+
+async def test_watch_and_wait_for_a_run(tw: Both) -> None:
+    await welcome_job(tw)
+    (run,) = (await tw.send_event({"name": "new.user"})).runs
+    waiter = asyncio.ensure_future(tw.wait_for_run(run.id, timeout=10))
+    with pytest.raises(DeadlineExceeded):
+        await tw.wait_for_run(run.id, statuses=["SUCCESS"], timeout=0.1)
+    await tw.cancel_run(run.id)
+    assert (await waiter).status == "CANCELED"
+    updates = await tw.watch(run.id)
+    runs = [u for u in updates if isinstance(u, Run)]
+    assert runs[-1].status == "CANCELED"
+    assert not any(isinstance(u, LogEntry) for u in updates)
+    with pytest.raises(FailedPrecondition, match="never reaching EXECUTING"):
+        await tw.wait_for_run(run.id, statuses={"EXECUTING"}, timeout=10)
+    with pytest.raises(NotFound):
+        await tw.wait_for_run("missing", timeout=10)
+
+
+# -- connection, auth -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_api_keys(flavour: str, start_server: StartServer) -> None:
+    server = await start_server(api_keys={"k-prod": "prod"})
+    for key in (None, "wrong"):
+        anonymous = make(flavour, server.address, api_key=key)
+        with pytest.raises(Unauthenticated):
+            await anonymous.list_events()
+        await anonymous.close()
+    keyed = make(flavour, server.address, api_key="k-prod")
+    assert (await keyed.send_event({"name": "x"})).status == "DELIVERED"
+    await keyed.close()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_an_unreachable_server_is_unavailable(
+    flavour: str, start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await start_server()
+    address = server.address
+    await server.stop(grace=0)
+    monkeypatch.setattr(_channel, "BACKOFF_BASE", 0.0)
+    client = make(flavour, address)
+    with pytest.raises(Unavailable):
+        await client.get_event("x")
+    await client.close()
+
+
+async def test_async_client_reopens_after_close(start_server: StartServer) -> None:
+    server = await start_server()
+    async with AsyncClient("tests", server.address) as client:
+        await client.send_event({"name": "a"})
+    assert len(await client.list_events()) == 1  # a call after close opens a new channel
+    await client.close()
+
+
+async def test_sync_client_aio_shares_settings(start_server: StartServer) -> None:
+    server = await start_server(api_keys={"k": "env"})
+    with Client("tests", server.address, api_key="k") as client:
+        event = await client.aio.send_event({"name": "a"})
+        detail = await asyncio.to_thread(client.get_event, event.id)
+        assert detail.event.id == event.id
+        await client.aio.close()
+
+
+# -- the CLI ----------------------------------------------------------------------------
+
+
+async def cli_run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = await asyncio.to_thread(cli.main, list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+async def test_cli_commands(start_server: StartServer, capsys: pytest.CaptureFixture[str]) -> None:
+    server = await start_server()
+    url = ("--url", server.address)
+    async with AsyncClient("tests", server.address) as client:
+        await client.register_job("welcome", version="1.0.0", trigger=event_trigger("new.user"))
+        await client.register_job("report", version="1.0.0", trigger=invoke_trigger())
+
+    status, out, err = await cli_run(capsys, *url, "send", "new.user", "--payload", '{"u": 1}')
+    assert (status, err) == (0, "")
+    assert "status        DELIVERED" in out and "welcome" in out and "QUEUED" in out
+
+    status, out, _ = await cli_run(capsys, *url, "--json", "send", "new.user", "--id", "e-2")
+    sent = json.loads(out)
+    assert sent["id"] == "e-2" and sent["runs"][0]["job_id"] == "welcome"
+    run_id = sent["runs"][0]["id"]
+
+    status, out, _ = await cli_run(capsys, "events", *url, "--limit", "1")
+    assert status == 0 and out.splitlines()[0].startswith("ID") and "e-2" in out
+    status, out, _ = await cli_run(capsys, *url, "event", "e-2")
+    assert "runs:" in out and run_id in out
+    status, out, _ = await cli_run(capsys, *url, "jobs")
+    assert "report" in out and "event new.user" in out
+    status, out, _ = await cli_run(capsys, *url, "job", "welcome")
+    assert "versions:" in out and "1.0.0" in out
+    status, out, _ = await cli_run(capsys, *url, "runs", "--job", "welcome", "--status", "QUEUED")
+    assert run_id in out
+    status, out, _ = await cli_run(capsys, *url, "run", run_id)
+    assert "tasks: none" in out and "logs: none" in out
+    status, out, _ = await cli_run(capsys, *url, "match", "new.user", "--payload", "{}")
+    assert "welcome" in out and "yes" in out
+    status, out, _ = await cli_run(capsys, *url, "invoke", "report", "--idempotency-key", "k")
+    assert "job           report@1.0.0" in out
+    status, out, _ = await cli_run(capsys, *url, "cancel-run", run_id)
+    assert "CANCELED" in out
+    status, out, _ = await cli_run(capsys, *url, "--json", "send", "later", "--deliver-after", "60")
+    later = json.loads(out)
+    assert later["status"] == "PENDING"
+    status, out, _ = await cli_run(capsys, *url, "cancel-event", later["id"])
+    assert "CANCELLED" in out
+
+    status, out, err = await cli_run(capsys, *url, "run", "missing")
+    assert (status, out) == (1, "")
+    assert err.startswith("error: NOT_FOUND: ")
+    status, out, err = await cli_run(capsys, *url, "cancel-run", run_id)
+    assert status == 1 and err.startswith("error: FAILED_PRECONDITION: ")
