@@ -1,0 +1,44 @@
+"""`python -m tripwire.server` / `tripwire serve`: run the server until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from .app import Server
+from .config import settings_from
+
+
+async def _serve(server: Server) -> None:
+    address = await server.start()
+    # One line, before serving, so scripts and tests can read the bound port.
+    print(f"tripwire listening on {address}", flush=True)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    await server.wait_closed()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = settings_from(argv)
+    except ValueError as exc:
+        print(f"tripwire serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(_serve(Server(settings)))
+    except OSError as exc:
+        print(f"tripwire serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

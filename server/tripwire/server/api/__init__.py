@@ -1,0 +1,1 @@
+"""The gRPC edge: servicers, conversion and error mapping. Protobuf stays here."""

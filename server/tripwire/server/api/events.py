@@ -1,0 +1,121 @@
+"""tripwire.v1.EventService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tripwire.v1 import event_service_pb2 as pb
+from tripwire.v1 import event_service_pb2_grpc
+
+from ..errors import InvalidArgument
+from ..events import EventService
+from ..models import EventStatus
+from . import convert
+from .rpc import Authenticator, page_size, seq_token, unary
+
+
+class EventServicer(event_service_pb2_grpc.EventServiceServicer):
+    def __init__(self, events: EventService, auth: Authenticator, max_payload_bytes: int) -> None:
+        self.events = events
+        self.auth = auth
+        self.max_payload_bytes = max_payload_bytes
+
+    def _check_size(self, event: Any, field: str) -> None:
+        # Measured on the wire encoding, before any conversion work is spent on it.
+        size = event.payload.ByteSize() + event.context.ByteSize()
+        if size > self.max_payload_bytes:
+            raise InvalidArgument(
+                f"{field}.payload",
+                f"payload and context are {size} bytes, over the limit of "
+                f"{self.max_payload_bytes} bytes",
+            )
+
+    @unary
+    async def SendEvent(self, request: pb.SendEventRequest, context: Any, env: str
+                        ) -> pb.SendEventResponse:
+        if not request.HasField("event"):
+            raise InvalidArgument("event", "is required")
+        self._check_size(request.event, "event")
+        (event,) = await self.events.send(
+            env, [convert.draft(request.event)], convert.options(request.options), batch=False
+        )
+        reply = pb.SendEventResponse()
+        convert.event_to_pb(event, reply.event)
+        return reply
+
+    @unary
+    async def SendEvents(self, request: pb.SendEventsRequest, context: Any, env: str
+                         ) -> pb.SendEventsResponse:
+        for i, event in enumerate(request.events):
+            self._check_size(event, f"events[{i}]")
+        drafts = [convert.draft(e) for e in request.events]
+        events = await self.events.send(env, drafts, convert.options(request.options), batch=True)
+        reply = pb.SendEventsResponse()
+        for event in events:
+            convert.event_to_pb(event, reply.events.add())
+        return reply
+
+    @unary
+    async def GetEvent(self, request: pb.GetEventRequest, context: Any, env: str
+                       ) -> pb.GetEventResponse:
+        event, runs = await self.events.get(env, request.id)
+        reply = pb.GetEventResponse()
+        convert.event_to_pb(event, reply.event)
+        for run in runs:
+            convert.run_to_pb(run, reply.runs.add())
+        return reply
+
+    @unary
+    async def ListEvents(self, request: pb.ListEventsRequest, context: Any, env: str
+                         ) -> pb.ListEventsResponse:
+        page = await self.events.list(
+            env,
+            name=request.name,
+            status=convert.event_status_name(request.status),
+            limit=page_size(request.page_size),
+            before=seq_token(request.page_token),
+        )
+        reply = pb.ListEventsResponse(next_page_token=page.next_cursor)
+        for event in page.items:
+            convert.event_to_pb(event, reply.events.add())
+        return reply
+
+    @unary
+    async def CancelEvent(self, request: pb.CancelEventRequest, context: Any, env: str
+                          ) -> pb.CancelEventResponse:
+        event = await self.events.cancel(env, request.id)
+        reply = pb.CancelEventResponse()
+        convert.event_to_pb(event, reply.event)
+        return reply
+
+    @unary
+    async def CancelRunsForEvent(self, request: pb.CancelRunsForEventRequest, context: Any,
+                                 env: str) -> pb.CancelRunsForEventResponse:
+        cancelled, runs = await self.events.cancel_runs(env, request.id)
+        reply = pb.CancelRunsForEventResponse(cancelled_run_ids=cancelled)
+        for run in runs:
+            convert.run_to_pb(run, reply.runs.add())
+        return reply
+
+    @unary
+    async def MatchEvent(self, request: pb.MatchEventRequest, context: Any, env: str
+                         ) -> pb.MatchEventResponse:
+        if not request.HasField("event"):
+            raise InvalidArgument("event", "is required")
+        self._check_size(request.event, "event")
+        event, verdicts = self.events.match(env, convert.draft(request.event))
+        reply = pb.MatchEventResponse()
+        for verdict in verdicts:
+            convert.verdict_to_pb(verdict, reply.jobs.add())
+        convert.py_to_value(
+            {
+                "id": event.id,
+                "name": event.name,
+                "source": event.source,
+                "payload": event.payload,
+                "context": event.context,
+                "status": EventStatus.DELIVERED.value,
+            },
+            reply.event,
+        )
+        return reply

@@ -1,0 +1,76 @@
+"""tripwire.v1.JobService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tripwire.v1 import job_service_pb2 as pb
+from tripwire.v1 import job_service_pb2_grpc
+
+from ..errors import InvalidArgument
+from ..jobs import JobService
+from . import convert
+from .rpc import Authenticator, page_size, unary
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    def __init__(self, jobs: JobService, auth: Authenticator) -> None:
+        self.jobs = jobs
+        self.auth = auth
+
+    @unary
+    async def RegisterJob(self, request: pb.RegisterJobRequest, context: Any, env: str
+                          ) -> pb.RegisterJobResponse:
+        if not request.HasField("job"):
+            raise InvalidArgument("job", "is required")
+        job = await self.jobs.register(env, convert.job_from_pb(request.job))
+        reply = pb.RegisterJobResponse()
+        convert.job_to_pb(job, reply.job)
+        return reply
+
+    @unary
+    async def GetJob(self, request: pb.GetJobRequest, context: Any, env: str
+                     ) -> pb.GetJobResponse:
+        job, versions = await self.jobs.get(env, request.id, request.version)
+        reply = pb.GetJobResponse()
+        convert.job_to_pb(job, reply.job)
+        for version in versions:
+            convert.job_to_pb(version, reply.versions.add())
+        return reply
+
+    @unary
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any, env: str
+                       ) -> pb.ListJobsResponse:
+        page = await self.jobs.list(
+            env, limit=page_size(request.page_size), after=request.page_token
+        )
+        reply = pb.ListJobsResponse(next_page_token=page.next_cursor)
+        for job in page.items:
+            convert.job_to_pb(job, reply.jobs.add())
+        return reply
+
+    @unary
+    async def SetJobEnabled(self, request: pb.SetJobEnabledRequest, context: Any, env: str
+                            ) -> pb.SetJobEnabledResponse:
+        jobs, aborted = await self.jobs.set_enabled(
+            env, request.job_id, request.version, request.enabled
+        )
+        reply = pb.SetJobEnabledResponse(aborted_run_ids=aborted)
+        for job in jobs:
+            convert.job_to_pb(job, reply.jobs.add())
+        return reply
+
+    @unary
+    async def InvokeJob(self, request: pb.InvokeJobRequest, context: Any, env: str
+                        ) -> pb.InvokeJobResponse:
+        run, deduplicated = await self.jobs.invoke(
+            env,
+            request.job_id,
+            convert.value_to_py(request.payload) if request.HasField("payload") else None,
+            convert.value_to_py(request.context) if request.HasField("context") else None,
+            request.idempotency_key,
+            request.account_id,
+        )
+        reply = pb.InvokeJobResponse(deduplicated=deduplicated)
+        convert.run_to_pb(run, reply.run)
+        return reply

@@ -1,0 +1,94 @@
+"""Server reflection, v1alpha and v1, so grpcurl needs no .proto files.
+
+Two fixes over grpcio-reflection as shipped:
+- It has only v1alpha. v1 has the same messages under another package, so the
+  same servicer is registered under the v1 name too, with a v1 copy of the
+  descriptor so that `describe` works on it.
+- Python's descriptors lose `json_name`, so grpcurl would print snake_case
+  field names. Reflection serves copies with `json_name` filled in, as protoc
+  computes it, and grpcurl shows the same camelCase JSON as every other
+  client (`deliveredAt`, not `delivered_at`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+V1_SERVICE = "grpc.reflection.v1.ServerReflection"
+
+
+def json_name(field_name: str) -> str:
+    """protoc's default JSON name: drop each '_' and upper-case the letter after it."""
+    parts = field_name.split("_")
+    return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
+
+
+def _fill_json_names(messages: Iterable[descriptor_pb2.DescriptorProto]) -> None:
+    for message in messages:
+        for field in message.field:
+            if not field.HasField("json_name"):
+                field.json_name = json_name(field.name)
+        _fill_json_names(message.nested_type)
+
+
+def _copy(file: descriptor.FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
+    proto = descriptor_pb2.FileDescriptorProto()
+    file.CopyToProto(proto)
+    _fill_json_names(proto.message_type)
+    return proto
+
+
+def _v1_reflection() -> descriptor_pb2.FileDescriptorProto:
+    proto = _copy(reflection_pb2.DESCRIPTOR)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = "grpc.reflection.v1"
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = field.type_name.replace(".v1alpha.", ".v1.", 1)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(".v1alpha.", ".v1.", 1)
+            method.output_type = method.output_type.replace(".v1alpha.", ".v1.", 1)
+    return proto
+
+
+def build_pool(files: Iterable[descriptor.FileDescriptor]) -> descriptor_pool.DescriptorPool:
+    """A pool of `files` and their dependencies, with JSON names filled in."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: descriptor.FileDescriptor) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        pool.Add(_copy(file))
+        added.add(file.name)
+
+    for file in files:
+        add(file)
+    add(reflection_pb2.DESCRIPTOR)
+    pool.Add(_v1_reflection())
+    return pool
+
+
+def enable(
+    service_names: Iterable[str], files: Iterable[descriptor.FileDescriptor],
+    server: grpc.aio.Server,
+) -> None:
+    names = [*service_names, reflection.SERVICE_NAME, V1_SERVICE]
+    servicer = reflection.aio.ReflectionServicer(names, pool=build_pool(files))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(V1_SERVICE, {"ServerReflectionInfo": handler}),)
+    )

@@ -1,0 +1,100 @@
+"""Authentication and the one table from domain errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+
+from ..config import DEFAULT_ENVIRONMENT
+from ..errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    TripwireError,
+    Unauthenticated,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: Mapping[type[TripwireError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_of(exc: TripwireError) -> grpc.StatusCode:
+    for kind in type(exc).__mro__:
+        code = STATUS.get(kind)  # type: ignore[call-overload]
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class Authenticator:
+    """API key -> environment. With no keys configured everything is `default`."""
+
+    def __init__(self, api_keys: Mapping[str, str]) -> None:
+        self._keys = dict(api_keys)
+
+    def environment(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        if not self._keys:
+            return DEFAULT_ENVIRONMENT
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, token = str(value).partition(" ")
+                if scheme.lower() != "bearer" or not token:
+                    raise Unauthenticated("authorization must be 'Bearer <key>'")
+                env = self._keys.get(token.strip())
+                if env is None:
+                    raise Unauthenticated("unknown API key")
+                return env
+        raise Unauthenticated()
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, Any, str], Awaitable[Resp]]
+
+
+def unary(method: Handler[Req, Resp]) -> Callable[[Any, Req, Any], Awaitable[Resp]]:
+    """Authenticate, call the domain, and turn domain errors into statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: Any) -> Resp:
+        try:
+            env = self.auth.environment(context)
+            return await method(self, request, context, env)
+        except TripwireError as exc:
+            await context.abort(status_of(exc), exc.message)
+        except Exception:
+            log.exception("%s failed", method.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        raise AssertionError("unreachable")  # abort() always raises
+
+    return wrapper
+
+
+def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
+    return default if requested == 0 else min(requested, maximum)
+
+
+def seq_token(token: str) -> int | None:
+    if not token:
+        return None
+    if not token.isdigit():
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    return int(token)

@@ -1,0 +1,73 @@
+"""tripwire.v1.RunService."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tripwire.v1 import run_service_pb2 as pb
+from tripwire.v1 import run_service_pb2_grpc
+
+from ..errors import TripwireError
+from ..models import Run, Task
+from ..runs import RunService
+from . import convert
+from .rpc import Authenticator, page_size, seq_token, status_of, unary
+
+
+class RunServicer(run_service_pb2_grpc.RunServiceServicer):
+    def __init__(self, runs: RunService, auth: Authenticator) -> None:
+        self.runs = runs
+        self.auth = auth
+
+    @unary
+    async def GetRun(self, request: pb.GetRunRequest, context: Any, env: str
+                     ) -> pb.GetRunResponse:
+        run, tasks, logs = await self.runs.details(env, request.id)
+        reply = pb.GetRunResponse()
+        convert.run_to_pb(run, reply.run)
+        for task in tasks:
+            convert.task_to_pb(task, reply.tasks.add())
+        for entry in logs:
+            convert.log_to_pb(entry, reply.logs.add())
+        return reply
+
+    @unary
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Any, env: str
+                       ) -> pb.ListRunsResponse:
+        page = await self.runs.list(
+            env,
+            job_id=request.job_id,
+            event_id=request.event_id,
+            status=convert.run_status_name(request.status),
+            limit=page_size(request.page_size),
+            before=seq_token(request.page_token),
+        )
+        reply = pb.ListRunsResponse(next_page_token=page.next_cursor)
+        for run in page.items:
+            convert.run_to_pb(run, reply.runs.add())
+        return reply
+
+    @unary
+    async def CancelRun(self, request: pb.CancelRunRequest, context: Any, env: str
+                        ) -> pb.CancelRunResponse:
+        run = await self.runs.cancel(env, request.id)
+        reply = pb.CancelRunResponse()
+        convert.run_to_pb(run, reply.run)
+        return reply
+
+    async def WatchRun(self, request: pb.WatchRunRequest, context: Any
+                       ) -> AsyncIterator[pb.WatchRunResponse]:
+        try:
+            env = self.auth.environment(context)
+            async for update in self.runs.watch(env, request.id):
+                reply = pb.WatchRunResponse()
+                if isinstance(update, Run):
+                    convert.run_to_pb(update, reply.run)
+                elif isinstance(update, Task):
+                    convert.task_to_pb(update, reply.task)
+                else:
+                    convert.log_to_pb(update, reply.log)
+                yield reply
+        except TripwireError as exc:
+            await context.abort(status_of(exc), exc.message)

@@ -1,0 +1,410 @@
+"""tripwire.v1.WorkerService: one RunJob stream per worker process.
+
+The protocol is documented in worker_service.proto. Each stream is a
+`WorkerStream`: it says hello, joins the dispatcher as a session, reads the
+worker's messages (each handled in its own task, so one worker's writes are
+group-committed together), and writes run requests and results from one
+outbox. Silence for a whole lease ends the session; its runs go back to the
+queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from tripwire.v1 import event_pb2, run_pb2, worker_service_pb2_grpc
+from tripwire.v1 import worker_service_pb2 as pb
+
+from ..config import Settings
+from ..dispatcher import Dispatcher, Session
+from ..errors import InvalidArgument, StaleAttempt, TripwireError
+from ..events import EventDraft
+from ..ids import new_event_id
+from ..models import Event, Run, RunStatus
+from ..work import TaskInput, WorkService
+from . import convert
+from .rpc import Authenticator, status_of
+
+log = logging.getLogger(__name__)
+# Cached tasks travel in messages of about this size (v2 capped the whole body at 3.5 MB).
+TASK_PAGE_BYTES = 1024 * 1024
+
+
+class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, work: WorkService, dispatcher: Dispatcher, auth: Authenticator,
+                 settings: Settings) -> None:
+        self.work = work
+        self.dispatcher = dispatcher
+        self.auth = auth
+        self.settings = settings
+        self.streams: set[WorkerStream] = set()
+        self._requeues: set[asyncio.Task[None]] = set()
+
+    async def RunJob(self, request_iterator: AsyncIterator[pb.RunJobRequest], context: Any
+                     ) -> AsyncIterator[pb.RunJobResponse]:
+        try:
+            env = self.auth.environment(context)
+        except TripwireError as exc:
+            await context.abort(status_of(exc), exc.message)
+        stream = WorkerStream(self, env, request_iterator)
+        try:
+            hello = await stream.hello()
+        except TripwireError as exc:
+            await context.abort(status_of(exc), exc.message)
+        except TimeoutError:
+            await context.abort(status_of(InvalidArgument("hello", "")),
+                                "hello: the worker must send hello first, within the lease")
+        self.streams.add(stream)
+        try:
+            yield hello
+            async for reply in stream.serve():
+                yield reply
+        finally:
+            self.streams.discard(stream)
+            stream.close()
+
+    def requeue_later(self, held: list[tuple[str, int]], delay: float) -> None:
+        """Give a gone worker's runs back once its lease has run out."""
+        if not held:
+            return
+
+        async def later() -> None:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            back = await self.work.store.requeue(held, self.work.clock())
+            if back:
+                log.info("requeued %d runs of a worker whose lease expired", len(back))
+
+        task = asyncio.create_task(later())
+        self._requeues.add(task)
+        task.add_done_callback(self._requeues.discard)
+
+    async def drain(self, deadline: float) -> None:
+        """Shutdown: tell every worker to drain, wait for their runs, requeue the rest."""
+        self.dispatcher.pause()
+        for stream in list(self.streams):
+            stream.drain(deadline)
+        try:
+            await asyncio.wait_for(self.dispatcher.idle.wait(), deadline)
+        except TimeoutError:
+            pass
+        held: list[tuple[str, int]] = []
+        for stream in list(self.streams):
+            held += stream.detach()
+        for task in list(self._requeues):
+            task.cancel()
+        if held:
+            await self.work.store.requeue(held, self.work.clock())
+
+
+class WorkerStream:
+    def __init__(self, servicer: WorkerServicer, env: str,
+                 requests: AsyncIterator[pb.RunJobRequest]) -> None:
+        self.servicer = servicer
+        self.work = servicer.work
+        self.dispatcher = servicer.dispatcher
+        self.env = env
+        self.requests = requests
+        self.lease = servicer.settings.lease
+        self.outbox: asyncio.Queue[pb.RunJobResponse | None] = asyncio.Queue()
+        self.runs: dict[str, Run] = {}
+        self.session: Session | None = None
+        self.last_seen = time.monotonic()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def hello(self) -> pb.RunJobResponse:
+        first = await asyncio.wait_for(anext(self.requests), self.lease)
+        if first.WhichOneof("message") != "hello":
+            raise InvalidArgument("hello", "the first message on the stream must be hello")
+        hello = first.hello
+        jobs = []
+        for i, job in enumerate(hello.jobs):
+            try:
+                jobs.append(convert.job_from_pb(job))
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"hello.jobs[{i}].trigger", exc.message) from None
+        registered = await self.work.hello(self.env, hello.worker_id, jobs, hello.capacity)
+        for job in registered:
+            self.work.forget_job(self.env, job.id)
+        self.session = Session(
+            id=new_event_id(),
+            env=self.env,
+            worker_id=hello.worker_id,
+            serves=frozenset((j.id, j.version) for j in registered),
+            capacity=hello.capacity,
+            link=self,
+        )
+        settings = self.servicer.settings
+        return pb.RunJobResponse(welcome=pb.Welcome(
+            session_id=self.session.id,
+            heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
+            lease_ms=int(settings.lease * 1000),
+        ))
+
+    async def serve(self) -> AsyncIterator[pb.RunJobResponse]:
+        assert self.session is not None
+        self.dispatcher.add_session(self.session)
+        self._reader = asyncio.create_task(self._read())
+        while True:
+            reply = await self.outbox.get()
+            if reply is None:
+                return
+            yield reply
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        for task in self._handlers:
+            task.cancel()
+        held = self.detach()
+        remaining = self.last_seen + self.lease - time.monotonic()
+        self.servicer.requeue_later(held, remaining)
+
+    def detach(self) -> list[tuple[str, int]]:
+        if self.session is None:
+            return []
+        session, self.session = self.session, None
+        return self.dispatcher.remove_session(session)
+
+    def drain(self, deadline: float) -> None:
+        if self.session is not None:
+            self.session.draining = True
+        self._send(pb.RunJobResponse(drain=pb.Drain(deadline_ms=int(deadline * 1000))))
+
+    def _send(self, reply: pb.RunJobResponse) -> None:
+        self.outbox.put_nowait(reply)
+
+    # -- reading --------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                try:
+                    msg = await asyncio.wait_for(anext(self.requests), self.lease)
+                except TimeoutError:
+                    log.warning("worker %s was silent for a whole lease; dropping it",
+                                self.session.worker_id if self.session else "?")
+                    # Its runs go back now: the lease is over.
+                    self.servicer.requeue_later(self.detach(), 0)
+                    return
+                except StopAsyncIteration:
+                    return
+                self.last_seen = time.monotonic()
+                kind = msg.WhichOneof("message")
+                if kind == "heartbeat":
+                    continue
+                handler = getattr(self, f"_on_{kind}", None) if kind else None
+                if handler is None:
+                    self._send(_rejected("", "", InvalidArgument("message", f"unexpected {kind}")))
+                    continue
+                task = asyncio.create_task(handler(getattr(msg, kind)))
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+        except Exception:
+            log.exception("reading a worker stream failed")
+        finally:
+            self.outbox.put_nowait(None)
+
+    def _owned(self, run_id: str, attempt: int, request_id: str = "") -> Run | None:
+        run = self.runs.get(run_id)
+        session = self.session
+        if run is None or session is None or not self.dispatcher.owns(session, run_id, attempt):
+            self._send(pb.RunJobResponse(abandon=pb.AbandonRun(
+                run_id=run_id, attempt=attempt,
+                reason=f"attempt {attempt} of run {run_id} is not held by this worker",
+            )))
+            return None
+        return run
+
+    async def _guard(self, run_id: str, attempt: int, request_id: str, work: Any) -> Any:
+        try:
+            return await work
+        except StaleAttempt as exc:
+            self.stop_run(run_id, attempt, exc.message, ended=exc.ended)
+            self.dispatcher.finished(run_id)
+        except TripwireError as exc:
+            self._send(_rejected(request_id, run_id, exc))
+        return None
+
+    async def _on_task(self, msg: pb.TaskRequest) -> None:
+        run = self._owned(msg.run_id, msg.attempt, msg.request_id)
+        if run is None:
+            return
+        try:
+            asked = _task_input(msg)
+        except TripwireError as exc:
+            self._send(_rejected(msg.request_id, msg.run_id, exc))
+            return
+        outcome = await self._guard(msg.run_id, msg.attempt, msg.request_id,
+                                    self.work.request_task(self.env, run, msg.attempt, asked))
+        if outcome is None:
+            return
+        if outcome.nondeterminism:
+            self.stop_run(msg.run_id, msg.attempt, outcome.nondeterminism, ended=True)
+            self.dispatcher.finished(msg.run_id)
+            return
+        self._task_result(msg.request_id, msg.run_id, msg.attempt, outcome)
+
+    def _task_result(self, request_id: str, run_id: str, attempt: int, outcome: Any) -> None:
+        reply = pb.RunJobResponse()
+        result = reply.task_result
+        result.request_id, result.run_id, result.attempt = request_id, run_id, attempt
+        convert.task_to_pb(outcome.task, result.task)
+        self._send(reply)
+        if outcome.run.status is RunStatus.WAITING:
+            self.runs.pop(run_id, None)
+            self.dispatcher.finished(run_id)
+
+    async def _on_task_complete(self, msg: pb.TaskComplete) -> None:
+        if self._owned(msg.run_id, msg.attempt, msg.request_id) is None:
+            return
+        error = convert.error_from_pb(msg.error) if msg.HasField("error") else None
+        output = convert.value_to_py(msg.output) if msg.HasField("output") else None
+        outcome = await self._guard(
+            msg.run_id, msg.attempt, msg.request_id,
+            self.work.complete_task(self.env, msg.run_id, msg.attempt, msg.task_id, output, error),
+        )
+        if outcome is not None:
+            self._task_result(msg.request_id, msg.run_id, msg.attempt, outcome)
+
+    async def _on_log(self, msg: pb.RunLog) -> None:
+        if self._owned(msg.run_id, msg.attempt) is None:
+            return
+        data = convert.value_to_py(msg.data) if msg.HasField("data") else None
+        await self._guard(msg.run_id, msg.attempt, "", self.work.log(
+            self.env, msg.run_id, msg.attempt, msg.seq,
+            convert.log_level_name(msg.level) or "INFO", msg.message, data,
+        ))
+
+    async def _on_run_result(self, msg: pb.RunResult) -> None:
+        if self._owned(msg.run_id, msg.attempt) is None:
+            return
+        error = convert.error_from_pb(msg.error) if msg.HasField("error") else None
+        output = convert.value_to_py(msg.output) if msg.HasField("output") else None
+        if await self._guard(msg.run_id, msg.attempt, "", self.work.finish(
+            self.env, msg.run_id, msg.attempt, output, error
+        )) is not None:
+            self.runs.pop(msg.run_id, None)
+            self.dispatcher.finished(msg.run_id)
+
+    async def _on_hello(self, msg: pb.Hello) -> None:
+        self._send(_rejected("", "", InvalidArgument("hello", "was already sent on this stream")))
+
+    # -- the dispatcher's side (WorkerLink) -----------------------------------------
+
+    def start_run(self, run: Run, event: Event | None) -> None:
+        self.runs[run.id] = run
+        task = asyncio.create_task(self._start_run(run, event))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _start_run(self, run: Run, event: Event | None) -> None:
+        try:
+            tasks = []
+            if event is None or run.attempt > 1:
+                event, tasks = await self.work.store.dispatch_context(self.env, run)
+            job = await self.work.job(self.env, run.job_id, run.job_version)
+        except Exception:
+            log.exception("preparing run %s failed", run.id)
+            return
+        reply = pb.RunJobResponse()
+        request = reply.run_request
+        convert.run_to_pb(run, request.run)
+        request.run.status = run_pb2.RUN_STATUS_EXECUTING
+        if event is not None:
+            convert.event_to_pb(event, request.event)
+        convert.job_to_pb(job, request.job)
+        convert.py_to_value(_ctx(self.env, run, event, job.id, job.version), request.ctx)
+        pages = _pages(tasks)
+        for task in pages[0] if pages else ():
+            convert.task_to_pb(task, request.cached_tasks.add())
+        request.cached_tasks_complete = len(pages) <= 1
+        self._send(reply)
+        for i, page in enumerate(pages[1:], start=2):
+            more = pb.RunJobResponse()
+            more.cached_tasks.run_id, more.cached_tasks.attempt = run.id, run.attempt
+            more.cached_tasks.last = i == len(pages)
+            for task in page:
+                convert.task_to_pb(task, more.cached_tasks.tasks.add())
+            self._send(more)
+
+    def stop_run(self, run_id: str, attempt: int, reason: str, *, ended: bool) -> None:
+        self.runs.pop(run_id, None)
+        if ended:
+            self._send(pb.RunJobResponse(cancel=pb.CancelRunNotice(
+                run_id=run_id, attempt=attempt, reason=reason)))
+        else:
+            self._send(pb.RunJobResponse(abandon=pb.AbandonRun(
+                run_id=run_id, attempt=attempt, reason=reason)))
+
+
+def _pages(tasks: list[Any]) -> list[list[Any]]:
+    pages: list[list[Any]] = []
+    size = TASK_PAGE_BYTES
+    for task in tasks:
+        weight = 200 + len(repr(task.output)) + len(repr(task.params))
+        if size + weight > TASK_PAGE_BYTES and (not pages or pages[-1]):
+            pages.append([])
+            size = 0
+        pages[-1].append(task)
+        size += weight
+    return pages
+
+
+def _ctx(env: str, run: Run, event: Event | None, job_id: str, version: str) -> dict[str, Any]:
+    ctx: dict[str, Any] = {
+        "run": {"id": run.id, "attempt": run.attempt},
+        "job": {"id": job_id, "version": version},
+        "environment": env,
+    }
+    if event is not None:
+        ctx["event"] = {"id": event.id, "name": event.name, "source": event.source,
+                        "context": event.context}
+    if run.account_id:
+        ctx["account"] = {"id": run.account_id}
+    return ctx
+
+
+def _rejected(request_id: str, run_id: str, exc: TripwireError) -> pb.RunJobResponse:
+    return pb.RunJobResponse(rejected=pb.Rejected(
+        request_id=request_id, run_id=run_id, code=status_of(exc).value[0], message=exc.message,
+    ))
+
+
+def _task_input(msg: pb.TaskRequest) -> TaskInput:
+    params = convert.value_to_py(msg.params) if msg.HasField("params") else None
+    retry = convert._retry_from_pb(msg.retry) if msg.HasField("retry") else None
+    kind = convert.task_kind_name(msg.kind)
+    events: tuple[EventDraft, ...] = ()
+    options = convert.options(event_pb2.SendEventOptions())
+    if kind in ("SEND_EVENT", "SEND_EVENTS") and isinstance(params, dict):
+        raw = [params.get("event")] if kind == "SEND_EVENT" else list(params.get("events") or [])
+        parsed = []
+        for i, item in enumerate(raw):
+            if item is None:
+                continue
+            where = "task.params.event" if kind == "SEND_EVENT" else f"task.params.events[{i}]"
+            parsed.append(convert.draft(_parse(item, event_pb2.EventInput(), where)))
+        events = tuple(parsed)
+        if params.get("options"):
+            options = convert.options(
+                _parse(params["options"], event_pb2.SendEventOptions(), "task.params.options")
+            )
+    return TaskInput(msg.key, msg.parent_id, kind, msg.name, params, retry, events, options)
+
+
+M = TypeVar("M", bound=Message)
+
+
+def _parse(value: Any, message: M, field: str) -> M:
+    try:
+        return json_format.ParseDict(value, message)
+    except json_format.ParseError as exc:
+        raise InvalidArgument(field, str(exc)) from None

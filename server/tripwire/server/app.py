@@ -1,0 +1,177 @@
+"""Assembles the server: store, domain services, gRPC servicers, background loops.
+
+`Server.start()` returns the bound address; `Server.stop()` shuts down in
+stages: health NOT_SERVING -> stop accepting calls -> let in-flight calls
+finish within the grace period -> stop the loops -> close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tripwire.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    run_service_pb2,
+    run_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+from . import scheduler
+from .api import reflection
+from .api.events import EventServicer
+from .api.jobs import JobServicer
+from .api.rpc import Authenticator
+from .api.runs import RunServicer
+from .api.worker import WorkerServicer
+from .config import Settings
+from .dispatcher import Dispatcher
+from .events import EventService, Limits
+from .hub import Hub
+from .jobs import JobService
+from .matching import JobIndex
+from .runs import RunService
+from .store import SQLiteStore
+from .work import WorkService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+)
+
+
+SERVICE_FILES = (
+    event_service_pb2.DESCRIPTOR,
+    job_service_pb2.DESCRIPTOR,
+    run_service_pb2.DESCRIPTOR,
+    worker_service_pb2.DESCRIPTOR,
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Server:
+    def __init__(self, settings: Settings, clock: Callable[[], int] = now_ms) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.address = ""
+        self._stop = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._failure: BaseException | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        settings = self.settings
+        self.hub = Hub(asyncio.get_running_loop())
+        self.index = JobIndex()
+        self.store = SQLiteStore(settings.db_path, self.index, self.hub)
+        await self.store.open()
+        limits = Limits(settings.max_payload_bytes, settings.max_name_length, settings.max_batch)
+        self.events = EventService(self.store, self.index, limits, self.clock)
+        self.jobs = JobService(self.store, limits, self.clock)
+        self.runs = RunService(self.store, self.hub, self.clock)
+        self.work = WorkService(self.store, self.jobs, limits, self.clock)
+        self.dispatcher = Dispatcher(self.store, self.index, self.clock)
+        self.hub.listener = self.dispatcher
+        # Nobody holds a run across a restart: what was executing is queued again.
+        await self.store.requeue_orphans(self.clock())
+        self.dispatcher.queued(await self.store.queued_runs(), {})
+
+        auth = Authenticator(settings.api_keys)
+        self.grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(self.events, auth, settings.max_payload_bytes), self.grpc
+        )
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, auth),
+                                                              self.grpc)
+        run_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(self.runs, auth),
+                                                              self.grpc)
+        self.workers = WorkerServicer(self.work, self.dispatcher, auth, settings)
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(self.workers, self.grpc)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable(
+            [*SERVICE_NAMES, health.SERVICE_NAME],
+            [*SERVICE_FILES, health_pb2.DESCRIPTOR],
+            self.grpc,
+        )
+
+        host = settings.address.rpartition(":")[0]
+        port = self.grpc.add_insecure_port(settings.address)
+        if port == 0:
+            await self.store.close()
+            raise OSError(f"could not bind {settings.address}")
+        await self.grpc.start()
+        self.address = f"{host}:{port}"
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        grace_ms = int(settings.schedule_grace * 1000)
+        self._supervise(
+            "timers", scheduler.run_timers(self.store, self.hub, self.clock, grace_ms, self._stop)
+        )
+        log.info("tripwire listening on %s (db %s)", self.address, settings.db_path)
+        return self.address
+
+    def _supervise(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
+        """Run a background loop; if it dies, the server stops loudly."""
+        task = asyncio.create_task(loop, name=f"tripwire-{name}")
+
+        def done(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or self._stop.is_set():
+                return
+            self._failure = task.exception() or RuntimeError(f"loop {name!r} exited")
+            log.critical("background loop %r died; stopping", name, exc_info=self._failure)
+            self.request_stop()
+
+        task.add_done_callback(done)
+        self._loops.append(task)
+
+    def request_stop(self) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self.stop())
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stop.is_set():
+            await self._closed.wait()
+            return
+        self._stop.set()
+        grace = self.settings.shutdown_grace if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        # Workers first: they finish or hand back their runs while calls still work.
+        await self.workers.drain(grace)
+        await self.grpc.stop(grace)
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.store.close()
+        self._closed.set()
+        log.info("tripwire stopped")
+
+    async def wait_closed(self) -> None:
+        """Until the server has stopped; raises if it stopped because a loop died."""
+        await self._closed.wait()
+        if self._failure is not None:
+            raise self._failure

@@ -1,0 +1,106 @@
+"""Server settings: one frozen dataclass built from flags and TRIPWIRE_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_ENVIRONMENT = "default"
+
+
+@dataclass(frozen=True)
+class Settings:
+    address: str = "127.0.0.1:50051"
+    db_path: str = "./tripwire.db"
+    # API key -> environment. Empty: no auth, everything in "default".
+    api_keys: Mapping[str, str] = field(default_factory=dict)
+    max_payload_bytes: int = 1024 * 1024
+    max_name_length: int = 256
+    max_batch: int = 1000
+    max_message_bytes: int = 64 * 1024 * 1024
+    heartbeat_interval: float = 5.0
+    lease: float = 15.0
+    # A schedule tick this late (e.g. just after a restart) still fires; older
+    # ticks count as missed and are skipped unless the trigger asks to catch up.
+    schedule_grace: float = 60.0
+    shutdown_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"address must be HOST:PORT, got {self.address!r}")
+        for key, env in self.api_keys.items():
+            if not key or not env:
+                raise ValueError("API keys must be KEY=ENV with both parts non-empty")
+        if self.max_payload_bytes < 1 or self.max_batch < 1 or self.max_name_length < 1:
+            raise ValueError("limits must be positive")
+        if not 0 < self.heartbeat_interval < self.lease:
+            raise ValueError("heartbeat interval must be positive and shorter than the lease")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+
+def parse_api_keys(items: Sequence[str]) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            key, sep, env = part.partition("=")
+            if not sep or not key or not env:
+                raise ValueError(f"API key must be KEY=ENV, got {part!r}")
+            keys[key] = env
+    return keys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tripwire serve", description="Run the tripwire server."
+    )
+    parser.add_argument("--address", help="HOST:PORT to listen on (port 0 picks a free one)")
+    parser.add_argument("--db", dest="db_path", help="SQLite file, created if missing")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY=ENV",
+        help="accept this key for environment ENV (repeatable); none: no auth",
+    )
+    parser.add_argument("--max-payload-bytes", type=int)
+    parser.add_argument("--max-batch", type=int)
+    parser.add_argument("--heartbeat-interval", type=float, help="seconds")
+    parser.add_argument("--lease", type=float, help="seconds")
+    parser.add_argument("--schedule-grace", type=float, help="seconds")
+    parser.add_argument("--shutdown-grace", type=float, help="seconds")
+    return parser
+
+
+def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Flags win over TRIPWIRE_* variables, which win over defaults."""
+    env = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, object] = {}
+    sources = {
+        "address": ("TRIPWIRE_ADDRESS", str),
+        "db_path": ("TRIPWIRE_DB", str),
+        "max_payload_bytes": ("TRIPWIRE_MAX_PAYLOAD_BYTES", int),
+        "max_batch": ("TRIPWIRE_MAX_BATCH", int),
+        "heartbeat_interval": ("TRIPWIRE_HEARTBEAT_INTERVAL", float),
+        "lease": ("TRIPWIRE_LEASE", float),
+        "schedule_grace": ("TRIPWIRE_SCHEDULE_GRACE", float),
+        "shutdown_grace": ("TRIPWIRE_SHUTDOWN_GRACE", float),
+    }
+    for name, (var, kind) in sources.items():
+        flag = getattr(args, name)
+        if flag is not None:
+            values[name] = flag
+        elif env.get(var):
+            values[name] = kind(env[var])
+    key_items = list(args.api_key) or ([env["TRIPWIRE_API_KEYS"]] if env.get("TRIPWIRE_API_KEYS") else [])
+    values["api_keys"] = parse_api_keys(key_items)
+    return Settings(**values)  # type: ignore[arg-type]

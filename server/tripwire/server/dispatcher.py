@@ -1,0 +1,197 @@
+"""Dispatch: QUEUED runs -> connected workers, within capacities and concurrency limits.
+
+All state here is in memory and changed only on the event loop, in reaction
+to the hub (runs queued or released) and to workers arriving and leaving: a
+new run reaches an idle worker in the same loop iteration that learns of it,
+with no polling. The database stays the source of truth: a claim is written
+(in order, by the store's writer) before anything the worker sends for that
+attempt, and on start every QUEUED run is loaded back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from .hub import RunListener
+from .matching import JobIndex
+from .models import Event, Run
+
+if TYPE_CHECKING:
+    from .store import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]  # (env, job id, job version)
+
+
+class WorkerLink(Protocol):
+    """The stream side of a worker session."""
+
+    def start_run(self, run: Run, event: Event | None) -> None:
+        """Send the run request for `run` (already at its new attempt)."""
+
+    def stop_run(self, run_id: str, attempt: int, reason: str, *, ended: bool) -> None:
+        """Tell the worker to stop a run: `ended` -> cancel, else abandon."""
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    env: str
+    worker_id: str
+    serves: frozenset[tuple[str, str]]
+    capacity: int
+    link: WorkerLink
+    running: dict[str, int] = field(default_factory=dict)  # run id -> attempt
+    draining: bool = False
+
+    @property
+    def free(self) -> int:
+        return 0 if self.draining else self.capacity - len(self.running)
+
+
+@dataclass
+class _Queued:
+    run: Run
+    event: Event | None
+
+
+class Dispatcher(RunListener):
+    def __init__(self, store: SQLiteStore, index: JobIndex, clock: Callable[[], int]) -> None:
+        self.store = store
+        self.index = index
+        self.clock = clock
+        self._queues: dict[Key, deque[_Queued]] = {}
+        self._sessions: dict[str, Session] = {}
+        self._serving: dict[Key, list[Session]] = {}
+        self._owner: dict[str, Session] = {}
+        self._executing: dict[tuple[str, str], int] = {}  # (env, job id) -> runs executing
+        self._job_of: dict[str, str] = {}  # run id -> job id, for executing runs
+        self._paused = False
+        self.idle = asyncio.Event()  # set whenever no run is executing here
+        self.idle.set()
+
+    # -- hub events ---------------------------------------------------------------
+
+    def queued(self, runs: Sequence[Run], events: dict[str, Event]) -> None:
+        keys = set()
+        for run in runs:
+            key = (run.env, run.job_id, run.job_version)
+            self._queues.setdefault(key, deque()).append(_Queued(run, events.get(run.event_id)))
+            keys.add(key)
+        self._pump(keys)
+
+    def released(self, run_ids: Sequence[str], stop_worker: bool) -> None:
+        keys: set[Key] = set()
+        for run_id in run_ids:
+            session = self._owner.get(run_id)
+            if session is None:
+                continue
+            attempt = session.running[run_id]
+            self._release(run_id)
+            if stop_worker:
+                session.link.stop_run(run_id, attempt, "the run has ended", ended=True)
+            keys.update((session.env, *s) for s in session.serves)
+        self._pump(keys)
+
+    # -- sessions -------------------------------------------------------------------
+
+    def add_session(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        for job_id, version in session.serves:
+            self._serving.setdefault((session.env, job_id, version), []).append(session)
+        self._pump({(session.env, *s) for s in session.serves})
+
+    def remove_session(self, session: Session) -> list[tuple[str, int]]:
+        """Forget a session; returns the (run id, attempt) pairs it still held."""
+        self._sessions.pop(session.id, None)
+        for job_id, version in session.serves:
+            sessions = self._serving.get((session.env, job_id, version), [])
+            if session in sessions:
+                sessions.remove(session)
+        held = list(session.running.items())
+        for run_id, _ in held:
+            self._release(run_id)
+        return held
+
+    def finished(self, run_id: str) -> None:
+        """The worker ended or suspended the run itself: free the slot quietly."""
+        session = self._owner.get(run_id)
+        if session is not None:
+            self._release(run_id)
+            self._pump({(session.env, *s) for s in session.serves})
+
+    def owns(self, session: Session, run_id: str, attempt: int) -> bool:
+        return session.running.get(run_id) == attempt
+
+    def pause(self) -> None:
+        """Stop handing out runs (shutdown)."""
+        self._paused = True
+
+    @property
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    # -- the core -------------------------------------------------------------------
+
+    def _release(self, run_id: str) -> None:
+        session = self._owner.pop(run_id)
+        session.running.pop(run_id, None)
+        job = (session.env, self._job_of.pop(run_id))
+        self._executing[job] -= 1
+        if not self._owner:
+            self.idle.set()
+
+    def _pump(self, keys: set[Key]) -> None:
+        if self._paused:
+            return
+        for key in keys:
+            queue = self._queues.get(key)
+            sessions = self._serving.get(key)
+            if not queue or not sessions:
+                continue
+            env, job_id, _ = key
+            compiled = self.index.get(env, job_id)
+            limit = compiled.job.concurrency_limit if compiled else 0
+            max_duration = compiled.job.max_duration_seconds if compiled else 0
+            while queue:
+                if limit and self._executing.get((env, job_id), 0) >= limit:
+                    break
+                session = max(sessions, key=lambda s: s.free)
+                if session.free <= 0:
+                    break
+                item = queue.popleft()
+                self._assign(session, item, max_duration)
+            if not queue:
+                self._queues.pop(key, None)
+
+    def _assign(self, session: Session, item: _Queued, max_duration: int) -> None:
+        run = item.run
+        claimed_from = run.attempt
+        run.attempt += 1
+        session.running[run.id] = run.attempt
+        self._owner[run.id] = session
+        self._job_of[run.id] = run.job_id
+        job = (run.env, run.job_id)
+        self._executing[job] = self._executing.get(job, 0) + 1
+        self.idle.clear()
+        claim_of = Run(**{**run.__dict__, "attempt": claimed_from})
+        claim = self.store.claim(claim_of, session.worker_id, max_duration, self.clock())
+        claim.add_done_callback(lambda f: self._claimed(f, session, run))
+        session.link.start_run(run, item.event)
+
+    def _claimed(self, future: asyncio.Future[bool], session: Session, run: Run) -> None:
+        ok = not future.cancelled() and future.exception() is None and future.result()
+        if ok:
+            return
+        # Cancelled (or otherwise moved) between queueing and claiming: take it back.
+        if future.exception() is not None:
+            log.error("claiming run %s failed", run.id, exc_info=future.exception())
+        if self._owner.get(run.id) is session and session.running.get(run.id) == run.attempt:
+            self._release(run.id)
+            session.link.stop_run(run.id, run.attempt, "the run is no longer queued", ended=True)

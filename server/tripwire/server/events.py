@@ -1,0 +1,153 @@
+"""Events: request validation, defaults, and the resend rule.
+
+Pure functions plus `EventService`, which the gRPC edge calls. Storage and
+delivery happen in one store operation so that an event, its matching and
+its runs commit together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import InvalidArgument, NotFound
+from .ids import new_event_id
+from .matching import JobIndex, Verdict
+from .models import DEFAULT_SOURCE, Event, EventStatus, NewEvent, Page, Run
+
+if TYPE_CHECKING:
+    from .store import Store
+
+# A pending event due at least this far ahead is rescheduled by a resend with
+# the same id; one due sooner is left alone (it may be delivering right now).
+RESCHEDULE_WINDOW_MS = 5_000
+MAX_ID_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    """An event as a request gave it, before defaults."""
+
+    name: str
+    payload: Any = None
+    context: Any = None
+    id: str = ""
+    timestamp: int | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class DeliveryOptions:
+    deliver_at: int | None = None
+    deliver_after: int = 0
+    account_id: str = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_payload_bytes: int
+    max_name_length: int
+    max_batch: int
+
+
+def resend_action(current: Event, new: NewEvent, now: int) -> Literal["unchanged", "reschedule"]:
+    """What a second send of a known id does (SPEC §2; v2's reschedule, minus its revival bug)."""
+    if current.status is not EventStatus.PENDING:
+        return "unchanged"  # delivered or cancelled: never touched, never revived
+    if current.deliver_at - now >= RESCHEDULE_WINDOW_MS:
+        return "reschedule"
+    return "unchanged"
+
+
+def deliver_time(options: DeliveryOptions, now: int, field: str) -> int:
+    if options.deliver_after < 0:
+        raise InvalidArgument(f"{field}.deliver_after", "must not be negative")
+    if options.deliver_at is not None:
+        return max(options.deliver_at, now)
+    return now + options.deliver_after * 1000
+
+
+def prepare(
+    draft: EventDraft, options: DeliveryOptions, now: int, limits: Limits, field: str
+) -> NewEvent:
+    """Validate one event and apply the defaults."""
+    if not draft.name:
+        raise InvalidArgument(f"{field}.name", "is required")
+    if len(draft.name) > limits.max_name_length:
+        raise InvalidArgument(
+            f"{field}.name", f"is longer than the limit of {limits.max_name_length} characters"
+        )
+    if len(draft.id) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"{field}.id", f"is longer than {MAX_ID_LENGTH} characters")
+    if len(draft.source) > limits.max_name_length:
+        raise InvalidArgument(
+            f"{field}.source", f"is longer than the limit of {limits.max_name_length} characters"
+        )
+    return NewEvent(
+        id=draft.id or new_event_id(),
+        name=draft.name,
+        source=draft.source or DEFAULT_SOURCE,
+        payload={} if draft.payload is None else draft.payload,
+        context={} if draft.context is None else draft.context,
+        timestamp=now if draft.timestamp is None else draft.timestamp,
+        deliver_at=deliver_time(options, now, "options"),
+        account_id=options.account_id,
+    )
+
+
+class EventService:
+    def __init__(self, store: Store, index: JobIndex, limits: Limits, clock: Callable[[], int]):
+        self.store = store
+        self.index = index
+        self.limits = limits
+        self.clock = clock
+
+    async def send(self, env: str, drafts: Sequence[EventDraft], options: DeliveryOptions,
+                   *, batch: bool) -> list[Event]:
+        if batch:
+            if not drafts:
+                raise InvalidArgument("events", "must contain at least one event")
+            if len(drafts) > self.limits.max_batch:
+                raise InvalidArgument(
+                    "events",
+                    f"{len(drafts)} events exceed the batch limit of {self.limits.max_batch}",
+                )
+        now = self.clock()
+        prepared = [
+            prepare(d, options, now, self.limits, f"events[{i}]" if batch else "event")
+            for i, d in enumerate(drafts)
+        ]
+        return await self.store.ingest(env, prepared, now)
+
+    async def get(self, env: str, event_id: str) -> tuple[Event, list[Run]]:
+        _require_id(event_id, "id")
+        event = await self.store.get_event(env, event_id)
+        if event is None:
+            raise NotFound(f"event {event_id!r} not found")
+        return event, await self.store.event_runs(env, event_id)
+
+    async def list(
+        self, env: str, *, name: str, status: str, limit: int, before: int | None
+    ) -> Page[Event]:
+        return await self.store.list_events(env, name=name, status=status, limit=limit,
+                                            before=before)
+
+    async def cancel(self, env: str, event_id: str) -> Event:
+        _require_id(event_id, "id")
+        return await self.store.cancel_event(env, event_id, self.clock())
+
+    async def cancel_runs(self, env: str, event_id: str) -> tuple[list[str], list[Run]]:
+        _require_id(event_id, "id")
+        return await self.store.cancel_runs_for_event(env, event_id, self.clock())
+
+    def match(self, env: str, draft: EventDraft) -> tuple[NewEvent, list[Verdict]]:
+        """Dry run: which jobs the event would trigger, and why not the others."""
+        event = prepare(draft, DeliveryOptions(), self.clock(), self.limits, "event")
+        verdicts = self.index.explain(env, event.name, event.source, event.payload, event.context)
+        return event, verdicts
+
+
+def _require_id(value: str, field: str) -> None:
+    if not value:
+        raise InvalidArgument(field, "is required")

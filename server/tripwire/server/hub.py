@@ -1,0 +1,80 @@
+"""Wake-ups between the store (writer thread) and the server's loops and streams.
+
+The store calls these methods after a commit, from its writer thread; they hop
+onto the event loop, so nothing ever polls. The dispatcher subscribes to run
+changes; WatchRun streams subscribe per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from .models import Event, Run
+
+
+class RunListener:
+    """What the dispatcher hears. The default does nothing (no workers)."""
+
+    def queued(self, runs: Sequence[Run], events: dict[str, Event]) -> None:
+        """These runs became QUEUED; `events` has the events the store had at hand."""
+
+    def released(self, run_ids: Sequence[str], stop_worker: bool) -> None:
+        """These runs left EXECUTING: free their slots. With `stop_worker` they ended
+        from outside (cancel, abort, timeout) and their workers must stop them."""
+
+
+class Hub:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        # Set when a delayed event, a schedule or a waiting run may be due sooner.
+        self.timers_changed = asyncio.Event()
+        self.listener = RunListener()
+        self._watchers: dict[str, set[asyncio.Queue[str]]] = {}
+
+    def _call(self, callback: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def timers(self) -> None:
+        self._call(self.timers_changed.set)
+
+    def queued(self, runs: Sequence[Run], events: dict[str, Event]) -> None:
+        self._call(self._queued_on_loop, list(runs), dict(events))
+
+    def _queued_on_loop(self, runs: list[Run], events: dict[str, Event]) -> None:
+        self.listener.queued(runs, events)
+        self._changed_on_loop([r.id for r in runs])
+
+    def released(self, run_ids: Iterable[str], *, stop_worker: bool) -> None:
+        self._call(self._released_on_loop, list(run_ids), stop_worker)
+
+    def _released_on_loop(self, run_ids: list[str], stop_worker: bool) -> None:
+        self.listener.released(run_ids, stop_worker)
+        self._changed_on_loop(run_ids)
+
+    def changed(self, run_ids: Iterable[str]) -> None:
+        self._call(self._changed_on_loop, list(run_ids))
+
+    def _changed_on_loop(self, run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            for queue in self._watchers.get(run_id, ()):
+                queue.put_nowait(run_id)
+
+    @contextmanager
+    def watch(self, run_id: str) -> Iterator[asyncio.Queue[str]]:
+        """A queue that receives `run_id` whenever the run, its tasks or its logs change."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._watchers.setdefault(run_id, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            watchers = self._watchers.get(run_id)
+            if watchers is not None:
+                watchers.discard(queue)
+                if not watchers:
+                    del self._watchers[run_id]

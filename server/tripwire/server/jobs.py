@@ -1,0 +1,126 @@
+"""Jobs: validation at registration (so a bad filter fails now, not at 9am) and lookups."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+from . import filters, schedules, versions
+from .errors import InvalidArgument, NotFound
+from .events import EventDraft, Limits, prepare, DeliveryOptions
+from .matching import check_schema
+from .models import Job, Page, Run
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .store import Store
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+LOG_LEVELS = ("LOG", "ERROR", "WARN", "INFO", "DEBUG")
+TRIGGER_KINDS = ("event", "cron", "interval", "invoke")
+
+
+def validate_job(job: Job, field: str = "job") -> None:
+    """Raise InvalidArgument naming the first bad field; normalise defaults in place."""
+    if not job.id:
+        raise InvalidArgument(f"{field}.id", "is required")
+    if not SLUG.match(job.id):
+        raise InvalidArgument(
+            f"{field}.id",
+            f"{job.id!r} is not a slug (lowercase letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit, at most 128 characters)",
+        )
+    if not job.version:
+        raise InvalidArgument(f"{field}.version", "is required")
+    versions.parse(job.version, f"{field}.version")
+    if not job.name:
+        job.name = job.id
+    if len(job.name) > 256:
+        raise InvalidArgument(f"{field}.name", "is longer than 256 characters")
+    if job.log_level not in LOG_LEVELS:
+        raise InvalidArgument(f"{field}.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if job.retry is not None:
+        retry_policy(job.retry, f"{field}.retry")
+    validate_trigger(job.trigger, f"{field}.trigger")
+
+
+def retry_policy(spec: dict[str, Any], field: str) -> RetryPolicy:
+    known = {f.name for f in fields(RetryPolicy)}
+    policy = RetryPolicy(**{k: v for k, v in spec.items() if k in known and v is not None})
+    policy.validate(field)
+    return policy
+
+
+def validate_trigger(trigger: dict[str, Any], field: str) -> None:
+    if len(trigger) != 1 or next(iter(trigger)) not in TRIGGER_KINDS:
+        raise InvalidArgument(field, "set exactly one of event, cron, interval, invoke")
+    kind, spec = next(iter(trigger.items()))
+    where = f"{field}.{kind}"
+    if kind == "event":
+        names = spec.get("names") or []
+        if not names:
+            raise InvalidArgument(f"{where}.names", "needs at least one event name")
+        for i, name in enumerate(names):
+            if not name:
+                raise InvalidArgument(f"{where}.names[{i}]", "must not be empty")
+        for key in ("filter", "context_filter"):
+            if spec.get(key):
+                filters.validate_filter(spec[key], f"{where}.{key}")
+    if kind in ("event", "invoke") and spec.get("schema"):
+        check_schema(spec["schema"], f"{where}.schema")
+    if kind == "cron":
+        if not spec.get("cron"):
+            raise InvalidArgument(f"{where}.cron", "is required")
+        schedules.validate(
+            schedules.Schedule(kind="cron", cron=spec["cron"], timezone=spec.get("timezone", "")),
+            where,
+        )
+    if kind == "interval":
+        schedules.validate(
+            schedules.Schedule(kind="interval", seconds=int(spec.get("seconds", 0))), where
+        )
+
+
+class JobService:
+    def __init__(self, store: Store, limits: Limits, clock: Callable[[], int]) -> None:
+        self.store = store
+        self.limits = limits
+        self.clock = clock
+
+    async def register(self, env: str, job: Job) -> Job:
+        job.env = env
+        validate_job(job)
+        return await self.store.register_job(job, self.clock())
+
+    async def get(self, env: str, job_id: str, version: str) -> tuple[Job, list[Job]]:
+        if not job_id:
+            raise InvalidArgument("id", "is required")
+        job = await self.store.get_job(env, job_id, version or None)
+        if job is None:
+            what = f"version {version!r} of job" if version else "job"
+            raise NotFound(f"{what} {job_id!r} not found")
+        return job, await self.store.job_versions(env, job_id)
+
+    async def list(self, env: str, *, limit: int, after: str) -> Page[Job]:
+        return await self.store.list_jobs(env, limit=limit, after=after)
+
+    async def set_enabled(
+        self, env: str, job_id: str, version: str, enabled: bool
+    ) -> tuple[list[Job], list[str]]:
+        if not job_id:
+            raise InvalidArgument("job_id", "is required")
+        return await self.store.set_job_enabled(env, job_id, version or None, enabled,
+                                                self.clock())
+
+    async def invoke(
+        self, env: str, job_id: str, payload: Any, context: Any, key: str, account_id: str
+    ) -> tuple[Run, bool]:
+        if not job_id:
+            raise InvalidArgument("job_id", "is required")
+        now = self.clock()
+        draft = EventDraft(name="tripwire.invoke", payload=payload, context=context, id=key)
+        event = prepare(draft, DeliveryOptions(account_id=account_id), now, self.limits,
+                        "idempotency_key")
+        return await self.store.invoke(env, job_id, event, now)

@@ -1,0 +1,180 @@
+"""Which jobs an event runs: an in-memory index of the latest job versions.
+
+The index is rebuilt per environment whenever a job changes (registration is
+rare, events are not), so matching an event is a dict lookup by name plus the
+filters of the few jobs listening to that name. The store applies changes to
+it right after the commit that made them, on the writer thread, so matching
+always sees exactly the committed jobs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from . import filters
+from .errors import InvalidArgument
+from .models import DEFAULT_SOURCE, Job, RunSpec
+
+
+@dataclass(frozen=True)
+class CompiledJob:
+    job: Job
+    names: frozenset[str]
+    source: str
+    filter: Mapping[str, Any] | None
+    context_filter: Mapping[str, Any] | None
+    validator: Draft202012Validator | None
+
+    @property
+    def listens(self) -> bool:
+        return self.job.enabled and bool(self.names)
+
+
+def check_schema(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path)
+        raise InvalidArgument(
+            f"{field}{'/' + where if where else ''}", f"not a valid JSON Schema: {exc.message}"
+        ) from None
+    return Draft202012Validator(schema)
+
+
+def schema_errors(validator: Draft202012Validator, payload: Any) -> tuple[dict[str, str], ...]:
+    """Every way `payload` fails the schema, as [{path, message}] (JSON pointer paths)."""
+    errors = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path)))
+    return tuple(
+        {"path": "".join(f"/{p}" for p in e.absolute_path), "message": e.message} for e in errors
+    )
+
+
+def compile_job(job: Job) -> CompiledJob:
+    kind, spec = next(iter(job.trigger.items()))
+    schema = spec.get("schema") if kind in ("event", "invoke") else None
+    validator = Draft202012Validator(schema) if schema else None
+    if kind != "event":
+        return CompiledJob(job, frozenset(), "", None, None, validator)
+    return CompiledJob(
+        job=job,
+        names=frozenset(spec.get("names", ())),
+        source=spec.get("source") or DEFAULT_SOURCE,
+        filter=spec.get("filter") or None,
+        context_filter=spec.get("context_filter") or None,
+        validator=validator,
+    )
+
+
+def run_spec(compiled: CompiledJob, payload: Any) -> RunSpec:
+    errors = schema_errors(compiled.validator, payload) if compiled.validator else ()
+    return RunSpec(compiled.job.id, compiled.job.version, errors)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    job: Job
+    matched: bool
+    reason: str
+    validation_errors: tuple[dict[str, str], ...] = ()
+
+
+class _EnvIndex:
+    def __init__(self, jobs: Mapping[str, CompiledJob]) -> None:
+        self.jobs = dict(jobs)
+        by_name: dict[str, list[CompiledJob]] = {}
+        for compiled in self.jobs.values():
+            if compiled.listens:
+                for name in compiled.names:
+                    by_name.setdefault(name, []).append(compiled)
+        self.by_name = by_name
+
+
+class JobIndex:
+    """The latest version of every job, per environment."""
+
+    def __init__(self) -> None:
+        self._envs: dict[str, _EnvIndex] = {}
+
+    def load(self, latest_jobs: Iterable[Job]) -> None:
+        grouped: dict[str, dict[str, CompiledJob]] = {}
+        for job in latest_jobs:
+            grouped.setdefault(job.env, {})[job.id] = compile_job(job)
+        self._envs = {env: _EnvIndex(jobs) for env, jobs in grouped.items()}
+
+    def put(self, latest: Job) -> None:
+        """Record `latest` as the version new events run for its job id."""
+        current = self._envs.get(latest.env)
+        jobs = dict(current.jobs) if current else {}
+        jobs[latest.id] = compile_job(latest)
+        # Swap in a new snapshot: readers on other threads never see a half-built index.
+        self._envs = {**self._envs, latest.env: _EnvIndex(jobs)}
+
+    def get(self, env: str, job_id: str) -> CompiledJob | None:
+        index = self._envs.get(env)
+        return index.jobs.get(job_id) if index else None
+
+    def match(
+        self, env: str, name: str, source: str, payload: Any, context: Any
+    ) -> list[RunSpec]:
+        index = self._envs.get(env)
+        if index is None:
+            return []
+        specs = []
+        for compiled in index.by_name.get(name, ()):
+            if compiled.source != source:
+                continue
+            if compiled.filter and not filters.matches(payload, compiled.filter):
+                continue
+            if compiled.context_filter and not filters.matches(context, compiled.context_filter):
+                continue
+            specs.append(run_spec(compiled, payload))
+        return specs
+
+    def explain(
+        self, env: str, name: str, source: str, payload: Any, context: Any
+    ) -> list[Verdict]:
+        """A verdict for every event-triggered job of `env`, matches first."""
+        index = self._envs.get(env)
+        verdicts = []
+        for compiled in index.jobs.values() if index else ():
+            if compiled.job.trigger_kind != "event":
+                continue
+            verdicts.append(_verdict(compiled, name, source, payload, context))
+        verdicts.sort(key=lambda v: (not v.matched, v.job.id))
+        return verdicts
+
+
+def _verdict(compiled: CompiledJob, name: str, source: str, payload: Any, context: Any) -> Verdict:
+    job = compiled.job
+    if not job.enabled:
+        return Verdict(job, False, f"version {job.version} is disabled")
+    if name not in compiled.names:
+        names = json.dumps(sorted(compiled.names))
+        return Verdict(job, False, f"name {json.dumps(name)} is not one of {names}")
+    if source != compiled.source:
+        return Verdict(
+            job, False, f"source {json.dumps(source)} is not {json.dumps(compiled.source)}"
+        )
+    if compiled.filter:
+        why = filters.explain(payload, compiled.filter, "payload")
+        if why is not None:
+            return Verdict(job, False, f"filter: {why}")
+    if compiled.context_filter:
+        why = filters.explain(context, compiled.context_filter, "context")
+        if why is not None:
+            return Verdict(job, False, f"context_filter: {why}")
+    spec = run_spec(compiled, payload)
+    if spec.validation_errors:
+        return Verdict(
+            job,
+            True,
+            "matches, but the payload fails the schema: the run would be INVALID_PAYLOAD",
+            spec.validation_errors,
+        )
+    return Verdict(job, True, "matches")

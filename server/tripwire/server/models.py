@@ -1,0 +1,199 @@
+"""Plain records passed between the store, the domain and the servicers.
+
+Times are integer milliseconds since the epoch (UTC); JSON fields are Python
+values. Protobuf types stay at the gRPC edge (`convert.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class EventStatus(StrEnum):
+    PENDING = "PENDING"
+    DELIVERED = "DELIVERED"
+    CANCELLED = "CANCELLED"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "QUEUED"
+    EXECUTING = "EXECUTING"
+    WAITING = "WAITING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    CANCELED = "CANCELED"
+    TIMED_OUT = "TIMED_OUT"
+    INVALID_PAYLOAD = "INVALID_PAYLOAD"
+    ABORTED = "ABORTED"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in _ACTIVE
+
+
+_ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.EXECUTING, RunStatus.WAITING})
+ACTIVE_RUN_STATUSES = tuple(sorted(_ACTIVE))
+
+DEFAULT_SOURCE = "trigger.dev"
+SCHEDULED_EVENT = "tripwire.scheduled"
+INVOKE_EVENT = "tripwire.invoke"
+INTERNAL_SOURCE = "tripwire"
+
+
+@dataclass
+class NewEvent:
+    """An event as validated from a request, defaults applied."""
+
+    id: str
+    name: str
+    source: str
+    payload: Any
+    context: Any
+    timestamp: int
+    deliver_at: int
+    account_id: str
+
+
+@dataclass
+class Run:
+    env: str
+    id: str
+    job_id: str
+    job_version: str
+    event_id: str
+    status: RunStatus
+    attempt: int
+    created_at: int
+    updated_at: int
+    started_at: int | None = None
+    completed_at: int | None = None
+    output: Any = None
+    error: dict[str, str] | None = None
+    validation_errors: list[dict[str, str]] = field(default_factory=list)
+    account_id: str = ""
+    wait_until: int | None = None
+    seq: int = 0
+
+
+@dataclass
+class Event:
+    env: str
+    id: str
+    name: str
+    source: str
+    payload: Any
+    context: Any
+    timestamp: int
+    deliver_at: int
+    created_at: int
+    status: EventStatus
+    delivered_at: int | None = None
+    cancelled_at: int | None = None
+    account_id: str = ""
+    seq: int = 0
+    # Set on replies only.
+    deduplicated: bool = False
+    runs: list[Run] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    env: str
+    id: str
+    version: str
+    name: str
+    # The trigger as JSON: {"event": {...}} | {"cron": {...}} | {"interval": {...}} |
+    # {"invoke": {...}}, with the proto's field names.
+    trigger: dict[str, Any]
+    enabled: bool = True
+    concurrency_limit: int = 0
+    retry: dict[str, Any] | None = None
+    max_duration_seconds: int = 0
+    log_level: str = "INFO"
+    created_at: int = 0
+    updated_at: int = 0
+    # Output only.
+    latest: bool = False
+    next_fire_at: int | None = None
+
+    @property
+    def trigger_kind(self) -> str:
+        return next(iter(self.trigger))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run to create for an event: which job version, and schema errors if any."""
+
+    job_id: str
+    job_version: str
+    validation_errors: tuple[dict[str, str], ...] = ()
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str = ""
+
+
+class TaskKind(StrEnum):
+    RUN = "RUN"
+    SEND_EVENT = "SEND_EVENT"
+    SEND_EVENTS = "SEND_EVENTS"
+    WAIT = "WAIT"
+
+
+class TaskStatus(StrEnum):
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"
+    COMPLETED = "COMPLETED"
+    ERRORED = "ERRORED"
+    CANCELED = "CANCELED"
+
+
+@dataclass
+class Task:
+    id: str
+    run_id: str
+    parent_id: str
+    key: str
+    idempotency_key: str
+    kind: TaskKind
+    status: TaskStatus
+    position: int
+    name: str = ""
+    attempts: int = 0
+    params: Any = None
+    output: Any = None
+    error: dict[str, str] | None = None
+    retry: dict[str, Any] | None = None
+    started_at: int | None = None
+    completed_at: int | None = None
+    retry_at: int | None = None
+
+
+@dataclass
+class LogEntry:
+    seq: int
+    level: str
+    message: str
+    data: Any
+    time: int
+
+
+@dataclass(frozen=True)
+class TaskAsk:
+    """A worker's request to start (or look up) a task."""
+
+    key: str
+    parent_id: str
+    kind: TaskKind
+    name: str
+    params: Any
+    retry: dict[str, Any] | None
+    # SEND_EVENT(S): the events to send, validated, ids defaulted from the task.
+    events: tuple[NewEvent, ...] = ()

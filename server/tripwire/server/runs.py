@@ -1,0 +1,82 @@
+"""Runs: lookups, cancellation and watching."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from .errors import InvalidArgument, NotFound
+from .hub import Hub
+from .models import LogEntry, Page, Run, Task
+
+if TYPE_CHECKING:
+    from .store import Store
+
+
+class RunService:
+    def __init__(self, store: Store, hub: Hub, clock: Callable[[], int]) -> None:
+        self.store = store
+        self.hub = hub
+        self.clock = clock
+
+    async def get(self, env: str, run_id: str) -> Run:
+        if not run_id:
+            raise InvalidArgument("id", "is required")
+        run = await self.store.get_run(env, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id!r} not found")
+        return run
+
+    async def details(self, env: str, run_id: str) -> tuple[Run, list[Task], list[LogEntry]]:
+        run = await self.get(env, run_id)
+        tasks, logs = await self.store.run_details(run_id)
+        return run, tasks, logs
+
+    async def list(
+        self, env: str, *, job_id: str, event_id: str, status: str, limit: int,
+        before: int | None,
+    ) -> Page[Run]:
+        return await self.store.list_runs(
+            env, job_id=job_id, event_id=event_id, status=status, limit=limit, before=before
+        )
+
+    async def cancel(self, env: str, run_id: str) -> Run:
+        if not run_id:
+            raise InvalidArgument("id", "is required")
+        return await self.store.cancel_run(env, run_id, self.clock(), "cancelled by CancelRun")
+
+    async def watch(self, env: str, run_id: str) -> AsyncIterator[Run | Task | LogEntry]:
+        """The run, its tasks and logs now, then each change, until the run is terminal."""
+        with self.hub.watch(run_id) as changes:
+            run, tasks, logs = await self.details(env, run_id)
+            yield run
+            seen_tasks = {}
+            for task in tasks:
+                seen_tasks[task.id] = _task_state(task)
+                yield task
+            last_log = 0
+            for entry in logs:
+                last_log = entry.seq
+                yield entry
+            while not run.status.terminal:
+                await changes.get()
+                while not changes.empty():  # coalesce a burst of changes into one read
+                    changes.get_nowait()
+                latest, tasks, logs = await self.details(env, run_id)
+                for task in tasks:
+                    if seen_tasks.get(task.id) != _task_state(task):
+                        seen_tasks[task.id] = _task_state(task)
+                        yield task
+                for entry in logs:
+                    if entry.seq > last_log:
+                        last_log = entry.seq
+                        yield entry
+                if (latest.status, latest.updated_at, latest.attempt) != (
+                    run.status, run.updated_at, run.attempt
+                ):
+                    yield latest
+                run = latest
+
+
+def _task_state(task: Task) -> tuple[object, ...]:
+    return (task.status, task.attempts, task.retry_at)

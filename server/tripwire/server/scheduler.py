@@ -1,0 +1,49 @@
+"""The timer loop: delayed events, cron/interval schedules, waits and retries, timeouts.
+
+It sleeps until the earliest due time the store knows, or until the hub says
+something new may be due sooner; it never polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .hub import Hub
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger(__name__)
+BATCH = 500
+
+
+async def run_timers(
+    store: Store, hub: Hub, clock: Callable[[], int], grace_ms: int, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        hub.timers_changed.clear()
+        now = clock()
+        while len(await store.deliver_due(now, BATCH)) == BATCH:
+            pass
+        fired = await store.fire_schedules(now, grace_ms)
+        if fired:
+            log.info("fired %d scheduled runs", len(fired))
+        await store.wake_due(now)
+        timed_out = await store.time_out_due(now)
+        if timed_out:
+            log.info("%d runs timed out", len(timed_out))
+        due = await store.next_timer()
+        timeout = None if due is None else max(0.0, (due - clock()) / 1000) + 0.001
+        await _first(hub.timers_changed.wait(), stop.wait(), timeout=timeout)
+
+
+async def _first(*waits: object, timeout: float | None) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]  # type: ignore[call-overload]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

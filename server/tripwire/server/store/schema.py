@@ -1,0 +1,143 @@
+"""The SQLite schema, migrated forward on start (PRAGMA user_version)."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+
+MIGRATIONS: list[str] = [
+    # 1: events, jobs, runs.
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        env TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        context TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        deliver_at INTEGER NOT NULL,
+        delivered_at INTEGER,
+        cancelled_at INTEGER,
+        created_at INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        account_id TEXT NOT NULL DEFAULT '',
+        UNIQUE (env, id)
+    );
+    CREATE INDEX events_due ON events (deliver_at) WHERE status = 'PENDING';
+    CREATE INDEX events_by_name ON events (env, name, seq);
+    CREATE INDEX events_by_env ON events (env, seq);
+
+    CREATE TABLE job_versions (
+        env TEXT NOT NULL,
+        id TEXT NOT NULL,
+        version TEXT NOT NULL,
+        name TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        concurrency_limit INTEGER NOT NULL,
+        retry TEXT,
+        max_duration_seconds INTEGER NOT NULL,
+        log_level TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (env, id, version)
+    );
+
+    -- One row per job id: its latest version and, for cron/interval jobs, the
+    -- schedule's state.
+    CREATE TABLE jobs (
+        env TEXT NOT NULL,
+        id TEXT NOT NULL,
+        latest_version TEXT NOT NULL,
+        schedule TEXT,
+        anchor INTEGER,
+        next_fire INTEGER,
+        last_fire INTEGER,
+        PRIMARY KEY (env, id)
+    );
+    CREATE INDEX jobs_next_fire ON jobs (next_fire) WHERE next_fire IS NOT NULL;
+
+    CREATE TABLE runs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        env TEXT NOT NULL,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL,
+        job_version TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        started_at INTEGER,
+        completed_at INTEGER,
+        output TEXT,
+        error TEXT,
+        validation_errors TEXT,
+        account_id TEXT NOT NULL DEFAULT '',
+        wait_until INTEGER,
+        -- One run per job per event, whatever redelivers the event.
+        UNIQUE (env, event_id, job_id)
+    );
+    CREATE INDEX runs_by_env ON runs (env, seq);
+    CREATE INDEX runs_by_job ON runs (env, job_id, seq);
+    CREATE INDEX runs_active ON runs (status, seq)
+        WHERE status IN ('QUEUED', 'EXECUTING', 'WAITING');
+    """,
+    # 2: what workers need: tasks, logs, run deadlines and owners.
+    """
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        params TEXT,
+        output TEXT,
+        error TEXT,
+        retry TEXT,
+        started_at INTEGER,
+        completed_at INTEGER,
+        retry_at INTEGER,
+        UNIQUE (run_id, idempotency_key),
+        UNIQUE (run_id, position)
+    );
+    CREATE TABLE logs (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        data TEXT,
+        time INTEGER NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    ALTER TABLE runs ADD COLUMN deadline_at INTEGER;
+    ALTER TABLE runs ADD COLUMN worker_id TEXT;
+    CREATE INDEX runs_waiting ON runs (wait_until) WHERE status = 'WAITING';
+    CREATE INDEX runs_deadline ON runs (deadline_at)
+        WHERE status IN ('QUEUED', 'EXECUTING', 'WAITING') AND deadline_at IS NOT NULL
+    """,
+]
+
+
+def migrate(db: Database) -> None:
+    """Apply every migration newer than the file's user_version, each atomically."""
+    current = db.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(MIGRATIONS, start=1):
+        if number <= current:
+            continue
+        statements = [s.strip() for s in script.split(";") if s.strip()]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise

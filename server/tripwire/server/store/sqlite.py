@@ -1,0 +1,712 @@
+"""The SQLite backend: the only module of the server that holds SQL.
+
+Writes are operations queued on the group-commit writer (`writer.py`); reads
+run on a small pool of read-only connections, which in WAL mode see every
+committed write without blocking the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlite_utils import Database
+
+from .. import schedules, versions
+from ..errors import FailedPrecondition, NotFound
+from ..events import resend_action
+from ..hub import Hub
+from ..ids import new_run_id
+from ..matching import JobIndex, RunSpec, run_spec
+from ..models import (
+    ACTIVE_RUN_STATUSES,
+    INTERNAL_SOURCE,
+    INVOKE_EVENT,
+    SCHEDULED_EVENT,
+    Event,
+    EventStatus,
+    Job,
+    NewEvent,
+    Page,
+    Run,
+    RunStatus,
+)
+from . import rows
+from .rows import EVENT_COLUMNS, JOB_COLUMNS, RUN_COLUMNS, dumps
+from .schema import migrate
+from .work import WorkOps
+from .writer import Tx, Writer
+
+T = TypeVar("T")
+_ACTIVE = "('QUEUED', 'EXECUTING', 'WAITING')"
+_INSERT_EVENT = (
+    "INSERT INTO events (env, id, name, source, payload, context, timestamp, deliver_at, "
+    "delivered_at, cancelled_at, created_at, status, account_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_RUN = (
+    "INSERT OR IGNORE INTO runs (env, id, job_id, job_version, event_id, status, attempt, "
+    "created_at, updated_at, started_at, completed_at, output, error, validation_errors, "
+    "account_id, wait_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_JOB_FROM = "FROM job_versions v JOIN jobs j ON j.env = v.env AND j.id = v.id"
+
+
+def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: the WAL is synced at every commit, so an acknowledged write
+        # survives power loss too; group commit keeps that to one sync per batch.
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class SQLiteStore(WorkOps):
+    def __init__(self, path: str, index: JobIndex, hub: Hub) -> None:
+        self.path = path
+        self.index = index
+        self.hub = hub
+        self._writer = Writer(self._open_writer)
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tripwire-store-read")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = _connect(self.path, readonly=False)
+        migrate(Database(conn))
+        self.index.load(self._latest_jobs(conn))
+        return conn
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._writer.start)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._writer.stop)
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    def _write(self, operation: Callable[[Tx], T]) -> asyncio.Future[T]:
+        return self._writer.submit(operation)
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = _connect(self.path, readonly=True)
+                self._local.conn = conn
+                with self._lock:
+                    self._reader_conns.append(conn)
+            return query(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    # -- events ---------------------------------------------------------------
+
+    async def ingest(self, env: str, events: Sequence[NewEvent], now: int) -> list[Event]:
+        """Store a batch atomically: dedup by id, deliver what is due, create runs."""
+        return await self._write(lambda tx: self._ingest(tx, env, events, now))
+
+    def _ingest(self, tx: Tx, env: str, events: Sequence[NewEvent], now: int) -> list[Event]:
+        conn = tx.conn
+        known = self._events_by_id(conn, env, {e.id for e in events})
+        inserted: dict[str, Event] = {}
+        updated: dict[str, Event] = {}
+        results: list[tuple[Event, bool]] = []
+        for new in events:
+            current = known.get(new.id)
+            if current is None:
+                current = Event(
+                    env=env,
+                    id=new.id,
+                    name=new.name,
+                    source=new.source,
+                    payload=new.payload,
+                    context=new.context,
+                    timestamp=new.timestamp,
+                    deliver_at=new.deliver_at,
+                    created_at=now,
+                    status=EventStatus.PENDING,
+                    account_id=new.account_id,
+                )
+                known[new.id] = inserted[new.id] = current
+                results.append((current, False))
+                continue
+            if resend_action(current, new, now) == "reschedule":
+                current.payload, current.context = new.payload, new.context
+                current.deliver_at = new.deliver_at
+                if current.id not in inserted:
+                    updated[current.id] = current
+            results.append((current, True))
+        created: list[Run] = []
+        delivered: list[Event] = []
+        for event in {**inserted, **updated}.values():
+            if event.status is EventStatus.PENDING and event.deliver_at <= now:
+                created += self._deliver(event, now)
+                delivered.append(event)
+        conn.executemany(_INSERT_EVENT, [rows.event_params(e) for e in inserted.values()])
+        for event in updated.values():
+            conn.execute(
+                "UPDATE events SET payload = ?, context = ?, deliver_at = ?, delivered_at = ?, "
+                "status = ? WHERE env = ? AND id = ?",
+                (
+                    dumps(event.payload),
+                    dumps(event.context),
+                    event.deliver_at,
+                    event.delivered_at,
+                    event.status.value,
+                    env,
+                    event.id,
+                ),
+            )
+        self._insert_runs(tx, created, delivered)
+        if any(e.status is EventStatus.PENDING for e in (*inserted.values(), *updated.values())):
+            tx.after_commit(self.hub.timers)
+        return [_reply(event, dedup) for event, dedup in results]
+
+    def _deliver(self, event: Event, now: int) -> list[Run]:
+        """Match a due event; mark it delivered. The caller writes both."""
+        specs = self.index.match(event.env, event.name, event.source, event.payload, event.context)
+        event.runs = [self._new_run(event, spec, now) for spec in specs]
+        event.status = EventStatus.DELIVERED
+        event.delivered_at = now
+        return event.runs
+
+    @staticmethod
+    def _new_run(event: Event, spec: RunSpec, now: int) -> Run:
+        invalid = bool(spec.validation_errors)
+        return Run(
+            env=event.env,
+            id=new_run_id(),
+            job_id=spec.job_id,
+            job_version=spec.job_version,
+            event_id=event.id,
+            status=RunStatus.INVALID_PAYLOAD if invalid else RunStatus.QUEUED,
+            attempt=0,
+            created_at=now,
+            updated_at=now,
+            completed_at=now if invalid else None,
+            validation_errors=list(spec.validation_errors),
+            account_id=event.account_id,
+        )
+
+    def _insert_runs(self, tx: Tx, runs: Sequence[Run], events: Sequence[Event] = ()) -> None:
+        if not runs:
+            return
+        tx.conn.executemany(_INSERT_RUN, [rows.run_params(r) for r in runs])
+        queued = [r for r in runs if r.status is RunStatus.QUEUED]
+        if queued:
+            by_id = {e.id: e for e in events}
+            tx.after_commit(lambda: self.hub.queued(queued, by_id))
+
+    @staticmethod
+    def _events_by_id(conn: sqlite3.Connection, env: str, ids: set[str]) -> dict[str, Event]:
+        found: dict[str, Event] = {}
+        wanted = list(ids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE env = ? AND id IN ({marks})",
+                (env, *chunk),
+            ):
+                event = rows.event_from_row(row)
+                found[event.id] = event
+        return found
+
+    async def deliver_due(self, now: int, limit: int = 500) -> list[Event]:
+        """Deliver delayed events whose time has come (the scheduler calls this)."""
+
+        def op(tx: Tx) -> list[Event]:
+            due = [
+                rows.event_from_row(row)
+                for row in tx.conn.execute(
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE status = 'PENDING' "
+                    "AND deliver_at <= ? ORDER BY deliver_at, seq LIMIT ?",
+                    (now, limit),
+                )
+            ]
+            created: list[Run] = []
+            for event in due:
+                created += self._deliver(event, now)
+                tx.conn.execute(
+                    "UPDATE events SET status = 'DELIVERED', delivered_at = ? WHERE seq = ?",
+                    (now, event.seq),
+                )
+            self._insert_runs(tx, created, due)
+            return due
+
+        return await self._write(op)
+
+    async def next_timer(self) -> int | None:
+        """The earliest time a delayed event or a schedule is due."""
+
+        def query(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT MIN(t) FROM (SELECT MIN(deliver_at) AS t FROM events "
+                "WHERE status = 'PENDING' UNION ALL SELECT MIN(next_fire) FROM jobs "
+                "WHERE next_fire IS NOT NULL UNION ALL SELECT MIN(wait_until) FROM runs "
+                "WHERE status = 'WAITING' UNION ALL SELECT MIN(deadline_at) FROM runs "
+                f"WHERE status IN {_ACTIVE} AND deadline_at IS NOT NULL)"
+            ).fetchone()
+            return None if row[0] is None else int(row[0])
+
+        return await self._read(query)
+
+    async def get_event(self, env: str, event_id: str) -> Event | None:
+        def query(conn: sqlite3.Connection) -> Event | None:
+            return self._events_by_id(conn, env, {event_id}).get(event_id)
+
+        return await self._read(query)
+
+    async def event_runs(self, env: str, event_id: str) -> list[Run]:
+        def query(conn: sqlite3.Connection) -> list[Run]:
+            cursor = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE env = ? AND event_id = ? ORDER BY seq",
+                (env, event_id),
+            )
+            return [rows.run_from_row(r) for r in cursor]
+
+        return await self._read(query)
+
+    async def list_events(
+        self, env: str, *, name: str, status: str, limit: int, before: int | None
+    ) -> Page[Event]:
+        def query(conn: sqlite3.Connection) -> Page[Event]:
+            where, params = ["env = ?"], [env]
+            if name:
+                where.append("name = ?")
+                params.append(name)
+            if status:
+                where.append("status = ?")
+                params.append(status)
+            if before is not None:
+                where.append("seq < ?")
+                params.append(str(before))
+            cursor = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+                "ORDER BY seq DESC LIMIT ?",
+                (*params, limit + 1),
+            )
+            found = [rows.event_from_row(r) for r in cursor]
+            return _page(found, limit, lambda e: str(e.seq))
+
+        return await self._read(query)
+
+    async def cancel_event(self, env: str, event_id: str, now: int) -> Event:
+        def op(tx: Tx) -> Event:
+            event = self._events_by_id(tx.conn, env, {event_id}).get(event_id)
+            if event is None:
+                raise NotFound(f"event {event_id!r} not found")
+            if event.status is EventStatus.DELIVERED:
+                raise FailedPrecondition(
+                    f"event {event_id!r} was already delivered; cancel its runs with "
+                    "CancelRunsForEvent"
+                )
+            if event.status is EventStatus.PENDING:
+                event.status, event.cancelled_at = EventStatus.CANCELLED, now
+                tx.conn.execute(
+                    "UPDATE events SET status = 'CANCELLED', cancelled_at = ? WHERE seq = ?",
+                    (now, event.seq),
+                )
+            return event
+
+        return await self._write(op)
+
+    # -- runs -------------------------------------------------------------------
+
+    async def get_run(self, env: str, run_id: str) -> Run | None:
+        def query(conn: sqlite3.Connection) -> Run | None:
+            row = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND env = ?", (run_id, env)
+            ).fetchone()
+            return None if row is None else rows.run_from_row(row)
+
+        return await self._read(query)
+
+    async def list_runs(
+        self,
+        env: str,
+        *,
+        job_id: str,
+        event_id: str,
+        status: str,
+        limit: int,
+        before: int | None,
+    ) -> Page[Run]:
+        def query(conn: sqlite3.Connection) -> Page[Run]:
+            where, params = ["env = ?"], [env]
+            for column, value in (("job_id", job_id), ("event_id", event_id), ("status", status)):
+                if value:
+                    where.append(f"{column} = ?")
+                    params.append(value)
+            if before is not None:
+                where.append("seq < ?")
+                params.append(str(before))
+            cursor = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)} "
+                "ORDER BY seq DESC LIMIT ?",
+                (*params, limit + 1),
+            )
+            found = [rows.run_from_row(r) for r in cursor]
+            return _page(found, limit, lambda r: str(r.seq))
+
+        return await self._read(query)
+
+    async def cancel_run(self, env: str, run_id: str, now: int, reason: str) -> Run:
+        def op(tx: Tx) -> Run:
+            row = tx.conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND env = ?", (run_id, env)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"run {run_id!r} not found")
+            run = rows.run_from_row(row)
+            if run.status.terminal:
+                raise FailedPrecondition(
+                    f"run {run_id!r} already ended {run.status.value}; a terminal run keeps "
+                    "its status"
+                )
+            self._end_runs(tx, [run.id], RunStatus.CANCELED, now, "Canceled", reason)
+            run.status, run.completed_at, run.updated_at = RunStatus.CANCELED, now, now
+            run.error = {"type": "Canceled", "message": reason, "stack": ""}
+            return run
+
+        return await self._write(op)
+
+    async def cancel_runs_for_event(
+        self, env: str, event_id: str, now: int
+    ) -> tuple[list[str], list[Run]]:
+        def op(tx: Tx) -> tuple[list[str], list[Run]]:
+            if not self._events_by_id(tx.conn, env, {event_id}):
+                raise NotFound(f"event {event_id!r} not found")
+            ids = [
+                r[0]
+                for r in tx.conn.execute(
+                    f"SELECT id FROM runs WHERE env = ? AND event_id = ? AND status IN {_ACTIVE} "
+                    "ORDER BY seq",
+                    (env, event_id),
+                )
+            ]
+            self._end_runs(
+                tx, ids, RunStatus.CANCELED, now, "Canceled", "cancelled by CancelRunsForEvent"
+            )
+            cursor = tx.conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE env = ? AND event_id = ? ORDER BY seq",
+                (env, event_id),
+            )
+            return ids, [rows.run_from_row(r) for r in cursor]
+
+        return await self._write(op)
+
+    def _end_runs(
+        self, tx: Tx, ids: Sequence[str], status: RunStatus, now: int, kind: str, message: str
+    ) -> None:
+        """Move active runs to a terminal status; a terminal run is never touched."""
+        if not ids:
+            return
+        error = dumps({"type": kind, "message": message, "stack": ""})
+        tx.conn.executemany(
+            f"UPDATE runs SET status = ?, completed_at = ?, updated_at = ?, error = ?, "
+            f"wait_until = NULL WHERE id = ? AND status IN {_ACTIVE}",
+            [(status.value, now, now, error, run_id) for run_id in ids],
+        )
+        done = list(ids)
+        tx.after_commit(lambda: self.hub.released(done, stop_worker=True))
+
+    # -- jobs -------------------------------------------------------------------
+
+    async def register_job(self, job: Job, now: int) -> Job:
+        def op(tx: Tx) -> Job:
+            conn = tx.conn
+            old = conn.execute(
+                "SELECT created_at FROM job_versions WHERE env = ? AND id = ? AND version = ?",
+                (job.env, job.id, job.version),
+            ).fetchone()
+            job.created_at = old[0] if old else now
+            job.updated_at = now
+            conn.execute(
+                "INSERT OR REPLACE INTO job_versions (env, id, version, name, trigger, enabled, "
+                "concurrency_limit, retry, max_duration_seconds, log_level, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows.job_params(job),
+            )
+            self._refresh_head(tx, job.env, job.id, now)
+            return self._job(conn, job.env, job.id, job.version)
+
+        return await self._write(op)
+
+    def _refresh_head(self, tx: Tx, env: str, job_id: str, now: int) -> None:
+        """Point the job at its highest version and keep its schedule in step."""
+        conn = tx.conn
+        found = [r[0] for r in conn.execute(
+            "SELECT version FROM job_versions WHERE env = ? AND id = ?", (env, job_id)
+        )]
+        latest_version = max(found, key=lambda v: versions.parse(v, "version"))
+        head = conn.execute(
+            "SELECT schedule, anchor, next_fire FROM jobs WHERE env = ? AND id = ?", (env, job_id)
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO jobs (env, id, latest_version) VALUES (?, ?, ?) "
+            "ON CONFLICT (env, id) DO UPDATE SET latest_version = excluded.latest_version",
+            (env, job_id, latest_version),
+        )
+        latest = self._job(conn, env, job_id, latest_version)
+        schedule = _schedule_of(latest)
+        spec = dumps(schedule.__dict__) if schedule else None
+        if head is None or head[0] != spec:
+            # A new or changed schedule starts from now; an unchanged one keeps
+            # its next fire, so re-registering never resets or skips a tick.
+            next_fire = schedules.first_fire(schedule, _dt(now)) if schedule else None
+            conn.execute(
+                "UPDATE jobs SET schedule = ?, anchor = ?, next_fire = ?, last_fire = NULL "
+                "WHERE env = ? AND id = ?",
+                (spec, now, _ms(next_fire) if next_fire else None, env, job_id),
+            )
+            latest = self._job(conn, env, job_id, latest_version)
+        tx.after_commit(lambda: self.index.put(latest))
+        tx.after_commit(self.hub.timers)
+
+    def _job(self, conn: sqlite3.Connection, env: str, job_id: str, version: str) -> Job:
+        row = conn.execute(
+            f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.env = ? AND v.id = ? AND v.version = ?",
+            (env, job_id, version),
+        ).fetchone()
+        return rows.job_from_row(row)
+
+    @staticmethod
+    def _latest_jobs(conn: sqlite3.Connection) -> list[Job]:
+        cursor = conn.execute(
+            f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.version = j.latest_version"
+        )
+        return [rows.job_from_row(r) for r in cursor]
+
+    async def get_job(self, env: str, job_id: str, version: str | None) -> Job | None:
+        def query(conn: sqlite3.Connection) -> Job | None:
+            sql = f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.env = ? AND v.id = ? AND "
+            sql += "v.version = ?" if version else "v.version = j.latest_version"
+            row = conn.execute(sql, (env, job_id, version) if version else (env, job_id))
+            found = row.fetchone()
+            return None if found is None else rows.job_from_row(found)
+
+        return await self._read(query)
+
+    async def job_versions(self, env: str, job_id: str) -> list[Job]:
+        def query(conn: sqlite3.Connection) -> list[Job]:
+            cursor = conn.execute(
+                f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.env = ? AND v.id = ?", (env, job_id)
+            )
+            found = [rows.job_from_row(r) for r in cursor]
+            found.sort(key=lambda j: versions.parse(j.version, "version"), reverse=True)
+            return found
+
+        return await self._read(query)
+
+    async def list_jobs(self, env: str, *, limit: int, after: str) -> Page[Job]:
+        def query(conn: sqlite3.Connection) -> Page[Job]:
+            cursor = conn.execute(
+                f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.env = ? "
+                "AND v.version = j.latest_version AND v.id > ? ORDER BY v.id LIMIT ?",
+                (env, after, limit + 1),
+            )
+            return _page([rows.job_from_row(r) for r in cursor], limit, lambda j: j.id)
+
+        return await self._read(query)
+
+    async def set_job_enabled(
+        self, env: str, job_id: str, version: str | None, enabled: bool, now: int
+    ) -> tuple[list[Job], list[str]]:
+        def op(tx: Tx) -> tuple[list[Job], list[str]]:
+            conn = tx.conn
+            sql = "SELECT version FROM job_versions WHERE env = ? AND id = ?"
+            params: tuple[str, ...] = (env, job_id)
+            if version:
+                sql += " AND version = ?"
+                params = (env, job_id, version)
+            targets = [r[0] for r in conn.execute(sql, params)]
+            if not targets:
+                what = f"version {version!r} of job" if version else "job"
+                raise NotFound(f"{what} {job_id!r} not found")
+            conn.executemany(
+                "UPDATE job_versions SET enabled = ?, updated_at = ? "
+                "WHERE env = ? AND id = ? AND version = ?",
+                [(int(enabled), now, env, job_id, v) for v in targets],
+            )
+            aborted: list[str] = []
+            if not enabled:
+                marks = ",".join("?" * len(targets))
+                aborted = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM runs WHERE env = ? AND job_id = ? AND job_version IN "
+                        f"({marks}) AND status IN {_ACTIVE} ORDER BY seq",
+                        (env, job_id, *targets),
+                    )
+                ]
+                self._end_runs(
+                    tx, aborted, RunStatus.ABORTED, now, "Aborted", "the job version was disabled"
+                )
+            self._refresh_head(tx, env, job_id, now)
+            jobs = [self._job(conn, env, job_id, v) for v in targets]
+            jobs.sort(key=lambda j: versions.parse(j.version, "version"), reverse=True)
+            return jobs, aborted
+
+        return await self._write(op)
+
+    async def invoke(self, env: str, job_id: str, event: NewEvent, now: int) -> tuple[Run, bool]:
+        """Create the invoke event and its one run; an existing event id returns its run."""
+
+        def op(tx: Tx) -> tuple[Run, bool]:
+            conn = tx.conn
+            compiled = self.index.get(env, job_id)
+            if compiled is None:
+                raise NotFound(f"job {job_id!r} not found")
+            existing = self._events_by_id(conn, env, {event.id}).get(event.id)
+            if existing is not None:
+                row = conn.execute(
+                    f"SELECT {RUN_COLUMNS} FROM runs WHERE env = ? AND event_id = ? AND job_id = ?",
+                    (env, event.id, job_id),
+                ).fetchone()
+                if row is None:
+                    raise FailedPrecondition(
+                        f"idempotency_key {event.id!r} is already the id of another event"
+                    )
+                return rows.run_from_row(row), True
+            if not compiled.job.enabled:
+                raise FailedPrecondition(
+                    f"job {job_id!r} version {compiled.job.version} is disabled"
+                )
+            stored = Event(
+                env=env,
+                id=event.id,
+                name=INVOKE_EVENT,
+                source=INTERNAL_SOURCE,
+                payload=event.payload,
+                context=event.context,
+                timestamp=event.timestamp,
+                deliver_at=now,
+                created_at=now,
+                status=EventStatus.DELIVERED,
+                delivered_at=now,
+                account_id=event.account_id,
+            )
+            run = self._new_run(stored, run_spec(compiled, event.payload), now)
+            conn.execute(_INSERT_EVENT, rows.event_params(stored))
+            self._insert_runs(tx, [run], [stored])
+            return run, False
+
+        return await self._write(op)
+
+    # -- schedules --------------------------------------------------------------
+
+    async def fire_schedules(self, now: int, grace_ms: int) -> list[Run]:
+        """Fire every due cron/interval tick; the event id makes each fire happen once."""
+
+        def op(tx: Tx) -> list[Run]:
+            conn = tx.conn
+            due = conn.execute(
+                "SELECT env, id, anchor, next_fire, last_fire FROM jobs "
+                "WHERE next_fire IS NOT NULL AND next_fire <= ? ORDER BY next_fire",
+                (now,),
+            ).fetchall()
+            created: list[Run] = []
+            for env, job_id, anchor, next_fire, last_fire in due:
+                compiled = self.index.get(env, job_id)
+                schedule = _schedule_of(compiled.job) if compiled else None
+                if compiled is None or schedule is None:
+                    conn.execute(
+                        "UPDATE jobs SET next_fire = NULL WHERE env = ? AND id = ?", (env, job_id)
+                    )
+                    continue
+                decision = schedules.decide(
+                    schedule, _dt(next_fire), _dt(now), _dt(anchor), _td(grace_ms)
+                )
+                if decision is None:
+                    continue
+                fired = last_fire
+                if decision.fire_at is not None and compiled.job.enabled:
+                    planned = decision.fire_at
+                    run = self._fire(tx, compiled.job, planned, last_fire, now)
+                    if run is not None:
+                        created.append(run)
+                    fired = _ms(planned)
+                conn.execute(
+                    "UPDATE jobs SET next_fire = ?, last_fire = ? WHERE env = ? AND id = ?",
+                    (_ms(decision.next_fire), fired, env, job_id),
+                )
+            self._insert_runs(tx, created)
+            return created
+
+        return await self._write(op)
+
+    def _fire(self, tx: Tx, job: Job, planned: Any, last_fire: int | None, now: int) -> Run | None:
+        event = Event(
+            env=job.env,
+            id=schedules.scheduled_event_id(job.id, planned),
+            name=SCHEDULED_EVENT,
+            source=INTERNAL_SOURCE,
+            payload=schedules.scheduled_payload(planned, _dt(last_fire) if last_fire else None),
+            context={},
+            timestamp=_ms(planned),
+            deliver_at=_ms(planned),
+            created_at=now,
+            status=EventStatus.DELIVERED,
+            delivered_at=now,
+        )
+        cursor = tx.conn.execute(
+            _INSERT_EVENT.replace("INSERT", "INSERT OR IGNORE", 1), rows.event_params(event)
+        )
+        if cursor.rowcount == 0:
+            return None  # this tick already fired (another replica, or before a crash)
+        return self._new_run(event, RunSpec(job.id, job.version), now)
+
+
+def _reply(event: Event, deduplicated: bool) -> Event:
+    reply = Event(**{**event.__dict__, "runs": [] if deduplicated else list(event.runs)})
+    reply.deduplicated = deduplicated
+    return reply
+
+
+def _page(found: list[T], limit: int, cursor: Callable[[T], str]) -> Page[T]:
+    if len(found) > limit:
+        return Page(found[:limit], cursor(found[limit - 1]))
+    return Page(found, "")
+
+
+def _schedule_of(job: Job) -> schedules.Schedule | None:
+    kind, spec = next(iter(job.trigger.items()))
+    if kind == "cron":
+        return schedules.Schedule(
+            kind="cron",
+            cron=spec.get("cron", ""),
+            timezone=spec.get("timezone", ""),
+            catch_up=bool(spec.get("catch_up")),
+        )
+    if kind == "interval":
+        return schedules.Schedule(
+            kind="interval", seconds=int(spec.get("seconds", 0)), catch_up=bool(spec.get("catch_up"))
+        )
+    return None
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _ms(when: datetime) -> int:
+    return int(round(when.timestamp() * 1000))
+
+
+def _td(ms: int) -> timedelta:
+    return timedelta(milliseconds=ms)

@@ -1,0 +1,423 @@
+"""Store operations of the worker protocol: dispatch, tasks, logs, results, timers.
+
+Every operation that a worker's message causes first checks the fencing
+token: the run must be EXECUTING with exactly that attempt, otherwise the
+message is stale and nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from .. import tasks as task_rules
+from ..errors import InvalidArgument, NotFound, StaleAttempt
+from ..hub import Hub
+from ..ids import new_task_id
+from ..models import (
+    Event,
+    LogEntry,
+    NewEvent,
+    Run,
+    RunStatus,
+    Task,
+    TaskAsk,
+    TaskKind,
+    TaskStatus,
+)
+from ..retry import RetryPolicy, next_delay_ms
+from ..tasks import TaskOutcome
+from . import rows
+from .rows import RUN_COLUMNS, TASK_COLUMNS, dumps
+from .writer import Tx
+
+T = TypeVar("T")
+_ACTIVE = "('QUEUED', 'EXECUTING', 'WAITING')"
+
+
+class WorkOps:
+    hub: Hub
+
+    def _write(self, operation: Callable[[Tx], T]) -> asyncio.Future[T]:
+        raise NotImplementedError
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        raise NotImplementedError
+
+    def _ingest(self, tx: Tx, env: str, events: Sequence[NewEvent], now: int) -> list[Event]:
+        raise NotImplementedError
+
+    def _end_runs(
+        self, tx: Tx, ids: Sequence[str], status: RunStatus, now: int, kind: str, message: str
+    ) -> None:
+        raise NotImplementedError
+
+    # -- dispatch ---------------------------------------------------------------
+
+    async def queued_runs(self) -> list[Run]:
+        """Every QUEUED run, oldest first (the dispatcher's backlog after a start)."""
+
+        def query(conn: sqlite3.Connection) -> list[Run]:
+            cursor = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'QUEUED' ORDER BY seq"
+            )
+            return [rows.run_from_row(r) for r in cursor]
+
+        return await self._read(query)
+
+    async def requeue_orphans(self, now: int) -> int:
+        """At start no worker holds anything: EXECUTING runs go back to QUEUED."""
+
+        def op(tx: Tx) -> int:
+            cursor = tx.conn.execute(
+                "UPDATE runs SET status = 'QUEUED', worker_id = NULL, updated_at = ? "
+                "WHERE status = 'EXECUTING'",
+                (now,),
+            )
+            return cursor.rowcount
+
+        return await self._write(op)
+
+    def claim(
+        self, run: Run, worker_id: str, max_duration_s: int, now: int
+    ) -> asyncio.Future[bool]:
+        """QUEUED -> EXECUTING with attempt + 1. Not awaited by the dispatcher: the
+        writer applies operations in order, so the worker's first message for this
+        attempt always finds the claim already written."""
+
+        def op(tx: Tx) -> bool:
+            cursor = tx.conn.execute(
+                "UPDATE runs SET status = 'EXECUTING', attempt = attempt + 1, worker_id = ?, "
+                "started_at = COALESCE(started_at, ?), updated_at = ?, "
+                "deadline_at = COALESCE(deadline_at, CASE WHEN ? > 0 THEN ? + ? * 1000 END) "
+                "WHERE id = ? AND status = 'QUEUED' AND attempt = ?",
+                (worker_id, now, now, max_duration_s, now, max_duration_s, run.id, run.attempt),
+            )
+            if cursor.rowcount:
+                tx.after_commit(lambda: self.hub.changed([run.id]))
+            return bool(cursor.rowcount)
+
+        return self._write(op)
+
+    async def requeue(self, runs: Sequence[tuple[str, int]], now: int) -> list[Run]:
+        """Give runs (id, attempt) back to the queue when their worker lost its lease."""
+
+        def op(tx: Tx) -> list[Run]:
+            back: list[Run] = []
+            for run_id, attempt in runs:
+                row = tx.conn.execute(
+                    "UPDATE runs SET status = 'QUEUED', worker_id = NULL, updated_at = ? "
+                    f"WHERE id = ? AND attempt = ? AND status = 'EXECUTING' RETURNING {RUN_COLUMNS}",
+                    (now, run_id, attempt),
+                ).fetchone()
+                if row is not None:
+                    back.append(rows.run_from_row(row))
+            if back:
+                tx.after_commit(lambda: self.hub.queued(back, {}))
+            return back
+
+        return await self._write(op)
+
+    async def dispatch_context(self, env: str, run: Run) -> tuple[Event | None, list[Task]]:
+        def query(conn: sqlite3.Connection) -> tuple[Event | None, list[Task]]:
+            event = self._events_by_id(conn, env, {run.event_id}).get(run.event_id)
+            tasks = self._tasks(conn, run.id) if run.attempt else []
+            return event, tasks
+
+        return await self._read(query)
+
+    @staticmethod
+    def _events_by_id(conn: sqlite3.Connection, env: str, ids: set[str]) -> dict[str, Event]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _tasks(conn: sqlite3.Connection, run_id: str) -> list[Task]:
+        cursor = conn.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ? ORDER BY position", (run_id,)
+        )
+        return [rows.task_from_row(r) for r in cursor]
+
+    async def run_details(self, run_id: str) -> tuple[list[Task], list[LogEntry]]:
+        def query(conn: sqlite3.Connection) -> tuple[list[Task], list[LogEntry]]:
+            logs = conn.execute(
+                "SELECT seq, level, message, data, time FROM logs WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            )
+            return self._tasks(conn, run_id), [rows.log_from_row(r) for r in logs]
+
+        return await self._read(query)
+
+    # -- the fencing token ------------------------------------------------------
+
+    @staticmethod
+    def _fenced(conn: sqlite3.Connection, env: str, run_id: str, attempt: int) -> Run:
+        row = conn.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND env = ?", (run_id, env)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"run {run_id!r} not found")
+        run = rows.run_from_row(row)
+        if run.status.terminal:
+            raise StaleAttempt(f"run {run_id} has ended {run.status.value}", ended=True)
+        if run.attempt != attempt or run.status is not RunStatus.EXECUTING:
+            raise StaleAttempt(
+                f"attempt {attempt} of run {run_id} is stale (current attempt {run.attempt}, "
+                f"{run.status.value})"
+            )
+        return run
+
+    # -- tasks ------------------------------------------------------------------
+
+    async def request_task(
+        self, env: str, run_id: str, attempt: int, ask: TaskAsk, job_retry: dict[str, Any] | None,
+        now: int,
+    ) -> TaskOutcome:
+        return await self._write(
+            lambda tx: self._request_task(tx, env, run_id, attempt, ask, job_retry, now)
+        )
+
+    def _request_task(
+        self, tx: Tx, env: str, run_id: str, attempt: int, ask: TaskAsk,
+        job_retry: dict[str, Any] | None, now: int,
+    ) -> TaskOutcome:
+        conn = tx.conn
+        run = self._fenced(conn, env, run_id, attempt)
+        idem = task_rules.idempotency_key(run_id, ask.parent_id, ask.key)
+        row = conn.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ? AND idempotency_key = ?",
+            (run_id, idem),
+        ).fetchone()
+        if row is not None:
+            return self._replay(tx, run, rows.task_from_row(row), ask, now)
+        position = conn.execute(
+            "SELECT COALESCE(MAX(position), 0) + 1 FROM tasks WHERE run_id = ?", (run_id,)
+        ).fetchone()[0]
+        task = Task(
+            id=new_task_id(), run_id=run_id, parent_id=ask.parent_id, key=ask.key,
+            idempotency_key=idem, kind=ask.kind, status=TaskStatus.RUNNING, position=position,
+            name=ask.name or ask.key, params=ask.params, started_at=now,
+            retry=ask.retry if ask.retry is not None else job_retry,
+        )
+        outcome = TaskOutcome(task, run)
+        if ask.kind in (TaskKind.SEND_EVENT, TaskKind.SEND_EVENTS):
+            sent = self._ingest(tx, env, ask.events, now)
+            outcome.created = [r for event in sent for r in event.runs]
+            replies = [_event_json(e) for e in sent]
+            task.output = replies[0] if ask.kind is TaskKind.SEND_EVENT else replies
+            task.status, task.completed_at = TaskStatus.COMPLETED, now
+        elif ask.kind is TaskKind.WAIT:
+            seconds = float(ask.params.get("seconds", 0)) if isinstance(ask.params, dict) else 0
+            task.status, task.retry_at = TaskStatus.WAITING, now + int(seconds * 1000)
+            self._suspend(tx, run, task.retry_at, now)
+        conn.execute(
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({','.join('?' * 17)})",
+            rows.task_params(task),
+        )
+        tx.after_commit(lambda: self.hub.changed([run_id]))
+        return outcome
+
+    def _replay(self, tx: Tx, run: Run, task: Task, ask: TaskAsk, now: int) -> TaskOutcome:
+        if task.kind is not ask.kind:
+            message = (
+                f"task {ask.key!r} was a {task.kind.value} task in an earlier execution, "
+                f"now {ask.kind.value}: the handler is not deterministic"
+            )
+            self._finish(tx, run, None, {"type": "NondeterminismError", "message": message,
+                                         "stack": ""}, now)
+            return TaskOutcome(task, run, nondeterminism=message)
+        if task.status is TaskStatus.WAITING:
+            if task.kind is TaskKind.WAIT and (task.retry_at or 0) > now:
+                self._suspend(tx, run, task.retry_at or now, now)
+            elif task.kind is TaskKind.WAIT:
+                task.status, task.completed_at = TaskStatus.COMPLETED, now
+            else:  # a retry that is due: run the function again
+                task.status, task.started_at, task.retry_at = TaskStatus.RUNNING, now, None
+            self._update_task(tx, task)
+        return TaskOutcome(task, run)
+
+    def _suspend(self, tx: Tx, run: Run, until: int, now: int) -> None:
+        """EXECUTING -> WAITING: the run holds no slot until `until`."""
+        tx.conn.execute(
+            "UPDATE runs SET status = 'WAITING', wait_until = ?, worker_id = NULL, updated_at = ? "
+            "WHERE id = ?",
+            (until, now, run.id),
+        )
+        run.status, run.wait_until = RunStatus.WAITING, until
+        tx.after_commit(lambda: self.hub.released([run.id], stop_worker=False))
+        tx.after_commit(self.hub.timers)
+
+    def _update_task(self, tx: Tx, task: Task) -> None:
+        tx.conn.execute(
+            "UPDATE tasks SET status = ?, attempts = ?, output = ?, error = ?, started_at = ?, "
+            "completed_at = ?, retry_at = ? WHERE id = ?",
+            (
+                task.status.value, task.attempts,
+                None if task.output is None else dumps(task.output),
+                None if task.error is None else dumps(task.error),
+                task.started_at, task.completed_at, task.retry_at, task.id,
+            ),
+        )
+        tx.after_commit(lambda: self.hub.changed([task.run_id]))
+
+    async def complete_task(
+        self, env: str, run_id: str, attempt: int, task_id: str, output: Any,
+        error: dict[str, str] | None, now: int, rand: float,
+    ) -> TaskOutcome:
+        def op(tx: Tx) -> TaskOutcome:
+            run = self._fenced(tx.conn, env, run_id, attempt)
+            row = tx.conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ? AND run_id = ?", (task_id, run_id)
+            ).fetchone()
+            if row is None:
+                raise InvalidArgument("task_complete.task_id", f"no task {task_id!r} in this run")
+            task = rows.task_from_row(row)
+            if task.status is not TaskStatus.RUNNING:
+                return TaskOutcome(task, run)  # already settled: a repeated completion
+            if error is None:
+                task.status, task.output, task.completed_at = TaskStatus.COMPLETED, output, now
+            else:
+                task.attempts += 1
+                task.error = error
+                delay = None
+                if task.retry is not None:
+                    delay = next_delay_ms(_policy(task.retry), task.attempts, rand)
+                if delay is None:
+                    task.status, task.completed_at = TaskStatus.ERRORED, now
+                else:
+                    task.status, task.retry_at = TaskStatus.WAITING, now + delay
+                    self._suspend(tx, run, task.retry_at, now)
+            self._update_task(tx, task)
+            return TaskOutcome(task, run)
+
+        return await self._write(op)
+
+    # -- logs and results -------------------------------------------------------
+
+    async def append_log(
+        self, env: str, run_id: str, attempt: int, entry: LogEntry
+    ) -> bool:
+        def op(tx: Tx) -> bool:
+            self._fenced(tx.conn, env, run_id, attempt)
+            level = tx.conn.execute(
+                "SELECT v.log_level FROM runs r JOIN job_versions v ON v.env = r.env "
+                "AND v.id = r.job_id AND v.version = r.job_version WHERE r.id = ?",
+                (run_id,),
+            ).fetchone()
+            if level is not None and not task_rules.log_recorded(entry.level, level[0]):
+                return False
+            cursor = tx.conn.execute(
+                "INSERT OR IGNORE INTO logs (run_id, seq, level, message, data, time) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, entry.seq, entry.level, entry.message,
+                 None if entry.data is None else dumps(entry.data), entry.time),
+            )
+            if cursor.rowcount:
+                tx.after_commit(lambda: self.hub.changed([run_id]))
+            return bool(cursor.rowcount)
+
+        return await self._write(op)
+
+    async def finish_run(
+        self, env: str, run_id: str, attempt: int, output: Any, error: dict[str, str] | None,
+        now: int,
+    ) -> Run:
+        def op(tx: Tx) -> Run:
+            run = self._fenced(tx.conn, env, run_id, attempt)
+            self._finish(tx, run, output, error, now)
+            return run
+
+        return await self._write(op)
+
+    def _finish(
+        self, tx: Tx, run: Run, output: Any, error: dict[str, str] | None, now: int
+    ) -> None:
+        run.status = RunStatus.FAILURE if error is not None else RunStatus.SUCCESS
+        run.output, run.error = output, error
+        run.completed_at = run.updated_at = now
+        tx.conn.execute(
+            "UPDATE runs SET status = ?, output = ?, error = ?, completed_at = ?, updated_at = ?, "
+            f"worker_id = NULL WHERE id = ? AND status IN {_ACTIVE}",
+            (run.status.value, None if output is None else dumps(output),
+             None if error is None else dumps(error), now, now, run.id),
+        )
+        tx.after_commit(lambda: self.hub.released([run.id], stop_worker=False))
+
+    # -- timers -----------------------------------------------------------------
+
+    async def wake_due(self, now: int) -> list[Run]:
+        """WAITING runs whose wait or retry time has come go back to QUEUED."""
+
+        def op(tx: Tx) -> list[Run]:
+            conn = tx.conn
+            due = [
+                rows.run_from_row(r)
+                for r in conn.execute(
+                    f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'WAITING' AND wait_until <= ? "
+                    "ORDER BY wait_until",
+                    (now,),
+                )
+            ]
+            for run in due:
+                conn.execute(
+                    "UPDATE tasks SET status = 'COMPLETED', completed_at = ? WHERE run_id = ? "
+                    "AND kind = 'WAIT' AND status = 'WAITING' AND retry_at <= ?",
+                    (now, run.id, now),
+                )
+                conn.execute(
+                    "UPDATE runs SET status = 'QUEUED', wait_until = NULL, updated_at = ? "
+                    "WHERE id = ?",
+                    (now, run.id),
+                )
+                run.status, run.wait_until, run.updated_at = RunStatus.QUEUED, None, now
+            if due:
+                tx.after_commit(lambda: self.hub.queued(due, {}))
+            return due
+
+        return await self._write(op)
+
+    async def time_out_due(self, now: int) -> list[str]:
+        """Active runs past their job's max duration end TIMED_OUT."""
+
+        def op(tx: Tx) -> list[str]:
+            ids = [
+                r[0]
+                for r in tx.conn.execute(
+                    f"SELECT id FROM runs WHERE status IN {_ACTIVE} AND deadline_at IS NOT NULL "
+                    "AND deadline_at <= ?",
+                    (now,),
+                )
+            ]
+            self._end_runs(tx, ids, RunStatus.TIMED_OUT, now, "TimeoutError",
+                           "the run exceeded the job's max_duration_seconds")
+            return ids
+
+        return await self._write(op)
+
+
+def _policy(spec: dict[str, Any]) -> RetryPolicy:
+    fields = {"limit", "factor", "min_timeout_ms", "max_timeout_ms", "randomize"}
+    return RetryPolicy(**{k: v for k, v in spec.items() if k in fields})
+
+
+def _event_json(event: Event) -> dict[str, Any]:
+    """An event as a task output: the proto JSON mapping's field names."""
+    from datetime import UTC, datetime
+
+    def iso(ms: int | None) -> str | None:
+        if ms is None:
+            return None
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")[
+            :-6
+        ] + "Z"
+
+    out = {
+        "id": event.id, "name": event.name, "source": event.source, "payload": event.payload,
+        "context": event.context, "timestamp": iso(event.timestamp),
+        "deliverAt": iso(event.deliver_at), "deliveredAt": iso(event.delivered_at),
+        "status": f"EVENT_STATUS_{event.status.value}", "deduplicated": event.deduplicated,
+        "runs": [{"id": r.id, "jobId": r.job_id, "status": f"RUN_STATUS_{r.status.value}"}
+                 for r in event.runs],
+    }
+    return {k: v for k, v in out.items() if v is not None}

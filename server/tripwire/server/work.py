@@ -1,0 +1,141 @@
+"""The worker protocol's domain side: sessions, tasks, logs, results, leases."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidArgument, NotFound
+from .events import DeliveryOptions, EventDraft, Limits, prepare
+from .jobs import JobService, retry_policy
+from .models import Job, LogEntry, Run, TaskAsk, TaskKind
+from .tasks import LOG_RANK, TaskOutcome, idempotency_key
+
+if TYPE_CHECKING:
+    from .store import SQLiteStore
+
+MAX_CAPACITY = 10_000
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """A task request as the stream delivered it, before validation."""
+
+    key: str
+    parent_id: str
+    kind: str
+    name: str
+    params: Any
+    retry: dict[str, Any] | None
+    # SEND_EVENT(S): the parsed events and options.
+    events: tuple[EventDraft, ...] = ()
+    options: DeliveryOptions = DeliveryOptions()
+
+
+class WorkService:
+    def __init__(
+        self, store: SQLiteStore, jobs: JobService, limits: Limits, clock: Callable[[], int]
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.limits = limits
+        self.clock = clock
+        self._job_cache: dict[tuple[str, str, str], Job] = {}
+
+    async def hello(self, env: str, worker_id: str, jobs: Sequence[Job], capacity: int
+                    ) -> list[Job]:
+        if not worker_id:
+            raise InvalidArgument("hello.worker_id", "is required")
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise InvalidArgument("hello.capacity", f"must be between 1 and {MAX_CAPACITY}")
+        if not jobs:
+            raise InvalidArgument("hello.jobs", "must name at least one job to serve")
+        registered = []
+        for i, job in enumerate(jobs):
+            try:
+                registered.append(await self.jobs.register(env, job))
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"hello.jobs[{i}]" + exc.field.removeprefix("job"),
+                                      exc.message.partition(": ")[2]) from None
+        return registered
+
+    async def job(self, env: str, job_id: str, version: str) -> Job:
+        key = (env, job_id, version)
+        job = self._job_cache.get(key)
+        if job is None:
+            found = await self.store.get_job(env, job_id, version)
+            if found is None:
+                raise NotFound(f"version {version} of job {job_id!r} not found")
+            job = self._job_cache[key] = found
+        return job
+
+    def forget_job(self, env: str, job_id: str) -> None:
+        for key in [k for k in self._job_cache if k[:2] == (env, job_id)]:
+            del self._job_cache[key]
+
+    async def request_task(self, env: str, run: Run, attempt: int, asked: TaskInput
+                           ) -> TaskOutcome:
+        ask = self._validate(run.id, asked)
+        job = await self.job(env, run.job_id, run.job_version)
+        return await self.store.request_task(env, run.id, attempt, ask, job.retry, self.clock())
+
+    def _validate(self, run_id: str, asked: TaskInput) -> TaskAsk:
+        if not asked.key:
+            raise InvalidArgument("task.key", "is required: every io call needs a cache key")
+        try:
+            kind = TaskKind(asked.kind)
+        except ValueError:
+            raise InvalidArgument("task.kind", "must be RUN, SEND_EVENT, SEND_EVENTS or WAIT"
+                                  ) from None
+        if asked.retry is not None:
+            retry_policy(asked.retry, "task.retry")
+        events: tuple[Any, ...] = ()
+        if kind in (TaskKind.SEND_EVENT, TaskKind.SEND_EVENTS):
+            if not asked.events:
+                raise InvalidArgument("task.params.event", "is required")
+            if len(asked.events) > self.limits.max_batch:
+                raise InvalidArgument("task.params.events",
+                                      f"exceed the batch limit of {self.limits.max_batch}")
+            # The id defaults to one derived from the task, so a replay that reaches
+            # the server again (it cannot: the task is cached) still sends nothing new.
+            base = idempotency_key(run_id, asked.parent_id, asked.key)
+            now = self.clock()
+            prepared = []
+            for i, draft in enumerate(asked.events):
+                default = base if kind is TaskKind.SEND_EVENT else f"{base}:{i}"
+                where = "task.params.event" if kind is TaskKind.SEND_EVENT else \
+                    f"task.params.events[{i}]"
+                draft = EventDraft(**{**draft.__dict__, "id": draft.id or default})
+                prepared.append(prepare(draft, asked.options, now, self.limits, where))
+            events = tuple(prepared)
+        if kind is TaskKind.WAIT:
+            seconds = asked.params.get("seconds") if isinstance(asked.params, dict) else None
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+                raise InvalidArgument("task.params.seconds", "must be a number of seconds >= 0")
+        return TaskAsk(asked.key, asked.parent_id, kind, asked.name, asked.params, asked.retry,
+                       events)
+
+    async def complete_task(
+        self, env: str, run_id: str, attempt: int, task_id: str, output: Any,
+        error: dict[str, str] | None,
+    ) -> TaskOutcome:
+        if not task_id:
+            raise InvalidArgument("task_complete.task_id", "is required")
+        return await self.store.complete_task(
+            env, run_id, attempt, task_id, output, error, self.clock(), random.random()
+        )
+
+    async def log(self, env: str, run_id: str, attempt: int, seq: int, level: str,
+                  message: str, data: Any) -> None:
+        if seq < 1:
+            raise InvalidArgument("log.seq", "must be 1 or more")
+        if level not in LOG_RANK:
+            raise InvalidArgument("log.level", "must be LOG, ERROR, WARN, INFO or DEBUG")
+        entry = LogEntry(seq=seq, level=level, message=message, data=data, time=self.clock())
+        await self.store.append_log(env, run_id, attempt, entry)
+
+    async def finish(self, env: str, run_id: str, attempt: int, output: Any,
+                     error: dict[str, str] | None) -> Run:
+        return await self.store.finish_run(env, run_id, attempt, output, error, self.clock())

@@ -1,0 +1,47 @@
+"""API keys and environments: SPEC §6."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tripwire.v1 import event_service_pb2 as ev
+from tripwire.v1 import job_service_pb2 as jb
+from tripwire.v1 import run_service_pb2 as rn
+
+from ..conftest import StartServer, make_stubs
+from .helpers import event_job, js, req
+
+
+async def test_keys_select_environments_and_isolate_them(start_server: StartServer) -> None:
+    server = await start_server(api_keys={"k-prod": "prod", "k-dev": "dev"})
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        prod = (("authorization", "Bearer k-prod"),)
+        dev = (("authorization", "Bearer k-dev"),)
+        for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "k-prod"),)):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stubs.events.SendEvent(
+                    req(ev.SendEventRequest, {"event": {"name": "x"}}), metadata=metadata
+                )
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        await stubs.jobs.RegisterJob(req(jb.RegisterJobRequest, event_job("j", ["x"])),
+                                     metadata=prod)
+        reply = await stubs.events.SendEvent(
+            req(ev.SendEventRequest, {"event": {"name": "x", "id": "same"}}), metadata=prod
+        )
+        assert len(reply.event.runs) == 1
+        # The same id in another environment is another event, matching no job there.
+        other = await stubs.events.SendEvent(
+            req(ev.SendEventRequest, {"event": {"name": "x", "id": "same"}}), metadata=dev
+        )
+        assert not other.event.deduplicated and len(other.event.runs) == 0
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.runs.GetRun(rn.GetRunRequest(id=reply.event.runs[0].id), metadata=dev)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        listed = js(await stubs.events.ListEvents(ev.ListEventsRequest(), metadata=dev))
+        assert len(listed["events"]) == 1
+        # Health needs no key.
+        health = health_pb2_grpc.HealthStub(channel)
+        status = await health.Check(health_pb2.HealthCheckRequest())
+        assert status.status == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,255 @@
+"""EventService against a real server: SPEC §2."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from tripwire.v1 import event_service_pb2 as ev
+from tripwire.v1 import job_service_pb2 as jb
+from tripwire.v1 import run_service_pb2 as rn
+
+from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
+from .helpers import event_job, js, req
+
+
+async def send(stubs: Stubs, event: dict, **options: object) -> dict:
+    reply = await stubs.events.SendEvent(req(ev.SendEventRequest, {"event": event, "options": options}))
+    return js(reply.event)
+
+
+async def register(stubs: Stubs, body: dict) -> dict:
+    return js((await stubs.jobs.RegisterJob(req(jb.RegisterJobRequest, body))).job)
+
+
+async def test_immediate_event_defaults_and_delivery(stubs: Stubs) -> None:
+    event = await send(stubs, {"name": "new.user"})
+    assert len(event["id"]) == 26  # a ULID
+    assert event["source"] == "trigger.dev"
+    assert event["payload"] == {} and event["context"] == {}
+    assert event["status"] == "EVENT_STATUS_DELIVERED"
+    assert "deliveredAt" in event and event["deliverAt"] == event["deliveredAt"]
+    assert "deduplicated" not in event
+
+
+async def test_immediate_event_creates_one_run_per_matching_job(stubs: Stubs) -> None:
+    await register(stubs, event_job("welcome", ["new.user"]))
+    await register(stubs, event_job("audit", ["new.user", "del.user"]))
+    await register(stubs, event_job("other", ["other.event"]))
+    event = await send(stubs, {"name": "new.user", "payload": {"userId": "u_1"}})
+    assert sorted(r["jobId"] for r in event["runs"]) == ["audit", "welcome"]
+    assert {r["status"] for r in event["runs"]} == {"RUN_STATUS_QUEUED"}
+    got = js(await stubs.events.GetEvent(ev.GetEventRequest(id=event["id"])))
+    assert sorted(r["jobId"] for r in got["runs"]) == ["audit", "welcome"]
+    assert got["event"]["payload"] == {"userId": "u_1"}
+    # A resend of the delivered id creates nothing new.
+    again = await send(stubs, {"name": "new.user", "id": event["id"], "payload": {"x": 1}})
+    assert again["deduplicated"] is True and again["payload"] == {"userId": "u_1"}
+    assert "runs" not in again
+    runs = js(await stubs.runs.ListRuns(rn.ListRunsRequest(event_id=event["id"])))
+    assert len(runs["runs"]) == 2
+
+
+async def test_delayed_event_is_pending_without_delivered_at(stubs: Stubs) -> None:
+    event = await send(stubs, {"name": "later"}, deliver_after=60)
+    assert event["status"] == "EVENT_STATUS_PENDING"
+    assert "deliveredAt" not in event
+
+
+async def test_deliver_at_wins_and_past_means_now(stubs: Stubs) -> None:
+    event = await send(
+        stubs, {"name": "past"}, deliver_at="2001-01-01T00:00:00Z", deliver_after=3600
+    )
+    assert event["status"] == "EVENT_STATUS_DELIVERED"
+
+
+async def test_negative_deliver_after_is_rejected_and_nothing_stored(stubs: Stubs) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await send(stubs, {"name": "x", "id": "neg"}, deliver_after=-1)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "deliver_after" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stubs.events.GetEvent(ev.GetEventRequest(id="neg"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"name": ""}, "event.name"),
+        ({"name": "n" * 257}, "event.name"),
+        ({"name": "x", "id": "i" * 300}, "event.id"),
+    ],
+)
+async def test_bad_events_name_the_field(stubs: Stubs, event: dict, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await send(stubs, event)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(field)
+
+
+async def test_payload_limit(start_server: StartServer) -> None:
+    server = await start_server(max_payload_bytes=1000)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await send(stubs, {"name": "big", "payload": {"blob": "x" * 2000}})
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "limit of 1000 bytes" in (err.value.details() or "")
+        assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
+
+
+async def test_resend_rules_for_pending_events(stubs: Stubs) -> None:
+    far = await send(stubs, {"name": "d", "id": "far", "payload": {"v": 1}}, deliver_after=600)
+    moved = await send(
+        stubs, {"name": "d", "id": "far", "payload": {"v": 2}, "context": {"c": 1}},
+        deliver_after=900,
+    )
+    assert moved["deduplicated"] is True
+    assert moved["payload"] == {"v": 2} and moved["context"] == {"c": 1}
+    assert moved["deliverAt"] > far["deliverAt"]
+    assert moved["status"] == "EVENT_STATUS_PENDING"
+
+    near = await send(stubs, {"name": "d", "id": "near", "payload": {"v": 1}}, deliver_after=3)
+    same = await send(stubs, {"name": "d", "id": "near", "payload": {"v": 2}}, deliver_after=900)
+    assert same["deduplicated"] is True
+    assert same["payload"] == {"v": 1} and same["deliverAt"] == near["deliverAt"]
+
+    # A resend with no delay reschedules to now: delivered in that call.
+    now = await send(stubs, {"name": "d", "id": "far", "payload": {"v": 3}})
+    assert now["deduplicated"] is True and now["status"] == "EVENT_STATUS_DELIVERED"
+    assert now["payload"] == {"v": 3}
+
+
+async def test_cancel_event_rules(start_server: StartServer) -> None:
+    clock = FakeClock()
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await register(stubs, event_job("j", ["c"]))
+        await send(stubs, {"name": "c", "id": "e1"}, deliver_after=60)
+        cancelled = js((await stubs.events.CancelEvent(ev.CancelEventRequest(id="e1"))).event)
+        assert cancelled["status"] == "EVENT_STATUS_CANCELLED" and "cancelledAt" in cancelled
+        again = js((await stubs.events.CancelEvent(ev.CancelEventRequest(id="e1"))).event)
+        assert again == cancelled
+        # Sending the id again does not revive it (v2 did).
+        resent = await send(stubs, {"name": "c", "id": "e1"})
+        assert resent["status"] == "EVENT_STATUS_CANCELLED" and resent["deduplicated"]
+        clock.advance(120)
+        await server.store.deliver_due(clock())
+        got = js(await stubs.events.GetEvent(ev.GetEventRequest(id="e1")))
+        assert got["event"]["status"] == "EVENT_STATUS_CANCELLED" and "runs" not in got
+
+        await send(stubs, {"name": "c", "id": "e2"})
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.CancelEvent(ev.CancelEventRequest(id="e2"))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.CancelEvent(ev.CancelEventRequest(id="nope"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_delayed_event_is_delivered_by_the_timer_loop(start_server: StartServer) -> None:
+    clock = FakeClock()
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await register(stubs, event_job("j", ["later"]))
+        await send(stubs, {"name": "later", "id": "d1"}, deliver_after=30)
+        clock.advance(31)
+
+        async def delivered() -> dict | None:
+            got = js(await stubs.events.GetEvent(ev.GetEventRequest(id="d1")))
+            return got if got["event"]["status"] == "EVENT_STATUS_DELIVERED" else None
+
+        got = await eventually(delivered)
+        assert [r["jobId"] for r in got["runs"]] == ["j"]
+
+
+async def test_send_events_is_atomic_ordered_and_capped(start_server: StartServer) -> None:
+    server = await start_server(max_batch=3)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        good = {"events": [{"name": "a", "id": "1"}, {"name": "b", "id": "2"}]}
+        bad = {"events": [{"name": "a", "id": "3"}, {"name": ""}, {"name": "b", "id": "4"}]}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.SendEvents(req(ev.SendEventsRequest, bad))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith("events[1].name")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stubs.events.GetEvent(ev.GetEventRequest(id="3"))
+        over = {"events": [{"name": "a"}] * 4}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.SendEvents(req(ev.SendEventsRequest, over))
+        assert "batch limit of 3" in (err.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.SendEvents(ev.SendEventsRequest())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        reply = js(await stubs.events.SendEvents(req(ev.SendEventsRequest, good)))
+        assert [e["id"] for e in reply["events"]] == ["1", "2"]
+
+
+async def test_send_events_dedups_within_a_batch(stubs: Stubs) -> None:
+    await register(stubs, event_job("j", ["a"]))
+    body = {"events": [{"name": "a", "id": "same"}, {"name": "a", "id": "same"}]}
+    reply = js(await stubs.events.SendEvents(req(ev.SendEventsRequest, body)))
+    first, second = reply["events"]
+    assert "deduplicated" not in first and second["deduplicated"] is True
+    assert len(first["runs"]) == 1
+
+
+async def test_list_events_newest_first_with_name_filter_and_pages(stubs: Stubs) -> None:
+    for i in range(5):
+        await send(stubs, {"name": "even" if i % 2 == 0 else "odd", "id": f"e{i}"})
+    page = js(await stubs.events.ListEvents(ev.ListEventsRequest(page_size=2)))
+    assert [e["id"] for e in page["events"]] == ["e4", "e3"]
+    rest = js(await stubs.events.ListEvents(ev.ListEventsRequest(page_token=page["nextPageToken"])))
+    assert [e["id"] for e in rest["events"]] == ["e2", "e1", "e0"]
+    assert "nextPageToken" not in rest
+    evens = js(await stubs.events.ListEvents(ev.ListEventsRequest(name="even")))
+    assert [e["id"] for e in evens["events"]] == ["e4", "e2", "e0"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.events.ListEvents(ev.ListEventsRequest(page_token="garbage"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_cancel_runs_for_event_and_cancel_run(stubs: Stubs) -> None:
+    await register(stubs, event_job("a", ["x"]))
+    await register(stubs, event_job("b", ["x"]))
+    event = await send(stubs, {"name": "x", "id": "ex"})
+    first = event["runs"][0]["id"]
+    cancelled = js((await stubs.runs.CancelRun(rn.CancelRunRequest(id=first))).run)
+    assert cancelled["status"] == "RUN_STATUS_CANCELED"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.runs.CancelRun(rn.CancelRunRequest(id=first))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    reply = js(await stubs.events.CancelRunsForEvent(ev.CancelRunsForEventRequest(id="ex")))
+    assert reply["cancelledRunIds"] == [event["runs"][1]["id"]]
+    assert {r["status"] for r in reply["runs"]} == {"RUN_STATUS_CANCELED"}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.events.CancelRunsForEvent(ev.CancelRunsForEventRequest(id="none"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_match_event_explains(stubs: Stubs) -> None:
+    await register(stubs, event_job("hit", ["signup"], filter={"plan": ["pro"]}))
+    await register(stubs, event_job("wrong-name", ["login"]))
+    await register(stubs, event_job("wrong-filter", ["signup"], filter={"plan": ["free"]}))
+    await register(stubs, event_job("wrong-source", ["signup"], source="stripe"))
+    await register(
+        stubs,
+        event_job("bad-payload", ["signup"],
+                  schema={"type": "object", "required": ["email"]}),
+    )
+    reply = js(await stubs.events.MatchEvent(
+        req(ev.MatchEventRequest, {"event": {"name": "signup", "payload": {"plan": "pro"}}})
+    ))
+    verdicts = {j["jobId"]: j for j in reply["jobs"]}
+    assert verdicts["hit"]["matched"] is True
+    assert verdicts["bad-payload"]["matched"] is True
+    assert verdicts["bad-payload"]["validationErrors"][0]["message"]
+    assert "login" in verdicts["wrong-name"]["reason"]
+    assert "plan" in verdicts["wrong-filter"]["reason"]
+    assert "stripe" in verdicts["wrong-source"]["reason"]
+    assert [j["jobId"] for j in reply["jobs"]][:2] == ["bad-payload", "hit"]
+    # Nothing was stored.
+    assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}

@@ -1,0 +1,168 @@
+"""JobService and matching against a real server: SPEC §3."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from tripwire.v1 import event_service_pb2 as ev
+from tripwire.v1 import job_service_pb2 as jb
+from tripwire.v1 import run_service_pb2 as rn
+
+from ..conftest import Stubs
+from .helpers import event_job, js, req
+from .test_events import register, send
+
+
+@pytest.mark.parametrize(
+    ("job", "field"),
+    [
+        ({"version": "1.0.0", "trigger": {"invoke": {}}}, "job.id"),
+        ({"id": "Bad Id", "version": "1.0.0", "trigger": {"invoke": {}}}, "job.id"),
+        ({"id": "j", "trigger": {"invoke": {}}}, "job.version"),
+        ({"id": "j", "version": "1.0", "trigger": {"invoke": {}}}, "job.version"),
+        ({"id": "j", "version": "1.0.0"}, "job.trigger"),
+        ({"id": "j", "version": "1.0.0", "trigger": {"event": {}}}, "job.trigger.event.names"),
+        (
+            {"id": "j", "version": "1.0.0",
+             "trigger": {"event": {"names": ["x"], "filter": {"age": [1, "a"]}}}},
+            "job.trigger.event.filter.age",
+        ),
+        (
+            {"id": "j", "version": "1.0.0",
+             "trigger": {"event": {"names": ["x"],
+                                   "filter": {"user": {"age": [{"$gt": 1, "$lt": 5}]}}}}},
+            "job.trigger.event.filter.user.age[0]",
+        ),
+        (
+            {"id": "j", "version": "1.0.0",
+             "trigger": {"event": {"names": ["x"], "context_filter": {"a": [{"$nope": 1}]}}}},
+            "job.trigger.event.context_filter.a[0]",
+        ),
+        (
+            {"id": "j", "version": "1.0.0",
+             "trigger": {"event": {"names": ["x"], "schema": {"type": "nonsense"}}}},
+            "job.trigger.event.schema",
+        ),
+        ({"id": "j", "version": "1.0.0", "trigger": {"cron": {"cron": "61 * * * *"}}},
+         "job.trigger.cron.cron"),
+        ({"id": "j", "version": "1.0.0",
+          "trigger": {"cron": {"cron": "0 9 * * *", "timezone": "Mars/Olympus"}}},
+         "job.trigger.cron.timezone"),
+        ({"id": "j", "version": "1.0.0", "trigger": {"interval": {"seconds": 0}}},
+         "job.trigger.interval.seconds"),
+        ({"id": "j", "version": "1.0.0", "trigger": {"invoke": {}},
+          "retry": {"limit": 0}}, "job.retry.limit"),
+    ],
+)
+async def test_register_job_rejects_bad_input_naming_the_path(
+    stubs: Stubs, job: dict, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job}))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(field), err.value.details()
+    assert js(await stubs.jobs.ListJobs(jb.ListJobsRequest())) == {}
+
+
+async def test_latest_version_is_the_highest_semver(stubs: Stubs) -> None:
+    await register(stubs, event_job("j", ["e"], version="1.9.0"))
+    await register(stubs, event_job("j", ["e"], version="1.10.0"))
+    await register(stubs, event_job("j", ["e"], version="1.2.0"))
+    got = js(await stubs.jobs.GetJob(jb.GetJobRequest(id="j")))
+    assert got["job"]["version"] == "1.10.0" and got["job"]["latest"] is True
+    assert [v["version"] for v in got["versions"]] == ["1.10.0", "1.9.0", "1.2.0"]
+    event = await send(stubs, {"name": "e"})
+    assert event["runs"][0]["jobVersion"] == "1.10.0"
+    old = js(await stubs.jobs.GetJob(jb.GetJobRequest(id="j", version="1.2.0")))
+    assert old["job"].get("latest") is None
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.jobs.GetJob(jb.GetJobRequest(id="j", version="9.9.9"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_register_is_an_upsert_and_round_trips(stubs: Stubs) -> None:
+    body = event_job("j", ["a", "b"], source="stripe", filter={"amount": [{"$gt": 10}]},
+                     contextFilter={"env": ["prod"]},
+                     schema={"type": "object", "properties": {"amount": {"type": "number"}}})
+    body["job"].update(concurrencyLimit=3, maxDurationSeconds=60, logLevel="LOG_LEVEL_DEBUG",
+                       retry={"limit": 3, "factor": 2})
+    first = await register(stubs, body)
+    assert first["trigger"] == body["job"]["trigger"]
+    assert first["concurrencyLimit"] == 3 and first["retry"] == {"limit": 3, "factor": 2.0}
+    assert first["enabled"] is True and first["logLevel"] == "LOG_LEVEL_DEBUG"
+    body["job"]["name"] = "Renamed"
+    second = await register(stubs, body)
+    assert second["name"] == "Renamed" and second["createdAt"] == first["createdAt"]
+    listed = js(await stubs.jobs.ListJobs(jb.ListJobsRequest()))
+    assert [j["id"] for j in listed["jobs"]] == ["j"]
+
+
+async def test_matching_names_source_filters_and_context(stubs: Stubs) -> None:
+    await register(stubs, event_job("pro", ["signup"], filter={"plan": ["pro", "team"]}))
+    await register(stubs, event_job("stripe", ["signup"], source="stripe"))
+    await register(stubs, event_job("prod", ["signup"], context_filter={"env": ["prod"]}))
+    await register(stubs, event_job("adult", ["signup"], filter={"age": [{"$gte": 18}]}))
+
+    async def jobs_for(event: dict) -> list[str]:
+        return sorted(r["jobId"] for r in (await send(stubs, event)).get("runs", []))
+
+    assert await jobs_for({"name": "signup", "payload": {"plan": "pro"}}) == ["pro"]
+    assert await jobs_for({"name": "signup", "source": "stripe"}) == ["stripe"]
+    assert await jobs_for({"name": "Signup", "payload": {"plan": "pro"}}) == []
+    assert await jobs_for({"name": "signup", "context": {"env": "prod"}, "payload": {"age": 30}}) == [
+        "adult", "prod"
+    ]
+
+
+async def test_schema_failure_creates_an_invalid_payload_run(stubs: Stubs) -> None:
+    schema = {"type": "object", "required": ["userId"],
+              "properties": {"userId": {"type": "string"}}}
+    await register(stubs, event_job("typed", ["new.user"], schema=schema))
+    ok = await send(stubs, {"name": "new.user", "payload": {"userId": "u_1"}})
+    assert ok["runs"][0]["status"] == "RUN_STATUS_QUEUED"
+    bad = await send(stubs, {"name": "new.user", "payload": {"userId": 7}})
+    run = bad["runs"][0]
+    assert run["status"] == "RUN_STATUS_INVALID_PAYLOAD" and "completedAt" in run
+    assert run["validationErrors"] == [{"path": "/userId", "message": "7 is not of type 'string'"}]
+
+
+async def test_disabling_stops_matching_and_aborts_active_runs(stubs: Stubs) -> None:
+    await register(stubs, event_job("j", ["e"]))
+    run = (await send(stubs, {"name": "e"}))["runs"][0]
+    reply = js(await stubs.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="j", enabled=False)))
+    assert reply["abortedRunIds"] == [run["id"]]
+    assert reply["jobs"][0]["enabled"] is False
+    aborted = js((await stubs.runs.GetRun(rn.GetRunRequest(id=run["id"]))).run)
+    assert aborted["status"] == "RUN_STATUS_ABORTED"
+    assert "runs" not in await send(stubs, {"name": "e"})
+    await stubs.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="j", enabled=True))
+    assert len((await send(stubs, {"name": "e"}))["runs"]) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="nope", enabled=True))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_invoke_job_is_idempotent_by_key_and_validates(stubs: Stubs) -> None:
+    await register(stubs, {"job": {"id": "inv", "version": "1.0.0", "trigger": {"invoke": {
+        "schema": {"type": "object", "required": ["n"]}}}}})
+    body = {"jobId": "inv", "payload": {"n": 1}, "idempotencyKey": "k1"}
+    first = js(await stubs.jobs.InvokeJob(req(jb.InvokeJobRequest, body)))
+    assert first["run"]["status"] == "RUN_STATUS_QUEUED" and "deduplicated" not in first
+    again = js(await stubs.jobs.InvokeJob(req(jb.InvokeJobRequest, body)))
+    assert again["run"]["id"] == first["run"]["id"] and again["deduplicated"] is True
+    event = js(await stubs.events.GetEvent(ev.GetEventRequest(id="k1")))
+    assert event["event"]["name"] == "tripwire.invoke"
+    bad = js(await stubs.jobs.InvokeJob(req(jb.InvokeJobRequest, {"jobId": "inv"})))
+    assert bad["run"]["status"] == "RUN_STATUS_INVALID_PAYLOAD"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="missing"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cron_jobs_can_be_invoked(stubs: Stubs) -> None:
+    await register(stubs, {"job": {"id": "daily", "version": "0.0.1",
+                                   "trigger": {"cron": {"cron": "0 9 * * *"}}}})
+    got = js(await stubs.jobs.GetJob(jb.GetJobRequest(id="daily")))
+    assert got["job"]["nextFireAt"].endswith("T09:00:00Z")
+    run = js(await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="daily")))
+    assert run["run"]["jobId"] == "daily"

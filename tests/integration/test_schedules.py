@@ -1,0 +1,87 @@
+"""Cron and interval schedules through the timer loop: SPEC §4."""
+
+from __future__ import annotations
+
+import grpc
+from tripwire.v1 import event_service_pb2 as ev
+from tripwire.v1 import run_service_pb2 as rn
+
+from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
+from .helpers import js
+from .test_events import register
+
+START = 1_700_000_000_000  # a whole second, so interval arithmetic is easy to read
+
+
+async def runs_of(stubs: Stubs, job_id: str) -> list[dict]:
+    return js(await stubs.runs.ListRuns(rn.ListRunsRequest(job_id=job_id))).get("runs", [])
+
+
+async def wait_runs(stubs: Stubs, job_id: str, count: int) -> list[dict]:
+    async def enough() -> list[dict] | None:
+        found = await runs_of(stubs, job_id)
+        return found if len(found) >= count else None
+
+    return await eventually(enough)
+
+
+async def test_interval_fires_idempotent_events_with_timestamps(start_server: StartServer) -> None:
+    clock = FakeClock(START)
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await register(stubs, {"job": {"id": "tick", "version": "1.0.0",
+                                       "trigger": {"interval": {"seconds": 10}}}})
+        clock.advance(10)
+        (first,) = await wait_runs(stubs, "tick", 1)
+        assert first["eventId"] == f"tick:{START + 10_000}"
+        clock.advance(10)
+        runs = await wait_runs(stubs, "tick", 2)
+        assert runs[0]["eventId"] == f"tick:{START + 20_000}"
+        event = js(await stubs.events.GetEvent(ev.GetEventRequest(id=runs[0]["eventId"])))
+        assert event["event"]["name"] == "tripwire.scheduled"
+        assert event["event"]["payload"] == {
+            "ts": "2023-11-14T22:13:40.000Z",
+            "lastTimestamp": "2023-11-14T22:13:30.000Z",
+        }
+
+
+async def test_restart_skips_missed_ticks_unless_catch_up(start_server: StartServer) -> None:
+    clock = FakeClock(START)
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        for job_id, catch_up in (("skip", False), ("catch", True)):
+            await register(stubs, {"job": {"id": job_id, "version": "1.0.0", "trigger": {
+                "interval": {"seconds": 10, "catchUp": catch_up}}}})
+    await server.stop(grace=0.5)
+
+    clock.advance(305)  # down for five minutes: 30 ticks missed, the last 5 s ago
+    restarted = await start_server(clock=clock, schedule_grace=1.0)
+    async with grpc.aio.insecure_channel(restarted.address) as channel:
+        stubs = make_stubs(channel)
+        (caught,) = await wait_runs(stubs, "catch", 1)
+        assert caught["eventId"] == f"catch:{START + 300_000}"
+        # The skipping job fires nothing for the missed ticks, then resumes on schedule.
+        assert await runs_of(stubs, "skip") == []
+        clock.advance(5)
+        (resumed,) = await wait_runs(stubs, "skip", 1)
+        assert resumed["eventId"] == f"skip:{START + 310_000}"
+
+
+async def test_a_tick_fires_once_across_a_restart(start_server: StartServer) -> None:
+    clock = FakeClock(START)
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await register(stubs, {"job": {"id": "once", "version": "1.0.0",
+                                       "trigger": {"interval": {"seconds": 10}}}})
+        clock.advance(10)
+        await wait_runs(stubs, "once", 1)
+    await server.stop(grace=0.5)
+    restarted = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(restarted.address) as channel:
+        stubs = make_stubs(channel)
+        clock.advance(10)
+        runs = await wait_runs(stubs, "once", 2)
+        assert [r["eventId"] for r in runs] == [f"once:{START + 20_000}", f"once:{START + 10_000}"]

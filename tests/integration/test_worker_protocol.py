@@ -1,0 +1,296 @@
+"""The RunJob stream, spoken message by message: SPEC §5."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from tripwire.server.app import Server
+from tripwire.v1 import event_service_pb2 as ev
+from tripwire.v1 import run_service_pb2 as rn
+
+from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
+from .helpers import js, req
+from .raw_worker import RawWorker, job
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture
+async def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def fast(start_server: StartServer, clock: FakeClock) -> Server:
+    """A server with a short lease and a controllable clock."""
+    return await start_server(clock=clock, lease=1.0, heartbeat_interval=0.2)
+
+
+@pytest.fixture
+async def conn(fast: Server) -> AsyncIterator[Stubs]:
+    async with grpc.aio.insecure_channel(fast.address) as channel:
+        yield make_stubs(channel)
+
+
+@pytest.fixture
+async def worker(conn: Stubs) -> AsyncIterator[RawWorker]:
+    w = RawWorker(conn.workers)
+    yield w
+    await w.close()
+
+
+async def send(stubs: Stubs, name: str, payload: dict | None = None, **event: object) -> dict:
+    body = {"event": {"name": name, "payload": payload or {}, **event}}
+    return js((await stubs.events.SendEvent(req(ev.SendEventRequest, body))).event)
+
+
+async def run_status(stubs: Stubs, run_id: str, status: str) -> dict:
+    async def check() -> dict | None:
+        got = js(await stubs.runs.GetRun(rn.GetRunRequest(id=run_id)))
+        return got if got["run"]["status"] == f"RUN_STATUS_{status}" else None
+
+    return await eventually(check)
+
+
+async def test_hello_must_come_first_and_be_valid(conn: Stubs) -> None:
+    bad = RawWorker(conn.workers)
+    bad.call = conn.workers.RunJob(bad._requests())
+    bad.send({"heartbeat": {}})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await bad.call.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hello" in (err.value.details() or "")
+    await bad.close()
+
+    invalid = RawWorker(conn.workers)
+    invalid.call = conn.workers.RunJob(invalid._requests())
+    invalid.send({"hello": {"workerId": "w", "capacity": 1, "jobs": [job("Bad!", ["x"])]}})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await invalid.call.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("hello.jobs[0].id")
+    await invalid.close()
+
+
+async def test_a_run_with_one_task_end_to_end(conn: Stubs, worker: RawWorker) -> None:
+    welcome = await worker.connect([job("greet", ["hi"])], capacity=2)
+    assert welcome["heartbeatIntervalMs"] == 200 and welcome["leaseMs"] == 1000
+    event = await send(conn, "hi", {"who": "ada"})
+    request = await worker.run_request()
+    run = request["run"]
+    assert run["id"] == event["runs"][0]["id"] and run["attempt"] == 1
+    assert request["event"]["payload"] == {"who": "ada"}
+    assert request["job"]["id"] == "greet" and request["ctx"]["run"]["attempt"] == 1
+    assert request["cachedTasks"] == []
+    started = await worker.task(run, "say", name="Say hello")
+    assert started["task"]["status"] == "TASK_STATUS_RUNNING"
+    done = await worker.complete(run, started["task"]["id"], output={"said": "hello ada"})
+    assert done["task"]["status"] == "TASK_STATUS_COMPLETED"
+    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "level": "LOG_LEVEL_INFO",
+                         "message": "greeted", "data": {"n": 1}}})
+    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "level": "LOG_LEVEL_INFO",
+                         "message": "greeted", "data": {"n": 1}}})
+    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 2, "level": "LOG_LEVEL_DEBUG",
+                         "message": "dropped at INFO"}})
+    worker.result(run, output={"ok": True})
+    got = await run_status(conn, run["id"], "SUCCESS")
+    assert got["run"]["output"] == {"ok": True}
+    assert [t["key"] for t in got["tasks"]] == ["say"]
+    assert got["tasks"][0]["output"] == {"said": "hello ada"}
+    assert [entry["message"] for entry in got.get("logs", [])] == ["greeted"]
+
+
+async def test_stale_attempts_are_abandoned_and_cached_tasks_replayed(
+    conn: Stubs, worker: RawWorker, fast: Server
+) -> None:
+    await worker.connect([job("j", ["go"])], worker_id="first")
+    await send(conn, "go")
+    run = (await worker.run_request())["run"]
+    started = await worker.task(run, "a")
+    await worker.complete(run, started["task"]["id"], output=1)
+    # The worker goes silent: after the lease its run is given to another worker.
+    worker.stall()
+    second = RawWorker(conn.workers)
+    try:
+        await second.connect([job("j", ["go"])], worker_id="second")
+        request = await second.run_request(timeout=10)
+        assert request["run"]["id"] == run["id"] and request["run"]["attempt"] == 2
+        assert [(t["key"], t["status"]) for t in request["cachedTasks"]] == [
+            ("a", "TASK_STATUS_COMPLETED")
+        ]
+        # Anything the first worker says now is stale.
+        await worker.ended.wait()
+        late = RawWorker(conn.workers)
+        await late.connect([job("j", ["go"])], worker_id="late")
+        late.result(run, output="late")
+        abandon = await late.expect("abandon")
+        assert abandon["runId"] == run["id"]
+        await late.close()
+        second.result(request["run"], output="fresh")
+        got = await run_status(conn, run["id"], "SUCCESS")
+        assert got["run"]["output"] == "fresh" and got["run"]["attempt"] == 2
+    finally:
+        await second.close()
+
+
+async def test_send_event_task_is_executed_once_by_the_server(conn: Stubs, worker: RawWorker
+                                                              ) -> None:
+    await worker.connect([job("parent", ["start"]), job("child", ["new.user"])])
+    await send(conn, "start")
+    run = (await worker.run_request())["run"]
+    params = {"event": {"name": "new.user", "payload": {"userId": "u_1"}}}
+    sent = await worker.task(run, "send-event", kind="TASK_KIND_SEND_EVENT", params=params)
+    assert sent["task"]["status"] == "TASK_STATUS_COMPLETED"
+    event = sent["task"]["output"]
+    assert event["name"] == "new.user" and event["status"] == "EVENT_STATUS_DELIVERED"
+    child = await worker.run_request()
+    assert child["event"]["id"] == event["id"] and child["job"]["id"] == "child"
+    # Asking again (a replay that missed its cache) returns the same event.
+    again = await worker.task(run, "send-event", kind="TASK_KIND_SEND_EVENT", params=params)
+    assert again["task"]["output"]["id"] == event["id"]
+    listed = js(await conn.events.ListEvents(ev.ListEventsRequest(name="new.user")))
+    assert len(listed["events"]) == 1
+
+
+async def test_wait_frees_the_slot_and_resumes(conn: Stubs, worker: RawWorker,
+                                               clock: FakeClock) -> None:
+    await worker.connect([job("j", ["w"])], capacity=1)
+    await send(conn, "w", id="first")
+    run = (await worker.run_request())["run"]
+    waiting = await worker.task(run, "nap", kind="TASK_KIND_WAIT", params={"seconds": 60})
+    assert waiting["task"]["status"] == "TASK_STATUS_WAITING"
+    await run_status(conn, run["id"], "WAITING")
+    # The slot is free: another run arrives while the first waits.
+    await send(conn, "w", id="second")
+    other = (await worker.run_request())["run"]
+    assert other["id"] != run["id"]
+    worker.result(other, output=None)
+    clock.advance(61)
+    resumed = await worker.run_request()
+    assert resumed["run"]["id"] == run["id"] and resumed["run"]["attempt"] == 2
+    assert [(t["key"], t["status"]) for t in resumed["cachedTasks"]] == [
+        ("nap", "TASK_STATUS_COMPLETED")
+    ]
+
+
+async def test_failed_task_retries_with_backoff_then_errors(conn: Stubs, worker: RawWorker,
+                                                            clock: FakeClock) -> None:
+    await worker.connect([job("j", ["r"])])
+    await send(conn, "r")
+    run = (await worker.run_request())["run"]
+    retry = {"limit": 2, "minTimeoutMs": 1000, "randomize": False}
+    started = await worker.task(run, "flaky", retry=retry)
+    failed = await worker.complete(run, started["task"]["id"],
+                                   error={"type": "IOError", "message": "boom"})
+    assert failed["task"]["status"] == "TASK_STATUS_WAITING"
+    assert failed["task"]["attempts"] == 1 and "retryAt" in failed["task"]
+    clock.advance(2)
+    again = await worker.run_request()
+    run2 = again["run"]
+    assert run2["attempt"] == 2
+    rerun = await worker.task(run2, "flaky", retry=retry)
+    assert rerun["task"]["status"] == "TASK_STATUS_RUNNING"
+    final = await worker.complete(run2, rerun["task"]["id"],
+                                  error={"type": "IOError", "message": "boom again"})
+    assert final["task"]["status"] == "TASK_STATUS_ERRORED"
+    assert final["task"]["error"]["message"] == "boom again"
+
+
+async def test_capacity_and_concurrency_limits(conn: Stubs, worker: RawWorker) -> None:
+    await worker.connect([job("one", ["c"], concurrencyLimit=1)], capacity=5)
+    await send(conn, "c", id="c1")
+    await send(conn, "c", id="c2")
+    first = (await worker.run_request())["run"]
+    with pytest.raises(TimeoutError):
+        await worker.expect("run_request", timeout=0.3)
+    worker.result(first, output=None)
+    second = (await worker.run_request())["run"]
+    assert second["id"] != first["id"]
+
+
+async def test_cancel_reaches_the_worker_and_nondeterminism_fails(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    await conn.runs.CancelRun(rn.CancelRunRequest(id=run["id"]))
+    notice = await worker.expect("cancel")
+    assert notice["runId"] == run["id"]
+    worker.result(run, output="too late")
+    await worker.expect("abandon")
+    assert (await run_status(conn, run["id"], "CANCELED"))["run"]["status"]
+
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    started = await worker.task(run, "k")
+    await worker.complete(run, started["task"]["id"], output=1)
+    worker.send({"task": {"requestId": "r2", "runId": run["id"], "attempt": run["attempt"],
+                          "key": "k", "kind": "TASK_KIND_WAIT", "params": {"seconds": 1}}})
+    await worker.expect("cancel")
+    got = await run_status(conn, run["id"], "FAILURE")
+    assert got["run"]["error"]["type"] == "NondeterminismError"
+
+
+async def test_bad_task_requests_are_rejected_naming_the_field(conn: Stubs, worker: RawWorker
+                                                               ) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    worker.send({"task": {"requestId": "bad", "runId": run["id"], "attempt": 1,
+                          "kind": "TASK_KIND_RUN"}})
+    rejected = await worker.expect("rejected")
+    assert rejected["requestId"] == "bad" and rejected["message"].startswith("task.key")
+    worker.send({"task": {"requestId": "bad2", "runId": run["id"], "attempt": 1, "key": "s",
+                          "kind": "TASK_KIND_SEND_EVENT", "params": {"event": {"name": ""}}}})
+    rejected = await worker.expect("rejected")
+    assert rejected["message"].startswith("task.params.event.name")
+
+
+async def test_timed_out_runs_end_and_the_worker_is_told(conn: Stubs, worker: RawWorker,
+                                                         clock: FakeClock) -> None:
+    await worker.connect([job("slow", ["s"], maxDurationSeconds=30)])
+    await send(conn, "s")
+    run = (await worker.run_request())["run"]
+    clock.advance(31)
+    await worker.expect("cancel")
+    got = await run_status(conn, run["id"], "TIMED_OUT")
+    assert got["run"]["error"]["type"] == "TimeoutError"
+
+
+async def test_shutdown_drains_workers_and_requeues(start_server: StartServer) -> None:
+    server = await start_server(lease=5.0, heartbeat_interval=1.0)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        w = RawWorker(stubs.workers)
+        await w.connect([job("j", ["d"])])
+        event = await send(stubs, "d")
+        await w.run_request()
+        await server.stop(grace=0.5)
+        await w.expect("drain")
+        await w.close()
+    restarted = await start_server()
+    async with grpc.aio.insecure_channel(restarted.address) as channel:
+        stubs = make_stubs(channel)
+        got = js(await stubs.runs.GetRun(rn.GetRunRequest(id=event["runs"][0]["id"])))
+        assert got["run"]["status"] == "RUN_STATUS_QUEUED"
+
+
+async def test_watch_run_streams_changes_until_terminal(conn: Stubs, worker: RawWorker) -> None:
+    await worker.connect([job("j", ["x"])])
+    event = await send(conn, "x")
+    run_id = event["runs"][0]["id"]
+    watch = conn.runs.WatchRun(rn.WatchRunRequest(id=run_id))
+    first = js(await watch.read())
+    run = (await worker.run_request())["run"]
+    started = await worker.task(run, "t")
+    await worker.complete(run, started["task"]["id"], output=2)
+    worker.result(run, output=3)
+    updates = [first]
+    while (msg := await watch.read()) is not grpc.aio.EOF:
+        updates.append(js(msg))
+    statuses = [u["run"]["status"] for u in updates if "run" in u]
+    assert statuses[-1] == "RUN_STATUS_SUCCESS"
+    assert any("task" in u and u["task"]["status"] == "TASK_STATUS_COMPLETED" for u in updates)

@@ -1,0 +1,75 @@
+"""Group commit: operations share one transaction, yet fail alone."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+from tripwire.server.store.writer import Tx, Writer
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY)")
+    return conn
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Writer:
+    w = Writer(lambda: connect(tmp_path / "db"))
+    w.start()
+    yield w
+    w.stop()
+
+
+def insert(key: str):
+    def op(tx: Tx) -> str:
+        tx.conn.execute("INSERT INTO t VALUES (?)", (key,))
+        return key
+
+    return op
+
+
+async def test_concurrent_operations_all_commit(writer: Writer, tmp_path: Path) -> None:
+    results = await asyncio.gather(*(writer.submit(insert(str(i))) for i in range(200)))
+    assert sorted(results) == sorted(str(i) for i in range(200))
+    count = sqlite3.connect(tmp_path / "db").execute("SELECT COUNT(*) FROM t").fetchone()[0]
+    assert count == 200
+
+
+async def test_a_failing_operation_rolls_back_alone(writer: Writer, tmp_path: Path) -> None:
+    def half_then_fail(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO t VALUES ('half')")
+        raise ValueError("no")
+
+    hooks: list[str] = []
+
+    def with_hook(tx: Tx) -> None:
+        tx.after_commit(lambda: hooks.append("bad"))
+        raise ValueError("hook must not run")
+
+    outcomes = await asyncio.gather(
+        writer.submit(insert("a")),
+        writer.submit(half_then_fail),
+        writer.submit(with_hook),
+        writer.submit(insert("b")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == "a" and outcomes[3] == "b"
+    assert isinstance(outcomes[1], ValueError) and isinstance(outcomes[2], ValueError)
+    keys = {r[0] for r in sqlite3.connect(tmp_path / "db").execute("SELECT k FROM t")}
+    assert keys == {"a", "b"}
+    assert hooks == []
+
+
+async def test_after_commit_hooks_run_before_the_caller_resumes(writer: Writer) -> None:
+    seen: list[str] = []
+
+    def op(tx: Tx) -> None:
+        tx.after_commit(lambda: seen.append("hook"))
+
+    await writer.submit(op)
+    assert seen == ["hook"]
