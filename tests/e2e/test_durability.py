@@ -1,0 +1,140 @@
+"""An acknowledged event survives `kill -9`: its row, its run, and for a delayed
+event the delivery still owed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from tripwire.v1 import (
+    event_pb2,
+    event_service_pb2,
+    event_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    run_pb2,
+)
+
+pytestmark = pytest.mark.e2e
+
+EVENTS = 300
+BATCH = 100
+IN_FLIGHT = 32
+RPC_TIMEOUT = 20.0
+JOB_ID = "on-signup"
+NAME = "user.signed_up"
+
+
+def _payload(i: int) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    value.struct_value.update({"userId": f"u_{i}", "n": i})
+    return value
+
+
+async def _register_job(channel: grpc.aio.Channel) -> None:
+    job = job_pb2.Job(
+        id=JOB_ID,
+        version="1.0.0",
+        trigger=job_pb2.Trigger(event=job_pb2.EventTrigger(names=[NAME])),
+    )
+    await job_service_pb2_grpc.JobServiceStub(channel).RegisterJob(
+        job_service_pb2.RegisterJobRequest(job=job), timeout=RPC_TIMEOUT
+    )
+
+
+async def _send_all(events: event_service_pb2_grpc.EventServiceStub) -> list[str]:
+    """EVENTS SendEvent calls, IN_FLIGHT at a time, plus one SendEvents batch;
+    the ids the server acknowledged as delivered."""
+    acked: list[str] = []
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def send(i: int) -> None:
+        async with gate:
+            reply = await events.SendEvent(
+                event_service_pb2.SendEventRequest(
+                    event=event_pb2.EventInput(name=NAME, payload=_payload(i))
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+        assert reply.event.status == event_pb2.EVENT_STATUS_DELIVERED
+        acked.append(reply.event.id)
+
+    async def send_batch() -> None:
+        inputs = [
+            event_pb2.EventInput(name=NAME, id=f"batch-{i}", payload=_payload(i))
+            for i in range(BATCH)
+        ]
+        reply = await events.SendEvents(
+            event_service_pb2.SendEventsRequest(events=inputs), timeout=RPC_TIMEOUT
+        )
+        assert [e.id for e in reply.events] == [e.id for e in inputs]
+        acked.extend(e.id for e in reply.events)
+
+    async with asyncio.TaskGroup() as group:
+        for i in range(EVENTS):
+            group.create_task(send(i))
+        group.create_task(send_batch())
+    return acked
+
+
+async def test_acknowledged_events_survive_kill9(start_server):
+    first = start_server()
+    async with grpc.aio.insecure_channel(first.address) as channel:
+        await _register_job(channel)
+        acked = await _send_all(event_service_pb2_grpc.EventServiceStub(channel))
+        first.kill9()
+
+    assert len(acked) == len(set(acked)) == EVENTS + BATCH
+    second = start_server(db=first.db)
+    async with grpc.aio.insecure_channel(second.address) as channel:
+        events = event_service_pb2_grpc.EventServiceStub(channel)
+        missing, without_run = [], []
+        for event_id in acked:
+            try:
+                got = await events.GetEvent(
+                    event_service_pb2.GetEventRequest(id=event_id), timeout=RPC_TIMEOUT
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                missing.append(event_id)
+                continue
+            if [r.job_id for r in got.runs] != [JOB_ID]:
+                without_run.append(event_id)
+        assert missing == []
+        assert without_run == []
+
+
+async def test_delayed_event_is_delivered_after_a_restart(start_server, poll):
+    first = start_server()
+    async with grpc.aio.insecure_channel(first.address) as channel:
+        await _register_job(channel)
+        reply = await event_service_pb2_grpc.EventServiceStub(channel).SendEvent(
+            event_service_pb2.SendEventRequest(
+                event=event_pb2.EventInput(name=NAME, payload=_payload(0)),
+                options=event_pb2.SendEventOptions(deliver_after=1),
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+        first.kill9()
+    event_id = reply.event.id
+    assert reply.event.status == event_pb2.EVENT_STATUS_PENDING
+
+    second = start_server(db=first.db)
+    async with grpc.aio.insecure_channel(second.address) as channel:
+        events = event_service_pb2_grpc.EventServiceStub(channel)
+        got = await poll(
+            lambda: events.GetEvent(
+                event_service_pb2.GetEventRequest(id=event_id), timeout=RPC_TIMEOUT
+            ),
+            lambda got: got.event.status == event_pb2.EVENT_STATUS_DELIVERED,
+            within=15.0,
+            what=f"delivery of {event_id}",
+        )
+    assert got.event.HasField("delivered_at")
+    [run] = got.runs
+    assert run.job_id == JOB_ID
+    assert run.status == run_pb2.RUN_STATUS_QUEUED
