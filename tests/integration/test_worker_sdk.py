@@ -1,0 +1,255 @@
+"""The Python worker SDK against a real server: the seed example, retries, waits, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from tripwire.client import (
+    IO,
+    Client,
+    Run,
+    RunContext,
+    SyncIO,
+    TaskError,
+    Worker,
+    cron_trigger,
+    event_trigger,
+    invoke_trigger,
+)
+from tripwire.server.app import Server
+
+from ..conftest import FakeClock, StartServer, eventually
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+DEADLINE = 20.0
+
+
+class NewUser(BaseModel):
+    userId: str
+
+
+@pytest.fixture
+async def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def fast(start_server: StartServer, clock: FakeClock) -> Server:
+    return await start_server(clock=clock, lease=2.0, heartbeat_interval=0.2)
+
+
+@pytest.fixture
+async def client(fast: Server) -> AsyncIterator[Client]:
+    client = Client("sdk-tests", url=fast.address)
+    yield client
+    await client.aio.close()
+    client.close()
+
+
+async def serving(worker: Worker) -> Worker:
+    await asyncio.wait_for(worker.wait_connected(), DEADLINE)
+    return worker
+
+
+async def finished(client: Client, run_id: str, *statuses: str) -> Run:
+    wanted = statuses or ("SUCCESS", "FAILURE", "CANCELED", "TIMED_OUT", "ABORTED")
+    return await client.aio.wait_for_run(run_id, statuses=wanted, timeout=DEADLINE)
+
+
+async def test_the_seed_example_runs_both_jobs_to_success(client: Client) -> None:
+    @client.define_job(
+        id="job-1", name="First job", version="0.0.1", trigger=cron_trigger(cron="0 9 * * *")
+    )
+    async def first_job(payload: Any, io: IO, ctx: RunContext) -> Any:
+        return await io.send_event(
+            "send-event", {"name": "new.user", "payload": {"userId": "u_1234567890"}}
+        )
+
+    @client.define_job(
+        id="job-2",
+        name="Second job",
+        version="0.0.1",
+        trigger=event_trigger(name="new.user", schema=NewUser),
+    )
+    async def second_job(payload: NewUser, io: IO, ctx: RunContext) -> None:
+        await io.logger.log("New user created", {"userId": payload.userId})
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("job-1")
+        first = await finished(client, run.id)
+        assert first.status == "SUCCESS", first.error
+        sent = first.output
+        assert sent["name"] == "new.user" and sent["payload"] == {"userId": "u_1234567890"}
+        detail = await client.aio.get_event(sent["id"])
+        assert [r.job_id for r in detail.runs] == ["job-2"]
+        second = await finished(client, detail.runs[0].id)
+        assert second.status == "SUCCESS", second.error
+    logs = (await client.aio.get_run(second.id)).logs
+    assert [(log.level, log.message, log.data) for log in logs] == [
+        ("LOG", "New user created", {"userId": "u_1234567890"})
+    ]
+    tasks = (await client.aio.get_run(first.id)).tasks
+    assert [(t.key, t.kind, t.status) for t in tasks] == [("send-event", "SEND_EVENT", "COMPLETED")]
+
+
+async def test_a_failed_task_is_retried_after_its_backoff(client: Client, clock: FakeClock) -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("first call fails")
+        return "second call works"
+
+    @client.define_job(id="retry", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        retry = {"limit": 3, "min_timeout_ms": 1000, "randomize": False}
+        return {"result": await io.run_task("flaky", flaky, retry=retry), "attempt": ctx.attempt}
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("retry")
+        waiting = await finished(client, run.id, "WAITING")
+        assert waiting.wait_until is not None
+        clock.advance(2)
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS", done.error
+    assert done.output == {"result": "second call works", "attempt": 2}
+    assert len(calls) == 2
+    (task,) = (await client.aio.get_run(run.id)).tasks
+    assert (task.status, task.attempts, task.output) == ("COMPLETED", 1, "second call works")
+
+
+async def test_a_task_out_of_retries_raises_task_error_in_the_handler(client: Client) -> None:
+    def broken() -> None:
+        raise ValueError("always broken")
+
+    @client.define_job(id="broken", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        try:
+            await io.run_task("broken", broken)  # no retry policy: the first failure is final
+        except TaskError as exc:
+            return {"type": exc.type, "message": exc.message}
+        return "not raised"
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("broken")
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS", done.error
+    assert done.output == {"type": "ValueError", "message": "always broken"}
+
+
+async def test_an_uncaught_error_fails_the_run(client: Client) -> None:
+    @client.define_job(id="fails", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        raise RuntimeError("handler gave up")
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("fails")
+        done = await finished(client, run.id)
+    assert done.status == "FAILURE"
+    assert done.error is not None
+    assert (done.error.type, done.error.message) == ("RuntimeError", "handler gave up")
+
+
+async def test_io_wait_suspends_the_run_and_resumes_it(client: Client, clock: FakeClock) -> None:
+    before: list[int] = []
+
+    @client.define_job(id="nap", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        before.append(ctx.attempt)
+        await io.logger.info("before the wait")
+        await io.wait("nap", 1)
+        await io.logger.info("after the wait")
+        return "awake"
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("nap")
+        await finished(client, run.id, "WAITING")
+        clock.advance(2)
+        done = await finished(client, run.id)
+    assert (done.status, done.output, done.attempt) == ("SUCCESS", "awake", 2)
+    assert before == [1, 2]  # replayed from the top, the wait coming from the cache
+    logs = (await client.aio.get_run(run.id)).logs
+    assert [log.message for log in logs] == ["before the wait", "after the wait"]
+
+
+async def test_a_sync_handler_with_blocking_io(client: Client) -> None:
+    @client.define_job(id="sync", version="1.0.0", trigger=invoke_trigger())
+    def handler(payload: Any, io: SyncIO, ctx: RunContext) -> Any:
+        io.logger.info("in a thread", {"n": payload["n"]})
+        doubled = io.run_task("double", lambda: payload["n"] * 2)
+        event = io.send_event("announce", {"name": "doubled", "payload": {"value": doubled}})
+        return {"doubled": doubled, "event": event["name"]}
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("sync", {"n": 21})
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS", done.error
+    assert done.output == {"doubled": 42, "event": "doubled"}
+
+
+async def test_cancelling_a_run_stops_its_handler(client: Client) -> None:
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    @client.define_job(id="slow", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("slow")
+        await asyncio.wait_for(started.wait(), DEADLINE)
+        await client.aio.cancel_run(run.id)
+        await asyncio.wait_for(stopped.wait(), DEADLINE)
+        done = await finished(client, run.id)
+    assert done.status == "CANCELED"
+
+
+async def test_run_worker_serves_until_cancelled(client: Client) -> None:
+    @client.define_job(id="hello", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        return f"hello {payload['name']}"
+
+    async def registered() -> bool:
+        return bool((await client.aio.list_jobs()).items)
+
+    serving_task = asyncio.create_task(client.run_worker(capacity=2))
+    try:
+        await eventually(registered)  # the worker's hello registers its jobs
+        run = await client.aio.invoke_job("hello", {"name": "world"})
+        done = await finished(client, run.id)
+        assert (done.status, done.output) == ("SUCCESS", "hello world")
+    finally:
+        serving_task.cancel()
+        await asyncio.wait({serving_task})
+
+
+async def test_log_lines_sent_just_before_the_result_are_all_kept(client: Client) -> None:
+    @client.define_job(id="chatty", version="1.0.0", trigger=invoke_trigger(), log_level="DEBUG")
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        for n in range(20):
+            await io.logger.debug(f"line {n}", {"n": n})
+        return "said it all"
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("chatty")
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS", done.error
+    logs = (await client.aio.get_run(run.id)).logs
+    assert [(log.seq, log.message) for log in logs] == [(n + 1, f"line {n}") for n in range(20)]
