@@ -29,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tripwire serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:

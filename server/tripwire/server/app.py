@@ -104,10 +104,12 @@ class Server:
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
             EventServicer(self.events, auth, settings.max_payload_bytes), self.grpc
         )
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, auth),
-                                                              self.grpc)
-        run_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(self.runs, auth),
-                                                              self.grpc)
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(self.jobs, auth), self.grpc
+        )
+        run_service_pb2_grpc.add_RunServiceServicer_to_server(
+            RunServicer(self.runs, auth), self.grpc
+        )
         self.workers = WorkerServicer(self.work, self.dispatcher, auth, settings)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(self.workers, self.grpc)
         self.health = health.aio.HealthServicer()

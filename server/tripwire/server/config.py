@@ -59,9 +59,7 @@ def parse_api_keys(items: Sequence[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tripwire serve", description="Run the tripwire server."
-    )
+    parser = argparse.ArgumentParser(prog="tripwire serve", description="Run the tripwire server.")
     parser.add_argument("--address", help="HOST:PORT to listen on (port 0 picks a free one)")
     parser.add_argument("--db", dest="db_path", help="SQLite file, created if missing")
     parser.add_argument(
@@ -101,6 +99,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
             values[name] = flag
         elif env.get(var):
             values[name] = kind(env[var])
-    key_items = list(args.api_key) or ([env["TRIPWIRE_API_KEYS"]] if env.get("TRIPWIRE_API_KEYS") else [])
+    key_items = list(args.api_key) or (
+        [env["TRIPWIRE_API_KEYS"]] if env.get("TRIPWIRE_API_KEYS") else []
+    )
     values["api_keys"] = parse_api_keys(key_items)
     return Settings(**values)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from .matching import JobIndex
 from .models import Event, Run
 
 if TYPE_CHECKING:
-    from .store import SQLiteStore
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class _Queued:
 
 
 class Dispatcher(RunListener):
-    def __init__(self, store: SQLiteStore, index: JobIndex, clock: Callable[[], int]) -> None:
+    def __init__(self, store: Store, index: JobIndex, clock: Callable[[], int]) -> None:
         self.store = store
         self.index = index
         self.clock = clock

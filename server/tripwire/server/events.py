@@ -103,8 +103,9 @@ class EventService:
         self.limits = limits
         self.clock = clock
 
-    async def send(self, env: str, drafts: Sequence[EventDraft], options: DeliveryOptions,
-                   *, batch: bool) -> list[Event]:
+    async def send(
+        self, env: str, drafts: Sequence[EventDraft], options: DeliveryOptions, *, batch: bool
+    ) -> list[Event]:
         if batch:
             if not drafts:
                 raise InvalidArgument("events", "must contain at least one event")
@@ -127,11 +128,12 @@ class EventService:
             raise NotFound(f"event {event_id!r} not found")
         return event, await self.store.event_runs(env, event_id)
 
-    async def list(
+    async def find(
         self, env: str, *, name: str, status: str, limit: int, before: int | None
     ) -> Page[Event]:
-        return await self.store.list_events(env, name=name, status=status, limit=limit,
-                                            before=before)
+        return await self.store.list_events(
+            env, name=name, status=status, limit=limit, before=before
+        )
 
     async def cancel(self, env: str, event_id: str) -> Event:
         _require_id(event_id, "id")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import filters, schedules, versions
 from .errors import InvalidArgument, NotFound
-from .events import EventDraft, Limits, prepare, DeliveryOptions
+from .events import DeliveryOptions, EventDraft, Limits, prepare
 from .matching import check_schema
 from .models import Job, Page, Run
 from .retry import RetryPolicy
@@ -103,7 +103,7 @@ class JobService:
             raise NotFound(f"{what} {job_id!r} not found")
         return job, await self.store.job_versions(env, job_id)
 
-    async def list(self, env: str, *, limit: int, after: str) -> Page[Job]:
+    async def find(self, env: str, *, limit: int, after: str) -> Page[Job]:
         return await self.store.list_jobs(env, limit=limit, after=after)
 
     async def set_enabled(
@@ -111,8 +111,7 @@ class JobService:
     ) -> tuple[list[Job], list[str]]:
         if not job_id:
             raise InvalidArgument("job_id", "is required")
-        return await self.store.set_job_enabled(env, job_id, version or None, enabled,
-                                                self.clock())
+        return await self.store.set_job_enabled(env, job_id, version or None, enabled, self.clock())
 
     async def invoke(
         self, env: str, job_id: str, payload: Any, context: Any, key: str, account_id: str
@@ -121,6 +120,7 @@ class JobService:
             raise InvalidArgument("job_id", "is required")
         now = self.clock()
         draft = EventDraft(name="tripwire.invoke", payload=payload, context=context, id=key)
-        event = prepare(draft, DeliveryOptions(account_id=account_id), now, self.limits,
-                        "idempotency_key")
+        event = prepare(
+            draft, DeliveryOptions(account_id=account_id), now, self.limits, "idempotency_key"
+        )
         return await self.store.invoke(env, job_id, event, now)

@@ -119,9 +119,7 @@ class JobIndex:
         index = self._envs.get(env)
         return index.jobs.get(job_id) if index else None
 
-    def match(
-        self, env: str, name: str, source: str, payload: Any, context: Any
-    ) -> list[RunSpec]:
+    def match(self, env: str, name: str, source: str, payload: Any, context: Any) -> list[RunSpec]:
         index = self._envs.get(env)
         if index is None:
             return []

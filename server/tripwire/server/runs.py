@@ -32,8 +32,14 @@ class RunService:
         tasks, logs = await self.store.run_details(run_id)
         return run, tasks, logs
 
-    async def list(
-        self, env: str, *, job_id: str, event_id: str, status: str, limit: int,
+    async def find(
+        self,
+        env: str,
+        *,
+        job_id: str,
+        event_id: str,
+        status: str,
+        limit: int,
         before: int | None,
     ) -> Page[Run]:
         return await self.store.list_runs(
@@ -72,7 +78,9 @@ class RunService:
                         last_log = entry.seq
                         yield entry
                 if (latest.status, latest.updated_at, latest.attempt) != (
-                    run.status, run.updated_at, run.attempt
+                    run.status,
+                    run.updated_at,
+                    run.attempt,
                 ):
                     yield latest
                 run = latest

@@ -37,13 +37,14 @@ async def run_timers(
             log.info("%d runs timed out", len(timed_out))
         due = await store.next_timer()
         timeout = None if due is None else max(0.0, (due - clock()) / 1000) + 0.001
-        await _first(hub.timers_changed.wait(), stop.wait(), timeout=timeout)
+        await _first_of(hub.timers_changed, stop, within=timeout)
 
 
-async def _first(*waits: object, timeout: float | None) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]  # type: ignore[call-overload]
+async def _first_of(*events: asyncio.Event, within: float | None) -> None:
+    """Until one of `events` is set, or `within` seconds have passed."""
+    waits = [asyncio.create_task(e.wait()) for e in events]
     try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
+        for wait in waits:
+            wait.cancel()

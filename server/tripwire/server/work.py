@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotFound
@@ -14,7 +14,7 @@ from .models import Job, LogEntry, Run, TaskAsk, TaskKind
 from .tasks import LOG_RANK, TaskOutcome, idempotency_key
 
 if TYPE_CHECKING:
-    from .store import SQLiteStore
+    from .store import Store
 
 MAX_CAPACITY = 10_000
 
@@ -31,12 +31,12 @@ class TaskInput:
     retry: dict[str, Any] | None
     # SEND_EVENT(S): the parsed events and options.
     events: tuple[EventDraft, ...] = ()
-    options: DeliveryOptions = DeliveryOptions()
+    options: DeliveryOptions = field(default_factory=DeliveryOptions)
 
 
 class WorkService:
     def __init__(
-        self, store: SQLiteStore, jobs: JobService, limits: Limits, clock: Callable[[], int]
+        self, store: Store, jobs: JobService, limits: Limits, clock: Callable[[], int]
     ) -> None:
         self.store = store
         self.jobs = jobs
@@ -44,8 +44,9 @@ class WorkService:
         self.clock = clock
         self._job_cache: dict[tuple[str, str, str], Job] = {}
 
-    async def hello(self, env: str, worker_id: str, jobs: Sequence[Job], capacity: int
-                    ) -> list[Job]:
+    async def hello(
+        self, env: str, worker_id: str, jobs: Sequence[Job], capacity: int
+    ) -> list[Job]:
         if not worker_id:
             raise InvalidArgument("hello.worker_id", "is required")
         if not 1 <= capacity <= MAX_CAPACITY:
@@ -57,8 +58,10 @@ class WorkService:
             try:
                 registered.append(await self.jobs.register(env, job))
             except InvalidArgument as exc:
-                raise InvalidArgument(f"hello.jobs[{i}]" + exc.field.removeprefix("job"),
-                                      exc.message.partition(": ")[2]) from None
+                raise InvalidArgument(
+                    f"hello.jobs[{i}]" + exc.field.removeprefix("job"),
+                    exc.message.partition(": ")[2],
+                ) from None
         return registered
 
     async def job(self, env: str, job_id: str, version: str) -> Job:
@@ -75,8 +78,7 @@ class WorkService:
         for key in [k for k in self._job_cache if k[:2] == (env, job_id)]:
             del self._job_cache[key]
 
-    async def request_task(self, env: str, run: Run, attempt: int, asked: TaskInput
-                           ) -> TaskOutcome:
+    async def request_task(self, env: str, run: Run, attempt: int, asked: TaskInput) -> TaskOutcome:
         ask = self._validate(run.id, asked)
         job = await self.job(env, run.job_id, run.job_version)
         return await self.store.request_task(env, run.id, attempt, ask, job.retry, self.clock())
@@ -87,8 +89,9 @@ class WorkService:
         try:
             kind = TaskKind(asked.kind)
         except ValueError:
-            raise InvalidArgument("task.kind", "must be RUN, SEND_EVENT, SEND_EVENTS or WAIT"
-                                  ) from None
+            raise InvalidArgument(
+                "task.kind", "must be RUN, SEND_EVENT, SEND_EVENTS or WAIT"
+            ) from None
         if asked.retry is not None:
             retry_policy(asked.retry, "task.retry")
         events: tuple[Any, ...] = ()
@@ -96,8 +99,9 @@ class WorkService:
             if not asked.events:
                 raise InvalidArgument("task.params.event", "is required")
             if len(asked.events) > self.limits.max_batch:
-                raise InvalidArgument("task.params.events",
-                                      f"exceed the batch limit of {self.limits.max_batch}")
+                raise InvalidArgument(
+                    "task.params.events", f"exceed the batch limit of {self.limits.max_batch}"
+                )
             # The id defaults to one derived from the task, so a replay that reaches
             # the server again (it cannot: the task is cached) still sends nothing new.
             base = idempotency_key(run_id, asked.parent_id, asked.key)
@@ -105,8 +109,11 @@ class WorkService:
             prepared = []
             for i, draft in enumerate(asked.events):
                 default = base if kind is TaskKind.SEND_EVENT else f"{base}:{i}"
-                where = "task.params.event" if kind is TaskKind.SEND_EVENT else \
-                    f"task.params.events[{i}]"
+                where = (
+                    "task.params.event"
+                    if kind is TaskKind.SEND_EVENT
+                    else f"task.params.events[{i}]"
+                )
                 draft = EventDraft(**{**draft.__dict__, "id": draft.id or default})
                 prepared.append(prepare(draft, asked.options, now, self.limits, where))
             events = tuple(prepared)
@@ -114,11 +121,17 @@ class WorkService:
             seconds = asked.params.get("seconds") if isinstance(asked.params, dict) else None
             if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
                 raise InvalidArgument("task.params.seconds", "must be a number of seconds >= 0")
-        return TaskAsk(asked.key, asked.parent_id, kind, asked.name, asked.params, asked.retry,
-                       events)
+        return TaskAsk(
+            asked.key, asked.parent_id, kind, asked.name, asked.params, asked.retry, events
+        )
 
     async def complete_task(
-        self, env: str, run_id: str, attempt: int, task_id: str, output: Any,
+        self,
+        env: str,
+        run_id: str,
+        attempt: int,
+        task_id: str,
+        output: Any,
         error: dict[str, str] | None,
     ) -> TaskOutcome:
         if not task_id:
@@ -127,8 +140,9 @@ class WorkService:
             env, run_id, attempt, task_id, output, error, self.clock(), random.random()
         )
 
-    async def log(self, env: str, run_id: str, attempt: int, seq: int, level: str,
-                  message: str, data: Any) -> None:
+    async def log(
+        self, env: str, run_id: str, attempt: int, seq: int, level: str, message: str, data: Any
+    ) -> None:
         if seq < 1:
             raise InvalidArgument("log.seq", "must be 1 or more")
         if level not in LOG_RANK:
@@ -136,6 +150,7 @@ class WorkService:
         entry = LogEntry(seq=seq, level=level, message=message, data=data, time=self.clock())
         await self.store.append_log(env, run_id, attempt, entry)
 
-    async def finish(self, env: str, run_id: str, attempt: int, output: Any,
-                     error: dict[str, str] | None) -> Run:
+    async def finish(
+        self, env: str, run_id: str, attempt: int, output: Any, error: dict[str, str] | None
+    ) -> Run:
         return await self.store.finish_run(env, run_id, attempt, output, error, self.clock())

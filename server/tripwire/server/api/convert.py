@@ -134,8 +134,13 @@ def trigger_from_pb(msg: job_pb2.Trigger) -> dict[str, Any]:
             }
         }
     if kind == "cron":
-        return {"cron": {"cron": msg.cron.cron, "timezone": msg.cron.timezone,
-                         "catch_up": msg.cron.catch_up}}
+        return {
+            "cron": {
+                "cron": msg.cron.cron,
+                "timezone": msg.cron.timezone,
+                "catch_up": msg.cron.catch_up,
+            }
+        }
     if kind == "interval":
         return {"interval": {"seconds": msg.interval.seconds, "catch_up": msg.interval.catch_up}}
     schema = msg.invoke.schema
@@ -146,7 +151,7 @@ _RETRY_FIELDS = ("limit", "factor", "min_timeout_ms", "max_timeout_ms", "randomi
 
 
 def _retry_from_pb(msg: job_pb2.RetryPolicy) -> dict[str, Any]:
-    return {f: getattr(msg, f) for f in _RETRY_FIELDS if msg.HasField(f)}
+    return {f: getattr(msg, f) for f in _RETRY_FIELDS if msg.HasField(f)}  # type: ignore[arg-type]
 
 
 # -- replies ------------------------------------------------------------------
@@ -171,21 +176,27 @@ def event_to_pb(event: Event, out: event_pb2.Event) -> event_pb2.Event:
     return out
 
 
-_EVENT_STATUS = {name: event_pb2.EventStatus.Value(f"EVENT_STATUS_{name}")
-                 for name in ("PENDING", "DELIVERED", "CANCELLED")}
+_EVENT_STATUS = {
+    name: event_pb2.EventStatus.Value(f"EVENT_STATUS_{name}")
+    for name in ("PENDING", "DELIVERED", "CANCELLED")
+}
 _RUN_STATUS = {
-    name.removeprefix("RUN_STATUS_"): number
-    for name, number in run_pb2.RunStatus.items()
-    if number
+    name.removeprefix("RUN_STATUS_"): number for name, number in run_pb2.RunStatus.items() if number
 }
 
 
 def event_status_name(number: int) -> str:
-    return "" if not number else event_pb2.EventStatus.Name(number).removeprefix("EVENT_STATUS_")
+    if not number:
+        return ""
+    return event_pb2.EventStatus.Name(event_pb2.EventStatus.ValueType(number)).removeprefix(
+        "EVENT_STATUS_"
+    )
 
 
 def run_status_name(number: int) -> str:
-    return "" if not number else run_pb2.RunStatus.Name(number).removeprefix("RUN_STATUS_")
+    if not number:
+        return ""
+    return run_pb2.RunStatus.Name(run_pb2.RunStatus.ValueType(number)).removeprefix("RUN_STATUS_")
 
 
 def run_to_pb(run: Run, out: run_pb2.Run) -> run_pb2.Run:
@@ -310,11 +321,15 @@ def log_to_pb(entry: LogEntry, out: run_pb2.LogEntry) -> run_pb2.LogEntry:
 
 
 def task_kind_name(number: int) -> str:
-    return "" if not number else run_pb2.TaskKind.Name(number).removeprefix("TASK_KIND_")
+    if not number:
+        return ""
+    return run_pb2.TaskKind.Name(run_pb2.TaskKind.ValueType(number)).removeprefix("TASK_KIND_")
 
 
 def log_level_name(number: int) -> str:
-    return "" if not number else job_pb2.LogLevel.Name(number).removeprefix("LOG_LEVEL_")
+    if not number:
+        return ""
+    return job_pb2.LogLevel.Name(job_pb2.LogLevel.ValueType(number)).removeprefix("LOG_LEVEL_")
 
 
 def error_from_pb(msg: run_pb2.ErrorInfo) -> dict[str, str]:

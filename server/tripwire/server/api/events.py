@@ -31,23 +31,25 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             )
 
     @unary
-    async def SendEvent(self, request: pb.SendEventRequest, context: Any, env: str
-                        ) -> pb.SendEventResponse:
+    async def SendEvent(
+        self, request: pb.SendEventRequest, context: Any, env: str
+    ) -> pb.SendEventResponse:
         if not request.HasField("event"):
             raise InvalidArgument("event", "is required")
         self._check_size(request.event, "event")
-        (event,) = await self.events.send(
+        (stored,) = await self.events.send(
             env, [convert.draft(request.event)], convert.options(request.options), batch=False
         )
         reply = pb.SendEventResponse()
-        convert.event_to_pb(event, reply.event)
+        convert.event_to_pb(stored, reply.event)
         return reply
 
     @unary
-    async def SendEvents(self, request: pb.SendEventsRequest, context: Any, env: str
-                         ) -> pb.SendEventsResponse:
-        for i, event in enumerate(request.events):
-            self._check_size(event, f"events[{i}]")
+    async def SendEvents(
+        self, request: pb.SendEventsRequest, context: Any, env: str
+    ) -> pb.SendEventsResponse:
+        for i, given in enumerate(request.events):
+            self._check_size(given, f"events[{i}]")
         drafts = [convert.draft(e) for e in request.events]
         events = await self.events.send(env, drafts, convert.options(request.options), batch=True)
         reply = pb.SendEventsResponse()
@@ -56,8 +58,9 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         return reply
 
     @unary
-    async def GetEvent(self, request: pb.GetEventRequest, context: Any, env: str
-                       ) -> pb.GetEventResponse:
+    async def GetEvent(
+        self, request: pb.GetEventRequest, context: Any, env: str
+    ) -> pb.GetEventResponse:
         event, runs = await self.events.get(env, request.id)
         reply = pb.GetEventResponse()
         convert.event_to_pb(event, reply.event)
@@ -66,9 +69,10 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         return reply
 
     @unary
-    async def ListEvents(self, request: pb.ListEventsRequest, context: Any, env: str
-                         ) -> pb.ListEventsResponse:
-        page = await self.events.list(
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: Any, env: str
+    ) -> pb.ListEventsResponse:
+        page = await self.events.find(
             env,
             name=request.name,
             status=convert.event_status_name(request.status),
@@ -81,16 +85,18 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         return reply
 
     @unary
-    async def CancelEvent(self, request: pb.CancelEventRequest, context: Any, env: str
-                          ) -> pb.CancelEventResponse:
+    async def CancelEvent(
+        self, request: pb.CancelEventRequest, context: Any, env: str
+    ) -> pb.CancelEventResponse:
         event = await self.events.cancel(env, request.id)
         reply = pb.CancelEventResponse()
         convert.event_to_pb(event, reply.event)
         return reply
 
     @unary
-    async def CancelRunsForEvent(self, request: pb.CancelRunsForEventRequest, context: Any,
-                                 env: str) -> pb.CancelRunsForEventResponse:
+    async def CancelRunsForEvent(
+        self, request: pb.CancelRunsForEventRequest, context: Any, env: str
+    ) -> pb.CancelRunsForEventResponse:
         cancelled, runs = await self.events.cancel_runs(env, request.id)
         reply = pb.CancelRunsForEventResponse(cancelled_run_ids=cancelled)
         for run in runs:
@@ -98,8 +104,9 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         return reply
 
     @unary
-    async def MatchEvent(self, request: pb.MatchEventRequest, context: Any, env: str
-                         ) -> pb.MatchEventResponse:
+    async def MatchEvent(
+        self, request: pb.MatchEventRequest, context: Any, env: str
+    ) -> pb.MatchEventResponse:
         if not request.HasField("event"):
             raise InvalidArgument("event", "is required")
         self._check_size(request.event, "event")

@@ -19,8 +19,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self.auth = auth
 
     @unary
-    async def RegisterJob(self, request: pb.RegisterJobRequest, context: Any, env: str
-                          ) -> pb.RegisterJobResponse:
+    async def RegisterJob(
+        self, request: pb.RegisterJobRequest, context: Any, env: str
+    ) -> pb.RegisterJobResponse:
         if not request.HasField("job"):
             raise InvalidArgument("job", "is required")
         job = await self.jobs.register(env, convert.job_from_pb(request.job))
@@ -29,8 +30,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return reply
 
     @unary
-    async def GetJob(self, request: pb.GetJobRequest, context: Any, env: str
-                     ) -> pb.GetJobResponse:
+    async def GetJob(self, request: pb.GetJobRequest, context: Any, env: str) -> pb.GetJobResponse:
         job, versions = await self.jobs.get(env, request.id, request.version)
         reply = pb.GetJobResponse()
         convert.job_to_pb(job, reply.job)
@@ -39,9 +39,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return reply
 
     @unary
-    async def ListJobs(self, request: pb.ListJobsRequest, context: Any, env: str
-                       ) -> pb.ListJobsResponse:
-        page = await self.jobs.list(
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: Any, env: str
+    ) -> pb.ListJobsResponse:
+        page = await self.jobs.find(
             env, limit=page_size(request.page_size), after=request.page_token
         )
         reply = pb.ListJobsResponse(next_page_token=page.next_cursor)
@@ -50,8 +51,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return reply
 
     @unary
-    async def SetJobEnabled(self, request: pb.SetJobEnabledRequest, context: Any, env: str
-                            ) -> pb.SetJobEnabledResponse:
+    async def SetJobEnabled(
+        self, request: pb.SetJobEnabledRequest, context: Any, env: str
+    ) -> pb.SetJobEnabledResponse:
         jobs, aborted = await self.jobs.set_enabled(
             env, request.job_id, request.version, request.enabled
         )
@@ -61,8 +63,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return reply
 
     @unary
-    async def InvokeJob(self, request: pb.InvokeJobRequest, context: Any, env: str
-                        ) -> pb.InvokeJobResponse:
+    async def InvokeJob(
+        self, request: pb.InvokeJobRequest, context: Any, env: str
+    ) -> pb.InvokeJobResponse:
         run, deduplicated = await self.jobs.invoke(
             env,
             request.job_id,

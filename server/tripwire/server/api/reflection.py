@@ -78,7 +78,8 @@ def build_pool(files: Iterable[descriptor.FileDescriptor]) -> descriptor_pool.De
 
 
 def enable(
-    service_names: Iterable[str], files: Iterable[descriptor.FileDescriptor],
+    service_names: Iterable[str],
+    files: Iterable[descriptor.FileDescriptor],
     server: grpc.aio.Server,
 ) -> None:
     names = [*service_names, reflection.SERVICE_NAME, V1_SERVICE]

@@ -38,7 +38,7 @@ STATUS: Mapping[type[TripwireError], grpc.StatusCode] = {
 
 def status_of(exc: TripwireError) -> grpc.StatusCode:
     for kind in type(exc).__mro__:
-        code = STATUS.get(kind)  # type: ignore[call-overload]
+        code = STATUS.get(kind)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL

@@ -21,8 +21,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self.auth = auth
 
     @unary
-    async def GetRun(self, request: pb.GetRunRequest, context: Any, env: str
-                     ) -> pb.GetRunResponse:
+    async def GetRun(self, request: pb.GetRunRequest, context: Any, env: str) -> pb.GetRunResponse:
         run, tasks, logs = await self.runs.details(env, request.id)
         reply = pb.GetRunResponse()
         convert.run_to_pb(run, reply.run)
@@ -33,9 +32,10 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         return reply
 
     @unary
-    async def ListRuns(self, request: pb.ListRunsRequest, context: Any, env: str
-                       ) -> pb.ListRunsResponse:
-        page = await self.runs.list(
+    async def ListRuns(
+        self, request: pb.ListRunsRequest, context: Any, env: str
+    ) -> pb.ListRunsResponse:
+        page = await self.runs.find(
             env,
             job_id=request.job_id,
             event_id=request.event_id,
@@ -49,15 +49,17 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         return reply
 
     @unary
-    async def CancelRun(self, request: pb.CancelRunRequest, context: Any, env: str
-                        ) -> pb.CancelRunResponse:
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: Any, env: str
+    ) -> pb.CancelRunResponse:
         run = await self.runs.cancel(env, request.id)
         reply = pb.CancelRunResponse()
         convert.run_to_pb(run, reply.run)
         return reply
 
-    async def WatchRun(self, request: pb.WatchRunRequest, context: Any
-                       ) -> AsyncIterator[pb.WatchRunResponse]:
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Any
+    ) -> AsyncIterator[pb.WatchRunResponse]:
         try:
             env = self.auth.environment(context)
             async for update in self.runs.watch(env, request.id):

@@ -26,7 +26,7 @@ from ..dispatcher import Dispatcher, Session
 from ..errors import InvalidArgument, StaleAttempt, TripwireError
 from ..events import EventDraft
 from ..ids import new_event_id
-from ..models import Event, Run, RunStatus
+from ..models import Event, Run, RunStatus, Task
 from ..work import TaskInput, WorkService
 from . import convert
 from .rpc import Authenticator, status_of
@@ -37,8 +37,9 @@ TASK_PAGE_BYTES = 1024 * 1024
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, work: WorkService, dispatcher: Dispatcher, auth: Authenticator,
-                 settings: Settings) -> None:
+    def __init__(
+        self, work: WorkService, dispatcher: Dispatcher, auth: Authenticator, settings: Settings
+    ) -> None:
         self.work = work
         self.dispatcher = dispatcher
         self.auth = auth
@@ -46,8 +47,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self.streams: set[WorkerStream] = set()
         self._requeues: set[asyncio.Task[None]] = set()
 
-    async def RunJob(self, request_iterator: AsyncIterator[pb.RunJobRequest], context: Any
-                     ) -> AsyncIterator[pb.RunJobResponse]:
+    async def RunJob(
+        self, request_iterator: AsyncIterator[pb.RunJobRequest], context: Any
+    ) -> AsyncIterator[pb.RunJobResponse]:
         try:
             env = self.auth.environment(context)
         except TripwireError as exc:
@@ -58,8 +60,10 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         except TripwireError as exc:
             await context.abort(status_of(exc), exc.message)
         except TimeoutError:
-            await context.abort(status_of(InvalidArgument("hello", "")),
-                                "hello: the worker must send hello first, within the lease")
+            await context.abort(
+                status_of(InvalidArgument("hello", "")),
+                "hello: the worker must send hello first, within the lease",
+            )
         self.streams.add(stream)
         try:
             yield hello
@@ -104,8 +108,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 
 
 class WorkerStream:
-    def __init__(self, servicer: WorkerServicer, env: str,
-                 requests: AsyncIterator[pb.RunJobRequest]) -> None:
+    def __init__(
+        self, servicer: WorkerServicer, env: str, requests: AsyncIterator[pb.RunJobRequest]
+    ) -> None:
         self.servicer = servicer
         self.work = servicer.work
         self.dispatcher = servicer.dispatcher
@@ -125,9 +130,9 @@ class WorkerStream:
             raise InvalidArgument("hello", "the first message on the stream must be hello")
         hello = first.hello
         jobs = []
-        for i, job in enumerate(hello.jobs):
+        for i, message in enumerate(hello.jobs):
             try:
-                jobs.append(convert.job_from_pb(job))
+                jobs.append(convert.job_from_pb(message))
             except InvalidArgument as exc:
                 raise InvalidArgument(f"hello.jobs[{i}].trigger", exc.message) from None
         registered = await self.work.hello(self.env, hello.worker_id, jobs, hello.capacity)
@@ -142,11 +147,13 @@ class WorkerStream:
             link=self,
         )
         settings = self.servicer.settings
-        return pb.RunJobResponse(welcome=pb.Welcome(
-            session_id=self.session.id,
-            heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
-            lease_ms=int(settings.lease * 1000),
-        ))
+        return pb.RunJobResponse(
+            welcome=pb.Welcome(
+                session_id=self.session.id,
+                heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
+                lease_ms=int(settings.lease * 1000),
+            )
+        )
 
     async def serve(self) -> AsyncIterator[pb.RunJobResponse]:
         assert self.session is not None
@@ -189,8 +196,10 @@ class WorkerStream:
                 try:
                     msg = await asyncio.wait_for(anext(self.requests), self.lease)
                 except TimeoutError:
-                    log.warning("worker %s was silent for a whole lease; dropping it",
-                                self.session.worker_id if self.session else "?")
+                    log.warning(
+                        "worker %s was silent for a whole lease; dropping it",
+                        self.session.worker_id if self.session else "?",
+                    )
                     # Its runs go back now: the lease is over.
                     self.servicer.requeue_later(self.detach(), 0)
                     return
@@ -201,7 +210,7 @@ class WorkerStream:
                 if kind == "heartbeat":
                     continue
                 handler = getattr(self, f"_on_{kind}", None) if kind else None
-                if handler is None:
+                if kind is None or handler is None:
                     self._send(_rejected("", "", InvalidArgument("message", f"unexpected {kind}")))
                     continue
                 task = asyncio.create_task(handler(getattr(msg, kind)))
@@ -216,10 +225,15 @@ class WorkerStream:
         run = self.runs.get(run_id)
         session = self.session
         if run is None or session is None or not self.dispatcher.owns(session, run_id, attempt):
-            self._send(pb.RunJobResponse(abandon=pb.AbandonRun(
-                run_id=run_id, attempt=attempt,
-                reason=f"attempt {attempt} of run {run_id} is not held by this worker",
-            )))
+            self._send(
+                pb.RunJobResponse(
+                    abandon=pb.AbandonRun(
+                        run_id=run_id,
+                        attempt=attempt,
+                        reason=f"attempt {attempt} of run {run_id} is not held by this worker",
+                    )
+                )
+            )
             return None
         return run
 
@@ -242,8 +256,12 @@ class WorkerStream:
         except TripwireError as exc:
             self._send(_rejected(msg.request_id, msg.run_id, exc))
             return
-        outcome = await self._guard(msg.run_id, msg.attempt, msg.request_id,
-                                    self.work.request_task(self.env, run, msg.attempt, asked))
+        outcome = await self._guard(
+            msg.run_id,
+            msg.attempt,
+            msg.request_id,
+            self.work.request_task(self.env, run, msg.attempt, asked),
+        )
         if outcome is None:
             return
         if outcome.nondeterminism:
@@ -268,7 +286,9 @@ class WorkerStream:
         error = convert.error_from_pb(msg.error) if msg.HasField("error") else None
         output = convert.value_to_py(msg.output) if msg.HasField("output") else None
         outcome = await self._guard(
-            msg.run_id, msg.attempt, msg.request_id,
+            msg.run_id,
+            msg.attempt,
+            msg.request_id,
             self.work.complete_task(self.env, msg.run_id, msg.attempt, msg.task_id, output, error),
         )
         if outcome is not None:
@@ -278,19 +298,35 @@ class WorkerStream:
         if self._owned(msg.run_id, msg.attempt) is None:
             return
         data = convert.value_to_py(msg.data) if msg.HasField("data") else None
-        await self._guard(msg.run_id, msg.attempt, "", self.work.log(
-            self.env, msg.run_id, msg.attempt, msg.seq,
-            convert.log_level_name(msg.level) or "INFO", msg.message, data,
-        ))
+        await self._guard(
+            msg.run_id,
+            msg.attempt,
+            "",
+            self.work.log(
+                self.env,
+                msg.run_id,
+                msg.attempt,
+                msg.seq,
+                convert.log_level_name(msg.level) or "INFO",
+                msg.message,
+                data,
+            ),
+        )
 
     async def _on_run_result(self, msg: pb.RunResult) -> None:
         if self._owned(msg.run_id, msg.attempt) is None:
             return
         error = convert.error_from_pb(msg.error) if msg.HasField("error") else None
         output = convert.value_to_py(msg.output) if msg.HasField("output") else None
-        if await self._guard(msg.run_id, msg.attempt, "", self.work.finish(
-            self.env, msg.run_id, msg.attempt, output, error
-        )) is not None:
+        if (
+            await self._guard(
+                msg.run_id,
+                msg.attempt,
+                "",
+                self.work.finish(self.env, msg.run_id, msg.attempt, output, error),
+            )
+            is not None
+        ):
             self.runs.pop(msg.run_id, None)
             self.dispatcher.finished(msg.run_id)
 
@@ -307,7 +343,7 @@ class WorkerStream:
 
     async def _start_run(self, run: Run, event: Event | None) -> None:
         try:
-            tasks = []
+            tasks: list[Task] = []
             if event is None or run.attempt > 1:
                 event, tasks = await self.work.store.dispatch_context(self.env, run)
             job = await self.work.job(self.env, run.job_id, run.job_version)
@@ -338,11 +374,17 @@ class WorkerStream:
     def stop_run(self, run_id: str, attempt: int, reason: str, *, ended: bool) -> None:
         self.runs.pop(run_id, None)
         if ended:
-            self._send(pb.RunJobResponse(cancel=pb.CancelRunNotice(
-                run_id=run_id, attempt=attempt, reason=reason)))
+            self._send(
+                pb.RunJobResponse(
+                    cancel=pb.CancelRunNotice(run_id=run_id, attempt=attempt, reason=reason)
+                )
+            )
         else:
-            self._send(pb.RunJobResponse(abandon=pb.AbandonRun(
-                run_id=run_id, attempt=attempt, reason=reason)))
+            self._send(
+                pb.RunJobResponse(
+                    abandon=pb.AbandonRun(run_id=run_id, attempt=attempt, reason=reason)
+                )
+            )
 
 
 def _pages(tasks: list[Any]) -> list[list[Any]]:
@@ -365,17 +407,26 @@ def _ctx(env: str, run: Run, event: Event | None, job_id: str, version: str) -> 
         "environment": env,
     }
     if event is not None:
-        ctx["event"] = {"id": event.id, "name": event.name, "source": event.source,
-                        "context": event.context}
+        ctx["event"] = {
+            "id": event.id,
+            "name": event.name,
+            "source": event.source,
+            "context": event.context,
+        }
     if run.account_id:
         ctx["account"] = {"id": run.account_id}
     return ctx
 
 
 def _rejected(request_id: str, run_id: str, exc: TripwireError) -> pb.RunJobResponse:
-    return pb.RunJobResponse(rejected=pb.Rejected(
-        request_id=request_id, run_id=run_id, code=status_of(exc).value[0], message=exc.message,
-    ))
+    return pb.RunJobResponse(
+        rejected=pb.Rejected(
+            request_id=request_id,
+            run_id=run_id,
+            code=status_of(exc).value[0],
+            message=exc.message,
+        )
+    )
 
 
 def _task_input(msg: pb.TaskRequest) -> TaskInput:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from ..models import Event, Job, NewEvent, Page, Run
+from ..models import Event, Job, LogEntry, NewEvent, Page, Run, Task, TaskAsk
+from ..tasks import TaskOutcome
 
 
 class Store(Protocol):
@@ -35,7 +37,13 @@ class Store(Protocol):
     # Runs
     async def get_run(self, env: str, run_id: str) -> Run | None: ...
     async def list_runs(
-        self, env: str, *, job_id: str, event_id: str, status: str, limit: int,
+        self,
+        env: str,
+        *,
+        job_id: str,
+        event_id: str,
+        status: str,
+        limit: int,
         before: int | None,
     ) -> Page[Run]: ...
     async def cancel_run(self, env: str, run_id: str, now: int, reason: str) -> Run: ...
@@ -55,5 +63,52 @@ class Store(Protocol):
         self, env: str, job_id: str, event: NewEvent, now: int
     ) -> tuple[Run, bool]: ...
 
-    # Schedules
+    async def run_details(self, run_id: str) -> tuple[list[Task], list[LogEntry]]: ...
+
+    # Schedules and timers
     async def fire_schedules(self, now: int, grace_ms: int) -> list[Run]: ...
+    async def wake_due(self, now: int) -> list[Run]: ...
+    async def time_out_due(self, now: int) -> list[str]: ...
+
+    # Dispatch and the worker protocol. Every write a worker's message causes
+    # checks the fencing token (run EXECUTING at that attempt) first.
+    async def queued_runs(self) -> list[Run]: ...
+    async def requeue_orphans(self, now: int) -> int: ...
+    def claim(
+        self, run: Run, worker_id: str, max_duration_s: int, now: int
+    ) -> asyncio.Future[bool]:
+        """QUEUED -> EXECUTING at attempt + 1, ordered before any later write."""
+        ...
+
+    async def requeue(self, runs: Sequence[tuple[str, int]], now: int) -> list[Run]: ...
+    async def dispatch_context(self, env: str, run: Run) -> tuple[Event | None, list[Task]]: ...
+    async def request_task(
+        self,
+        env: str,
+        run_id: str,
+        attempt: int,
+        ask: TaskAsk,
+        job_retry: dict[str, Any] | None,
+        now: int,
+    ) -> TaskOutcome: ...
+    async def complete_task(
+        self,
+        env: str,
+        run_id: str,
+        attempt: int,
+        task_id: str,
+        output: Any,
+        error: dict[str, str] | None,
+        now: int,
+        rand: float,
+    ) -> TaskOutcome: ...
+    async def append_log(self, env: str, run_id: str, attempt: int, entry: LogEntry) -> bool: ...
+    async def finish_run(
+        self,
+        env: str,
+        run_id: str,
+        attempt: int,
+        output: Any,
+        error: dict[str, str] | None,
+        now: int,
+    ) -> Run: ...

@@ -202,5 +202,6 @@ def task_params(t: Task) -> tuple[Any, ...]:
 
 
 def log_from_row(row: Any) -> LogEntry:
-    return LogEntry(seq=row[0], level=row[1], message=row[2], data=loads_or_none(row[3]),
-                    time=row[4])
+    return LogEntry(
+        seq=row[0], level=row[1], message=row[2], data=loads_or_none(row[3]), time=row[4]
+    )

@@ -22,9 +22,8 @@ from ..errors import FailedPrecondition, NotFound
 from ..events import resend_action
 from ..hub import Hub
 from ..ids import new_run_id
-from ..matching import JobIndex, RunSpec, run_spec
+from ..matching import JobIndex, run_spec
 from ..models import (
-    ACTIVE_RUN_STATUSES,
     INTERNAL_SOURCE,
     INVOKE_EVENT,
     SCHEDULED_EVENT,
@@ -34,6 +33,7 @@ from ..models import (
     NewEvent,
     Page,
     Run,
+    RunSpec,
     RunStatus,
 )
 from . import rows
@@ -450,9 +450,12 @@ class SQLiteStore(WorkOps):
     def _refresh_head(self, tx: Tx, env: str, job_id: str, now: int) -> None:
         """Point the job at its highest version and keep its schedule in step."""
         conn = tx.conn
-        found = [r[0] for r in conn.execute(
-            "SELECT version FROM job_versions WHERE env = ? AND id = ?", (env, job_id)
-        )]
+        found = [
+            r[0]
+            for r in conn.execute(
+                "SELECT version FROM job_versions WHERE env = ? AND id = ?", (env, job_id)
+            )
+        ]
         latest_version = max(found, key=lambda v: versions.parse(v, "version"))
         head = conn.execute(
             "SELECT schedule, anchor, next_fire FROM jobs WHERE env = ? AND id = ?", (env, job_id)
@@ -695,7 +698,9 @@ def _schedule_of(job: Job) -> schedules.Schedule | None:
         )
     if kind == "interval":
         return schedules.Schedule(
-            kind="interval", seconds=int(spec.get("seconds", 0)), catch_up=bool(spec.get("catch_up"))
+            kind="interval",
+            seconds=int(spec.get("seconds", 0)),
+            catch_up=bool(spec.get("catch_up")),
         )
     return None
 
@@ -705,7 +710,7 @@ def _dt(ms: int) -> datetime:
 
 
 def _ms(when: datetime) -> int:
-    return int(round(when.timestamp() * 1000))
+    return round(when.timestamp() * 1000)
 
 
 def _td(ms: int) -> timedelta:

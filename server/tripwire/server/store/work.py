@@ -109,7 +109,8 @@ class WorkOps:
             for run_id, attempt in runs:
                 row = tx.conn.execute(
                     "UPDATE runs SET status = 'QUEUED', worker_id = NULL, updated_at = ? "
-                    f"WHERE id = ? AND attempt = ? AND status = 'EXECUTING' RETURNING {RUN_COLUMNS}",
+                    "WHERE id = ? AND attempt = ? AND status = 'EXECUTING' "
+                    f"RETURNING {RUN_COLUMNS}",
                     (now, run_id, attempt),
                 ).fetchone()
                 if row is not None:
@@ -171,7 +172,12 @@ class WorkOps:
     # -- tasks ------------------------------------------------------------------
 
     async def request_task(
-        self, env: str, run_id: str, attempt: int, ask: TaskAsk, job_retry: dict[str, Any] | None,
+        self,
+        env: str,
+        run_id: str,
+        attempt: int,
+        ask: TaskAsk,
+        job_retry: dict[str, Any] | None,
         now: int,
     ) -> TaskOutcome:
         return await self._write(
@@ -179,8 +185,14 @@ class WorkOps:
         )
 
     def _request_task(
-        self, tx: Tx, env: str, run_id: str, attempt: int, ask: TaskAsk,
-        job_retry: dict[str, Any] | None, now: int,
+        self,
+        tx: Tx,
+        env: str,
+        run_id: str,
+        attempt: int,
+        ask: TaskAsk,
+        job_retry: dict[str, Any] | None,
+        now: int,
     ) -> TaskOutcome:
         conn = tx.conn
         run = self._fenced(conn, env, run_id, attempt)
@@ -195,9 +207,17 @@ class WorkOps:
             "SELECT COALESCE(MAX(position), 0) + 1 FROM tasks WHERE run_id = ?", (run_id,)
         ).fetchone()[0]
         task = Task(
-            id=new_task_id(), run_id=run_id, parent_id=ask.parent_id, key=ask.key,
-            idempotency_key=idem, kind=ask.kind, status=TaskStatus.RUNNING, position=position,
-            name=ask.name or ask.key, params=ask.params, started_at=now,
+            id=new_task_id(),
+            run_id=run_id,
+            parent_id=ask.parent_id,
+            key=ask.key,
+            idempotency_key=idem,
+            kind=ask.kind,
+            status=TaskStatus.RUNNING,
+            position=position,
+            name=ask.name or ask.key,
+            params=ask.params,
+            started_at=now,
             retry=ask.retry if ask.retry is not None else job_retry,
         )
         outcome = TaskOutcome(task, run)
@@ -224,8 +244,9 @@ class WorkOps:
                 f"task {ask.key!r} was a {task.kind.value} task in an earlier execution, "
                 f"now {ask.kind.value}: the handler is not deterministic"
             )
-            self._finish(tx, run, None, {"type": "NondeterminismError", "message": message,
-                                         "stack": ""}, now)
+            self._finish(
+                tx, run, None, {"type": "NondeterminismError", "message": message, "stack": ""}, now
+            )
             return TaskOutcome(task, run, nondeterminism=message)
         if task.status is TaskStatus.WAITING:
             if task.kind is TaskKind.WAIT and (task.retry_at or 0) > now:
@@ -253,17 +274,28 @@ class WorkOps:
             "UPDATE tasks SET status = ?, attempts = ?, output = ?, error = ?, started_at = ?, "
             "completed_at = ?, retry_at = ? WHERE id = ?",
             (
-                task.status.value, task.attempts,
+                task.status.value,
+                task.attempts,
                 None if task.output is None else dumps(task.output),
                 None if task.error is None else dumps(task.error),
-                task.started_at, task.completed_at, task.retry_at, task.id,
+                task.started_at,
+                task.completed_at,
+                task.retry_at,
+                task.id,
             ),
         )
         tx.after_commit(lambda: self.hub.changed([task.run_id]))
 
     async def complete_task(
-        self, env: str, run_id: str, attempt: int, task_id: str, output: Any,
-        error: dict[str, str] | None, now: int, rand: float,
+        self,
+        env: str,
+        run_id: str,
+        attempt: int,
+        task_id: str,
+        output: Any,
+        error: dict[str, str] | None,
+        now: int,
+        rand: float,
     ) -> TaskOutcome:
         def op(tx: Tx) -> TaskOutcome:
             run = self._fenced(tx.conn, env, run_id, attempt)
@@ -295,9 +327,7 @@ class WorkOps:
 
     # -- logs and results -------------------------------------------------------
 
-    async def append_log(
-        self, env: str, run_id: str, attempt: int, entry: LogEntry
-    ) -> bool:
+    async def append_log(self, env: str, run_id: str, attempt: int, entry: LogEntry) -> bool:
         def op(tx: Tx) -> bool:
             self._fenced(tx.conn, env, run_id, attempt)
             level = tx.conn.execute(
@@ -310,8 +340,14 @@ class WorkOps:
             cursor = tx.conn.execute(
                 "INSERT OR IGNORE INTO logs (run_id, seq, level, message, data, time) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, entry.seq, entry.level, entry.message,
-                 None if entry.data is None else dumps(entry.data), entry.time),
+                (
+                    run_id,
+                    entry.seq,
+                    entry.level,
+                    entry.message,
+                    None if entry.data is None else dumps(entry.data),
+                    entry.time,
+                ),
             )
             if cursor.rowcount:
                 tx.after_commit(lambda: self.hub.changed([run_id]))
@@ -320,7 +356,12 @@ class WorkOps:
         return await self._write(op)
 
     async def finish_run(
-        self, env: str, run_id: str, attempt: int, output: Any, error: dict[str, str] | None,
+        self,
+        env: str,
+        run_id: str,
+        attempt: int,
+        output: Any,
+        error: dict[str, str] | None,
         now: int,
     ) -> Run:
         def op(tx: Tx) -> Run:
@@ -339,8 +380,14 @@ class WorkOps:
         tx.conn.execute(
             "UPDATE runs SET status = ?, output = ?, error = ?, completed_at = ?, updated_at = ?, "
             f"worker_id = NULL WHERE id = ? AND status IN {_ACTIVE}",
-            (run.status.value, None if output is None else dumps(output),
-             None if error is None else dumps(error), now, now, run.id),
+            (
+                run.status.value,
+                None if output is None else dumps(output),
+                None if error is None else dumps(error),
+                now,
+                now,
+                run.id,
+            ),
         )
         tx.after_commit(lambda: self.hub.released([run.id], stop_worker=False))
 
@@ -389,8 +436,14 @@ class WorkOps:
                     (now,),
                 )
             ]
-            self._end_runs(tx, ids, RunStatus.TIMED_OUT, now, "TimeoutError",
-                           "the run exceeded the job's max_duration_seconds")
+            self._end_runs(
+                tx,
+                ids,
+                RunStatus.TIMED_OUT,
+                now,
+                "TimeoutError",
+                "the run exceeded the job's max_duration_seconds",
+            )
             return ids
 
         return await self._write(op)
@@ -408,16 +461,24 @@ def _event_json(event: Event) -> dict[str, Any]:
     def iso(ms: int | None) -> str | None:
         if ms is None:
             return None
-        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")[
-            :-6
-        ] + "Z"
+        return (
+            datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+        )
 
     out = {
-        "id": event.id, "name": event.name, "source": event.source, "payload": event.payload,
-        "context": event.context, "timestamp": iso(event.timestamp),
-        "deliverAt": iso(event.deliver_at), "deliveredAt": iso(event.delivered_at),
-        "status": f"EVENT_STATUS_{event.status.value}", "deduplicated": event.deduplicated,
-        "runs": [{"id": r.id, "jobId": r.job_id, "status": f"RUN_STATUS_{r.status.value}"}
-                 for r in event.runs],
+        "id": event.id,
+        "name": event.name,
+        "source": event.source,
+        "payload": event.payload,
+        "context": event.context,
+        "timestamp": iso(event.timestamp),
+        "deliverAt": iso(event.deliver_at),
+        "deliveredAt": iso(event.delivered_at),
+        "status": f"EVENT_STATUS_{event.status.value}",
+        "deduplicated": event.deduplicated,
+        "runs": [
+            {"id": r.id, "jobId": r.job_id, "status": f"RUN_STATUS_{r.status.value}"}
+            for r in event.runs
+        ],
     }
     return {k: v for k, v in out.items() if v is not None}

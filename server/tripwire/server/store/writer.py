@@ -116,10 +116,10 @@ class Writer:
                 outcomes.append((result, None))
         try:
             conn.execute("COMMIT")
-        except BaseException as exc:
+        except BaseException as failure:
             log.exception("commit failed; the batch of %d operations is lost", len(batch))
             conn.rollback()
-            outcomes = [(None, exc)] * len(batch)
+            outcomes = [(None, failure)] * len(batch)
             tx._after.clear()
         for callback in tx._after:
             try:
@@ -127,8 +127,8 @@ class Writer:
             except Exception:
                 log.exception("after-commit hook failed")
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
-        for (_, future, loop), (result, exc) in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(loop, []).append((future, result, exc))
+        for (_, future, loop), (result, error) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(loop, []).append((future, result, error))
         for loop, answers in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_resolve, answers)
