@@ -1,0 +1,216 @@
+"""Cron and interval schedules: planned fire times, and what to fire after a delay.
+
+Every function is pure: the clock is an argument. All datetimes are timezone-aware and
+returned in UTC; a cron expression is evaluated on the wall clock of its time zone.
+
+Planned times of a cron schedule are croniter's: an instant is planned when its local
+wall-clock time matches the expression. Around daylight-saving changes that means a
+time inside the skipped hour fires at the moment the clocks jump forward, and a time
+inside the repeated hour fires at both of its instants (croniter's `match`, `get_next`
+and `get_prev` agree on this, which `decide` relies on).
+
+Interval planned times are `anchor + k * seconds` for k >= 1; the anchor (the time the
+schedule was registered) is stored, so restarts do not shift the grid.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterError, croniter
+
+from .errors import InvalidArgument
+
+MAX_INTERVAL_SECONDS = 31_536_000  # one year
+MAX_MISSED_COUNT = 1000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+# croniter's hashed ("H") and random ("R") fields pick a value per iterator instance,
+# which would move the planned times between calls; only plain cron is accepted.
+_NONDETERMINISTIC = re.compile(r"^[hr](?:$|[(/])", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: Literal["cron", "interval"]
+    cron: str = ""
+    timezone: str = ""
+    seconds: int = 0
+    catch_up: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a schedule whose next planned time has come.
+
+    `fire_at`: the planned time to fire now, or None when every due tick is skipped.
+    `next_fire`: the next planned time, always after `now`.
+    `missed`: due ticks that are not fired (capped at MAX_MISSED_COUNT for cron).
+    """
+
+    fire_at: datetime | None
+    next_fire: datetime
+    missed: int
+
+
+def validate(schedule: Schedule, field: str) -> None:
+    """Raise InvalidArgument naming `field.cron`, `field.timezone` or `field.seconds`."""
+    if schedule.kind == "interval":
+        if not 1 <= schedule.seconds <= MAX_INTERVAL_SECONDS:
+            raise InvalidArgument(
+                f"{field}.seconds",
+                f"must be between 1 and {MAX_INTERVAL_SECONDS} (one year), got {schedule.seconds}",
+            )
+        return
+    if schedule.kind != "cron":
+        raise InvalidArgument(f"{field}.kind", f"unknown schedule kind {schedule.kind!r}")
+    tz = _validate_timezone(schedule.timezone, f"{field}.timezone")
+    _validate_cron(schedule.cron, tz, f"{field}.cron")
+
+
+def _validate_timezone(name: str, field: str) -> ZoneInfo:
+    if not name:
+        return ZoneInfo("UTC")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # ValueError and OSError: names that are paths ("../x", "/etc", "Europe").
+        raise InvalidArgument(
+            field, f"{name!r} is not an IANA time zone name (e.g. 'Europe/Paris')"
+        ) from None
+
+
+def _validate_cron(expr: str, tz: ZoneInfo, field: str) -> None:
+    fields = expr.split()
+    if len(fields) != 5:
+        raise InvalidArgument(
+            field,
+            f"{expr!r} has {len(fields)} fields; expected 5 (minute hour day-of-month month "
+            f"day-of-week), e.g. '0 9 * * 1-5'",
+        )
+    for part in ",".join(fields).split(","):
+        if _NONDETERMINISTIC.match(part):
+            raise InvalidArgument(field, f"{expr!r}: hashed/random fields (H, R) are not supported")
+    try:
+        # A syntactically valid expression can still never match (e.g. 30 February).
+        croniter(expr, datetime(2000, 1, 1, tzinfo=tz)).get_next(datetime)
+    except CroniterError as exc:
+        raise InvalidArgument(field, f"{expr!r} is not a valid cron expression: {exc}") from None
+
+
+def _zone(schedule: Schedule) -> ZoneInfo:
+    return ZoneInfo(schedule.timezone or "UTC")
+
+
+def _require_aware(*moments: datetime) -> None:
+    for m in moments:
+        if m.tzinfo is None or m.utcoffset() is None:
+            raise ValueError(f"naive datetime {m!r}; pass a timezone-aware one")
+
+
+def _cron_next(schedule: Schedule, after: datetime) -> datetime:
+    it = croniter(schedule.cron, after.astimezone(_zone(schedule)))
+    result: datetime = it.get_next(datetime)
+    return result.astimezone(UTC)
+
+
+def next_after(schedule: Schedule, after: datetime, anchor: datetime) -> datetime:
+    """The first planned time strictly after `after`."""
+    _require_aware(after, anchor)
+    if schedule.kind == "interval":
+        step = timedelta(seconds=schedule.seconds)
+        k = max((after - anchor) // step + 1, 1)
+        return (anchor + k * step).astimezone(UTC)
+    return _cron_next(schedule, after)
+
+
+def first_fire(schedule: Schedule, registered_at: datetime) -> datetime:
+    """The first planned time of a schedule registered at `registered_at`."""
+    return next_after(schedule, registered_at, anchor=registered_at)
+
+
+def _latest(schedule: Schedule, now: datetime, anchor: datetime) -> datetime | None:
+    """The last planned time <= now (None when there is none yet)."""
+    if schedule.kind == "interval":
+        step = timedelta(seconds=schedule.seconds)
+        k = (now - anchor) // step
+        return (anchor + k * step).astimezone(UTC) if k >= 1 else None
+    it = croniter(schedule.cron, now.astimezone(_zone(schedule)))
+    found: datetime = it.get_prev(datetime).astimezone(UTC)
+    # get_prev is strictly before `now`, so `now` itself may be the tick; stepping forward
+    # with next_after also keeps this consistent with next_after whatever croniter does.
+    while (following := _cron_next(schedule, found)) <= now:
+        found = following
+    return found
+
+
+def _count_due(schedule: Schedule, first: datetime, last: datetime, anchor: datetime) -> int:
+    """How many planned times lie in [first, last], capped just above MAX_MISSED_COUNT."""
+    if schedule.kind == "interval":
+        step = timedelta(seconds=schedule.seconds)
+        k_first = max(-((anchor - first) // step), 1)  # ceil((first - anchor) / step)
+        k_last = (last - anchor) // step
+        return max(k_last - k_first + 1, 0)
+    count = 0
+    t = next_after(schedule, first - timedelta(microseconds=1), anchor)
+    while t <= last and count <= MAX_MISSED_COUNT:
+        count += 1
+        t = next_after(schedule, t, anchor)
+    return count
+
+
+def decide(
+    schedule: Schedule, next_fire: datetime, now: datetime, anchor: datetime, grace: timedelta
+) -> Decision | None:
+    """What to fire at `now`, given the stored `next_fire`; None when it is not due yet.
+
+    Of all due ticks only the latest may fire: on time or within `grace` of it, or at any
+    delay with `catch_up`. Older ones are skipped, as in v2, so a long downtime never
+    produces a burst. The returned `next_fire` is after `now`, so applying `decide`
+    again with the returned value never fires the same tick twice.
+    """
+    _require_aware(next_fire, now, anchor)
+    if next_fire > now:
+        return None
+    latest = _latest(schedule, now, anchor)
+    if latest is None or latest < next_fire:
+        # Nothing planned in [next_fire, now]: next_fire was not on the grid (the schedule
+        # changed under it). Move it onto the grid without firing anything.
+        return Decision(fire_at=None, next_fire=next_after(schedule, now, anchor), missed=0)
+    fire = schedule.catch_up or now - latest <= grace
+    due = _count_due(schedule, next_fire, latest, anchor)
+    missed = due - 1 if fire else due
+    if schedule.kind == "cron":
+        missed = min(missed, MAX_MISSED_COUNT)
+    return Decision(
+        fire_at=latest if fire else None,
+        next_fire=next_after(schedule, latest, anchor),
+        missed=missed,
+    )
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the Unix epoch, rounded down like a JavaScript Date."""
+    return (moment - _EPOCH) // _MS
+
+
+def scheduled_event_id(job_id: str, planned: datetime) -> str:
+    """The id of the event of one planned fire; the same tick always gets the same id."""
+    return f"{job_id}:{epoch_ms(planned)}"
+
+
+def _iso_ms(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def scheduled_payload(planned: datetime, last: datetime | None) -> dict[str, Any]:
+    """`{"ts": planned, "lastTimestamp": last}` as ISO-8601 UTC strings, v2's payload."""
+    payload: dict[str, Any] = {"ts": _iso_ms(planned)}
+    if last is not None:
+        payload["lastTimestamp"] = _iso_ms(last)
+    return payload

@@ -1,0 +1,433 @@
+"""Schedules: planned times of cron and interval triggers, and what fires after a delay."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+from croniter import croniter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tripwire.server.errors import InvalidArgument
+from tripwire.server.schedules import (
+    MAX_MISSED_COUNT,
+    Decision,
+    Schedule,
+    decide,
+    first_fire,
+    next_after,
+    scheduled_event_id,
+    scheduled_payload,
+    validate,
+)
+
+
+def utc(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0, us: int = 0) -> datetime:
+    return datetime(y, mo, d, h, mi, s, us, tzinfo=UTC)
+
+
+def cron(expr: str, tz: str = "", catch_up: bool = False) -> Schedule:
+    return Schedule(kind="cron", cron=expr, timezone=tz, catch_up=catch_up)
+
+
+def every(seconds: int, catch_up: bool = False) -> Schedule:
+    return Schedule(kind="interval", seconds=seconds, catch_up=catch_up)
+
+
+ANCHOR = utc(2024, 1, 1, 10, 0)
+SEC = timedelta(seconds=1)
+
+
+def is_planned(schedule: Schedule, t: datetime, anchor: datetime) -> bool:
+    if schedule.kind == "interval":
+        return t > anchor and (t - anchor) % timedelta(seconds=schedule.seconds) == timedelta(0)
+    local = t.astimezone(ZONES[schedule.timezone])
+    return t.second == t.microsecond == 0 and bool(croniter.match(schedule.cron, local))
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        cron("* * * * *"),
+        cron("0 9 * * 1-5", "Europe/Paris"),
+        cron("0 0 29 2 *"),
+        cron("*/15 8-18 * jan,mar mon-fri", "America/New_York"),
+        cron("0 0 * * thu"),
+        cron("0 0 L * *"),
+        cron("  0   0 * * *  ", "UTC"),
+        every(1),
+        every(31_536_000),
+    ],
+    ids=lambda s: f"{s.kind}:{s.cron or s.seconds}:{s.timezone}",
+)
+def test_validate_accepts(schedule: Schedule) -> None:
+    validate(schedule, "job.trigger")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "path", "words"),
+    [
+        (cron(""), "job.trigger.cron", "has 0 fields"),
+        (cron("* * * *"), "job.trigger.cron", "has 4 fields"),
+        (cron("0 * * * * *"), "job.trigger.cron", "has 6 fields"),
+        (cron("0 0 * * * * 2030"), "job.trigger.cron", "has 7 fields"),
+        (cron("@daily"), "job.trigger.cron", "has 1 fields"),
+        (cron("61 * * * *"), "job.trigger.cron", "not a valid cron"),
+        (cron("*/0 * * * *"), "job.trigger.cron", "not a valid cron"),
+        (cron("0 0 * * 8"), "job.trigger.cron", "not a valid cron"),
+        (cron("a b c d e"), "job.trigger.cron", "not a valid cron"),
+        (cron("0 0 31 2 *"), "job.trigger.cron", "not a valid cron"),
+        (cron("H * * * *"), "job.trigger.cron", "H, R"),
+        (cron("0 R * * *"), "job.trigger.cron", "H, R"),
+        (cron("0 0 * * *", "Mars/Olympus"), "job.trigger.timezone", "IANA"),
+        (cron("0 0 * * *", "../../etc/passwd"), "job.trigger.timezone", "IANA"),
+        (cron("0 0 * * *", "/etc/localtime"), "job.trigger.timezone", "IANA"),
+        (cron("0 0 * * *", "Europe"), "job.trigger.timezone", "IANA"),
+        (every(0), "job.trigger.seconds", "between 1 and"),
+        (every(-5), "job.trigger.seconds", "between 1 and"),
+        (every(31_536_001), "job.trigger.seconds", "between 1 and"),
+    ],
+    ids=lambda x: x if isinstance(x, str) and x.startswith("job") else None,
+)
+def test_validate_rejects(schedule: Schedule, path: str, words: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate(schedule, "job.trigger")
+    assert info.value.field == path
+    assert words in str(info.value)
+
+
+# --- next_after ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "tz", "after", "expected"),
+    [
+        ("*/15 * * * *", "", utc(2024, 1, 1, 10, 7), utc(2024, 1, 1, 10, 15)),
+        ("*/15 * * * *", "", utc(2024, 1, 1, 10, 15), utc(2024, 1, 1, 10, 30)),
+        ("*/15 * * * *", "", utc(2024, 1, 1, 10, 14, 59, 999999), utc(2024, 1, 1, 10, 15)),
+        ("*/15 * * * *", "", utc(2024, 1, 1, 10, 15, 0, 1), utc(2024, 1, 1, 10, 30)),
+        ("0 9 * * 1-5", "", utc(2024, 1, 5, 9), utc(2024, 1, 8, 9)),  # Friday -> Monday
+        ("0 0 29 2 *", "", utc(2024, 3, 1), utc(2028, 2, 29)),
+        ("0 0 1 1 *", "", utc(2024, 12, 31, 23, 59, 59), utc(2025, 1, 1)),
+        ("0 9 * * *", "Europe/Paris", utc(2024, 1, 15), utc(2024, 1, 15, 8)),  # CET
+        ("0 9 * * *", "Europe/Paris", utc(2024, 7, 15), utc(2024, 7, 15, 7)),  # CEST
+        # Spring forward in Paris (02:00 -> 03:00 on 2024-03-31): a time in the gap fires
+        # at the jump, and only that day.
+        ("30 2 * * *", "Europe/Paris", utc(2024, 3, 30, 12), utc(2024, 3, 31, 1)),
+        ("30 2 * * *", "Europe/Paris", utc(2024, 3, 31, 1), utc(2024, 4, 1, 0, 30)),
+        ("0 * * * *", "Europe/Paris", utc(2024, 3, 31, 0, 30), utc(2024, 3, 31, 1)),
+        ("0 * * * *", "Europe/Paris", utc(2024, 3, 31, 1), utc(2024, 3, 31, 2)),
+        # Fall back in Paris (03:00 -> 02:00 on 2024-10-27): 02:30 happens twice.
+        ("30 2 * * *", "Europe/Paris", utc(2024, 10, 26, 12), utc(2024, 10, 27, 0, 30)),
+        ("30 2 * * *", "Europe/Paris", utc(2024, 10, 27, 0, 30), utc(2024, 10, 27, 1, 30)),
+        ("30 2 * * *", "Europe/Paris", utc(2024, 10, 27, 1, 30), utc(2024, 10, 28, 1, 30)),
+        # New York: 09:00 is 14:00Z in EST and 13:00Z in EDT (from 2024-03-10).
+        ("0 9 * * *", "America/New_York", utc(2024, 3, 8, 20), utc(2024, 3, 9, 14)),
+        ("0 9 * * *", "America/New_York", utc(2024, 3, 9, 20), utc(2024, 3, 10, 13)),
+        ("30 1 * * *", "America/New_York", utc(2024, 11, 3), utc(2024, 11, 3, 5, 30)),
+        ("30 1 * * *", "America/New_York", utc(2024, 11, 3, 5, 30), utc(2024, 11, 3, 6, 30)),
+        ("0 12 * * *", "Asia/Kolkata", utc(2024, 6, 1), utc(2024, 6, 1, 6, 30)),
+    ],
+)
+def test_cron_next_after(expr: str, tz: str, after: datetime, expected: datetime) -> None:
+    got = next_after(cron(expr, tz), after, ANCHOR)
+    assert got == expected
+    assert got.tzinfo is UTC
+
+
+def test_next_after_accepts_any_aware_datetime_and_returns_utc() -> None:
+    paris_noon = datetime(2024, 1, 15, 12, tzinfo=timezone(timedelta(hours=1)))
+    got = next_after(cron("0 * * * *"), paris_noon, ANCHOR)
+    assert got == utc(2024, 1, 15, 12)
+    assert got.tzinfo is UTC
+
+
+def test_naive_datetimes_are_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        next_after(every(60), datetime(2024, 1, 1), ANCHOR)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "after", "expected"),
+    [
+        (60, ANCHOR, ANCHOR + 60 * SEC),  # k >= 1: the anchor itself is not planned
+        (60, ANCHOR - timedelta(days=3), ANCHOR + 60 * SEC),
+        (60, ANCHOR + 59.999 * SEC, ANCHOR + 60 * SEC),
+        (60, ANCHOR + 60 * SEC, ANCHOR + 120 * SEC),
+        (60, ANCHOR + 61 * SEC, ANCHOR + 120 * SEC),
+        (7, ANCHOR + timedelta(days=365), ANCHOR + (365 * 86400 // 7 + 1) * 7 * SEC),
+        (31_536_000, ANCHOR, ANCHOR + 31_536_000 * SEC),
+    ],
+)
+def test_interval_next_after(seconds: int, after: datetime, expected: datetime) -> None:
+    assert next_after(every(seconds), after, ANCHOR) == expected
+
+
+def test_interval_keeps_the_anchors_sub_second_offset() -> None:
+    anchor = utc(2024, 1, 1, 10, 0, 0, 123456)
+    assert next_after(every(30), utc(2024, 1, 1, 10, 5), anchor) == utc(
+        2024, 1, 1, 10, 5, 0, 123456
+    )
+
+
+def test_first_fire() -> None:
+    assert first_fire(every(20), ANCHOR) == ANCHOR + 20 * SEC
+    assert first_fire(cron("0 * * * *"), ANCHOR) == ANCHOR + timedelta(hours=1)
+    assert first_fire(cron("0 * * * *"), ANCHOR + SEC) == ANCHOR + timedelta(hours=1)
+
+
+# --- decide ---------------------------------------------------------------------------------
+
+GRACE = timedelta(seconds=10)
+T = ANCHOR
+
+
+@pytest.mark.parametrize(
+    ("schedule", "next_fire", "now", "expected"),
+    [
+        pytest.param(every(60), T + 60 * SEC, T + 59 * SEC, None, id="not due"),
+        pytest.param(
+            every(60),
+            T + 60 * SEC,
+            T + 60 * SEC,
+            Decision(T + 60 * SEC, T + 120 * SEC, 0),
+            id="on time",
+        ),
+        pytest.param(
+            every(60),
+            T + 60 * SEC,
+            T + 70 * SEC,
+            Decision(T + 60 * SEC, T + 120 * SEC, 0),
+            id="late within grace",
+        ),
+        pytest.param(
+            every(60),
+            T + 60 * SEC,
+            T + 71 * SEC,
+            Decision(None, T + 120 * SEC, 1),
+            id="late beyond grace",
+        ),
+        pytest.param(
+            every(60),
+            T + 60 * SEC,
+            T + 3605 * SEC,
+            Decision(T + 3600 * SEC, T + 3660 * SEC, 59),
+            id="downtime, latest within grace",
+        ),
+        pytest.param(
+            every(60),
+            T + 60 * SEC,
+            T + 3630 * SEC,
+            Decision(None, T + 3660 * SEC, 60),
+            id="downtime skips everything",
+        ),
+        pytest.param(
+            every(60, catch_up=True),
+            T + 60 * SEC,
+            T + 3630 * SEC,
+            Decision(T + 3600 * SEC, T + 3660 * SEC, 59),
+            id="downtime with catch-up fires the last tick",
+        ),
+        pytest.param(
+            every(60),
+            T + 90 * SEC,
+            T + 100 * SEC,
+            Decision(None, T + 120 * SEC, 0),
+            id="next_fire off the grid",
+        ),
+        pytest.param(
+            cron("0 * * * *"),
+            utc(2024, 1, 1, 10),
+            utc(2024, 1, 1, 10),
+            Decision(utc(2024, 1, 1, 10), utc(2024, 1, 1, 11), 0),
+            id="cron exactly on the tick",
+        ),
+        pytest.param(
+            cron("0 * * * *"),
+            utc(2024, 1, 1, 10),
+            utc(2024, 1, 1, 10, 0, 9),
+            Decision(utc(2024, 1, 1, 10), utc(2024, 1, 1, 11), 0),
+            id="cron late within grace",
+        ),
+        pytest.param(
+            cron("0 * * * *"),
+            utc(2024, 1, 1, 10),
+            utc(2024, 1, 1, 13, 30),
+            Decision(None, utc(2024, 1, 1, 14), 4),
+            id="cron downtime",
+        ),
+        pytest.param(
+            cron("0 * * * *", catch_up=True),
+            utc(2024, 1, 1, 10),
+            utc(2024, 1, 1, 13, 30),
+            Decision(utc(2024, 1, 1, 13), utc(2024, 1, 1, 14), 3),
+            id="cron downtime with catch-up",
+        ),
+        pytest.param(
+            cron("* * * * *"),
+            utc(2024, 1, 1),
+            utc(2024, 1, 10),
+            Decision(utc(2024, 1, 10), utc(2024, 1, 10, 0, 1), MAX_MISSED_COUNT),
+            id="cron missed count is capped",
+        ),
+        pytest.param(
+            cron("30 2 * * *", "Europe/Paris"),
+            utc(2024, 10, 27, 0, 30),
+            utc(2024, 10, 27, 1, 30),
+            Decision(utc(2024, 10, 27, 1, 30), utc(2024, 10, 28, 1, 30), 1),
+            id="cron repeated hour",
+        ),
+    ],
+)
+def test_decide(
+    schedule: Schedule, next_fire: datetime, now: datetime, expected: Decision | None
+) -> None:
+    assert decide(schedule, next_fire, now, ANCHOR, GRACE) == expected
+
+
+# --- event id and payload -------------------------------------------------------------------
+
+
+def test_scheduled_event_id() -> None:
+    assert scheduled_event_id("daily-report", utc(2024, 1, 1)) == "daily-report:1704067200000"
+    assert scheduled_event_id("j", utc(2024, 1, 1, 0, 0, 0, 1999)) == "j:1704067200001"
+    assert scheduled_event_id("j", utc(1970, 1, 1)) == "j:0"
+
+
+def test_scheduled_payload() -> None:
+    assert scheduled_payload(utc(2024, 1, 1, 10, 0, 0, 123456), None) == {
+        "ts": "2024-01-01T10:00:00.123Z"
+    }
+    plus_two = timezone(timedelta(hours=2))
+    assert scheduled_payload(utc(2024, 1, 1, 10), datetime(2024, 1, 1, 11, tzinfo=plus_two)) == {
+        "ts": "2024-01-01T10:00:00.000Z",
+        "lastTimestamp": "2024-01-01T09:00:00.000Z",
+    }
+
+
+# --- properties -------------------------------------------------------------------------------
+
+ZONES = {
+    name: ZoneInfo(name or "UTC")
+    for name in [
+        "",
+        "Europe/Paris",
+        "America/New_York",
+        "Australia/Lord_Howe",
+        "Asia/Kolkata",
+        "Pacific/Chatham",
+    ]
+}
+EXPRESSIONS = [
+    "* * * * *",
+    "*/7 * * * *",
+    "0 * * * *",
+    "30 2 * * *",
+    "15 1,2,3 * * *",
+    "0 9 * * 1-5",
+    "45 23 L * *",
+    "0 0 1 */3 *",
+]
+# Instants near daylight-saving changes, where cron arithmetic usually breaks.
+TRANSITIONS = [
+    utc(2024, 3, 31, 1),
+    utc(2024, 10, 27, 1),
+    utc(2024, 3, 10, 7),
+    utc(2024, 11, 3, 6),
+    utc(2024, 4, 6, 15),
+    utc(2024, 10, 5, 15),
+    utc(2024, 4, 6, 14),
+    utc(2024, 9, 28, 14),
+]
+MOMENTS = st.one_of(
+    st.builds(
+        lambda base, offset: base + timedelta(microseconds=offset),
+        st.sampled_from(TRANSITIONS),
+        st.integers(-2 * 86400 * 10**6, 2 * 86400 * 10**6),
+    ),
+    st.builds(
+        lambda base, minutes: base + timedelta(minutes=minutes),
+        st.sampled_from(TRANSITIONS),
+        st.integers(-3000, 3000),
+    ),
+    st.datetimes(datetime(2020, 1, 1), datetime(2030, 1, 1), timezones=st.just(UTC)),
+)
+CRONS = st.builds(cron, st.sampled_from(EXPRESSIONS), st.sampled_from(sorted(ZONES)), st.booleans())
+INTERVALS = st.builds(every, st.integers(1, 200_000), st.booleans())
+SCHEDULES = st.one_of(CRONS, INTERVALS)
+FAST = settings(max_examples=150, deadline=None)
+
+
+@FAST
+@given(SCHEDULES, MOMENTS, MOMENTS)
+def test_next_after_is_the_next_planned_time(
+    schedule: Schedule, after: datetime, anchor: datetime
+) -> None:
+    got = next_after(schedule, after, anchor)
+    assert got > after
+    assert got.tzinfo is UTC
+    assert is_planned(schedule, got, anchor)
+    if schedule.kind == "interval":
+        # The first one: one step earlier is not after `after` (or not after the anchor).
+        earlier = got - timedelta(seconds=schedule.seconds)
+        assert earlier <= after or earlier <= anchor
+    # Nothing planned is skipped: from just before `got`, `got` comes next.
+    assert next_after(schedule, got - timedelta(microseconds=1), anchor) == got
+
+
+@FAST
+@given(SCHEDULES, MOMENTS, st.integers(0, 10**6), st.integers(0, 3600))
+def test_decide_fires_the_past_and_plans_the_future(
+    schedule: Schedule, anchor: datetime, delay_s: int, grace_s: int
+) -> None:
+    next_fire = first_fire(schedule, anchor)
+    now = next_fire + timedelta(seconds=delay_s)
+    decision = decide(schedule, next_fire, now, anchor, timedelta(seconds=grace_s))
+    assert decision is not None
+    assert decision.next_fire > now
+    assert is_planned(schedule, decision.next_fire, anchor)
+    assert decision.missed >= 0
+    if decision.fire_at is not None:
+        assert next_fire <= decision.fire_at <= now
+        assert decision.next_fire > decision.fire_at
+        assert is_planned(schedule, decision.fire_at, anchor)
+        assert schedule.catch_up or now - decision.fire_at <= timedelta(seconds=grace_s)
+    elif schedule.catch_up:
+        raise AssertionError("catch-up must fire the latest due tick")
+    assert decide(schedule, decision.next_fire, now, anchor, timedelta(seconds=grace_s)) is None
+
+
+STEPS = st.lists(st.one_of(st.integers(1, 120), st.integers(1, 3 * 86400)), min_size=1, max_size=25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(SCHEDULES, MOMENTS, STEPS, st.integers(0, 600))
+def test_an_advancing_clock_never_fires_a_tick_twice(
+    schedule: Schedule, anchor: datetime, steps: list[int], grace_s: int
+) -> None:
+    grace = timedelta(seconds=grace_s)
+    next_fire = first_fire(schedule, anchor)
+    now = anchor
+    fires: list[datetime] = []
+    missed = 0
+    for step in steps:
+        now += timedelta(seconds=step)
+        decision = decide(schedule, next_fire, now, anchor, grace)
+        if decision is None:
+            assert next_fire > now
+            continue
+        if decision.fire_at is not None:
+            assert decision.fire_at <= now
+            fires.append(decision.fire_at)
+        missed += decision.missed
+        next_fire = decision.next_fire
+    assert fires == sorted(set(fires))
+    assert all(is_planned(schedule, t, anchor) for t in fires)
+    if schedule.kind == "interval":
+        # Every planned tick before next_fire was either fired or counted as missed.
+        ticks = (next_fire - anchor) // timedelta(seconds=schedule.seconds) - 1
+        assert len(fires) + missed == ticks
