@@ -20,6 +20,7 @@ from tripwire.client import (
     event_trigger,
     invoke_trigger,
 )
+from tripwire.client.worker import Backoff
 from tripwire.server.app import Server
 
 from ..conftest import FakeClock, StartServer, eventually
@@ -253,3 +254,38 @@ async def test_log_lines_sent_just_before_the_result_are_all_kept(client: Client
     assert done.status == "SUCCESS", done.error
     logs = (await client.aio.get_run(run.id)).logs
     assert [(log.seq, log.message) for log in logs] == [(n + 1, f"line {n}") for n in range(20)]
+
+
+async def test_a_server_shutdown_drains_the_worker_which_finishes_its_run(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    client = Client("sdk-tests", url=server.address)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @client.define_job(id="long", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        started.set()
+        await release.wait()
+        return "finished while draining"
+
+    worker = Worker(client, backoff=Backoff(base=60.0, cap=60.0))  # no reconnect in the test
+    running = asyncio.create_task(worker.run())
+    await serving(worker)
+    run = await client.aio.invoke_job("long")
+    await asyncio.wait_for(started.wait(), DEADLINE)
+    await client.aio.close()
+    stopping = asyncio.create_task(server.stop(grace=DEADLINE))
+
+    async def draining() -> bool:
+        return worker.draining
+
+    await eventually(draining)  # the server said `drain`; the run is still going
+    release.set()
+    await asyncio.wait_for(stopping, DEADLINE)
+    await worker.shutdown()
+    await asyncio.wait_for(running, DEADLINE)
+    restarted = await start_server()  # the same database file
+    async with Client("sdk-tests", url=restarted.address).aio as again:
+        done = await again.get_run(run.id)
+    assert (done.run.status, done.run.output) == ("SUCCESS", "finished while draining")

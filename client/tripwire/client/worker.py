@@ -360,6 +360,11 @@ class Worker:
         return self._connected.is_set()
 
     @property
+    def draining(self) -> bool:
+        """True while the stream is closing (``drain`` or shutdown): no new runs start."""
+        return self._session is not None and self._session.draining
+
+    @property
     def active_runs(self) -> int:
         return len(self._session.runs) if self._session else 0
 
