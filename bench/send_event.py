@@ -1,13 +1,15 @@
 """SendEvent throughput of tripwire against a bare grpc.aio echo server.
 
     .venv/bin/python bench/send_event.py [--concurrency 64] [--warmup 5] [--seconds 10]
-                                         [--client-ids]
+                                         [--rounds 4] [--client-ids]
 
-Starts bench/echo_server.py, then the real server (a fresh SQLite file, one
-event-triggered job matching the events, so each event also creates a run), each
-as a subprocess on 127.0.0.1. A separate load process keeps `--concurrency`
-SendEvent calls in flight for `--warmup` seconds, then counts the calls answered
-during `--seconds` more. Prints calls/s for both and tripwire/echo (target >= 0.8).
+Starts bench/echo_server.py and the real server (a fresh SQLite file, one
+event-triggered job matching the events, so each event also creates a run) as
+subprocesses on 127.0.0.1. A separate load process keeps `--concurrency`
+SendEvent calls in flight against each: `--warmup` seconds first, then
+`--seconds` measured, split into `--rounds` that alternate between the two
+servers so that a busy neighbour slows both alike. Prints calls/s for both and
+tripwire/echo (target >= 0.8).
 
 So that durability is not cheated, the tripwire server is then SIGKILLed and
 restarted on the same file: every acknowledged event must be stored (ListEvents
@@ -20,9 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import random
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +41,51 @@ TARGET_RATIO = 0.8
 SAMPLE = 200
 
 
-def load(
-    address: str, concurrency: int, warmup: float, seconds: float, client_ids: bool
-) -> dict[str, Any]:
-    """Runs in its own process: the load generator must not share a GIL with
-    the server, nor with the bench's bookkeeping."""
-    return asyncio.run(_drive(address, concurrency, warmup, seconds, client_ids))
+@dataclass(frozen=True)
+class Load:
+    """One measurement, sent to the load process."""
+
+    address: str
+    concurrency: int
+    warmup: float
+    seconds: float
+    # Without one, every call sends the same request and the server assigns
+    # the id; with one, ids are "<id_prefix><caller>-<n>" as a client would send.
+    id_prefix: str | None
 
 
-async def _drive(
-    address: str, concurrency: int, warmup: float, seconds: float, client_ids: bool
-) -> dict[str, Any]:
+@dataclass
+class Totals:
+    calls: int = 0
+    seconds: float = 0.0
+    acked: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    sample: list[str] = field(default_factory=list)
+
+    def add(self, result: dict[str, Any]) -> None:
+        self.calls += result["calls"]
+        self.seconds += result["seconds"]
+        self.acked += result["acked"]
+        self.latencies += result["latencies"]
+        self.errors.update(result["errors"])
+        self.sample += result["sample"]
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def latency_ms(self, fraction: float) -> float:
+        return 1000 * harness.percentile(sorted(self.latencies), fraction)
+
+
+def load(spec: Load) -> dict[str, Any]:
+    """Runs in the load process: it must not share a GIL with the server, nor
+    with the bench's bookkeeping."""
+    return asyncio.run(_drive(spec))
+
+
+async def _drive(spec: Load) -> dict[str, Any]:
     payload = struct_pb2.Value()
     payload.struct_value.update({"userId": "u_1234567890", "plan": "pro", "referrer": None})
     shared = event_service_pb2.SendEventRequest(
@@ -57,25 +95,22 @@ async def _drive(
     acked: list[str] = []
     errors: collections.Counter[str] = collections.Counter()
     latencies: list[float] = []
-    measured = 0
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(spec.address) as channel:
         stub = event_service_pb2_grpc.EventServiceStub(channel)
         await channel.channel_ready()
         start = loop.time()
-        measure_from, end = start + warmup, start + warmup + seconds
+        measure_from, end = start + spec.warmup, start + spec.warmup + spec.seconds
 
         async def caller(worker: int) -> None:
-            nonlocal measured
             n = 0
             while (sent_at := loop.time()) < end:
                 request = shared
-                if client_ids:
-                    request = event_service_pb2.SendEventRequest(
-                        event=event_pb2.EventInput(
-                            name=EVENT_NAME, payload=payload, id=f"bench-{worker}-{n}"
-                        )
+                if spec.id_prefix is not None:
+                    event = event_pb2.EventInput(
+                        name=EVENT_NAME, payload=payload, id=f"{spec.id_prefix}{worker}-{n}"
                     )
+                    request = event_service_pb2.SendEventRequest(event=event)
                 n += 1
                 try:
                     reply = await stub.SendEvent(request, timeout=harness.RPC_TIMEOUT)
@@ -85,69 +120,77 @@ async def _drive(
                 done_at = loop.time()
                 acked.append(reply.event.id)
                 if measure_from <= done_at < end:
-                    measured += 1
                     latencies.append(done_at - sent_at)
 
-        await asyncio.gather(*(caller(w) for w in range(concurrency)))
+        await asyncio.gather(*(caller(w) for w in range(spec.concurrency)))
 
-    latencies.sort()
     return {
-        "calls_per_s": measured / seconds,
+        "calls": len(latencies),
+        "seconds": spec.seconds,
         "acked": len(acked),
-        "sample": random.sample(acked, min(SAMPLE, len(acked))),
+        "latencies": latencies,
         "errors": dict(errors),
-        "p50_ms": 1000 * harness.percentile(latencies, 0.50),
-        "p99_ms": 1000 * harness.percentile(latencies, 0.99),
+        "sample": random.sample(acked, min(SAMPLE, len(acked))),
     }
-
-
-def run_load(address: str, args: argparse.Namespace) -> dict[str, Any]:
-    with harness.load_process() as pool:
-        return pool.submit(
-            load, address, args.concurrency, args.warmup, args.seconds, args.client_ids
-        ).result()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds, per server")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured, per server")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="alternate the servers this many times"
+    )
     parser.add_argument(
         "--client-ids", action="store_true", help="send ids as the Python client does"
     )
     args = parser.parse_args()
     harness.exit_on_sigterm()
     failures: list[str] = []
+    totals = {"echo": Totals(), "tripwire": Totals()}
 
-    with tempfile.TemporaryDirectory(prefix="tripwire-bench-") as tmp:
-        work = Path(tmp)
-        with harness.echo_server(work) as echo:
-            baseline = run_load(echo.address, args)
-        with harness.tripwire_server(work / "bench.db", work) as server:
-            harness.register_job(server.address, JOB_ID, [EVENT_NAME])
-            measured = run_load(server.address, args)
-            server.kill9()
-            server.start()
-            stored = harness.count_events(server.address, EVENT_NAME)
-            failures += harness.check_sample(server.address, measured["sample"], JOB_ID)
-        if failures or measured["errors"] or baseline["errors"]:
-            print(f"server log: {work / 'tripwire.stderr'}", file=sys.stderr)
-            print(Path(work / "tripwire.stderr").read_text()[-4000:], file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tripwire-bench-")))
+        echo = stack.enter_context(harness.echo_server(work))
+        server = stack.enter_context(harness.tripwire_server(work / "bench.db", work))
+        pool = stack.enter_context(harness.load_process())
+        harness.register_job(server.address, JOB_ID, [EVENT_NAME])
+        for round_ in range(args.rounds):
+            for name, address in (("echo", echo.address), ("tripwire", server.address)):
+                spec = Load(
+                    address=address,
+                    concurrency=args.concurrency,
+                    warmup=args.warmup if round_ == 0 else 0.0,
+                    seconds=args.seconds / args.rounds,
+                    id_prefix=f"r{round_}-" if args.client_ids else None,
+                )
+                result = pool.submit(load, spec).result()
+                totals[name].add(result)
+                rate = result["calls"] / result["seconds"]
+                print(f"round {round_ + 1} {name:>8}: {rate:7.0f} calls/s", flush=True)
 
-    ratio = measured["calls_per_s"] / baseline["calls_per_s"]
-    for name, result in (("echo", baseline), ("tripwire", measured)):
+        measured = totals["tripwire"]
+        server.kill9()
+        server.start()
+        stored = harness.count_events(server.address, EVENT_NAME)
+        failures += harness.check_sample(server.address, measured.sample, JOB_ID)
+        for name, total in totals.items():
+            failures += [f"{name}: {n} x {error}" for error, n in total.errors.items()]
+        if stored != measured.acked:
+            failures.append(f"{measured.acked} events acknowledged but {stored} stored")
+        if failures:
+            print((work / "tripwire.stderr").read_text()[-4000:], file=sys.stderr)
+
+    baseline = totals["echo"]
+    ratio = measured.calls_per_s / baseline.calls_per_s if baseline.calls_per_s else 0.0
+    for name, total in totals.items():
         print(
-            f"{name:>9}: {result['calls_per_s']:9.0f} calls/s  "
-            f"p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms  "
-            f"errors {sum(result['errors'].values())}"
+            f"{name:>9}: {total.calls_per_s:7.0f} calls/s  p50 {total.latency_ms(0.5):6.1f} ms"
+            f"  p99 {total.latency_ms(0.99):6.1f} ms  errors {sum(total.errors.values())}"
         )
-        for error, count in result["errors"].items():
-            failures.append(f"{name}: {count} x {error}")
     print(f"    ratio: {ratio:.2f} tripwire/echo (target >= {TARGET_RATIO})")
-    print(f" durable: {measured['acked']} acknowledged, {stored} stored after kill -9")
-    if stored != measured["acked"]:
-        failures.append(f"{measured['acked']} events acknowledged but {stored} stored")
+    print(f" durable: {measured.acked} acknowledged, {stored} stored after kill -9")
     for failure in failures[:20]:
         print(f"ERROR {failure}", file=sys.stderr)
 
@@ -155,13 +198,13 @@ def main() -> int:
         {
             "bench": "send_event",
             "concurrency": args.concurrency,
-            "echo_calls_per_s": baseline["calls_per_s"],
-            "tripwire_calls_per_s": measured["calls_per_s"],
+            "echo_calls_per_s": baseline.calls_per_s,
+            "tripwire_calls_per_s": measured.calls_per_s,
             "ratio": ratio,
             "target": TARGET_RATIO,
-            "tripwire_p50_ms": measured["p50_ms"],
-            "tripwire_p99_ms": measured["p99_ms"],
-            "acked": measured["acked"],
+            "tripwire_p50_ms": measured.latency_ms(0.5),
+            "tripwire_p99_ms": measured.latency_ms(0.99),
+            "acked": measured.acked,
             "stored": stored,
             "errors": len(failures),
         }
