@@ -389,14 +389,17 @@ class Worker:
         idle = asyncio.create_task(self._watch_idle(idle_timeout)) if burst else None
         try:
             while not self._stopping:
+                why = "closed"
                 try:
                     await self._serve(connect)
                 except grpc.RpcError as exc:
                     if exc.code() in _FATAL:
                         raise from_rpc_error(exc) from exc
-                    log.warning("stream lost (%s): %s", exc.code(), exc.details())
+                    why = f"{exc.code().name}: {exc.details()}"
                 if not self._stopping:
-                    await _first(self._sleep(self.backoff.next_delay()), self._stop)
+                    delay = self.backoff.next_delay()
+                    log.warning("no stream to the server (%s); retrying in %.2f s", why, delay)
+                    await _first(self._sleep(delay), self._stop)
         finally:
             if idle is not None:
                 idle.cancel()
