@@ -2,7 +2,8 @@
 
     make bench        # or: .venv/bin/python bench/run_all.py
 
-Each benchmark runs as its own subprocess with a deadline; its output is shown
+Each benchmark (bench/send_event.py, send_events.py, and the Celery baseline
+celery_send.py) runs as its own subprocess with a deadline; its output is shown
 as it comes and its last `RESULT {...}` line feeds the table. Exits non-zero
 when a benchmark failed (an error, a lost event, a timeout), never because a
 figure missed its target: the targets are for reading.
@@ -23,6 +24,7 @@ import harness
 BENCHES = [
     ("send_event.py", 180.0),
     ("send_events.py", 180.0),
+    ("celery_send.py", 120.0),
 ]
 
 
@@ -66,9 +68,12 @@ def run(script: str, deadline: float) -> tuple[int, dict[str, Any] | None]:
 
 
 def rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Summary lines of one bench: name, figure, target or note."""
+    if result.get("skipped"):
+        return [(result["bench"], "skipped", "")]
     if result["bench"] == "send_event":
         n = result["concurrency"]
-        return [
+        out = [
             (f"SendEvent echo, {n} in flight", f"{result['echo_calls_per_s']:,.0f} calls/s", ""),
             (
                 f"SendEvent tripwire, {n} in flight",
@@ -77,13 +82,24 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             ),
             ("  tripwire / echo", f"{result['ratio']:.2f}", f">= {result['target']}"),
         ]
-    return [
-        (
-            f"SendEvents x{result['batch']}, sequential",
-            f"{result['events_per_s']:,.0f} events/s",
-            f">= {result['target']:,}",
-        )
-    ]
+    elif result["bench"] == "celery_send":
+        out = [
+            (
+                f"Celery send_task, {result['threads']} threads",
+                f"{result['calls_per_s']:,.0f} tasks/s",
+                "baseline: Redis, no fsync",
+            )
+        ]
+    else:
+        out = [
+            (
+                f"SendEvents x{result['batch']}, sequential",
+                f"{result['events_per_s']:,.0f} events/s",
+                f">= {result['target']:,}",
+            )
+        ]
+    out.append(("  acknowledged / stored", f"{result['acked']:,} / {result['stored']:,}", ""))
+    return out
 
 
 def main() -> int:
@@ -99,7 +115,6 @@ def main() -> int:
             failed.append(script)
         if result is not None:
             table += rows(result)
-            table.append(("  acknowledged / stored", f"{result['acked']} / {result['stored']}", ""))
 
     print("\n== summary")
     width = max((len(r[0]) for r in table), default=0)
