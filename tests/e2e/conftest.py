@@ -65,14 +65,14 @@ class ServerProcess:
         _signal_group(self.proc, signal.SIGKILL)
         self.proc.wait(timeout=STOP_DEADLINE)
 
-    def terminate(self) -> int:
-        """SIGTERM and wait for a graceful exit; the exit code."""
-        _signal_group(self.proc, signal.SIGTERM)
+    def terminate(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send `sig` (SIGTERM or SIGINT) and wait for a graceful exit; the exit code."""
+        _signal_group(self.proc, sig)
         try:
             return self.proc.wait(timeout=STOP_DEADLINE)
         except subprocess.TimeoutExpired:
             self.kill9()
-            pytest.fail(f"server ignored SIGTERM for {STOP_DEADLINE}s:\n{self.stderr()}")
+            pytest.fail(f"server ignored {sig.name} for {STOP_DEADLINE}s:\n{self.stderr()}")
 
 
 def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:

@@ -1,9 +1,10 @@
 """An acknowledged event survives `kill -9`: its row, its run, and for a delayed
-event the delivery still owed."""
+event the delivery still owed. SIGTERM and SIGINT stop the server cleanly."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import grpc
 import pytest
@@ -138,3 +139,24 @@ async def test_delayed_event_is_delivered_after_a_restart(start_server, poll):
     [run] = got.runs
     assert run.job_id == JOB_ID
     assert run.status == run_pb2.RUN_STATUS_QUEUED
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+async def test_signal_stops_the_server_cleanly(start_server, sig):
+    first = start_server()
+    async with grpc.aio.insecure_channel(first.address) as channel:
+        await _register_job(channel)
+        sent = await event_service_pb2_grpc.EventServiceStub(channel).SendEvent(
+            event_service_pb2.SendEventRequest(event=event_pb2.EventInput(name=NAME)),
+            timeout=RPC_TIMEOUT,
+        )
+
+    assert first.terminate(sig) == 0, first.stderr()
+
+    second = start_server(db=first.db)
+    async with grpc.aio.insecure_channel(second.address) as channel:
+        got = await event_service_pb2_grpc.EventServiceStub(channel).GetEvent(
+            event_service_pb2.GetEventRequest(id=sent.event.id), timeout=RPC_TIMEOUT
+        )
+    assert got.event.status == event_pb2.EVENT_STATUS_DELIVERED
+    assert [r.job_id for r in got.runs] == [JOB_ID]

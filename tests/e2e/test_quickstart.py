@@ -2,7 +2,8 @@
 
 The README quotes QUICKSTART. Each command runs in a shell from the repository
 root; `make run` is replaced by the same `tripwire serve` on a free port and a
-temporary database, and `localhost:50051` by that server's address.
+temporary database, `localhost:50051` by that server's address, and the CLI
+finds it through TRIPWIRE_URL.
 """
 
 from __future__ import annotations
