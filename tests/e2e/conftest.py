@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +29,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 BIN = Path(sys.executable).parent
 GRPCURL = BIN / "grpcurl"
-TRIPWIRE = BIN / "tripwire"
 REPO = Path(__file__).resolve().parents[2]
 
 START_DEADLINE = 20.0
@@ -55,7 +54,6 @@ class ServerProcess:
     db: Path
     proc: subprocess.Popen[str]
     stderr_path: Path
-    _stdout_lines: queue.Queue[str | None] = field(repr=False)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -141,7 +139,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
                 start_new_session=True,
             )
         lines: queue.Queue[str | None] = queue.Queue()
-        server = ServerProcess("", db, proc, stderr_path, lines)
+        server = ServerProcess("", db, proc, stderr_path)
         started.append(server)
         threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
 
@@ -204,8 +202,6 @@ def run_command(
 
 class Grpcurl:
     """`grpcurl -plaintext [-H h]... [-d json] ADDRESS [verb...] [method]`."""
-
-    path = GRPCURL
 
     def __call__(
         self,
