@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -18,14 +19,14 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 @pytest.fixture
-def writer(tmp_path: Path) -> Writer:
+async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
     w = Writer(lambda: connect(tmp_path / "db"))
-    w.start()
+    await w.start()
     yield w
-    w.stop()
+    await w.stop()
 
 
-def insert(key: str):
+def insert(key: str) -> Callable[[Tx], str]:
     def op(tx: Tx) -> str:
         tx.conn.execute("INSERT INTO t VALUES (?)", (key,))
         return key
@@ -33,11 +34,14 @@ def insert(key: str):
     return op
 
 
+def keys(tmp_path: Path) -> set[str]:
+    return {r[0] for r in sqlite3.connect(tmp_path / "db").execute("SELECT k FROM t")}
+
+
 async def test_concurrent_operations_all_commit(writer: Writer, tmp_path: Path) -> None:
     results = await asyncio.gather(*(writer.submit(insert(str(i))) for i in range(200)))
     assert sorted(results) == sorted(str(i) for i in range(200))
-    count = sqlite3.connect(tmp_path / "db").execute("SELECT COUNT(*) FROM t").fetchone()[0]
-    assert count == 200
+    assert len(keys(tmp_path)) == 200
 
 
 async def test_a_failing_operation_rolls_back_alone(writer: Writer, tmp_path: Path) -> None:
@@ -52,17 +56,23 @@ async def test_a_failing_operation_rolls_back_alone(writer: Writer, tmp_path: Pa
         raise ValueError("hook must not run")
 
     outcomes = await asyncio.gather(
-        writer.submit(insert("a")),
-        writer.submit(half_then_fail),
-        writer.submit(with_hook),
-        writer.submit(insert("b")),
-        return_exceptions=True,
+        writer.submit(insert("a")), writer.submit(half_then_fail), writer.submit(with_hook),
+        writer.submit(insert("b")), return_exceptions=True,
     )
     assert outcomes[0] == "a" and outcomes[3] == "b"
     assert isinstance(outcomes[1], ValueError) and isinstance(outcomes[2], ValueError)
-    keys = {r[0] for r in sqlite3.connect(tmp_path / "db").execute("SELECT k FROM t")}
-    assert keys == {"a", "b"}
+    assert keys(tmp_path) == {"a", "b"}
     assert hooks == []
+
+
+async def test_operations_see_earlier_ones_of_the_same_batch(writer: Writer) -> None:
+    def count(tx: Tx) -> int:
+        return int(tx.conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+
+    first, second, seen = await asyncio.gather(
+        writer.submit(insert("x")), writer.submit(insert("y")), writer.submit(count)
+    )
+    assert seen == 2
 
 
 async def test_after_commit_hooks_run_before_the_caller_resumes(writer: Writer) -> None:
@@ -73,3 +83,13 @@ async def test_after_commit_hooks_run_before_the_caller_resumes(writer: Writer) 
 
     await writer.submit(op)
     assert seen == ["hook"]
+
+
+async def test_stop_commits_what_is_queued(tmp_path: Path) -> None:
+    w = Writer(lambda: connect(tmp_path / "db"))
+    await w.start()
+    pending = [w.submit(insert(str(i))) for i in range(10)]
+    await w.stop()
+    assert [f.result() for f in pending] == [str(i) for i in range(10)]
+    with pytest.raises(RuntimeError):
+        w.submit(insert("late"))

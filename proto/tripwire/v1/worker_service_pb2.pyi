@@ -343,9 +343,11 @@ class TaskComplete(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The request_id of the TaskRequest that started the task."""
     run_id: _builtins.str
     attempt: _builtins.int
     task_id: _builtins.str
+    """`task.id` of the RUNNING TaskResult."""
     @_builtins.property
     def output(self) -> _struct_pb2.Value: ...
     @_builtins.property

@@ -34,42 +34,61 @@ class WorkerServiceStub:
 
     1. The worker sends `hello` first: its id, the job versions it serves (each
        registered as RegisterJob would; re-sending an identical definition
-       changes nothing) and its capacity. Anything else first ends the stream
-       with INVALID_ARGUMENT.
+       changes nothing) and its capacity. Anything else first, or an invalid
+       job, ends the stream with INVALID_ARGUMENT naming the field
+       (e.g. "hello.jobs[0].id: ...").
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
        every heartbeat interval. When nothing arrives for a whole lease, or the
-       stream breaks, the worker's runs go back to QUEUED and are dispatched to
-       another worker with a higher attempt.
+       stream breaks, the worker's runs go back to QUEUED once the lease has
+       run out, and are dispatched to another worker with a higher attempt.
     3. The server sends `run_request`s, never more executing runs than the
-       capacity. Each carries the run (id and `attempt`), event, job, a context
-       object and the run's cached tasks. When a run has more cached tasks than
-       fit one message, `cached_tasks_complete` is false and `cached_tasks`
-       messages with the rest follow (the last has `last` = true); start the
-       handler only after the last one.
-    4. The worker runs the handler. For each io call (cache key + parent task):
-       - a COMPLETED cached task with that key: use its output, send nothing;
+       capacity, each only to a worker serving that exact job id and version.
+       Each carries the run (id and `attempt`), its event (always), the job, a
+       context object and the run's cached tasks. When a run has more cached
+       tasks than fit one message, `cached_tasks_complete` is false and
+       `cached_tasks` messages with the rest follow (the last has `last` =
+       true); start the handler only after the last one.
+    4. The worker runs the handler. Each io call names a cache key, unique
+       among the calls with the same parent task within one execution (the
+       server keys tasks by run, parent task and cache key). For each call:
+       - a COMPLETED cached task with that parent and key: use its output, send
+         nothing;
        - otherwise send `task` (with a `request_id` of your choosing) and wait
          for the `task_result` with that request_id. Its task status says what
          to do: RUNNING -> execute the function, then send `task_complete`
-         with its output or error and wait for the next `task_result`;
-         COMPLETED -> use the output (send_event tasks are executed by the
-         server and come back COMPLETED); WAITING -> the run is suspended
-         (retry backoff or io.wait): stop the handler, send nothing more for
-         this attempt, the server dispatches the run again when it is due;
-         ERRORED -> raise the task's error in the handler.
+         with `task_id` = the result's task.id, the same request_id, and the
+         output or error, and wait for the next `task_result` (RUNNING again
+         means: run it again); COMPLETED -> use the output (send_event tasks
+         are executed by the server and come back COMPLETED, with the event as
+         output); WAITING -> the run is suspended (retry backoff or io.wait):
+         stop the handler, send nothing more for this attempt, the server
+         dispatches the run again when it is due; ERRORED -> raise the task's
+         error in the handler; CANCELED -> the run was cancelled: stop.
+       A task the server already has under that key but of another kind is a
+       nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log`, numbered per execution (`seq` 1, 2, ...): a
-       replay that sends the same numbers adds nothing.
+       replay that sends the same numbers adds nothing. Level UNSPECIFIED is
+       INFO; lines above the job's log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
-    7. The server may send `cancel` (the run was cancelled: stop it) or
-       `abandon` (this attempt is stale, e.g. the lease expired and the run was
-       given to another worker: stop it). Every message naming a run carries
-       its attempt; messages for an attempt that is not current are answered
-       with `abandon` and otherwise ignored.
-    8. On shutdown the server sends `drain`: take no new work, finish what is
-       running within `deadline_ms`, then close the stream and reconnect later.
-    9. A message the server cannot accept (bad field, unknown run) is answered
-       with `rejected` naming the field; the stream stays open.
+    7. The server applies the messages of one run in the order they were sent
+       (a `log` sent before the `run_result` is stored before the run ends).
+       Messages for different runs are handled concurrently.
+    8. The server may send `cancel` (the run has ended: cancelled, timed out,
+       aborted, failed for nondeterminism; stop it) or `abandon` (this attempt
+       is stale, e.g. the lease expired and the run was given to another
+       worker: stop it). Every message naming a run carries its attempt;
+       messages for an attempt this worker does not hold are answered with
+       `abandon` and otherwise ignored.
+    9. On shutdown the server sends `drain`: take no new work, finish what is
+       running within `deadline_ms`, send the results, then half-close the
+       stream (what was sent before the half-close is still applied). Runs not
+       finished by the deadline are requeued by the server. Then reconnect
+       with backoff: the next server (or the restarted one) will accept you.
+    10. A message the server cannot accept (bad field, unknown run) is
+       answered with `rejected`, carrying the request_id (task messages) or the
+       run_id (log, run_result) and the field in the message; the stream stays
+       open.
     """
 
     @_typing.overload
@@ -87,42 +106,61 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
 
     1. The worker sends `hello` first: its id, the job versions it serves (each
        registered as RegisterJob would; re-sending an identical definition
-       changes nothing) and its capacity. Anything else first ends the stream
-       with INVALID_ARGUMENT.
+       changes nothing) and its capacity. Anything else first, or an invalid
+       job, ends the stream with INVALID_ARGUMENT naming the field
+       (e.g. "hello.jobs[0].id: ...").
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
        every heartbeat interval. When nothing arrives for a whole lease, or the
-       stream breaks, the worker's runs go back to QUEUED and are dispatched to
-       another worker with a higher attempt.
+       stream breaks, the worker's runs go back to QUEUED once the lease has
+       run out, and are dispatched to another worker with a higher attempt.
     3. The server sends `run_request`s, never more executing runs than the
-       capacity. Each carries the run (id and `attempt`), event, job, a context
-       object and the run's cached tasks. When a run has more cached tasks than
-       fit one message, `cached_tasks_complete` is false and `cached_tasks`
-       messages with the rest follow (the last has `last` = true); start the
-       handler only after the last one.
-    4. The worker runs the handler. For each io call (cache key + parent task):
-       - a COMPLETED cached task with that key: use its output, send nothing;
+       capacity, each only to a worker serving that exact job id and version.
+       Each carries the run (id and `attempt`), its event (always), the job, a
+       context object and the run's cached tasks. When a run has more cached
+       tasks than fit one message, `cached_tasks_complete` is false and
+       `cached_tasks` messages with the rest follow (the last has `last` =
+       true); start the handler only after the last one.
+    4. The worker runs the handler. Each io call names a cache key, unique
+       among the calls with the same parent task within one execution (the
+       server keys tasks by run, parent task and cache key). For each call:
+       - a COMPLETED cached task with that parent and key: use its output, send
+         nothing;
        - otherwise send `task` (with a `request_id` of your choosing) and wait
          for the `task_result` with that request_id. Its task status says what
          to do: RUNNING -> execute the function, then send `task_complete`
-         with its output or error and wait for the next `task_result`;
-         COMPLETED -> use the output (send_event tasks are executed by the
-         server and come back COMPLETED); WAITING -> the run is suspended
-         (retry backoff or io.wait): stop the handler, send nothing more for
-         this attempt, the server dispatches the run again when it is due;
-         ERRORED -> raise the task's error in the handler.
+         with `task_id` = the result's task.id, the same request_id, and the
+         output or error, and wait for the next `task_result` (RUNNING again
+         means: run it again); COMPLETED -> use the output (send_event tasks
+         are executed by the server and come back COMPLETED, with the event as
+         output); WAITING -> the run is suspended (retry backoff or io.wait):
+         stop the handler, send nothing more for this attempt, the server
+         dispatches the run again when it is due; ERRORED -> raise the task's
+         error in the handler; CANCELED -> the run was cancelled: stop.
+       A task the server already has under that key but of another kind is a
+       nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log`, numbered per execution (`seq` 1, 2, ...): a
-       replay that sends the same numbers adds nothing.
+       replay that sends the same numbers adds nothing. Level UNSPECIFIED is
+       INFO; lines above the job's log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
-    7. The server may send `cancel` (the run was cancelled: stop it) or
-       `abandon` (this attempt is stale, e.g. the lease expired and the run was
-       given to another worker: stop it). Every message naming a run carries
-       its attempt; messages for an attempt that is not current are answered
-       with `abandon` and otherwise ignored.
-    8. On shutdown the server sends `drain`: take no new work, finish what is
-       running within `deadline_ms`, then close the stream and reconnect later.
-    9. A message the server cannot accept (bad field, unknown run) is answered
-       with `rejected` naming the field; the stream stays open.
+    7. The server applies the messages of one run in the order they were sent
+       (a `log` sent before the `run_result` is stored before the run ends).
+       Messages for different runs are handled concurrently.
+    8. The server may send `cancel` (the run has ended: cancelled, timed out,
+       aborted, failed for nondeterminism; stop it) or `abandon` (this attempt
+       is stale, e.g. the lease expired and the run was given to another
+       worker: stop it). Every message naming a run carries its attempt;
+       messages for an attempt this worker does not hold are answered with
+       `abandon` and otherwise ignored.
+    9. On shutdown the server sends `drain`: take no new work, finish what is
+       running within `deadline_ms`, send the results, then half-close the
+       stream (what was sent before the half-close is still applied). Runs not
+       finished by the deadline are requeued by the server. Then reconnect
+       with backoff: the next server (or the restarted one) will accept you.
+    10. A message the server cannot accept (bad field, unknown run) is
+       answered with `rejected`, carrying the request_id (task messages) or the
+       run_id (log, run_result) and the field in the message; the stream stays
+       open.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -136,42 +174,61 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
 
     1. The worker sends `hello` first: its id, the job versions it serves (each
        registered as RegisterJob would; re-sending an identical definition
-       changes nothing) and its capacity. Anything else first ends the stream
-       with INVALID_ARGUMENT.
+       changes nothing) and its capacity. Anything else first, or an invalid
+       job, ends the stream with INVALID_ARGUMENT naming the field
+       (e.g. "hello.jobs[0].id: ...").
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
        every heartbeat interval. When nothing arrives for a whole lease, or the
-       stream breaks, the worker's runs go back to QUEUED and are dispatched to
-       another worker with a higher attempt.
+       stream breaks, the worker's runs go back to QUEUED once the lease has
+       run out, and are dispatched to another worker with a higher attempt.
     3. The server sends `run_request`s, never more executing runs than the
-       capacity. Each carries the run (id and `attempt`), event, job, a context
-       object and the run's cached tasks. When a run has more cached tasks than
-       fit one message, `cached_tasks_complete` is false and `cached_tasks`
-       messages with the rest follow (the last has `last` = true); start the
-       handler only after the last one.
-    4. The worker runs the handler. For each io call (cache key + parent task):
-       - a COMPLETED cached task with that key: use its output, send nothing;
+       capacity, each only to a worker serving that exact job id and version.
+       Each carries the run (id and `attempt`), its event (always), the job, a
+       context object and the run's cached tasks. When a run has more cached
+       tasks than fit one message, `cached_tasks_complete` is false and
+       `cached_tasks` messages with the rest follow (the last has `last` =
+       true); start the handler only after the last one.
+    4. The worker runs the handler. Each io call names a cache key, unique
+       among the calls with the same parent task within one execution (the
+       server keys tasks by run, parent task and cache key). For each call:
+       - a COMPLETED cached task with that parent and key: use its output, send
+         nothing;
        - otherwise send `task` (with a `request_id` of your choosing) and wait
          for the `task_result` with that request_id. Its task status says what
          to do: RUNNING -> execute the function, then send `task_complete`
-         with its output or error and wait for the next `task_result`;
-         COMPLETED -> use the output (send_event tasks are executed by the
-         server and come back COMPLETED); WAITING -> the run is suspended
-         (retry backoff or io.wait): stop the handler, send nothing more for
-         this attempt, the server dispatches the run again when it is due;
-         ERRORED -> raise the task's error in the handler.
+         with `task_id` = the result's task.id, the same request_id, and the
+         output or error, and wait for the next `task_result` (RUNNING again
+         means: run it again); COMPLETED -> use the output (send_event tasks
+         are executed by the server and come back COMPLETED, with the event as
+         output); WAITING -> the run is suspended (retry backoff or io.wait):
+         stop the handler, send nothing more for this attempt, the server
+         dispatches the run again when it is due; ERRORED -> raise the task's
+         error in the handler; CANCELED -> the run was cancelled: stop.
+       A task the server already has under that key but of another kind is a
+       nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log`, numbered per execution (`seq` 1, 2, ...): a
-       replay that sends the same numbers adds nothing.
+       replay that sends the same numbers adds nothing. Level UNSPECIFIED is
+       INFO; lines above the job's log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
-    7. The server may send `cancel` (the run was cancelled: stop it) or
-       `abandon` (this attempt is stale, e.g. the lease expired and the run was
-       given to another worker: stop it). Every message naming a run carries
-       its attempt; messages for an attempt that is not current are answered
-       with `abandon` and otherwise ignored.
-    8. On shutdown the server sends `drain`: take no new work, finish what is
-       running within `deadline_ms`, then close the stream and reconnect later.
-    9. A message the server cannot accept (bad field, unknown run) is answered
-       with `rejected` naming the field; the stream stays open.
+    7. The server applies the messages of one run in the order they were sent
+       (a `log` sent before the `run_result` is stored before the run ends).
+       Messages for different runs are handled concurrently.
+    8. The server may send `cancel` (the run has ended: cancelled, timed out,
+       aborted, failed for nondeterminism; stop it) or `abandon` (this attempt
+       is stale, e.g. the lease expired and the run was given to another
+       worker: stop it). Every message naming a run carries its attempt;
+       messages for an attempt this worker does not hold are answered with
+       `abandon` and otherwise ignored.
+    9. On shutdown the server sends `drain`: take no new work, finish what is
+       running within `deadline_ms`, send the results, then half-close the
+       stream (what was sent before the half-close is still applied). Runs not
+       finished by the deadline are requeued by the server. Then reconnect
+       with backoff: the next server (or the restarted one) will accept you.
+    10. A message the server cannot accept (bad field, unknown run) is
+       answered with `rejected`, carrying the request_id (task messages) or the
+       run_id (log, run_result) and the field in the message; the stream stays
+       open.
     """
 
     @_abc_1.abstractmethod

@@ -86,7 +86,7 @@ class Dispatcher(RunListener):
             keys.add(key)
         self._pump(keys)
 
-    def released(self, run_ids: Sequence[str], stop_worker: bool) -> None:
+    def released(self, run_ids: Sequence[str], stop_reason: str) -> None:
         keys: set[Key] = set()
         for run_id in run_ids:
             session = self._owner.get(run_id)
@@ -94,8 +94,8 @@ class Dispatcher(RunListener):
                 continue
             attempt = session.running[run_id]
             self._release(run_id)
-            if stop_worker:
-                session.link.stop_run(run_id, attempt, "the run has ended", ended=True)
+            if stop_reason:
+                session.link.stop_run(run_id, attempt, stop_reason, ended=True)
             keys.update((session.env, *s) for s in session.serves)
         self._pump(keys)
 

@@ -21,9 +21,9 @@ class RunListener:
     def queued(self, runs: Sequence[Run], events: dict[str, Event]) -> None:
         """These runs became QUEUED; `events` has the events the store had at hand."""
 
-    def released(self, run_ids: Sequence[str], stop_worker: bool) -> None:
-        """These runs left EXECUTING: free their slots. With `stop_worker` they ended
-        from outside (cancel, abort, timeout) and their workers must stop them."""
+    def released(self, run_ids: Sequence[str], stop_reason: str) -> None:
+        """These runs left EXECUTING: free their slots. With a `stop_reason` they
+        ended from outside (cancel, abort, timeout) and their workers must stop them."""
 
 
 class Hub:
@@ -50,11 +50,11 @@ class Hub:
         self.listener.queued(runs, events)
         self._changed_on_loop([r.id for r in runs])
 
-    def released(self, run_ids: Iterable[str], *, stop_worker: bool) -> None:
-        self._call(self._released_on_loop, list(run_ids), stop_worker)
+    def released(self, run_ids: Iterable[str], *, stop_reason: str = "") -> None:
+        self._call(self._released_on_loop, list(run_ids), stop_reason)
 
-    def _released_on_loop(self, run_ids: list[str], stop_worker: bool) -> None:
-        self.listener.released(run_ids, stop_worker)
+    def _released_on_loop(self, run_ids: list[str], stop_reason: str) -> None:
+        self.listener.released(run_ids, stop_reason)
         self._changed_on_loop(run_ids)
 
     def changed(self, run_ids: Iterable[str]) -> None:

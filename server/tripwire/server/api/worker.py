@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -45,7 +45,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self.auth = auth
         self.settings = settings
         self.streams: set[WorkerStream] = set()
-        self._requeues: set[asyncio.Task[None]] = set()
+        # Requeues waiting for a lease to run out, with the runs they will give back.
+        self._pending: dict[asyncio.Task[None], list[tuple[str, int]]] = {}
 
     async def RunJob(
         self, request_iterator: AsyncIterator[pb.RunJobRequest], context: Any
@@ -81,13 +82,13 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         async def later() -> None:
             if delay > 0:
                 await asyncio.sleep(delay)
+            del self._pending[task]
             back = await self.work.store.requeue(held, self.work.clock())
             if back:
                 log.info("requeued %d runs of a worker whose lease expired", len(back))
 
         task = asyncio.create_task(later())
-        self._requeues.add(task)
-        task.add_done_callback(self._requeues.discard)
+        self._pending[task] = held
 
     async def drain(self, deadline: float) -> None:
         """Shutdown: tell every worker to drain, wait for their runs, requeue the rest."""
@@ -101,8 +102,10 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         held: list[tuple[str, int]] = []
         for stream in list(self.streams):
             held += stream.detach()
-        for task in list(self._requeues):
+        for task, runs in list(self._pending.items()):
             task.cancel()
+            held += runs
+        self._pending.clear()
         if held:
             await self.work.store.requeue(held, self.work.clock())
 
@@ -122,6 +125,7 @@ class WorkerStream:
         self.session: Session | None = None
         self.last_seen = time.monotonic()
         self._handlers: set[asyncio.Task[None]] = set()
+        self._tails: dict[str, asyncio.Task[None]] = {}  # run id -> its latest message's task
         self._reader: asyncio.Task[None] | None = None
 
     async def hello(self) -> pb.RunJobResponse:
@@ -204,6 +208,9 @@ class WorkerStream:
                     self.servicer.requeue_later(self.detach(), 0)
                     return
                 except StopAsyncIteration:
+                    # A clean close: what the worker sent last (often a run's
+                    # result, when it drains) is still stored before we end.
+                    await asyncio.gather(*self._handlers, return_exceptions=True)
                     return
                 self.last_seen = time.monotonic()
                 kind = msg.WhichOneof("message")
@@ -213,13 +220,33 @@ class WorkerStream:
                 if kind is None or handler is None:
                     self._send(_rejected("", "", InvalidArgument("message", f"unexpected {kind}")))
                     continue
-                task = asyncio.create_task(handler(getattr(msg, kind)))
-                self._handlers.add(task)
-                task.add_done_callback(self._handlers.discard)
+                body = getattr(msg, kind)
+                self._in_order(getattr(body, "run_id", ""), handler(body))
         except Exception:
             log.exception("reading a worker stream failed")
         finally:
             self.outbox.put_nowait(None)
+
+    def _in_order(self, run_id: str, work: Coroutine[Any, Any, None]) -> None:
+        """Handle a message in its own task, after the earlier messages of the same run:
+        a log sent just before a run's result is stored before the run ends."""
+        previous = self._tails.get(run_id)
+
+        async def chained() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await work
+
+        task = asyncio.create_task(chained())
+        self._tails[run_id] = task
+        self._handlers.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._handlers.discard(task)
+            if self._tails.get(run_id) is task:
+                del self._tails[run_id]
+
+        task.add_done_callback(done)
 
     def _owned(self, run_id: str, attempt: int, request_id: str = "") -> Run | None:
         run = self.runs.get(run_id)

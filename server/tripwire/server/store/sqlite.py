@@ -1,8 +1,8 @@
 """The SQLite backend: the only module of the server that holds SQL.
 
 Writes are operations queued on the group-commit writer (`writer.py`); reads
-run on a small pool of read-only connections, which in WAL mode see every
-committed write without blocking the writer.
+run on a small pool of threads with read-only connections, which in WAL mode
+see every committed write without blocking the writer.
 """
 
 from __future__ import annotations
@@ -88,10 +88,10 @@ class SQLiteStore(WorkOps):
         return conn
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._writer.start)
+        await self._writer.start()
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._writer.stop)
+        await self._writer.stop()
         self._readers.shutdown(wait=True)
         with self._lock:
             for conn in self._reader_conns:
@@ -422,8 +422,14 @@ class SQLiteStore(WorkOps):
             f"wait_until = NULL WHERE id = ? AND status IN {_ACTIVE}",
             [(status.value, now, now, error, run_id) for run_id in ids],
         )
+        # Open tasks end with the run.
+        tx.conn.executemany(
+            "UPDATE tasks SET status = 'CANCELED', completed_at = ? "
+            "WHERE run_id = ? AND status IN ('RUNNING', 'WAITING')",
+            [(now, run_id) for run_id in ids],
+        )
         done = list(ids)
-        tx.after_commit(lambda: self.hub.released(done, stop_worker=True))
+        tx.after_commit(lambda: self.hub.released(done, stop_reason=message))
 
     # -- jobs -------------------------------------------------------------------
 

@@ -266,7 +266,7 @@ class WorkOps:
             (until, now, run.id),
         )
         run.status, run.wait_until = RunStatus.WAITING, until
-        tx.after_commit(lambda: self.hub.released([run.id], stop_worker=False))
+        tx.after_commit(lambda: self.hub.released([run.id]))
         tx.after_commit(self.hub.timers)
 
     def _update_task(self, tx: Tx, task: Task) -> None:
@@ -389,7 +389,7 @@ class WorkOps:
                 run.id,
             ),
         )
-        tx.after_commit(lambda: self.hub.released([run.id], stop_worker=False))
+        tx.after_commit(lambda: self.hub.released([run.id]))
 
     # -- timers -----------------------------------------------------------------
 

@@ -1,21 +1,27 @@
-"""Group commit: one writer thread, one transaction per batch of queued operations.
+"""Group commit: operations queued by concurrent callers share one transaction.
 
 Every write of the server is a function of a `Tx`, queued here. The writer
 takes everything queued so far, runs each operation in its own savepoint (so
 a failing one rolls back alone, leaving nothing half-stored) and commits the
 batch once. With `synchronous=FULL` that is one fsync for all the concurrent
-callers, instead of one each; each caller is answered only after that commit,
+callers instead of one each; each caller is answered only after that commit,
 so an acknowledged write survives kill -9 (and power loss).
+
+Operations run on the event loop's thread, which owns the Python work anyway;
+only the COMMIT (the fsync) runs on a helper thread, so the loop keeps serving
+(and queueing the next batch) while the disk syncs. Running the operations on
+a thread of their own would make the two threads trade the GIL at every
+SQLite call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sqlite3
-import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -32,81 +38,69 @@ class Tx:
         self._after: list[Callable[[], None]] = []
 
     def after_commit(self, callback: Callable[[], None]) -> None:
-        """Run `callback` on the writer thread once this operation is durable."""
+        """Run `callback` once this operation is durable (before its caller resumes)."""
         self._after.append(callback)
 
 
 Operation = Callable[[Tx], Any]
-_Item = tuple[Operation, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 
 
 class Writer:
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._connect = connect
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="tripwire-store-writer", daemon=True)
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._queue: deque[tuple[Operation, asyncio.Future[Any]]] = deque()
+        self._wakeup = asyncio.Event()
+        self._sync = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tripwire-store-sync")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait()
-        if self._failure is not None:
-            raise self._failure
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._sync, self._connect)
+        self._task = asyncio.create_task(self._run(), name="tripwire-store-writer")
 
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+    async def stop(self) -> None:
+        """Commit what is queued, then close the connection."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._sync, conn.close)
+        self._sync.shutdown(wait=True)
 
     def submit(self, operation: Callable[[Tx], T]) -> asyncio.Future[T]:
-        if not self._thread.is_alive():
+        if self._closing or self._task is None:
             raise RuntimeError("the store is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((operation, future, loop))
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((operation, future))
+        self._wakeup.set()
         return future
 
-    def _run(self) -> None:
-        try:
-            conn = self._connect()
-        except BaseException as exc:
-            self._failure = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    return
-                batch = [item]
-                stopping = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stopping = True
-                        break
-                    batch.append(more)
-                self._commit(conn, batch)
-                if stopping:
-                    return
-        finally:
-            conn.close()
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
+                await self._commit(batch)
+            if self._closing:
+                return
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+    async def _commit(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
+        conn = self._conn
+        assert conn is not None
         outcomes: list[tuple[Any, BaseException | None]] = []
         tx = Tx(conn)
         conn.execute("BEGIN IMMEDIATE")
-        for operation, _, _ in batch:
+        for operation, _ in batch:
             conn.execute("SAVEPOINT op")
             hooks = len(tx._after)
             try:
                 result = operation(tx)
-            except BaseException as exc:  # handed to the caller
+            except Exception as exc:  # handed to the caller
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 del tx._after[hooks:]
@@ -115,8 +109,8 @@ class Writer:
                 conn.execute("RELEASE op")
                 outcomes.append((result, None))
         try:
-            conn.execute("COMMIT")
-        except BaseException as failure:
+            await asyncio.get_running_loop().run_in_executor(self._sync, conn.execute, "COMMIT")
+        except Exception as failure:
             log.exception("commit failed; the batch of %d operations is lost", len(batch))
             conn.rollback()
             outcomes = [(None, failure)] * len(batch)
@@ -126,21 +120,10 @@ class Writer:
                 callback()
             except Exception:
                 log.exception("after-commit hook failed")
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
-        for (_, future, loop), (result, error) in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(loop, []).append((future, result, error))
-        for loop, answers in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_resolve, answers)
-            except RuntimeError:  # the caller's loop is gone
-                pass
-
-
-def _resolve(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, exc in answers:
-        if future.cancelled():
-            continue
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
+        for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+            if future.cancelled():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
