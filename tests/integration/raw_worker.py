@@ -23,6 +23,7 @@ class RawWorker:
         self.error: BaseException | None = None
         self.ended = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self.held: list[pb.RunJobResponse] = []
 
     async def _requests(self) -> AsyncIterator[pb.RunJobRequest]:
         while True:
@@ -66,11 +67,20 @@ class RawWorker:
         self.outgoing.put_nowait(json_format.ParseDict(body, pb.RunJobRequest()))
 
     async def expect(self, kind: str, timeout: float = 10) -> dict[str, Any]:
-        """The next server message, which must be of `kind`."""
-        msg = await asyncio.wait_for(self.incoming.get(), timeout)
-        got = msg.WhichOneof("message")
-        assert got == kind, f"expected {kind}, got {got}: {msg}"
-        return js(getattr(msg, kind))
+        """The next server message of `kind`. Run requests may interleave with the
+        rest (the server sends them as soon as a run is queued), so they are set
+        aside for `run_request()`; any other unexpected message fails the test."""
+        for i, msg in enumerate(self.held):
+            if msg.WhichOneof("message") == kind:
+                del self.held[i]
+                return js(getattr(msg, kind))
+        while True:
+            msg = await asyncio.wait_for(self.incoming.get(), timeout)
+            got = msg.WhichOneof("message")
+            if got == kind:
+                return js(getattr(msg, kind))
+            assert got == "run_request", f"expected {kind}, got {got}: {msg}"
+            self.held.append(msg)
 
     async def run_request(self, timeout: float = 10) -> dict[str, Any]:
         """The next run request, with any cached task pages merged in."""
