@@ -56,8 +56,11 @@ async def test_a_failing_operation_rolls_back_alone(writer: Writer, tmp_path: Pa
         raise ValueError("hook must not run")
 
     outcomes = await asyncio.gather(
-        writer.submit(insert("a")), writer.submit(half_then_fail), writer.submit(with_hook),
-        writer.submit(insert("b")), return_exceptions=True,
+        writer.submit(insert("a")),
+        writer.submit(half_then_fail),
+        writer.submit(with_hook),
+        writer.submit(insert("b")),
+        return_exceptions=True,
     )
     assert outcomes[0] == "a" and outcomes[3] == "b"
     assert isinstance(outcomes[1], ValueError) and isinstance(outcomes[2], ValueError)
@@ -69,7 +72,7 @@ async def test_operations_see_earlier_ones_of_the_same_batch(writer: Writer) -> 
     def count(tx: Tx) -> int:
         return int(tx.conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
 
-    first, second, seen = await asyncio.gather(
+    *_, seen = await asyncio.gather(
         writer.submit(insert("x")), writer.submit(insert("y")), writer.submit(count)
     )
     assert seen == 2
@@ -93,3 +96,23 @@ async def test_stop_commits_what_is_queued(tmp_path: Path) -> None:
     assert [f.result() for f in pending] == [str(i) for i in range(10)]
     with pytest.raises(RuntimeError):
         w.submit(insert("late"))
+
+
+async def test_checkpoints_run_off_the_loop_after_enough_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from tripwire.server.store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "CHECKPOINT_ROWS", 5)
+    threads: list[str] = []
+    w = Writer(
+        lambda: connect(tmp_path / "db"), lambda: threads.append(threading.current_thread().name)
+    )
+    await w.start()
+    for i in range(3):
+        await asyncio.gather(*(w.submit(insert(f"{i}-{j}")) for j in range(6)))
+    await w.stop()
+    assert threads and all(name.startswith("tripwire-store-sync") for name in threads)
+    assert len(keys(tmp_path)) == 18

@@ -86,6 +86,7 @@ def prepare(
         )
     return NewEvent(
         id=draft.id or new_event_id(),
+        minted_id=not draft.id,
         name=draft.name,
         source=draft.source or DEFAULT_SOURCE,
         payload={} if draft.payload is None else draft.payload,

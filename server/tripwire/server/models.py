@@ -56,6 +56,8 @@ class NewEvent:
     timestamp: int
     deliver_at: int
     account_id: str
+    # The server minted the id just now, so it cannot be known yet.
+    minted_id: bool = False
 
 
 @dataclass

@@ -157,12 +157,23 @@ def _retry_from_pb(msg: job_pb2.RetryPolicy) -> dict[str, Any]:
 # -- replies ------------------------------------------------------------------
 
 
-def event_to_pb(event: Event, out: event_pb2.Event) -> event_pb2.Event:
+def event_to_pb(
+    event: Event, out: event_pb2.Event, given: event_pb2.EventInput | None = None
+) -> event_pb2.Event:
+    """`given`: the request's input for this event, whose payload and context are
+    copied as they are (cheaper than converting back) when the event is new."""
     out.id = event.id
     out.name = event.name
     out.source = event.source
-    py_to_value(event.payload, out.payload)
-    py_to_value(event.context, out.context)
+    fresh = given if given is not None and not event.deduplicated else None
+    if fresh is not None and fresh.payload.WhichOneof("kind") not in (None, "null_value"):
+        out.payload.CopyFrom(fresh.payload)
+    else:
+        py_to_value(event.payload, out.payload)
+    if fresh is not None and fresh.context.WhichOneof("kind") not in (None, "null_value"):
+        out.context.CopyFrom(fresh.context)
+    else:
+        py_to_value(event.context, out.context)
     out.timestamp.FromMilliseconds(event.timestamp)
     out.deliver_at.FromMilliseconds(event.deliver_at)
     set_ts(out.delivered_at, event.delivered_at)

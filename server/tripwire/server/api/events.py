@@ -41,7 +41,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             env, [convert.draft(request.event)], convert.options(request.options), batch=False
         )
         reply = pb.SendEventResponse()
-        convert.event_to_pb(stored, reply.event)
+        convert.event_to_pb(stored, reply.event, request.event)
         return reply
 
     @unary
@@ -53,8 +53,8 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         drafts = [convert.draft(e) for e in request.events]
         events = await self.events.send(env, drafts, convert.options(request.options), batch=True)
         reply = pb.SendEventsResponse()
-        for event in events:
-            convert.event_to_pb(event, reply.events.add())
+        for event, given in zip(events, request.events, strict=True):
+            convert.event_to_pb(event, reply.events.add(), given)
         return reply
 
     @unary

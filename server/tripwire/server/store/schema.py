@@ -26,7 +26,6 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_due ON events (deliver_at) WHERE status = 'PENDING';
     CREATE INDEX events_by_name ON events (env, name, seq);
-    CREATE INDEX events_by_env ON events (env, seq);
 
     CREATE TABLE job_versions (
         env TEXT NOT NULL,
@@ -79,10 +78,7 @@ MIGRATIONS: list[str] = [
         -- One run per job per event, whatever redelivers the event.
         UNIQUE (env, event_id, job_id)
     );
-    CREATE INDEX runs_by_env ON runs (env, seq);
     CREATE INDEX runs_by_job ON runs (env, job_id, seq);
-    CREATE INDEX runs_active ON runs (status, seq)
-        WHERE status IN ('QUEUED', 'EXECUTING', 'WAITING');
     """,
     # 2: what workers need: tasks, logs, run deadlines and owners.
     """

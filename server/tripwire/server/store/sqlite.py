@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -75,7 +76,8 @@ class SQLiteStore(WorkOps):
         self.path = path
         self.index = index
         self.hub = hub
-        self._writer = Writer(self._open_writer)
+        self._writer = Writer(self._open_writer, self._checkpoint)
+        self._checkpoint_conn: sqlite3.Connection | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tripwire-store-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -87,11 +89,19 @@ class SQLiteStore(WorkOps):
         self.index.load(self._latest_jobs(conn))
         return conn
 
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file (on the writer's helper thread)."""
+        if self._checkpoint_conn is None:
+            self._checkpoint_conn = _connect(self.path, readonly=False)
+        self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     async def open(self) -> None:
         await self._writer.start()
 
     async def close(self) -> None:
         await self._writer.stop()
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
         self._readers.shutdown(wait=True)
         with self._lock:
             for conn in self._reader_conns:
@@ -121,7 +131,7 @@ class SQLiteStore(WorkOps):
 
     def _ingest(self, tx: Tx, env: str, events: Sequence[NewEvent], now: int) -> list[Event]:
         conn = tx.conn
-        known = self._events_by_id(conn, env, {e.id for e in events})
+        known = self._events_by_id(conn, env, {e.id for e in events if not e.minted_id})
         inserted: dict[str, Event] = {}
         updated: dict[str, Event] = {}
         results: list[tuple[Event, bool]] = []
@@ -156,7 +166,7 @@ class SQLiteStore(WorkOps):
             if event.status is EventStatus.PENDING and event.deliver_at <= now:
                 created += self._deliver(event, now)
                 delivered.append(event)
-        conn.executemany(_INSERT_EVENT, [rows.event_params(e) for e in inserted.values()])
+        _insert(conn, _INSERT_EVENT, [rows.event_params(e) for e in inserted.values()])
         for event in updated.values():
             conn.execute(
                 "UPDATE events SET payload = ?, context = ?, deliver_at = ?, delivered_at = ?, "
@@ -205,7 +215,7 @@ class SQLiteStore(WorkOps):
     def _insert_runs(self, tx: Tx, runs: Sequence[Run], events: Sequence[Event] = ()) -> None:
         if not runs:
             return
-        tx.conn.executemany(_INSERT_RUN, [rows.run_params(r) for r in runs])
+        _insert(tx.conn, _INSERT_RUN, [rows.run_params(r) for r in runs])
         queued = [r for r in runs if r.status is RunStatus.QUEUED]
         if queued:
             by_id = {e.id: e for e in events}
@@ -682,9 +692,16 @@ class SQLiteStore(WorkOps):
 
 
 def _reply(event: Event, deduplicated: bool) -> Event:
-    reply = Event(**{**event.__dict__, "runs": [] if deduplicated else list(event.runs)})
-    reply.deduplicated = deduplicated
-    return reply
+    if not deduplicated:
+        return event
+    return replace(event, runs=[], deduplicated=True)
+
+
+def _insert(conn: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -> None:
+    if len(params) == 1:
+        conn.execute(sql, params[0])  # cheaper than executemany for the common single row
+    elif params:
+        conn.executemany(sql, params)
 
 
 def _page(found: list[T], limit: int, cursor: Callable[[T], str]) -> Page[T]:
