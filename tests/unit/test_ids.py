@@ -25,7 +25,7 @@ def test_ulids_are_unique_and_sort_by_time() -> None:
     assert len(set(values)) == len(values)
     assert all(
         ULID.from_str(a).milliseconds <= ULID.from_str(b).milliseconds
-        for a, b in zip(values, values[1:], strict=False)
+        for a, b in itertools.pairwise(values)
     )
 
 
