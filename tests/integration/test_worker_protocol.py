@@ -120,8 +120,14 @@ async def test_stale_attempts_are_abandoned_and_cached_tasks_replayed(
         assert [(t["key"], t["status"]) for t in request["cachedTasks"]] == [
             ("a", "TASK_STATUS_COMPLETED")
         ]
-        # Anything the first worker says now is stale.
+        # The silent worker is told why its stream ended, and its run is abandoned.
         await worker.ended.wait()
+        assert isinstance(worker.error, grpc.aio.AioRpcError)
+        assert worker.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "lease expired" in (worker.error.details() or "")
+        abandoned = await worker.expect("abandon")
+        assert abandoned["runId"] == run["id"] and abandoned["reason"] == "lease expired"
+        # Anything the first worker says now is stale.
         late = RawWorker(conn.workers)
         await late.connect([job("j", ["go"])], worker_id="late")
         late.result(run, output="late")

@@ -23,7 +23,7 @@ from tripwire.v1 import worker_service_pb2 as pb
 
 from ..config import Settings
 from ..dispatcher import Dispatcher, Session
-from ..errors import InvalidArgument, StaleAttempt, TripwireError
+from ..errors import InvalidArgument, StaleAttempt, TripwireError, Unavailable
 from ..events import EventDraft
 from ..ids import new_event_id
 from ..models import Event, Run, RunStatus, Task
@@ -73,6 +73,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         finally:
             self.streams.discard(stream)
             stream.close()
+        if stream.end_reason:
+            await context.abort(status_of(Unavailable(stream.end_reason)), stream.end_reason)
 
     def requeue_later(self, held: list[tuple[str, int]], delay: float) -> None:
         """Give a gone worker's runs back once its lease has run out."""
@@ -123,6 +125,8 @@ class WorkerStream:
         self.outbox: asyncio.Queue[pb.RunJobResponse | None] = asyncio.Queue()
         self.runs: dict[str, Run] = {}
         self.session: Session | None = None
+        # Why the server ended the stream, if it did.
+        self.end_reason = ""
         self.last_seen = time.monotonic()
         self._handlers: set[asyncio.Task[None]] = set()
         self._tails: dict[str, asyncio.Task[None]] = {}  # run id -> its latest message's task
@@ -200,12 +204,19 @@ class WorkerStream:
                 try:
                     msg = await asyncio.wait_for(anext(self.requests), self.lease)
                 except TimeoutError:
+                    self.end_reason = (
+                        f"lease expired: nothing received for {self.lease:g} s; "
+                        "the runs this worker held were given back"
+                    )
                     log.warning(
                         "worker %s was silent for a whole lease; dropping it",
                         self.session.worker_id if self.session else "?",
                     )
+                    held = self.detach()
+                    for run_id, attempt in held:
+                        self.stop_run(run_id, attempt, "lease expired", ended=False)
                     # Its runs go back now: the lease is over.
-                    self.servicer.requeue_later(self.detach(), 0)
+                    self.servicer.requeue_later(held, 0)
                     return
                 except StopAsyncIteration:
                     # A clean close: what the worker sent last (often a run's
