@@ -9,7 +9,7 @@ PROTO_SRC := $(wildcard proto/tripwire/v1/*.proto)
 .PHONY: help install run test test-unit test-integration test-e2e proto proto-check proto-lint fmt lint typecheck bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
