@@ -8,6 +8,7 @@ import grpc
 import pytest
 from tripwire.server.app import Server
 from tripwire.v1 import event_service_pb2 as ev
+from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
 
 from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
@@ -300,3 +301,13 @@ async def test_watch_run_streams_changes_until_terminal(conn: Stubs, worker: Raw
     statuses = [u["run"]["status"] for u in updates if "run" in u]
     assert statuses[-1] == "RUN_STATUS_SUCCESS"
     assert any("task" in u and u["task"]["status"] == "TASK_STATUS_COMPLETED" for u in updates)
+
+
+async def test_runs_queued_before_any_worker_wait_for_one(conn: Stubs, worker: RawWorker
+                                                          ) -> None:
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("early", ["e"])}))
+    first = await send(conn, "e", id="e1")
+    second = await send(conn, "e", id="e2")
+    await worker.connect([job("early", ["e"])])
+    got = {(await worker.run_request())["run"]["id"] for _ in range(2)}
+    assert got == {first["runs"][0]["id"], second["runs"][0]["id"]}

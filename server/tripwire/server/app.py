@@ -91,7 +91,6 @@ class Server:
         self.hub.listener = self.dispatcher
         # Nobody holds a run across a restart: what was executing is queued again.
         await self.store.requeue_orphans(self.clock())
-        self.dispatcher.queued(await self.store.queued_runs(), {})
 
         auth = Authenticator(settings.api_keys)
         self.grpc = grpc.aio.server(

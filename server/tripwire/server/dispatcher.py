@@ -5,14 +5,14 @@ to the hub (runs queued or released) and to workers arriving and leaving: a
 new run reaches an idle worker in the same loop iteration that learns of it,
 with no polling. The database stays the source of truth: a claim is written
 (in order, by the store's writer) before anything the worker sends for that
-attempt, and on start every QUEUED run is loaded back.
+attempt, and only job versions some worker serves have their queue in memory
+(loaded from the store when the first such worker arrives).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -66,7 +66,9 @@ class Dispatcher(RunListener):
         self.store = store
         self.index = index
         self.clock = clock
-        self._queues: dict[Key, deque[_Queued]] = {}
+        # Per job version with a worker: its QUEUED runs in order, by run id.
+        self._queues: dict[Key, dict[str, _Queued]] = {}
+        self._loading: set[asyncio.Task[None]] = set()
         self._sessions: dict[str, Session] = {}
         self._serving: dict[Key, list[Session]] = {}
         self._owner: dict[str, Session] = {}
@@ -82,7 +84,12 @@ class Dispatcher(RunListener):
         keys = set()
         for run in runs:
             key = (run.env, run.job_id, run.job_version)
-            self._queues.setdefault(key, deque()).append(_Queued(run, events.get(run.event_id)))
+            if not self._serving.get(key):
+                continue  # no worker for it: loaded from the store when one arrives
+            queue = self._queues.setdefault(key, {})
+            if run.id in queue or run.id in self._owner:
+                continue
+            queue[run.id] = _Queued(run, events.get(run.event_id))
             keys.add(key)
         self._pump(keys)
 
@@ -104,16 +111,40 @@ class Dispatcher(RunListener):
     def add_session(self, session: Session) -> None:
         self._sessions[session.id] = session
         for job_id, version in session.serves:
-            self._serving.setdefault((session.env, job_id, version), []).append(session)
+            key = (session.env, job_id, version)
+            serving = self._serving.setdefault(key, [])
+            serving.append(session)
+            if len(serving) == 1:
+                self._load(key)
         self._pump({(session.env, *s) for s in session.serves})
+
+    def _load(self, key: Key) -> None:
+        """The first worker for a job version: queue what waited for one."""
+
+        async def load() -> None:
+            self.queued(await self.store.queued_runs(*key), {})
+
+        task = asyncio.create_task(load())
+        self._loading.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._loading.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("loading queued runs of %s failed", key, exc_info=task.exception())
+
+        task.add_done_callback(done)
 
     def remove_session(self, session: Session) -> list[tuple[str, int]]:
         """Forget a session; returns the (run id, attempt) pairs it still held."""
         self._sessions.pop(session.id, None)
         for job_id, version in session.serves:
-            sessions = self._serving.get((session.env, job_id, version), [])
+            key = (session.env, job_id, version)
+            sessions = self._serving.get(key, [])
             if session in sessions:
                 sessions.remove(session)
+            if not sessions:  # nobody serves it now: the store keeps its queue
+                self._serving.pop(key, None)
+                self._queues.pop(key, None)
         held = list(session.running.items())
         for run_id, _ in held:
             self._release(run_id)
@@ -165,7 +196,7 @@ class Dispatcher(RunListener):
                 session = max(sessions, key=lambda s: s.free)
                 if session.free <= 0:
                     break
-                item = queue.popleft()
+                item = queue.pop(next(iter(queue)))
                 self._assign(session, item, max_duration)
             if not queue:
                 self._queues.pop(key, None)

@@ -56,12 +56,14 @@ class WorkOps:
 
     # -- dispatch ---------------------------------------------------------------
 
-    async def queued_runs(self) -> list[Run]:
-        """Every QUEUED run, oldest first (the dispatcher's backlog after a start)."""
+    async def queued_runs(self, env: str, job_id: str, version: str) -> list[Run]:
+        """The QUEUED runs of a job version, oldest first."""
 
         def query(conn: sqlite3.Connection) -> list[Run]:
             cursor = conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'QUEUED' ORDER BY seq"
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE env = ? AND job_id = ? "
+                "AND job_version = ? AND status = 'QUEUED' ORDER BY seq",
+                (env, job_id, version),
             )
             return [rows.run_from_row(r) for r in cursor]
 
