@@ -97,22 +97,3 @@ async def test_stop_commits_what_is_queued(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         w.submit(insert("late"))
 
-
-async def test_checkpoints_run_off_the_loop_after_enough_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import threading
-
-    from tripwire.server.store import writer as writer_module
-
-    monkeypatch.setattr(writer_module, "CHECKPOINT_ROWS", 5)
-    threads: list[str] = []
-    w = Writer(
-        lambda: connect(tmp_path / "db"), lambda: threads.append(threading.current_thread().name)
-    )
-    await w.start()
-    for i in range(3):
-        await asyncio.gather(*(w.submit(insert(f"{i}-{j}")) for j in range(6)))
-    await w.stop()
-    assert threads and all(name.startswith("tripwire-store-sync") for name in threads)
-    assert len(keys(tmp_path)) == 18

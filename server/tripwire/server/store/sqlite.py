@@ -76,8 +76,7 @@ class SQLiteStore(WorkOps):
         self.path = path
         self.index = index
         self.hub = hub
-        self._writer = Writer(self._open_writer, self._checkpoint)
-        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._writer = Writer(self._open_writer)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tripwire-store-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -89,19 +88,11 @@ class SQLiteStore(WorkOps):
         self.index.load(self._latest_jobs(conn))
         return conn
 
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the database file (on the writer's helper thread)."""
-        if self._checkpoint_conn is None:
-            self._checkpoint_conn = _connect(self.path, readonly=False)
-        self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
     async def open(self) -> None:
         await self._writer.start()
 
     async def close(self) -> None:
         await self._writer.stop()
-        if self._checkpoint_conn is not None:
-            self._checkpoint_conn.close()
         self._readers.shutdown(wait=True)
         with self._lock:
             for conn in self._reader_conns:

@@ -7,12 +7,11 @@ batch once. With `synchronous=FULL` that is one fsync for all the concurrent
 callers instead of one each; each caller is answered only after that commit,
 so an acknowledged write survives kill -9 (and power loss).
 
-Everything runs on the event loop's thread, which owns the Python work anyway:
-handing operations (or just the COMMIT) to another thread costs more CPU in
-GIL and wake-up traffic than the WAL fsync it would hide (measured: ~110 us
-per commit). What can take long, checkpointing the WAL into the database
-file, is done on a helper thread with a connection of its own, so a commit
-only ever appends to the WAL and syncs it.
+Operations run on the event loop's thread, which owns the Python work anyway;
+only the COMMIT (the fsync) runs on a helper thread, so the loop keeps serving
+(and queueing the next batch) while the disk syncs. Running the operations on
+a thread of their own would make the two threads trade the GIL at every
+SQLite call.
 """
 
 from __future__ import annotations
@@ -29,8 +28,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BATCH = 1024
-# Checkpoint the WAL after about this many rows were written to it.
-CHECKPOINT_ROWS = 2000
 
 
 class Tx:
@@ -49,27 +46,18 @@ Operation = Callable[[Tx], Any]
 
 
 class Writer:
-    def __init__(
-        self,
-        connect: Callable[[], sqlite3.Connection],
-        checkpoint: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._connect = connect
-        self._checkpoint = checkpoint
-        self._checkpointing: asyncio.Future[None] | None = None
         self._conn: sqlite3.Connection | None = None
         self._queue: deque[tuple[Operation, asyncio.Future[Any]]] = deque()
         self._wakeup = asyncio.Event()
         self._sync = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tripwire-store-sync")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._checkpointed = 0  # conn.total_changes at the last checkpoint
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._conn = await loop.run_in_executor(self._sync, self._connect)
-        if self._checkpoint is not None:
-            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._task = asyncio.create_task(self._run(), name="tripwire-store-writer")
 
     async def stop(self) -> None:
@@ -78,8 +66,6 @@ class Writer:
         self._wakeup.set()
         if self._task is not None:
             await self._task
-        if self._checkpointing is not None:
-            await self._checkpointing
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._sync, conn.close)
@@ -106,20 +92,6 @@ class Writer:
             if self._closing:
                 return
 
-    def _start_checkpoint(self, conn: sqlite3.Connection) -> None:
-        if self._checkpoint is None or self._checkpointing is not None:
-            return
-        self._checkpointed = conn.total_changes
-        loop = asyncio.get_running_loop()
-        self._checkpointing = loop.run_in_executor(self._sync, self._checkpoint)
-
-        def done(future: asyncio.Future[None]) -> None:
-            self._checkpointing = None
-            if not future.cancelled() and future.exception() is not None:
-                log.error("checkpoint failed", exc_info=future.exception())
-
-        self._checkpointing.add_done_callback(done)
-
     async def _commit(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
         conn = self._conn
         assert conn is not None
@@ -140,14 +112,12 @@ class Writer:
                 conn.execute("RELEASE op")
                 outcomes.append((result, None))
         try:
-            conn.execute("COMMIT")
+            await asyncio.get_running_loop().run_in_executor(self._sync, conn.execute, "COMMIT")
         except Exception as failure:
             log.exception("commit failed; the batch of %d operations is lost", len(batch))
             conn.rollback()
             outcomes = [(None, failure)] * len(batch)
             tx._after.clear()
-        if conn.total_changes - self._checkpointed >= CHECKPOINT_ROWS:
-            self._start_checkpoint(conn)
         for callback in tx._after:
             try:
                 callback()
