@@ -36,7 +36,6 @@ class RunStatus(StrEnum):
 
 
 _ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.EXECUTING, RunStatus.WAITING})
-ACTIVE_RUN_STATUSES = tuple(sorted(_ACTIVE))
 
 DEFAULT_SOURCE = "trigger.dev"
 SCHEDULED_EVENT = "tripwire.scheduled"

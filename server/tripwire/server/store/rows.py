@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from ..models import Event, EventStatus, Job, LogEntry, Run, RunStatus, Task, TaskKind, TaskStatus
+from ..models import (
+    Event,
+    EventStatus,
+    Job,
+    LogEntry,
+    Page,
+    Run,
+    RunStatus,
+    Task,
+    TaskKind,
+    TaskStatus,
+)
+
+T = TypeVar("T")
 
 
 def dumps(value: Any) -> str:
@@ -205,3 +219,10 @@ def log_from_row(row: Any) -> LogEntry:
     return LogEntry(
         seq=row[0], level=row[1], message=row[2], data=loads_or_none(row[3]), time=row[4]
     )
+
+
+def page(found: list[T], limit: int, cursor: Callable[[T], str]) -> Page[T]:
+    """The first `limit` of `found` (which has one extra row if there are more)."""
+    if len(found) > limit:
+        return Page(found[:limit], cursor(found[limit - 1]))
+    return Page(found, "")

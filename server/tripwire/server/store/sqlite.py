@@ -13,24 +13,18 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
-from .. import schedules, versions
 from ..errors import FailedPrecondition, NotFound
 from ..events import resend_action
 from ..hub import Hub
 from ..ids import new_run_id
-from ..matching import JobIndex, run_spec
+from ..matching import JobIndex
 from ..models import (
-    INTERNAL_SOURCE,
-    INVOKE_EVENT,
-    SCHEDULED_EVENT,
     Event,
     EventStatus,
-    Job,
     NewEvent,
     Page,
     Run,
@@ -38,7 +32,8 @@ from ..models import (
     RunStatus,
 )
 from . import rows
-from .rows import EVENT_COLUMNS, JOB_COLUMNS, RUN_COLUMNS, dumps
+from .jobs import JobOps
+from .rows import EVENT_COLUMNS, RUN_COLUMNS, dumps
 from .schema import migrate
 from .work import WorkOps
 from .writer import Tx, Writer
@@ -71,7 +66,7 @@ def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class SQLiteStore(WorkOps):
+class SQLiteStore(JobOps, WorkOps):
     def __init__(self, path: str, index: JobIndex, hub: Hub) -> None:
         self.path = path
         self.index = index
@@ -203,6 +198,10 @@ class SQLiteStore(WorkOps):
             account_id=event.account_id,
         )
 
+    def _insert_event(self, tx: Tx, event: Event, *, or_ignore: bool = False) -> bool:
+        sql = _INSERT_EVENT.replace("INSERT", "INSERT OR IGNORE", 1) if or_ignore else _INSERT_EVENT
+        return bool(tx.conn.execute(sql, rows.event_params(event)).rowcount)
+
     def _insert_runs(self, tx: Tx, runs: Sequence[Run], events: Sequence[Event] = ()) -> None:
         if not runs:
             return
@@ -302,7 +301,7 @@ class SQLiteStore(WorkOps):
                 (*params, limit + 1),
             )
             found = [rows.event_from_row(r) for r in cursor]
-            return _page(found, limit, lambda e: str(e.seq))
+            return rows.page(found, limit, lambda e: str(e.seq))
 
         return await self._read(query)
 
@@ -362,7 +361,7 @@ class SQLiteStore(WorkOps):
                 (*params, limit + 1),
             )
             found = [rows.run_from_row(r) for r in cursor]
-            return _page(found, limit, lambda r: str(r.seq))
+            return rows.page(found, limit, lambda r: str(r.seq))
 
         return await self._read(query)
 
@@ -432,255 +431,6 @@ class SQLiteStore(WorkOps):
         done = list(ids)
         tx.after_commit(lambda: self.hub.released(done, stop_reason=message))
 
-    # -- jobs -------------------------------------------------------------------
-
-    async def register_job(self, job: Job, now: int) -> Job:
-        def op(tx: Tx) -> Job:
-            conn = tx.conn
-            old = conn.execute(
-                "SELECT created_at FROM job_versions WHERE env = ? AND id = ? AND version = ?",
-                (job.env, job.id, job.version),
-            ).fetchone()
-            job.created_at = old[0] if old else now
-            job.updated_at = now
-            conn.execute(
-                "INSERT OR REPLACE INTO job_versions (env, id, version, name, trigger, enabled, "
-                "concurrency_limit, retry, max_duration_seconds, log_level, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows.job_params(job),
-            )
-            self._refresh_head(tx, job.env, job.id, now)
-            return self._job(conn, job.env, job.id, job.version)
-
-        return await self._write(op)
-
-    def _refresh_head(self, tx: Tx, env: str, job_id: str, now: int) -> None:
-        """Point the job at its highest version and keep its schedule in step."""
-        conn = tx.conn
-        found = [
-            r[0]
-            for r in conn.execute(
-                "SELECT version FROM job_versions WHERE env = ? AND id = ?", (env, job_id)
-            )
-        ]
-        latest_version = max(found, key=lambda v: versions.parse(v, "version"))
-        head = conn.execute(
-            "SELECT schedule, anchor, next_fire FROM jobs WHERE env = ? AND id = ?", (env, job_id)
-        ).fetchone()
-        conn.execute(
-            "INSERT INTO jobs (env, id, latest_version) VALUES (?, ?, ?) "
-            "ON CONFLICT (env, id) DO UPDATE SET latest_version = excluded.latest_version",
-            (env, job_id, latest_version),
-        )
-        latest = self._job(conn, env, job_id, latest_version)
-        schedule = _schedule_of(latest)
-        spec = dumps(schedule.__dict__) if schedule else None
-        if head is None or head[0] != spec:
-            # A new or changed schedule starts from now; an unchanged one keeps
-            # its next fire, so re-registering never resets or skips a tick.
-            next_fire = schedules.first_fire(schedule, _dt(now)) if schedule else None
-            conn.execute(
-                "UPDATE jobs SET schedule = ?, anchor = ?, next_fire = ?, last_fire = NULL "
-                "WHERE env = ? AND id = ?",
-                (spec, now, _ms(next_fire) if next_fire else None, env, job_id),
-            )
-            latest = self._job(conn, env, job_id, latest_version)
-        tx.after_commit(lambda: self.index.put(latest))
-        tx.after_commit(self.hub.timers)
-
-    def _job(self, conn: sqlite3.Connection, env: str, job_id: str, version: str) -> Job:
-        row = conn.execute(
-            f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.env = ? AND v.id = ? AND v.version = ?",
-            (env, job_id, version),
-        ).fetchone()
-        return rows.job_from_row(row)
-
-    @staticmethod
-    def _latest_jobs(conn: sqlite3.Connection) -> list[Job]:
-        cursor = conn.execute(
-            f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.version = j.latest_version"
-        )
-        return [rows.job_from_row(r) for r in cursor]
-
-    async def get_job(self, env: str, job_id: str, version: str | None) -> Job | None:
-        def query(conn: sqlite3.Connection) -> Job | None:
-            sql = f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.env = ? AND v.id = ? AND "
-            sql += "v.version = ?" if version else "v.version = j.latest_version"
-            row = conn.execute(sql, (env, job_id, version) if version else (env, job_id))
-            found = row.fetchone()
-            return None if found is None else rows.job_from_row(found)
-
-        return await self._read(query)
-
-    async def job_versions(self, env: str, job_id: str) -> list[Job]:
-        def query(conn: sqlite3.Connection) -> list[Job]:
-            cursor = conn.execute(
-                f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.env = ? AND v.id = ?", (env, job_id)
-            )
-            found = [rows.job_from_row(r) for r in cursor]
-            found.sort(key=lambda j: versions.parse(j.version, "version"), reverse=True)
-            return found
-
-        return await self._read(query)
-
-    async def list_jobs(self, env: str, *, limit: int, after: str) -> Page[Job]:
-        def query(conn: sqlite3.Connection) -> Page[Job]:
-            cursor = conn.execute(
-                f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.env = ? "
-                "AND v.version = j.latest_version AND v.id > ? ORDER BY v.id LIMIT ?",
-                (env, after, limit + 1),
-            )
-            return _page([rows.job_from_row(r) for r in cursor], limit, lambda j: j.id)
-
-        return await self._read(query)
-
-    async def set_job_enabled(
-        self, env: str, job_id: str, version: str | None, enabled: bool, now: int
-    ) -> tuple[list[Job], list[str]]:
-        def op(tx: Tx) -> tuple[list[Job], list[str]]:
-            conn = tx.conn
-            sql = "SELECT version FROM job_versions WHERE env = ? AND id = ?"
-            params: tuple[str, ...] = (env, job_id)
-            if version:
-                sql += " AND version = ?"
-                params = (env, job_id, version)
-            targets = [r[0] for r in conn.execute(sql, params)]
-            if not targets:
-                what = f"version {version!r} of job" if version else "job"
-                raise NotFound(f"{what} {job_id!r} not found")
-            conn.executemany(
-                "UPDATE job_versions SET enabled = ?, updated_at = ? "
-                "WHERE env = ? AND id = ? AND version = ?",
-                [(int(enabled), now, env, job_id, v) for v in targets],
-            )
-            aborted: list[str] = []
-            if not enabled:
-                marks = ",".join("?" * len(targets))
-                aborted = [
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT id FROM runs WHERE env = ? AND job_id = ? AND job_version IN "
-                        f"({marks}) AND status IN {_ACTIVE} ORDER BY seq",
-                        (env, job_id, *targets),
-                    )
-                ]
-                self._end_runs(
-                    tx, aborted, RunStatus.ABORTED, now, "Aborted", "the job version was disabled"
-                )
-            self._refresh_head(tx, env, job_id, now)
-            jobs = [self._job(conn, env, job_id, v) for v in targets]
-            jobs.sort(key=lambda j: versions.parse(j.version, "version"), reverse=True)
-            return jobs, aborted
-
-        return await self._write(op)
-
-    async def invoke(self, env: str, job_id: str, event: NewEvent, now: int) -> tuple[Run, bool]:
-        """Create the invoke event and its one run; an existing event id returns its run."""
-
-        def op(tx: Tx) -> tuple[Run, bool]:
-            conn = tx.conn
-            compiled = self.index.get(env, job_id)
-            if compiled is None:
-                raise NotFound(f"job {job_id!r} not found")
-            existing = self._events_by_id(conn, env, {event.id}).get(event.id)
-            if existing is not None:
-                row = conn.execute(
-                    f"SELECT {RUN_COLUMNS} FROM runs WHERE env = ? AND event_id = ? AND job_id = ?",
-                    (env, event.id, job_id),
-                ).fetchone()
-                if row is None:
-                    raise FailedPrecondition(
-                        f"idempotency_key {event.id!r} is already the id of another event"
-                    )
-                return rows.run_from_row(row), True
-            if not compiled.job.enabled:
-                raise FailedPrecondition(
-                    f"job {job_id!r} version {compiled.job.version} is disabled"
-                )
-            stored = Event(
-                env=env,
-                id=event.id,
-                name=INVOKE_EVENT,
-                source=INTERNAL_SOURCE,
-                payload=event.payload,
-                context=event.context,
-                timestamp=event.timestamp,
-                deliver_at=now,
-                created_at=now,
-                status=EventStatus.DELIVERED,
-                delivered_at=now,
-                account_id=event.account_id,
-            )
-            run = self._new_run(stored, run_spec(compiled, event.payload), now)
-            conn.execute(_INSERT_EVENT, rows.event_params(stored))
-            self._insert_runs(tx, [run], [stored])
-            return run, False
-
-        return await self._write(op)
-
-    # -- schedules --------------------------------------------------------------
-
-    async def fire_schedules(self, now: int, grace_ms: int) -> list[Run]:
-        """Fire every due cron/interval tick; the event id makes each fire happen once."""
-
-        def op(tx: Tx) -> list[Run]:
-            conn = tx.conn
-            due = conn.execute(
-                "SELECT env, id, anchor, next_fire, last_fire FROM jobs "
-                "WHERE next_fire IS NOT NULL AND next_fire <= ? ORDER BY next_fire",
-                (now,),
-            ).fetchall()
-            created: list[Run] = []
-            for env, job_id, anchor, next_fire, last_fire in due:
-                compiled = self.index.get(env, job_id)
-                schedule = _schedule_of(compiled.job) if compiled else None
-                if compiled is None or schedule is None:
-                    conn.execute(
-                        "UPDATE jobs SET next_fire = NULL WHERE env = ? AND id = ?", (env, job_id)
-                    )
-                    continue
-                decision = schedules.decide(
-                    schedule, _dt(next_fire), _dt(now), _dt(anchor), _td(grace_ms)
-                )
-                if decision is None:
-                    continue
-                fired = last_fire
-                if decision.fire_at is not None and compiled.job.enabled:
-                    planned = decision.fire_at
-                    run = self._fire(tx, compiled.job, planned, last_fire, now)
-                    if run is not None:
-                        created.append(run)
-                    fired = _ms(planned)
-                conn.execute(
-                    "UPDATE jobs SET next_fire = ?, last_fire = ? WHERE env = ? AND id = ?",
-                    (_ms(decision.next_fire), fired, env, job_id),
-                )
-            self._insert_runs(tx, created)
-            return created
-
-        return await self._write(op)
-
-    def _fire(self, tx: Tx, job: Job, planned: Any, last_fire: int | None, now: int) -> Run | None:
-        event = Event(
-            env=job.env,
-            id=schedules.scheduled_event_id(job.id, planned),
-            name=SCHEDULED_EVENT,
-            source=INTERNAL_SOURCE,
-            payload=schedules.scheduled_payload(planned, _dt(last_fire) if last_fire else None),
-            context={},
-            timestamp=_ms(planned),
-            deliver_at=_ms(planned),
-            created_at=now,
-            status=EventStatus.DELIVERED,
-            delivered_at=now,
-        )
-        cursor = tx.conn.execute(
-            _INSERT_EVENT.replace("INSERT", "INSERT OR IGNORE", 1), rows.event_params(event)
-        )
-        if cursor.rowcount == 0:
-            return None  # this tick already fired (another replica, or before a crash)
-        return self._new_run(event, RunSpec(job.id, job.version), now)
-
 
 def _reply(event: Event, deduplicated: bool) -> Event:
     if not deduplicated:
@@ -693,39 +443,3 @@ def _insert(conn: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -
         conn.execute(sql, params[0])  # cheaper than executemany for the common single row
     elif params:
         conn.executemany(sql, params)
-
-
-def _page(found: list[T], limit: int, cursor: Callable[[T], str]) -> Page[T]:
-    if len(found) > limit:
-        return Page(found[:limit], cursor(found[limit - 1]))
-    return Page(found, "")
-
-
-def _schedule_of(job: Job) -> schedules.Schedule | None:
-    kind, spec = next(iter(job.trigger.items()))
-    if kind == "cron":
-        return schedules.Schedule(
-            kind="cron",
-            cron=spec.get("cron", ""),
-            timezone=spec.get("timezone", ""),
-            catch_up=bool(spec.get("catch_up")),
-        )
-    if kind == "interval":
-        return schedules.Schedule(
-            kind="interval",
-            seconds=int(spec.get("seconds", 0)),
-            catch_up=bool(spec.get("catch_up")),
-        )
-    return None
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _ms(when: datetime) -> int:
-    return round(when.timestamp() * 1000)
-
-
-def _td(ms: int) -> timedelta:
-    return timedelta(milliseconds=ms)
