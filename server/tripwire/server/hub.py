@@ -1,13 +1,15 @@
-"""Wake-ups between the store (writer thread) and the server's loops and streams.
+"""Wake-ups between the store and the server's loops and streams.
 
-The store calls these methods after a commit, from its writer thread; they hop
-onto the event loop, so nothing ever polls. The dispatcher subscribes to run
-changes; WatchRun streams subscribe per run.
+The store calls these methods after a commit; they run the listeners on the
+event loop (hopping onto it when called from another thread), so nothing
+polls. The dispatcher subscribes to run changes; WatchRun streams subscribe
+per run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -29,12 +31,16 @@ class RunListener:
 class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._thread = threading.get_ident()  # the loop's thread: Hub is made on it
         # Set when a delayed event, a schedule or a waiting run may be due sooner.
         self.timers_changed = asyncio.Event()
         self.listener = RunListener()
         self._watchers: dict[str, set[asyncio.Queue[str]]] = {}
 
     def _call(self, callback: Callable[..., Any], *args: Any) -> None:
+        if threading.get_ident() == self._thread:
+            self._loop.call_soon(callback, *args)  # no self-pipe wake-up needed
+            return
         try:
             self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # loop closed during shutdown

@@ -199,44 +199,55 @@ class WorkerStream:
     # -- reading --------------------------------------------------------------------
 
     async def _read(self) -> None:
+        """Read until the stream ends or the lease runs out with nothing received."""
+        reader = asyncio.create_task(self._consume())
         try:
             while True:
-                try:
-                    msg = await asyncio.wait_for(anext(self.requests), self.lease)
-                except TimeoutError:
-                    self.end_reason = (
-                        f"lease expired: nothing received for {self.lease:g} s; "
-                        "the runs this worker held were given back"
-                    )
-                    log.warning(
-                        "worker %s was silent for a whole lease; dropping it",
-                        self.session.worker_id if self.session else "?",
-                    )
-                    held = self.detach()
-                    for run_id, attempt in held:
-                        self.stop_run(run_id, attempt, "lease expired", ended=False)
-                    # Its runs go back now: the lease is over.
-                    self.servicer.requeue_later(held, 0)
+                remaining = self.last_seen + self.lease - time.monotonic()
+                if remaining <= 0:
+                    reader.cancel()
+                    self._lease_expired()
                     return
-                except StopAsyncIteration:
-                    # A clean close: what the worker sent last (often a run's
-                    # result, when it drains) is still stored before we end.
-                    await asyncio.gather(*self._handlers, return_exceptions=True)
+                # One timer per lease, not per message: messages only move last_seen.
+                done, _ = await asyncio.wait({reader}, timeout=remaining)
+                if done:
+                    if not reader.cancelled() and reader.exception() is not None:
+                        log.error("reading a worker stream failed", exc_info=reader.exception())
                     return
-                self.last_seen = time.monotonic()
-                kind = msg.WhichOneof("message")
-                if kind == "heartbeat":
-                    continue
-                handler = getattr(self, f"_on_{kind}", None) if kind else None
-                if kind is None or handler is None:
-                    self._send(_rejected("", "", InvalidArgument("message", f"unexpected {kind}")))
-                    continue
-                body = getattr(msg, kind)
-                self._in_order(getattr(body, "run_id", ""), handler(body))
-        except Exception:
-            log.exception("reading a worker stream failed")
         finally:
+            reader.cancel()
             self.outbox.put_nowait(None)
+
+    def _lease_expired(self) -> None:
+        self.end_reason = (
+            f"lease expired: nothing received for {self.lease:g} s; "
+            "the runs this worker held were given back"
+        )
+        log.warning(
+            "worker %s was silent for a whole lease; dropping it",
+            self.session.worker_id if self.session else "?",
+        )
+        held = self.detach()
+        for run_id, attempt in held:
+            self.stop_run(run_id, attempt, "lease expired", ended=False)
+        # Its runs go back now: the lease is over.
+        self.servicer.requeue_later(held, 0)
+
+    async def _consume(self) -> None:
+        async for msg in self.requests:
+            self.last_seen = time.monotonic()
+            kind = msg.WhichOneof("message")
+            if kind == "heartbeat":
+                continue
+            handler = getattr(self, f"_on_{kind}", None) if kind else None
+            if kind is None or handler is None:
+                self._send(_rejected("", "", InvalidArgument("message", f"unexpected {kind}")))
+                continue
+            body = getattr(msg, kind)
+            self._in_order(getattr(body, "run_id", ""), handler(body))
+        # A clean close: what the worker sent last (often a run's result, when it
+        # drains) is still stored before the stream ends.
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     def _in_order(self, run_id: str, work: Coroutine[Any, Any, None]) -> None:
         """Handle a message in its own task, after the earlier messages of the same run:
@@ -356,17 +367,15 @@ class WorkerStream:
             return
         error = convert.error_from_pb(msg.error) if msg.HasField("error") else None
         output = convert.value_to_py(msg.output) if msg.HasField("output") else None
-        if (
-            await self._guard(
-                msg.run_id,
-                msg.attempt,
-                "",
-                self.work.finish(self.env, msg.run_id, msg.attempt, output, error),
-            )
-            is not None
-        ):
-            self.runs.pop(msg.run_id, None)
-            self.dispatcher.finished(msg.run_id)
+        # The worker is done with it: its slot is free now, whatever the commit's pace.
+        self.runs.pop(msg.run_id, None)
+        self.dispatcher.finished(msg.run_id)
+        await self._guard(
+            msg.run_id,
+            msg.attempt,
+            "",
+            self.work.finish(self.env, msg.run_id, msg.attempt, output, error),
+        )
 
     async def _on_hello(self, msg: pb.Hello) -> None:
         self._send(_rejected("", "", InvalidArgument("hello", "was already sent on this stream")))

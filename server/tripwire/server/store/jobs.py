@@ -41,7 +41,7 @@ class JobOps:
     hub: Hub
     index: JobIndex
 
-    def _write(self, operation: Callable[[Tx], T]) -> asyncio.Future[T]:
+    def _write(self, operation: Callable[[Tx], T], *, lazy: bool = False) -> asyncio.Future[T]:
         raise NotImplementedError
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:

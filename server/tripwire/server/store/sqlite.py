@@ -94,8 +94,8 @@ class SQLiteStore(JobOps, WorkOps):
                 conn.close()
             self._reader_conns.clear()
 
-    def _write(self, operation: Callable[[Tx], T]) -> asyncio.Future[T]:
-        return self._writer.submit(operation)
+    def _write(self, operation: Callable[[Tx], T], *, lazy: bool = False) -> asyncio.Future[T]:
+        return self._writer.submit(operation, lazy=lazy)
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:

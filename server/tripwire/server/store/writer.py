@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BATCH = 1024
+# Writes nobody waits on (claims, run results, logs) ride along with the next
+# batch, or are committed after this long at the latest.
+LAZY_SECONDS = 0.002
 
 
 class Tx:
@@ -54,6 +57,7 @@ class Writer:
         self._sync = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tripwire-store-sync")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._lazy_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -71,21 +75,28 @@ class Writer:
             await asyncio.get_running_loop().run_in_executor(self._sync, conn.close)
         self._sync.shutdown(wait=True)
 
-    def submit(self, operation: Callable[[Tx], T]) -> asyncio.Future[T]:
+    def submit(self, operation: Callable[[Tx], T], *, lazy: bool = False) -> asyncio.Future[T]:
+        """Queue `operation`; the future resolves once it is committed. A lazy one
+        does not start a commit of its own unless nothing else does within
+        LAZY_SECONDS; it still runs in order with everything queued around it."""
         if self._closing or self._task is None:
             raise RuntimeError("the store is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
         self._queue.append((operation, future))
-        self._wakeup.set()
+        if not lazy:
+            self._wakeup.set()
+        elif self._lazy_timer is None:
+            self._lazy_timer = loop.call_later(LAZY_SECONDS, self._wakeup.set)
         return future
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            # One loop iteration's grace: requests already read from the network
-            # queue their writes too, and share this commit.
-            await asyncio.sleep(0)
+            if self._lazy_timer is not None:
+                self._lazy_timer.cancel()
+                self._lazy_timer = None
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
                 await self._commit(batch)
