@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 
 from pydantic import BaseModel
-
 from tripwire.client import IO, Client, RunContext, cron_trigger, event_trigger
 
 client = Client("my-app", url=os.environ.get("TRIPWIRE_URL", "localhost:50051"))
 
 
 class NewUser(BaseModel):
-    userId: str  # noqa: N815 (the event's JSON field name)
+    userId: str  # the event's JSON field name
 
 
 @client.define_job(

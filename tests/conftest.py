@@ -94,17 +94,17 @@ async def stubs(server: Server) -> AsyncIterator[Stubs]:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, every: float = 0.02
+    check: Callable[[], Awaitable[T | None]], *, within: float = 10.0, every: float = 0.02
 ) -> T:
-    """Poll `check` until it returns something truthy, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll `check` until it returns something truthy, failing after `within` seconds."""
+    deadline = time.monotonic() + within
     never = asyncio.Event()
     while True:
         result = await check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {within} s")
         try:
             await asyncio.wait_for(never.wait(), every)
         except TimeoutError:

@@ -18,6 +18,9 @@ def js(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message)
 
 
-def event_job(job_id: str, names: list[str], version: str = "1.0.0", **trigger: Any) -> dict[str, Any]:
-    return {"job": {"id": job_id, "version": version,
-                    "trigger": {"event": {"names": names, **trigger}}}}
+def event_job(
+    job_id: str, names: list[str], version: str = "1.0.0", **trigger: Any
+) -> dict[str, Any]:
+    return {
+        "job": {"id": job_id, "version": version, "trigger": {"event": {"names": names, **trigger}}}
+    }

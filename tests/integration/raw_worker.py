@@ -32,8 +32,13 @@ class RawWorker:
                 return
             yield msg
 
-    async def connect(self, jobs: list[dict[str, Any]], capacity: int = 10,
-                      worker_id: str = "w1", metadata: Any = ()) -> dict[str, Any]:
+    async def connect(
+        self,
+        jobs: list[dict[str, Any]],
+        capacity: int = 10,
+        worker_id: str = "w1",
+        metadata: Any = (),
+    ) -> dict[str, Any]:
         self.call = self.stub.RunJob(self._requests(), metadata=metadata)
         self._reader = asyncio.create_task(self._read())
         self.send({"hello": {"workerId": worker_id, "jobs": jobs, "capacity": capacity}})
@@ -66,7 +71,7 @@ class RawWorker:
     def send(self, body: dict[str, Any]) -> None:
         self.outgoing.put_nowait(json_format.ParseDict(body, pb.RunJobRequest()))
 
-    async def expect(self, kind: str, timeout: float = 10) -> dict[str, Any]:
+    async def expect(self, kind: str, within: float = 10) -> dict[str, Any]:
         """The next server message of `kind`. Run requests may interleave with the
         rest (the server sends them as soon as a run is queued), so they are set
         aside for `run_request()`; any other unexpected message fails the test."""
@@ -75,36 +80,61 @@ class RawWorker:
                 del self.held[i]
                 return js(getattr(msg, kind))
         while True:
-            msg = await asyncio.wait_for(self.incoming.get(), timeout)
+            msg = await asyncio.wait_for(self.incoming.get(), within)
             got = msg.WhichOneof("message")
             if got == kind:
                 return js(getattr(msg, kind))
             assert got == "run_request", f"expected {kind}, got {got}: {msg}"
             self.held.append(msg)
 
-    async def run_request(self, timeout: float = 10) -> dict[str, Any]:
+    async def run_request(self, within: float = 10) -> dict[str, Any]:
         """The next run request, with any cached task pages merged in."""
-        request = await self.expect("run_request", timeout)
+        request = await self.expect("run_request", within)
         tasks = list(request.get("cachedTasks", []))
         if not request.get("cachedTasksComplete"):
             while True:
-                page = await self.expect("cached_tasks", timeout)
+                page = await self.expect("cached_tasks", within)
                 tasks += page.get("tasks", [])
                 if page.get("last"):
                     break
         request["cachedTasks"] = tasks
         return request
 
-    async def task(self, run: dict[str, Any], key: str, kind: str = "TASK_KIND_RUN",
-                   request_id: str = "r1", **extra: Any) -> dict[str, Any]:
-        self.send({"task": {"requestId": request_id, "runId": run["id"],
-                            "attempt": run["attempt"], "key": key, "kind": kind, **extra}})
+    async def task(
+        self,
+        run: dict[str, Any],
+        key: str,
+        kind: str = "TASK_KIND_RUN",
+        request_id: str = "r1",
+        **extra: Any,
+    ) -> dict[str, Any]:
+        self.send(
+            {
+                "task": {
+                    "requestId": request_id,
+                    "runId": run["id"],
+                    "attempt": run["attempt"],
+                    "key": key,
+                    "kind": kind,
+                    **extra,
+                }
+            }
+        )
         return await self.expect("task_result")
 
-    async def complete(self, run: dict[str, Any], task_id: str, output: Any = None,
-                       error: dict[str, str] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"requestId": "c", "runId": run["id"], "attempt": run["attempt"],
-                                "taskId": task_id}
+    async def complete(
+        self,
+        run: dict[str, Any],
+        task_id: str,
+        output: Any = None,
+        error: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "requestId": "c",
+            "runId": run["id"],
+            "attempt": run["attempt"],
+            "taskId": task_id,
+        }
         if error is not None:
             body["error"] = error
         else:
@@ -112,8 +142,9 @@ class RawWorker:
         self.send({"taskComplete": body})
         return await self.expect("task_result")
 
-    def result(self, run: dict[str, Any], output: Any = None,
-               error: dict[str, str] | None = None) -> None:
+    def result(
+        self, run: dict[str, Any], output: Any = None, error: dict[str, str] | None = None
+    ) -> None:
         body: dict[str, Any] = {"runId": run["id"], "attempt": run["attempt"]}
         if error is not None:
             body["error"] = error

@@ -25,8 +25,9 @@ async def test_keys_select_environments_and_isolate_them(start_server: StartServ
                     req(ev.SendEventRequest, {"event": {"name": "x"}}), metadata=metadata
                 )
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        await stubs.jobs.RegisterJob(req(jb.RegisterJobRequest, event_job("j", ["x"])),
-                                     metadata=prod)
+        await stubs.jobs.RegisterJob(
+            req(jb.RegisterJobRequest, event_job("j", ["x"])), metadata=prod
+        )
         reply = await stubs.events.SendEvent(
             req(ev.SendEventRequest, {"event": {"name": "x", "id": "same"}}), metadata=prod
         )

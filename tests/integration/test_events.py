@@ -13,7 +13,9 @@ from .helpers import event_job, js, req
 
 
 async def send(stubs: Stubs, event: dict, **options: object) -> dict:
-    reply = await stubs.events.SendEvent(req(ev.SendEventRequest, {"event": event, "options": options}))
+    reply = await stubs.events.SendEvent(
+        req(ev.SendEventRequest, {"event": event, "options": options})
+    )
     return js(reply.event)
 
 
@@ -101,7 +103,8 @@ async def test_payload_limit(start_server: StartServer) -> None:
 async def test_resend_rules_for_pending_events(stubs: Stubs) -> None:
     far = await send(stubs, {"name": "d", "id": "far", "payload": {"v": 1}}, deliver_after=600)
     moved = await send(
-        stubs, {"name": "d", "id": "far", "payload": {"v": 2}, "context": {"c": 1}},
+        stubs,
+        {"name": "d", "id": "far", "payload": {"v": 2}, "context": {"c": 1}},
         deliver_after=900,
     )
     assert moved["deduplicated"] is True
@@ -237,12 +240,13 @@ async def test_match_event_explains(stubs: Stubs) -> None:
     await register(stubs, event_job("wrong-source", ["signup"], source="stripe"))
     await register(
         stubs,
-        event_job("bad-payload", ["signup"],
-                  schema={"type": "object", "required": ["email"]}),
+        event_job("bad-payload", ["signup"], schema={"type": "object", "required": ["email"]}),
     )
-    reply = js(await stubs.events.MatchEvent(
-        req(ev.MatchEventRequest, {"event": {"name": "signup", "payload": {"plan": "pro"}}})
-    ))
+    reply = js(
+        await stubs.events.MatchEvent(
+            req(ev.MatchEventRequest, {"event": {"name": "signup", "payload": {"plan": "pro"}}})
+        )
+    )
     verdicts = {j["jobId"]: j for j in reply["jobs"]}
     assert verdicts["hit"]["matched"] is True
     assert verdicts["bad-payload"]["matched"] is True

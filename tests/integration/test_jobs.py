@@ -23,35 +23,59 @@ from .test_events import register, send
         ({"id": "j", "version": "1.0.0"}, "job.trigger"),
         ({"id": "j", "version": "1.0.0", "trigger": {"event": {}}}, "job.trigger.event.names"),
         (
-            {"id": "j", "version": "1.0.0",
-             "trigger": {"event": {"names": ["x"], "filter": {"age": [1, "a"]}}}},
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {"event": {"names": ["x"], "filter": {"age": [1, "a"]}}},
+            },
             "job.trigger.event.filter.age",
         ),
         (
-            {"id": "j", "version": "1.0.0",
-             "trigger": {"event": {"names": ["x"],
-                                   "filter": {"user": {"age": [{"$gt": 1, "$lt": 5}]}}}}},
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {
+                    "event": {"names": ["x"], "filter": {"user": {"age": [{"$gt": 1, "$lt": 5}]}}}
+                },
+            },
             "job.trigger.event.filter.user.age[0]",
         ),
         (
-            {"id": "j", "version": "1.0.0",
-             "trigger": {"event": {"names": ["x"], "context_filter": {"a": [{"$nope": 1}]}}}},
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {"event": {"names": ["x"], "context_filter": {"a": [{"$nope": 1}]}}},
+            },
             "job.trigger.event.context_filter.a[0]",
         ),
         (
-            {"id": "j", "version": "1.0.0",
-             "trigger": {"event": {"names": ["x"], "schema": {"type": "nonsense"}}}},
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {"event": {"names": ["x"], "schema": {"type": "nonsense"}}},
+            },
             "job.trigger.event.schema",
         ),
-        ({"id": "j", "version": "1.0.0", "trigger": {"cron": {"cron": "61 * * * *"}}},
-         "job.trigger.cron.cron"),
-        ({"id": "j", "version": "1.0.0",
-          "trigger": {"cron": {"cron": "0 9 * * *", "timezone": "Mars/Olympus"}}},
-         "job.trigger.cron.timezone"),
-        ({"id": "j", "version": "1.0.0", "trigger": {"interval": {"seconds": 0}}},
-         "job.trigger.interval.seconds"),
-        ({"id": "j", "version": "1.0.0", "trigger": {"invoke": {}},
-          "retry": {"limit": 0}}, "job.retry.limit"),
+        (
+            {"id": "j", "version": "1.0.0", "trigger": {"cron": {"cron": "61 * * * *"}}},
+            "job.trigger.cron.cron",
+        ),
+        (
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {"cron": {"cron": "0 9 * * *", "timezone": "Mars/Olympus"}},
+            },
+            "job.trigger.cron.timezone",
+        ),
+        (
+            {"id": "j", "version": "1.0.0", "trigger": {"interval": {"seconds": 0}}},
+            "job.trigger.interval.seconds",
+        ),
+        (
+            {"id": "j", "version": "1.0.0", "trigger": {"invoke": {}}, "retry": {"limit": 0}},
+            "job.retry.limit",
+        ),
     ],
 )
 async def test_register_job_rejects_bad_input_naming_the_path(
@@ -81,11 +105,20 @@ async def test_latest_version_is_the_highest_semver(stubs: Stubs) -> None:
 
 
 async def test_register_is_an_upsert_and_round_trips(stubs: Stubs) -> None:
-    body = event_job("j", ["a", "b"], source="stripe", filter={"amount": [{"$gt": 10}]},
-                     contextFilter={"env": ["prod"]},
-                     schema={"type": "object", "properties": {"amount": {"type": "number"}}})
-    body["job"].update(concurrencyLimit=3, maxDurationSeconds=60, logLevel="LOG_LEVEL_DEBUG",
-                       retry={"limit": 3, "factor": 2})
+    body = event_job(
+        "j",
+        ["a", "b"],
+        source="stripe",
+        filter={"amount": [{"$gt": 10}]},
+        contextFilter={"env": ["prod"]},
+        schema={"type": "object", "properties": {"amount": {"type": "number"}}},
+    )
+    body["job"].update(
+        concurrencyLimit=3,
+        maxDurationSeconds=60,
+        logLevel="LOG_LEVEL_DEBUG",
+        retry={"limit": 3, "factor": 2},
+    )
     first = await register(stubs, body)
     assert first["trigger"] == body["job"]["trigger"]
     assert first["concurrencyLimit"] == 3 and first["retry"] == {"limit": 3, "factor": 2.0}
@@ -109,14 +142,17 @@ async def test_matching_names_source_filters_and_context(stubs: Stubs) -> None:
     assert await jobs_for({"name": "signup", "payload": {"plan": "pro"}}) == ["pro"]
     assert await jobs_for({"name": "signup", "source": "stripe"}) == ["stripe"]
     assert await jobs_for({"name": "Signup", "payload": {"plan": "pro"}}) == []
-    assert await jobs_for({"name": "signup", "context": {"env": "prod"}, "payload": {"age": 30}}) == [
-        "adult", "prod"
-    ]
+    assert await jobs_for(
+        {"name": "signup", "context": {"env": "prod"}, "payload": {"age": 30}}
+    ) == ["adult", "prod"]
 
 
 async def test_schema_failure_creates_an_invalid_payload_run(stubs: Stubs) -> None:
-    schema = {"type": "object", "required": ["userId"],
-              "properties": {"userId": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "required": ["userId"],
+        "properties": {"userId": {"type": "string"}},
+    }
     await register(stubs, event_job("typed", ["new.user"], schema=schema))
     ok = await send(stubs, {"name": "new.user", "payload": {"userId": "u_1"}})
     assert ok["runs"][0]["status"] == "RUN_STATUS_QUEUED"
@@ -143,8 +179,16 @@ async def test_disabling_stops_matching_and_aborts_active_runs(stubs: Stubs) -> 
 
 
 async def test_invoke_job_is_idempotent_by_key_and_validates(stubs: Stubs) -> None:
-    await register(stubs, {"job": {"id": "inv", "version": "1.0.0", "trigger": {"invoke": {
-        "schema": {"type": "object", "required": ["n"]}}}}})
+    await register(
+        stubs,
+        {
+            "job": {
+                "id": "inv",
+                "version": "1.0.0",
+                "trigger": {"invoke": {"schema": {"type": "object", "required": ["n"]}}},
+            }
+        },
+    )
     body = {"jobId": "inv", "payload": {"n": 1}, "idempotencyKey": "k1"}
     first = js(await stubs.jobs.InvokeJob(req(jb.InvokeJobRequest, body)))
     assert first["run"]["status"] == "RUN_STATUS_QUEUED" and "deduplicated" not in first
@@ -160,8 +204,10 @@ async def test_invoke_job_is_idempotent_by_key_and_validates(stubs: Stubs) -> No
 
 
 async def test_cron_jobs_can_be_invoked(stubs: Stubs) -> None:
-    await register(stubs, {"job": {"id": "daily", "version": "0.0.1",
-                                   "trigger": {"cron": {"cron": "0 9 * * *"}}}})
+    await register(
+        stubs,
+        {"job": {"id": "daily", "version": "0.0.1", "trigger": {"cron": {"cron": "0 9 * * *"}}}},
+    )
     got = js(await stubs.jobs.GetJob(jb.GetJobRequest(id="daily")))
     assert got["job"]["nextFireAt"].endswith("T09:00:00Z")
     run = js(await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="daily")))

@@ -30,8 +30,10 @@ async def test_interval_fires_idempotent_events_with_timestamps(start_server: St
     server = await start_server(clock=clock)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stubs = make_stubs(channel)
-        await register(stubs, {"job": {"id": "tick", "version": "1.0.0",
-                                       "trigger": {"interval": {"seconds": 10}}}})
+        await register(
+            stubs,
+            {"job": {"id": "tick", "version": "1.0.0", "trigger": {"interval": {"seconds": 10}}}},
+        )
         clock.advance(10)
         (first,) = await wait_runs(stubs, "tick", 1)
         assert first["eventId"] == f"tick:{START + 10_000}"
@@ -52,8 +54,16 @@ async def test_restart_skips_missed_ticks_unless_catch_up(start_server: StartSer
     async with grpc.aio.insecure_channel(server.address) as channel:
         stubs = make_stubs(channel)
         for job_id, catch_up in (("skip", False), ("catch", True)):
-            await register(stubs, {"job": {"id": job_id, "version": "1.0.0", "trigger": {
-                "interval": {"seconds": 10, "catchUp": catch_up}}}})
+            await register(
+                stubs,
+                {
+                    "job": {
+                        "id": job_id,
+                        "version": "1.0.0",
+                        "trigger": {"interval": {"seconds": 10, "catchUp": catch_up}},
+                    }
+                },
+            )
     await server.stop(grace=0.5)
 
     clock.advance(305)  # down for five minutes: 30 ticks missed, the last 5 s ago
@@ -74,8 +84,10 @@ async def test_a_tick_fires_once_across_a_restart(start_server: StartServer) -> 
     server = await start_server(clock=clock)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stubs = make_stubs(channel)
-        await register(stubs, {"job": {"id": "once", "version": "1.0.0",
-                                       "trigger": {"interval": {"seconds": 10}}}})
+        await register(
+            stubs,
+            {"job": {"id": "once", "version": "1.0.0", "trigger": {"interval": {"seconds": 10}}}},
+        )
         clock.advance(10)
         await wait_runs(stubs, "once", 1)
     await server.stop(grace=0.5)

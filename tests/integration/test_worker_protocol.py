@@ -89,12 +89,41 @@ async def test_a_run_with_one_task_end_to_end(conn: Stubs, worker: RawWorker) ->
     assert started["task"]["status"] == "TASK_STATUS_RUNNING"
     done = await worker.complete(run, started["task"]["id"], output={"said": "hello ada"})
     assert done["task"]["status"] == "TASK_STATUS_COMPLETED"
-    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "level": "LOG_LEVEL_INFO",
-                         "message": "greeted", "data": {"n": 1}}})
-    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "level": "LOG_LEVEL_INFO",
-                         "message": "greeted", "data": {"n": 1}}})
-    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 2, "level": "LOG_LEVEL_DEBUG",
-                         "message": "dropped at INFO"}})
+    worker.send(
+        {
+            "log": {
+                "runId": run["id"],
+                "attempt": 1,
+                "seq": 1,
+                "level": "LOG_LEVEL_INFO",
+                "message": "greeted",
+                "data": {"n": 1},
+            }
+        }
+    )
+    worker.send(
+        {
+            "log": {
+                "runId": run["id"],
+                "attempt": 1,
+                "seq": 1,
+                "level": "LOG_LEVEL_INFO",
+                "message": "greeted",
+                "data": {"n": 1},
+            }
+        }
+    )
+    worker.send(
+        {
+            "log": {
+                "runId": run["id"],
+                "attempt": 1,
+                "seq": 2,
+                "level": "LOG_LEVEL_DEBUG",
+                "message": "dropped at INFO",
+            }
+        }
+    )
     worker.result(run, output={"ok": True})
     got = await run_status(conn, run["id"], "SUCCESS")
     assert got["run"]["output"] == {"ok": True}
@@ -116,7 +145,7 @@ async def test_stale_attempts_are_abandoned_and_cached_tasks_replayed(
     second = RawWorker(conn.workers)
     try:
         await second.connect([job("j", ["go"])], worker_id="second")
-        request = await second.run_request(timeout=10)
+        request = await second.run_request(within=10)
         assert request["run"]["id"] == run["id"] and request["run"]["attempt"] == 2
         assert [(t["key"], t["status"]) for t in request["cachedTasks"]] == [
             ("a", "TASK_STATUS_COMPLETED")
@@ -142,8 +171,9 @@ async def test_stale_attempts_are_abandoned_and_cached_tasks_replayed(
         await second.close()
 
 
-async def test_send_event_task_is_executed_once_by_the_server(conn: Stubs, worker: RawWorker
-                                                              ) -> None:
+async def test_send_event_task_is_executed_once_by_the_server(
+    conn: Stubs, worker: RawWorker
+) -> None:
     await worker.connect([job("parent", ["start"]), job("child", ["new.user"])])
     await send(conn, "start")
     run = (await worker.run_request())["run"]
@@ -161,8 +191,9 @@ async def test_send_event_task_is_executed_once_by_the_server(conn: Stubs, worke
     assert len(listed["events"]) == 1
 
 
-async def test_wait_frees_the_slot_and_resumes(conn: Stubs, worker: RawWorker,
-                                               clock: FakeClock) -> None:
+async def test_wait_frees_the_slot_and_resumes(
+    conn: Stubs, worker: RawWorker, clock: FakeClock
+) -> None:
     await worker.connect([job("j", ["w"])], capacity=1)
     await send(conn, "w", id="first")
     run = (await worker.run_request())["run"]
@@ -182,15 +213,17 @@ async def test_wait_frees_the_slot_and_resumes(conn: Stubs, worker: RawWorker,
     ]
 
 
-async def test_failed_task_retries_with_backoff_then_errors(conn: Stubs, worker: RawWorker,
-                                                            clock: FakeClock) -> None:
+async def test_failed_task_retries_with_backoff_then_errors(
+    conn: Stubs, worker: RawWorker, clock: FakeClock
+) -> None:
     await worker.connect([job("j", ["r"])])
     await send(conn, "r")
     run = (await worker.run_request())["run"]
     retry = {"limit": 2, "minTimeoutMs": 1000, "randomize": False}
     started = await worker.task(run, "flaky", retry=retry)
-    failed = await worker.complete(run, started["task"]["id"],
-                                   error={"type": "IOError", "message": "boom"})
+    failed = await worker.complete(
+        run, started["task"]["id"], error={"type": "IOError", "message": "boom"}
+    )
     assert failed["task"]["status"] == "TASK_STATUS_WAITING"
     assert failed["task"]["attempts"] == 1 and "retryAt" in failed["task"]
     clock.advance(2)
@@ -199,8 +232,9 @@ async def test_failed_task_retries_with_backoff_then_errors(conn: Stubs, worker:
     assert run2["attempt"] == 2
     rerun = await worker.task(run2, "flaky", retry=retry)
     assert rerun["task"]["status"] == "TASK_STATUS_RUNNING"
-    final = await worker.complete(run2, rerun["task"]["id"],
-                                  error={"type": "IOError", "message": "boom again"})
+    final = await worker.complete(
+        run2, rerun["task"]["id"], error={"type": "IOError", "message": "boom again"}
+    )
     assert final["task"]["status"] == "TASK_STATUS_ERRORED"
     assert final["task"]["error"]["message"] == "boom again"
 
@@ -211,7 +245,7 @@ async def test_capacity_and_concurrency_limits(conn: Stubs, worker: RawWorker) -
     await send(conn, "c", id="c2")
     first = (await worker.run_request())["run"]
     with pytest.raises(TimeoutError):
-        await worker.expect("run_request", timeout=0.3)
+        await worker.expect("run_request", within=0.3)
     worker.result(first, output=None)
     second = (await worker.run_request())["run"]
     assert second["id"] != first["id"]
@@ -234,30 +268,53 @@ async def test_cancel_reaches_the_worker_and_nondeterminism_fails(
     run = (await worker.run_request())["run"]
     started = await worker.task(run, "k")
     await worker.complete(run, started["task"]["id"], output=1)
-    worker.send({"task": {"requestId": "r2", "runId": run["id"], "attempt": run["attempt"],
-                          "key": "k", "kind": "TASK_KIND_WAIT", "params": {"seconds": 1}}})
+    worker.send(
+        {
+            "task": {
+                "requestId": "r2",
+                "runId": run["id"],
+                "attempt": run["attempt"],
+                "key": "k",
+                "kind": "TASK_KIND_WAIT",
+                "params": {"seconds": 1},
+            }
+        }
+    )
     await worker.expect("cancel")
     got = await run_status(conn, run["id"], "FAILURE")
     assert got["run"]["error"]["type"] == "NondeterminismError"
 
 
-async def test_bad_task_requests_are_rejected_naming_the_field(conn: Stubs, worker: RawWorker
-                                                               ) -> None:
+async def test_bad_task_requests_are_rejected_naming_the_field(
+    conn: Stubs, worker: RawWorker
+) -> None:
     await worker.connect([job("j", ["x"])])
     await send(conn, "x")
     run = (await worker.run_request())["run"]
-    worker.send({"task": {"requestId": "bad", "runId": run["id"], "attempt": 1,
-                          "kind": "TASK_KIND_RUN"}})
+    worker.send(
+        {"task": {"requestId": "bad", "runId": run["id"], "attempt": 1, "kind": "TASK_KIND_RUN"}}
+    )
     rejected = await worker.expect("rejected")
     assert rejected["requestId"] == "bad" and rejected["message"].startswith("task.key")
-    worker.send({"task": {"requestId": "bad2", "runId": run["id"], "attempt": 1, "key": "s",
-                          "kind": "TASK_KIND_SEND_EVENT", "params": {"event": {"name": ""}}}})
+    worker.send(
+        {
+            "task": {
+                "requestId": "bad2",
+                "runId": run["id"],
+                "attempt": 1,
+                "key": "s",
+                "kind": "TASK_KIND_SEND_EVENT",
+                "params": {"event": {"name": ""}},
+            }
+        }
+    )
     rejected = await worker.expect("rejected")
     assert rejected["message"].startswith("task.params.event.name")
 
 
-async def test_timed_out_runs_end_and_the_worker_is_told(conn: Stubs, worker: RawWorker,
-                                                         clock: FakeClock) -> None:
+async def test_timed_out_runs_end_and_the_worker_is_told(
+    conn: Stubs, worker: RawWorker, clock: FakeClock
+) -> None:
     await worker.connect([job("slow", ["s"], maxDurationSeconds=30)])
     await send(conn, "s")
     run = (await worker.run_request())["run"]
@@ -303,8 +360,7 @@ async def test_watch_run_streams_changes_until_terminal(conn: Stubs, worker: Raw
     assert any("task" in u and u["task"]["status"] == "TASK_STATUS_COMPLETED" for u in updates)
 
 
-async def test_runs_queued_before_any_worker_wait_for_one(conn: Stubs, worker: RawWorker
-                                                          ) -> None:
+async def test_runs_queued_before_any_worker_wait_for_one(conn: Stubs, worker: RawWorker) -> None:
     await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("early", ["e"])}))
     first = await send(conn, "e", id="e1")
     second = await send(conn, "e", id="e2")

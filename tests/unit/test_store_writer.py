@@ -96,4 +96,3 @@ async def test_stop_commits_what_is_queued(tmp_path: Path) -> None:
     assert [f.result() for f in pending] == [str(i) for i in range(10)]
     with pytest.raises(RuntimeError):
         w.submit(insert("late"))
-
