@@ -25,6 +25,8 @@ BENCHES = [
     ("send_event.py", 180.0),
     ("send_events.py", 180.0),
     ("celery_send.py", 120.0),
+    ("dispatch_latency.py", 120.0),
+    ("runs_throughput.py", 420.0),
 ]
 
 
@@ -89,6 +91,25 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{result['calls_per_s']:,.0f} tasks/s",
                 "baseline: Redis, no fsync",
             )
+        ]
+    elif result["bench"] == "dispatch_latency":
+        out = [
+            (
+                f"dispatch p50, {result['rate']:,.0f} events/s",
+                f"{result['p50_ms']:.2f} ms",
+                f"<= {result['target_p50_ms']:g} ms",
+            ),
+            ("dispatch p99", f"{result['p99_ms']:.2f} ms", f"<= {result['target_p99_ms']:g} ms"),
+        ]
+    elif result["bench"] == "runs_throughput":
+        out = [
+            ("runs/s tripwire, 1 SDK worker", f"{result['tripwire_runs_per_s']:,.0f} runs/s", ""),
+            (
+                f"runs/s Celery, --pool={result['celery_pool']}",
+                f"{result['celery_runs_per_s']:,.0f} runs/s",
+                "Redis, no fsync",
+            ),
+            ("  tripwire / celery", f"{result['ratio']:.2f}", f">= {result['target']:g}"),
         ]
     else:
         out = [
