@@ -74,7 +74,10 @@ def ms(ts: timestamp_pb2.Timestamp) -> int:
 
 def set_ts(out: timestamp_pb2.Timestamp, millis: int | None) -> None:
     if millis is not None:
-        out.FromMilliseconds(millis)
+        # Timestamp.FromMilliseconds is Python-level; this is the same, cheaper.
+        seconds, rest = divmod(millis, 1000)
+        out.seconds = seconds
+        out.nanos = rest * 1_000_000
 
 
 # -- requests -----------------------------------------------------------------
@@ -174,14 +177,14 @@ def event_to_pb(
         out.context.CopyFrom(fresh.context)
     else:
         py_to_value(event.context, out.context)
-    out.timestamp.FromMilliseconds(event.timestamp)
-    out.deliver_at.FromMilliseconds(event.deliver_at)
+    set_ts(out.timestamp, event.timestamp)
+    set_ts(out.deliver_at, event.deliver_at)
     set_ts(out.delivered_at, event.delivered_at)
     set_ts(out.cancelled_at, event.cancelled_at)
     out.deduplicated = event.deduplicated
     out.status = _EVENT_STATUS[event.status.value]
     out.account_id = event.account_id
-    out.created_at.FromMilliseconds(event.created_at)
+    set_ts(out.created_at, event.created_at)
     for run in event.runs:
         run_to_pb(run, out.runs.add())
     return out
@@ -217,8 +220,8 @@ def run_to_pb(run: Run, out: run_pb2.Run) -> run_pb2.Run:
     out.event_id = run.event_id
     out.status = _RUN_STATUS[run.status.value]
     out.attempt = run.attempt
-    out.created_at.FromMilliseconds(run.created_at)
-    out.updated_at.FromMilliseconds(run.updated_at)
+    set_ts(out.created_at, run.created_at)
+    set_ts(out.updated_at, run.updated_at)
     set_ts(out.started_at, run.started_at)
     set_ts(out.completed_at, run.completed_at)
     set_ts(out.wait_until, run.wait_until)

@@ -22,8 +22,13 @@ from ..models import (
 T = TypeVar("T")
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if not value and isinstance(value, dict):
+        return "{}"  # the usual context
+    return _ENCODE(value)
 
 
 def loads_or_none(text: str | None) -> Any:
