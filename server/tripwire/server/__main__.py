@@ -33,9 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # The store's writer thread hands the GIL back and forth with the event loop
-    # at every SQLite call; a shorter switch interval keeps it from queueing
-    # behind busy loop iterations (measurably more throughput under load).
+    # The store's commit thread needs the GIL back the moment its fsync returns;
+    # with the default 5 ms switch interval it would queue behind a busy loop.
     sys.setswitchinterval(0.0005)
     try:
         asyncio.run(_serve(Server(settings)))
