@@ -86,7 +86,7 @@ class Server:
         self.events = EventService(self.store, self.index, limits, self.clock)
         self.jobs = JobService(self.store, limits, self.clock)
         self.runs = RunService(self.store, self.hub, self.clock)
-        self.work = WorkService(self.store, self.jobs, limits, self.clock)
+        self.work = WorkService(self.store, self.index, self.jobs, limits, self.clock)
         self.dispatcher = Dispatcher(self.store, self.index, self.clock)
         self.hub.listener = self.dispatcher
         # Nobody holds a run across a restart: what was executing is queued again.

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidArgument, NotFound
 from .events import DeliveryOptions, EventDraft, Limits, prepare
 from .jobs import JobService, retry_policy
+from .matching import JobIndex
 from .models import Job, LogEntry, Run, TaskAsk, TaskKind
 from .tasks import LOG_RANK, TaskOutcome, idempotency_key
 
@@ -36,13 +37,18 @@ class TaskInput:
 
 class WorkService:
     def __init__(
-        self, store: Store, jobs: JobService, limits: Limits, clock: Callable[[], int]
+        self,
+        store: Store,
+        index: JobIndex,
+        jobs: JobService,
+        limits: Limits,
+        clock: Callable[[], int],
     ) -> None:
         self.store = store
+        self.index = index
         self.jobs = jobs
         self.limits = limits
         self.clock = clock
-        self._job_cache: dict[tuple[str, str, str], Job] = {}
 
     async def hello(
         self, env: str, worker_id: str, jobs: Sequence[Job], capacity: int
@@ -65,18 +71,13 @@ class WorkService:
         return registered
 
     async def job(self, env: str, job_id: str, version: str) -> Job:
-        key = (env, job_id, version)
-        job = self._job_cache.get(key)
-        if job is None:
-            found = await self.store.get_job(env, job_id, version)
-            if found is None:
-                raise NotFound(f"version {version} of job {job_id!r} not found")
-            job = self._job_cache[key] = found
-        return job
-
-    def forget_job(self, env: str, job_id: str) -> None:
-        for key in [k for k in self._job_cache if k[:2] == (env, job_id)]:
-            del self._job_cache[key]
+        latest = self.index.get(env, job_id)
+        if latest is not None and latest.job.version == version:
+            return latest.job  # the index follows every commit: never stale
+        found = await self.store.get_job(env, job_id, version)  # an older version: rare
+        if found is None:
+            raise NotFound(f"version {version} of job {job_id!r} not found")
+        return found
 
     async def request_task(self, env: str, run: Run, attempt: int, asked: TaskInput) -> TaskOutcome:
         ask = self._validate(run.id, asked)

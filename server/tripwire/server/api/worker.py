@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from tripwire.v1 import event_pb2, run_pb2, worker_service_pb2_grpc
+from tripwire.v1 import event_pb2, job_pb2, run_pb2, worker_service_pb2_grpc
 from tripwire.v1 import worker_service_pb2 as pb
 
 from ..config import Settings
@@ -26,7 +26,7 @@ from ..dispatcher import Dispatcher, Session
 from ..errors import InvalidArgument, StaleAttempt, TripwireError, Unavailable
 from ..events import EventDraft
 from ..ids import new_event_id
-from ..models import Event, Run, RunStatus, Task
+from ..models import Event, Job, Run, RunStatus, Task
 from ..work import TaskInput, WorkService
 from . import convert
 from .rpc import Authenticator, status_of
@@ -45,6 +45,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self.auth = auth
         self.settings = settings
         self.streams: set[WorkerStream] = set()
+        self._job_messages: dict[tuple[str, str, str, int], job_pb2.Job] = {}
         # Requeues waiting for a lease to run out, with the runs they will give back.
         self._pending: dict[asyncio.Task[None], list[tuple[str, int]]] = {}
 
@@ -75,6 +76,16 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             stream.close()
         if stream.end_reason:
             await context.abort(status_of(Unavailable(stream.end_reason)), stream.end_reason)
+
+    def job_message(self, job: Job) -> job_pb2.Job:
+        """A job version as a message, built once per registration (run requests carry it)."""
+        key = (job.env, job.id, job.version, job.updated_at)
+        message = self._job_messages.get(key)
+        if message is None:
+            if len(self._job_messages) > 1000:
+                self._job_messages.clear()
+            message = self._job_messages[key] = convert.job_to_pb(job, job_pb2.Job())
+        return message
 
     def requeue_later(self, held: list[tuple[str, int]], delay: float) -> None:
         """Give a gone worker's runs back once its lease has run out."""
@@ -144,8 +155,6 @@ class WorkerStream:
             except InvalidArgument as exc:
                 raise InvalidArgument(f"hello.jobs[{i}].trigger", exc.message) from None
         registered = await self.work.hello(self.env, hello.worker_id, jobs, hello.capacity)
-        for job in registered:
-            self.work.forget_job(self.env, job.id)
         self.session = Session(
             id=new_event_id(),
             env=self.env,
@@ -403,7 +412,7 @@ class WorkerStream:
         request.run.status = run_pb2.RUN_STATUS_EXECUTING
         if event is not None:
             convert.event_to_pb(event, request.event)
-        convert.job_to_pb(job, request.job)
+        request.job.CopyFrom(self.servicer.job_message(job))
         convert.py_to_value(_ctx(self.env, run, event, job.id, job.version), request.ctx)
         pages = _pages(tasks)
         for task in pages[0] if pages else ():
