@@ -57,6 +57,14 @@ from .test_events import register, send
             "job.trigger.event.schema",
         ),
         (
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {"event": {"names": ["x"], "schema": {"$ref": "urn:elsewhere"}}},
+            },
+            "job.trigger.event.schema/$ref",
+        ),
+        (
             {"id": "j", "version": "1.0.0", "trigger": {"cron": {"cron": "61 * * * *"}}},
             "job.trigger.cron.cron",
         ),

@@ -367,3 +367,69 @@ async def test_runs_queued_before_any_worker_wait_for_one(conn: Stubs, worker: R
     await worker.connect([job("early", ["e"])])
     got = {(await worker.run_request())["run"]["id"] for _ in range(2)}
     assert got == {first["runs"][0]["id"], second["runs"][0]["id"]}
+
+
+async def test_a_run_cancelled_while_queued_is_never_sent(conn: Stubs, worker: RawWorker) -> None:
+    await worker.connect([job("one", ["q"])], capacity=1)
+    await send(conn, "q", id="busy")
+    running = (await worker.run_request())["run"]
+    waiting = (await send(conn, "q", id="waiting"))["runs"][0]
+    await conn.runs.CancelRun(rn.CancelRunRequest(id=waiting["id"]))
+    worker.result(running, output=None)
+    with pytest.raises(TimeoutError):
+        await worker.expect("run_request", within=0.5)
+
+
+async def test_a_bad_hello_stores_none_of_its_jobs(conn: Stubs) -> None:
+    bad = RawWorker(conn.workers)
+    bad.call = conn.workers.RunJob(bad._requests())
+    bad.send(
+        {
+            "hello": {
+                "workerId": "w",
+                "capacity": 1,
+                "jobs": [job("good", ["x"]), job("Bad Id", ["x"])],
+            }
+        }
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await bad.call.read()
+    assert (err.value.details() or "").startswith("hello.jobs[1].id")
+    await bad.close()
+    listed = await conn.jobs.ListJobs(jb.ListJobsRequest())
+    assert list(listed.jobs) == []
+
+
+async def test_payload_limits_hold_for_invoke_and_send_event(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_payload_bytes=1000)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        big = {"blob": "x" * 2000}
+        await stubs.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.jobs.InvokeJob(req(jb.InvokeJobRequest, {"jobId": "j", "payload": big}))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "limit of 1000 bytes" in (err.value.details() or "")
+        w = RawWorker(stubs.workers)
+        try:
+            await w.connect([job("j", ["x"])])
+            await send(stubs, "x")
+            run = (await w.run_request())["run"]
+            w.send(
+                {
+                    "task": {
+                        "requestId": "big",
+                        "runId": run["id"],
+                        "attempt": 1,
+                        "key": "s",
+                        "kind": "TASK_KIND_SEND_EVENT",
+                        "params": {"event": {"name": "y", "payload": big}},
+                    }
+                }
+            )
+            rejected = await w.expect("rejected")
+            assert rejected["message"].startswith("task.params.event.payload")
+        finally:
+            await w.close()

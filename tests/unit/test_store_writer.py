@@ -96,3 +96,18 @@ async def test_stop_commits_what_is_queued(tmp_path: Path) -> None:
     assert [f.result() for f in pending] == [str(i) for i in range(10)]
     with pytest.raises(RuntimeError):
         w.submit(insert("late"))
+
+
+async def test_a_batch_sqlite_rolled_back_fails_whole_and_the_writer_goes_on(
+    writer: Writer, tmp_path: Path
+) -> None:
+    def rolls_back(tx: Tx) -> None:
+        # What SQLite does by itself on SQLITE_FULL or an I/O error.
+        tx.conn.execute("ROLLBACK")
+
+    outcomes = await asyncio.gather(
+        writer.submit(insert("lost")), writer.submit(rolls_back), return_exceptions=True
+    )
+    assert all(isinstance(o, Exception) for o in outcomes)
+    assert await writer.submit(insert("after")) == "after"
+    assert keys(tmp_path) == {"after"}

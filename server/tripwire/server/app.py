@@ -104,7 +104,7 @@ class Server:
             EventServicer(self.events, auth, settings.max_payload_bytes), self.grpc
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(self.jobs, auth), self.grpc
+            JobServicer(self.jobs, auth, settings.max_payload_bytes), self.grpc
         )
         run_service_pb2_grpc.add_RunServiceServicer_to_server(
             RunServicer(self.runs, auth), self.grpc
@@ -167,6 +167,8 @@ class Server:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.workers.close()
+        await self.dispatcher.close()
         await self.store.close()
         self._closed.set()
         log.info("tripwire stopped")

@@ -98,6 +98,8 @@ class Dispatcher(RunListener):
         for run_id in run_ids:
             session = self._owner.get(run_id)
             if session is None:
+                if stop_reason:  # ended while still queued: never hand it out
+                    self._forget_queued(run_id)
                 continue
             attempt = session.running[run_id]
             self._release(run_id)
@@ -160,6 +162,11 @@ class Dispatcher(RunListener):
     def owns(self, session: Session, run_id: str, attempt: int) -> bool:
         return session.running.get(run_id) == attempt
 
+    async def close(self) -> None:
+        for task in list(self._loading):
+            task.cancel()
+        await asyncio.gather(*self._loading, return_exceptions=True)
+
     def pause(self) -> None:
         """Stop handing out runs (shutdown)."""
         self._paused = True
@@ -216,13 +223,26 @@ class Dispatcher(RunListener):
         claim.add_done_callback(lambda f: self._claimed(f, session, run))
         session.link.start_run(run, item.event)
 
+    def _forget_queued(self, run_id: str) -> None:
+        for queue in self._queues.values():
+            if queue.pop(run_id, None) is not None:
+                return
+
     def _claimed(self, future: asyncio.Future[bool], session: Session, run: Run) -> None:
-        ok = not future.cancelled() and future.exception() is None and future.result()
-        if ok:
+        if future.cancelled():
             return
-        # Cancelled (or otherwise moved) between queueing and claiming: take it back.
-        if future.exception() is not None:
-            log.error("claiming run %s failed", run.id, exc_info=future.exception())
-        if self._owner.get(run.id) is session and session.running.get(run.id) == run.attempt:
-            self._release(run.id)
-            session.link.stop_run(run.id, run.attempt, "the run is no longer queued", ended=True)
+        failure = future.exception()
+        if failure is None and future.result():
+            return
+        if self._owner.get(run.id) is not session or session.running.get(run.id) != run.attempt:
+            return
+        self._release(run.id)
+        if failure is None:
+            # Ended (cancelled, aborted) between queueing and claiming.
+            session.link.stop_run(run.id, run.attempt, "the run has ended", ended=True)
+            return
+        # The claim was not stored: the run is still QUEUED at its old attempt.
+        log.error("claiming run %s failed; it stays queued", run.id, exc_info=failure)
+        session.link.stop_run(run.id, run.attempt, "the dispatch was not recorded", ended=False)
+        run.attempt -= 1
+        self.queued([run], {})

@@ -16,6 +16,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing.exceptions import Unresolvable
 
 from . import filters
 from .errors import InvalidArgument
@@ -44,12 +45,35 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
         raise InvalidArgument(
             f"{field}{'/' + where if where else ''}", f"not a valid JSON Schema: {exc.message}"
         ) from None
+    for path, ref in _refs(schema, ""):
+        if not ref.startswith("#"):
+            raise InvalidArgument(
+                f"{field}{path}", f"$ref {ref!r} points outside the schema; only local refs work"
+            )
     return Draft202012Validator(schema)
+
+
+def _refs(node: Any, path: str) -> list[tuple[str, str]]:
+    """Every "$ref" (or "$dynamicRef") string in a schema, with its JSON pointer."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                found.append((f"{path}/{key}", value))
+            else:
+                found += _refs(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _refs(value, f"{path}/{i}")
+    return found
 
 
 def schema_errors(validator: Draft202012Validator, payload: Any) -> tuple[dict[str, str], ...]:
     """Every way `payload` fails the schema, as [{path, message}] (JSON pointer paths)."""
-    errors = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path)))
+    try:
+        errors = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path)))
+    except Unresolvable as exc:  # registration rejects these; be safe
+        return ({"path": "", "message": f"the schema cannot be applied: {exc}"},)
     return tuple(
         {"path": "".join(f"/{p}" for p in e.absolute_path), "message": e.message} for e in errors
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotFound
 from .events import DeliveryOptions, EventDraft, Limits, prepare
-from .jobs import JobService, retry_policy
+from .jobs import JobService, retry_policy, validate_job
 from .matching import JobIndex
 from .models import Job, LogEntry, Run, TaskAsk, TaskKind
 from .tasks import LOG_RANK, TaskOutcome, idempotency_key
@@ -59,16 +59,17 @@ class WorkService:
             raise InvalidArgument("hello.capacity", f"must be between 1 and {MAX_CAPACITY}")
         if not jobs:
             raise InvalidArgument("hello.jobs", "must name at least one job to serve")
-        registered = []
+        # Every definition is checked before any is stored: a bad hello stores nothing.
         for i, job in enumerate(jobs):
+            job.env = env
             try:
-                registered.append(await self.jobs.register(env, job))
+                validate_job(job)
             except InvalidArgument as exc:
                 raise InvalidArgument(
                     f"hello.jobs[{i}]" + exc.field.removeprefix("job"),
                     exc.message.partition(": ")[2],
                 ) from None
-        return registered
+        return [await self.jobs.register(env, job) for job in jobs]
 
     async def job(self, env: str, job_id: str, version: str) -> Job:
         latest = self.index.get(env, job_id)

@@ -11,7 +11,7 @@ from ..errors import InvalidArgument
 from ..events import EventService
 from ..models import EventStatus
 from . import convert
-from .rpc import Authenticator, page_size, seq_token, unary
+from .rpc import Authenticator, check_payload_size, page_size, seq_token, unary
 
 
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
@@ -21,14 +21,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         self.max_payload_bytes = max_payload_bytes
 
     def _check_size(self, event: Any, field: str) -> None:
-        # Measured on the wire encoding, before any conversion work is spent on it.
-        size = event.payload.ByteSize() + event.context.ByteSize()
-        if size > self.max_payload_bytes:
-            raise InvalidArgument(
-                f"{field}.payload",
-                f"payload and context are {size} bytes, over the limit of "
-                f"{self.max_payload_bytes} bytes",
-            )
+        check_payload_size(event, self.max_payload_bytes, field)
 
     @unary
     async def SendEvent(

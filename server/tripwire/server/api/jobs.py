@@ -10,13 +10,14 @@ from tripwire.v1 import job_service_pb2_grpc
 from ..errors import InvalidArgument
 from ..jobs import JobService
 from . import convert
-from .rpc import Authenticator, page_size, unary
+from .rpc import Authenticator, check_payload_size, page_size, unary
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(self, jobs: JobService, auth: Authenticator) -> None:
+    def __init__(self, jobs: JobService, auth: Authenticator, max_payload_bytes: int) -> None:
         self.jobs = jobs
         self.auth = auth
+        self.max_payload_bytes = max_payload_bytes
 
     @unary
     async def RegisterJob(
@@ -66,6 +67,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def InvokeJob(
         self, request: pb.InvokeJobRequest, context: Any, env: str
     ) -> pb.InvokeJobResponse:
+        check_payload_size(request, self.max_payload_bytes, "")
         run, deduplicated = await self.jobs.invoke(
             env,
             request.job_id,

@@ -88,6 +88,17 @@ def unary(method: Handler[Req, Resp]) -> Callable[[Any, Req, Any], Awaitable[Res
     return wrapper
 
 
+def check_payload_size(message: Any, limit: int, field: str) -> None:
+    """`message` has `payload` and `context` Values. Measured on the wire encoding,
+    before any conversion work is spent on it."""
+    size = message.payload.ByteSize() + message.context.ByteSize()
+    if size > limit:
+        raise InvalidArgument(
+            f"{field}.payload" if field else "payload",
+            f"payload and context are {size} bytes, over the limit of {limit} bytes",
+        )
+
+
 def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
     return default if requested == 0 else min(requested, maximum)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -29,7 +29,7 @@ from ..ids import new_event_id
 from ..models import Event, Job, Run, RunStatus, Task
 from ..work import TaskInput, WorkService
 from . import convert
-from .rpc import Authenticator, status_of
+from .rpc import Authenticator, check_payload_size, status_of
 
 log = logging.getLogger(__name__)
 # Cached tasks travel in messages of about this size (v2 capped the whole body at 3.5 MB).
@@ -45,6 +45,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self.auth = auth
         self.settings = settings
         self.streams: set[WorkerStream] = set()
+        # Every task a stream started (message handlers, run requests), until done.
+        self.tasks: set[asyncio.Task[None]] = set()
         self._job_messages: dict[tuple[str, str, str, int], job_pb2.Job] = {}
         # Requeues waiting for a lease to run out, with the runs they will give back.
         self._pending: dict[asyncio.Task[None], list[tuple[str, int]]] = {}
@@ -76,6 +78,13 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             stream.close()
         if stream.end_reason:
             await context.abort(status_of(Unavailable(stream.end_reason)), stream.end_reason)
+
+    async def close(self) -> None:
+        """After the gRPC server stopped: end what the streams left running."""
+        tasks = [*self._pending, *self.tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def job_message(self, job: Job) -> job_pb2.Job:
         """A job version as a message, built once per registration (run requests carry it)."""
@@ -227,6 +236,12 @@ class WorkerStream:
             reader.cancel()
             self.outbox.put_nowait(None)
 
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._handlers.add(task)
+        self.servicer.tasks.add(task)
+        task.add_done_callback(self._handlers.discard)
+        task.add_done_callback(self.servicer.tasks.discard)
+
     def _lease_expired(self) -> None:
         self.end_reason = (
             f"lease expired: nothing received for {self.lease:g} s; "
@@ -253,12 +268,14 @@ class WorkerStream:
                 self._send(_rejected("", "", InvalidArgument("message", f"unexpected {kind}")))
                 continue
             body = getattr(msg, kind)
-            self._in_order(getattr(body, "run_id", ""), handler(body))
+            self._in_order(getattr(body, "run_id", ""), handler, body)
         # A clean close: what the worker sent last (often a run's result, when it
         # drains) is still stored before the stream ends.
         await asyncio.gather(*self._handlers, return_exceptions=True)
 
-    def _in_order(self, run_id: str, work: Coroutine[Any, Any, None]) -> None:
+    def _in_order(
+        self, run_id: str, handler: Callable[[Any], Coroutine[Any, Any, None]], body: Any
+    ) -> None:
         """Handle a message in its own task, after the earlier messages of the same run:
         a log sent just before a run's result is stored before the run ends."""
         previous = self._tails.get(run_id)
@@ -266,14 +283,13 @@ class WorkerStream:
         async def chained() -> None:
             if previous is not None:
                 await asyncio.wait([previous])
-            await work
+            await handler(body)
 
         task = asyncio.create_task(chained())
         self._tails[run_id] = task
-        self._handlers.add(task)
+        self._track(task)
 
         def done(task: asyncio.Task[None]) -> None:
-            self._handlers.discard(task)
             if self._tails.get(run_id) is task:
                 del self._tails[run_id]
 
@@ -310,7 +326,7 @@ class WorkerStream:
         if run is None:
             return
         try:
-            asked = _task_input(msg)
+            asked = _task_input(msg, self.servicer.settings.max_payload_bytes)
         except TripwireError as exc:
             self._send(_rejected(msg.request_id, msg.run_id, exc))
             return
@@ -394,8 +410,7 @@ class WorkerStream:
     def start_run(self, run: Run, event: Event | None) -> None:
         self.runs[run.id] = run
         task = asyncio.create_task(self._start_run(run, event))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
+        self._track(task)
 
     async def _start_run(self, run: Run, event: Event | None) -> None:
         try:
@@ -404,8 +419,13 @@ class WorkerStream:
                 event, tasks = await self.work.store.dispatch_context(self.env, run)
             job = await self.work.job(self.env, run.job_id, run.job_version)
         except Exception:
-            log.exception("preparing run %s failed", run.id)
+            log.exception("preparing run %s failed; it goes back to the queue", run.id)
+            if self.runs.pop(run.id, None) is run:
+                self.dispatcher.finished(run.id)
+                await self.work.store.requeue([(run.id, run.attempt)], self.work.clock())
             return
+        if self.runs.get(run.id) is not run:
+            return  # cancelled or abandoned while we read: the worker never hears of it
         reply = pb.RunJobResponse()
         request = reply.run_request
         convert.run_to_pb(run, request.run)
@@ -485,7 +505,7 @@ def _rejected(request_id: str, run_id: str, exc: TripwireError) -> pb.RunJobResp
     )
 
 
-def _task_input(msg: pb.TaskRequest) -> TaskInput:
+def _task_input(msg: pb.TaskRequest, payload_limit: int) -> TaskInput:
     params = convert.value_to_py(msg.params) if msg.HasField("params") else None
     retry = convert._retry_from_pb(msg.retry) if msg.HasField("retry") else None
     kind = convert.task_kind_name(msg.kind)
@@ -498,7 +518,9 @@ def _task_input(msg: pb.TaskRequest) -> TaskInput:
             if item is None:
                 continue
             where = "task.params.event" if kind == "SEND_EVENT" else f"task.params.events[{i}]"
-            parsed.append(convert.draft(_parse(item, event_pb2.EventInput(), where)))
+            given = _parse(item, event_pb2.EventInput(), where)
+            check_payload_size(given, payload_limit, where)
+            parsed.append(convert.draft(given))
         events = tuple(parsed)
         if params.get("options"):
             options = convert.options(

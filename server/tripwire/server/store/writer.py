@@ -75,11 +75,34 @@ class Writer:
             await asyncio.get_running_loop().run_in_executor(self._sync, conn.close)
         self._sync.shutdown(wait=True)
 
+    @staticmethod
+    def _apply(
+        tx: Tx, batch: list[tuple[Operation, asyncio.Future[Any]]]
+    ) -> list[tuple[Any, BaseException | None]]:
+        """Run each operation in its own savepoint, inside one transaction."""
+        conn = tx.conn
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for operation, _ in batch:
+            conn.execute("SAVEPOINT op")
+            hooks = len(tx._after)
+            try:
+                result = operation(tx)
+            except Exception as exc:  # handed to the caller
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                del tx._after[hooks:]
+                outcomes.append((None, exc))
+            else:
+                conn.execute("RELEASE op")
+                outcomes.append((result, None))
+        return outcomes
+
     def submit(self, operation: Callable[[Tx], T], *, lazy: bool = False) -> asyncio.Future[T]:
         """Queue `operation`; the future resolves once it is committed. A lazy one
         does not start a commit of its own unless nothing else does within
         LAZY_SECONDS; it still runs in order with everything queued around it."""
-        if self._closing or self._task is None:
+        if self._closing or self._task is None or self._task.done():
             raise RuntimeError("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -106,27 +129,17 @@ class Writer:
     async def _commit(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
         conn = self._conn
         assert conn is not None
-        outcomes: list[tuple[Any, BaseException | None]] = []
         tx = Tx(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        for operation, _ in batch:
-            conn.execute("SAVEPOINT op")
-            hooks = len(tx._after)
-            try:
-                result = operation(tx)
-            except Exception as exc:  # handed to the caller
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                del tx._after[hooks:]
-                outcomes.append((None, exc))
-            else:
-                conn.execute("RELEASE op")
-                outcomes.append((result, None))
         try:
+            outcomes = self._apply(tx, batch)
             await asyncio.get_running_loop().run_in_executor(self._sync, conn.execute, "COMMIT")
         except Exception as failure:
+            # Disk full, I/O error, a lock we could not get: SQLite may already have
+            # rolled the transaction back. Nothing of the batch is stored; say so to
+            # every caller and keep serving.
             log.exception("commit failed; the batch of %d operations is lost", len(batch))
-            conn.rollback()
+            if conn.in_transaction:
+                conn.rollback()
             outcomes = [(None, failure)] * len(batch)
             tx._after.clear()
         for callback in tx._after:
