@@ -433,3 +433,24 @@ async def test_payload_limits_hold_for_invoke_and_send_event(
             assert rejected["message"].startswith("task.params.event.payload")
         finally:
             await w.close()
+
+
+async def test_a_result_the_store_could_not_keep_is_requeued(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    async def disk_full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    await worker.connect([job("j", ["full"])])
+    await send(conn, "full")
+    run = (await worker.run_request())["run"]
+    monkeypatch.setattr(fast.store, "finish_run", disk_full)
+    worker.result(run, output="lost")
+    rejected = await worker.expect("rejected")
+    assert rejected["code"] == grpc.StatusCode.INTERNAL.value[0]
+    assert "nothing was stored" in rejected["message"]
+    monkeypatch.undo()
+    again = await worker.run_request()
+    assert again["run"]["id"] == run["id"] and again["run"]["attempt"] == 2

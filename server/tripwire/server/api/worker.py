@@ -319,6 +319,10 @@ class WorkerStream:
             self.dispatcher.finished(run_id)
         except TripwireError as exc:
             self._send(_rejected(request_id, run_id, exc))
+        except Exception as exc:  # the store failed (disk full, I/O): nothing was written
+            log.exception("a worker message for run %s failed", run_id)
+            failure = TripwireError(f"internal error, nothing was stored: {exc}")
+            self._send(_rejected(request_id, run_id, failure))
         return None
 
     async def _on_task(self, msg: pb.TaskRequest) -> None:
@@ -395,12 +399,19 @@ class WorkerStream:
         # The worker is done with it: its slot is free now, whatever the commit's pace.
         self.runs.pop(msg.run_id, None)
         self.dispatcher.finished(msg.run_id)
-        await self._guard(
-            msg.run_id,
-            msg.attempt,
-            "",
-            self.work.finish(self.env, msg.run_id, msg.attempt, output, error),
-        )
+
+        async def finish() -> Run:
+            try:
+                return await self.work.finish(self.env, msg.run_id, msg.attempt, output, error)
+            except TripwireError:
+                raise
+            except Exception:
+                # Not stored, and the slot is already free: the run goes back to the
+                # queue rather than stay EXECUTING with nobody on it.
+                await self.work.store.requeue([(msg.run_id, msg.attempt)], self.work.clock())
+                raise
+
+        await self._guard(msg.run_id, msg.attempt, "", finish())
 
     async def _on_hello(self, msg: pb.Hello) -> None:
         self._send(_rejected("", "", InvalidArgument("hello", "was already sent on this stream")))
