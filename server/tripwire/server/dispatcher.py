@@ -152,10 +152,11 @@ class Dispatcher(RunListener):
             self._release(run_id)
         return held
 
-    def finished(self, run_id: str) -> None:
-        """The worker ended or suspended the run itself: free the slot quietly."""
+    def finished(self, run_id: str, attempt: int) -> None:
+        """The worker ended or suspended that attempt itself: free its slot quietly.
+        A newer attempt of the same run (dispatched since) keeps its slot."""
         session = self._owner.get(run_id)
-        if session is not None:
+        if session is not None and session.running.get(run_id) == attempt:
             self._release(run_id)
             self._pump({(session.env, *s) for s in session.serves})
 

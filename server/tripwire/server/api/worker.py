@@ -316,7 +316,7 @@ class WorkerStream:
             return await work
         except StaleAttempt as exc:
             self.stop_run(run_id, attempt, exc.message, ended=exc.ended)
-            self.dispatcher.finished(run_id)
+            self.dispatcher.finished(run_id, attempt)
         except TripwireError as exc:
             self._send(_rejected(request_id, run_id, exc))
         except Exception as exc:  # the store failed (disk full, I/O): nothing was written
@@ -344,7 +344,7 @@ class WorkerStream:
             return
         if outcome.nondeterminism:
             self.stop_run(msg.run_id, msg.attempt, outcome.nondeterminism, ended=True)
-            self.dispatcher.finished(msg.run_id)
+            self.dispatcher.finished(msg.run_id, msg.attempt)
             return
         self._task_result(msg.request_id, msg.run_id, msg.attempt, outcome)
 
@@ -355,8 +355,8 @@ class WorkerStream:
         convert.task_to_pb(outcome.task, result.task)
         self._send(reply)
         if outcome.run.status is RunStatus.WAITING:
-            self.runs.pop(run_id, None)
-            self.dispatcher.finished(run_id)
+            self._forget(run_id, attempt)
+            self.dispatcher.finished(run_id, attempt)
 
     async def _on_task_complete(self, msg: pb.TaskComplete) -> None:
         if self._owned(msg.run_id, msg.attempt, msg.request_id) is None:
@@ -397,8 +397,8 @@ class WorkerStream:
         error = convert.error_from_pb(msg.error) if msg.HasField("error") else None
         output = convert.value_to_py(msg.output) if msg.HasField("output") else None
         # The worker is done with it: its slot is free now, whatever the commit's pace.
-        self.runs.pop(msg.run_id, None)
-        self.dispatcher.finished(msg.run_id)
+        self._forget(msg.run_id, msg.attempt)
+        self.dispatcher.finished(msg.run_id, msg.attempt)
 
         async def finish() -> Run:
             try:
@@ -431,8 +431,9 @@ class WorkerStream:
             job = await self.work.job(self.env, run.job_id, run.job_version)
         except Exception:
             log.exception("preparing run %s failed; it goes back to the queue", run.id)
-            if self.runs.pop(run.id, None) is run:
-                self.dispatcher.finished(run.id)
+            if self.runs.get(run.id) is run:
+                self._forget(run.id, run.attempt)
+                self.dispatcher.finished(run.id, run.attempt)
                 await self.work.store.requeue([(run.id, run.attempt)], self.work.clock())
             return
         if self.runs.get(run.id) is not run:
@@ -458,8 +459,13 @@ class WorkerStream:
                 convert.task_to_pb(task, more.cached_tasks.tasks.add())
             self._send(more)
 
+    def _forget(self, run_id: str, attempt: int) -> None:
+        run = self.runs.get(run_id)
+        if run is not None and run.attempt == attempt:
+            del self.runs[run_id]
+
     def stop_run(self, run_id: str, attempt: int, reason: str, *, ended: bool) -> None:
-        self.runs.pop(run_id, None)
+        self._forget(run_id, attempt)
         if ended:
             self._send(
                 pb.RunJobResponse(
