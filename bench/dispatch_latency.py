@@ -213,14 +213,7 @@ class WorkerProcess:
         return report
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=harness.STOP_DEADLINE)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        harness.stop_group(self.proc, signal.SIGKILL)
 
 
 # -- the load process --------------------------------------------------------------------

@@ -7,6 +7,7 @@ Not a benchmark itself; `bench/send_event.py` and `bench/send_events.py` import 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
@@ -109,22 +110,30 @@ class Server:
         self._signal(signal.SIGTERM)
 
     def _signal(self, sig: signal.Signals) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-        try:
-            proc.wait(timeout=STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=STOP_DEADLINE)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        self.proc = None
+        if self.proc is not None:
+            stop_group(self.proc, sig)
+            self.proc = None
+
+
+def stop_group(
+    proc: subprocess.Popen[str], first: signal.Signals, grace: float = STOP_DEADLINE
+) -> None:
+    """Send `first` to the process group, SIGKILL the group if the leader lingers past
+    `grace` (and in any case, for children that outlive it), then close its pipes."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, first)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=STOP_DEADLINE)
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:

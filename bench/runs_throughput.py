@@ -150,22 +150,8 @@ class Child:
 
     def stop(self) -> None:
         """SIGTERM to the group, SIGKILL if it lingers."""
-        proc = self.proc
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, harness.STOP_DEADLINE)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Children of the leader (prefork) may outlive it: make sure of the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        # Children of the leader (prefork) may outlive it: the whole group goes.
+        harness.stop_group(self.proc, signal.SIGTERM, grace=10.0)
 
 
 # -- the load process: tripwire ----------------------------------------------------------
