@@ -228,9 +228,7 @@ def run_to_pb(run: Run, out: run_pb2.Run) -> run_pb2.Run:
     if run.output is not None:
         py_to_value(run.output, out.output)
     if run.error:
-        out.error.type = run.error.get("type", "")
-        out.error.message = run.error.get("message", "")
-        out.error.stack = run.error.get("stack", "")
+        _error_to_pb(run.error, out.error)
     for err in run.validation_errors:
         out.validation_errors.add(path=err["path"], message=err["message"])
     out.account_id = run.account_id
@@ -245,14 +243,12 @@ def job_to_pb(job: Job, out: job_pb2.Job) -> job_pb2.Job:
     out.concurrency_limit = job.concurrency_limit
     out.max_duration_seconds = job.max_duration_seconds
     out.log_level = job_pb2.LogLevel.Value(f"LOG_LEVEL_{job.log_level}")
-    out.created_at.FromMilliseconds(job.created_at)
-    out.updated_at.FromMilliseconds(job.updated_at)
+    set_ts(out.created_at, job.created_at)
+    set_ts(out.updated_at, job.updated_at)
     out.latest = job.latest
     set_ts(out.next_fire_at, job.next_fire_at)
     if job.retry is not None:
-        out.retry.SetInParent()
-        for key, value in job.retry.items():
-            setattr(out.retry, key, value)
+        _retry_to_pb(job.retry, out.retry)
     kind, spec = next(iter(job.trigger.items()))
     trigger = out.trigger
     if kind == "event":
@@ -311,16 +307,12 @@ def task_to_pb(task: Task, out: run_pb2.Task) -> run_pb2.Task:
     if task.output is not None:
         py_to_value(task.output, out.output)
     if task.error:
-        out.error.type = task.error.get("type", "")
-        out.error.message = task.error.get("message", "")
-        out.error.stack = task.error.get("stack", "")
+        _error_to_pb(task.error, out.error)
     set_ts(out.started_at, task.started_at)
     set_ts(out.completed_at, task.completed_at)
     set_ts(out.retry_at, task.retry_at)
     if task.retry is not None:
-        out.retry.SetInParent()
-        for key, value in task.retry.items():
-            setattr(out.retry, key, value)
+        _retry_to_pb(task.retry, out.retry)
     return out
 
 
@@ -330,7 +322,7 @@ def log_to_pb(entry: LogEntry, out: run_pb2.LogEntry) -> run_pb2.LogEntry:
     out.message = entry.message
     if entry.data is not None:
         py_to_value(entry.data, out.data)
-    out.time.FromMilliseconds(entry.time)
+    set_ts(out.time, entry.time)
     return out
 
 
@@ -344,6 +336,18 @@ def log_level_name(number: int) -> str:
     if not number:
         return ""
     return job_pb2.LogLevel.Name(job_pb2.LogLevel.ValueType(number)).removeprefix("LOG_LEVEL_")
+
+
+def _error_to_pb(error: dict[str, str], out: run_pb2.ErrorInfo) -> None:
+    out.type = error.get("type", "")
+    out.message = error.get("message", "")
+    out.stack = error.get("stack", "")
+
+
+def _retry_to_pb(retry: dict[str, Any], out: job_pb2.RetryPolicy) -> None:
+    out.SetInParent()
+    for key, value in retry.items():
+        setattr(out, key, value)
 
 
 def error_from_pb(msg: run_pb2.ErrorInfo) -> dict[str, str]:

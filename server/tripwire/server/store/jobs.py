@@ -26,11 +26,10 @@ from ..models import (
     RunStatus,
 )
 from . import rows
-from .rows import JOB_COLUMNS, RUN_COLUMNS, dumps
+from .rows import ACTIVE, JOB_COLUMNS, RUN_COLUMNS, dumps
 from .writer import Tx
 
 T = TypeVar("T")
-_ACTIVE = "('QUEUED', 'EXECUTING', 'WAITING')"
 _JOB_FROM = "FROM job_versions v JOIN jobs j ON j.env = v.env AND j.id = v.id"
 
 
@@ -193,7 +192,7 @@ class JobOps:
                     r[0]
                     for r in conn.execute(
                         f"SELECT id FROM runs WHERE env = ? AND job_id = ? AND job_version IN "
-                        f"({marks}) AND status IN {_ACTIVE} ORDER BY seq",
+                        f"({marks}) AND status IN {ACTIVE} ORDER BY seq",
                         (env, job_id, *targets),
                     )
                 ]

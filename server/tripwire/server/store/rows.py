@@ -25,6 +25,17 @@ T = TypeVar("T")
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+# The run statuses that are not terminal, for SQL `status IN ...`.
+ACTIVE = "('QUEUED', 'EXECUTING', 'WAITING')"
+
+
+def find_run(conn: Any, env: str, run_id: str) -> Run | None:
+    row = conn.execute(
+        f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND env = ?", (run_id, env)
+    ).fetchone()
+    return None if row is None else run_from_row(row)
+
+
 def dumps(value: Any) -> str:
     if not value and isinstance(value, dict):
         return "{}"  # the usual context

@@ -33,13 +33,12 @@ from ..models import (
 )
 from . import rows
 from .jobs import JobOps
-from .rows import EVENT_COLUMNS, RUN_COLUMNS, dumps
+from .rows import ACTIVE, EVENT_COLUMNS, RUN_COLUMNS, dumps
 from .schema import migrate
 from .work import WorkOps
 from .writer import Tx, Writer
 
 T = TypeVar("T")
-_ACTIVE = "('QUEUED', 'EXECUTING', 'WAITING')"
 _INSERT_EVENT = (
     "INSERT INTO events (env, id, name, source, payload, context, timestamp, deliver_at, "
     "delivered_at, cancelled_at, created_at, status, account_id) "
@@ -259,7 +258,7 @@ class SQLiteStore(JobOps, WorkOps):
                 "WHERE status = 'PENDING' UNION ALL SELECT MIN(next_fire) FROM jobs "
                 "WHERE next_fire IS NOT NULL UNION ALL SELECT MIN(wait_until) FROM runs "
                 "WHERE status = 'WAITING' UNION ALL SELECT MIN(deadline_at) FROM runs "
-                f"WHERE status IN {_ACTIVE} AND deadline_at IS NOT NULL)"
+                f"WHERE status IN {ACTIVE} AND deadline_at IS NOT NULL)"
             ).fetchone()
             return None if row[0] is None else int(row[0])
 
@@ -328,13 +327,7 @@ class SQLiteStore(JobOps, WorkOps):
     # -- runs -------------------------------------------------------------------
 
     async def get_run(self, env: str, run_id: str) -> Run | None:
-        def query(conn: sqlite3.Connection) -> Run | None:
-            row = conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND env = ?", (run_id, env)
-            ).fetchone()
-            return None if row is None else rows.run_from_row(row)
-
-        return await self._read(query)
+        return await self._read(lambda conn: rows.find_run(conn, env, run_id))
 
     async def list_runs(
         self,
@@ -367,12 +360,9 @@ class SQLiteStore(JobOps, WorkOps):
 
     async def cancel_run(self, env: str, run_id: str, now: int, reason: str) -> Run:
         def op(tx: Tx) -> Run:
-            row = tx.conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND env = ?", (run_id, env)
-            ).fetchone()
-            if row is None:
+            run = rows.find_run(tx.conn, env, run_id)
+            if run is None:
                 raise NotFound(f"run {run_id!r} not found")
-            run = rows.run_from_row(row)
             if run.status.terminal:
                 raise FailedPrecondition(
                     f"run {run_id!r} already ended {run.status.value}; a terminal run keeps "
@@ -394,7 +384,7 @@ class SQLiteStore(JobOps, WorkOps):
             ids = [
                 r[0]
                 for r in tx.conn.execute(
-                    f"SELECT id FROM runs WHERE env = ? AND event_id = ? AND status IN {_ACTIVE} "
+                    f"SELECT id FROM runs WHERE env = ? AND event_id = ? AND status IN {ACTIVE} "
                     "ORDER BY seq",
                     (env, event_id),
                 )
@@ -419,7 +409,7 @@ class SQLiteStore(JobOps, WorkOps):
         error = dumps({"type": kind, "message": message, "stack": ""})
         tx.conn.executemany(
             f"UPDATE runs SET status = ?, completed_at = ?, updated_at = ?, error = ?, "
-            f"wait_until = NULL WHERE id = ? AND status IN {_ACTIVE}",
+            f"wait_until = NULL WHERE id = ? AND status IN {ACTIVE}",
             [(status.value, now, now, error, run_id) for run_id in ids],
         )
         # Open tasks end with the run.

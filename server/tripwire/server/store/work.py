@@ -30,11 +30,10 @@ from ..models import (
 from ..retry import RetryPolicy, next_delay_ms
 from ..tasks import TaskOutcome
 from . import rows
-from .rows import RUN_COLUMNS, TASK_COLUMNS, dumps
+from .rows import ACTIVE, RUN_COLUMNS, TASK_COLUMNS, dumps
 from .writer import Tx
 
 T = TypeVar("T")
-_ACTIVE = "('QUEUED', 'EXECUTING', 'WAITING')"
 
 
 class WorkOps:
@@ -156,12 +155,9 @@ class WorkOps:
 
     @staticmethod
     def _fenced(conn: sqlite3.Connection, env: str, run_id: str, attempt: int) -> Run:
-        row = conn.execute(
-            f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND env = ?", (run_id, env)
-        ).fetchone()
-        if row is None:
+        run = rows.find_run(conn, env, run_id)
+        if run is None:
             raise NotFound(f"run {run_id!r} not found")
-        run = rows.run_from_row(row)
         if run.status.terminal:
             raise StaleAttempt(f"run {run_id} has ended {run.status.value}", ended=True)
         if run.attempt != attempt or run.status is not RunStatus.EXECUTING:
@@ -383,7 +379,7 @@ class WorkOps:
         run.completed_at = run.updated_at = now
         tx.conn.execute(
             "UPDATE runs SET status = ?, output = ?, error = ?, completed_at = ?, updated_at = ?, "
-            f"worker_id = NULL WHERE id = ? AND status IN {_ACTIVE}",
+            f"worker_id = NULL WHERE id = ? AND status IN {ACTIVE}",
             (
                 run.status.value,
                 None if output is None else dumps(output),
@@ -435,7 +431,7 @@ class WorkOps:
             ids = [
                 r[0]
                 for r in tx.conn.execute(
-                    f"SELECT id FROM runs WHERE status IN {_ACTIVE} AND deadline_at IS NOT NULL "
+                    f"SELECT id FROM runs WHERE status IN {ACTIVE} AND deadline_at IS NOT NULL "
                     "AND deadline_at <= ?",
                     (now,),
                 )
