@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from tripwire.server.store.writer import Tx, Writer
+from tripwire.server.store.writer import Committer, Tx, Writer
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -111,3 +111,41 @@ async def test_a_batch_sqlite_rolled_back_fails_whole_and_the_writer_goes_on(
     assert all(isinstance(o, Exception) for o in outcomes)
     assert await writer.submit(insert("after")) == "after"
     assert keys(tmp_path) == {"after"}
+
+
+async def test_a_lone_failing_operation_stores_nothing(writer: Writer, tmp_path: Path) -> None:
+    hooks: list[str] = []
+
+    def half_then_fail(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO t VALUES ('half')")
+        tx.after_commit(lambda: hooks.append("bad"))
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        await writer.submit(half_then_fail)
+    assert keys(tmp_path) == set()
+    assert hooks == []
+    assert await writer.submit(insert("next")) == "next"
+    assert keys(tmp_path) == {"next"}
+
+
+async def test_a_lone_operation_sqlite_rolled_back_fails(writer: Writer, tmp_path: Path) -> None:
+    def rolls_back(tx: Tx) -> str:
+        tx.conn.execute("INSERT INTO t VALUES ('lost')")
+        tx.conn.execute("ROLLBACK")
+        return "claimed success"
+
+    with pytest.raises(sqlite3.OperationalError):
+        await writer.submit(rolls_back)
+    assert keys(tmp_path) == set()
+    assert await writer.submit(insert("after")) == "after"
+
+
+async def test_the_commit_thread_hands_back_results_and_errors() -> None:
+    committer = Committer()
+    try:
+        assert await committer.run(lambda x: x * 2, 21) == 42
+        with pytest.raises(ZeroDivisionError):
+            await committer.run(lambda: 1 / 0)
+    finally:
+        committer.close()
