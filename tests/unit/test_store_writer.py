@@ -141,6 +141,20 @@ async def test_a_lone_operation_sqlite_rolled_back_fails(writer: Writer, tmp_pat
     assert await writer.submit(insert("after")) == "after"
 
 
+async def test_a_lone_operation_failing_after_sqlite_rolled_back_gets_its_own_error(
+    writer: Writer, tmp_path: Path
+) -> None:
+    def rolled_back_then_fails(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO t VALUES ('lost')")
+        tx.conn.execute("ROLLBACK")
+        raise ValueError("disk trouble, as the operation saw it")
+
+    with pytest.raises(ValueError, match="disk trouble"):
+        await writer.submit(rolled_back_then_fails)
+    assert await writer.submit(insert("after")) == "after"
+    assert keys(tmp_path) == {"after"}
+
+
 async def test_the_commit_thread_hands_back_results_and_errors() -> None:
     committer = Committer()
     try:

@@ -3,9 +3,10 @@
 Every write of the server is a function of a `Tx`, queued here. The writer
 takes everything queued so far, runs each operation in its own savepoint (so
 a failing one rolls back alone, leaving nothing half-stored; a lone operation
-needs none) and commits the batch once. With `synchronous=FULL` that is one fsync for all the concurrent
-callers instead of one each; each caller is answered only after that commit,
-so an acknowledged write survives kill -9 (and power loss).
+needs none) and commits the batch once. With `synchronous=FULL` that is one
+fsync for all the concurrent callers instead of one each; each caller is
+answered only after that commit, so an acknowledged write survives kill -9
+(and power loss).
 
 Operations run on the event loop's thread, which owns the Python work anyway;
 only the COMMIT (the fsync) runs on a helper thread, so the loop keeps serving
@@ -131,7 +132,8 @@ class Writer:
             try:
                 return [(batch[0][0](tx), None)]
             except Exception as exc:  # handed to the caller
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back by itself
+                    conn.execute("ROLLBACK")
                 tx._after.clear()
                 return [(None, exc)]
         outcomes: list[tuple[Any, BaseException | None]] = []
