@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -163,3 +164,17 @@ async def test_the_commit_thread_hands_back_results_and_errors() -> None:
             await committer.run(lambda: 1 / 0)
     finally:
         committer.close()
+
+
+async def test_a_failed_start_leaves_no_commit_thread(tmp_path: Path) -> None:
+    def broken() -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    def committers() -> int:
+        return sum(t.name == "tripwire-store-sync" for t in threading.enumerate())
+
+    before = committers()
+    w = Writer(broken)
+    with pytest.raises(sqlite3.OperationalError):
+        await w.start()
+    assert committers() == before

@@ -106,7 +106,11 @@ class Writer:
         self._lazy_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
-        self._conn = await self._sync.run(self._connect)
+        try:
+            self._conn = await self._sync.run(self._connect)
+        except BaseException:
+            self._sync.close()
+            raise
         self._task = asyncio.create_task(self._run(), name="tripwire-store-writer")
 
     async def stop(self) -> None:
