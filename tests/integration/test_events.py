@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from tripwire.v1 import event_pb2
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
@@ -75,18 +77,62 @@ async def test_negative_deliver_after_is_rejected_and_nothing_stored(stubs: Stub
 
 
 @pytest.mark.parametrize(
-    ("event", "field"),
+    ("event", "options", "field"),
     [
-        ({"name": ""}, "event.name"),
-        ({"name": "n" * 257}, "event.name"),
-        ({"name": "x", "id": "i" * 300}, "event.id"),
+        ({"name": ""}, {}, "event.name"),
+        ({"name": "n" * 257}, {}, "event.name"),
+        ({"name": "x", "id": "i" * 300}, {}, "event.id"),
+        # Times a Timestamp cannot show again (past 9999) or SQLite cannot hold.
+        ({"name": "x"}, {"deliver_after": 10**13}, "options.deliver_after"),
+        ({"name": "x"}, {"deliver_after": 10**16}, "options.deliver_after"),
     ],
 )
-async def test_bad_events_name_the_field(stubs: Stubs, event: dict, field: str) -> None:
+async def test_bad_events_name_the_field(
+    stubs: Stubs, event: dict, options: dict, field: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await send(stubs, event)
+        await send(stubs, event, **options)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith(field)
+    assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
+
+
+@pytest.mark.parametrize("field", ["timestamp", "deliver_at"])
+async def test_times_outside_the_timestamp_range_name_the_field(stubs: Stubs, field: str) -> None:
+    far = Timestamp(seconds=10**17)
+    request = ev.SendEventRequest(event=event_pb2.EventInput(name="x"))
+    if field == "timestamp":
+        request.event.timestamp.CopyFrom(far)
+    else:
+        request.options.deliver_at.CopyFrom(far)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.events.SendEvent(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    where = "event.timestamp" if field == "timestamp" else "options.deliver_at"
+    assert (err.value.details() or "").startswith(where)
+
+
+@pytest.mark.parametrize("token", ["garbage", "\u00b2", "1" * 5000, "-1"])
+async def test_page_tokens_this_server_never_issued_are_invalid(stubs: Stubs, token: str) -> None:
+    for call in (
+        stubs.events.ListEvents(ev.ListEventsRequest(page_token=token)),
+        stubs.runs.ListRuns(rn.ListRunsRequest(page_token=token)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith("page_token")
+
+
+async def test_unknown_status_numbers_are_invalid(stubs: Stubs) -> None:
+    for call in (
+        stubs.events.ListEvents(ev.ListEventsRequest(status=99)),  # type: ignore[arg-type]
+        stubs.runs.ListRuns(rn.ListRunsRequest(status=99)),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith("status")
 
 
 async def test_payload_limit(start_server: StartServer) -> None:
@@ -191,6 +237,23 @@ async def test_send_events_is_atomic_ordered_and_capped(start_server: StartServe
         assert [e["id"] for e in reply["events"]] == ["1", "2"]
 
 
+async def test_a_batch_rescheduling_its_own_event_replies_with_what_was_stored(
+    stubs: Stubs,
+) -> None:
+    body = {
+        "events": [
+            {"name": "a", "id": "dup", "payload": {"v": 1}},
+            {"name": "a", "id": "dup", "payload": {"v": 2}},
+        ],
+        "options": {"deliver_after": 60},
+    }
+    reply = js(await stubs.events.SendEvents(req(ev.SendEventsRequest, body)))
+    stored = js(await stubs.events.GetEvent(ev.GetEventRequest(id="dup")))["event"]
+    assert stored["payload"] == {"v": 2}
+    assert [e["payload"] for e in reply["events"]] == [{"v": 2}, {"v": 2}]
+    assert "deduplicated" not in reply["events"][0] and reply["events"][1]["deduplicated"]
+
+
 async def test_send_events_dedups_within_a_batch(stubs: Stubs) -> None:
     await register(stubs, event_job("j", ["a"]))
     body = {"events": [{"name": "a", "id": "same"}, {"name": "a", "id": "same"}]}
@@ -231,6 +294,26 @@ async def test_cancel_runs_for_event_and_cancel_run(stubs: Stubs) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.events.CancelRunsForEvent(ev.CancelRunsForEventRequest(id="none"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_filter_on_an_array_payload_passes_when_any_element_does(stubs: Stubs) -> None:
+    # v2 matches the record {payload: [...]} against {payload: filter}.
+    await register(stubs, event_job("orders", ["order"], filter={"type": ["a"]}))
+    await register(stubs, event_job("eu", ["order"], context_filter={"region": ["eu"]}))
+    hit = await send(
+        stubs,
+        {"name": "order", "payload": [{"type": "b"}, {"type": "a"}], "context": [{"region": "eu"}]},
+    )
+    assert sorted(r["jobId"] for r in hit["runs"]) == ["eu", "orders"]
+    miss = await send(stubs, {"name": "order", "payload": [{"type": "b"}], "context": []})
+    assert "runs" not in miss
+    reply = js(
+        await stubs.events.MatchEvent(
+            req(ev.MatchEventRequest, {"event": {"name": "order", "payload": [{"type": "b"}]}})
+        )
+    )
+    reason = {j["jobId"]: j for j in reply["jobs"]}["orders"]["reason"]
+    assert reason.startswith("filter: no element of payload matches"), reason
 
 
 async def test_match_event_explains(stubs: Stubs) -> None:

@@ -8,7 +8,7 @@ from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
 
-from ..conftest import Stubs
+from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
 from .helpers import event_job, js, req
 from .test_events import register, send
 
@@ -63,6 +63,27 @@ from .test_events import register, send
                 "trigger": {"event": {"names": ["x"], "schema": {"$ref": "urn:elsewhere"}}},
             },
             "job.trigger.event.schema/$ref",
+        ),
+        (
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {"event": {"names": ["x"], "schema": {"$ref": "#"}}},
+            },
+            "job.trigger.event.schema",
+        ),
+        (
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {
+                    "event": {
+                        "names": ["x"],
+                        "schema": {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}},
+                    }
+                },
+            },
+            "job.trigger.event.schema",
         ),
         (
             {"id": "j", "version": "1.0.0", "trigger": {"cron": {"cron": "61 * * * *"}}},
@@ -168,6 +189,35 @@ async def test_schema_failure_creates_an_invalid_payload_run(stubs: Stubs) -> No
     run = bad["runs"][0]
     assert run["status"] == "RUN_STATUS_INVALID_PAYLOAD" and "completedAt" in run
     assert run["validationErrors"] == [{"path": "/userId", "message": "7 is not of type 'string'"}]
+
+
+async def test_a_schema_that_recurses_for_some_payloads_gives_invalid_payload_runs(
+    start_server: StartServer,
+) -> None:
+    # Registration cannot see this cycle: only a payload with "x" walks into it.
+    schema = {"properties": {"x": {"$ref": "#/$defs/a"}}, "$defs": {"a": {"$ref": "#/$defs/a"}}}
+    clock = FakeClock()
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await register(stubs, event_job("loop", ["e"], schema=schema))
+        fine = await send(stubs, {"name": "e", "payload": {"y": 1}})
+        assert fine["runs"][0]["status"] == "RUN_STATUS_QUEUED"
+        now = await send(stubs, {"name": "e", "payload": {"x": 1}})
+        run = now["runs"][0]
+        assert run["status"] == "RUN_STATUS_INVALID_PAYLOAD"
+        assert "recurses without end" in run["validationErrors"][0]["message"]
+        # Delivered later by the timer loop, which must survive it.
+        await send(stubs, {"name": "e", "id": "later", "payload": {"x": 2}}, deliver_after=30)
+        clock.advance(31)
+
+        async def delivered() -> dict | None:
+            got = js(await stubs.events.GetEvent(ev.GetEventRequest(id="later")))
+            return got if got["event"]["status"] == "EVENT_STATUS_DELIVERED" else None
+
+        got = await eventually(delivered)
+        assert got["runs"][0]["status"] == "RUN_STATUS_INVALID_PAYLOAD"
+        assert (await send(stubs, {"name": "other"}))["status"] == "EVENT_STATUS_DELIVERED"
 
 
 async def test_disabling_stops_matching_and_aborts_active_runs(stubs: Stubs) -> None:

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 # the same id; one due sooner is left alone (it may be delivering right now).
 RESCHEDULE_WINDOW_MS = 5_000
 MAX_ID_LENGTH = 256
+# The range of google.protobuf.Timestamp (0001-01-01 to 9999-12-31 UTC): a time
+# outside it could be stored but never shown again.
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,17 @@ def deliver_time(options: DeliveryOptions, now: int, field: str) -> int:
     if options.deliver_after < 0:
         raise InvalidArgument(f"{field}.deliver_after", "must not be negative")
     if options.deliver_at is not None:
+        _check_time(options.deliver_at, f"{field}.deliver_at")
         return max(options.deliver_at, now)
-    return now + options.deliver_after * 1000
+    at = now + options.deliver_after * 1000
+    if at > MAX_TIME_MS:
+        raise InvalidArgument(f"{field}.deliver_after", "is past the year 9999")
+    return at
+
+
+def _check_time(millis: int, field: str) -> None:
+    if not MIN_TIME_MS <= millis <= MAX_TIME_MS:
+        raise InvalidArgument(field, "is outside the years 0001 to 9999")
 
 
 def prepare(
@@ -84,6 +97,8 @@ def prepare(
         raise InvalidArgument(
             f"{field}.source", f"is longer than the limit of {limits.max_name_length} characters"
         )
+    if draft.timestamp is not None:
+        _check_time(draft.timestamp, f"{field}.timestamp")
     return NewEvent(
         id=draft.id or new_event_id(),
         minted_id=not draft.id,

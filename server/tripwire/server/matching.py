@@ -16,7 +16,6 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from referencing.exceptions import Unresolvable
 
 from . import filters
 from .errors import InvalidArgument
@@ -50,7 +49,19 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
             raise InvalidArgument(
                 f"{field}{path}", f"$ref {ref!r} points outside the schema; only local refs work"
             )
-    return Draft202012Validator(schema)
+    validator = Draft202012Validator(schema)
+    for probe in _PROBES:
+        try:
+            validator.is_valid(probe)
+        except RecursionError:
+            raise InvalidArgument(
+                field, "refers to itself without end ($ref cycle); it can validate nothing"
+            ) from None
+    return validator
+
+
+# One of each JSON type: a $ref cycle that applies to every value shows on all of them.
+_PROBES: tuple[Any, ...] = (None, True, 0, "", [], {})
 
 
 def _refs(node: Any, path: str) -> list[tuple[str, str]]:
@@ -72,7 +83,10 @@ def schema_errors(validator: Draft202012Validator, payload: Any) -> tuple[dict[s
     """Every way `payload` fails the schema, as [{path, message}] (JSON pointer paths)."""
     try:
         errors = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path)))
-    except Unresolvable as exc:  # registration rejects these; be safe
+    except RecursionError:  # a $ref cycle only some payloads reach, or a payload too deep
+        return ({"path": "", "message": "the schema cannot be applied: it recurses without end"},)
+    except Exception as exc:  # a user's schema must never stop delivery; registration
+        # rejects what it can (unresolvable refs, top-level cycles)
         return ({"path": "", "message": f"the schema cannot be applied: {exc}"},)
     return tuple(
         {"path": "".join(f"/{p}" for p in e.absolute_path), "message": e.message} for e in errors
@@ -93,6 +107,12 @@ def compile_job(job: Job) -> CompiledJob:
         context_filter=spec.get("context_filter") or None,
         validator=validator,
     )
+
+
+def _passes(key: str, value: Any, filter: Mapping[str, Any]) -> bool:
+    """v2 matches the event record `{payload, context}` against `{payload: filter}`, so
+    a filter on an array payload (or context) passes when any element does."""
+    return filters.matches({key: value}, {key: filter})
 
 
 def run_spec(compiled: CompiledJob, payload: Any) -> RunSpec:
@@ -151,9 +171,9 @@ class JobIndex:
         for compiled in index.by_name.get(name, ()):
             if compiled.source != source:
                 continue
-            if compiled.filter and not filters.matches(payload, compiled.filter):
+            if compiled.filter and not _passes("payload", payload, compiled.filter):
                 continue
-            if compiled.context_filter and not filters.matches(context, compiled.context_filter):
+            if compiled.context_filter and not _passes("context", context, compiled.context_filter):
                 continue
             specs.append(run_spec(compiled, payload))
         return specs
@@ -184,11 +204,11 @@ def _verdict(compiled: CompiledJob, name: str, source: str, payload: Any, contex
             job, False, f"source {json.dumps(source)} is not {json.dumps(compiled.source)}"
         )
     if compiled.filter:
-        why = filters.explain(payload, compiled.filter, "payload")
+        why = filters.explain({"payload": payload}, {"payload": compiled.filter}, "")
         if why is not None:
             return Verdict(job, False, f"filter: {why}")
     if compiled.context_filter:
-        why = filters.explain(context, compiled.context_filter, "context")
+        why = filters.explain({"context": context}, {"context": compiled.context_filter}, "")
         if why is not None:
             return Verdict(job, False, f"context_filter: {why}")
     spec = run_spec(compiled, payload)

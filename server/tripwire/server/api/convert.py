@@ -202,6 +202,8 @@ _RUN_STATUS = {
 def event_status_name(number: int) -> str:
     if not number:
         return ""
+    if number not in event_pb2.EventStatus.values():
+        raise InvalidArgument("status", f"{number} is not an EventStatus")
     return event_pb2.EventStatus.Name(event_pb2.EventStatus.ValueType(number)).removeprefix(
         "EVENT_STATUS_"
     )
@@ -210,6 +212,8 @@ def event_status_name(number: int) -> str:
 def run_status_name(number: int) -> str:
     if not number:
         return ""
+    if number not in run_pb2.RunStatus.values():
+        raise InvalidArgument("status", f"{number} is not a RunStatus")
     return run_pb2.RunStatus.Name(run_pb2.RunStatus.ValueType(number)).removeprefix("RUN_STATUS_")
 
 

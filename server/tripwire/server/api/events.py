@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from tripwire.v1 import event_service_pb2 as pb
@@ -46,8 +47,12 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         drafts = [convert.draft(e) for e in request.events]
         events = await self.events.send(env, drafts, convert.options(request.options), batch=True)
         reply = pb.SendEventsResponse()
+        # An id sent twice in one batch may have been rescheduled by its second
+        # copy: those replies show what was stored, not what their request said.
+        counts = Counter(e.id for e in events)
+        repeated = {i for i, n in counts.items() if n > 1} if len(counts) < len(events) else ()
         for event, given in zip(events, request.events, strict=True):
-            convert.event_to_pb(event, reply.events.add(), given)
+            convert.event_to_pb(event, reply.events.add(), None if event.id in repeated else given)
         return reply
 
     @unary

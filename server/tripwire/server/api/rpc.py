@@ -106,6 +106,6 @@ def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
 def seq_token(token: str) -> int | None:
     if not token:
         return None
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()) or len(token) > 19:
         raise InvalidArgument("page_token", "is not a token this server issued")
     return int(token)
