@@ -21,6 +21,10 @@ from .test_events import register, send
         ({"id": "j", "trigger": {"invoke": {}}}, "job.version"),
         ({"id": "j", "version": "1.0", "trigger": {"invoke": {}}}, "job.version"),
         ({"id": "j", "version": "1.0.0"}, "job.trigger"),
+        (
+            {"id": "j", "version": "1.0.0", "trigger": {"invoke": {}}, "logLevel": 99},
+            "job.log_level",
+        ),
         ({"id": "j", "version": "1.0.0", "trigger": {"event": {}}}, "job.trigger.event.names"),
         (
             {

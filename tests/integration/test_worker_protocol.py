@@ -312,6 +312,49 @@ async def test_bad_task_requests_are_rejected_naming_the_field(
     assert rejected["message"].startswith("task.params.event.name")
 
 
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"task": {"key": "k", "kind": 99}}, "task.kind"),
+        (
+            {"task": {"key": "k", "kind": "TASK_KIND_SEND_EVENTS", "params": {"events": 5}}},
+            "task.params.events",
+        ),
+        (
+            {"task": {"key": "k", "kind": "TASK_KIND_SEND_EVENT", "params": {"event": "e"}}},
+            "task.params.event",
+        ),
+        (
+            {
+                "task": {
+                    "key": "k",
+                    "kind": "TASK_KIND_SEND_EVENT",
+                    "params": {"event": {"name": "e"}, "options": 5},
+                }
+            },
+            "task.params.options",
+        ),
+        ({"log": {"seq": 1, "level": 42, "message": "hi"}}, "log.level"),
+    ],
+)
+async def test_malformed_worker_messages_are_rejected_and_the_run_goes_on(
+    conn: Stubs, worker: RawWorker, message: dict, field: str
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    ((kind, body),) = message.items()
+    ids = {"runId": run["id"], "attempt": 1} | ({"requestId": "bad"} if kind == "task" else {})
+    worker.send({kind: {**ids, **body}})
+    rejected = await worker.expect("rejected")
+    assert rejected["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert rejected["message"].startswith(field), rejected
+    assert rejected["runId"] == run["id"]
+    # The run is still the worker's to finish.
+    worker.send({"runResult": {"runId": run["id"], "attempt": 1, "output": "done"}})
+    await run_status(conn, run["id"], "SUCCESS")
+
+
 async def test_timed_out_runs_end_and_the_worker_is_told(
     conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:

@@ -113,9 +113,7 @@ def job_from_pb(msg: job_pb2.Job) -> Job:
         concurrency_limit=msg.concurrency_limit,
         retry=_retry_from_pb(msg.retry) if msg.HasField("retry") else None,
         max_duration_seconds=msg.max_duration_seconds,
-        log_level=job_pb2.LogLevel.Name(msg.log_level).removeprefix("LOG_LEVEL_")
-        if msg.log_level
-        else "INFO",
+        log_level=log_level_name(msg.log_level, "job.log_level") or "INFO",
     )
 
 
@@ -199,22 +197,22 @@ _RUN_STATUS = {
 }
 
 
-def event_status_name(number: int) -> str:
+def _enum_name(enum: Any, number: int, prefix: str, field: str) -> str:
+    """The name of a proto enum value without its prefix; "" for 0. An unknown
+    number (open enums let a client send any) names the field."""
     if not number:
         return ""
-    if number not in event_pb2.EventStatus.values():
-        raise InvalidArgument("status", f"{number} is not an EventStatus")
-    return event_pb2.EventStatus.Name(event_pb2.EventStatus.ValueType(number)).removeprefix(
-        "EVENT_STATUS_"
-    )
+    if number not in enum.values():
+        raise InvalidArgument(field, f"{number} is not a {enum.DESCRIPTOR.name} value")
+    return str(enum.Name(number)).removeprefix(prefix)
+
+
+def event_status_name(number: int) -> str:
+    return _enum_name(event_pb2.EventStatus, number, "EVENT_STATUS_", "status")
 
 
 def run_status_name(number: int) -> str:
-    if not number:
-        return ""
-    if number not in run_pb2.RunStatus.values():
-        raise InvalidArgument("status", f"{number} is not a RunStatus")
-    return run_pb2.RunStatus.Name(run_pb2.RunStatus.ValueType(number)).removeprefix("RUN_STATUS_")
+    return _enum_name(run_pb2.RunStatus, number, "RUN_STATUS_", "status")
 
 
 def run_to_pb(run: Run, out: run_pb2.Run) -> run_pb2.Run:
@@ -330,16 +328,12 @@ def log_to_pb(entry: LogEntry, out: run_pb2.LogEntry) -> run_pb2.LogEntry:
     return out
 
 
-def task_kind_name(number: int) -> str:
-    if not number:
-        return ""
-    return run_pb2.TaskKind.Name(run_pb2.TaskKind.ValueType(number)).removeprefix("TASK_KIND_")
+def task_kind_name(number: int, field: str = "task.kind") -> str:
+    return _enum_name(run_pb2.TaskKind, number, "TASK_KIND_", field)
 
 
-def log_level_name(number: int) -> str:
-    if not number:
-        return ""
-    return job_pb2.LogLevel.Name(job_pb2.LogLevel.ValueType(number)).removeprefix("LOG_LEVEL_")
+def log_level_name(number: int, field: str = "log.level") -> str:
+    return _enum_name(job_pb2.LogLevel, number, "LOG_LEVEL_", field)
 
 
 def _error_to_pb(error: dict[str, str], out: run_pb2.ErrorInfo) -> None:

@@ -283,7 +283,12 @@ class WorkerStream:
         async def chained() -> None:
             if previous is not None:
                 await asyncio.wait([previous])
-            await handler(body)
+            try:
+                await handler(body)
+            except Exception:  # a bug, not the worker's fault; it must still hear back
+                log.exception("handling a worker message for run %s failed", run_id)
+                failure = TripwireError("internal error handling this message; see the server log")
+                self._send(_rejected(getattr(body, "request_id", ""), run_id, failure))
 
         task = asyncio.create_task(chained())
         self._tails[run_id] = task
@@ -375,6 +380,11 @@ class WorkerStream:
     async def _on_log(self, msg: pb.RunLog) -> None:
         if self._owned(msg.run_id, msg.attempt) is None:
             return
+        try:
+            level = convert.log_level_name(msg.level) or "INFO"
+        except TripwireError as exc:
+            self._send(_rejected("", msg.run_id, exc))
+            return
         data = convert.value_to_py(msg.data) if msg.HasField("data") else None
         await self._guard(
             msg.run_id,
@@ -385,7 +395,7 @@ class WorkerStream:
                 msg.run_id,
                 msg.attempt,
                 msg.seq,
-                convert.log_level_name(msg.level) or "INFO",
+                level,
                 msg.message,
                 data,
             ),
@@ -529,7 +539,9 @@ def _task_input(msg: pb.TaskRequest, payload_limit: int) -> TaskInput:
     events: tuple[EventDraft, ...] = ()
     options = convert.options(event_pb2.SendEventOptions())
     if kind in ("SEND_EVENT", "SEND_EVENTS") and isinstance(params, dict):
-        raw = [params.get("event")] if kind == "SEND_EVENT" else list(params.get("events") or [])
+        raw = [params.get("event")] if kind == "SEND_EVENT" else params.get("events") or []
+        if not isinstance(raw, list):
+            raise InvalidArgument("task.params.events", "must be a list of events")
         parsed = []
         for i, item in enumerate(raw):
             if item is None:
@@ -550,7 +562,9 @@ M = TypeVar("M", bound=Message)
 
 
 def _parse(value: Any, message: M, field: str) -> M:
+    if not isinstance(value, dict):
+        raise InvalidArgument(field, "must be an object")
     try:
         return json_format.ParseDict(value, message)
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, TypeError, ValueError) as exc:
         raise InvalidArgument(field, str(exc)) from None
