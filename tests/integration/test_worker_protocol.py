@@ -497,3 +497,105 @@ async def test_a_result_the_store_could_not_keep_is_requeued(
     monkeypatch.undo()
     again = await worker.run_request()
     assert again["run"]["id"] == run["id"] and again["run"]["attempt"] == 2
+
+
+async def test_a_concurrency_slot_freed_by_one_version_moves_the_other_versions_queue(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    # A rolling deploy: the limit counts the job's runs on every version and worker.
+    await worker.connect([job("j", ["x"], version="1.0.0", concurrencyLimit=1)], worker_id="old")
+    await send(conn, "x")
+    first = (await worker.run_request())["run"]
+    newer = RawWorker(conn.workers)
+    try:
+        await newer.connect([job("j", ["x"], version="2.0.0", concurrencyLimit=1)], worker_id="new")
+        queued = (await send(conn, "x"))["runs"][0]
+        assert queued["jobVersion"] == "2.0.0"
+        with pytest.raises(TimeoutError):
+            await newer.expect("run_request", within=0.3)
+        worker.result(first, output="done")
+        assert (await newer.run_request())["run"]["id"] == queued["id"]
+    finally:
+        await newer.close()
+
+
+async def test_a_gone_workers_run_counts_toward_the_limit_until_it_ends(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"], concurrencyLimit=1)], worker_id="a")
+    await send(conn, "x")
+    first = (await worker.run_request())["run"]
+    other = RawWorker(conn.workers)
+    try:
+        await other.connect([job("j", ["x"], concurrencyLimit=1)], worker_id="b")
+        queued = (await send(conn, "x"))["runs"][0]
+        await worker.close()  # its handler may still be running the first run
+        with pytest.raises(TimeoutError):
+            await other.expect("run_request", within=0.3)
+        await conn.runs.CancelRun(rn.CancelRunRequest(id=first["id"]))
+        assert (await other.run_request())["run"]["id"] == queued["id"]
+    finally:
+        await other.close()
+
+
+async def test_a_dispatch_whose_claim_failed_is_redone_with_a_new_attempt(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import sqlite3
+
+    real = fast.store.claim
+    calls: list[tuple[int, int]] = []
+
+    def flaky(run_id: str, stored: int, attempt: int, *rest: object) -> asyncio.Future[bool]:
+        calls.append((stored, attempt))
+        if len(calls) == 1:  # what the writer reports when the batch's COMMIT fails
+            failed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            error = sqlite3.OperationalError("database or disk is full")
+            asyncio.get_running_loop().call_later(0.05, failed.set_exception, error)
+            return failed
+        return real(run_id, stored, attempt, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fast.store, "claim", flaky)
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    first = (await worker.run_request())["run"]
+    abandoned = await worker.expect("abandon")
+    assert (abandoned["runId"], abandoned["attempt"]) == (first["id"], 1)
+    again = (await worker.run_request())["run"]
+    assert again["id"] == first["id"] and again["attempt"] == 2
+    assert calls == [(0, 1), (0, 2)]
+    worker.result(first, output="from the abandoned attempt")
+    assert (await worker.expect("abandon"))["attempt"] == 1
+    worker.result(again, output="done")
+    got = await run_status(conn, first["id"], "SUCCESS")
+    assert got["run"]["attempt"] == 2 and got["run"]["output"] == "done"
+
+
+async def test_runs_of_a_gone_worker_are_requeued_even_if_the_store_fails_once(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    real = fast.store.requeue
+    calls = 0
+
+    async def flaky(runs: list[tuple[str, int]], now: int) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return await real(runs, now)
+
+    monkeypatch.setattr(fast.store, "requeue", flaky)
+    await worker.connect([job("j", ["x"])], worker_id="a")
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    await worker.close()
+    other = RawWorker(conn.workers)
+    try:
+        await other.connect([job("j", ["x"])], worker_id="b")
+        again = (await other.run_request())["run"]  # after the lease (1 s) and one retry
+        assert again["id"] == run["id"] and again["attempt"] == 2 and calls == 2
+    finally:
+        await other.close()

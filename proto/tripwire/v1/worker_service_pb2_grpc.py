@@ -78,7 +78,9 @@ class WorkerServiceStub:
     is stale, e.g. the lease expired and the run was given to another
     worker: stop it). Every message naming a run carries its attempt;
     messages for an attempt this worker does not hold are answered with
-    `abandon` and otherwise ignored.
+    `abandon` and otherwise ignored. A `cancel` or `abandon` for an attempt
+    the worker does not hold (or never received: a dispatch the server could
+    not record is abandoned and redone under the next attempt) needs nothing.
     9. On shutdown the server sends `drain`: take no new work, finish what is
     running within `deadline_ms`, send the results, then half-close the
     stream (what was sent before the half-close is still applied). Runs not
@@ -156,7 +158,9 @@ class WorkerServiceServicer:
     is stale, e.g. the lease expired and the run was given to another
     worker: stop it). Every message naming a run carries its attempt;
     messages for an attempt this worker does not hold are answered with
-    `abandon` and otherwise ignored.
+    `abandon` and otherwise ignored. A `cancel` or `abandon` for an attempt
+    the worker does not hold (or never received: a dispatch the server could
+    not record is abandoned and redone under the next attempt) needs nothing.
     9. On shutdown the server sends `drain`: take no new work, finish what is
     running within `deadline_ms`, send the results, then half-close the
     stream (what was sent before the half-close is still applied). Runs not
@@ -243,7 +247,9 @@ class WorkerService:
     is stale, e.g. the lease expired and the run was given to another
     worker: stop it). Every message naming a run carries its attempt;
     messages for an attempt this worker does not hold are answered with
-    `abandon` and otherwise ignored.
+    `abandon` and otherwise ignored. A `cancel` or `abandon` for an attempt
+    the worker does not hold (or never received: a dispatch the server could
+    not record is abandoned and redone under the next attempt) needs nothing.
     9. On shutdown the server sends `drain`: take no new work, finish what is
     running within `deadline_ms`, send the results, then half-close the
     stream (what was sent before the half-close is still applied). Runs not

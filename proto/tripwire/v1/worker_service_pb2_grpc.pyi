@@ -79,7 +79,9 @@ class WorkerServiceStub:
        is stale, e.g. the lease expired and the run was given to another
        worker: stop it). Every message naming a run carries its attempt;
        messages for an attempt this worker does not hold are answered with
-       `abandon` and otherwise ignored.
+       `abandon` and otherwise ignored. A `cancel` or `abandon` for an attempt
+       the worker does not hold (or never received: a dispatch the server could
+       not record is abandoned and redone under the next attempt) needs nothing.
     9. On shutdown the server sends `drain`: take no new work, finish what is
        running within `deadline_ms`, send the results, then half-close the
        stream (what was sent before the half-close is still applied). Runs not
@@ -151,7 +153,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        is stale, e.g. the lease expired and the run was given to another
        worker: stop it). Every message naming a run carries its attempt;
        messages for an attempt this worker does not hold are answered with
-       `abandon` and otherwise ignored.
+       `abandon` and otherwise ignored. A `cancel` or `abandon` for an attempt
+       the worker does not hold (or never received: a dispatch the server could
+       not record is abandoned and redone under the next attempt) needs nothing.
     9. On shutdown the server sends `drain`: take no new work, finish what is
        running within `deadline_ms`, send the results, then half-close the
        stream (what was sent before the half-close is still applied). Runs not
@@ -219,7 +223,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        is stale, e.g. the lease expired and the run was given to another
        worker: stop it). Every message naming a run carries its attempt;
        messages for an attempt this worker does not hold are answered with
-       `abandon` and otherwise ignored.
+       `abandon` and otherwise ignored. A `cancel` or `abandon` for an attempt
+       the worker does not hold (or never received: a dispatch the server could
+       not record is abandoned and redone under the next attempt) needs nothing.
     9. On shutdown the server sends `drain`: take no new work, finish what is
        running within `deadline_ms`, send the results, then half-close the
        stream (what was sent before the half-close is still applied). Runs not

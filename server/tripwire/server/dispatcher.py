@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from .hub import RunListener
@@ -59,6 +59,10 @@ class Session:
 class _Queued:
     run: Run
     event: Event | None
+    # The attempt the store has: the claim moves it to run.attempt + 1. Ahead of
+    # run.attempt only after a dispatch whose claim could not be stored, so the
+    # next dispatch skips the abandoned attempt's number.
+    stored_attempt: int
 
 
 class Dispatcher(RunListener):
@@ -74,6 +78,10 @@ class Dispatcher(RunListener):
         self._owner: dict[str, Session] = {}
         self._executing: dict[tuple[str, str], int] = {}  # (env, job id) -> runs executing
         self._job_of: dict[str, str] = {}  # run id -> job id, for executing runs
+        # Runs a worker held when its stream ended: they count toward their job's
+        # concurrency limit until they end or go back to the queue (lease expiry),
+        # since the worker may still be running them.
+        self._gone: dict[str, tuple[str, str]] = {}  # run id -> (env, job id)
         self._paused = False
         self.idle = asyncio.Event()  # set whenever no run is executing here
         self.idle.set()
@@ -83,29 +91,30 @@ class Dispatcher(RunListener):
     def queued(self, runs: Sequence[Run], events: dict[str, Event]) -> None:
         keys = set()
         for run in runs:
+            keys |= self._settle_gone(run.id)
             key = (run.env, run.job_id, run.job_version)
             if not self._serving.get(key):
                 continue  # no worker for it: loaded from the store when one arrives
             queue = self._queues.setdefault(key, {})
             if run.id in queue or run.id in self._owner:
                 continue
-            queue[run.id] = _Queued(run, events.get(run.event_id))
+            queue[run.id] = _Queued(run, events.get(run.event_id), run.attempt)
             keys.add(key)
         self._pump(keys)
 
     def released(self, run_ids: Sequence[str], stop_reason: str) -> None:
         keys: set[Key] = set()
         for run_id in run_ids:
+            keys |= self._settle_gone(run_id)
             session = self._owner.get(run_id)
             if session is None:
                 if stop_reason:  # ended while still queued: never hand it out
                     self._forget_queued(run_id)
                 continue
             attempt = session.running[run_id]
-            self._release(run_id)
+            keys |= self._release(run_id)
             if stop_reason:
                 session.link.stop_run(run_id, attempt, stop_reason, ended=True)
-            keys.update((session.env, *s) for s in session.serves)
         self._pump(keys)
 
     # -- sessions -------------------------------------------------------------------
@@ -149,7 +158,7 @@ class Dispatcher(RunListener):
                 self._queues.pop(key, None)
         held = list(session.running.items())
         for run_id, _ in held:
-            self._release(run_id)
+            self._release(run_id, still_counted=True)
         return held
 
     def finished(self, run_id: str, attempt: int) -> None:
@@ -157,8 +166,7 @@ class Dispatcher(RunListener):
         A newer attempt of the same run (dispatched since) keeps its slot."""
         session = self._owner.get(run_id)
         if session is not None and session.running.get(run_id) == attempt:
-            self._release(run_id)
-            self._pump({(session.env, *s) for s in session.serves})
+            self._pump(self._release(run_id))
 
     def owns(self, session: Session, run_id: str, attempt: int) -> bool:
         return session.running.get(run_id) == attempt
@@ -178,13 +186,31 @@ class Dispatcher(RunListener):
 
     # -- the core -------------------------------------------------------------------
 
-    def _release(self, run_id: str) -> None:
+    def _release(self, run_id: str, *, still_counted: bool = False) -> set[Key]:
+        """Free the run's slot; returns the queues that may now move: the session's
+        own (a free slot) and every queued version of the job (a free place under
+        its concurrency limit, which counts all versions and workers). With
+        `still_counted` (its worker is gone) the run keeps its place under the limit
+        until `_settle_gone`."""
         session = self._owner.pop(run_id)
         session.running.pop(run_id, None)
         job = (session.env, self._job_of.pop(run_id))
-        self._executing[job] -= 1
         if not self._owner:
             self.idle.set()
+        keys = {(session.env, *s) for s in session.serves}
+        if still_counted:
+            self._gone[run_id] = job
+            return keys
+        self._executing[job] -= 1
+        return keys | {key for key in self._queues if key[:2] == job}
+
+    def _settle_gone(self, run_id: str) -> set[Key]:
+        """A gone worker's run ended or was queued again: it stops counting."""
+        job = self._gone.pop(run_id, None)
+        if job is None:
+            return set()
+        self._executing[job] -= 1
+        return {key for key in self._queues if key[:2] == job}
 
     def _pump(self, keys: set[Key]) -> None:
         if self._paused:
@@ -211,7 +237,6 @@ class Dispatcher(RunListener):
 
     def _assign(self, session: Session, item: _Queued, max_duration: int) -> None:
         run = item.run
-        claimed_from = run.attempt
         run.attempt += 1
         session.running[run.id] = run.attempt
         self._owner[run.id] = session
@@ -219,9 +244,10 @@ class Dispatcher(RunListener):
         job = (run.env, run.job_id)
         self._executing[job] = self._executing.get(job, 0) + 1
         self.idle.clear()
-        claim_of = Run(**{**run.__dict__, "attempt": claimed_from})
-        claim = self.store.claim(claim_of, session.worker_id, max_duration, self.clock())
-        claim.add_done_callback(lambda f: self._claimed(f, session, run))
+        claim = self.store.claim(
+            run.id, item.stored_attempt, run.attempt, session.worker_id, max_duration, self.clock()
+        )
+        claim.add_done_callback(lambda f: self._claimed(f, session, item))
         session.link.start_run(run, item.event)
 
     def _forget_queued(self, run_id: str) -> None:
@@ -229,21 +255,30 @@ class Dispatcher(RunListener):
             if queue.pop(run_id, None) is not None:
                 return
 
-    def _claimed(self, future: asyncio.Future[bool], session: Session, run: Run) -> None:
+    def _claimed(self, future: asyncio.Future[bool], session: Session, item: _Queued) -> None:
         if future.cancelled():
             return
         failure = future.exception()
         if failure is None and future.result():
             return
+        run = item.run
         if self._owner.get(run.id) is not session or session.running.get(run.id) != run.attempt:
             return
-        self._release(run.id)
+        keys = self._release(run.id)
         if failure is None:
             # Ended (cancelled, aborted) between queueing and claiming.
             session.link.stop_run(run.id, run.attempt, "the run has ended", ended=True)
+            self._pump(keys)
             return
-        # The claim was not stored: the run is still QUEUED at its old attempt.
+        # The claim was not stored: the store still has the run QUEUED at
+        # item.stored_attempt. The abandoned attempt's number is never reused, so
+        # nothing a worker still sends for it can pass for the next dispatch's.
         log.error("claiming run %s failed; it stays queued", run.id, exc_info=failure)
         session.link.stop_run(run.id, run.attempt, "the dispatch was not recorded", ended=False)
-        run.attempt -= 1
-        self.queued([run], {})
+        key = (run.env, run.job_id, run.job_version)
+        if self._serving.get(key):
+            # A copy: the abandoned attempt's run request may still be on its way.
+            again = _Queued(replace(run), item.event, item.stored_attempt)
+            self._queues.setdefault(key, {})[run.id] = again
+            keys.add(key)
+        self._pump(keys)

@@ -34,6 +34,9 @@ from .rpc import Authenticator, check_payload_size, status_of
 log = logging.getLogger(__name__)
 # Cached tasks travel in messages of about this size (v2 capped the whole body at 3.5 MB).
 TASK_PAGE_BYTES = 1024 * 1024
+# A gone worker's runs go back to the queue even if the store fails for a while.
+REQUEUE_RETRY_SECONDS = 0.1
+REQUEUE_RETRY_MAX_SECONDS = 5.0
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -104,8 +107,16 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         async def later() -> None:
             if delay > 0:
                 await asyncio.sleep(delay)
+            pause = REQUEUE_RETRY_SECONDS
+            while True:
+                try:
+                    back = await self.work.store.requeue(held, self.work.clock())
+                    break
+                except Exception:  # the store failed (locked, disk full): try again
+                    log.exception("requeueing %d runs failed; retrying in %g s", len(held), pause)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, REQUEUE_RETRY_MAX_SECONDS)
             del self._pending[task]
-            back = await self.work.store.requeue(held, self.work.clock())
             if back:
                 log.info("requeued %d runs of a worker whose lease expired", len(back))
 
@@ -129,7 +140,10 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             held += runs
         self._pending.clear()
         if held:
-            await self.work.store.requeue(held, self.work.clock())
+            try:
+                await self.work.store.requeue(held, self.work.clock())
+            except Exception:  # the next start requeues every orphan anyway
+                log.exception("requeueing %d runs at shutdown failed", len(held))
 
 
 class WorkerStream:

@@ -75,9 +75,16 @@ class Store(Protocol):
     async def queued_runs(self, env: str, job_id: str, version: str) -> list[Run]: ...
     async def requeue_orphans(self, now: int) -> int: ...
     def claim(
-        self, run: Run, worker_id: str, max_duration_s: int, now: int
+        self,
+        run_id: str,
+        stored_attempt: int,
+        attempt: int,
+        worker_id: str,
+        max_duration_s: int,
+        now: int,
     ) -> asyncio.Future[bool]:
-        """QUEUED -> EXECUTING at attempt + 1, ordered before any later write."""
+        """QUEUED at `stored_attempt` -> EXECUTING at `attempt`, ordered before any
+        later write; False if the run is no longer QUEUED at that attempt."""
         ...
 
     async def requeue(self, runs: Sequence[tuple[str, int]], now: int) -> list[Run]: ...

@@ -82,22 +82,38 @@ class WorkOps:
         return await self._write(op)
 
     def claim(
-        self, run: Run, worker_id: str, max_duration_s: int, now: int
+        self,
+        run_id: str,
+        stored_attempt: int,
+        attempt: int,
+        worker_id: str,
+        max_duration_s: int,
+        now: int,
     ) -> asyncio.Future[bool]:
-        """QUEUED -> EXECUTING with attempt + 1. Not awaited by the dispatcher: the
-        writer applies operations in order, so the worker's first message for this
-        attempt always finds the claim already written."""
+        """QUEUED at `stored_attempt` -> EXECUTING at `attempt`. Not awaited by the
+        dispatcher: the writer applies operations in order, so the worker's first
+        message for this attempt always finds the claim already written."""
 
         def op(tx: Tx) -> bool:
             cursor = tx.conn.execute(
-                "UPDATE runs SET status = 'EXECUTING', attempt = attempt + 1, worker_id = ?, "
+                "UPDATE runs SET status = 'EXECUTING', attempt = ?, worker_id = ?, "
                 "started_at = COALESCE(started_at, ?), updated_at = ?, "
                 "deadline_at = COALESCE(deadline_at, CASE WHEN ? > 0 THEN ? + ? * 1000 END) "
                 "WHERE id = ? AND status = 'QUEUED' AND attempt = ?",
-                (worker_id, now, now, max_duration_s, now, max_duration_s, run.id, run.attempt),
+                (
+                    attempt,
+                    worker_id,
+                    now,
+                    now,
+                    max_duration_s,
+                    now,
+                    max_duration_s,
+                    run_id,
+                    stored_attempt,
+                ),
             )
             if cursor.rowcount:
-                tx.after_commit(lambda: self.hub.changed([run.id]))
+                tx.after_commit(lambda: self.hub.changed([run_id]))
             return bool(cursor.rowcount)
 
         return self._write(op, lazy=True)
