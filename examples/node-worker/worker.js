@@ -90,7 +90,8 @@ class Execution {
     }
   }
 
-  // Step 5: log lines are numbered per execution; nothing answers them.
+  // Step 5: log lines are numbered per execution (enough here: no task function logs);
+  // nothing answers them.
   log(level, message) {
     if (this.stopped) throw new Stopped('stopped');
     this.send({ log: { runId: this.runId, attempt: this.attempt, seq: ++this.seq, level, message } });

@@ -193,6 +193,92 @@ async def test_nested_tasks_have_the_outer_task_as_parent() -> None:
     top.cancel()
 
 
+async def _until(wire: Wire, kind: str, logs: dict[str, int]) -> Any:
+    """The next message of ``kind``, noting the log lines sent before it."""
+    while True:
+        message = await within(wire.sent.get())
+        got = message.WhichOneof("message")
+        if got == "log":
+            logs[message.log.message] = message.log.seq
+            continue
+        assert got == kind, message
+        return getattr(message, kind)
+
+
+def _logs(wire: Wire, logs: dict[str, int]) -> dict[str, int]:
+    logs.update((m.log.message, m.log.seq) for m in wire.drained() if m.HasField("log"))
+    return logs
+
+
+async def test_a_replay_gives_every_log_line_its_first_number() -> None:
+    """Lines inside cached tasks are not logged again on a replay, yet the lines
+    after them keep their numbers: nothing is stored twice, nothing is lost."""
+
+    async def handler(io: IO) -> None:
+        await io.logger.info("start")
+
+        async def outer() -> str:
+            await io.logger.info("inside outer")
+
+            async def inner() -> str:
+                await io.logger.info("inside inner")
+                return "i"
+
+            await io.run_task("inner", inner)
+            await io.logger.info("outer after inner")
+            return "o"
+
+        await io.run_task("outer", outer)
+        await io.logger.info("after outer")
+        await io.run_task("other", lambda: "x")
+        await io.logger.info("end")
+
+    # The first execution: every task runs.
+    execution, io, wire = make()
+    first: dict[str, int] = {}
+    call = asyncio.create_task(handler(io))
+    steps = [
+        ("task", "t1", "outer", ""),
+        ("task", "t2", "inner", "t1"),
+        ("task_complete", "t2", "inner", "t1"),
+        ("task_complete", "t1", "outer", ""),
+        ("task", "t3", "other", ""),
+        ("task_complete", "t3", "other", ""),
+    ]
+    for kind, task_id, key, parent in steps:
+        sent = await _until(wire, kind, first)
+        status = "RUNNING" if kind == "task" else "COMPLETED"
+        answer(execution, sent.request_id, task(task_id, key, status, parent=parent))
+    await within(call)
+    _logs(wire, first)
+    assert list(first) == [
+        "start",
+        "inside outer",
+        "inside inner",
+        "outer after inner",
+        "after outer",
+        "end",
+    ]
+    assert list(first.values()) == sorted(first.values())  # stored in order
+
+    # A replay with all three cached: only the top-level lines, with their numbers.
+    _, io, wire = make(task("t1", "outer"), task("t2", "inner", parent="t1"), task("t3", "other"))
+    await within(asyncio.create_task(handler(io)))
+    again = _logs(wire, {})
+    assert again == {line: first[line] for line in ("start", "after outer", "end")}
+
+    # A replay with only "outer" cached (the first execution stopped in "other").
+    execution, io, wire = make(task("t1", "outer"), task("t2", "inner", parent="t1"))
+    again = {}
+    call = asyncio.create_task(handler(io))
+    request = await _until(wire, "task", again)
+    answer(execution, request.request_id, task("t3", "other", "RUNNING"))
+    complete = await _until(wire, "task_complete", again)
+    answer(execution, complete.request_id, task("t3", "other", output="x"))
+    await within(call)
+    assert _logs(wire, again) == {line: first[line] for line in ("start", "after outer", "end")}
+
+
 async def test_log_lines_are_numbered_per_execution() -> None:
     _, io, wire = make()
     await io.logger.log("one")

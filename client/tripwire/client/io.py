@@ -61,6 +61,8 @@ _COMPLETED = run_pb2.TASK_STATUS_COMPLETED
 _RUNNING = run_pb2.TASK_STATUS_RUNNING
 _ERRORED = run_pb2.TASK_STATUS_ERRORED
 _STOPPING = (run_pb2.TASK_STATUS_WAITING, run_pb2.TASK_STATUS_CANCELED)
+# Room for this many log lines between two io boundaries (see Execution.log).
+LINES_PER_BOUNDARY = 1_000_000
 
 
 class Suspend(BaseException):
@@ -249,10 +251,27 @@ class Execution:
         self.executor = executor
         self.halted = False
         self._send = send
-        self._cache = {(task.parent_id, task.key): task for task in cached_tasks}
+        cached = list(cached_tasks)
+        self._cache = {(task.parent_id, task.key): task for task in cached}
+        self._children: dict[str, list[run_pb2.Task]] = {}
+        for task in cached:
+            self._children.setdefault(task.parent_id, []).append(task)
         self._claimed: set[tuple[str, str]] = set()
         self._pending: dict[str, asyncio.Future[worker_service_pb2.TaskResult]] = {}
-        self._seq = 0
+        # Log lines are numbered (io boundaries so far) * LINES_PER_BOUNDARY + (lines
+        # since the last one): a replay, which skips the functions of cached tasks
+        # but crosses the same boundaries, gives every line its first number again.
+        self._boundaries = 0
+        self._lines = 0
+
+    def _boundary(self, count: int = 1) -> None:
+        """A task opened, or settled (COMPLETED or ERRORED) for this execution."""
+        self._boundaries += count
+        self._lines = 0
+
+    def _descendants(self, task: run_pb2.Task) -> int:
+        children = self._children.get(task.id, ())
+        return len(children) + sum(self._descendants(child) for child in children)
 
     def send(self, message: Request) -> None:
         if not self.halted:
@@ -287,9 +306,10 @@ class Execution:
     def log(self, level: job_pb2.LogLevel.ValueType, message: str, data: Any) -> None:
         if self.halted:
             return
-        self._seq += 1
+        self._lines = min(self._lines + 1, LINES_PER_BOUNDARY - 1)
+        seq = self._boundaries * LINES_PER_BOUNDARY + self._lines
         log = worker_service_pb2.RunLog(
-            run_id=self.run_id, attempt=self.attempt, seq=self._seq, level=level, message=message
+            run_id=self.run_id, attempt=self.attempt, seq=seq, level=level, message=message
         )
         if data is not None:
             log.data.CopyFrom(data)
@@ -307,9 +327,13 @@ class Execution:
                 "each io call needs its own key"
             )
         self._claimed.add(slot)
+        self._boundary()
         cached = self._cache.get(slot)
         # A cached task of another kind is not used: the server reports the nondeterminism.
         if cached is not None and cached.status == _COMPLETED and cached.kind == spec.kind:
+            # Its settling, and the open and settle of every task inside it, as the
+            # execution that ran it crossed them.
+            self._boundary(1 + 2 * self._descendants(cached))
             return Step("", cached, output=_output(cached))
         request_id = uuid.uuid4().hex
         task = worker_service_pb2.TaskRequest(
@@ -360,12 +384,14 @@ class Execution:
         self, request_id: str, task: run_pb2.Task, key: str, cause: BaseException | None
     ) -> Step:
         if task.status == _COMPLETED:
+            self._boundary()
             return Step(request_id, task, output=_output(task))
         if task.status == _RUNNING and task.kind == run_pb2.TASK_KIND_RUN:
             return Step(request_id, task, run=True)
         if task.status in _STOPPING:
             raise self.suspend()
         if task.status == _ERRORED:
+            self._boundary()
             error = task.error
             raise TaskError(error.type, error.message, error.stack, key=key) from cause
         status = convert.enum_name(run_pb2.TaskStatus, task.status, "TASK_STATUS_")

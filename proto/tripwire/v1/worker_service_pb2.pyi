@@ -414,7 +414,7 @@ class RunLog(_message.Message):
     run_id: _builtins.str
     attempt: _builtins.int
     seq: _builtins.int
-    """1, 2, ... per execution; a replay sending the same seq adds nothing."""
+    """Stored once per run: a replay sending the same seq adds nothing (see 5.)."""
     level: _job_pb2.LogLevel.ValueType
     message: _builtins.str
     @_builtins.property

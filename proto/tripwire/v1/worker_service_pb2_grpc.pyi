@@ -67,9 +67,17 @@ class WorkerServiceStub:
          error in the handler; CANCELED -> the run was cancelled: stop.
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
-    5. Log lines go as `log`, numbered per execution (`seq` 1, 2, ...): a
-       replay that sends the same numbers adds nothing. Level UNSPECIFIED is
-       INFO; lines above the job's log_level are dropped.
+    5. Log lines go as `log` with a `seq` the server keeps once per run: a
+       replay that sends a line under a number already stored adds nothing.
+       Number lines so that a replay gives each line its first number again,
+       although it skips the functions of cached tasks (and their lines). The
+       Python SDK sends (io boundaries so far) * 1,000,000 + (lines since the
+       last one), a boundary being a task opened or settled (COMPLETED or
+       ERRORED), and a cached task counting its own open and settle plus those
+       of every task inside it. Plain 1, 2, ... per execution is right only if
+       no line is logged inside a task's function. Lines are listed in `seq`
+       order. Level UNSPECIFIED is INFO; lines above the job's log_level are
+       dropped.
     6. When the handler returns or raises, send `run_result`.
     7. The server applies the messages of one run in the order they were sent
        (a `log` sent before the `run_result` is stored before the run ends).
@@ -141,9 +149,17 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
          error in the handler; CANCELED -> the run was cancelled: stop.
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
-    5. Log lines go as `log`, numbered per execution (`seq` 1, 2, ...): a
-       replay that sends the same numbers adds nothing. Level UNSPECIFIED is
-       INFO; lines above the job's log_level are dropped.
+    5. Log lines go as `log` with a `seq` the server keeps once per run: a
+       replay that sends a line under a number already stored adds nothing.
+       Number lines so that a replay gives each line its first number again,
+       although it skips the functions of cached tasks (and their lines). The
+       Python SDK sends (io boundaries so far) * 1,000,000 + (lines since the
+       last one), a boundary being a task opened or settled (COMPLETED or
+       ERRORED), and a cached task counting its own open and settle plus those
+       of every task inside it. Plain 1, 2, ... per execution is right only if
+       no line is logged inside a task's function. Lines are listed in `seq`
+       order. Level UNSPECIFIED is INFO; lines above the job's log_level are
+       dropped.
     6. When the handler returns or raises, send `run_result`.
     7. The server applies the messages of one run in the order they were sent
        (a `log` sent before the `run_result` is stored before the run ends).
@@ -211,9 +227,17 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
          error in the handler; CANCELED -> the run was cancelled: stop.
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
-    5. Log lines go as `log`, numbered per execution (`seq` 1, 2, ...): a
-       replay that sends the same numbers adds nothing. Level UNSPECIFIED is
-       INFO; lines above the job's log_level are dropped.
+    5. Log lines go as `log` with a `seq` the server keeps once per run: a
+       replay that sends a line under a number already stored adds nothing.
+       Number lines so that a replay gives each line its first number again,
+       although it skips the functions of cached tasks (and their lines). The
+       Python SDK sends (io boundaries so far) * 1,000,000 + (lines since the
+       last one), a boundary being a task opened or settled (COMPLETED or
+       ERRORED), and a cached task counting its own open and settle plus those
+       of every task inside it. Plain 1, 2, ... per execution is right only if
+       no line is logged inside a task's function. Lines are listed in `seq`
+       order. Level UNSPECIFIED is INFO; lines above the job's log_level are
+       dropped.
     6. When the handler returns or raises, send `run_result`.
     7. The server applies the messages of one run in the order they were sent
        (a `log` sent before the `run_result` is stored before the run ends).
