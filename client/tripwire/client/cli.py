@@ -163,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("name", help="event name")
     _event_options(sub)
 
-    sub = command("worker", _worker, "serve the jobs of a Client until SIGTERM or SIGINT")
+    sub = command(
+        "worker",
+        _worker,
+        "serve the jobs of a Client until SIGTERM or SIGINT (it connects where that "
+        "Client's url and api_key say; --url and --api-key do not apply)",
+    )
     sub.add_argument("target", metavar="MODULE:CLIENT", help="e.g. myapp.jobs:client")
     return parser
 
@@ -303,5 +308,8 @@ def _worker(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
         raise TripwireError(f"cannot load {args.target}: {exc}") from exc
     if not callable(getattr(app, "listen", None)):
         raise TripwireError(f"{args.target} is not a tripwire Client")
-    app.listen()
+    try:
+        app.listen()
+    except (ValueError, TypeError) as exc:  # the worker refused its settings (no jobs, ...)
+        raise TripwireError(f"{args.target}: {exc}") from exc
     return None, "worker stopped"

@@ -448,13 +448,23 @@ class Client(ClientBase):
         listen(self, capacity=capacity, worker_id=worker_id, shutdown_timeout=shutdown_timeout)
 
     async def run_worker(
-        self, *, capacity: int = 10, worker_id: str | None = None, shutdown_timeout: float = 30
+        self,
+        *,
+        capacity: int = 10,
+        worker_id: str | None = None,
+        shutdown_timeout: float = 30,
+        handle_signals: bool = True,
     ) -> None:
-        """Serve the defined jobs in this event loop until cancelled (no signal handlers;
-        use :class:`~tripwire.client.worker.Worker` for shutdown() and burst mode)."""
-        from tripwire.client.worker import Worker
+        """Serve the defined jobs in this event loop until cancelled, or until SIGTERM
+        or SIGINT, which drain the worker as ``listen()`` does (when this loop runs in
+        the main thread; ``handle_signals=False`` leaves the signals to the caller).
+        :class:`~tripwire.client.worker.Worker` adds shutdown() and burst mode."""
+        from tripwire.client.worker import Worker, serve_until_signalled
 
         worker = Worker(
             self, capacity=capacity, worker_id=worker_id, shutdown_timeout=shutdown_timeout
         )
-        await worker.run()
+        if handle_signals:
+            await serve_until_signalled(worker)
+        else:
+            await worker.run()

@@ -517,7 +517,8 @@ async def _nothing() -> None:
     return None
 
 
-async def _serve_until_signalled(worker: Worker) -> None:
+async def serve_until_signalled(worker: Worker) -> None:
+    """Run `worker`; the first SIGTERM or SIGINT drains it, a second cancels the caller."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     signals = 0
@@ -549,4 +550,4 @@ def listen(client: ClientBase, jobs: Iterable[JobDefinition] | None = None, **op
     """Run a worker until SIGTERM or SIGINT (which drain it; a second one stops it now)."""
     worker = Worker(client, jobs, **options)
     with contextlib.suppress(asyncio.CancelledError):
-        asyncio.run(_serve_until_signalled(worker))
+        asyncio.run(serve_until_signalled(worker))

@@ -1,0 +1,106 @@
+"""Python workers as processes: SIGTERM drains `await client.run_worker()` as it
+drains `client.listen()`, and `tripwire worker` reports a bad target plainly."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from tripwire.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    run_pb2,
+    run_service_pb2,
+    run_service_pb2_grpc,
+)
+
+from .worker_process import STOP_DEADLINE, TRIPWIRE, Workers
+
+pytestmark = pytest.mark.e2e
+
+RPC_TIMEOUT = 10.0
+WITHIN = 20.0
+
+ASYNC_WORKER = """
+import asyncio
+import os
+
+from tripwire.client import Client, event_trigger
+
+client = Client("drain-test", url=os.environ["TRIPWIRE_URL"])
+
+
+@client.define_job(id="slow", version="1.0.0", trigger=event_trigger(name="slow"))
+async def slow(payload, io, ctx):
+    await io.logger.info("started")
+    await asyncio.sleep(1.0)
+    return "finished"
+
+
+if __name__ == "__main__":
+    asyncio.run(client.run_worker(shutdown_timeout=15))
+"""
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    started = Workers(tmp_path)
+    yield started
+    started.close()
+
+
+async def test_sigterm_drains_run_worker(server, workers, tmp_path, poll):
+    module = tmp_path / "async_worker.py"
+    module.write_text(ASYNC_WORKER)
+    worker = workers.start(server.address, argv=[sys.executable, str(module)])
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        jobs = job_service_pb2_grpc.JobServiceStub(channel)
+        runs = run_service_pb2_grpc.RunServiceStub(channel)
+        events = event_service_pb2_grpc.EventServiceStub(channel)
+
+        async def registered() -> bool:
+            assert worker.proc.poll() is None, worker.output()
+            try:
+                await jobs.GetJob(job_service_pb2.GetJobRequest(id="slow"), timeout=RPC_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return False
+            return True
+
+        await poll(registered, bool, within=WITHIN, what="the worker's hello")
+        sent = await events.SendEvent(
+            event_service_pb2.SendEventRequest(event={"name": "slow"}), timeout=RPC_TIMEOUT
+        )
+        run_id = sent.event.runs[0].id
+
+        async def run() -> run_pb2.Run:
+            got = await runs.GetRun(run_service_pb2.GetRunRequest(id=run_id), timeout=RPC_TIMEOUT)
+            return got.run
+
+        async def started() -> bool:
+            got = await runs.GetRun(run_service_pb2.GetRunRequest(id=run_id), timeout=RPC_TIMEOUT)
+            return [line.message for line in got.logs] == ["started"]
+
+        await poll(started, bool, within=WITHIN, what="the handler running")
+        worker.signal(signal.SIGTERM)
+        assert worker.proc.wait(timeout=STOP_DEADLINE) == 0, worker.output()
+        finished = await run()
+        assert finished.status == run_pb2.RUN_STATUS_SUCCESS, worker.output()
+        assert finished.output.string_value == "finished"
+
+
+def test_a_worker_target_without_jobs_is_an_error_not_a_traceback(server, run, tmp_path):
+    (tmp_path / "nojobs.py").write_text(
+        "from tripwire.client import Client\nclient = Client('empty')\n"
+    )
+    result = run([TRIPWIRE, "worker", "nojobs:client"], cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "nojobs:client" in result.stderr and "at least one job" in result.stderr
