@@ -123,6 +123,8 @@ async def _worker(address: str, capacity: int) -> int:
                     problems["the server ended the stream"] += 1
                     return
                 kind = message.WhichOneof("message")
+                if kind == "heartbeat":  # the server's answer to ours
+                    continue
                 if kind != "run_request":
                     problems[f"unexpected {kind} from the server"] += 1
                     print(f"unexpected {kind}: {getattr(message, kind, '')}", file=sys.stderr)

@@ -74,16 +74,21 @@ class RawWorker:
     async def expect(self, kind: str, within: float = 10) -> dict[str, Any]:
         """The next server message of `kind`. Run requests may interleave with the
         rest (the server sends them as soon as a run is queued), so they are set
-        aside for `run_request()`; any other unexpected message fails the test."""
+        aside for `run_request()`, and the answers to heartbeats are skipped; any other
+        unexpected message fails the test."""
         for i, msg in enumerate(self.held):
             if msg.WhichOneof("message") == kind:
                 del self.held[i]
                 return js(getattr(msg, kind))
+        deadline = asyncio.get_running_loop().time() + within
         while True:
-            msg = await asyncio.wait_for(self.incoming.get(), within)
+            left = deadline - asyncio.get_running_loop().time()
+            msg = await asyncio.wait_for(self.incoming.get(), max(left, 0))
             got = msg.WhichOneof("message")
             if got == kind:
                 return js(getattr(msg, kind))
+            if got == "heartbeat":
+                continue
             assert got == "run_request", f"expected {kind}, got {got}: {msg}"
             self.held.append(msg)
 

@@ -289,3 +289,73 @@ async def test_a_server_shutdown_drains_the_worker_which_finishes_its_run(
     async with Client("sdk-tests", url=restarted.address).aio as again:
         done = await again.get_run(run.id)
     assert (done.run.status, done.run.output) == ("SUCCESS", "finished while draining")
+
+
+class _Blackhole:
+    """A TCP relay to the server whose `cut()` makes the connections open so far
+    swallow everything, both ways, without closing: a half-open connection, as
+    after a dead NAT entry or a partition. New connections relay normally."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cut_ids: set[int] = set()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writers += [writer, up_writer]
+        conn = len(self.writers)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if conn not in self.cut_ids:
+                    dst.write(data)
+                    await dst.drain()
+
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(pipe(src, dst))
+            self.pipes.add(task)
+            task.add_done_callback(self.pipes.discard)
+
+    def cut(self) -> None:
+        self.cut_ids.update(range(len(self.writers) + 1))
+
+    async def close(self) -> None:
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        for task in list(self.pipes):
+            task.cancel()
+        await asyncio.gather(*self.pipes, return_exceptions=True)
+
+
+async def test_a_worker_on_a_half_open_connection_reconnects_within_a_lease(
+    fast: Server, client: Client
+) -> None:
+    relay = _Blackhole(int(fast.address.rpartition(":")[2]))
+    port = await relay.start()
+    relayed = Client("behind-a-relay", url=f"127.0.0.1:{port}")
+
+    @relayed.define_job(id="j", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        return "done"
+
+    worker = Worker(relayed, backoff=Backoff(base=0.05, cap=0.2))
+    task = asyncio.create_task(worker.run())
+    try:
+        await serving(worker)
+        relay.cut()  # the server drops the worker after its lease; the worker must notice too
+        run = await client.aio.invoke_job("j")
+        done = await client.aio.wait_for_run(run.id, timeout=DEADLINE)
+        assert done.status == "SUCCESS" and done.output == "done"
+    finally:
+        await worker.shutdown()
+        await task
+        await relayed.aio.close()
+        relayed.close()
+        await relay.close()

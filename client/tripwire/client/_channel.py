@@ -98,12 +98,17 @@ def open_sync(settings: Settings) -> grpc.Channel:
     return grpc.insecure_channel(target, settings.options())
 
 
-def open_async(settings: Settings) -> grpc.aio.Channel:
+def open_async(settings: Settings, *, own_connection: bool = False) -> grpc.aio.Channel:
+    """An asyncio channel; with ``own_connection`` it shares no connection with other
+    channels (gRPC pools them per process), so a new one really reconnects."""
     target, secure = settings.target()
+    options = settings.options()
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if secure:
         credentials = grpc.ssl_channel_credentials()
-        return grpc.aio.secure_channel(target, credentials, settings.options())
-    return grpc.aio.insecure_channel(target, settings.options())
+        return grpc.aio.secure_channel(target, credentials, options)
+    return grpc.aio.insecure_channel(target, options)
 
 
 class Stubs:

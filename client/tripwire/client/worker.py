@@ -55,6 +55,7 @@ _FATAL = frozenset(
 )
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _DEFAULT_HEARTBEAT = 10.0
+_DEFAULT_LEASE = 30.0
 # After half-closing, how long the server has to end the stream.
 _CLOSE_TIMEOUT = 5.0
 
@@ -165,12 +166,17 @@ class _Session:
         self.draining = False
         self.reader: asyncio.Task[None] | None = None
         self.closer: asyncio.Task[None] | None = None
+        # When the server last said anything; if it answers heartbeats (its welcome
+        # says so), silence for a whole lease means the stream is dead.
+        self.last_heard = time.monotonic()
+        self.answers_heartbeats = False
 
     def send(self, message: Request) -> None:
         self.queue.put_nowait(message)
 
     async def read_loop(self) -> None:
         while (message := await self.call.read()) is not grpc.aio.EOF:
+            self.last_heard = time.monotonic()
             self.dispatch(message)
 
     def dispatch(self, message: worker_service_pb2.RunJobResponse) -> None:
@@ -194,7 +200,8 @@ class _Session:
             self.close(message.drain.deadline_ms / 1000)
         elif kind == "rejected":
             self.on_rejected(message.rejected)
-        # `welcome` again, or a kind this SDK does not know yet: nothing to do.
+        # `heartbeat` (the server's answer: it moved last_heard), `welcome` again, or
+        # a kind this SDK does not know yet: nothing to do.
 
     def current(self, run_id: str, attempt: int) -> _Running | None:
         running = self.runs.get(run_id)
@@ -391,7 +398,11 @@ class Worker:
             while not self._stopping:
                 why = "closed"
                 try:
-                    await self._serve(connect)
+                    if await self._serve(connect) == "dead":
+                        # gRPC would open the next stream on the same dead connection.
+                        why = "no word from the server for a lease"
+                        await close()
+                        connect, close = self._open()
                 except grpc.RpcError as exc:
                     if exc.code() in _FATAL:
                         raise from_rpc_error(exc) from exc
@@ -439,7 +450,7 @@ class Worker:
             return self._connect, _nothing
         client = self.client
         settings = Settings(client.name, client.url, client.api_key, timeout=None)
-        channel = open_async(settings)
+        channel = open_async(settings, own_connection=True)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
 
         def connect(requests: AsyncIterator[Request]) -> StreamCall:
@@ -448,16 +459,18 @@ class Worker:
 
         return connect, channel.close
 
-    async def _serve(self, connect: Connect) -> None:
+    async def _serve(self, connect: Connect) -> str:
+        """One stream, until it ends: "dead" if the server fell silent, else "closed"."""
         queue: asyncio.Queue[Request | None] = asyncio.Queue()
         queue.put_nowait(Request(hello=self._hello))
         call = connect(_requests(queue))
         session = _Session(self, call, queue)
         heartbeat: asyncio.Task[None] | None = None
+        watchdog: asyncio.Task[None] | None = None
         try:
             first = await _first(call.read(), self._stop)
             if first is None or first is grpc.aio.EOF:
-                return
+                return "closed"
             if first.WhichOneof("message") != "welcome":
                 raise TripwireError(f"expected welcome, got {first.WhichOneof('message')}")
             welcome = first.welcome
@@ -477,21 +490,41 @@ class Worker:
                 name="tripwire-heartbeat",
             )
             session.reader = reader = asyncio.create_task(session.read_loop(), name="tripwire-read")
+            lease = welcome.lease_ms / 1000 or _DEFAULT_LEASE
+            session.answers_heartbeats = welcome.answers_heartbeats
+            watchdog = asyncio.create_task(self._watch(session, lease), name="tripwire-watchdog")
             if self._stopping:
                 session.close(self.shutdown_timeout)
-            await asyncio.wait({reader, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reader, heartbeat, watchdog}, return_when=asyncio.FIRST_COMPLETED)
             if heartbeat.done():
                 heartbeat.result()  # it never returns: this re-raises its failure
+            if watchdog.done():
+                return "dead"  # cancel it (below) and reconnect on a new connection
             if not reader.cancelled():  # cancelled: closing gave up waiting for the server
                 reader.result()
+            return "closed"
         finally:
             self._connected.clear()
             self._session = None
             session.stop_all()
-            for task in (heartbeat, session.reader, session.closer):
+            for task in (heartbeat, watchdog, session.reader, session.closer):
                 if task is not None:
                     task.cancel()
             call.cancel()
+
+    async def _watch(self, session: _Session, lease: float) -> None:
+        """Return when a server that answers heartbeats has said nothing for a lease:
+        the connection is half-open (a dead NAT entry, a partition) and the server
+        has given this worker's runs away; only a new stream helps."""
+        interval = min(self.heartbeat_interval or _DEFAULT_HEARTBEAT, lease / 2)
+        while True:
+            await asyncio.sleep(interval)  # wall time, whatever sleep the worker was given
+            silent = time.monotonic() - session.last_heard
+            if session.answers_heartbeats and silent > lease:
+                log.warning(
+                    "nothing from the server for %.1f s (lease %g s); reconnecting", silent, lease
+                )
+                return
 
     async def _execute(self, request: worker_service_pb2.RunRequest, execution: Execution) -> None:
         result = await execute_run(self._jobs, request, execution, self.worker_id)

@@ -80,6 +80,7 @@ class RunJobResponse(_message.Message):
     ABANDON_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -96,6 +97,10 @@ class RunJobResponse(_message.Message):
     def drain(self) -> Global___Drain: ...
     @_builtins.property
     def rejected(self) -> Global___Rejected: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """The answer to each of the worker's heartbeats (see 2.)."""
+
     def __init__(
         self,
         *,
@@ -107,12 +112,13 @@ class RunJobResponse(_message.Message):
         abandon: Global___AbandonRun | None = ...,
         drain: Global___Drain | None = ...,
         rejected: Global___Rejected | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abandon", b"abandon", "cached_tasks", b"cached_tasks", "cancel", b"cancel", "drain", b"drain", "message", b"message", "rejected", b"rejected", "run_request", b"run_request", "task_result", b"task_result", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abandon", b"abandon", "cached_tasks", b"cached_tasks", "cancel", b"cancel", "drain", b"drain", "heartbeat", b"heartbeat", "message", b"message", "rejected", b"rejected", "run_request", b"run_request", "task_result", b"task_result", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon", b"abandon", "cached_tasks", b"cached_tasks", "cancel", b"cancel", "drain", b"drain", "message", b"message", "rejected", b"rejected", "run_request", b"run_request", "task_result", b"task_result", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon", b"abandon", "cached_tasks", b"cached_tasks", "cancel", b"cancel", "drain", b"drain", "heartbeat", b"heartbeat", "message", b"message", "rejected", b"rejected", "run_request", b"run_request", "task_result", b"task_result", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "run_request", "cached_tasks", "task_result", "cancel", "abandon", "drain", "rejected"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "run_request", "cached_tasks", "task_result", "cancel", "abandon", "drain", "rejected", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -159,22 +165,28 @@ class Welcome(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     LEASE_MS_FIELD_NUMBER: _builtins.int
+    ANSWERS_HEARTBEATS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The server's id for this stream."""
     heartbeat_interval_ms: _builtins.int
     """Send a message at least this often."""
     lease_ms: _builtins.int
     """Silence this long loses the worker its runs."""
+    answers_heartbeats: _builtins.bool
+    """True: the server answers every heartbeat with one, so a worker that hears
+    nothing for lease_ms knows the stream is dead (see 2.).
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         heartbeat_interval_ms: _builtins.int = ...,
         lease_ms: _builtins.int = ...,
+        answers_heartbeats: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ms", b"lease_ms", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers_heartbeats", b"answers_heartbeats", "heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ms", b"lease_ms", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -41,6 +41,11 @@ class WorkerServiceStub:
     every heartbeat interval. When nothing arrives for a whole lease, or the
     stream breaks, the worker's runs go back to QUEUED once the lease has
     run out, and are dispatched to another worker with a higher attempt.
+    The server answers every `heartbeat` with a `heartbeat`, so liveness
+    runs both ways on the stream itself: a worker that has heard nothing
+    for a whole lease (a half-open connection: a dead NAT entry, a
+    partition) should cancel the call and reconnect, as the Python SDK does;
+    the server has given its runs away by then.
     3. The server sends `run_request`s, never more executing runs than the
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a
@@ -129,6 +134,11 @@ class WorkerServiceServicer:
     every heartbeat interval. When nothing arrives for a whole lease, or the
     stream breaks, the worker's runs go back to QUEUED once the lease has
     run out, and are dispatched to another worker with a higher attempt.
+    The server answers every `heartbeat` with a `heartbeat`, so liveness
+    runs both ways on the stream itself: a worker that has heard nothing
+    for a whole lease (a half-open connection: a dead NAT entry, a
+    partition) should cancel the call and reconnect, as the Python SDK does;
+    the server has given its runs away by then.
     3. The server sends `run_request`s, never more executing runs than the
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a
@@ -226,6 +236,11 @@ class WorkerService:
     every heartbeat interval. When nothing arrives for a whole lease, or the
     stream breaks, the worker's runs go back to QUEUED once the lease has
     run out, and are dispatched to another worker with a higher attempt.
+    The server answers every `heartbeat` with a `heartbeat`, so liveness
+    runs both ways on the stream itself: a worker that has heard nothing
+    for a whole lease (a half-open connection: a dead NAT entry, a
+    partition) should cancel the call and reconnect, as the Python SDK does;
+    the server has given its runs away by then.
     3. The server sends `run_request`s, never more executing runs than the
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a

@@ -192,6 +192,7 @@ class WorkerStream:
                 session_id=self.session.id,
                 heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
                 lease_ms=int(settings.lease * 1000),
+                answers_heartbeats=True,
             )
         )
 
@@ -276,6 +277,7 @@ class WorkerStream:
             self.last_seen = time.monotonic()
             kind = msg.WhichOneof("message")
             if kind == "heartbeat":
+                self._send(_HEARTBEAT)  # the worker's proof that the stream is alive
                 continue
             handler = getattr(self, f"_on_{kind}", None) if kind else None
             if kind is None or handler is None:
@@ -533,6 +535,9 @@ def _ctx(env: str, run: Run, event: Event | None, job_id: str, version: str) -> 
     if run.account_id:
         ctx["account"] = {"id": run.account_id}
     return ctx
+
+
+_HEARTBEAT = pb.RunJobResponse(heartbeat=pb.Heartbeat())
 
 
 def _rejected(request_id: str, run_id: str, exc: TripwireError) -> pb.RunJobResponse:
