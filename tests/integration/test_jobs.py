@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import grpc
 import pytest
 from tripwire.v1 import event_service_pb2 as ev
@@ -222,6 +225,29 @@ async def test_a_schema_that_recurses_for_some_payloads_gives_invalid_payload_ru
         got = await eventually(delivered)
         assert got["runs"][0]["status"] == "RUN_STATUS_INVALID_PAYLOAD"
         assert (await send(stubs, {"name": "other"}))["status"] == "EVENT_STATUS_DELIVERED"
+
+
+async def test_nothing_stored_after_a_disable_runs_the_disabled_version(stubs: Stubs) -> None:
+    # Writes that arrive together share a transaction: the invokes and events after
+    # the disable in it must already see the job disabled.
+    await register(stubs, event_job("j", ["e"]))
+    for round_ in range(10):
+        await stubs.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="j", enabled=True))
+
+        async def invoke(key: str) -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError):  # FAILED_PRECONDITION once disabled
+                await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="j", idempotency_key=key))
+
+        await asyncio.gather(
+            *(invoke(f"{round_}-{n}") for n in range(3)),
+            *(send(stubs, {"name": "e"}) for _ in range(2)),
+            stubs.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="j", enabled=False)),
+            *(invoke(f"{round_}-{n}") for n in range(3, 6)),
+            *(send(stubs, {"name": "e"}) for _ in range(2)),
+        )
+        runs = js(await stubs.runs.ListRuns(rn.ListRunsRequest(job_id="j", page_size=1000)))
+        active = [r for r in runs.get("runs", []) if r["status"] == "RUN_STATUS_QUEUED"]
+        assert active == [], f"round {round_}: {active}"
 
 
 async def test_disabling_stops_matching_and_aborts_active_runs(stubs: Stubs) -> None:

@@ -178,3 +178,46 @@ async def test_a_failed_start_leaves_no_commit_thread(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError):
         await w.start()
     assert committers() == before
+
+
+async def test_in_memory_changes_are_undone_with_their_rolled_back_writes(
+    writer: Writer, tmp_path: Path
+) -> None:
+    state: list[str] = []
+
+    def change(name: str, fail: bool = False) -> Callable[[Tx], str]:
+        def op(tx: Tx) -> str:
+            tx.conn.execute("INSERT INTO t VALUES (?)", (name,))
+            state.append(name)  # seen at once by the operations after this one
+            tx.on_rollback(lambda: state.remove(name))
+            if fail:
+                raise ValueError(name)
+            return list(state)[-1]
+
+        return op
+
+    def sees(tx: Tx) -> list[str]:
+        return list(state)
+
+    outcomes = await asyncio.gather(
+        writer.submit(change("a")),
+        writer.submit(change("b", fail=True)),
+        writer.submit(sees),
+        writer.submit(change("c")),
+        return_exceptions=True,
+    )
+    assert outcomes[2] == ["a"] and isinstance(outcomes[1], ValueError)
+    assert state == ["a", "c"] and keys(tmp_path) == {"a", "c"}
+
+    with pytest.raises(ValueError):  # a lone operation: the whole transaction
+        await writer.submit(change("d", fail=True))
+    assert state == ["a", "c"]
+
+    def sqlite_rolled_back(tx: Tx) -> None:
+        tx.conn.execute("ROLLBACK")  # the commit fails: everything in the batch is undone
+
+    outcomes = await asyncio.gather(
+        writer.submit(change("e")), writer.submit(sqlite_rolled_back), return_exceptions=True
+    )
+    assert all(isinstance(o, Exception) for o in outcomes)
+    assert state == ["a", "c"] and keys(tmp_path) == {"a", "c"}

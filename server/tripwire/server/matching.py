@@ -2,9 +2,10 @@
 
 The index is rebuilt per environment whenever a job changes (registration is
 rare, events are not), so matching an event is a dict lookup by name plus the
-filters of the few jobs listening to that name. The store applies changes to
-it right after the commit that made them, on the writer thread, so matching
-always sees exactly the committed jobs.
+filters of the few jobs listening to that name. The store changes it inside
+the write that changes the job (and puts it back if that write is rolled
+back), so the writes after it in the same transaction already match against
+the new job: an event or an invoke stored after a disable never runs it.
 """
 
 from __future__ import annotations
@@ -158,6 +159,16 @@ class JobIndex:
         jobs[latest.id] = compile_job(latest)
         # Swap in a new snapshot: readers on other threads never see a half-built index.
         self._envs = {**self._envs, latest.env: _EnvIndex(jobs)}
+
+    def restore(self, env: str, job_id: str, previous: CompiledJob | None) -> None:
+        """Put back what `get` returned before a `put` that was rolled back."""
+        current = self._envs.get(env)
+        jobs = dict(current.jobs) if current else {}
+        if previous is None:
+            jobs.pop(job_id, None)
+        else:
+            jobs[job_id] = previous
+        self._envs = {**self._envs, env: _EnvIndex(jobs)}
 
     def get(self, env: str, job_id: str) -> CompiledJob | None:
         index = self._envs.get(env)

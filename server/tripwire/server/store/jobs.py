@@ -117,7 +117,9 @@ class JobOps:
                 (spec, now, _ms(next_fire) if next_fire else None, env, job_id),
             )
             latest = self._job(conn, env, job_id, latest_version)
-        tx.after_commit(lambda: self.index.put(latest))
+        previous = self.index.get(env, job_id)
+        self.index.put(latest)  # now: later writes of this transaction must see it
+        tx.on_rollback(lambda: self.index.restore(env, job_id, previous))
         tx.after_commit(self.hub.timers)
 
     def _job(self, conn: sqlite3.Connection, env: str, job_id: str, version: str) -> Job:

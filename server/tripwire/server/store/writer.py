@@ -41,10 +41,30 @@ class Tx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._after: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], None]] = []
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once this operation is durable (before its caller resumes)."""
         self._after.append(callback)
+
+    def on_rollback(self, callback: Callable[[], None]) -> None:
+        """Run `callback` if this operation's writes are rolled back: it undoes an
+        in-memory change the operation made at once, so that the operations after
+        it in the same transaction see it (as they see its rows)."""
+        self._undo.append(callback)
+
+    def _mark(self) -> tuple[int, int]:
+        return len(self._after), len(self._undo)
+
+    def _roll_back_to(self, mark: tuple[int, int]) -> None:
+        hooks, undo = mark
+        del self._after[hooks:]
+        while len(self._undo) > undo:
+            callback = self._undo.pop()
+            try:
+                callback()
+            except Exception:
+                log.exception("undoing an in-memory change failed")
 
 
 Operation = Callable[[Tx], Any]
@@ -138,18 +158,18 @@ class Writer:
             except Exception as exc:  # handed to the caller
                 if conn.in_transaction:  # SQLite may have rolled back by itself
                     conn.execute("ROLLBACK")
-                tx._after.clear()
+                tx._roll_back_to((0, 0))
                 return [(None, exc)]
         outcomes: list[tuple[Any, BaseException | None]] = []
         for operation, _ in batch:
             conn.execute("SAVEPOINT op")
-            hooks = len(tx._after)
+            mark = tx._mark()
             try:
                 result = operation(tx)
             except Exception as exc:  # handed to the caller
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
-                del tx._after[hooks:]
+                tx._roll_back_to(mark)
                 outcomes.append((None, exc))
             else:
                 conn.execute("RELEASE op")
@@ -200,7 +220,7 @@ class Writer:
             if conn.in_transaction:
                 conn.rollback()
             outcomes = [(None, failure)] * len(batch)
-            tx._after.clear()
+            tx._roll_back_to((0, 0))
         for callback in tx._after:
             try:
                 callback()
