@@ -83,6 +83,27 @@ from .test_events import register, send
             {
                 "id": "j",
                 "version": "1.0.0",
+                "trigger": {"invoke": {"schema": {"$ref": "#/$defs/nope"}}},
+            },
+            "job.trigger.invoke.schema/$ref",
+        ),
+        (
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {
+                    "event": {
+                        "names": ["x"],
+                        "schema": {"properties": {"a": {"$ref": "#no-such-anchor"}}},
+                    }
+                },
+            },
+            "job.trigger.event.schema/properties/a/$ref",
+        ),
+        (
+            {
+                "id": "j",
+                "version": "1.0.0",
                 "trigger": {
                     "event": {
                         "names": ["x"],
@@ -122,6 +143,17 @@ async def test_register_job_rejects_bad_input_naming_the_path(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith(field), err.value.details()
     assert js(await stubs.jobs.ListJobs(jb.ListJobsRequest())) == {}
+
+
+@pytest.mark.parametrize("order", [("1.0.0+a", "1.0.0+b"), ("1.0.0+b", "1.0.0+a")])
+async def test_of_versions_differing_only_in_build_the_last_registered_is_latest(
+    stubs: Stubs, order: tuple[str, str]
+) -> None:
+    for version in order:
+        await register(stubs, event_job("j", ["e"], version=version))
+    got = js(await stubs.jobs.GetJob(jb.GetJobRequest(id="j")))
+    assert got["job"]["version"] == order[1]
+    assert (await send(stubs, {"name": "e"}))["runs"][0]["jobVersion"] == order[1]
 
 
 async def test_latest_version_is_the_highest_semver(stubs: Stubs) -> None:

@@ -25,13 +25,15 @@ def test_environment_then_flags() -> None:
     assert flagged.address == "127.0.0.1:0" and flagged.api_keys == {"k3": "qa"}
 
 
-@pytest.mark.parametrize("bad", ["nokey", "=env", "key=", ""])
+@pytest.mark.parametrize("bad", ["nokey", "=env", "key=", "", " , ", "a=prod,a=dev"])
 def test_bad_api_keys(bad: str) -> None:
-    if bad == "":
-        assert parse_api_keys([bad]) == {}
-        return
-    with pytest.raises(ValueError, match="KEY=ENV"):
+    # Keys given that yield none must not turn auth off; a key maps to one environment.
+    with pytest.raises(ValueError, match=r"KEY=ENV|two environments"):
         parse_api_keys([bad])
+
+
+def test_the_same_key_twice_for_one_environment_is_fine() -> None:
+    assert parse_api_keys(["a=prod", "a=prod,b=dev"]) == {"a": "prod", "b": "dev"}
 
 
 @pytest.mark.parametrize(
@@ -41,8 +43,21 @@ def test_bad_api_keys(bad: str) -> None:
         {"address": ":80"},
         {"max_batch": 0},
         {"heartbeat_interval": 5.0, "lease": 5.0},
+        {"lease": float("inf")},
+        {"lease": 5_000_000.0},  # past what the welcome message can carry
+        {"heartbeat_interval": float("nan")},
+        {"schedule_grace": -5.0},
+        {"schedule_grace": float("nan")},
+        {"shutdown_grace": float("inf")},
+        {"db_path": ""},
+        {"db_path": ":memory:"},
     ],
 )
 def test_invalid_settings(overrides: dict) -> None:
     with pytest.raises(ValueError):
         Settings(**overrides)
+
+
+def test_a_bad_variable_is_named() -> None:
+    with pytest.raises(ValueError, match="TRIPWIRE_MAX_BATCH must be int, got 'abc'"):
+        settings_from([], {"TRIPWIRE_MAX_BATCH": "abc"})

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_ENVIRONMENT = "default"
+MAX_LEASE_SECONDS = 86_400
+MAX_GRACE_SECONDS = 86_400
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,21 @@ class Settings:
                 raise ValueError("API keys must be KEY=ENV with both parts non-empty")
         if self.max_payload_bytes < 1 or self.max_batch < 1 or self.max_name_length < 1:
             raise ValueError("limits must be positive")
-        if not 0 < self.heartbeat_interval < self.lease:
-            raise ValueError("heartbeat interval must be positive and shorter than the lease")
+        if (
+            not self.db_path
+            or self.db_path == ":memory:"
+            or self.db_path.startswith("file::memory:")
+        ):
+            raise ValueError("db must be a file path (every connection needs the same database)")
+        if not 0 < self.heartbeat_interval < self.lease <= MAX_LEASE_SECONDS:
+            raise ValueError(
+                "heartbeat interval must be positive and shorter than the lease, "
+                f"and the lease at most {MAX_LEASE_SECONDS} s (one day)"
+            )
+        for name in ("schedule_grace", "shutdown_grace"):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_GRACE_SECONDS:  # NaN fails this too
+                raise ValueError(f"{name.replace('_', ' ')} must be 0 to {MAX_GRACE_SECONDS} s")
 
     @property
     def auth_enabled(self) -> bool:
@@ -45,6 +60,8 @@ class Settings:
 
 
 def parse_api_keys(items: Sequence[str]) -> dict[str, str]:
+    """KEY=ENV items (each may be a comma-separated list). Given any item at all,
+    at least one key must come out of it: an empty list never turns auth off."""
     keys: dict[str, str] = {}
     for item in items:
         for part in item.split(","):
@@ -54,7 +71,11 @@ def parse_api_keys(items: Sequence[str]) -> dict[str, str]:
             key, sep, env = part.partition("=")
             if not sep or not key or not env:
                 raise ValueError(f"API key must be KEY=ENV, got {part!r}")
+            if keys.get(key, env) != env:
+                raise ValueError(f"API key {key!r} is given for two environments")
             keys[key] = env
+    if items and not keys:
+        raise ValueError(f"no KEY=ENV in the API keys given ({', '.join(map(repr, items))})")
     return keys
 
 
@@ -98,7 +119,10 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
         if flag is not None:
             values[name] = flag
         elif env.get(var):
-            values[name] = kind(env[var])
+            try:
+                values[name] = kind(env[var])
+            except ValueError:
+                raise ValueError(f"{var} must be {kind.__name__}, got {env[var]!r}") from None
     key_items = list(args.api_key) or (
         [env["TRIPWIRE_API_KEYS"]] if env.get("TRIPWIRE_API_KEYS") else []
     )

@@ -17,6 +17,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from . import filters
 from .errors import InvalidArgument
@@ -45,11 +48,21 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
         raise InvalidArgument(
             f"{field}{'/' + where if where else ''}", f"not a valid JSON Schema: {exc.message}"
         ) from None
-    for path, ref in _refs(schema, ""):
+    refs = _refs(schema, "")
+    for path, ref in refs:
         if not ref.startswith("#"):
             raise InvalidArgument(
                 f"{field}{path}", f"$ref {ref!r} points outside the schema; only local refs work"
             )
+    if not _nested_ids(schema):  # with none, every local ref resolves from the root
+        resolver = Registry().with_resource("", DRAFT202012.create_resource(schema)).resolver("")
+        for path, ref in refs:
+            try:
+                resolver.lookup(ref)
+            except Unresolvable:
+                raise InvalidArgument(
+                    f"{field}{path}", f"$ref {ref!r} points to nothing in the schema"
+                ) from None
     validator = Draft202012Validator(schema)
     for probe in _PROBES:
         try:
@@ -58,7 +71,20 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
             raise InvalidArgument(
                 field, "refers to itself without end ($ref cycle); it can validate nothing"
             ) from None
+        except Exception as exc:  # whatever else keeps it from being applied
+            raise InvalidArgument(field, f"cannot be applied: {exc}") from None
     return validator
+
+
+def _nested_ids(node: Any, root: bool = True) -> bool:
+    """Whether a subschema below the root has its own $id (a new base for its refs)."""
+    if isinstance(node, dict):
+        if not root and isinstance(node.get("$id"), str):
+            return True
+        return any(_nested_ids(value, False) for value in node.values())
+    if isinstance(node, list):
+        return any(_nested_ids(value, False) for value in node)
+    return False
 
 
 # One of each JSON type: a $ref cycle that applies to every value shows on all of them.

@@ -89,10 +89,14 @@ class JobOps:
     def _refresh_head(self, tx: Tx, env: str, job_id: str, now: int) -> None:
         """Point the job at its highest version and keep its schedule in step."""
         conn = tx.conn
+        # Newest registration first: among versions of equal precedence (they differ
+        # only in +build metadata, which semver ignores) the latest registered wins.
         found = [
             r[0]
             for r in conn.execute(
-                "SELECT version FROM job_versions WHERE env = ? AND id = ?", (env, job_id)
+                "SELECT version FROM job_versions WHERE env = ? AND id = ? "
+                "ORDER BY created_at DESC, rowid DESC",
+                (env, job_id),
             )
         ]
         latest_version = max(found, key=lambda v: versions.parse(v, "version"))
