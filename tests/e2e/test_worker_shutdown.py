@@ -1,5 +1,6 @@
 """Python workers as processes: SIGTERM drains `await client.run_worker()` as it
-drains `client.listen()`, and `tripwire worker` reports a bad target plainly."""
+drains `client.listen()`, a handler stuck past the drain deadline does not keep
+the process alive, and `tripwire worker` reports a bad target plainly."""
 
 from __future__ import annotations
 
@@ -45,6 +46,26 @@ async def slow(payload, io, ctx):
 
 if __name__ == "__main__":
     asyncio.run(client.run_worker(shutdown_timeout=15))
+"""
+
+
+STUCK_WORKER = """
+import os
+import time
+
+from tripwire.client import Client, event_trigger
+
+client = Client("stuck-test", url=os.environ["TRIPWIRE_URL"])
+
+
+@client.define_job(id="stuck", version="1.0.0", trigger=event_trigger(name="stuck"))
+def stuck(payload, io, ctx):  # a plain function: it runs in one of the worker's threads
+    io.logger.info("started")
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    client.listen(shutdown_timeout=0.5)
 """
 
 
@@ -94,6 +115,43 @@ async def test_sigterm_drains_run_worker(server, workers, tmp_path, poll):
         finished = await run()
         assert finished.status == run_pb2.RUN_STATUS_SUCCESS, worker.output()
         assert finished.output.string_value == "finished"
+
+
+async def test_a_handler_stuck_past_the_drain_deadline_does_not_keep_the_process(
+    server, workers, tmp_path, poll
+):
+    module = tmp_path / "stuck_worker.py"
+    module.write_text(STUCK_WORKER)
+    worker = workers.start(server.address, argv=[sys.executable, str(module)])
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        jobs = job_service_pb2_grpc.JobServiceStub(channel)
+        runs = run_service_pb2_grpc.RunServiceStub(channel)
+        events = event_service_pb2_grpc.EventServiceStub(channel)
+
+        async def registered() -> bool:
+            assert worker.proc.poll() is None, worker.output()
+            try:
+                await jobs.GetJob(job_service_pb2.GetJobRequest(id="stuck"), timeout=RPC_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return False
+            return True
+
+        await poll(registered, bool, within=WITHIN, what="the worker's hello")
+        sent = await events.SendEvent(
+            event_service_pb2.SendEventRequest(event={"name": "stuck"}), timeout=RPC_TIMEOUT
+        )
+        run_id = sent.event.runs[0].id
+
+        async def started() -> bool:
+            got = await runs.GetRun(run_service_pb2.GetRunRequest(id=run_id), timeout=RPC_TIMEOUT)
+            return [line.message for line in got.logs] == ["started"]
+
+        await poll(started, bool, within=WITHIN, what="the handler running")
+        worker.signal(signal.SIGTERM)
+        # The handler sleeps ten minutes; the process must go once the drain gives up.
+        assert worker.proc.wait(timeout=STOP_DEADLINE) == 0, worker.output()
 
 
 def test_a_worker_target_without_jobs_is_an_error_not_a_traceback(server, run, tmp_path):

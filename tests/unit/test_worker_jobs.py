@@ -84,6 +84,13 @@ def test_plausible_cron_expressions_pass(cron: str) -> None:
     assert job.trigger.cron == " ".join(cron.split())
 
 
+def test_a_cron_trigger_names_a_real_time_zone() -> None:
+    assert cron_trigger("0 9 * * *", timezone="Europe/Paris").timezone == "Europe/Paris"
+    for bad in ("Mars/Olympus", "../etc/passwd", "Europe"):
+        with pytest.raises(ValueError, match="IANA time zone"):
+            cron_trigger("0 9 * * *", timezone=bad)
+
+
 def test_good_versions_include_prerelease_and_build() -> None:
     for version in ("0.0.1", "1.10.0", "2.0.0-rc.1", "1.0.0+build.5", "1.0.0-alpha+001"):
         assert define_job(**good(version=version))(handler).version == version

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -289,6 +290,13 @@ def cron_trigger(cron: str, *, timezone: str = "", catch_up: bool = False) -> Tr
     """Run the job on a 5-field cron expression, in UTC unless ``timezone`` names a zone."""
     if not isinstance(cron, str) or len(cron.split()) != 5:
         raise ValueError(f"cron needs 5 fields (minute hour day month weekday), got {cron!r}")
+    if timezone:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"timezone {timezone!r} is not an IANA time zone name (e.g. 'Europe/Paris')"
+            ) from None
     return Trigger(kind="cron", cron=" ".join(cron.split()), timezone=timezone, catch_up=catch_up)
 
 

@@ -21,12 +21,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import random
 import signal
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol, Self, TypeVar
@@ -117,6 +119,70 @@ class Backoff:
         delay = backoff_delay(self.attempt, base=self.base, cap=self.cap, rand=self._rand)
         self.attempt += 1
         return delay
+
+
+class DaemonPool(Executor):
+    """The threads that run plain handlers and task functions. Daemons: a function
+    still running when the worker has stopped (its run given back after the drain
+    deadline) cannot keep the process from exiting, as a ThreadPoolExecutor's
+    threads would."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size, self._name = size, name
+        self._jobs: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ]
+        self._jobs = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if kwargs:
+            raise TypeError("DaemonPool.submit takes positional arguments only")
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker's thread pool is shut down")
+            self._jobs.put((future, fn, args))
+            if self._idle == 0 and len(self._threads) < self._size:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self._name}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._idle -= 1
+        return future
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            if cancel_futures:
+                while True:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is not None:
+                        job[0].cancel()
+            for _ in self._threads:
+                self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 async def heartbeat_loop(send: Callable[[], None], interval: float, sleep: Sleep) -> None:
@@ -348,7 +414,7 @@ class Worker:
             sdk=_sdk(),
         )
         self._session: _Session | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: DaemonPool | None = None
         self._running = False
         self._stopping = False
         self._stop = asyncio.Event()
@@ -392,7 +458,7 @@ class Worker:
         self._stop.clear()
         self._finished.clear()
         connect, close = self._open()
-        self._pool = ThreadPoolExecutor(self.capacity + 4, thread_name_prefix="tripwire-run")
+        self._pool = DaemonPool(self.capacity + 4, "tripwire-run")
         idle = asyncio.create_task(self._watch_idle(idle_timeout)) if burst else None
         try:
             while not self._stopping:
