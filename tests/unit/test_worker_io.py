@@ -279,6 +279,25 @@ async def test_a_replay_gives_every_log_line_its_first_number() -> None:
     assert _logs(wire, again) == {line: first[line] for line in ("start", "after outer", "end")}
 
 
+async def test_a_plain_task_function_may_log_through_the_async_io() -> None:
+    execution, io, wire = make()
+    threads: list[int] = []
+
+    def fn() -> int:
+        threads.append(threading.get_ident())
+        io.logger.info("from a thread")  # no await: the line hops to the event loop
+        return 1
+
+    call = asyncio.create_task(io.run_task("t", fn))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "t", "RUNNING"))
+    assert (await wire.next("log")).message == "from a thread"  # before the completion
+    complete = await wire.next("task_complete")
+    answer(execution, complete.request_id, task("t1", "t", output=1))
+    assert await within(call) == 1
+    assert threads and threads[0] != threading.get_ident()
+
+
 async def test_log_lines_are_numbered_per_execution() -> None:
     _, io, wire = make()
     await io.logger.log("one")

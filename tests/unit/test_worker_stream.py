@@ -194,6 +194,26 @@ async def test_cached_task_pages_arrive_before_the_handler_starts(make: Make) ->
     assert from_value((await stream.expect("run_result")).output) == ["A", "B"]
 
 
+async def test_a_cancel_while_cached_pages_arrive_means_the_run_never_starts(
+    make: Make,
+) -> None:
+    started: list[str] = []
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        started.append(ctx.run_id)
+        return "ran"
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request("run_1", complete=False))
+    stream.reply(cancel=worker_service_pb2.CancelRunNotice(run_id="run_1", attempt=1))
+    page = worker_service_pb2.CachedTasks(run_id="run_1", attempt=1, tasks=[], last=True)
+    stream.reply(cached_tasks=page)
+    stream.reply(run_request=run_request("run_2"))  # a later run proves the pages were read
+    assert from_value((await stream.expect("run_result")).output) == "ran"
+    assert started == ["run_2"]
+
+
 async def test_a_rejected_task_request_raises_the_typed_error(make: Make) -> None:
     async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
         try:

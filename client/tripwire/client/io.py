@@ -26,6 +26,7 @@ import concurrent.futures
 import contextvars
 import inspect
 import math
+import threading
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
@@ -445,10 +446,22 @@ class Logger:
     def __init__(self, execution: Execution, loop: asyncio.AbstractEventLoop | None = None):
         self._execution = execution
         self._loop = loop  # set for handlers in a thread: lines hop to the loop
+        # An async handler's logger may still be called from a thread (a plain task
+        # function run by run_task): then its lines hop to the loop it was made on.
+        try:
+            self._home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._home = None
+        self._home_thread = threading.get_ident()
 
     def _emit(self, level: job_pb2.LogLevel.ValueType, message: str, data: Any) -> _Done:
         value = None if data is None else json_value(data, what="log data")
-        if self._loop is None:
+        if self._loop is None and self._home is not None:
+            if threading.get_ident() != self._home_thread:
+                self._home.call_soon_threadsafe(self._execution.log, level, str(message), value)
+            else:
+                self._execution.log(level, str(message), value)
+        elif self._loop is None:
             self._execution.log(level, str(message), value)
         elif self._execution.halted:
             raise Suspend()

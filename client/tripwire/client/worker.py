@@ -257,6 +257,10 @@ class _Session:
                 running.execution.resolve(message.task_result)
         elif kind in ("cancel", "abandon"):
             notice = message.cancel if kind == "cancel" else message.abandon
+            pending = self.assembling.get(notice.run_id)
+            if pending is not None and notice.attempt in (0, pending[0].run.attempt):
+                del self.assembling[notice.run_id]  # its cached pages were still coming
+                log.info("run %s: %s before it started", notice.run_id, kind)
             running = self.current(notice.run_id, notice.attempt)
             if running is not None:
                 log.info("run %s: %s (%s)", notice.run_id, kind, notice.reason or "no reason")
