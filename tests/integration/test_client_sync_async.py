@@ -124,6 +124,15 @@ async def test_delayed_event_pending_then_cancelled(tw: Both) -> None:
         await tw.cancel_event(delivered.id)
 
 
+async def test_options_may_come_as_a_dict_as_the_spec_writes_them(tw: Both) -> None:
+    event = await tw.send_event({"name": "later"}, {"deliver_after": 60})
+    assert event.status == "PENDING"
+    both = await tw.send_events([{"name": "a"}], {"deliver_after": 60}, account_id="acct")
+    assert both[0].status == "PENDING" and both[0].account_id == "acct"
+    with pytest.raises(TypeError, match="options must be a dict"):
+        await tw.send_event({"name": "x"}, 60)
+
+
 async def test_send_events_is_ordered_and_atomic(tw: Both) -> None:
     await welcome_job(tw)
     events = await tw.send_events(

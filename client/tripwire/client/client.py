@@ -118,13 +118,25 @@ class AsyncClient(ClientBase):
             await asyncio.sleep(delay)
             attempt += 1
 
-    async def send_event(self, event: Mapping[str, Any], **options: Unpack[SendOptions]) -> Event:
-        return await self._call(_requests.send_event(event, **options))
+    async def send_event(
+        self,
+        event: Mapping[str, Any],
+        options: SendOptions | None = None,
+        /,
+        **more: Unpack[SendOptions],
+    ) -> Event:
+        return await self._call(_requests.send_event(event, **_options(options, more)))
 
     async def send_events(
-        self, events: Sequence[Mapping[str, Any]], **options: Unpack[SendOptions]
+        self,
+        events: Sequence[Mapping[str, Any]],
+        options: SendOptions | None = None,
+        /,
+        **more: Unpack[SendOptions],
     ) -> list[Event]:
-        return await self._call(_requests.send_events(events, **options)) if events else []
+        if not events:
+            return []
+        return await self._call(_requests.send_events(events, **_options(options, more)))
 
     async def get_event(self, id: str) -> EventDetail:
         return await self._call(_requests.get_event(id))
@@ -292,17 +304,31 @@ class Client(ClientBase):
             time.sleep(delay)
             attempt += 1
 
-    def send_event(self, event: Mapping[str, Any], **options: Unpack[SendOptions]) -> Event:
+    def send_event(
+        self,
+        event: Mapping[str, Any],
+        options: SendOptions | None = None,
+        /,
+        **more: Unpack[SendOptions],
+    ) -> Event:
         """Send one event: a dict with ``name`` and optionally payload, context, id,
         timestamp, source. Without an ``id`` the client picks a ULID, so a retry cannot
-        send it twice. The reply carries the runs an immediate delivery created."""
-        return self._call(_requests.send_event(event, **options))
+        send it twice. The reply carries the runs an immediate delivery created. Options
+        (``deliver_at``, ``deliver_after``, ``account_id``) come as a dict, as keywords,
+        or both."""
+        return self._call(_requests.send_event(event, **_options(options, more)))
 
     def send_events(
-        self, events: Sequence[Mapping[str, Any]], **options: Unpack[SendOptions]
+        self,
+        events: Sequence[Mapping[str, Any]],
+        options: SendOptions | None = None,
+        /,
+        **more: Unpack[SendOptions],
     ) -> list[Event]:
         """Send a batch atomically (all or none), in order, with the same options."""
-        return self._call(_requests.send_events(events, **options)) if events else []
+        if not events:
+            return []
+        return self._call(_requests.send_events(events, **_options(options, more)))
 
     def get_event(self, id: str) -> EventDetail:
         """An event and every run it created."""
@@ -468,3 +494,13 @@ class Client(ClientBase):
             await serve_until_signalled(worker)
         else:
             await worker.run()
+
+
+def _options(given: SendOptions | None, more: SendOptions) -> SendOptions:
+    """Options as SPEC writes them (a dict after the event), as keywords, or both."""
+    if given is None:
+        return more
+    if not isinstance(given, Mapping):
+        raise TypeError(f"options must be a dict such as {{'deliver_after': 60}}, got {given!r}")
+    merged: dict[str, Any] = {**given, **more}
+    return merged  # type: ignore[return-value]
