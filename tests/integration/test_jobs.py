@@ -321,6 +321,10 @@ async def test_invoke_job_is_idempotent_by_key_and_validates(stubs: Stubs) -> No
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="missing"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="inv", idempotency_key="k" * 300))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("idempotency_key: is longer")
 
 
 async def test_cron_jobs_can_be_invoked(stubs: Stubs) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import filters, schedules, versions
 from .errors import InvalidArgument, NotFound
-from .events import DeliveryOptions, EventDraft, Limits, prepare
+from .events import MAX_ID_LENGTH, DeliveryOptions, EventDraft, Limits, prepare
 from .matching import check_schema
 from .models import Job, Page, Run
 from .retry import RetryPolicy
@@ -118,6 +118,8 @@ class JobService:
     ) -> tuple[Run, bool]:
         if not job_id:
             raise InvalidArgument("job_id", "is required")
+        if len(key) > MAX_ID_LENGTH:  # it becomes the invoke event's id
+            raise InvalidArgument("idempotency_key", f"is longer than {MAX_ID_LENGTH} characters")
         now = self.clock()
         draft = EventDraft(name="tripwire.invoke", payload=payload, context=context, id=key)
         event = prepare(
