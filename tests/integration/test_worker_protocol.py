@@ -599,3 +599,40 @@ async def test_runs_of_a_gone_worker_are_requeued_even_if_the_store_fails_once(
         assert again["id"] == run["id"] and again["attempt"] == 2 and calls == 2
     finally:
         await other.close()
+
+
+async def test_a_claim_failing_after_its_worker_left_frees_the_slot_and_requeues(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import sqlite3
+
+    real = fast.store.claim
+    fail_first: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    calls = 0
+
+    def flaky(run_id: str, stored: int, attempt: int, *rest: object) -> asyncio.Future[bool]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return fail_first  # fails when the test says, after the worker left
+        return real(run_id, stored, attempt, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fast.store, "claim", flaky)
+    await worker.connect([job("j", ["x"], concurrencyLimit=1)], worker_id="a")
+    other = RawWorker(conn.workers)
+    try:
+        await other.connect([job("j", ["x"], concurrencyLimit=1)], worker_id="b")
+        queued = (await send(conn, "x"))["runs"][0]
+        assert (await worker.run_request())["run"]["id"] == queued["id"]  # a came first
+        await worker.close()  # still counted under the limit: a may be running it
+        fail_first.set_exception(sqlite3.OperationalError("database or disk is full"))
+        again = (await other.run_request())["run"]
+        assert again["id"] == queued["id"] and again["attempt"] == 2  # 1 is never reused
+        other.result(again, output="done")
+        await run_status(conn, queued["id"], "SUCCESS")
+        # The slot under the limit of 1 was given back: the next run goes too.
+        nxt = (await send(conn, "x"))["runs"][0]
+        assert (await other.run_request())["run"]["id"] == nxt["id"]
+    finally:
+        await other.close()

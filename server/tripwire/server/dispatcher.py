@@ -262,19 +262,27 @@ class Dispatcher(RunListener):
         if failure is None and future.result():
             return
         run = item.run
-        if self._owner.get(run.id) is not session or session.running.get(run.id) != run.attempt:
+        held = self._owner.get(run.id) is session and session.running.get(run.id) == run.attempt
+        if held:
+            keys = self._release(run.id)
+        elif run.id in self._gone:
+            # Its worker left before the claim failed: no requeue will ever match
+            # this attempt (the store never had it), so it stops counting here.
+            keys = self._settle_gone(run.id)
+        else:
             return
-        keys = self._release(run.id)
         if failure is None:
             # Ended (cancelled, aborted) between queueing and claiming.
-            session.link.stop_run(run.id, run.attempt, "the run has ended", ended=True)
+            if held:
+                session.link.stop_run(run.id, run.attempt, "the run has ended", ended=True)
             self._pump(keys)
             return
         # The claim was not stored: the store still has the run QUEUED at
         # item.stored_attempt. The abandoned attempt's number is never reused, so
         # nothing a worker still sends for it can pass for the next dispatch's.
         log.error("claiming run %s failed; it stays queued", run.id, exc_info=failure)
-        session.link.stop_run(run.id, run.attempt, "the dispatch was not recorded", ended=False)
+        if held:
+            session.link.stop_run(run.id, run.attempt, "the dispatch was not recorded", ended=False)
         key = (run.env, run.job_id, run.job_version)
         if self._serving.get(key):
             # A copy: the abandoned attempt's run request may still be on its way.
