@@ -76,45 +76,49 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     started.close()
 
 
+async def _running(server, workers, poll, module: Path, job_id: str, channel):
+    """Start the worker in `module`, wait for its hello, send the event its job
+    listens to and wait until the handler has logged "started"; (worker, run id)."""
+    worker = workers.start(server.address, argv=[sys.executable, str(module)])
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    runs = run_service_pb2_grpc.RunServiceStub(channel)
+    events = event_service_pb2_grpc.EventServiceStub(channel)
+
+    async def registered() -> bool:
+        assert worker.proc.poll() is None, worker.output()
+        try:
+            await jobs.GetJob(job_service_pb2.GetJobRequest(id=job_id), timeout=RPC_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+        return True
+
+    await poll(registered, bool, within=WITHIN, what="the worker's hello")
+    sent = await events.SendEvent(
+        event_service_pb2.SendEventRequest(event={"name": job_id}), timeout=RPC_TIMEOUT
+    )
+    run_id = sent.event.runs[0].id
+
+    async def started() -> bool:
+        got = await runs.GetRun(run_service_pb2.GetRunRequest(id=run_id), timeout=RPC_TIMEOUT)
+        return [line.message for line in got.logs] == ["started"]
+
+    await poll(started, bool, within=WITHIN, what="the handler running")
+    return worker, run_id
+
+
 async def test_sigterm_drains_run_worker(server, workers, tmp_path, poll):
     module = tmp_path / "async_worker.py"
     module.write_text(ASYNC_WORKER)
-    worker = workers.start(server.address, argv=[sys.executable, str(module)])
     async with grpc.aio.insecure_channel(server.address) as channel:
-        jobs = job_service_pb2_grpc.JobServiceStub(channel)
-        runs = run_service_pb2_grpc.RunServiceStub(channel)
-        events = event_service_pb2_grpc.EventServiceStub(channel)
-
-        async def registered() -> bool:
-            assert worker.proc.poll() is None, worker.output()
-            try:
-                await jobs.GetJob(job_service_pb2.GetJobRequest(id="slow"), timeout=RPC_TIMEOUT)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
-                return False
-            return True
-
-        await poll(registered, bool, within=WITHIN, what="the worker's hello")
-        sent = await events.SendEvent(
-            event_service_pb2.SendEventRequest(event={"name": "slow"}), timeout=RPC_TIMEOUT
-        )
-        run_id = sent.event.runs[0].id
-
-        async def run() -> run_pb2.Run:
-            got = await runs.GetRun(run_service_pb2.GetRunRequest(id=run_id), timeout=RPC_TIMEOUT)
-            return got.run
-
-        async def started() -> bool:
-            got = await runs.GetRun(run_service_pb2.GetRunRequest(id=run_id), timeout=RPC_TIMEOUT)
-            return [line.message for line in got.logs] == ["started"]
-
-        await poll(started, bool, within=WITHIN, what="the handler running")
+        worker, run_id = await _running(server, workers, poll, module, "slow", channel)
         worker.signal(signal.SIGTERM)
         assert worker.proc.wait(timeout=STOP_DEADLINE) == 0, worker.output()
-        finished = await run()
-        assert finished.status == run_pb2.RUN_STATUS_SUCCESS, worker.output()
-        assert finished.output.string_value == "finished"
+        runs = run_service_pb2_grpc.RunServiceStub(channel)
+        got = await runs.GetRun(run_service_pb2.GetRunRequest(id=run_id), timeout=RPC_TIMEOUT)
+        assert got.run.status == run_pb2.RUN_STATUS_SUCCESS, worker.output()
+        assert got.run.output.string_value == "finished"
 
 
 async def test_a_handler_stuck_past_the_drain_deadline_does_not_keep_the_process(
@@ -122,33 +126,8 @@ async def test_a_handler_stuck_past_the_drain_deadline_does_not_keep_the_process
 ):
     module = tmp_path / "stuck_worker.py"
     module.write_text(STUCK_WORKER)
-    worker = workers.start(server.address, argv=[sys.executable, str(module)])
     async with grpc.aio.insecure_channel(server.address) as channel:
-        jobs = job_service_pb2_grpc.JobServiceStub(channel)
-        runs = run_service_pb2_grpc.RunServiceStub(channel)
-        events = event_service_pb2_grpc.EventServiceStub(channel)
-
-        async def registered() -> bool:
-            assert worker.proc.poll() is None, worker.output()
-            try:
-                await jobs.GetJob(job_service_pb2.GetJobRequest(id="stuck"), timeout=RPC_TIMEOUT)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
-                return False
-            return True
-
-        await poll(registered, bool, within=WITHIN, what="the worker's hello")
-        sent = await events.SendEvent(
-            event_service_pb2.SendEventRequest(event={"name": "stuck"}), timeout=RPC_TIMEOUT
-        )
-        run_id = sent.event.runs[0].id
-
-        async def started() -> bool:
-            got = await runs.GetRun(run_service_pb2.GetRunRequest(id=run_id), timeout=RPC_TIMEOUT)
-            return [line.message for line in got.logs] == ["started"]
-
-        await poll(started, bool, within=WITHIN, what="the handler running")
+        worker, _ = await _running(server, workers, poll, module, "stuck", channel)
         worker.signal(signal.SIGTERM)
         # The handler sleeps ten minutes; the process must go once the drain gives up.
         assert worker.proc.wait(timeout=STOP_DEADLINE) == 0, worker.output()
