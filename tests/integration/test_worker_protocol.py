@@ -74,6 +74,18 @@ async def test_hello_must_come_first_and_be_valid(conn: Stubs) -> None:
     assert (err.value.details() or "").startswith("hello.jobs[0].id")
     await invalid.close()
 
+    for bad_job, field in (
+        ({**job("j", ["x"]), "logLevel": 99}, "hello.jobs[0].log_level: "),
+        ({"id": "j", "version": "1.0.0"}, "hello.jobs[0].trigger: "),
+    ):
+        named = RawWorker(conn.workers)
+        named.call = conn.workers.RunJob(named._requests())
+        named.send({"hello": {"workerId": "w", "capacity": 1, "jobs": [bad_job]}})
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await named.call.read()
+        assert (err.value.details() or "").startswith(field), err.value.details()
+        await named.close()
+
 
 async def test_a_run_with_one_task_end_to_end(conn: Stubs, worker: RawWorker) -> None:
     welcome = await worker.connect([job("greet", ["hi"])], capacity=2)
@@ -636,3 +648,31 @@ async def test_a_claim_failing_after_its_worker_left_frees_the_slot_and_requeues
         assert (await other.run_request())["run"]["id"] == nxt["id"]
     finally:
         await other.close()
+
+
+async def test_a_claim_failing_after_the_worker_answered_still_requeues_the_run(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import sqlite3
+
+    real = fast.store.claim
+    fail_first: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    calls = 0
+
+    def flaky(run_id: str, stored: int, attempt: int, *rest: object) -> asyncio.Future[bool]:
+        nonlocal calls
+        calls += 1
+        return fail_first if calls == 1 else real(run_id, stored, attempt, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fast.store, "claim", flaky)
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    first = (await worker.run_request())["run"]
+    worker.result(first, output="too early")  # its slot is freed at once...
+    assert (await worker.expect("abandon"))["attempt"] == 1  # ...but nothing was claimed
+    fail_first.set_exception(sqlite3.OperationalError("database or disk is full"))
+    again = (await worker.run_request())["run"]
+    assert (again["id"], again["attempt"]) == (first["id"], 2)
+    worker.result(again, output="done")
+    assert (await run_status(conn, first["id"], "SUCCESS"))["run"]["output"] == "done"

@@ -359,3 +359,50 @@ async def test_a_worker_on_a_half_open_connection_reconnects_within_a_lease(
         await relayed.aio.close()
         relayed.close()
         await relay.close()
+
+
+async def test_log_lines_survive_replays_after_retries_and_failed_nested_tasks(
+    client: Client, clock: FakeClock
+) -> None:
+    """Each line is stored once: none dropped as a repeat of another execution's
+    line, none stored twice when a replay sends it again."""
+    tries: list[int] = []
+
+    @client.define_job(id="lines", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def flaky() -> str:
+            tries.append(1)
+            await io.logger.info(f"try {len(tries)}")
+            if len(tries) == 1:
+                raise ConnectionError("the first try fails")
+            return "ok"
+
+        async def outer() -> None:
+            await io.run_task("inner", lambda: 1)
+            raise ValueError("outer fails for good")
+
+        await io.run_task("flaky", flaky, retry={"limit": 3, "min_timeout_ms": 1000})
+        try:
+            await io.run_task("outer", outer, retry={"limit": 1})
+        except TaskError:
+            await io.logger.info("handled")
+        await io.wait("nap", 1)
+        await io.logger.info("end")
+        return "done"
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("lines")
+        await finished(client, run.id, "WAITING")  # the retry's backoff
+        clock.advance(5)
+
+        async def napping() -> bool:
+            detail = await client.aio.get_run(run.id)
+            return detail.run.status == "WAITING" and any(t.key == "nap" for t in detail.tasks)
+
+        await eventually(napping)
+        clock.advance(2)
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS", done.error
+    logs = (await client.aio.get_run(run.id)).logs
+    assert [line.message for line in logs] == ["try 1", "try 2", "handled", "end"]

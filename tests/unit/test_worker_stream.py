@@ -20,6 +20,7 @@ from tripwire.client.models import event_trigger, invoke_trigger
 from tripwire.client.worker import Backoff, Worker
 from tripwire.v1 import event_pb2, run_pb2, worker_service_pb2
 
+from ..conftest import eventually
 from .test_worker_fakes import FakeServer, FakeSleep, FakeStream, result, task, within
 
 
@@ -487,3 +488,52 @@ def test_worker_arguments_are_checked() -> None:
         Worker(Client("t"), [one, one])
     with pytest.raises(TypeError, match="JobDefinition"):
         Worker(Client("t"), [lambda payload, io, ctx: None])  # type: ignore[list-item]
+
+
+async def test_a_burst_worker_still_stops_when_a_run_is_cancelled_before_it_started() -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        return "never"
+
+    server, sleep = FakeServer(), FakeSleep()
+    worker = Worker(Client("test"), [job(handler)], connect=server, sleep=sleep)
+    running = asyncio.create_task(worker.run(burst=True, idle_timeout=0.05))
+    stream = await server.next_stream()
+    await stream.expect("hello")
+    stream.welcome()
+    stream.reply(run_request=run_request(complete=False))  # cached pages still to come
+
+    async def watcher_sees_it_busy() -> bool:  # it waits for activity, not for idleness
+        assembling = worker._session is not None and bool(worker._session.assembling)
+        return assembling and not worker._activity.is_set()
+
+    await eventually(watcher_sees_it_busy, within=5.0, every=0.005)
+    stream.reply(cancel=worker_service_pb2.CancelRunNotice(run_id="run_1", attempt=1))
+    try:
+        await within(asyncio.shield(running), 5.0)  # idle now, so the burst ends
+    finally:
+        if not running.done():
+            await worker.shutdown()
+
+
+async def test_an_applications_own_signal_handlers_are_left_alone() -> None:
+    import signal
+
+    from tripwire.client.worker import serve_until_signalled
+
+    class Quick:
+        async def run(self) -> None:
+            return None
+
+        def request_shutdown(self) -> None:
+            raise AssertionError("not called")
+
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("not called")
+
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, mine)
+    try:
+        await serve_until_signalled(Quick())  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)

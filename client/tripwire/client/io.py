@@ -332,9 +332,9 @@ class Execution:
         cached = self._cache.get(slot)
         # A cached task of another kind is not used: the server reports the nondeterminism.
         if cached is not None and cached.status == _COMPLETED and cached.kind == spec.kind:
-            # Its settling, and the open and settle of every task inside it, as the
-            # execution that ran it crossed them.
-            self._boundary(1 + 2 * self._descendants(cached))
+            # As the execution that ran it crossed them: its failed tries, its
+            # settling, and the open and settle of every task inside it.
+            self._boundary(cached.attempts + 1 + 2 * self._descendants(cached))
             return Step("", cached, output=_output(cached))
         request_id = uuid.uuid4().hex
         task = worker_service_pb2.TaskRequest(
@@ -351,7 +351,14 @@ class Execution:
         if spec.retry is not None:
             task.retry.CopyFrom(spec.retry)
         result = await self._exchange(request_id, Request(task=task))
-        return self._settle(request_id, result.task, spec.key, None)
+        answer = result.task
+        if answer.status == _RUNNING:
+            # A retry: its lines must not take the numbers of an earlier try's.
+            self._boundary(answer.attempts)
+        elif answer.status == _ERRORED:
+            # Failed for good in an earlier execution: cross what that one crossed.
+            self._boundary(max(answer.attempts - 1, 0) + 2 * self._descendants(answer))
+        return self._settle(request_id, answer, spec.key, None)
 
     async def complete(self, step: Step, outcome: Outcome) -> Step:
         """Report a function's outcome; the answer says what comes next (as for open)."""

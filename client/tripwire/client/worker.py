@@ -261,6 +261,7 @@ class _Session:
             if pending is not None and notice.attempt in (0, pending[0].run.attempt):
                 del self.assembling[notice.run_id]  # its cached pages were still coming
                 log.info("run %s: %s before it started", notice.run_id, kind)
+                self.worker._activity.set()
             running = self.current(notice.run_id, notice.attempt)
             if running is not None:
                 log.info("run %s: %s (%s)", notice.run_id, kind, notice.reason or "no reason")
@@ -637,6 +638,8 @@ async def serve_until_signalled(worker: Worker) -> None:
 
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) not in (signal.SIG_DFL, signal.default_int_handler):
+            continue  # the application handles it: leave its handler alone
         try:
             loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError, ValueError):

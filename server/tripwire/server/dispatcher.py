@@ -269,6 +269,8 @@ class Dispatcher(RunListener):
             # Its worker left before the claim failed: no requeue will ever match
             # this attempt (the store never had it), so it stops counting here.
             keys = self._settle_gone(run.id)
+        elif failure is not None and run.id not in self._owner:
+            keys = set()  # already finished by its worker, but the store never had it
         else:
             return
         if failure is None:
@@ -284,9 +286,9 @@ class Dispatcher(RunListener):
         if held:
             session.link.stop_run(run.id, run.attempt, "the dispatch was not recorded", ended=False)
         key = (run.env, run.job_id, run.job_version)
-        if self._serving.get(key):
+        queue = self._queues.setdefault(key, {}) if self._serving.get(key) else None
+        if queue is not None and run.id not in queue:
             # A copy: the abandoned attempt's run request may still be on its way.
-            again = _Queued(replace(run), item.event, item.stored_attempt)
-            self._queues.setdefault(key, {})[run.id] = again
+            queue[run.id] = _Queued(replace(run), item.event, item.stored_attempt)
             keys.add(key)
         self._pump(keys)

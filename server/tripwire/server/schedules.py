@@ -33,6 +33,13 @@ _MS = timedelta(milliseconds=1)
 # croniter's hashed ("H") and random ("R") fields pick a value per iterator instance,
 # which would move the planned times between calls; only plain cron is accepted.
 _NONDETERMINISTIC = re.compile(r"^[hr](?:$|[(/])", re.IGNORECASE)
+# One comma-separated item of a standard cron field.
+_CRON_ITEM = re.compile(
+    r"(?:\*|(?P<lo>[0-9]+|[A-Za-z]{3})(?:-(?P<hi>[0-9]+|[A-Za-z]{3}))?)(?:/[0-9]+)?"
+)
+_CRON_NAMES = frozenset(
+    "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC SUN MON TUE WED THU FRI SAT".split()
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,15 @@ def _validate_cron(expr: str, tz: ZoneInfo, field: str) -> None:
     for part in ",".join(fields).split(","):
         if _NONDETERMINISTIC.match(part):
             raise InvalidArgument(field, f"{expr!r}: hashed/random fields (H, R) are not supported")
+        item = _CRON_ITEM.fullmatch(part)
+        names = [n for n in (item["lo"], item["hi"]) if n and not n.isdigit()] if item else []
+        if item is None or any(n.upper() not in _CRON_NAMES for n in names):
+            raise InvalidArgument(
+                field,
+                f"{expr!r} is not a valid cron expression: {part!r} is not standard cron "
+                "(*, N, N-M or names such as JAN and MON, each with an optional /step; "
+                "L, W, # and ? are not supported)",
+            )
     try:
         # A syntactically valid expression can still never match (e.g. 30 February).
         croniter(expr, datetime(2000, 1, 1, tzinfo=tz)).get_next(datetime)

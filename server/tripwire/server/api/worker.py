@@ -175,8 +175,10 @@ class WorkerStream:
         for i, message in enumerate(hello.jobs):
             try:
                 jobs.append(convert.job_from_pb(message))
-            except InvalidArgument as exc:
-                raise InvalidArgument(f"hello.jobs[{i}].trigger", exc.message) from None
+            except InvalidArgument as exc:  # named as in RegisterJob ("job.trigger...")
+                where = f"hello.jobs[{i}]" + exc.field.removeprefix("job")
+                problem = exc.message.removeprefix(f"{exc.field}: ")
+                raise InvalidArgument(where, problem) from None
         registered = await self.work.hello(self.env, hello.worker_id, jobs, hello.capacity)
         self.session = Session(
             id=new_event_id(),
