@@ -48,7 +48,7 @@ proto-check: proto ## Regenerate and fail if the committed code differs
 	@test -z "$$(git status --porcelain -- proto)" || \
 		(git status --porcelain -- proto; echo "untracked generated files: commit them" && exit 1)
 
-proto-lint: $(STAMP) ## buf lint the contract (and buf breaking against main, if it exists)
+proto-lint: $(STAMP) ## buf lint the contract (and buf breaking against origin/main, if it exists)
 	$(BIN)/buf lint
 	@if git rev-parse --verify -q origin/main >/dev/null; then \
 		$(BIN)/buf breaking --against '.git#branch=origin/main'; fi

@@ -62,7 +62,7 @@ class EventInput(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Matched exactly (case-sensitive) against job triggers; at most
-    256 characters by default.
+    256 characters.
     """
     id: _builtins.str
     """The event id, unique per environment. Absent: the server assigns a ULID.

@@ -97,7 +97,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def InvokeJob(self, request, context):
-        """Starts a run of the job's latest version now, whatever its trigger, via
+        """Starts a run of the job's latest version now (FAILED_PRECONDITION if that
+        version is disabled), whatever its trigger, via
         an event named "tripwire.invoke" (source "tripwire") delivered to this
         job only. `idempotency_key` is that event's id: invoking again with it
         returns the first run.

@@ -46,7 +46,8 @@ class JobServiceStub:
     empty. Disabling ends the active runs of those versions ABORTED.
     """
     InvokeJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.InvokeJobRequest, _job_service_pb2.InvokeJobResponse]
-    """Starts a run of the job's latest version now, whatever its trigger, via
+    """Starts a run of the job's latest version now (FAILED_PRECONDITION if that
+    version is disabled), whatever its trigger, via
     an event named "tripwire.invoke" (source "tripwire") delivered to this
     job only. `idempotency_key` is that event's id: invoking again with it
     returns the first run.
@@ -70,7 +71,8 @@ class JobServiceAsyncStub(JobServiceStub):
     empty. Disabling ends the active runs of those versions ABORTED.
     """
     InvokeJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.InvokeJobRequest, _job_service_pb2.InvokeJobResponse]  # type: ignore[assignment]
-    """Starts a run of the job's latest version now, whatever its trigger, via
+    """Starts a run of the job's latest version now (FAILED_PRECONDITION if that
+    version is disabled), whatever its trigger, via
     an event named "tripwire.invoke" (source "tripwire") delivered to this
     job only. `idempotency_key` is that event's id: invoking again with it
     returns the first run.
@@ -121,7 +123,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.InvokeJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.InvokeJobResponse, _abc.Awaitable[_job_service_pb2.InvokeJobResponse]]:
-        """Starts a run of the job's latest version now, whatever its trigger, via
+        """Starts a run of the job's latest version now (FAILED_PRECONDITION if that
+        version is disabled), whatever its trigger, via
         an event named "tripwire.invoke" (source "tripwire") delivered to this
         job only. `idempotency_key` is that event's id: invoking again with it
         returns the first run.

@@ -370,7 +370,9 @@ class LogEntry(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
-    """Order within the run, from 1."""
+    """The number the worker gave the line (see worker_service.proto, step 5);
+    lines are listed in this order.
+    """
     level: _job_pb2.LogLevel.ValueType
     message: _builtins.str
     @_builtins.property

@@ -33,7 +33,7 @@ class WorkerServiceStub:
 
     1. The worker sends `hello` first: its id, the job versions it serves (each
     registered as RegisterJob would; re-sending an identical definition
-    changes nothing) and its capacity. Anything else first, or an invalid
+    keeps its schedule and runs, only updated_at moves) and its capacity. Anything else first, or an invalid
     job, ends the stream with INVALID_ARGUMENT naming the field
     (e.g. "hello.jobs[0].id: ...").
     2. The server answers `welcome` with the heartbeat interval and the lease.
@@ -126,7 +126,7 @@ class WorkerServiceServicer:
 
     1. The worker sends `hello` first: its id, the job versions it serves (each
     registered as RegisterJob would; re-sending an identical definition
-    changes nothing) and its capacity. Anything else first, or an invalid
+    keeps its schedule and runs, only updated_at moves) and its capacity. Anything else first, or an invalid
     job, ends the stream with INVALID_ARGUMENT naming the field
     (e.g. "hello.jobs[0].id: ...").
     2. The server answers `welcome` with the heartbeat interval and the lease.
@@ -228,7 +228,7 @@ class WorkerService:
 
     1. The worker sends `hello` first: its id, the job versions it serves (each
     registered as RegisterJob would; re-sending an identical definition
-    changes nothing) and its capacity. Anything else first, or an invalid
+    keeps its schedule and runs, only updated_at moves) and its capacity. Anything else first, or an invalid
     job, ends the stream with INVALID_ARGUMENT naming the field
     (e.g. "hello.jobs[0].id: ...").
     2. The server answers `welcome` with the heartbeat interval and the lease.
