@@ -74,7 +74,7 @@ class WorkService:
     async def job(self, env: str, job_id: str, version: str) -> Job:
         latest = self.index.get(env, job_id)
         if latest is not None and latest.job.version == version:
-            return latest.job  # the index follows every commit: never stale
+            return latest.job  # the index changes with every write to a job: never stale
         found = await self.store.get_job(env, job_id, version)  # an older version: rare
         if found is None:
             raise NotFound(f"version {version} of job {job_id!r} not found")
