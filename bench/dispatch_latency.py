@@ -27,8 +27,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import multiprocessing
-import multiprocessing.pool
 import os
 import queue
 import signal
@@ -37,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,27 +330,6 @@ def wait_settled(address: str, deadline: float) -> bool:
             time.sleep(0.1)
 
 
-@contextlib.contextmanager
-def load_process() -> Iterator[multiprocessing.pool.Pool]:
-    """A fresh process for the load, as harness.load_process, except that leaving the
-    block (a SIGTERM included) terminates it at once instead of waiting for the load."""
-    pool = multiprocessing.get_context("spawn").Pool(1)
-    try:
-        yield pool
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process (Linux /proc), or NaN."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def ms(values: list[float], fraction: float) -> float:
     return 1000 * float(harness.percentile(values, fraction))
 
@@ -374,7 +350,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tripwire-bench-")))
         # Entered first, left last: the server and the worker are killed before the load.
-        pool = stack.enter_context(load_process())
+        pool = stack.enter_context(harness.terminating_load_process())
         server = stack.enter_context(harness.tripwire_server(work / "bench.db", work))
         print(f"server pid {server.proc.pid if server.proc else '?'} on {server.address}")
         worker = stack.enter_context(
@@ -382,11 +358,13 @@ def main() -> int:
         )
         spec = Load(server.address, args.rate, args.warmup, args.seconds)
         pids = {"server": server.proc.pid if server.proc else 0, "worker": worker.proc.pid}
-        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cpu_before = {name: harness.cpu_seconds(pid) for name, pid in pids.items()}
         wall = time.monotonic()
         sent = pool.apply(load, (spec,))
         wall = time.monotonic() - wall
-        cores = {name: (cpu_seconds(pid) - cpu_before[name]) / wall for name, pid in pids.items()}
+        cores = {
+            name: (harness.cpu_seconds(pid) - cpu_before[name]) / wall for name, pid in pids.items()
+        }
         settled = wait_settled(server.address, time.monotonic() + SETTLE_DEADLINE)
         report = worker.finish()
         succeeded = count_runs(server.address, run_pb2.RUN_STATUS_SUCCESS)

@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import queue
 import re
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -208,6 +209,27 @@ def load_process() -> concurrent.futures.ProcessPoolExecutor:
     return concurrent.futures.ProcessPoolExecutor(
         max_workers=1, mp_context=multiprocessing.get_context("spawn")
     )
+
+
+@contextlib.contextmanager
+def terminating_load_process() -> Iterator[multiprocessing.pool.Pool]:
+    """A fresh process for the load, as load_process, except that leaving the
+    block (a SIGTERM included) terminates it at once instead of waiting for the load."""
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (Linux /proc), or NaN."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def exit_on_sigterm() -> None:

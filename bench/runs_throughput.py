@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing
-import multiprocessing.pool
 import os
 import queue
 import signal
@@ -44,7 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,34 +277,15 @@ def celery_load(spec: CeleryLoad) -> dict[str, Any]:
 # -- the bench ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def load_process() -> Iterator[multiprocessing.pool.Pool]:
-    """A fresh process for the load, as harness.load_process, except that leaving the
-    block (a SIGTERM included) terminates it at once instead of waiting for the load."""
-    pool = multiprocessing.get_context("spawn").Pool(1)
-    try:
-        yield pool
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process (Linux /proc), or NaN."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cores(pids: dict[str, int], work: Any, *args: Any) -> tuple[dict[str, Any], dict[str, float]]:
     """`work(*args)`, and the cores each process used meanwhile."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: harness.cpu_seconds(pid) for name, pid in pids.items()}
     wall = time.monotonic()
     result: dict[str, Any] = work(*args)
     wall = time.monotonic() - wall
-    return result, {name: (cpu_seconds(pid) - before[name]) / wall for name, pid in pids.items()}
+    return result, {
+        name: (harness.cpu_seconds(pid) - before[name]) / wall for name, pid in pids.items()
+    }
 
 
 def redis_is_up() -> bool:
@@ -321,7 +299,7 @@ def redis_is_up() -> bool:
 def run_tripwire(args: argparse.Namespace, work: Path, failures: list[str]) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         # Entered first, left last: the server and the worker are killed before the load.
-        pool = stack.enter_context(load_process())
+        pool = stack.enter_context(harness.terminating_load_process())
         server = stack.enter_context(harness.tripwire_server(work / "bench.db", work))
         print(f"tripwire server pid {server.proc.pid if server.proc else '?'}", flush=True)
         argv = [sys.executable, __file__, "--sdk-worker", server.address]
@@ -362,7 +340,7 @@ def run_celery(args: argparse.Namespace, work: Path, failures: list[str]) -> dic
     argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     try:
         with (
-            load_process() as pool,
+            harness.terminating_load_process() as pool,
             Child("the celery worker", argv, work / "celery.stderr", dict(os.environ)) as worker,
         ):
             spec = CeleryLoad(args.runs, args.warmup)
