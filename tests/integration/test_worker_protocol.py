@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -493,7 +496,6 @@ async def test_payload_limits_hold_for_invoke_and_send_event(
 async def test_a_result_the_store_could_not_keep_is_requeued(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sqlite3
 
     async def disk_full(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
@@ -550,33 +552,38 @@ async def test_a_gone_workers_run_counts_toward_the_limit_until_it_ends(
         await other.close()
 
 
+class FirstClaimFails:
+    """Replaces the store's claim: the first one returns a future the test fails when
+    it wants (as the writer does when the batch's COMMIT fails); the rest are real.
+    `calls` keeps (stored attempt, new attempt) of each."""
+
+    def __init__(self, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real = server.store.claim
+        self.first: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.calls: list[tuple[int, int]] = []
+        monkeypatch.setattr(server.store, "claim", self)
+
+    def __call__(self, run_id: str, stored: int, attempt: int, *rest: Any) -> asyncio.Future[bool]:
+        self.calls.append((stored, attempt))
+        return self.first if len(self.calls) == 1 else self.real(run_id, stored, attempt, *rest)
+
+    def fail(self) -> None:
+        self.first.set_exception(sqlite3.OperationalError("database or disk is full"))
+
+
 async def test_a_dispatch_whose_claim_failed_is_redone_with_a_new_attempt(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
-    import sqlite3
-
-    real = fast.store.claim
-    calls: list[tuple[int, int]] = []
-
-    def flaky(run_id: str, stored: int, attempt: int, *rest: object) -> asyncio.Future[bool]:
-        calls.append((stored, attempt))
-        if len(calls) == 1:  # what the writer reports when the batch's COMMIT fails
-            failed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            error = sqlite3.OperationalError("database or disk is full")
-            asyncio.get_running_loop().call_later(0.05, failed.set_exception, error)
-            return failed
-        return real(run_id, stored, attempt, *rest)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(fast.store, "claim", flaky)
+    claims = FirstClaimFails(fast, monkeypatch)
     await worker.connect([job("j", ["x"])])
     await send(conn, "x")
     first = (await worker.run_request())["run"]
+    claims.fail()
     abandoned = await worker.expect("abandon")
     assert (abandoned["runId"], abandoned["attempt"]) == (first["id"], 1)
     again = (await worker.run_request())["run"]
     assert again["id"] == first["id"] and again["attempt"] == 2
-    assert calls == [(0, 1), (0, 2)]
+    assert claims.calls == [(0, 1), (0, 2)]
     worker.result(first, output="from the abandoned attempt")
     assert (await worker.expect("abandon"))["attempt"] == 1
     worker.result(again, output="done")
@@ -587,7 +594,6 @@ async def test_a_dispatch_whose_claim_failed_is_redone_with_a_new_attempt(
 async def test_runs_of_a_gone_worker_are_requeued_even_if_the_store_fails_once(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sqlite3
 
     real = fast.store.requeue
     calls = 0
@@ -616,21 +622,7 @@ async def test_runs_of_a_gone_worker_are_requeued_even_if_the_store_fails_once(
 async def test_a_claim_failing_after_its_worker_left_frees_the_slot_and_requeues(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
-    import sqlite3
-
-    real = fast.store.claim
-    fail_first: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    calls = 0
-
-    def flaky(run_id: str, stored: int, attempt: int, *rest: object) -> asyncio.Future[bool]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return fail_first  # fails when the test says, after the worker left
-        return real(run_id, stored, attempt, *rest)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(fast.store, "claim", flaky)
+    claims = FirstClaimFails(fast, monkeypatch)
     await worker.connect([job("j", ["x"], concurrencyLimit=1)], worker_id="a")
     other = RawWorker(conn.workers)
     try:
@@ -638,7 +630,7 @@ async def test_a_claim_failing_after_its_worker_left_frees_the_slot_and_requeues
         queued = (await send(conn, "x"))["runs"][0]
         assert (await worker.run_request())["run"]["id"] == queued["id"]  # a came first
         await worker.close()  # still counted under the limit: a may be running it
-        fail_first.set_exception(sqlite3.OperationalError("database or disk is full"))
+        claims.fail()
         again = (await other.run_request())["run"]
         assert again["id"] == queued["id"] and again["attempt"] == 2  # 1 is never reused
         other.result(again, output="done")
@@ -653,25 +645,13 @@ async def test_a_claim_failing_after_its_worker_left_frees_the_slot_and_requeues
 async def test_a_claim_failing_after_the_worker_answered_still_requeues_the_run(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
-    import sqlite3
-
-    real = fast.store.claim
-    fail_first: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    calls = 0
-
-    def flaky(run_id: str, stored: int, attempt: int, *rest: object) -> asyncio.Future[bool]:
-        nonlocal calls
-        calls += 1
-        return fail_first if calls == 1 else real(run_id, stored, attempt, *rest)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(fast.store, "claim", flaky)
+    claims = FirstClaimFails(fast, monkeypatch)
     await worker.connect([job("j", ["x"])])
     await send(conn, "x")
     first = (await worker.run_request())["run"]
     worker.result(first, output="too early")  # its slot is freed at once...
     assert (await worker.expect("abandon"))["attempt"] == 1  # ...but nothing was claimed
-    fail_first.set_exception(sqlite3.OperationalError("database or disk is full"))
+    claims.fail()
     again = (await worker.run_request())["run"]
     assert (again["id"], again["attempt"]) == (first["id"], 2)
     worker.result(again, output="done")
