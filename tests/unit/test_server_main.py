@@ -1,0 +1,42 @@
+"""The server's entry point: what it does around Server.start()."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+
+import pytest
+from tripwire.server.__main__ import _serve
+
+
+class _StartedServer:
+    """Starts at once and is closed as soon as anyone waits for it."""
+
+    def __init__(self) -> None:
+        self.stop_requested = False
+
+    async def start(self) -> str:
+        return "127.0.0.1:1234"
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_serve_freezes_what_start_loaded_and_prints_the_address(
+    unfrozen: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert gc.get_freeze_count() == 0
+    asyncio.run(_serve(_StartedServer()))  # type: ignore[arg-type]
+    assert gc.get_freeze_count() > 1000
+    assert capsys.readouterr().out == "tripwire listening on 127.0.0.1:1234\n"
