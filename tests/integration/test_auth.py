@@ -9,8 +9,9 @@ from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
 
-from ..conftest import StartServer, make_stubs
+from ..conftest import FakeClock, StartServer, make_stubs
 from .helpers import event_job, js, req
+from .raw_worker import RawWorker, job
 
 
 async def test_keys_select_environments_and_isolate_them(start_server: StartServer) -> None:
@@ -46,3 +47,31 @@ async def test_keys_select_environments_and_isolate_them(start_server: StartServ
         health = health_pb2_grpc.HealthStub(channel)
         status = await health.Check(health_pb2.HealthCheckRequest())
         assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_delayed_events_sharing_an_id_reach_the_workers_of_their_own_environment(
+    start_server: StartServer,
+) -> None:
+    # Both come due in the same tick, so one store write delivers the two of them.
+    clock = FakeClock()
+    server = await start_server(clock=clock, api_keys={"kp": "prod", "kd": "dev"})
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        prod = (("authorization", "Bearer kp"),)
+        dev = (("authorization", "Bearer kd"),)
+        prod_worker, dev_worker = RawWorker(stubs.workers), RawWorker(stubs.workers)
+        await prod_worker.connect([job("j", ["x"])], worker_id="wp", metadata=prod)
+        await dev_worker.connect([job("j", ["x"])], worker_id="wd", metadata=dev)
+        for metadata, env in ((prod, "prod"), (dev, "dev")):
+            body = {
+                "event": {"name": "x", "id": "same", "payload": {"env": env}},
+                "options": {"deliverAfter": 60},
+            }
+            await stubs.events.SendEvent(req(ev.SendEventRequest, body), metadata=metadata)
+        clock.advance(61)
+        to_prod = await prod_worker.run_request()
+        to_dev = await dev_worker.run_request()
+        await prod_worker.close()
+        await dev_worker.close()
+    assert to_prod["event"]["payload"] == {"env": "prod"}
+    assert to_dev["event"]["payload"] == {"env": "dev"}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from .hub import RunListener
+from .hub import EventsAtHand, RunListener
 from .matching import JobIndex
 from .models import Event, Run
 
@@ -88,7 +88,7 @@ class Dispatcher(RunListener):
 
     # -- hub events ---------------------------------------------------------------
 
-    def queued(self, runs: Sequence[Run], events: dict[str, Event]) -> None:
+    def queued(self, runs: Sequence[Run], events: EventsAtHand) -> None:
         keys = set()
         for run in runs:
             keys |= self._settle_gone(run.id)
@@ -98,7 +98,7 @@ class Dispatcher(RunListener):
             queue = self._queues.setdefault(key, {})
             if run.id in queue or run.id in self._owner:
                 continue
-            queue[run.id] = _Queued(run, events.get(run.event_id), run.attempt)
+            queue[run.id] = _Queued(run, events.get((run.env, run.event_id)), run.attempt)
             keys.add(key)
         self._pump(keys)
 

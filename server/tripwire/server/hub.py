@@ -16,12 +16,15 @@ from typing import Any
 
 from .models import Event, Run
 
+EventsAtHand = dict[tuple[str, str], Event]
+
 
 class RunListener:
     """What the dispatcher hears. The default does nothing (no workers)."""
 
-    def queued(self, runs: Sequence[Run], events: dict[str, Event]) -> None:
-        """These runs became QUEUED; `events` has the events the store had at hand."""
+    def queued(self, runs: Sequence[Run], events: EventsAtHand) -> None:
+        """These runs became QUEUED; `events` has the events the store had at hand,
+        by (env, id): ids are unique within an environment only."""
 
     def released(self, run_ids: Sequence[str], stop_reason: str) -> None:
         """These runs left EXECUTING: free their slots. With a `stop_reason` they
@@ -49,10 +52,10 @@ class Hub:
     def timers(self) -> None:
         self._call(self.timers_changed.set)
 
-    def queued(self, runs: Sequence[Run], events: dict[str, Event]) -> None:
+    def queued(self, runs: Sequence[Run], events: EventsAtHand) -> None:
         self._call(self._queued_on_loop, list(runs), dict(events))
 
-    def _queued_on_loop(self, runs: list[Run], events: dict[str, Event]) -> None:
+    def _queued_on_loop(self, runs: list[Run], events: EventsAtHand) -> None:
         self.listener.queued(runs, events)
         self._changed_on_loop([r.id for r in runs])
 

@@ -207,8 +207,8 @@ class SQLiteStore(JobOps, WorkOps):
         _insert(tx.conn, _INSERT_RUN, [rows.run_params(r) for r in runs])
         queued = [r for r in runs if r.status is RunStatus.QUEUED]
         if queued:
-            by_id = {e.id: e for e in events}
-            tx.after_commit(lambda: self.hub.queued(queued, by_id))
+            at_hand = {(e.env, e.id): e for e in events}
+            tx.after_commit(lambda: self.hub.queued(queued, at_hand))
 
     @staticmethod
     def _events_by_id(conn: sqlite3.Connection, env: str, ids: set[str]) -> dict[str, Event]:
