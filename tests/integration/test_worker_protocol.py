@@ -458,6 +458,27 @@ async def test_a_bad_hello_stores_none_of_its_jobs(conn: Stubs) -> None:
     assert list(listed.jobs) == []
 
 
+async def test_a_hello_keeps_the_enabled_switch_of_a_version_already_stored(
+    conn: Stubs,
+) -> None:
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
+    await conn.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="j", enabled=False))
+    worker = RawWorker(conn.workers)
+    # As the SDK sends it, enabled spelled out; and a version new to the server.
+    await worker.connect(
+        [job("j", ["x"], enabled=True), job("j", ["x"], version="2.0.0", enabled=False)]
+    )
+    await worker.close()
+    versions = (await conn.jobs.GetJob(jb.GetJobRequest(id="j"))).versions
+    assert {v.version: v.enabled for v in versions} == {"1.0.0": False, "2.0.0": False}
+    await conn.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="j", enabled=True))
+    again = RawWorker(conn.workers)
+    await again.connect([job("j", ["x"], version="2.0.0", enabled=False)])
+    await again.close()
+    versions = (await conn.jobs.GetJob(jb.GetJobRequest(id="j"))).versions
+    assert {v.version: v.enabled for v in versions} == {"1.0.0": True, "2.0.0": True}
+
+
 async def test_payload_limits_hold_for_invoke_and_send_event(
     start_server: StartServer,
 ) -> None:

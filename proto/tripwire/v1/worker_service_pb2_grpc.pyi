@@ -33,10 +33,12 @@ class WorkerServiceStub:
     The conversation:
 
     1. The worker sends `hello` first: its id, the job versions it serves (each
-       registered as RegisterJob would; re-sending an identical definition
-       keeps its schedule and runs, only updated_at moves) and its capacity. Anything else first, or an invalid
-       job, ends the stream with INVALID_ARGUMENT naming the field
-       (e.g. "hello.jobs[0].id: ...").
+       registered as RegisterJob would, except that a version already stored
+       keeps its `enabled` switch, so a reconnecting worker never re-enables
+       what SetJobEnabled turned off; re-sending an identical definition keeps
+       its schedule and runs, only updated_at moves) and its capacity. Anything
+       else first, or an invalid job, ends the stream with INVALID_ARGUMENT
+       naming the field (e.g. "hello.jobs[0].id: ...").
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
        every heartbeat interval. When nothing arrives for a whole lease, or the
@@ -120,10 +122,12 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     The conversation:
 
     1. The worker sends `hello` first: its id, the job versions it serves (each
-       registered as RegisterJob would; re-sending an identical definition
-       keeps its schedule and runs, only updated_at moves) and its capacity. Anything else first, or an invalid
-       job, ends the stream with INVALID_ARGUMENT naming the field
-       (e.g. "hello.jobs[0].id: ...").
+       registered as RegisterJob would, except that a version already stored
+       keeps its `enabled` switch, so a reconnecting worker never re-enables
+       what SetJobEnabled turned off; re-sending an identical definition keeps
+       its schedule and runs, only updated_at moves) and its capacity. Anything
+       else first, or an invalid job, ends the stream with INVALID_ARGUMENT
+       naming the field (e.g. "hello.jobs[0].id: ...").
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
        every heartbeat interval. When nothing arrives for a whole lease, or the
@@ -203,10 +207,12 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     The conversation:
 
     1. The worker sends `hello` first: its id, the job versions it serves (each
-       registered as RegisterJob would; re-sending an identical definition
-       keeps its schedule and runs, only updated_at moves) and its capacity. Anything else first, or an invalid
-       job, ends the stream with INVALID_ARGUMENT naming the field
-       (e.g. "hello.jobs[0].id: ...").
+       registered as RegisterJob would, except that a version already stored
+       keeps its `enabled` switch, so a reconnecting worker never re-enables
+       what SetJobEnabled turned off; re-sending an identical definition keeps
+       its schedule and runs, only updated_at moves) and its capacity. Anything
+       else first, or an invalid job, ends the stream with INVALID_ARGUMENT
+       naming the field (e.g. "hello.jobs[0].id: ...").
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
        every heartbeat interval. When nothing arrives for a whole lease, or the

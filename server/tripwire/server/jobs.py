@@ -89,10 +89,11 @@ class JobService:
         self.limits = limits
         self.clock = clock
 
-    async def register(self, env: str, job: Job) -> Job:
+    async def register(self, env: str, job: Job, *, keep_enabled: bool = False) -> Job:
+        """`keep_enabled`: see Store.register_job."""
         job.env = env
         validate_job(job)
-        return await self.store.register_job(job, self.clock())
+        return await self.store.register_job(job, self.clock(), keep_enabled=keep_enabled)
 
     async def get(self, env: str, job_id: str, version: str) -> tuple[Job, list[Job]]:
         if not job_id:

@@ -69,7 +69,9 @@ class WorkService:
                     f"hello.jobs[{i}]" + exc.field.removeprefix("job"),
                     exc.message.partition(": ")[2],
                 ) from None
-        return [await self.jobs.register(env, job) for job in jobs]
+        # SetJobEnabled is the operator's switch: a worker (re)connecting with a
+        # version that exists must not turn it back on.
+        return [await self.jobs.register(env, job, keep_enabled=True) for job in jobs]
 
     async def job(self, env: str, job_id: str, version: str) -> Job:
         latest = self.index.get(env, job_id)

@@ -66,14 +66,20 @@ class JobOps:
 
     # -- jobs -------------------------------------------------------------------
 
-    async def register_job(self, job: Job, now: int) -> Job:
+    async def register_job(self, job: Job, now: int, *, keep_enabled: bool = False) -> Job:
+        """Upsert one version. `keep_enabled`: a version already stored keeps its
+        enabled switch whatever `job` says (a worker's hello)."""
+
         def op(tx: Tx) -> Job:
             conn = tx.conn
             old = conn.execute(
-                "SELECT created_at FROM job_versions WHERE env = ? AND id = ? AND version = ?",
+                "SELECT created_at, enabled FROM job_versions "
+                "WHERE env = ? AND id = ? AND version = ?",
                 (job.env, job.id, job.version),
             ).fetchone()
             job.created_at = old[0] if old else now
+            if old and keep_enabled:
+                job.enabled = bool(old[1])
             job.updated_at = now
             conn.execute(
                 "INSERT OR REPLACE INTO job_versions (env, id, version, name, trigger, enabled, "
