@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from tripwire.v1 import event_service_pb2 as ev
+from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
 
 from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
-from .helpers import js
+from .helpers import event_job, js, req
 from .test_events import register
 
 START = 1_700_000_000_000  # a whole second, so interval arithmetic is easy to read
@@ -97,3 +99,75 @@ async def test_a_tick_fires_once_across_a_restart(start_server: StartServer) -> 
         clock.advance(10)
         runs = await wait_runs(stubs, "once", 2)
         assert [r["eventId"] for r in runs] == [f"once:{START + 20_000}", f"once:{START + 10_000}"]
+
+
+async def test_client_ids_of_a_scheduled_jobs_fire_form_are_refused(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(clock=FakeClock(START))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await register(
+            stubs,
+            {"job": {"id": "tick", "version": "1.0.0", "trigger": {"interval": {"seconds": 10}}}},
+        )
+        await register(stubs, event_job("orders", ["x"]))
+        fire_id = f"tick:{START + 10_000}"
+        refused = [
+            (
+                stubs.events.SendEvent,
+                req(ev.SendEventRequest, {"event": {"name": "x", "id": fire_id}}),
+                "event.id",
+            ),
+            (
+                stubs.events.SendEvents,
+                req(
+                    ev.SendEventsRequest, {"events": [{"name": "x"}, {"name": "x", "id": fire_id}]}
+                ),
+                "events[1].id",
+            ),
+            (
+                stubs.jobs.InvokeJob,
+                req(jb.InvokeJobRequest, {"jobId": "orders", "idempotencyKey": "tick:5"}),
+                "idempotency_key",
+            ),
+        ]
+        for call, request, field in refused:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(request)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (err.value.details() or "").startswith(f"{field}: 'tick:")
+        # The same form for a job without a schedule, or for no job, is an ordinary id.
+        for free in ("orders:123", "nojob:123", "tick:12a"):
+            await stubs.events.SendEvent(
+                req(ev.SendEventRequest, {"event": {"name": "x", "id": free}})
+            )
+        listed = await stubs.events.ListEvents(ev.ListEventsRequest())
+        assert sorted(e.id for e in listed.events) == ["nojob:123", "orders:123", "tick:12a"]
+
+
+async def test_a_fire_whose_id_an_older_event_holds_is_skipped_loudly(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(START)
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        # Sent while "tick" had no schedule, so nothing could refuse it.
+        await stubs.events.SendEvent(
+            req(ev.SendEventRequest, {"event": {"name": "x", "id": f"tick:{START + 10_000}"}})
+        )
+        await register(
+            stubs,
+            {"job": {"id": "tick", "version": "1.0.0", "trigger": {"interval": {"seconds": 10}}}},
+        )
+
+        async def warned() -> bool:
+            return "the fire tick:" in caplog.text
+
+        clock.advance(10)
+        await eventually(warned)
+        clock.advance(10)
+        (run,) = await wait_runs(stubs, "tick", 1)
+        assert run["eventId"] == f"tick:{START + 20_000}"
+    assert f"the fire tick:{START + 10_000} is skipped" in caplog.text

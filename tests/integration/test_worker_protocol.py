@@ -325,6 +325,26 @@ async def test_bad_task_requests_are_rejected_naming_the_field(
     )
     rejected = await worker.expect("rejected")
     assert rejected["message"].startswith("task.params.event.name")
+    await conn.jobs.RegisterJob(
+        req(
+            jb.RegisterJobRequest,
+            {"job": {**job("t", []), "trigger": {"interval": {"seconds": 9}}}},
+        )
+    )
+    worker.send(
+        {
+            "task": {
+                "requestId": "bad3",
+                "runId": run["id"],
+                "attempt": 1,
+                "key": "s",
+                "kind": "TASK_KIND_SEND_EVENT",
+                "params": {"event": {"name": "x", "id": "t:1700000000000"}},
+            }
+        }
+    )
+    rejected = await worker.expect("rejected")
+    assert rejected["message"].startswith("task.params.event.id: 't:1700000000000' is reserved")
 
 
 @pytest.mark.parametrize(

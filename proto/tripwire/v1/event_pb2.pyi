@@ -67,7 +67,8 @@ class EventInput(_message.Message):
     id: _builtins.str
     """The event id, unique per environment. Absent: the server assigns a ULID.
     Send your own (the Python client always does) so that a retried call is
-    idempotent.
+    idempotent. "<job id>:<digits>" is refused (INVALID_ARGUMENT) while that
+    job has a cron or interval trigger: it is the form of the job's fires.
     """
     source: _builtins.str
     """Where it came from. Absent: "trigger.dev". Matched exactly against

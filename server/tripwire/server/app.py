@@ -84,7 +84,7 @@ class Server:
         await self.store.open()
         limits = Limits(settings.max_payload_bytes, settings.max_name_length, settings.max_batch)
         self.events = EventService(self.store, self.index, limits, self.clock)
-        self.jobs = JobService(self.store, limits, self.clock)
+        self.jobs = JobService(self.store, self.index, limits, self.clock)
         self.runs = RunService(self.store, self.hub, self.clock)
         self.work = WorkService(self.store, self.index, self.jobs, limits, self.clock)
         self.dispatcher = Dispatcher(self.store, self.index, self.clock)

@@ -112,6 +112,21 @@ def prepare(
     )
 
 
+def check_not_a_fire_id(index: JobIndex, env: str, event_id: str, field: str) -> None:
+    """`<job id>:<ms>` is the id of one fire of a scheduled job (SPEC §4). A client
+    event holding it would make that fire look done already, so that it never
+    happened: such an id is refused while the job has a schedule."""
+    job_id, colon, millis = event_id.rpartition(":")
+    if not (colon and millis.isascii() and millis.isdigit()):
+        return
+    compiled = index.get(env, job_id)
+    if compiled is not None and compiled.job.trigger_kind in ("cron", "interval"):
+        raise InvalidArgument(
+            field,
+            f"{event_id!r} is reserved: <job id>:<ms> names a fire of job {job_id!r}'s schedule",
+        )
+
+
 class EventService:
     def __init__(self, store: Store, index: JobIndex, limits: Limits, clock: Callable[[], int]):
         self.store = store
@@ -135,6 +150,10 @@ class EventService:
             prepare(d, options, now, self.limits, f"events[{i}]" if batch else "event")
             for i, d in enumerate(drafts)
         ]
+        for i, event in enumerate(prepared):
+            if not event.minted_id:
+                where = f"events[{i}].id" if batch else "event.id"
+                check_not_a_fire_id(self.index, env, event.id, where)
         return await self.store.ingest(env, prepared, now)
 
     async def get(self, env: str, event_id: str) -> tuple[Event, list[Run]]:

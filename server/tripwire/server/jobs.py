@@ -9,8 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import filters, schedules, versions
 from .errors import InvalidArgument, NotFound
-from .events import MAX_ID_LENGTH, DeliveryOptions, EventDraft, Limits, prepare
-from .matching import check_schema
+from .events import (
+    MAX_ID_LENGTH,
+    DeliveryOptions,
+    EventDraft,
+    Limits,
+    check_not_a_fire_id,
+    prepare,
+)
+from .matching import JobIndex, check_schema
 from .models import Job, Page, Run
 from .retry import RetryPolicy
 
@@ -84,8 +91,11 @@ def validate_trigger(trigger: dict[str, Any], field: str) -> None:
 
 
 class JobService:
-    def __init__(self, store: Store, limits: Limits, clock: Callable[[], int]) -> None:
+    def __init__(
+        self, store: Store, index: JobIndex, limits: Limits, clock: Callable[[], int]
+    ) -> None:
         self.store = store
+        self.index = index
         self.limits = limits
         self.clock = clock
 
@@ -126,4 +136,6 @@ class JobService:
         event = prepare(
             draft, DeliveryOptions(account_id=account_id), now, self.limits, "idempotency_key"
         )
+        if key:
+            check_not_a_fire_id(self.index, env, key, "idempotency_key")
         return await self.store.invoke(env, job_id, event, now)

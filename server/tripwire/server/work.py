@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotFound
-from .events import DeliveryOptions, EventDraft, Limits, prepare
+from .events import DeliveryOptions, EventDraft, Limits, check_not_a_fire_id, prepare
 from .jobs import JobService, retry_policy, validate_job
 from .matching import JobIndex
 from .models import Job, LogEntry, Run, TaskAsk, TaskKind
@@ -83,11 +83,11 @@ class WorkService:
         return found
 
     async def request_task(self, env: str, run: Run, attempt: int, asked: TaskInput) -> TaskOutcome:
-        ask = self._validate(run.id, asked)
+        ask = self._validate(env, run.id, asked)
         job = await self.job(env, run.job_id, run.job_version)
         return await self.store.request_task(env, run.id, attempt, ask, job.retry, self.clock())
 
-    def _validate(self, run_id: str, asked: TaskInput) -> TaskAsk:
+    def _validate(self, env: str, run_id: str, asked: TaskInput) -> TaskAsk:
         if not asked.key:
             raise InvalidArgument("task.key", "is required: every io call needs a cache key")
         try:
@@ -119,7 +119,9 @@ class WorkService:
                     else f"task.params.events[{i}]"
                 )
                 draft = EventDraft(**{**draft.__dict__, "id": draft.id or default})
-                prepared.append(prepare(draft, asked.options, now, self.limits, where))
+                event = prepare(draft, asked.options, now, self.limits, where)
+                check_not_a_fire_id(self.index, env, event.id, f"{where}.id")
+                prepared.append(event)
             events = tuple(prepared)
         if kind is TaskKind.WAIT:
             seconds = asked.params.get("seconds") if isinstance(asked.params, dict) else None

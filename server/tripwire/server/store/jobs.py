@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,8 @@ from ..models import (
 from . import rows
 from .rows import ACTIVE, JOB_COLUMNS, RUN_COLUMNS, dumps
 from .writer import Tx
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _JOB_FROM = "FROM job_versions v JOIN jobs j ON j.env = v.env AND j.id = v.id"
@@ -319,6 +322,20 @@ class JobOps:
             delivered_at=now,
         )
         if not self._insert_event(tx, event, or_ignore=True):
+            held = tx.conn.execute(
+                "SELECT name, source FROM events WHERE env = ? AND id = ?", (event.env, event.id)
+            ).fetchone()
+            if held != (SCHEDULED_EVENT, INTERNAL_SOURCE):
+                # Client ids of this form are refused while the job has a schedule;
+                # this one was sent before it had. The fire cannot have its id.
+                log.warning(
+                    "job %r (env %r): the fire %s is skipped: its event id is held by an "
+                    "event named %r",
+                    job.id,
+                    job.env,
+                    event.id,
+                    held[0] if held else None,
+                )
             return None  # this tick already fired (another replica, or before a crash)
         return self._new_run(event, RunSpec(job.id, job.version), now)
 
