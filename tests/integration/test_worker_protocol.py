@@ -458,6 +458,37 @@ async def test_a_run_cancelled_while_queued_is_never_sent(conn: Stubs, worker: R
         await worker.expect("run_request", within=0.5)
 
 
+async def test_the_first_workers_late_queue_load_resends_nothing_that_moved_meanwhile(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, gate, loaded = fast.store.announce_queued, asyncio.Event(), asyncio.Event()
+
+    async def late(*key: str) -> int:
+        await gate.wait()
+        try:
+            return await real(*key)
+        finally:
+            loaded.set()
+
+    monkeypatch.setattr(fast.store, "announce_queued", late)
+    await worker.connect([job("j", ["x"])], capacity=1)
+    await send(conn, "x", id="e1")
+    await send(conn, "x", id="e2")
+    first = (await worker.run_request())["run"]
+    worker.result(first, output=1)
+    second = (await worker.run_request())["run"]
+    worker.result(second, output=2)
+    await run_status(conn, second["id"], "SUCCESS")
+    await send(conn, "x", id="e3")
+    third = (await worker.run_request())["run"]  # executing here when the load reads
+    gate.set()
+    await loaded.wait()
+    with pytest.raises(TimeoutError):
+        await worker.expect("run_request", within=0.5)
+    worker.result(third, output=3)
+    await run_status(conn, third["id"], "SUCCESS")
+
+
 async def test_a_bad_hello_stores_none_of_its_jobs(conn: Stubs) -> None:
     bad = RawWorker(conn.workers)
     bad.call = conn.workers.RunJob(bad._requests())

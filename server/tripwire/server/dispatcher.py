@@ -133,7 +133,7 @@ class Dispatcher(RunListener):
         """The first worker for a job version: queue what waited for one."""
 
         async def load() -> None:
-            self.queued(await self.store.queued_runs(*key), {})
+            await self.store.announce_queued(*key)  # they come back through queued()
 
         task = asyncio.create_task(load())
         self._loading.add(task)

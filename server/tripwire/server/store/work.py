@@ -55,18 +55,23 @@ class WorkOps:
 
     # -- dispatch ---------------------------------------------------------------
 
-    async def queued_runs(self, env: str, job_id: str, version: str) -> list[Run]:
-        """The QUEUED runs of a job version, oldest first."""
+    async def announce_queued(self, env: str, job_id: str, version: str) -> int:
+        """Tell the hub of every QUEUED run of a job version, oldest first; returns
+        how many. Read in the writer's order, and told through the hub like every
+        change, so that no change committed after this read can come before it."""
 
-        def query(conn: sqlite3.Connection) -> list[Run]:
-            cursor = conn.execute(
+        def op(tx: Tx) -> int:
+            cursor = tx.conn.execute(
                 f"SELECT {RUN_COLUMNS} FROM runs WHERE env = ? AND job_id = ? "
                 "AND job_version = ? AND status = 'QUEUED' ORDER BY seq",
                 (env, job_id, version),
             )
-            return [rows.run_from_row(r) for r in cursor]
+            runs = [rows.run_from_row(r) for r in cursor]
+            if runs:
+                tx.after_commit(lambda: self.hub.queued(runs, {}))
+            return len(runs)
 
-        return await self._read(query)
+        return await self._write(op)
 
     async def requeue_orphans(self, now: int) -> int:
         """At start no worker holds anything: EXECUTING runs go back to QUEUED."""
