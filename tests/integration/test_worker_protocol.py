@@ -489,6 +489,15 @@ async def test_the_first_workers_late_queue_load_resends_nothing_that_moved_mean
     await run_status(conn, third["id"], "SUCCESS")
 
 
+async def test_a_send_reply_shows_its_run_as_stored_though_a_worker_took_it_at_once(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    (run,) = (await send(conn, "x"))["runs"]
+    assert run["status"] == "RUN_STATUS_QUEUED" and "attempt" not in run  # attempt 0
+    assert (await worker.run_request())["run"]["attempt"] == 1
+
+
 async def test_a_bad_hello_stores_none_of_its_jobs(conn: Stubs) -> None:
     bad = RawWorker(conn.workers)
     bad.call = conn.workers.RunJob(bad._requests())

@@ -98,7 +98,9 @@ class Dispatcher(RunListener):
             queue = self._queues.setdefault(key, {})
             if run.id in queue or run.id in self._owner:
                 continue
-            queue[run.id] = _Queued(run, events.get((run.env, run.event_id)), run.attempt)
+            # A copy: the caller's run (e.g. in a SendEvent reply) is not ours to change.
+            queued = replace(run)
+            queue[run.id] = _Queued(queued, events.get((run.env, run.event_id)), run.attempt)
             keys.add(key)
         self._pump(keys)
 
