@@ -370,6 +370,13 @@ async def test_bad_task_requests_are_rejected_naming_the_field(
             "task.params.options",
         ),
         ({"log": {"seq": 1, "level": 42, "message": "hi"}}, "log.level"),
+        *(
+            (
+                {"task": {"key": "k", "kind": "TASK_KIND_WAIT", "params": {"seconds": seconds}}},
+                "task.params.seconds",
+            )
+            for seconds in (-1, 1e300, float("inf"), float("nan"), "5", True)
+        ),
     ],
 )
 async def test_malformed_worker_messages_are_rejected_and_the_run_goes_on(

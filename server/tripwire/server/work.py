@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotFound
-from .events import DeliveryOptions, EventDraft, Limits, check_not_a_fire_id, prepare
+from .events import (
+    MAX_TIME_MS,
+    DeliveryOptions,
+    EventDraft,
+    Limits,
+    check_not_a_fire_id,
+    prepare,
+)
 from .jobs import JobService, retry_policy, validate_job
 from .matching import JobIndex
 from .models import Job, LogEntry, Run, TaskAsk, TaskKind
@@ -125,8 +132,16 @@ class WorkService:
             events = tuple(prepared)
         if kind is TaskKind.WAIT:
             seconds = asked.params.get("seconds") if isinstance(asked.params, dict) else None
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-                raise InvalidArgument("task.params.seconds", "must be a number of seconds >= 0")
+            latest = (MAX_TIME_MS - self.clock()) / 1000  # a Timestamp ends in 9999
+            if (
+                not isinstance(seconds, int | float)
+                or isinstance(seconds, bool)
+                or not 0 <= seconds <= latest  # NaN and infinity fail too
+            ):
+                raise InvalidArgument(
+                    "task.params.seconds",
+                    "must be a number of seconds >= 0 that ends before the year 10000",
+                )
         return TaskAsk(
             asked.key, asked.parent_id, kind, asked.name, asked.params, asked.retry, events
         )
