@@ -505,6 +505,17 @@ async def test_a_send_reply_shows_its_run_as_stored_though_a_worker_took_it_at_o
     assert (await worker.run_request())["run"]["attempt"] == 1
 
 
+async def test_a_stream_closed_before_hello_ends_invalid_argument(conn: Stubs) -> None:
+    silent = RawWorker(conn.workers)
+    silent.call = conn.workers.RunJob(silent._requests())
+    silent.outgoing.put_nowait(None)  # half-close with nothing sent
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await silent.call.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "hello: the stream ended before hello"
+    await silent.close()
+
+
 async def test_a_bad_hello_stores_none_of_its_jobs(conn: Stubs) -> None:
     bad = RawWorker(conn.workers)
     bad.call = conn.workers.RunJob(bad._requests())

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from tripwire.v1 import event_pb2, job_pb2, run_pb2, worker_service_pb2_grpc
@@ -71,6 +72,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 status_of(InvalidArgument("hello", "")),
                 "hello: the worker must send hello first, within the lease",
             )
+        except Exception:
+            log.exception("hello of a worker failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         self.streams.add(stream)
         try:
             yield hello
@@ -167,7 +171,10 @@ class WorkerStream:
         self._reader: asyncio.Task[None] | None = None
 
     async def hello(self) -> pb.RunJobResponse:
-        first = await asyncio.wait_for(anext(self.requests), self.lease)
+        try:
+            first = await asyncio.wait_for(anext(self.requests), self.lease)
+        except StopAsyncIteration:
+            raise InvalidArgument("hello", "the stream ended before hello") from None
         if first.WhichOneof("message") != "hello":
             raise InvalidArgument("hello", "the first message on the stream must be hello")
         hello = first.hello
