@@ -516,6 +516,23 @@ async def test_a_stream_closed_before_hello_ends_invalid_argument(conn: Stubs) -
     await silent.close()
 
 
+async def test_raising_a_concurrency_limit_lets_the_queue_move_at_once(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"], concurrencyLimit=1)], capacity=5)
+    await send(conn, "x", id="c1")
+    await send(conn, "x", id="c2")
+    first = (await worker.run_request())["run"]
+    with pytest.raises(TimeoutError):
+        await worker.expect("run_request", within=0.3)
+    raised = job("j", ["x"], concurrencyLimit=2)
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": raised}))
+    second = (await worker.run_request())["run"]
+    for run in (first, second):
+        worker.result(run, output=None)
+        await run_status(conn, run["id"], "SUCCESS")
+
+
 async def test_a_bad_hello_stores_none_of_its_jobs(conn: Stubs) -> None:
     bad = RawWorker(conn.workers)
     bad.call = conn.workers.RunJob(bad._requests())

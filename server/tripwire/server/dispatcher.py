@@ -119,6 +119,10 @@ class Dispatcher(RunListener):
                 session.link.stop_run(run_id, attempt, stop_reason, ended=True)
         self._pump(keys)
 
+    def job_changed(self, env: str, job_id: str) -> None:
+        # A raised or removed concurrency limit lets more of its queue go now.
+        self._pump({key for key in self._queues if key[:2] == (env, job_id)})
+
     # -- sessions -------------------------------------------------------------------
 
     def add_session(self, session: Session) -> None:

@@ -30,6 +30,9 @@ class RunListener:
         """These runs left EXECUTING: free their slots. With a `stop_reason` they
         ended from outside (cancel, abort, timeout) and their workers must stop them."""
 
+    def job_changed(self, env: str, job_id: str) -> None:
+        """A version of this job was registered or switched: its limits may differ."""
+
 
 class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -68,6 +71,9 @@ class Hub:
 
     def changed(self, run_ids: Iterable[str]) -> None:
         self._call(self._changed_on_loop, list(run_ids))
+
+    def job_changed(self, env: str, job_id: str) -> None:
+        self._call(self.listener.job_changed, env, job_id)
 
     def _changed_on_loop(self, run_ids: list[str]) -> None:
         for run_id in run_ids:

@@ -134,6 +134,7 @@ class JobOps:
         self.index.put(latest)  # now: later writes of this transaction must see it
         tx.on_rollback(lambda: self.index.restore(env, job_id, previous))
         tx.after_commit(self.hub.timers)
+        tx.after_commit(lambda: self.hub.job_changed(env, job_id))
 
     def _job(self, conn: sqlite3.Connection, env: str, job_id: str, version: str) -> Job:
         row = conn.execute(
