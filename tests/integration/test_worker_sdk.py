@@ -406,3 +406,43 @@ async def test_log_lines_survive_replays_after_retries_and_failed_nested_tasks(
     assert done.status == "SUCCESS", done.error
     logs = (await client.aio.get_run(run.id)).logs
     assert [line.message for line in logs] == ["try 1", "try 2", "handled", "end"]
+
+
+async def test_lines_after_a_retried_nested_task_are_stored_once(
+    client: Client, clock: FakeClock
+) -> None:
+    tries: list[int] = []
+
+    @client.define_job(id="nested-retry", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        def flaky() -> int:
+            tries.append(1)
+            if len(tries) == 1:
+                raise ConnectionError("the first try fails")
+            return 1
+
+        async def outer() -> int:
+            return await io.run_task("inner", flaky, retry={"limit": 3, "min_timeout_ms": 1000})
+
+        await io.run_task("outer", outer)
+        await io.logger.info("after outer")
+        await io.wait("nap", 1)  # the next execution replays "outer" from the cache
+        await io.logger.info("end")
+        return "done"
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("nested-retry")
+        await finished(client, run.id, "WAITING")  # inner's retry backoff
+        clock.advance(5)
+
+        async def napping() -> bool:
+            detail = await client.aio.get_run(run.id)
+            return detail.run.status == "WAITING" and any(t.key == "nap" for t in detail.tasks)
+
+        await eventually(napping)
+        clock.advance(2)
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS", done.error
+    logs = (await client.aio.get_run(run.id)).logs
+    assert [line.message for line in logs] == ["after outer", "end"]

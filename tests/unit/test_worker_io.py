@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -277,6 +278,122 @@ async def test_a_replay_gives_every_log_line_its_first_number() -> None:
     answer(execution, complete.request_id, task("t3", "other", output="x"))
     await within(call)
     assert _logs(wire, again) == {line: first[line] for line in ("start", "after outer", "end")}
+
+
+class _Tasks:
+    """The server's task and log rules, enough to take a run through its executions:
+    a RUN task starts RUNNING; a failure counts an attempt and waits for a retry
+    while the task's policy allows one (ending the execution), else is ERRORED; a
+    log line is stored once per seq. Each execution gets every stored task cached."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[tuple[str, str], run_pb2.Task] = {}
+        self.logs: dict[int, str] = {}
+        self.attempt = 0
+
+    async def execute(self, handler: Any) -> bool:
+        """One execution of ``handler(io)``: True if it returned, False if suspended."""
+        self.attempt += 1
+        wire = Wire()
+        execution = Execution(RUN, self.attempt, list(self.tasks.values()), wire)
+        call = asyncio.create_task(handler(IO(execution)))
+        while True:
+            message = asyncio.create_task(wire.sent.get())
+            await within(asyncio.wait({call, message}, return_when=asyncio.FIRST_COMPLETED))
+            if not message.done():
+                message.cancel()
+                break
+            self._answer(execution, message.result())
+        for left in wire.drained():
+            self._answer(execution, left)
+        try:
+            await call
+        except Suspend:
+            return False
+        return True
+
+    def _answer(self, execution: Execution, message: Any) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "log":
+            line = message.log
+            assert self.logs.setdefault(line.seq, line.message) == line.message, line
+            return
+        if kind == "task":
+            ask = message.task
+            stored = self.tasks.get((ask.parent_id, ask.key))
+            if stored is None:
+                stored = run_pb2.Task(
+                    id=f"t{len(self.tasks) + 1}",
+                    key=ask.key,
+                    parent_id=ask.parent_id,
+                    kind=ask.kind,
+                    status=run_pb2.TASK_STATUS_RUNNING,
+                    retry=ask.retry,
+                )
+                self.tasks[ask.parent_id, ask.key] = stored
+            elif stored.status == run_pb2.TASK_STATUS_WAITING:
+                stored.status = run_pb2.TASK_STATUS_RUNNING  # the retry is due
+            request_id = ask.request_id
+        else:
+            done = message.task_complete
+            (stored,) = (t for t in self.tasks.values() if t.id == done.task_id)
+            if done.HasField("error"):
+                stored.attempts += 1
+                stored.error.CopyFrom(done.error)
+                retry = stored.HasField("retry") and stored.attempts < stored.retry.limit
+                stored.status = (
+                    run_pb2.TASK_STATUS_WAITING if retry else run_pb2.TASK_STATUS_ERRORED
+                )
+            else:
+                stored.status = run_pb2.TASK_STATUS_COMPLETED
+                stored.output.CopyFrom(done.output)
+            request_id = done.request_id
+        reply = run_pb2.Task()
+        reply.CopyFrom(stored)  # a snapshot, as the wire would carry it
+        assert execution.resolve(result(request_id, RUN, execution.attempt, reply))
+
+
+@pytest.mark.parametrize("outer_fails", [False, True], ids=["outer-completes", "outer-errors"])
+async def test_a_replay_numbers_lines_after_retried_nested_tasks_as_first_sent(
+    outer_fails: bool,
+) -> None:
+    """A nested task's retries and final failure are boundaries the replay of its
+    parent (from the cache, or ERRORED from the server) must count too."""
+    failures = {"flaky": 1, "doomed": 2}
+
+    def failing(key: str) -> Any:
+        def fn() -> str:
+            if failures[key]:
+                failures[key] -= 1
+                raise ConnectionError(f"{key} fails")
+            return key
+
+        return fn
+
+    async def handler(io: IO) -> None:
+        async def outer() -> str:
+            await io.logger.info("in outer")
+            await io.run_task("flaky", failing("flaky"), retry={"limit": 3})
+            with contextlib.suppress(TaskError):
+                await io.run_task("doomed", failing("doomed"), retry={"limit": 2})
+            if outer_fails:
+                raise RuntimeError("outer fails for good")
+            return "o"
+
+        with contextlib.suppress(TaskError):
+            await io.run_task("outer", outer)
+        await io.logger.info("after outer")
+        await io.run_task("other", lambda: "x")
+        await io.logger.info("end")
+
+    server = _Tasks()
+    while not await server.execute(handler):
+        assert server.attempt < 5
+    assert server.attempt == 3  # flaky's retry, then doomed's
+    first = dict(server.logs)
+    assert await server.execute(handler)  # a replay: every task cached or settled
+    assert server.logs == first
+    assert [server.logs[seq] for seq in sorted(server.logs)] == ["in outer", "after outer", "end"]
 
 
 async def test_a_plain_task_function_may_log_through_the_async_io() -> None:

@@ -270,9 +270,12 @@ class Execution:
         self._boundaries += count
         self._lines = 0
 
-    def _descendants(self, task: run_pb2.Task) -> int:
-        children = self._children.get(task.id, ())
-        return len(children) + sum(self._descendants(child) for child in children)
+    def _inside(self, task: run_pb2.Task) -> int:
+        """The boundaries the tasks inside ``task`` crossed in the execution that settled
+        it: each one's open and settle, its retries, and what is inside it in turn."""
+        return sum(
+            2 + _retries(child) + self._inside(child) for child in self._children.get(task.id, ())
+        )
 
     def send(self, message: Request) -> None:
         if not self.halted:
@@ -332,9 +335,9 @@ class Execution:
         cached = self._cache.get(slot)
         # A cached task of another kind is not used: the server reports the nondeterminism.
         if cached is not None and cached.status == _COMPLETED and cached.kind == spec.kind:
-            # As the execution that ran it crossed them: its failed tries, its
-            # settling, and the open and settle of every task inside it.
-            self._boundary(cached.attempts + 1 + 2 * self._descendants(cached))
+            # As the execution that ran it crossed them: its retries, the tasks
+            # inside it, and its settling.
+            self._boundary(_retries(cached) + self._inside(cached) + 1)
             return Step("", cached, output=_output(cached))
         request_id = uuid.uuid4().hex
         task = worker_service_pb2.TaskRequest(
@@ -354,10 +357,10 @@ class Execution:
         answer = result.task
         if answer.status == _RUNNING:
             # A retry: its lines must not take the numbers of an earlier try's.
-            self._boundary(answer.attempts)
+            self._boundary(_retries(answer))
         elif answer.status == _ERRORED:
             # Failed for good in an earlier execution: cross what that one crossed.
-            self._boundary(max(answer.attempts - 1, 0) + 2 * self._descendants(answer))
+            self._boundary(_retries(answer) + self._inside(answer))
         return self._settle(request_id, answer, spec.key, None)
 
     async def complete(self, step: Step, outcome: Outcome) -> Step:
@@ -404,6 +407,16 @@ class Execution:
             raise TaskError(error.type, error.message, error.stack, key=key) from cause
         status = convert.enum_name(run_pb2.TaskStatus, task.status, "TASK_STATUS_")
         raise TaskError("ProtocolError", f"the server answered task {key!r} with {status}", key=key)
+
+
+def _retries(task: run_pb2.Task) -> int:
+    """How many boundaries a task's last try started past its first: when a task comes
+    back RUNNING, Execution.open crosses one per failed try, so that each try's lines
+    have numbers of their own. ``attempts`` counts failed tries, an ERRORED task's
+    last one included."""
+    if task.status == _ERRORED:
+        return max(task.attempts - 1, 0)
+    return task.attempts
 
 
 def _output(task: run_pb2.Task) -> Any:

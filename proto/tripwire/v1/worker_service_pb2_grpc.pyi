@@ -80,11 +80,13 @@ class WorkerServiceStub:
        although it skips the functions of cached tasks (and their lines). The
        Python SDK sends (io boundaries so far) * 1,000,000 + (lines since the
        last one), a boundary being a task opened or settled (COMPLETED or
-       ERRORED), and a cached task counting its own open and settle plus those
-       of every task inside it. Plain 1, 2, ... per execution is right only if
-       no line is logged inside a task's function. Lines are listed in `seq`
-       order. Level UNSPECIFIED is INFO; lines above the job's log_level are
-       dropped.
+       ERRORED), with n more when a task comes back RUNNING after n failed
+       tries. A task that comes back settled (cached, or ERRORED) counts what
+       the execution that settled it crossed: its open, retries and settle,
+       and those of every task inside it. Plain 1, 2, ... per execution is
+       right only if no line is logged inside a task's function. Lines are
+       listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
+       log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
     7. The server applies the messages of one run in the order they were sent
        (a `log` sent before the `run_result` is stored before the run ends).
@@ -169,11 +171,13 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        although it skips the functions of cached tasks (and their lines). The
        Python SDK sends (io boundaries so far) * 1,000,000 + (lines since the
        last one), a boundary being a task opened or settled (COMPLETED or
-       ERRORED), and a cached task counting its own open and settle plus those
-       of every task inside it. Plain 1, 2, ... per execution is right only if
-       no line is logged inside a task's function. Lines are listed in `seq`
-       order. Level UNSPECIFIED is INFO; lines above the job's log_level are
-       dropped.
+       ERRORED), with n more when a task comes back RUNNING after n failed
+       tries. A task that comes back settled (cached, or ERRORED) counts what
+       the execution that settled it crossed: its open, retries and settle,
+       and those of every task inside it. Plain 1, 2, ... per execution is
+       right only if no line is logged inside a task's function. Lines are
+       listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
+       log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
     7. The server applies the messages of one run in the order they were sent
        (a `log` sent before the `run_result` is stored before the run ends).
@@ -254,11 +258,13 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        although it skips the functions of cached tasks (and their lines). The
        Python SDK sends (io boundaries so far) * 1,000,000 + (lines since the
        last one), a boundary being a task opened or settled (COMPLETED or
-       ERRORED), and a cached task counting its own open and settle plus those
-       of every task inside it. Plain 1, 2, ... per execution is right only if
-       no line is logged inside a task's function. Lines are listed in `seq`
-       order. Level UNSPECIFIED is INFO; lines above the job's log_level are
-       dropped.
+       ERRORED), with n more when a task comes back RUNNING after n failed
+       tries. A task that comes back settled (cached, or ERRORED) counts what
+       the execution that settled it crossed: its open, retries and settle,
+       and those of every task inside it. Plain 1, 2, ... per execution is
+       right only if no line is logged inside a task's function. Lines are
+       listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
+       log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
     7. The server applies the messages of one run in the order they were sent
        (a `log` sent before the `run_result` is stored before the run ends).
