@@ -161,6 +161,21 @@ async def test_an_uncaught_error_fails_the_run(client: Client) -> None:
     assert (done.error.type, done.error.message) == ("RuntimeError", "handler gave up")
 
 
+async def test_a_cancelled_error_escaping_the_handler_fails_the_run(client: Client) -> None:
+    @client.define_job(id="cancelled", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        helper = asyncio.create_task(asyncio.sleep(60))
+        helper.cancel()
+        await helper
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("cancelled")
+        done = await finished(client, run.id)
+    assert done.status == "FAILURE"
+    assert done.error is not None and done.error.type == "CancelledError"
+
+
 async def test_io_wait_suspends_the_run_and_resumes_it(client: Client, clock: FakeClock) -> None:
     before: list[int] = []
 

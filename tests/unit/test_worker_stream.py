@@ -154,6 +154,25 @@ async def test_a_handler_error_is_the_run_result_error(make: Make) -> None:
     assert "Traceback" in outcome.error.stack
 
 
+async def test_a_cancelled_error_escaping_the_handler_fails_the_run(make: Make) -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        helper = asyncio.create_task(asyncio.sleep(60))
+        helper.cancel()
+        await helper  # the handler's own cancellation, not the worker's
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    outcome = await stream.expect("run_result")
+    assert outcome.error.type == "CancelledError"
+    assert outcome.error.message == "a CancelledError escaped the handler"
+
+    async def slot_free() -> bool:
+        return h.worker.active_runs == 0
+
+    await eventually(slot_free)
+
+
 async def test_a_run_of_a_job_not_served_fails_with_a_clear_error(make: Make) -> None:
     h = await make(job(lambda payload, io, ctx: None))
     stream = await h.connect()

@@ -309,6 +309,12 @@ async def execute_run(
         result.output.CopyFrom(json_value(output, what="the handler's return value"))
     except Suspend:
         return None
+    except asyncio.CancelledError as exc:
+        if execution.halted or _cancelling():
+            raise  # the worker stops this run (cancel, abandon, lost stream, shutdown)
+        # The handler's own, e.g. from awaiting a task it cancelled: the run fails.
+        result.error.CopyFrom(error_info(exc))
+        result.error.message = result.error.message or "a CancelledError escaped the handler"
     except Exception as exc:
         result.error.CopyFrom(error_info(exc))
     except BaseExceptionGroup as group:  # e.g. from a TaskGroup in the handler
@@ -316,6 +322,11 @@ async def execute_run(
             return None
         raise
     return None if execution.halted else result
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _job_for(
