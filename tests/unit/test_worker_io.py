@@ -584,6 +584,27 @@ async def test_a_non_json_output_is_reported_as_the_task_failing() -> None:
         await within(call)
 
 
+@pytest.mark.parametrize("exit", [SystemExit(3), KeyboardInterrupt()], ids=type)
+async def test_an_exit_raised_in_a_task_functions_thread_fails_the_task(
+    exit: BaseException,
+) -> None:
+    execution, io, wire = make()
+
+    def leaving() -> None:
+        raise exit
+
+    call = asyncio.create_task(io.run_task("k", leaving))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "k", "RUNNING"))
+    complete = await wire.next("task_complete")
+    assert complete.error.type == type(exit).__name__
+    answer(
+        execution, request.request_id, task("t1", "k", "ERRORED", error=(type(exit).__name__, ""))
+    )
+    with pytest.raises(TaskError):
+        await within(call)
+
+
 async def test_a_plain_fn_runs_in_a_thread_and_a_coroutine_fn_on_the_loop() -> None:
     execution, io, wire = make()
     loop_thread = threading.get_ident()
@@ -636,6 +657,25 @@ async def test_sync_io_in_a_handler_thread_runs_fns_inline_and_keeps_nesting() -
     answer(execution, outer.request_id, task("t1", "outer", output="deep!"))
     assert await within(thread_call) == "deep!"
     assert seen["outer"] == seen["handler"] != threading.get_ident()
+
+
+async def test_sync_io_reports_an_exit_raised_by_a_task_function_as_its_failure() -> None:
+    execution, _, wire = make()
+    loop = asyncio.get_running_loop()
+
+    def leaving() -> None:
+        raise SystemExit(3)
+
+    def handler() -> None:
+        SyncIO(execution, loop).run_task("k", leaving)
+
+    thread_call = loop.run_in_executor(None, handler)
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "k", "RUNNING"))
+    assert (await wire.next("task_complete")).error.type == "SystemExit"
+    answer(execution, request.request_id, task("t1", "k", "ERRORED", error=("SystemExit", "3")))
+    with pytest.raises(TaskError):
+        await within(thread_call)
 
 
 async def test_sync_io_unwinds_its_thread_when_the_run_is_stopped() -> None:

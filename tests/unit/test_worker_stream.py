@@ -173,6 +173,26 @@ async def test_a_cancelled_error_escaping_the_handler_fails_the_run(make: Make) 
     await eventually(slot_free)
 
 
+@pytest.mark.parametrize("exit", [SystemExit(3), KeyboardInterrupt()], ids=type)
+async def test_an_exit_raised_in_a_sync_handlers_thread_fails_only_its_run(
+    make: Make, exit: BaseException
+) -> None:
+    def leaving(payload: Any, io: SyncIO, ctx: RunContext) -> None:
+        raise exit  # e.g. sys.exit() from argparse: the handler's thread, not the worker's
+
+    def staying(payload: Any, io: SyncIO, ctx: RunContext) -> str:
+        return "still serving"
+
+    h = await make(job(leaving), job(staying, "job-2"))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    outcome = await stream.expect("run_result")
+    assert (outcome.run_id, outcome.error.type) == ("run_1", type(exit).__name__)
+    stream.reply(run_request=run_request("run_2", "job-2"))
+    outcome = await stream.expect("run_result")
+    assert (outcome.run_id, from_value(outcome.output)) == ("run_2", "still serving")
+
+
 async def test_a_run_of_a_job_not_served_fails_with_a_clear_error(make: Make) -> None:
     h = await make(job(lambda payload, io, ctx: None))
     stream = await h.connect()

@@ -64,6 +64,9 @@ _ERRORED = run_pb2.TASK_STATUS_ERRORED
 _STOPPING = (run_pb2.TASK_STATUS_WAITING, run_pb2.TASK_STATUS_CANCELED)
 # Room for this many log lines between two io boundaries (see Execution.log).
 LINES_PER_BOUNDARY = 1_000_000
+# Raised in a worker thread, these come from the code running there (a signal goes to
+# the main thread): its task or run fails. Let onto the event loop, they would stop it.
+THREAD_EXITS = (KeyboardInterrupt, SystemExit)
 
 
 class Suspend(BaseException):
@@ -433,7 +436,10 @@ async def _call_async(fn: Callable[[], Any], task_id: str, executor: Executor | 
             result = await fn()
         else:
             context = contextvars.copy_context()  # nested io calls see this task as parent
-            result = await asyncio.get_running_loop().run_in_executor(executor, context.run, fn)
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(executor, context.run, fn)
+            except THREAD_EXITS as exc:
+                return Outcome.failure(exc)
             if inspect.isawaitable(result):
                 result = await result
     except Exception as exc:
@@ -606,7 +612,7 @@ class SyncIO:
             result = fn()
             if inspect.isawaitable(result):
                 result = self._wait(_awaited(result))
-        except Exception as exc:
+        except (Exception, *THREAD_EXITS) as exc:
             return Outcome.failure(exc)
         finally:
             _parent.reset(token)

@@ -27,7 +27,15 @@ from typing import Any
 
 from tripwire.client import convert
 from tripwire.client.errors import InvalidArgument
-from tripwire.client.io import IO, Execution, Suspend, SyncIO, error_info, json_value
+from tripwire.client.io import (
+    IO,
+    THREAD_EXITS,
+    Execution,
+    Suspend,
+    SyncIO,
+    error_info,
+    json_value,
+)
 from tripwire.client.models import Event, Job, Run, Trigger
 from tripwire.v1 import job_pb2, worker_service_pb2
 
@@ -303,9 +311,13 @@ async def execute_run(
             loop = asyncio.get_running_loop()
             call = contextvars.copy_context().run  # a thread of its own, with its context
             sync_io = SyncIO(execution, loop)
-            output = await loop.run_in_executor(
-                execution.executor, call, job.handler, payload, sync_io, ctx
-            )
+            try:
+                output = await loop.run_in_executor(
+                    execution.executor, call, job.handler, payload, sync_io, ctx
+                )
+            except THREAD_EXITS as exc:
+                result.error.CopyFrom(error_info(exc))
+                return None if execution.halted else result
         result.output.CopyFrom(json_value(output, what="the handler's return value"))
     except Suspend:
         return None
