@@ -19,6 +19,8 @@ from tripwire.client import (
     interval_trigger,
     invoke_trigger,
 )
+from tripwire.server.errors import InvalidArgument
+from tripwire.server.jobs import retry_policy
 from tripwire.v1 import event_pb2, event_service_pb2, job_pb2, run_pb2
 
 SAFE = 2**53
@@ -296,6 +298,57 @@ def test_retry_policy() -> None:
     assert convert.retry_from_pb(convert.retry_to_pb({"limit": 1})) == {"limit": 1}
     with pytest.raises(ValueError, match="unknown retry option"):
         convert.retry_to_pb({"limits": 1})
+
+
+@pytest.mark.parametrize(
+    ("policy", "error"),
+    [
+        ({"limit": 0}, r"retry\.limit: must be between 1 and 100, got 0"),
+        ({"limit": 101}, r"retry\.limit"),
+        ({"factor": 0.99}, r"retry\.factor: must be a finite number >= 1"),
+        ({"factor": math.inf}, r"retry\.factor"),
+        ({"min_timeout_ms": 10, "max_timeout_ms": 9}, r"retry\.max_timeout_ms: must be >= min"),
+        ({"min_timeout_ms": 60001}, r"retry\.max_timeout_ms"),  # over the default maximum
+        ({"min_timeout_ms": -1}, r"retry\.min_timeout_ms"),
+        ({"limit": "3"}, r"retry\.limit"),
+    ],
+)
+def test_retry_policy_values_the_server_refuses_fail_naming_the_field(
+    policy: dict[str, Any], error: str
+) -> None:
+    with pytest.raises((TypeError, ValueError), match=error):
+        convert.retry_to_pb(policy)
+
+
+_uint32 = st.integers(0, 2**32 - 1) | st.integers(0, 120_000)
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "limit": st.none() | st.integers(0, 120) | _uint32,
+            "factor": st.none() | st.floats(0, 5) | st.floats(allow_nan=True),
+            "min_timeout_ms": st.none() | _uint32,
+            "max_timeout_ms": st.none() | _uint32,
+            "randomize": st.none() | st.booleans(),
+        },
+    )
+)
+def test_retry_to_pb_refuses_exactly_what_the_server_refuses(policy: dict[str, Any]) -> None:
+    try:
+        convert.retry_to_pb(policy)
+    except ValueError:
+        client_refuses = True
+    else:
+        client_refuses = False
+    try:
+        retry_policy(policy, "job.retry")
+    except InvalidArgument:
+        server_refuses = True
+    else:
+        server_refuses = False
+    assert client_refuses == server_refuses
 
 
 # -- triggers ---------------------------------------------------------------------------

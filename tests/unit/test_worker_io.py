@@ -509,12 +509,13 @@ async def test_send_events_asks_once_for_the_batch() -> None:
         (lambda io: io.wait("k", -1), "seconds"),
         (lambda io: io.run_task("", lambda: 1), "cache key"),
         (lambda io: io.run_task("k", lambda: 1, retry={"tries": 1}), "unknown retry option"),
+        (lambda io: io.run_task("k", lambda: 1, retry={"limit": 0}), "retry.limit"),
     ],
 )
 async def test_bad_io_calls_raise_before_anything_is_sent(call: Any, error: str) -> None:
     _, io, wire = make()
     with pytest.raises((TypeError, ValueError), match=error):
-        await call(io)
+        await within(call(io))
     assert wire.drained() == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -59,6 +60,14 @@ def good(**overrides: Any) -> dict[str, Any]:
         ({"max_duration_seconds": 1.5}, "max_duration_seconds"),
         ({"log_level": "LOUD"}, "log_level"),
         ({"retry": {"limit": 3, "tries": 2}}, "unknown retry option"),
+        # What the server would refuse at the worker's hello fails here already.
+        ({"retry": {"limit": 0}}, r"retry\.limit: must be between 1 and 100"),
+        ({"retry": {"factor": 0.5}}, r"retry\.factor"),
+        ({"retry": {"min_timeout_ms": 5, "max_timeout_ms": 1}}, r"retry\.max_timeout_ms"),
+        ({"retry": {"min_timeout_ms": -1}}, r"retry\.min_timeout_ms"),
+        ({"trigger": event_trigger("a", filter={"tags": {"x"}})}, r"trigger: filter\.tags"),
+        ({"trigger": event_trigger("a", context_filter={"n": math.nan})}, "context_filter.n"),
+        ({"trigger": invoke_trigger(schema={"type": object})}, r"trigger: schema\.type"),
     ],
 )
 def test_bad_definitions_fail_at_decoration(overrides: dict[str, Any], fragment: str) -> None:
@@ -89,6 +98,15 @@ def test_a_cron_trigger_names_a_real_time_zone() -> None:
     for bad in ("Mars/Olympus", "../etc/passwd", "Europe"):
         with pytest.raises(ValueError, match="IANA time zone"):
             cron_trigger("0 9 * * *", timezone=bad)
+
+
+def test_retry_policies_at_the_servers_bounds_pass() -> None:
+    for retry in (
+        {"limit": 1, "factor": 1, "min_timeout_ms": 0, "max_timeout_ms": 0},
+        {"limit": 100, "min_timeout_ms": 60000},  # up to the default maximum
+        {"limit": None, "factor": None},  # the server's defaults
+    ):
+        assert define_job(**good(retry=retry))(handler).retry == retry
 
 
 def test_good_versions_include_prerelease_and_build() -> None:

@@ -316,13 +316,54 @@ def retry_from_pb(retry: job_pb2.RetryPolicy) -> dict[str, Any]:
     return {name: getattr(retry, name) for name in _RETRY_FIELDS if retry.HasField(name)}
 
 
+# The server's defaults and bound (server/retry.py): its rules are checked here too, so
+# that a bad policy fails where it is written, not when the server refuses it.
+_RETRY_DEFAULTS = job_pb2.RetryPolicy(
+    limit=5, factor=1.8, min_timeout_ms=1000, max_timeout_ms=60000, randomize=True
+)
+RETRY_MAX_LIMIT = 100
+
+
 def retry_to_pb(retry: Mapping[str, Any]) -> job_pb2.RetryPolicy:
     """A RetryPolicy from a dict with some of ``limit``, ``factor``, ``min_timeout_ms``,
-    ``max_timeout_ms``, ``randomize``. Raises ValueError for any other key."""
+    ``max_timeout_ms``, ``randomize`` (None or absent: the server's default).
+
+    Raises TypeError or ValueError naming the field for any other key, a value of the
+    wrong type, or one the server refuses: ``limit`` from 1 to 100, ``factor`` a finite
+    number >= 1, ``min_timeout_ms`` <= ``max_timeout_ms`` (defaults 1000 and 60000).
+    """
     unknown = sorted(set(retry) - set(_RETRY_FIELDS))
     if unknown:
         raise ValueError(f"unknown retry option(s) {unknown} (known: {list(_RETRY_FIELDS)})")
-    return job_pb2.RetryPolicy(**{k: v for k, v in retry.items() if v is not None})
+    policy = job_pb2.RetryPolicy()
+    for name in _RETRY_FIELDS:
+        value = retry.get(name)
+        if value is None:
+            continue
+        try:
+            setattr(policy, name, value)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"retry.{name}: {exc}") from None
+    _check_retry(policy)
+    return policy
+
+
+def _check_retry(policy: job_pb2.RetryPolicy) -> None:
+    def get(name: _RetryField) -> Any:
+        return getattr(policy if policy.HasField(name) else _RETRY_DEFAULTS, name)
+
+    if not 1 <= get("limit") <= RETRY_MAX_LIMIT:
+        raise ValueError(
+            f"retry.limit: must be between 1 and {RETRY_MAX_LIMIT}, got {get('limit')}"
+        )
+    if not math.isfinite(get("factor")) or get("factor") < 1:
+        raise ValueError(f"retry.factor: must be a finite number >= 1, got {get('factor')}")
+    # min_timeout_ms >= 0 holds already: the field is unsigned.
+    if get("min_timeout_ms") > get("max_timeout_ms"):
+        raise ValueError(
+            f"retry.max_timeout_ms: must be >= min_timeout_ms ({get('min_timeout_ms')}), "
+            f"got {get('max_timeout_ms')}"
+        )
 
 
 def trigger_to_pb(trigger: Trigger) -> job_pb2.Trigger:

@@ -223,6 +223,10 @@ def _check(job: JobDefinition) -> None:
         )
     if job.trigger.kind == "cron":
         validate_cron(job.trigger.cron)
+    try:  # as the worker's hello will send it: a filter or schema that is not JSON fails now
+        job.trigger.to_proto()
+    except (TypeError, ValueError) as exc:
+        raise JobDefinitionError(f"job {job.id}: trigger: {exc}") from None
     for what in ("concurrency_limit", "max_duration_seconds"):
         value = getattr(job, what)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -232,10 +236,10 @@ def _check(job: JobDefinition) -> None:
             f"job {job.id}: log_level {job.log_level!r} is not one of {', '.join(_LOG_LEVELS)}"
         )
     if job.retry is not None:
-        try:
+        try:  # the server's rules too, so a policy it would refuse fails now
             convert.retry_to_pb(job.retry)
         except (TypeError, ValueError) as exc:
-            raise JobDefinitionError(f"job {job.id}: retry: {exc}") from None
+            raise JobDefinitionError(f"job {job.id}: {exc}") from None
     _check_handler(job.id, job.handler)
 
 
