@@ -481,6 +481,40 @@ async def test_send_event_keeps_a_given_id_and_timestamp_and_sends_empty_options
         await within(call)
 
 
+async def test_send_options_come_as_a_dict_after_the_event_or_as_keywords() -> None:
+    """As SPEC writes it, ``io.send_event(key, event, options)``; as the client takes it."""
+    when = datetime(2030, 1, 2, tzinfo=UTC)
+    calls = [
+        lambda io: io.send_event("a", {"name": "n"}, {"deliver_after": 60}),
+        lambda io: io.send_event("b", {"name": "n"}, {"deliver_after": 5}, deliver_after=60),
+        lambda io: io.send_events("c", [{"name": "n"}], {"deliver_after": 60}),
+        lambda io: io.send_events("d", [{"name": "n"}], {"deliver_at": when}, deliver_after=60),
+    ]
+    expected = [
+        {"deliverAfter": 60},
+        {"deliverAfter": 60},  # keywords win
+        {"deliverAfter": 60},
+        {"deliverAt": "2030-01-02T00:00:00Z", "deliverAfter": 60},
+    ]
+    execution, io, wire = make()
+    pending = [asyncio.create_task(call(io)) for call in calls]
+    sent = [from_value((await wire.next("task")).params)["options"] for _ in calls]
+    assert sent == expected
+    execution.halt()
+    await asyncio.wait(pending)
+
+
+async def test_sync_io_takes_send_options_as_a_dict_too() -> None:
+    execution, _, wire = make()
+    loop = asyncio.get_running_loop()
+    sync_io = SyncIO(execution, loop)
+    call = loop.run_in_executor(None, sync_io.send_event, "k", {"name": "n"}, {"deliver_after": 9})
+    assert from_value((await wire.next("task")).params)["options"] == {"deliverAfter": 9}
+    execution.halt()
+    with pytest.raises(Suspend):
+        await within(call)
+
+
 async def test_send_events_asks_once_for_the_batch() -> None:
     execution, io, wire = make()
     call = asyncio.create_task(
@@ -504,6 +538,8 @@ async def test_send_events_asks_once_for_the_batch() -> None:
         (lambda io: io.send_event("k", {"name": "n", "extra": 1}), "unknown event key"),
         (lambda io: io.send_event("k", {"name": "n"}, deliver_after=-1), "deliver_after"),
         (lambda io: io.send_event("k", {"name": "n"}, deliver_in=3), "unknown send option"),
+        (lambda io: io.send_event("k", {"name": "n"}, {"deliver_in": 3}), "unknown send option"),
+        (lambda io: io.send_event("k", {"name": "n"}, 60), "options must be a dict"),
         (lambda io: io.send_events("k", []), "at least one event"),
         (lambda io: io.send_events("k", {"name": "n"}), "list of event dicts"),
         (lambda io: io.wait("k", -1), "seconds"),

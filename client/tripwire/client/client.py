@@ -58,6 +58,7 @@ from tripwire.client.options import (
     PageOptions,
     RunFilters,
     SendOptions,
+    send_options,
 )
 
 __all__ = ["AsyncClient", "Client", "RunUpdate"]
@@ -125,7 +126,7 @@ class AsyncClient(ClientBase):
         /,
         **more: Unpack[SendOptions],
     ) -> Event:
-        return await self._call(_requests.send_event(event, **_options(options, more)))
+        return await self._call(_requests.send_event(event, **send_options(options, more)))
 
     async def send_events(
         self,
@@ -136,7 +137,7 @@ class AsyncClient(ClientBase):
     ) -> list[Event]:
         if not events:
             return []
-        return await self._call(_requests.send_events(events, **_options(options, more)))
+        return await self._call(_requests.send_events(events, **send_options(options, more)))
 
     async def get_event(self, id: str) -> EventDetail:
         return await self._call(_requests.get_event(id))
@@ -316,7 +317,7 @@ class Client(ClientBase):
         send it twice. The reply carries the runs an immediate delivery created. Options
         (``deliver_at``, ``deliver_after``, ``account_id``) come as a dict, as keywords,
         or both."""
-        return self._call(_requests.send_event(event, **_options(options, more)))
+        return self._call(_requests.send_event(event, **send_options(options, more)))
 
     def send_events(
         self,
@@ -328,7 +329,7 @@ class Client(ClientBase):
         """Send a batch atomically (all or none), in order, with the same options."""
         if not events:
             return []
-        return self._call(_requests.send_events(events, **_options(options, more)))
+        return self._call(_requests.send_events(events, **send_options(options, more)))
 
     def get_event(self, id: str) -> EventDetail:
         """An event and every run it created."""
@@ -494,13 +495,3 @@ class Client(ClientBase):
             await serve_until_signalled(worker)
         else:
             await worker.run()
-
-
-def _options(given: SendOptions | None, more: SendOptions) -> SendOptions:
-    """Options as SPEC writes them (a dict after the event), as keywords, or both."""
-    if given is None:
-        return more
-    if not isinstance(given, Mapping):
-        raise TypeError(f"options must be a dict such as {{'deliver_after': 60}}, got {given!r}")
-    merged: dict[str, Any] = {**given, **more}
-    return merged  # type: ignore[return-value]

@@ -38,7 +38,7 @@ from google.protobuf import json_format, struct_pb2
 from tripwire.client import convert
 from tripwire.client._requests import event_input
 from tripwire.client.errors import TripwireError
-from tripwire.client.options import SendOptions
+from tripwire.client.options import SendOptions, send_options
 from tripwire.v1 import event_pb2, job_pb2, run_pb2, worker_service_pb2
 
 __all__ = [
@@ -546,21 +546,34 @@ class IO:
         return step.output
 
     async def send_event(
-        self, key: str, event: Mapping[str, Any], **options: Unpack[SendOptions]
+        self,
+        key: str,
+        event: Mapping[str, Any],
+        options: SendOptions | None = None,
+        /,
+        **more: Unpack[SendOptions],
     ) -> Any:
         """Send an event, exactly once, from the server; returns the stored event (JSON).
 
         Without an ``id`` the server derives one from this task, so a replay never sends
-        a second event.
+        a second event. Options (``deliver_at``, ``deliver_after``, ``account_id``) come
+        as a dict after the event, as keywords, or both: ``io.send_event(key, event,
+        {"deliver_after": 60})`` or ``io.send_event(key, event, deliver_after=60)``.
         """
-        spec = send_event_spec(key, event, _options_json(options))
+        spec = send_event_spec(key, event, _options_json(send_options(options, more)))
         return (await self._execution.open(spec, _parent.get())).output
 
     async def send_events(
-        self, key: str, events: Sequence[Mapping[str, Any]], **options: Unpack[SendOptions]
+        self,
+        key: str,
+        events: Sequence[Mapping[str, Any]],
+        options: SendOptions | None = None,
+        /,
+        **more: Unpack[SendOptions],
     ) -> list[Any]:
-        """Send several events atomically and in order; returns the stored events."""
-        spec = send_events_spec(key, events, _options_json(options))
+        """Send several events atomically and in order, with the same options (as for
+        :meth:`send_event`); returns the stored events."""
+        spec = send_events_spec(key, events, _options_json(send_options(options, more)))
         return _events_output((await self._execution.open(spec, _parent.get())).output)
 
     async def wait(self, key: str, seconds: float) -> None:
@@ -635,15 +648,27 @@ class SyncIO:
             step = self._wait(execution.complete(step, outcome))
         return step.output
 
-    def send_event(self, key: str, event: Mapping[str, Any], **options: Unpack[SendOptions]) -> Any:
+    def send_event(
+        self,
+        key: str,
+        event: Mapping[str, Any],
+        options: SendOptions | None = None,
+        /,
+        **more: Unpack[SendOptions],
+    ) -> Any:
         """As :meth:`IO.send_event`."""
-        return self._wait(self._io.send_event(key, event, **options))
+        return self._wait(self._io.send_event(key, event, options, **more))
 
     def send_events(
-        self, key: str, events: Sequence[Mapping[str, Any]], **options: Unpack[SendOptions]
+        self,
+        key: str,
+        events: Sequence[Mapping[str, Any]],
+        options: SendOptions | None = None,
+        /,
+        **more: Unpack[SendOptions],
     ) -> list[Any]:
         """As :meth:`IO.send_events`."""
-        return self._wait(self._io.send_events(key, events, **options))
+        return self._wait(self._io.send_events(key, events, options, **more))
 
     def wait(self, key: str, seconds: float) -> None:
         """As :meth:`IO.wait`."""

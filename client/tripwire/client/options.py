@@ -1,7 +1,9 @@
 """Keyword options of the client methods, as typed dicts (for ``**options``).
 
 Both client flavours take them as keyword arguments, e.g.
-``client.send_event(event, deliver_after=60)``; type checkers know every key.
+``client.send_event(event, deliver_after=60)``; type checkers know every key. Send
+options may also come as a dict after the event:
+``client.send_event(event, {"deliver_after": 60})``, and ``io.send_event`` likewise.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ class SendOptions(TypedDict, total=False):
     deliver_at: datetime | None
     deliver_after: int | None
     account_id: str | None
+
+
+def send_options(given: SendOptions | None, more: SendOptions) -> SendOptions:
+    """Send options as a dict after the event, as keywords, or both (keywords win)."""
+    if given is None:
+        return more
+    if not isinstance(given, Mapping):
+        raise TypeError(f"options must be a dict such as {{'deliver_after': 60}}, got {given!r}")
+    merged: dict[str, Any] = {**given, **more}
+    return merged  # type: ignore[return-value]
 
 
 class PageOptions(TypedDict, total=False):
