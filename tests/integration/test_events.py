@@ -147,6 +147,7 @@ async def test_payload_limit(start_server: StartServer) -> None:
 
 
 async def test_resend_rules_for_pending_events(stubs: Stubs) -> None:
+    await register(stubs, event_job("on-d", ["d"]))
     far = await send(stubs, {"name": "d", "id": "far", "payload": {"v": 1}}, deliver_after=600)
     moved = await send(
         stubs,
@@ -167,6 +168,9 @@ async def test_resend_rules_for_pending_events(stubs: Stubs) -> None:
     now = await send(stubs, {"name": "d", "id": "far", "payload": {"v": 3}})
     assert now["deduplicated"] is True and now["status"] == "EVENT_STATUS_DELIVERED"
     assert now["payload"] == {"v": 3}
+    assert [r["jobId"] for r in now["runs"]] == ["on-d"]  # this call's delivery made it
+    again = await send(stubs, {"name": "d", "id": "far"})
+    assert again["deduplicated"] is True and "runs" not in again
 
 
 async def test_cancel_event_rules(start_server: StartServer) -> None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlite_utils import Database
 
@@ -49,6 +49,8 @@ _INSERT_RUN = (
     "created_at, updated_at, started_at, completed_at, output, error, validation_errors, "
     "account_id, wait_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# What a SendEvent(s) call did with each of its events.
+Resend = Literal["new", "rescheduled", "unchanged"]
 _JOB_FROM = "FROM job_versions v JOIN jobs j ON j.env = v.env AND j.id = v.id"
 
 
@@ -119,7 +121,7 @@ class SQLiteStore(JobOps, WorkOps):
         known = self._events_by_id(conn, env, {e.id for e in events if not e.minted_id})
         inserted: dict[str, Event] = {}
         updated: dict[str, Event] = {}
-        results: list[tuple[Event, bool]] = []
+        results: list[tuple[Event, Resend]] = []
         for new in events:
             current = known.get(new.id)
             if current is None:
@@ -137,14 +139,16 @@ class SQLiteStore(JobOps, WorkOps):
                     account_id=new.account_id,
                 )
                 known[new.id] = inserted[new.id] = current
-                results.append((current, False))
+                results.append((current, "new"))
                 continue
             if resend_action(current, new, now) == "reschedule":
                 current.payload, current.context = new.payload, new.context
                 current.deliver_at = new.deliver_at
                 if current.id not in inserted:
                     updated[current.id] = current
-            results.append((current, True))
+                results.append((current, "rescheduled"))
+            else:
+                results.append((current, "unchanged"))
         created: list[Run] = []
         delivered: list[Event] = []
         for event in {**inserted, **updated}.values():
@@ -169,7 +173,7 @@ class SQLiteStore(JobOps, WorkOps):
         self._insert_runs(tx, created, delivered)
         if any(e.status is EventStatus.PENDING for e in (*inserted.values(), *updated.values())):
             tx.after_commit(self.hub.timers)
-        return [_reply(event, dedup) for event, dedup in results]
+        return [_reply(event, resend) for event, resend in results]
 
     def _deliver(self, event: Event, now: int) -> list[Run]:
         """Match a due event; mark it delivered. The caller writes both."""
@@ -422,10 +426,12 @@ class SQLiteStore(JobOps, WorkOps):
         tx.after_commit(lambda: self.hub.released(done, stop_reason=message))
 
 
-def _reply(event: Event, deduplicated: bool) -> Event:
-    if not deduplicated:
+def _reply(event: Event, resend: Resend) -> Event:
+    """A reply lists the runs its own call's delivery created: a resend that
+    rescheduled the event to now delivered it, any other resend created none."""
+    if resend == "new":
         return event
-    return replace(event, runs=[], deduplicated=True)
+    return replace(event, runs=event.runs if resend == "rescheduled" else [], deduplicated=True)
 
 
 def _insert(conn: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -> None:
