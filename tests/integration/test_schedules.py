@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
+from tripwire.server import schedules
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
@@ -171,3 +174,30 @@ async def test_a_fire_whose_id_an_older_event_holds_is_skipped_loudly(
         (run,) = await wait_runs(stubs, "tick", 1)
         assert run["eventId"] == f"tick:{START + 20_000}"
     assert f"the fire tick:{START + 10_000} is skipped" in caplog.text
+
+
+async def test_a_schedule_that_cannot_be_computed_stops_neither_the_others_nor_the_server(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = schedules.decide
+
+    def broken_for_seven_seconds(schedule: schedules.Schedule, *args: Any) -> Any:
+        if schedule.seconds == 7:
+            raise LookupError("no such time zone")  # as a zone gone from tzdata would
+        return real(schedule, *args)
+
+    monkeypatch.setattr(schedules, "decide", broken_for_seven_seconds)
+    clock = FakeClock(START)
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        for job_id, seconds in (("broken", 7), ("fine", 10)):
+            trigger = {"interval": {"seconds": seconds}}
+            await register(stubs, {"job": {"id": job_id, "version": "1.0.0", "trigger": trigger}})
+        clock.advance(10)
+        await wait_runs(stubs, "fine", 1)
+        assert "job 'broken' (env 'default'): its schedule cannot be computed" in caplog.text
+        monkeypatch.setattr(schedules, "decide", real)  # e.g. tzdata is back
+        clock.advance(60)  # the retry
+        clock.advance(7)
+        await wait_runs(stubs, "broken", 1)

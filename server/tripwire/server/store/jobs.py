@@ -31,6 +31,8 @@ from .rows import ACTIVE, JOB_COLUMNS, RUN_COLUMNS, dumps
 from .writer import Tx
 
 log = logging.getLogger(__name__)
+# How long a schedule whose next fire could not be computed waits to be tried again.
+SCHEDULE_RETRY_MS = 60_000
 
 T = TypeVar("T")
 _JOB_FROM = "FROM job_versions v JOIN jobs j ON j.env = v.env AND j.id = v.id"
@@ -287,9 +289,25 @@ class JobOps:
                         "UPDATE jobs SET next_fire = NULL WHERE env = ? AND id = ?", (env, job_id)
                     )
                     continue
-                decision = schedules.decide(
-                    schedule, _dt(next_fire), _dt(now), _dt(anchor), _td(grace_ms)
-                )
+                try:
+                    decision = schedules.decide(
+                        schedule, _dt(next_fire), _dt(now), _dt(anchor), _td(grace_ms)
+                    )
+                except Exception:
+                    # E.g. a time zone gone from the system's tzdata. One job's
+                    # schedule must not stop the others (nor the server): it is
+                    # tried again a minute from now.
+                    log.exception(
+                        "job %r (env %r): its schedule cannot be computed; retrying in %d s",
+                        job_id,
+                        env,
+                        SCHEDULE_RETRY_MS // 1000,
+                    )
+                    conn.execute(
+                        "UPDATE jobs SET next_fire = ? WHERE env = ? AND id = ?",
+                        (now + SCHEDULE_RETRY_MS, env, job_id),
+                    )
+                    continue
                 if decision is None:
                     continue
                 fired = last_fire
