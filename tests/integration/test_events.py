@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -344,3 +346,30 @@ async def test_match_event_explains(stubs: Stubs) -> None:
     assert [j["jobId"] for j in reply["jobs"]][:2] == ["bad-payload", "hit"]
     # Nothing was stored.
     assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
+
+
+async def test_a_failed_timer_round_is_retried_and_the_server_keeps_serving(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    server = await start_server(clock=clock)
+    real, failures = server.store.deliver_due, []
+
+    async def failing_once(now: int, limit: int = 500) -> list:
+        if not failures:
+            failures.append(now)
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real(now, limit)
+
+    monkeypatch.setattr(server.store, "deliver_due", failing_once)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        event = await send(stubs, {"name": "later", "id": "l1"}, deliver_after=60)
+        clock.advance(61)
+
+        async def delivered() -> bool:
+            got = js(await stubs.events.GetEvent(ev.GetEventRequest(id=event["id"])))
+            return got["event"]["status"] == "EVENT_STATUS_DELIVERED"
+
+        await eventually(delivered)
+    assert failures and "timer round failed" in caplog.text

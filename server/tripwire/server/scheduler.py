@@ -18,26 +18,42 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BATCH = 500
+# After a failed round (a store error: disk full, I/O), the next one waits this
+# long, doubling up to the cap, so a lasting fault neither spins nor stops timers.
+RETRY_FIRST = 0.5
+RETRY_CAP = 30.0
 
 
 async def run_timers(
     store: Store, hub: Hub, clock: Callable[[], int], grace_ms: int, stop: asyncio.Event
 ) -> None:
+    retry = RETRY_FIRST
     while not stop.is_set():
         hub.timers_changed.clear()
-        now = clock()
-        while len(await store.deliver_due(now, BATCH)) == BATCH:
-            pass
-        fired = await store.fire_schedules(now, grace_ms)
-        if fired:
-            log.info("fired %d scheduled runs", len(fired))
-        await store.wake_due(now)
-        timed_out = await store.time_out_due(now)
-        if timed_out:
-            log.info("%d runs timed out", len(timed_out))
-        due = await store.next_timer()
+        try:
+            due = await _round(store, clock(), grace_ms)
+        except Exception:
+            log.exception("timer round failed; the next one in %.1f s", retry)
+            await _first_of(stop, within=retry)
+            retry = min(retry * 2, RETRY_CAP)
+            continue
+        retry = RETRY_FIRST
         timeout = None if due is None else max(0.0, (due - clock()) / 1000) + 0.001
         await _first_of(hub.timers_changed, stop, within=timeout)
+
+
+async def _round(store: Store, now: int, grace_ms: int) -> int | None:
+    """Everything due by `now`; returns when the next timer is due, if any."""
+    while len(await store.deliver_due(now, BATCH)) == BATCH:
+        pass
+    fired = await store.fire_schedules(now, grace_ms)
+    if fired:
+        log.info("fired %d scheduled runs", len(fired))
+    await store.wake_due(now)
+    timed_out = await store.time_out_due(now)
+    if timed_out:
+        log.info("%d runs timed out", len(timed_out))
+    return await store.next_timer()
 
 
 async def _first_of(*events: asyncio.Event, within: float | None) -> None:
