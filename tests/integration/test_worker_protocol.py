@@ -533,6 +533,25 @@ async def test_raising_a_concurrency_limit_lets_the_queue_move_at_once(
         await run_status(conn, run["id"], "SUCCESS")
 
 
+async def test_a_failed_queue_load_is_tried_again_while_the_worker_is_there(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
+    waiting = (await send(conn, "x"))["runs"][0]  # queued before any worker serves j
+    real, failures = fast.store.announce_queued, []
+
+    async def failing_once(*key: str) -> int:
+        if not failures:
+            failures.append(key)
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real(*key)
+
+    monkeypatch.setattr(fast.store, "announce_queued", failing_once)
+    await worker.connect([job("j", ["x"])])
+    assert (await worker.run_request())["run"]["id"] == waiting["id"]
+    assert failures == [("default", "j", "1.0.0")]
+
+
 async def test_a_bad_hello_stores_none_of_its_jobs(conn: Stubs) -> None:
     bad = RawWorker(conn.workers)
     bad.call = conn.workers.RunJob(bad._requests())

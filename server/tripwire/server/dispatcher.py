@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from .store import Store
 
 log = logging.getLogger(__name__)
+# A failed load of a job version's queue is tried again after this long,
+# doubling up to the cap, while a worker still serves that version.
+LOAD_RETRY_FIRST = 0.5
+LOAD_RETRY_CAP = 30.0
 
 Key = tuple[str, str, str]  # (env, job id, job version)
 
@@ -139,17 +143,22 @@ class Dispatcher(RunListener):
         """The first worker for a job version: queue what waited for one."""
 
         async def load() -> None:
-            await self.store.announce_queued(*key)  # they come back through queued()
+            delay = LOAD_RETRY_FIRST
+            while self._serving.get(key):
+                try:
+                    await self.store.announce_queued(*key)  # they come back via queued()
+                    return
+                except Exception:
+                    log.exception(
+                        "loading the queued runs of %s failed; again in %.1f s", key, delay
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, LOAD_RETRY_CAP)
 
         task = asyncio.create_task(load())
         self._loading.add(task)
 
-        def done(task: asyncio.Task[None]) -> None:
-            self._loading.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("loading queued runs of %s failed", key, exc_info=task.exception())
-
-        task.add_done_callback(done)
+        task.add_done_callback(self._loading.discard)
 
     def remove_session(self, session: Session) -> list[tuple[str, int]]:
         """Forget a session; returns the (run id, attempt) pairs it still held."""
