@@ -478,6 +478,20 @@ async def test_shutdown_drains_and_does_not_reconnect(make: Make) -> None:
     assert len(h.server.opened) == 1 and stream.half_closed.is_set()
 
 
+async def test_a_stream_with_no_welcome_is_given_up_for_a_new_one(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = await make(job(lambda payload, io, ctx: None), welcome_timeout=0.2)
+    silent = await h.server.next_stream()
+    await silent.expect("hello")  # and the server never answers
+    delay, release = await h.sleep.next()  # the backoff before the next attempt
+    assert silent.cancelled and not h.worker.connected
+    assert "no welcome within 0.2 s" in caplog.text
+    release.set_result(None)
+    again = await h.connect()
+    assert again is not silent and h.worker.connected
+
+
 async def test_shutdown_while_waiting_for_welcome_returns(make: Make) -> None:
     h = await make(job(lambda payload, io, ctx: None))
     stream = await h.server.next_stream()
@@ -523,6 +537,8 @@ def test_worker_arguments_are_checked() -> None:
         Worker(Client("t"), [])
     with pytest.raises(ValueError, match="capacity"):
         Worker(Client("t"), [one], capacity=0)
+    with pytest.raises(ValueError, match="welcome_timeout"):
+        Worker(Client("t"), [one], welcome_timeout=0)
     with pytest.raises(ValueError, match="given twice"):
         Worker(Client("t"), [one, one])
     with pytest.raises(TypeError, match="JobDefinition"):

@@ -376,8 +376,10 @@ class Worker:
     """Executes the runs of ``jobs`` (default: the jobs defined on ``client``).
 
     ``capacity`` is how many runs may execute at once. ``shutdown_timeout`` is how long
-    :meth:`shutdown` lets running runs finish. ``connect``, ``sleep`` and ``clock`` replace
-    the gRPC stream, the waits and the monotonic clock in tests.
+    :meth:`shutdown` lets running runs finish. ``welcome_timeout`` is how long a new
+    stream waits for the server's ``welcome`` before it is given up and another is
+    opened on a new connection. ``connect``, ``sleep`` and ``clock`` replace the gRPC
+    stream, the waits and the monotonic clock in tests.
     """
 
     def __init__(
@@ -388,6 +390,7 @@ class Worker:
         capacity: int = 10,
         worker_id: str | None = None,
         shutdown_timeout: float = 30.0,
+        welcome_timeout: float = _DEFAULT_LEASE,
         backoff: Backoff | None = None,
         connect: Connect | None = None,
         sleep: Sleep = asyncio.sleep,
@@ -405,10 +408,13 @@ class Worker:
             raise ValueError("a worker needs at least one job (define_job, or jobs=[...])")
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be an integer >= 1, got {capacity!r}")
+        if not welcome_timeout > 0:
+            raise ValueError(f"welcome_timeout must be > 0 seconds, got {welcome_timeout!r}")
         self.client = client
         self.capacity = capacity
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.shutdown_timeout = shutdown_timeout
+        self.welcome_timeout = welcome_timeout
         self.backoff = backoff or Backoff()
         self._connect = connect
         self._sleep = sleep
@@ -469,9 +475,10 @@ class Worker:
             while not self._stopping:
                 why = "closed"
                 try:
-                    if await self._serve(connect) == "dead":
+                    ended = await self._serve(connect)
+                    if ended != "closed":
                         # gRPC would open the next stream on the same dead connection.
-                        why = "no word from the server for a lease"
+                        why = ended
                         await close()
                         connect, close = self._open()
                 except grpc.RpcError as exc:
@@ -531,7 +538,7 @@ class Worker:
         return connect, channel.close
 
     async def _serve(self, connect: Connect) -> str:
-        """One stream, until it ends: "dead" if the server fell silent, else "closed"."""
+        """One stream, until it ends: "closed", or why the server is taken for gone."""
         queue: asyncio.Queue[Request | None] = asyncio.Queue()
         queue.put_nowait(Request(hello=self._hello))
         call = connect(_requests(queue))
@@ -539,7 +546,12 @@ class Worker:
         heartbeat: asyncio.Task[None] | None = None
         watchdog: asyncio.Task[None] | None = None
         try:
-            first = await _first(call.read(), self._stop)
+            try:
+                first = await asyncio.wait_for(
+                    _first(call.read(), self._stop), self.welcome_timeout
+                )
+            except TimeoutError:
+                return f"no welcome within {self.welcome_timeout:g} s"
             if first is None or first is grpc.aio.EOF:
                 return "closed"
             if first.WhichOneof("message") != "welcome":
@@ -569,8 +581,8 @@ class Worker:
             await asyncio.wait({reader, heartbeat, watchdog}, return_when=asyncio.FIRST_COMPLETED)
             if heartbeat.done():
                 heartbeat.result()  # it never returns: this re-raises its failure
-            if watchdog.done():
-                return "dead"  # cancel it (below) and reconnect on a new connection
+            if watchdog.done():  # cancel it (below) and reconnect on a new connection
+                return "no word from the server for a lease"
             if not reader.cancelled():  # cancelled: closing gave up waiting for the server
                 reader.result()
             return "closed"
