@@ -376,6 +376,20 @@ async def test_a_worker_on_a_half_open_connection_reconnects_within_a_lease(
         await relay.close()
 
 
+async def past_the_retry_and_the_nap(client: Client, clock: FakeClock, run_id: str) -> Any:
+    """A run WAITING on a task's retry backoff, then on `io.wait("nap", 1)`: moves
+    the clock past both and returns the run once it has ended."""
+    clock.advance(5)
+
+    async def napping() -> bool:
+        detail = await client.aio.get_run(run_id)
+        return detail.run.status == "WAITING" and any(t.key == "nap" for t in detail.tasks)
+
+    await eventually(napping)
+    clock.advance(2)
+    return await finished(client, run_id)
+
+
 async def test_log_lines_survive_replays_after_retries_and_failed_nested_tasks(
     client: Client, clock: FakeClock
 ) -> None:
@@ -409,15 +423,7 @@ async def test_log_lines_survive_replays_after_retries_and_failed_nested_tasks(
         await serving(worker)
         run = await client.aio.invoke_job("lines")
         await finished(client, run.id, "WAITING")  # the retry's backoff
-        clock.advance(5)
-
-        async def napping() -> bool:
-            detail = await client.aio.get_run(run.id)
-            return detail.run.status == "WAITING" and any(t.key == "nap" for t in detail.tasks)
-
-        await eventually(napping)
-        clock.advance(2)
-        done = await finished(client, run.id)
+        done = await past_the_retry_and_the_nap(client, clock, run.id)
     assert done.status == "SUCCESS", done.error
     logs = (await client.aio.get_run(run.id)).logs
     assert [line.message for line in logs] == ["try 1", "try 2", "handled", "end"]
@@ -449,15 +455,7 @@ async def test_lines_after_a_retried_nested_task_are_stored_once(
         await serving(worker)
         run = await client.aio.invoke_job("nested-retry")
         await finished(client, run.id, "WAITING")  # inner's retry backoff
-        clock.advance(5)
-
-        async def napping() -> bool:
-            detail = await client.aio.get_run(run.id)
-            return detail.run.status == "WAITING" and any(t.key == "nap" for t in detail.tasks)
-
-        await eventually(napping)
-        clock.advance(2)
-        done = await finished(client, run.id)
+        done = await past_the_retry_and_the_nap(client, clock, run.id)
     assert done.status == "SUCCESS", done.error
     logs = (await client.aio.get_run(run.id)).logs
     assert [line.message for line in logs] == ["after outer", "end"]

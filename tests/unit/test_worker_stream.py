@@ -484,7 +484,7 @@ async def test_a_stream_with_no_welcome_is_given_up_for_a_new_one(
     h = await make(job(lambda payload, io, ctx: None), welcome_timeout=0.2)
     silent = await h.server.next_stream()
     await silent.expect("hello")  # and the server never answers
-    delay, release = await h.sleep.next()  # the backoff before the next attempt
+    _, release = await h.sleep.next()  # the backoff before the next attempt
     assert silent.cancelled and not h.worker.connected
     assert "no welcome within 0.2 s" in caplog.text
     release.set_result(None)
