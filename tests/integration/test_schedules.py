@@ -181,23 +181,25 @@ async def test_a_schedule_that_cannot_be_computed_stops_neither_the_others_nor_t
 ) -> None:
     real = schedules.decide
 
-    def broken_for_seven_seconds(schedule: schedules.Schedule, *args: Any) -> Any:
-        if schedule.seconds == 7:
+    def broken_for_45_seconds(schedule: schedules.Schedule, *args: Any) -> Any:
+        if schedule.seconds == 45:
             raise LookupError("no such time zone")  # as a zone gone from tzdata would
         return real(schedule, *args)
 
-    monkeypatch.setattr(schedules, "decide", broken_for_seven_seconds)
+    monkeypatch.setattr(schedules, "decide", broken_for_45_seconds)
     clock = FakeClock(START)
     server = await start_server(clock=clock)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stubs = make_stubs(channel)
-        for job_id, seconds in (("broken", 7), ("fine", 10)):
+        for job_id, seconds in (("broken", 45), ("fine", 10)):
             trigger = {"interval": {"seconds": seconds}}
             await register(stubs, {"job": {"id": job_id, "version": "1.0.0", "trigger": trigger}})
-        clock.advance(10)
+        clock.advance(45)
         await wait_runs(stubs, "fine", 1)
         assert "job 'broken' (env 'default'): its schedule cannot be computed" in caplog.text
         monkeypatch.setattr(schedules, "decide", real)  # e.g. tzdata is back
-        clock.advance(60)  # the retry
-        clock.advance(7)
-        await wait_runs(stubs, "broken", 1)
+        # The retry, a minute later, still knows the tick it was planning: the one at
+        # 90 s is due within the grace and fires, as it would have without the fault.
+        clock.advance(60)
+        (fired,) = await wait_runs(stubs, "broken", 1)
+    assert fired["eventId"] == f"broken:{START + 90_000}"

@@ -127,8 +127,8 @@ class JobOps:
             # its next fire, so re-registering never resets or skips a tick.
             next_fire = schedules.first_fire(schedule, _dt(now)) if schedule else None
             conn.execute(
-                "UPDATE jobs SET schedule = ?, anchor = ?, next_fire = ?, last_fire = NULL "
-                "WHERE env = ? AND id = ?",
+                "UPDATE jobs SET schedule = ?, anchor = ?, next_fire = ?, last_fire = NULL, "
+                "retry_at = NULL WHERE env = ? AND id = ?",
                 (spec, now, _ms(next_fire) if next_fire else None, env, job_id),
             )
             latest = self._job(conn, env, job_id, latest_version)
@@ -277,8 +277,9 @@ class JobOps:
             conn = tx.conn
             due = conn.execute(
                 "SELECT env, id, anchor, next_fire, last_fire FROM jobs "
-                "WHERE next_fire IS NOT NULL AND next_fire <= ? ORDER BY next_fire",
-                (now,),
+                "WHERE next_fire IS NOT NULL AND next_fire <= ? AND COALESCE(retry_at, 0) <= ? "
+                "ORDER BY next_fire",
+                (now, now),
             ).fetchall()
             created: list[Run] = []
             for env, job_id, anchor, next_fire, last_fire in due:
@@ -296,7 +297,7 @@ class JobOps:
                 except Exception:
                     # E.g. a time zone gone from the system's tzdata. One job's
                     # schedule must not stop the others (nor the server): it is
-                    # tried again a minute from now.
+                    # tried again a minute from now, for the same planned tick.
                     log.exception(
                         "job %r (env %r): its schedule cannot be computed; retrying in %d s",
                         job_id,
@@ -304,7 +305,7 @@ class JobOps:
                         SCHEDULE_RETRY_MS // 1000,
                     )
                     conn.execute(
-                        "UPDATE jobs SET next_fire = ? WHERE env = ? AND id = ?",
+                        "UPDATE jobs SET retry_at = ? WHERE env = ? AND id = ?",
                         (now + SCHEDULE_RETRY_MS, env, job_id),
                     )
                     continue
@@ -318,7 +319,8 @@ class JobOps:
                         created.append(run)
                     fired = _ms(planned)
                 conn.execute(
-                    "UPDATE jobs SET next_fire = ?, last_fire = ? WHERE env = ? AND id = ?",
+                    "UPDATE jobs SET next_fire = ?, last_fire = ?, retry_at = NULL "
+                    "WHERE env = ? AND id = ?",
                     (_ms(decision.next_fire), fired, env, job_id),
                 )
             self._insert_runs(tx, created)

@@ -118,6 +118,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_deadline ON runs (deadline_at)
         WHERE status IN ('QUEUED', 'EXECUTING', 'WAITING') AND deadline_at IS NOT NULL
     """,
+    # 3: a schedule whose next fire could not be computed is tried again at
+    # retry_at; next_fire keeps the planned tick, so the retry can still fire it.
+    """
+    ALTER TABLE jobs ADD COLUMN retry_at INTEGER
+    """,
 ]
 
 

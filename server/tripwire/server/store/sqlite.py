@@ -259,7 +259,8 @@ class SQLiteStore(JobOps, WorkOps):
         def query(conn: sqlite3.Connection) -> int | None:
             row = conn.execute(
                 "SELECT MIN(t) FROM (SELECT MIN(deliver_at) AS t FROM events "
-                "WHERE status = 'PENDING' UNION ALL SELECT MIN(next_fire) FROM jobs "
+                "WHERE status = 'PENDING' UNION ALL "
+                "SELECT MIN(MAX(next_fire, COALESCE(retry_at, 0))) FROM jobs "
                 "WHERE next_fire IS NOT NULL UNION ALL SELECT MIN(wait_until) FROM runs "
                 "WHERE status = 'WAITING' UNION ALL SELECT MIN(deadline_at) FROM runs "
                 f"WHERE status IN {ACTIVE} AND deadline_at IS NOT NULL)"
