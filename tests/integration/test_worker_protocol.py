@@ -465,35 +465,48 @@ async def test_a_run_cancelled_while_queued_is_never_sent(conn: Stubs, worker: R
         await worker.expect("run_request", within=0.5)
 
 
-async def test_the_first_workers_late_queue_load_resends_nothing_that_moved_meanwhile(
-    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+async def test_a_queue_load_is_heard_in_order_with_the_writes_queued_after_it(
+    conn: Stubs, fast: Server, clock: FakeClock
 ) -> None:
-    real, gate, loaded = fast.store.announce_queued, asyncio.Event(), asyncio.Event()
+    # The first worker's load of a job version's queue is what the dispatcher
+    # trusts to be QUEUED: if it were heard after a later claim and finish of the
+    # same run, the finished run would be queued and sent again.
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
+    (run,) = (await send(conn, "x"))["runs"]  # no worker yet: it waits in the store
+    heard: list[tuple[str, list[str]]] = []
+    dispatcher = fast.hub.listener
 
-    async def late(*key: str) -> int:
-        await gate.wait()
-        try:
-            return await real(*key)
-        finally:
-            loaded.set()
+    class Recorder:
+        def queued(self, runs: Any, events: Any) -> None:
+            heard.append(("queued", [r.id for r in runs]))
+            dispatcher.queued(runs, events)
 
-    monkeypatch.setattr(fast.store, "announce_queued", late)
-    await worker.connect([job("j", ["x"])], capacity=1)
-    await send(conn, "x", id="e1")
-    await send(conn, "x", id="e2")
-    first = (await worker.run_request())["run"]
-    worker.result(first, output=1)
-    second = (await worker.run_request())["run"]
-    worker.result(second, output=2)
-    await run_status(conn, second["id"], "SUCCESS")
-    await send(conn, "x", id="e3")
-    third = (await worker.run_request())["run"]  # executing here when the load reads
-    gate.set()
-    await loaded.wait()
-    with pytest.raises(TimeoutError):
-        await worker.expect("run_request", within=0.5)
-    worker.result(third, output=3)
-    await run_status(conn, third["id"], "SUCCESS")
+        def released(self, run_ids: Any, stop_reason: str) -> None:
+            heard.append(("released", list(run_ids)))
+            dispatcher.released(run_ids, stop_reason)
+
+        def job_changed(self, env: str, job_id: str) -> None:
+            dispatcher.job_changed(env, job_id)
+
+    fast.hub.listener = Recorder()  # type: ignore[assignment]
+    try:
+        store, now = fast.store, clock.now
+        # Queued one after the other, none awaited before the next is queued.
+        load = asyncio.ensure_future(store.announce_queued("default", "j", "1.0.0"))
+        await asyncio.sleep(0)  # one step of the load's task: its operation is queued
+        claim = store.claim(run["id"], 0, 1, "w", 0, now)
+        finish = asyncio.ensure_future(store.finish_run("default", run["id"], 1, "ok", None, now))
+        assert await load == 1
+        assert await claim is True
+        await finish
+
+        async def both_heard() -> bool:
+            return len(heard) == 2
+
+        await eventually(both_heard)
+    finally:
+        fast.hub.listener = dispatcher
+    assert heard == [("queued", [run["id"]]), ("released", [run["id"]])]
 
 
 async def test_a_send_reply_shows_its_run_as_stored_though_a_worker_took_it_at_once(
