@@ -778,6 +778,11 @@ async def test_a_claim_failing_after_its_worker_left_frees_the_slot_and_requeues
         queued = (await send(conn, "x"))["runs"][0]
         assert (await worker.run_request())["run"]["id"] == queued["id"]  # a came first
         await worker.close()  # still counted under the limit: a may be running it
+
+        async def a_is_gone() -> bool:
+            return all(session.worker_id != "a" for session in fast.dispatcher.sessions)
+
+        await eventually(a_is_gone)  # else the retry could go to a, then after its lease to b
         claims.fail()
         again = (await other.run_request())["run"]
         assert again["id"] == queued["id"] and again["attempt"] == 2  # 1 is never reused
