@@ -565,6 +565,24 @@ async def test_a_failed_queue_load_is_tried_again_while_the_worker_is_there(
     assert failures == [("default", "j", "1.0.0")]
 
 
+async def test_a_store_failure_during_hello_ends_the_stream_internal(
+    conn: Stubs, fast: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def failing(*args: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(fast.work, "hello", failing)
+    refused = RawWorker(conn.workers)
+    refused.call = conn.workers.RunJob(refused._requests())
+    refused.send({"hello": {"workerId": "w", "capacity": 1, "jobs": [job("j", ["x"])]}})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await refused.call.read()
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert err.value.details() == "internal error; see the server log"
+    assert "disk I/O error" in caplog.text
+    await refused.close()
+
+
 async def test_a_bad_hello_stores_none_of_its_jobs(conn: Stubs) -> None:
     bad = RawWorker(conn.workers)
     bad.call = conn.workers.RunJob(bad._requests())

@@ -17,7 +17,9 @@ async def _serve(server: Server) -> None:
     address = await server.start()
     # What is loaded by now (modules, descriptors, the job index: ~40k objects)
     # lives as long as the process. Frozen, it is left out of full collections,
-    # which otherwise stop the loop for tens of milliseconds each time.
+    # which otherwise stop the loop for tens of milliseconds each time; the
+    # garbage of starting up is collected first, not frozen with it.
+    gc.collect()
     gc.freeze()
     # One line, before serving, so scripts and tests can read the bound port.
     print(f"tripwire listening on {address}", flush=True)
