@@ -83,7 +83,11 @@ class WorkerServiceStub:
     tries. A task that comes back settled (cached, or ERRORED) counts what
     the execution that settled it crossed: its open, retries and settle,
     and those of every task inside it. Plain 1, 2, ... per execution is
-    right only if no line is logged inside a task's function. Lines are
+    right only if no line is logged inside a task's function. Numbers
+    counted this way depend on the order io calls settle, so a line logged
+    inside a task's function while other io calls run beside it (e.g.
+    asyncio.gather) may be stored again when a replay re-runs that task
+    before it had completed; sequential io calls never are. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
@@ -180,7 +184,11 @@ class WorkerServiceServicer:
     tries. A task that comes back settled (cached, or ERRORED) counts what
     the execution that settled it crossed: its open, retries and settle,
     and those of every task inside it. Plain 1, 2, ... per execution is
-    right only if no line is logged inside a task's function. Lines are
+    right only if no line is logged inside a task's function. Numbers
+    counted this way depend on the order io calls settle, so a line logged
+    inside a task's function while other io calls run beside it (e.g.
+    asyncio.gather) may be stored again when a replay re-runs that task
+    before it had completed; sequential io calls never are. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
@@ -286,7 +294,11 @@ class WorkerService:
     tries. A task that comes back settled (cached, or ERRORED) counts what
     the execution that settled it crossed: its open, retries and settle,
     and those of every task inside it. Plain 1, 2, ... per execution is
-    right only if no line is logged inside a task's function. Lines are
+    right only if no line is logged inside a task's function. Numbers
+    counted this way depend on the order io calls settle, so a line logged
+    inside a task's function while other io calls run beside it (e.g.
+    asyncio.gather) may be stored again when a replay re-runs that task
+    before it had completed; sequential io calls never are. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
