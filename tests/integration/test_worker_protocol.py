@@ -827,3 +827,61 @@ async def test_a_claim_failing_after_the_worker_answered_still_requeues_the_run(
     assert (again["id"], again["attempt"]) == (first["id"], 2)
     worker.result(again, output="done")
     assert (await run_status(conn, first["id"], "SUCCESS"))["run"]["output"] == "done"
+
+
+async def test_a_worker_that_drains_on_its_own_gets_no_more_runs(
+    conn: Stubs, worker: RawWorker, fast: Server
+) -> None:
+    await worker.connect([job("j", ["x"])], capacity=5, worker_id="leaving")
+    worker.send({"drain": {"deadlineMs": 30_000}})
+
+    async def heard() -> bool:
+        return any(s.worker_id == "leaving" and s.draining for s in fast.dispatcher.sessions)
+
+    await eventually(heard)
+    staying = RawWorker(conn.workers)
+    try:
+        await staying.connect([job("j", ["x"])], worker_id="staying")
+        (run,) = (await send(conn, "x"))["runs"]
+        assert (await staying.run_request())["run"]["id"] == run["id"]
+        with pytest.raises(TimeoutError):
+            await worker.expect("run_request", within=0.3)
+    finally:
+        await staying.close()
+
+
+async def test_shutdown_refuses_new_worker_streams_and_ends_watches(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(lease=5.0, heartbeat_interval=1.0)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        busy = RawWorker(stubs.workers)
+        await busy.connect([job("j", ["x"])], worker_id="busy")
+        await send(stubs, "x")
+        await busy.run_request()  # it never finishes: the drain waits out its grace
+        await stubs.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("w", ["y"])}))
+        (waiting,) = (await send(stubs, "y"))["runs"]  # nobody serves w: it stays queued
+        watch = stubs.runs.WatchRun(rn.WatchRunRequest(id=waiting["id"]))
+        assert (await watch.read()).run.id == waiting["id"]
+        stopping = asyncio.create_task(server.stop(grace=3.0))
+
+        async def draining() -> bool:
+            return server.workers.closing
+
+        await eventually(draining)
+        late = RawWorker(stubs.workers)
+        late.call = stubs.workers.RunJob(late._requests())
+        late.send({"hello": {"workerId": "late", "capacity": 1, "jobs": [job("j", ["x"])]}})
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await late.call.read()
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in (refused.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:
+                await watch.read()
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert ended.value.details() == "the server is shutting down; watch again later"
+        await late.close()
+        await busy.close()
+        await stopping

@@ -283,8 +283,9 @@ class _Session:
     def on_run_request(self, request: worker_service_pb2.RunRequest) -> None:
         self.worker._activity.set()
         if self.draining:
-            log.warning("run %s received while draining; not started", request.run.id)
-            return
+            # Sent before the server read this worker's drain: run it like the rest,
+            # within the same deadline, rather than leave it held here unstarted.
+            log.info("run %s arrived while draining; running it", request.run.id)
         if request.cached_tasks_complete:
             self.start(request, list(request.cached_tasks))
         else:
@@ -356,7 +357,9 @@ class _Session:
         """Take no new runs, finish the running ones within ``deadline``, close the stream."""
         if self.closer is None:
             self.draining = True
-            self.assembling.clear()
+            # So that the server sends no more runs here (they go to other workers).
+            drain = worker_service_pb2.Drain(deadline_ms=int(max(deadline, 0) * 1000))
+            self.send(Request(drain=drain))
             self.closer = asyncio.create_task(self._close(deadline), name="tripwire-close")
 
     async def _close(self, deadline: float) -> None:

@@ -34,6 +34,7 @@ class RunJobRequest(_message.Message):
     TASK_COMPLETE_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
     RUN_RESULT_FIELD_NUMBER: _builtins.int
+    DRAIN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -46,6 +47,12 @@ class RunJobRequest(_message.Message):
     def log(self) -> Global___RunLog: ...
     @_builtins.property
     def run_result(self) -> Global___RunResult: ...
+    @_builtins.property
+    def drain(self) -> Global___Drain:
+        """This worker is shutting down on its own: send it no more run requests
+        (see 9.).
+        """
+
     def __init__(
         self,
         *,
@@ -55,12 +62,13 @@ class RunJobRequest(_message.Message):
         task_complete: Global___TaskComplete | None = ...,
         log: Global___RunLog | None = ...,
         run_result: Global___RunResult | None = ...,
+        drain: Global___Drain | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "run_result", b"run_result", "task", b"task", "task_complete", b"task_complete"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "run_result", b"run_result", "task", b"task", "task_complete", b"task_complete"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "run_result", b"run_result", "task", b"task", "task_complete", b"task_complete"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "run_result", b"run_result", "task", b"task", "task_complete", b"task_complete"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "task", "task_complete", "log", "run_result"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "task", "task_complete", "log", "run_result", "drain"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -537,7 +545,9 @@ class Drain(_message.Message):
 
     DEADLINE_MS_FIELD_NUMBER: _builtins.int
     deadline_ms: _builtins.int
-    """Finish in-flight runs within this long."""
+    """Server -> worker: finish in-flight runs within this long. Worker ->
+    server: how long the worker gives its runs (for the server's logs).
+    """
     def __init__(
         self,
         *,

@@ -106,7 +106,12 @@ class WorkerServiceStub:
     running within `deadline_ms`, send the results, then half-close the
     stream (what was sent before the half-close is still applied). Runs not
     finished by the deadline are requeued by the server. Then reconnect
-    with backoff: the next server (or the restarted one) will accept you.
+    with backoff: the next server (or the restarted one) will accept you;
+    until it stops, the draining server answers a new stream UNAVAILABLE.
+    A worker shutting down on its own sends `drain` first: the server then
+    sends it no more run requests, so they go to other workers. Run a
+    request that was already on its way (it was sent before the server read
+    the drain) like the rest, then finish and half-close as above.
     10. A message the server cannot accept (bad field, unknown run) is
     answered with `rejected`, carrying the request_id (task messages) or the
     run_id (log, run_result) and the field in the message; the stream stays
@@ -207,7 +212,12 @@ class WorkerServiceServicer:
     running within `deadline_ms`, send the results, then half-close the
     stream (what was sent before the half-close is still applied). Runs not
     finished by the deadline are requeued by the server. Then reconnect
-    with backoff: the next server (or the restarted one) will accept you.
+    with backoff: the next server (or the restarted one) will accept you;
+    until it stops, the draining server answers a new stream UNAVAILABLE.
+    A worker shutting down on its own sends `drain` first: the server then
+    sends it no more run requests, so they go to other workers. Run a
+    request that was already on its way (it was sent before the server read
+    the drain) like the rest, then finish and half-close as above.
     10. A message the server cannot accept (bad field, unknown run) is
     answered with `rejected`, carrying the request_id (task messages) or the
     run_id (log, run_result) and the field in the message; the stream stays
@@ -317,7 +327,12 @@ class WorkerService:
     running within `deadline_ms`, send the results, then half-close the
     stream (what was sent before the half-close is still applied). Runs not
     finished by the deadline are requeued by the server. Then reconnect
-    with backoff: the next server (or the restarted one) will accept you.
+    with backoff: the next server (or the restarted one) will accept you;
+    until it stops, the draining server answers a new stream UNAVAILABLE.
+    A worker shutting down on its own sends `drain` first: the server then
+    sends it no more run requests, so they go to other workers. Run a
+    request that was already on its way (it was sent before the server read
+    the drain) like the rest, then finish and half-close as above.
     10. A message the server cannot accept (bad field, unknown run) is
     answered with `rejected`, carrying the request_id (task messages) or the
     run_id (log, run_result) and the field in the message; the stream stays

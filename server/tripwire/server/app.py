@@ -163,6 +163,7 @@ class Server:
         await self.health.enter_graceful_shutdown()
         # Workers first: they finish or hand back their runs while calls still work.
         await self.workers.drain(grace)
+        self.hub.close_watches()  # a WatchRun would otherwise hold the stop for the grace
         await self.grpc.stop(grace)
         for task in self._loops:
             task.cancel()

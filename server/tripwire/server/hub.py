@@ -41,7 +41,8 @@ class Hub:
         # Set when a delayed event, a schedule or a waiting run may be due sooner.
         self.timers_changed = asyncio.Event()
         self.listener = RunListener()
-        self._watchers: dict[str, set[asyncio.Queue[str]]] = {}
+        self._watchers: dict[str, set[asyncio.Queue[str | None]]] = {}
+        self._closed = False
 
     def _call(self, callback: Callable[..., Any], *args: Any) -> None:
         if threading.get_ident() == self._thread:
@@ -80,10 +81,20 @@ class Hub:
             for queue in self._watchers.get(run_id, ()):
                 queue.put_nowait(run_id)
 
+    def close_watches(self) -> None:
+        """Shutdown: every watch, present and future, gets None (end the stream)."""
+        self._closed = True
+        for queues in self._watchers.values():
+            for queue in queues:
+                queue.put_nowait(None)
+
     @contextmanager
-    def watch(self, run_id: str) -> Iterator[asyncio.Queue[str]]:
-        """A queue that receives `run_id` whenever the run, its tasks or its logs change."""
-        queue: asyncio.Queue[str] = asyncio.Queue()
+    def watch(self, run_id: str) -> Iterator[asyncio.Queue[str | None]]:
+        """A queue that receives `run_id` whenever the run, its tasks or its logs
+        change, and None when the server is shutting down."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        if self._closed:
+            queue.put_nowait(None)
         self._watchers.setdefault(run_id, set()).add(queue)
         try:
             yield queue

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from .errors import InvalidArgument, NotFound
+from .errors import InvalidArgument, NotFound, Unavailable
 from .hub import Hub
 from .models import LogEntry, Page, Run, Task
 
@@ -65,9 +65,11 @@ class RunService:
                 last_log = entry.seq
                 yield entry
             while not run.status.terminal:
-                await changes.get()
-                while not changes.empty():  # coalesce a burst of changes into one read
-                    changes.get_nowait()
+                closing = await changes.get() is None
+                while not changes.empty():  # a burst of changes makes one read
+                    closing = changes.get_nowait() is None or closing
+                if closing:
+                    raise Unavailable("the server is shutting down; watch again later")
                 latest, tasks, logs = await self.details(env, run_id)
                 for task in tasks:
                     if seen_tasks.get(task.id) != _task_state(task):

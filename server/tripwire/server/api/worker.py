@@ -38,6 +38,7 @@ TASK_PAGE_BYTES = 1024 * 1024
 # A gone worker's runs go back to the queue even if the store fails for a while.
 REQUEUE_RETRY_SECONDS = 0.1
 REQUEUE_RETRY_MAX_SECONDS = 5.0
+SHUTTING_DOWN = "the server is shutting down; connect again later"
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -49,6 +50,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self.auth = auth
         self.settings = settings
         self.streams: set[WorkerStream] = set()
+        # Set when shutdown starts: a new stream is refused, one that slipped in
+        # is told to drain at once.
+        self.closing = False
         # Every task a stream started (message handlers, run requests), until done.
         self.tasks: set[asyncio.Task[None]] = set()
         self._job_messages: dict[tuple[str, str, str, int], job_pb2.Job] = {}
@@ -62,6 +66,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             env = self.auth.environment(context)
         except TripwireError as exc:
             await context.abort(status_of(exc), exc.message)
+        if self.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         stream = WorkerStream(self, env, request_iterator)
         try:
             hello = await stream.hello()
@@ -76,6 +82,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             log.exception("hello of a worker failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         self.streams.add(stream)
+        if self.closing:  # shutdown began while its hello was being stored
+            stream.drain(0.0)
         try:
             yield hello
             async for reply in stream.serve():
@@ -129,6 +137,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 
     async def drain(self, deadline: float) -> None:
         """Shutdown: tell every worker to drain, wait for their runs, requeue the rest."""
+        self.closing = True
         self.dispatcher.pause()
         for stream in list(self.streams):
             stream.drain(deadline)
@@ -175,6 +184,8 @@ class WorkerStream:
             first = await asyncio.wait_for(anext(self.requests), self.lease)
         except StopAsyncIteration:
             raise InvalidArgument("hello", "the stream ended before hello") from None
+        if self.servicer.closing:
+            raise Unavailable(SHUTTING_DOWN)
         if first.WhichOneof("message") != "hello":
             raise InvalidArgument("hello", "the first message on the stream must be hello")
         hello = first.hello
@@ -447,6 +458,14 @@ class WorkerStream:
                 raise
 
         await self._guard(msg.run_id, msg.attempt, "", finish())
+
+    async def _on_drain(self, msg: pb.Drain) -> None:
+        """The worker shuts down on its own: no more runs for it."""
+        if self.session is not None:
+            self.session.draining = True
+            log.info(
+                "worker %s drains (%d ms for its runs)", self.session.worker_id, msg.deadline_ms
+            )
 
     async def _on_hello(self, msg: pb.Hello) -> None:
         self._send(_rejected("", "", InvalidArgument("hello", "was already sent on this stream")))
