@@ -169,6 +169,9 @@ class SetJobEnabledRequest(_message.Message):
     version: _builtins.str
     """Absent: every version."""
     enabled: _builtins.bool
+    """Mind the default: false, which disables, and disabling ends the active
+    runs ABORTED. Always send it, e.g. {"jobId": "j", "enabled": true}.
+    """
     def __init__(
         self,
         *,
