@@ -228,6 +228,20 @@ async def test_wait_frees_the_slot_and_resumes(
     ]
 
 
+async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["w"])])
+    await send(conn, "w")
+    run = (await worker.run_request())["run"]
+    await worker.task(run, "nap", kind="TASK_KIND_WAIT", params={"seconds": 60})
+    assert "waitUntil" in (await run_status(conn, run["id"], "WAITING"))["run"]
+    cancelled = js((await conn.runs.CancelRun(rn.CancelRunRequest(id=run["id"]))).run)
+    stored = js((await conn.runs.GetRun(rn.GetRunRequest(id=run["id"]))).run)
+    assert cancelled == stored and cancelled["status"] == "RUN_STATUS_CANCELED"
+    assert "waitUntil" not in cancelled
+
+
 async def test_failed_task_retries_with_backoff_then_errors(
     conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:

@@ -374,9 +374,9 @@ class SQLiteStore(JobOps, WorkOps):
                     "its status"
                 )
             self._end_runs(tx, [run.id], RunStatus.CANCELED, now, "Canceled", reason)
-            run.status, run.completed_at, run.updated_at = RunStatus.CANCELED, now, now
-            run.error = {"type": "Canceled", "message": reason, "stack": ""}
-            return run
+            ended = rows.find_run(tx.conn, env, run_id)  # as stored: wait_until cleared too
+            assert ended is not None
+            return ended
 
         return await self._write(op)
 
