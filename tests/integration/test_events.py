@@ -373,3 +373,23 @@ async def test_a_failed_timer_round_is_retried_and_the_server_keeps_serving(
 
         await eventually(delivered)
     assert failures and "timer round failed" in caplog.text
+
+
+async def test_a_list_page_ends_early_rather_than_outgrow_a_clients_4_mib_limit(
+    stubs: Stubs,
+) -> None:
+    blob = "x" * 700_000  # 8 of these are 5.6 MB; the channel takes 4 MiB per reply
+    for i in range(8):
+        await send(stubs, {"name": "big", "id": f"b{i}", "payload": {"blob": blob}})
+    seen: list[str] = []
+    pages = 0
+    token = ""
+    while True:
+        page = await stubs.events.ListEvents(ev.ListEventsRequest(name="big", page_token=token))
+        pages += 1
+        seen += [e.id for e in page.events]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"b{i}" for i in reversed(range(8))]  # newest first, each once
+    assert pages >= 2

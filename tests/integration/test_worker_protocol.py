@@ -899,3 +899,25 @@ async def test_shutdown_refuses_new_worker_streams_and_ends_watches(
         await late.close()
         await busy.close()
         await stopping
+
+
+async def test_list_runs_pages_end_early_rather_than_outgrow_a_clients_4_mib_limit(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])], capacity=10)
+    ids = [(await send(conn, "x", id=f"e{i}"))["runs"][0]["id"] for i in range(6)]
+    for _ in ids:
+        run = (await worker.run_request())["run"]
+        worker.result(run, output="y" * 900_000)
+    for run_id in ids:
+        await run_status(conn, run_id, "SUCCESS")
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await conn.runs.ListRuns(rn.ListRunsRequest(job_id="j", page_token=token))
+        assert len(page.runs) < len(ids)  # 5.4 MB in all: never one page
+        seen += [r.id for r in page.runs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids[::-1]

@@ -169,7 +169,10 @@ class ListEventsRequest(_message.Message):
     status: _event_pb2.EventStatus.ValueType
     """Only events in this status."""
     page_size: _builtins.int
-    """At most this many (default 50, at most 1,000)."""
+    """At most this many (default 50, at most 1,000). A page also ends before
+    its reply passes 3 MiB (under the 4 MiB most clients accept); its
+    next_page_token continues it.
+    """
     page_token: _builtins.str
     """`next_page_token` of the previous page."""
     def __init__(

@@ -82,7 +82,10 @@ class ListRunsRequest(_message.Message):
     status: _run_pb2.RunStatus.ValueType
     """Only runs in this status."""
     page_size: _builtins.int
-    """At most this many (default 50, at most 1,000)."""
+    """At most this many (default 50, at most 1,000). A page also ends before
+    its reply passes 3 MiB (under the 4 MiB most clients accept); its
+    next_page_token continues it.
+    """
     page_token: _builtins.str
     def __init__(
         self,

@@ -12,7 +12,7 @@ from ..errors import InvalidArgument
 from ..events import EventService
 from ..models import EventStatus
 from . import convert
-from .rpc import Authenticator, check_payload_size, page_size, seq_token, unary
+from .rpc import Authenticator, check_payload_size, fill_page, page_size, seq_token, unary
 
 
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
@@ -77,9 +77,10 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             limit=page_size(request.page_size),
             before=seq_token(request.page_token),
         )
-        reply = pb.ListEventsResponse(next_page_token=page.next_cursor)
-        for event in page.items:
-            convert.event_to_pb(event, reply.events.add())
+        reply = pb.ListEventsResponse()
+        reply.next_page_token = fill_page(
+            page.items, reply.events, convert.event_to_pb, page.next_cursor, lambda e: str(e.seq)
+        )
         return reply
 
     @unary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -67,6 +67,7 @@ class Authenticator:
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+T = TypeVar("T")
 Handler = Callable[[Any, Req, Any, str], Awaitable[Resp]]
 
 
@@ -97,6 +98,29 @@ def check_payload_size(message: Any, limit: int, field: str) -> None:
             f"{field}.payload" if field else "payload",
             f"payload and context are {size} bytes, over the limit of {limit} bytes",
         )
+
+
+# A list page ends early rather than pass this: grpcurl and most gRPC clients
+# refuse replies over 4 MiB unless told otherwise.
+PAGE_BYTES = 3 * 1024 * 1024
+
+
+def fill_page(
+    items: Sequence[T],
+    repeated: Any,
+    to_pb: Callable[[T, Any], Any],
+    next_cursor: str,
+    cursor: Callable[[T], str],
+) -> str:
+    """Add `items` to the `repeated` field of a reply, but stop (after at least one)
+    before the page's messages pass PAGE_BYTES; returns the next page token."""
+    size = 0
+    for i, item in enumerate(items):
+        size += to_pb(item, repeated.add()).ByteSize()
+        if size > PAGE_BYTES and i > 0:
+            del repeated[-1]
+            return cursor(items[i - 1])
+    return next_cursor
 
 
 def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:

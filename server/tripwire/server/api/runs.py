@@ -12,7 +12,7 @@ from ..errors import TripwireError
 from ..models import Run, Task
 from ..runs import RunService
 from . import convert
-from .rpc import Authenticator, page_size, seq_token, status_of, unary
+from .rpc import Authenticator, fill_page, page_size, seq_token, status_of, unary
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
@@ -43,9 +43,10 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
             limit=page_size(request.page_size),
             before=seq_token(request.page_token),
         )
-        reply = pb.ListRunsResponse(next_page_token=page.next_cursor)
-        for run in page.items:
-            convert.run_to_pb(run, reply.runs.add())
+        reply = pb.ListRunsResponse()
+        reply.next_page_token = fill_page(
+            page.items, reply.runs, convert.run_to_pb, page.next_cursor, lambda r: str(r.seq)
+        )
         return reply
 
     @unary
