@@ -32,6 +32,21 @@ def test_describe_event_service(server, grpcurl):
     assert "rpc SendEvent ( .tripwire.v1.SendEventRequest )" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("symbol", "shown"),
+    [
+        ("tripwire.v1.EventService.SendEvent", "rpc SendEvent ( .tripwire.v1.SendEventRequest )"),
+        ("tripwire.v1.RunService.WatchRun", "returns ( stream .tripwire.v1.WatchRunResponse )"),
+        ("grpc.health.v1.Health.Check", "rpc Check ( .grpc.health.v1.HealthCheckRequest )"),
+    ],
+)
+def test_describe_a_method(server, grpcurl, symbol, shown):
+    result = grpcurl(server.address, symbol, verb=["describe"])
+
+    assert result.returncode == 0, result.stderr
+    assert shown in result.stdout
+
+
 def test_send_event_with_plain_json(server, grpcurl):
     reply = grpcurl.json(server.address, "tripwire.v1.EventService/SendEvent", NEW_USER)
 

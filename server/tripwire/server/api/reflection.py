@@ -1,6 +1,6 @@
 """Server reflection, v1alpha and v1, so grpcurl needs no .proto files.
 
-Two fixes over grpcio-reflection as shipped:
+Three fixes over grpcio-reflection as shipped:
 - It has only v1alpha. v1 has the same messages under another package, so the
   same servicer is registered under the v1 name too, with a v1 copy of the
   descriptor so that `describe` works on it.
@@ -8,6 +8,9 @@ Two fixes over grpcio-reflection as shipped:
   field names. Reflection serves copies with `json_name` filled in, as protoc
   computes it, and grpcurl shows the same camelCase JSON as every other
   client (`deliveredAt`, not `delivered_at`).
+- The upb descriptor pool finds no file for a method's name, so `grpcurl
+  describe tripwire.v1.EventService.SendEvent` said "Symbol not found": a
+  name not found is tried again as its service's.
 """
 
 from __future__ import annotations
@@ -77,13 +80,28 @@ def build_pool(files: Iterable[descriptor.FileDescriptor]) -> descriptor_pool.De
     return pool
 
 
+class _ReflectionServicer(reflection.aio.ReflectionServicer):  # type: ignore[misc]
+    def _file_containing_symbol(self, request, fully_qualified_name):  # type: ignore[no-untyped-def]
+        try:
+            self._pool.FindFileContainingSymbol(fully_qualified_name)
+        except KeyError:
+            service, dot, method = fully_qualified_name.rpartition(".")
+            try:
+                found = self._pool.FindServiceByName(service) if dot else None
+            except KeyError:
+                found = None
+            if found is not None and method in found.methods_by_name:
+                fully_qualified_name = service
+        return super()._file_containing_symbol(request, fully_qualified_name)
+
+
 def enable(
     service_names: Iterable[str],
     files: Iterable[descriptor.FileDescriptor],
     server: grpc.aio.Server,
 ) -> None:
     names = [*service_names, reflection.SERVICE_NAME, V1_SERVICE]
-    servicer = reflection.aio.ReflectionServicer(names, pool=build_pool(files))
+    servicer = _ReflectionServicer(names, pool=build_pool(files))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
