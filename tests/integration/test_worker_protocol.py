@@ -459,6 +459,25 @@ async def test_watch_run_streams_changes_until_terminal(conn: Stubs, worker: Raw
     assert any("task" in u and u["task"]["status"] == "TASK_STATUS_COMPLETED" for u in updates)
 
 
+async def test_watch_run_streams_a_line_stored_under_a_lower_number_later(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    run_id = (await send(conn, "x"))["runs"][0]["id"]
+    watch = conn.runs.WatchRun(rn.WatchRunRequest(id=run_id))
+    await watch.read()
+    run = (await worker.run_request())["run"]
+    for seq in (2_000_001, 1_000_001):  # as a replay of concurrent io calls may number them
+        line = {"runId": run_id, "attempt": 1, "seq": seq, "message": f"line {seq}"}
+        worker.send({"log": line})
+    worker.result(run, output=None)
+    lines = []
+    while (msg := await watch.read()) is not grpc.aio.EOF:
+        if msg.HasField("log"):
+            lines.append(msg.log.message)
+    assert sorted(lines) == ["line 1000001", "line 2000001"]
+
+
 async def test_runs_queued_before_any_worker_wait_for_one(conn: Stubs, worker: RawWorker) -> None:
     await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("early", ["e"])}))
     first = await send(conn, "e", id="e1")

@@ -43,7 +43,10 @@ class RunServiceStub:
     """
     WatchRun: _grpc.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.WatchRunResponse]
     """Streams the run as it changes: first the current run, its tasks and logs,
-    then every change, ending after the run reaches a terminal status.
+    then every change, ending after the run reaches a terminal status. Changes
+    close together may arrive as one: the run's and each changed task's latest
+    state, not each state they passed through; every log line arrives. A server
+    shutting down ends the stream UNAVAILABLE: watch again.
     """
 
 @_typing.type_check_only
@@ -61,7 +64,10 @@ class RunServiceAsyncStub(RunServiceStub):
     """
     WatchRun: _aio.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.WatchRunResponse]  # type: ignore[assignment]
     """Streams the run as it changes: first the current run, its tasks and logs,
-    then every change, ending after the run reaches a terminal status.
+    then every change, ending after the run reaches a terminal status. Changes
+    close together may arrive as one: the run's and each changed task's latest
+    state, not each state they passed through; every log line arrives. A server
+    shutting down ends the stream UNAVAILABLE: watch again.
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -100,7 +106,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_run_service_pb2.WatchRunResponse], _abc.AsyncIterator[_run_service_pb2.WatchRunResponse]]:
         """Streams the run as it changes: first the current run, its tasks and logs,
-        then every change, ending after the run reaches a terminal status.
+        then every change, ending after the run reaches a terminal status. Changes
+        close together may arrive as one: the run's and each changed task's latest
+        state, not each state they passed through; every log line arrives. A server
+        shutting down ends the stream UNAVAILABLE: watch again.
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

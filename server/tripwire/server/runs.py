@@ -60,9 +60,11 @@ class RunService:
             for task in tasks:
                 seen_tasks[task.id] = _task_state(task)
                 yield task
-            last_log = 0
+            # By number, not "above the last": a replay may store a line under a
+            # lower number (see worker_service.proto, 5.).
+            seen_logs = set()
             for entry in logs:
-                last_log = entry.seq
+                seen_logs.add(entry.seq)
                 yield entry
             while not run.status.terminal:
                 closing = await changes.get() is None
@@ -76,8 +78,8 @@ class RunService:
                         seen_tasks[task.id] = _task_state(task)
                         yield task
                 for entry in logs:
-                    if entry.seq > last_log:
-                        last_log = entry.seq
+                    if entry.seq not in seen_logs:
+                        seen_logs.add(entry.seq)
                         yield entry
                 if (latest.status, latest.updated_at, latest.attempt) != (
                     run.status,
