@@ -940,3 +940,32 @@ async def test_list_runs_pages_end_early_rather_than_outgrow_a_clients_4_mib_lim
         if not token:
             break
     assert seen == ids[::-1]
+
+
+async def test_a_dispatch_that_cannot_be_prepared_goes_back_to_the_queue_even_if_the_store_balks(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_job, real_requeue = fast.work.job, fast.work.store.requeue
+    failures: list[str] = []
+
+    async def job_failing_once(*args: Any) -> Any:
+        if "job" not in failures:
+            failures.append("job")
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real_job(*args)
+
+    async def requeue_failing_once(*args: Any) -> Any:
+        if "requeue" not in failures:
+            failures.append("requeue")
+            raise sqlite3.OperationalError("database is locked")
+        return await real_requeue(*args)
+
+    monkeypatch.setattr(fast.work, "job", job_failing_once)
+    monkeypatch.setattr(fast.work.store, "requeue", requeue_failing_once)
+    await worker.connect([job("j", ["x"])])
+    (queued,) = (await send(conn, "x"))["runs"]
+    again = (await worker.run_request())["run"]  # the first dispatch never reached it
+    assert (again["id"], again["attempt"]) == (queued["id"], 2)
+    assert failures == ["job", "requeue"]
+    worker.result(again, output="done")
+    await run_status(conn, queued["id"], "SUCCESS")

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 TASK_PAGE_BYTES = 1024 * 1024
 # A gone worker's runs go back to the queue even if the store fails for a while.
 REQUEUE_RETRY_SECONDS = 0.1
+# A run whose dispatch could not be prepared goes back to the queue this much later.
+START_FAILED_PAUSE_SECONDS = 1.0
 REQUEUE_RETRY_MAX_SECONDS = 5.0
 SHUTTING_DOWN = "the server is shutting down; connect again later"
 
@@ -112,7 +114,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         return message
 
     def requeue_later(self, held: list[tuple[str, int]], delay: float) -> None:
-        """Give a gone worker's runs back once its lease has run out."""
+        """Give runs back to the queue after `delay` (a gone worker's, once its lease
+        has run out), trying until the store takes them."""
         if not held:
             return
 
@@ -130,7 +133,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                     pause = min(pause * 2, REQUEUE_RETRY_MAX_SECONDS)
             del self._pending[task]
             if back:
-                log.info("requeued %d runs of a worker whose lease expired", len(back))
+                log.info("requeued %d runs", len(back))
 
         task = asyncio.create_task(later())
         self._pending[task] = held
@@ -453,8 +456,9 @@ class WorkerStream:
                 raise
             except Exception:
                 # Not stored, and the slot is already free: the run goes back to the
-                # queue rather than stay EXECUTING with nobody on it.
-                await self.work.store.requeue([(msg.run_id, msg.attempt)], self.work.clock())
+                # queue (retried until the store takes it) rather than stay
+                # EXECUTING with nobody on it.
+                self.servicer.requeue_later([(msg.run_id, msg.attempt)], 0)
                 raise
 
         await self._guard(msg.run_id, msg.attempt, "", finish())
@@ -488,7 +492,8 @@ class WorkerStream:
             if self.runs.get(run.id) is run:
                 self._forget(run.id, run.attempt)
                 self.dispatcher.finished(run.id, run.attempt)
-                await self.work.store.requeue([(run.id, run.attempt)], self.work.clock())
+                # After a pause, so that a lasting fault does not spin through attempts.
+                self.servicer.requeue_later([(run.id, run.attempt)], START_FAILED_PAUSE_SECONDS)
             return
         if self.runs.get(run.id) is not run:
             return  # cancelled or abandoned while we read: the worker never hears of it
