@@ -2,7 +2,8 @@
 
 ``tripwire [--url URL] [--api-key KEY] [--json] COMMAND ...``; the global options may
 also follow the command. Exit status: 0 done, 1 the server refused (``error: CODE:
-details`` on stderr), 2 bad usage.
+details`` on stderr), 2 bad usage (``error: details`` for what argparse cannot check,
+e.g. a ``worker`` target that does not load).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Client("tripwire-cli", args.url, api_key=args.api_key or None) as client:
             data, text = handler(client, args)
     except TripwireError as exc:
+        if exc.code is None:  # refused here, before any call: the command was wrong
+            print(f"error: {exc.details}", file=sys.stderr)
+            return 2
         print(f"error: {exc.code_name}: {exc.details}", file=sys.stderr)
         return 1
     print(render.dumps(data) if args.json else text)
