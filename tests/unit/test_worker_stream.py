@@ -596,3 +596,34 @@ async def test_an_applications_own_signal_handlers_are_left_alone() -> None:
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+async def test_a_run_request_arriving_after_the_half_close_is_not_started(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = asyncio.Event()
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        started.set()
+        return "its result could never be sent"
+
+    server, sleep = FakeServer(auto_end=False), FakeSleep()
+    worker = Worker(Client("test"), [job(handler)], connect=server, sleep=sleep)
+    running = asyncio.create_task(worker.run())
+    stream = await server.next_stream()
+    await stream.expect("hello")
+    stream.welcome()
+    await within(worker.wait_connected())
+    shutting = asyncio.create_task(worker.shutdown())  # nothing running: it closes at once
+    await stream.expect("drain")
+    await within(stream.half_closed.wait())
+    stream.reply(run_request=run_request())  # sent before the server read the drain
+
+    async def refused() -> bool:
+        return "arrived after the stream was closed; not started" in caplog.text
+
+    await eventually(refused, within=5.0, every=0.005)
+    stream.end()
+    await within(shutting)
+    await within(running)
+    assert not started.is_set()

@@ -48,11 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with Client("tripwire-cli", args.url, api_key=args.api_key or None) as client:
             data, text = handler(client, args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except TripwireError as exc:
-        if exc.code is None:  # refused here, before any call: the command was wrong
-            print(f"error: {exc.details}", file=sys.stderr)
-            return 2
-        print(f"error: {exc.code_name}: {exc.details}", file=sys.stderr)
+        code = f"{exc.code_name}: " if exc.code is not None else ""
+        print(f"error: {code}{exc.details}", file=sys.stderr)
         return 1
     print(render.dumps(data) if args.json else text)
     return 0
@@ -301,6 +302,10 @@ def _match(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     return matches, render.matches_table(matches) if matches else "no event-triggered jobs"
 
 
+class UsageError(Exception):
+    """A command argparse could not check is wrong (exit status 2)."""
+
+
 def _worker(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     # The application's own Client serves its jobs; the command's client is not used.
     module, _, attr = args.target.partition(":")
@@ -309,9 +314,9 @@ def _worker(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     try:
         app = getattr(importlib.import_module(module), attr or "client")
     except (ImportError, AttributeError) as exc:
-        raise TripwireError(f"cannot load {args.target}: {exc}") from exc
+        raise UsageError(f"cannot load {args.target}: {exc}") from exc
     if not callable(getattr(app, "listen", None)):
-        raise TripwireError(f"{args.target} is not a tripwire Client")
+        raise UsageError(f"{args.target} is not a tripwire Client")
     try:
         app.listen()
     except (ValueError, TypeError) as exc:  # the worker refused its settings (no jobs, ...)

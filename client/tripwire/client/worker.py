@@ -230,6 +230,9 @@ class _Session:
         self.no_runs = asyncio.Event()
         self.no_runs.set()
         self.draining = False
+        # Nothing more can be sent: a run request arriving now is not started (the
+        # server gives it to another worker once this one's lease is over).
+        self.half_closed = False
         self.reader: asyncio.Task[None] | None = None
         self.closer: asyncio.Task[None] | None = None
         # When the server last said anything; if it answers heartbeats (its welcome
@@ -282,6 +285,9 @@ class _Session:
 
     def on_run_request(self, request: worker_service_pb2.RunRequest) -> None:
         self.worker._activity.set()
+        if self.half_closed:
+            log.warning("run %s arrived after the stream was closed; not started", request.run.id)
+            return
         if self.draining:
             # Sent before the server read this worker's drain: run it like the rest,
             # within the same deadline, rather than leave it held here unstarted.
@@ -293,7 +299,7 @@ class _Session:
 
     def on_cached_tasks(self, page: worker_service_pb2.CachedTasks) -> None:
         entry = self.assembling.get(page.run_id)
-        if entry is None or entry[0].run.attempt != page.attempt:
+        if self.half_closed or entry is None or entry[0].run.attempt != page.attempt:
             return
         entry[1].extend(page.tasks)
         if page.last:
@@ -354,7 +360,8 @@ class _Session:
             self.stop_run(run_id)
 
     def close(self, deadline: float) -> None:
-        """Take no new runs, finish the running ones within ``deadline``, close the stream."""
+        """Ask the server for no more runs, finish the running ones (and any already on
+        their way) within ``deadline``, close the stream."""
         if self.closer is None:
             self.draining = True
             # So that the server sends no more runs here (they go to other workers).
@@ -368,6 +375,7 @@ class _Session:
         if self.runs:
             log.warning("stopping %d run(s) still executing at the deadline", len(self.runs))
         self.stop_all()
+        self.half_closed = True
         self.queue.put_nowait(None)  # half-close: the server ends the stream
         reader = self.reader
         if reader is not None:
@@ -448,7 +456,8 @@ class Worker:
 
     @property
     def draining(self) -> bool:
-        """True while the stream is closing (``drain`` or shutdown): no new runs start."""
+        """True while the stream is closing (``drain`` or shutdown): the server is asked
+        for no more runs; those already on their way still run until the stream closes."""
         return self._session is not None and self._session.draining
 
     @property
@@ -510,8 +519,9 @@ class Worker:
             self._session.close(self.shutdown_timeout)
 
     async def shutdown(self) -> None:
-        """Drain: take no new runs, let running ones finish within ``shutdown_timeout``,
-        close the stream, and wait for :meth:`run` to return."""
+        """Drain: ask the server for no more runs, let running ones (and any already on
+        their way) finish within ``shutdown_timeout``, close the stream, and wait for
+        :meth:`run` to return."""
         self.request_shutdown()
         if self._running:
             await self._finished.wait()
