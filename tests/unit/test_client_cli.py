@@ -111,20 +111,6 @@ def test_usage_errors_exit_2(
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    ("target", "message"),
-    [
-        ("no_such_module:client", "error: cannot load no_such_module:client: No module named"),
-        ("json:dumps", "error: json:dumps is not a tripwire Client"),
-    ],
-)
-def test_a_worker_target_that_is_not_a_client_exits_2(
-    target: str, message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert cli.main(["worker", target]) == 2
-    assert capsys.readouterr().err.startswith(message)
-
-
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert "commands:" in capsys.readouterr().err

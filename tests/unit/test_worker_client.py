@@ -81,5 +81,7 @@ def test_the_worker_command_loads_the_client_and_listens(monkeypatch: pytest.Mon
 def test_the_worker_command_explains_a_bad_target(
     target: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["worker", target]) == 1
-    assert message in capsys.readouterr().err
+    assert cli.main(["worker", target]) == 2  # bad usage
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message if message == 'cannot load' else target}")
+    assert message in err
