@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any, TypeVar
 
+import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -24,3 +26,27 @@ def event_job(
     return {
         "job": {"id": job_id, "version": version, "trigger": {"event": {"names": names, **trigger}}}
     }
+
+
+class FailsOnce:
+    """Stands in for an async method of `owner`: its first call raises (as the store
+    does when the disk fails), the others are the real method's. `failed` keeps the
+    first call's arguments."""
+
+    def __init__(
+        self,
+        owner: object,
+        name: str,
+        monkeypatch: pytest.MonkeyPatch,
+        message: str = "disk I/O error",
+    ) -> None:
+        self.real = getattr(owner, name)
+        self.message = message
+        self.failed: tuple[Any, ...] | None = None
+        monkeypatch.setattr(owner, name, self)
+
+    async def __call__(self, *args: Any) -> Any:
+        if self.failed is None:
+            self.failed = args
+            raise sqlite3.OperationalError(self.message)
+        return await self.real(*args)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,7 +11,7 @@ from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
 
 from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
-from .helpers import event_job, js, req
+from .helpers import FailsOnce, event_job, js, req
 
 
 async def send(stubs: Stubs, event: dict, **options: object) -> dict:
@@ -353,15 +351,7 @@ async def test_a_failed_timer_round_is_retried_and_the_server_keeps_serving(
 ) -> None:
     clock = FakeClock()
     server = await start_server(clock=clock)
-    real, failures = server.store.deliver_due, []
-
-    async def failing_once(now: int, limit: int = 500) -> list:
-        if not failures:
-            failures.append(now)
-            raise sqlite3.OperationalError("disk I/O error")
-        return await real(now, limit)
-
-    monkeypatch.setattr(server.store, "deliver_due", failing_once)
+    round_ = FailsOnce(server.store, "deliver_due", monkeypatch)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stubs = make_stubs(channel)
         event = await send(stubs, {"name": "later", "id": "l1"}, deliver_after=60)
@@ -372,7 +362,7 @@ async def test_a_failed_timer_round_is_retried_and_the_server_keeps_serving(
             return got["event"]["status"] == "EVENT_STATUS_DELIVERED"
 
         await eventually(delivered)
-    assert failures and "timer round failed" in caplog.text
+    assert round_.failed and "timer round failed" in caplog.text
 
 
 async def test_a_list_page_ends_early_rather_than_outgrow_a_clients_4_mib_limit(

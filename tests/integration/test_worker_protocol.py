@@ -15,7 +15,7 @@ from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
 
 from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
-from .helpers import js, req
+from .helpers import FailsOnce, js, req
 from .raw_worker import RawWorker, job
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -584,18 +584,10 @@ async def test_a_failed_queue_load_is_tried_again_while_the_worker_is_there(
 ) -> None:
     await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
     waiting = (await send(conn, "x"))["runs"][0]  # queued before any worker serves j
-    real, failures = fast.store.announce_queued, []
-
-    async def failing_once(*key: str) -> int:
-        if not failures:
-            failures.append(key)
-            raise sqlite3.OperationalError("disk I/O error")
-        return await real(*key)
-
-    monkeypatch.setattr(fast.store, "announce_queued", failing_once)
+    load = FailsOnce(fast.store, "announce_queued", monkeypatch)
     await worker.connect([job("j", ["x"])])
     assert (await worker.run_request())["run"]["id"] == waiting["id"]
-    assert failures == [("default", "j", "1.0.0")]
+    assert load.failed == ("default", "j", "1.0.0")
 
 
 async def test_a_store_failure_during_hello_ends_the_stream_internal(
@@ -945,27 +937,12 @@ async def test_list_runs_pages_end_early_rather_than_outgrow_a_clients_4_mib_lim
 async def test_a_dispatch_that_cannot_be_prepared_goes_back_to_the_queue_even_if_the_store_balks(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_job, real_requeue = fast.work.job, fast.work.store.requeue
-    failures: list[str] = []
-
-    async def job_failing_once(*args: Any) -> Any:
-        if "job" not in failures:
-            failures.append("job")
-            raise sqlite3.OperationalError("disk I/O error")
-        return await real_job(*args)
-
-    async def requeue_failing_once(*args: Any) -> Any:
-        if "requeue" not in failures:
-            failures.append("requeue")
-            raise sqlite3.OperationalError("database is locked")
-        return await real_requeue(*args)
-
-    monkeypatch.setattr(fast.work, "job", job_failing_once)
-    monkeypatch.setattr(fast.work.store, "requeue", requeue_failing_once)
+    prepare = FailsOnce(fast.work, "job", monkeypatch)
+    requeue = FailsOnce(fast.work.store, "requeue", monkeypatch, "database is locked")
     await worker.connect([job("j", ["x"])])
     (queued,) = (await send(conn, "x"))["runs"]
     again = (await worker.run_request())["run"]  # the first dispatch never reached it
     assert (again["id"], again["attempt"]) == (queued["id"], 2)
-    assert failures == ["job", "requeue"]
+    assert prepare.failed and requeue.failed
     worker.result(again, output="done")
     await run_status(conn, queued["id"], "SUCCESS")
