@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 TASK_PAGE_BYTES = 1024 * 1024
 # A gone worker's runs go back to the queue even if the store fails for a while.
 REQUEUE_RETRY_SECONDS = 0.1
+REQUEUE_RETRY_MAX_SECONDS = 5.0
 # A run whose dispatch could not be prepared goes back to the queue this much later.
 START_FAILED_PAUSE_SECONDS = 1.0
-REQUEUE_RETRY_MAX_SECONDS = 5.0
 SHUTTING_DOWN = "the server is shutting down; connect again later"
 
 
