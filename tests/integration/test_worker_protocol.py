@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format, struct_pb2
 from tripwire.server.app import Server
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
@@ -680,6 +681,57 @@ async def test_payload_limits_hold_for_invoke_and_send_event(
             )
             rejected = await w.expect("rejected")
             assert rejected["message"].startswith("task.params.event.payload")
+        finally:
+            await w.close()
+
+
+async def test_payload_limit_holds_for_task_params_outputs_logs_and_run_results(
+    start_server: StartServer,
+) -> None:
+    """Whatever a run stores is replayed to every later attempt: nothing over the
+    limit gets in. Params and log lines are refused naming the field; an output
+    over it fails its task (without retries) or its run, saying why."""
+    server = await start_server(max_payload_bytes=1000)
+    big = {"blob": "x" * 2000}
+    size = json_format.ParseDict(big, struct_pb2.Value()).ByteSize()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        w = RawWorker(stubs.workers)
+        try:
+            await w.connect([job("j", ["x"])])
+            await send(stubs, "x")
+            run = (await w.run_request())["run"]
+
+            w.send({"task": {"requestId": "p", "runId": run["id"], "attempt": 1, "key": "p",
+                             "kind": "TASK_KIND_RUN", "params": big}})  # fmt: skip
+            rejected = await w.expect("rejected")
+            assert rejected["requestId"] == "p"
+            assert (
+                rejected["message"] == f"task.params: is {size} bytes, over the limit of 1000 bytes"
+            )
+
+            retry = {"limit": 5, "minTimeoutMs": 1000}
+            started = await w.task(run, "t", retry=retry)
+            failed = await w.complete(run, started["task"]["id"], output=big)
+            assert failed["task"]["status"] == "TASK_STATUS_ERRORED"  # not WAITING to retry
+            assert failed["task"]["error"] == {
+                "type": "OutputTooLarge",
+                "message": f"task output is {size} bytes, over the limit of 1000 bytes",
+            }
+            assert "output" not in failed["task"]
+
+            w.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "message": "m",
+                            "data": big}})  # fmt: skip
+            rejected = await w.expect("rejected")
+            assert rejected["message"].startswith(f"log: message and data are {size + 1} bytes")
+
+            w.result(run, output=big)
+            stored = await run_status(stubs, run["id"], "FAILURE")
+            assert stored["run"]["error"]["type"] == "OutputTooLarge"
+            assert stored["run"]["error"]["message"].startswith(f"run output is {size} bytes")
+            assert "output" not in stored["run"]
+            assert [t["status"] for t in stored["tasks"]] == ["TASK_STATUS_ERRORED"]
+            assert "logs" not in stored
         finally:
             await w.close()
 

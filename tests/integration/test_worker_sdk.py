@@ -147,6 +147,42 @@ async def test_a_task_out_of_retries_raises_task_error_in_the_handler(client: Cl
     assert done.output == {"type": "ValueError", "message": "always broken"}
 
 
+async def test_a_task_output_over_the_payload_limit_raises_once_in_the_handler(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_payload_bytes=1000)
+    client = Client("sdk-limits", url=server.address)
+    calls = 0
+
+    def huge() -> str:
+        nonlocal calls
+        calls += 1
+        return "x" * 2000
+
+    @client.define_job(id="huge", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        try:
+            await io.run_task("huge", huge, retry={"limit": 5, "min_timeout_ms": 10})
+        except TaskError as exc:
+            return {"type": exc.type, "message": exc.message}
+        return "not raised"
+
+    try:
+        async with Worker(client) as worker:
+            await serving(worker)
+            run = await client.aio.invoke_job("huge")
+            done = await finished(client, run.id)
+    finally:
+        await client.aio.close()
+        client.close()
+    assert done.status == "SUCCESS", done.error
+    assert done.output == {
+        "type": "OutputTooLarge",
+        "message": "task output is 2003 bytes, over the limit of 1000 bytes",
+    }
+    assert calls == 1  # no retries: the function would only make it again
+
+
 async def test_an_uncaught_error_fails_the_run(client: Client) -> None:
     @client.define_job(id="fails", version="1.0.0", trigger=invoke_trigger())
     async def handler(payload: Any, io: IO, ctx: RunContext) -> None:

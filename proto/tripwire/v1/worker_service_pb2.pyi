@@ -321,7 +321,10 @@ class TaskRequest(_message.Message):
     def params(self) -> _struct_pb2.Value:
         """SEND_EVENT: {"event": EventInput JSON, "options": SendEventOptions JSON};
         SEND_EVENTS: {"events": [...], "options": {...}}; WAIT: {"seconds": n};
-        RUN: anything the worker wants recorded.
+        RUN: anything the worker wants recorded. Except for SEND_EVENT(S), whose
+        events are limited one by one like SendEvents', params over the server's
+        payload limit (--max-payload-bytes, measured on this encoding) are
+        rejected, naming task.params.
         """
 
     @_builtins.property
@@ -437,6 +440,9 @@ class RunLog(_message.Message):
     """Stored once per run: a replay sending the same seq adds nothing (see 5.)."""
     level: _job_pb2.LogLevel.ValueType
     message: _builtins.str
+    """message and data together within the payload limit, or the line is
+    rejected and not stored.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Value: ...
     def __init__(

@@ -25,6 +25,17 @@ if TYPE_CHECKING:
     from .store import Store
 
 MAX_CAPACITY = 10_000
+# The error a task or run gets in place of an outcome (output or error) over
+# the payload limit: stored, and every replay would send it again.
+TOO_LARGE = "OutputTooLarge"
+
+
+def too_large(what: str, size: int, limit: int) -> dict[str, str]:
+    return {
+        "type": TOO_LARGE,
+        "message": f"{what} is {size} bytes, over the limit of {limit} bytes",
+        "stack": "",
+    }
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ class TaskInput:
     # SEND_EVENT(S): the parsed events and options.
     events: tuple[EventDraft, ...] = ()
     options: DeliveryOptions = field(default_factory=DeliveryOptions)
+    # The wire size of `params`.
+    params_bytes: int = 0
 
 
 class WorkService:
@@ -105,6 +118,12 @@ class WorkService:
             ) from None
         if asked.retry is not None:
             retry_policy(asked.retry, "task.retry")
+        limit = self.limits.max_payload_bytes
+        # The events of SEND_EVENT(S) are limited one by one, like SendEvents'.
+        if kind not in (TaskKind.SEND_EVENT, TaskKind.SEND_EVENTS) and asked.params_bytes > limit:
+            raise InvalidArgument(
+                "task.params", f"is {asked.params_bytes} bytes, over the limit of {limit} bytes"
+            )
         events: tuple[Any, ...] = ()
         if kind in (TaskKind.SEND_EVENT, TaskKind.SEND_EVENTS):
             if not asked.events:
@@ -154,24 +173,57 @@ class WorkService:
         task_id: str,
         output: Any,
         error: dict[str, str] | None,
+        size: int = 0,
     ) -> TaskOutcome:
+        """`size`: the wire size of the outcome. One over the payload limit fails
+        the task instead, finally: retrying would only make it again."""
         if not task_id:
             raise InvalidArgument("task_complete.task_id", "is required")
+        final = size > self.limits.max_payload_bytes
+        if final:
+            which = "task output" if error is None else "task error"
+            output, error = None, too_large(which, size, self.limits.max_payload_bytes)
         return await self.store.complete_task(
-            env, run_id, attempt, task_id, output, error, self.clock(), random.random()
+            env, run_id, attempt, task_id, output, error, self.clock(), random.random(), final
         )
 
     async def log(
-        self, env: str, run_id: str, attempt: int, seq: int, level: str, message: str, data: Any
+        self,
+        env: str,
+        run_id: str,
+        attempt: int,
+        seq: int,
+        level: str,
+        message: str,
+        data: Any,
+        size: int = 0,
     ) -> None:
+        """`size`: the wire size of message and data."""
         if seq < 1:
             raise InvalidArgument("log.seq", "must be 1 or more")
+        if size > self.limits.max_payload_bytes:
+            raise InvalidArgument(
+                "log",
+                f"message and data are {size} bytes, "
+                f"over the limit of {self.limits.max_payload_bytes} bytes",
+            )
         if level not in LOG_RANK:
             raise InvalidArgument("log.level", "must be LOG, ERROR, WARN, INFO or DEBUG")
         entry = LogEntry(seq=seq, level=level, message=message, data=data, time=self.clock())
         await self.store.append_log(env, run_id, attempt, entry)
 
     async def finish(
-        self, env: str, run_id: str, attempt: int, output: Any, error: dict[str, str] | None
+        self,
+        env: str,
+        run_id: str,
+        attempt: int,
+        output: Any,
+        error: dict[str, str] | None,
+        size: int = 0,
     ) -> Run:
+        """`size`: the wire size of the outcome. One over the payload limit makes
+        the run a FAILURE saying so."""
+        if size > self.limits.max_payload_bytes:
+            which = "run output" if error is None else "run error"
+            output, error = None, too_large(which, size, self.limits.max_payload_bytes)
         return await self.store.finish_run(env, run_id, attempt, output, error, self.clock())

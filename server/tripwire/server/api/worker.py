@@ -405,13 +405,16 @@ class WorkerStream:
     async def _on_task_complete(self, msg: pb.TaskComplete) -> None:
         if self._owned(msg.run_id, msg.attempt, msg.request_id) is None:
             return
+        size = _outcome_bytes(msg)
         error = convert.error_from_pb(msg.error) if msg.HasField("error") else None
         output = convert.value_to_py(msg.output) if msg.HasField("output") else None
         outcome = await self._guard(
             msg.run_id,
             msg.attempt,
             msg.request_id,
-            self.work.complete_task(self.env, msg.run_id, msg.attempt, msg.task_id, output, error),
+            self.work.complete_task(
+                self.env, msg.run_id, msg.attempt, msg.task_id, output, error, size
+            ),
         )
         if outcome is not None:
             self._task_result(msg.request_id, msg.run_id, msg.attempt, outcome)
@@ -437,12 +440,14 @@ class WorkerStream:
                 level,
                 msg.message,
                 data,
+                len(msg.message.encode()) + msg.data.ByteSize(),
             ),
         )
 
     async def _on_run_result(self, msg: pb.RunResult) -> None:
         if self._owned(msg.run_id, msg.attempt) is None:
             return
+        size = _outcome_bytes(msg)
         error = convert.error_from_pb(msg.error) if msg.HasField("error") else None
         output = convert.value_to_py(msg.output) if msg.HasField("output") else None
         # The worker is done with it: its slot is free now, whatever the commit's pace.
@@ -451,7 +456,9 @@ class WorkerStream:
 
         async def finish() -> Run:
             try:
-                return await self.work.finish(self.env, msg.run_id, msg.attempt, output, error)
+                return await self.work.finish(
+                    self.env, msg.run_id, msg.attempt, output, error, size
+                )
             except TripwireError:
                 raise
             except Exception:
@@ -607,7 +614,22 @@ def _task_input(msg: pb.TaskRequest, payload_limit: int) -> TaskInput:
             options = convert.options(
                 _parse(params["options"], event_pb2.SendEventOptions(), "task.params.options")
             )
-    return TaskInput(msg.key, msg.parent_id, kind, msg.name, params, retry, events, options)
+    return TaskInput(
+        msg.key,
+        msg.parent_id,
+        kind,
+        msg.name,
+        params,
+        retry,
+        events,
+        options,
+        msg.params.ByteSize(),
+    )
+
+
+def _outcome_bytes(msg: pb.TaskComplete | pb.RunResult) -> int:
+    """The wire size of a result's output or error."""
+    return msg.output.ByteSize() if msg.HasField("output") else msg.error.ByteSize()
 
 
 M = TypeVar("M", bound=Message)

@@ -108,6 +108,7 @@ class Store(Protocol):
         error: dict[str, str] | None,
         now: int,
         rand: float,
+        final: bool = False,
     ) -> TaskOutcome: ...
     async def append_log(self, env: str, run_id: str, attempt: int, entry: LogEntry) -> bool: ...
     async def finish_run(

@@ -315,7 +315,10 @@ class WorkOps:
         error: dict[str, str] | None,
         now: int,
         rand: float,
+        final: bool = False,
     ) -> TaskOutcome:
+        """`final`: an error that is not retried, whatever the task's policy."""
+
         def op(tx: Tx) -> TaskOutcome:
             run = self._fenced(tx.conn, env, run_id, attempt)
             row = tx.conn.execute(
@@ -332,7 +335,7 @@ class WorkOps:
                 task.attempts += 1
                 task.error = error
                 delay = None
-                if task.retry is not None:
+                if task.retry is not None and not final:
                     delay = next_delay_ms(_policy(task.retry), task.attempts, rand)
                 if delay is None:
                     task.status, task.completed_at = TaskStatus.ERRORED, now
