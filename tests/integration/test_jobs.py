@@ -107,6 +107,23 @@ from .test_events import register, send
                 "trigger": {
                     "event": {
                         "names": ["x"],
+                        # a list's element named by a word: not a pointer into the schema
+                        "schema": {
+                            "required": ["a"],
+                            "properties": {"a": {"$ref": "#/required/a"}},
+                        },
+                    }
+                },
+            },
+            "job.trigger.event.schema/properties/a/$ref",
+        ),
+        (
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {
+                    "event": {
+                        "names": ["x"],
                         "schema": {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}},
                     }
                 },

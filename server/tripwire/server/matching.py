@@ -59,7 +59,9 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
         for path, ref in refs:
             try:
                 resolver.lookup(ref)
-            except Unresolvable:
+            # A pointer that names a list's element by a word ("#/required/first")
+            # fails inside the lookup with ValueError, not Unresolvable.
+            except (Unresolvable, LookupError, TypeError, ValueError):
                 raise InvalidArgument(
                     f"{field}{path}", f"$ref {ref!r} points to nothing in the schema"
                 ) from None
