@@ -112,6 +112,41 @@ async def test_times_outside_the_timestamp_range_name_the_field(stubs: Stubs, fi
     assert (err.value.details() or "").startswith(where)
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+async def test_numbers_json_cannot_carry_are_refused_naming_the_field(
+    stubs: Stubs, number: float
+) -> None:
+    """A binary client can put NaN or Infinity in a Value; no JSON reader could read
+    it back (grpcurl, the CLI's --json, any other language)."""
+    one = event_pb2.EventInput(name="metric", id="m-1")
+    one.payload.struct_value.fields["values"].list_value.values.add().number_value = number
+    batch = ev.SendEventsRequest(events=[event_pb2.EventInput(name="metric", id="m-2")] * 2)
+    batch.events[1].context.struct_value.fields["v"].number_value = number
+    await register(stubs, {"job": {"id": "inv", "version": "1.0.0", "trigger": {"invoke": {}}}})
+    invoke = jb.InvokeJobRequest(job_id="inv")
+    invoke.payload.number_value = number
+    bad_filter = req(
+        jb.RegisterJobRequest,
+        {"job": {"id": "f", "version": "1.0.0", "trigger": {"event": {"names": ["metric"]}}}},
+    )
+    bad_filter.job.trigger.event.filter.fields["v"].list_value.values.add().number_value = number
+    for call, field in (
+        (stubs.events.SendEvent(ev.SendEventRequest(event=one)), "event.payload"),
+        (stubs.events.SendEvents(batch), "events[1].context"),
+        (stubs.events.MatchEvent(ev.MatchEventRequest(event=one)), "event.payload"),
+        (stubs.jobs.InvokeJob(invoke), "payload"),
+        (stubs.jobs.RegisterJob(bad_filter), "job.trigger.event.filter"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == f"{field}: holds NaN or Infinity, which JSON cannot carry"
+    assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
+    assert js(await stubs.runs.ListRuns(rn.ListRunsRequest())) == {}
+    jobs = js(await stubs.jobs.ListJobs(jb.ListJobsRequest()))["jobs"]
+    assert [j["id"] for j in jobs] == ["inv"]
+
+
 @pytest.mark.parametrize("token", ["garbage", "\u00b2", "1" * 5000, "-1"])
 async def test_page_tokens_this_server_never_issued_are_invalid(stubs: Stubs, token: str) -> None:
     for call in (

@@ -14,6 +14,7 @@ from tripwire.server.app import Server
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
+from tripwire.v1 import worker_service_pb2 as pb
 
 from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
 from .helpers import FailsOnce, js, req
@@ -390,7 +391,15 @@ async def test_bad_task_requests_are_rejected_naming_the_field(
                 {"task": {"key": "k", "kind": "TASK_KIND_WAIT", "params": {"seconds": seconds}}},
                 "task.params.seconds",
             )
-            for seconds in (-1, 1e300, float("inf"), float("nan"), "5", True)
+            for seconds in (-1, 1e300, "5", True)
+        ),
+        # No JSON number at all: refused before the WAIT rules look at it.
+        *(
+            (
+                {"task": {"key": "k", "kind": "TASK_KIND_WAIT", "params": {"seconds": seconds}}},
+                "task.params: holds NaN or Infinity",
+            )
+            for seconds in (float("inf"), float("nan"))
         ),
     ],
 )
@@ -734,6 +743,43 @@ async def test_payload_limit_holds_for_task_params_outputs_logs_and_run_results(
             assert "logs" not in stored
         finally:
             await w.close()
+
+
+async def test_outcomes_json_cannot_carry_fail_their_task_or_run_and_log_data_is_refused(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    """NaN and Infinity reach the server only from binary workers; the run does not
+    hang on them: the task or run fails saying what was wrong."""
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+
+    def with_nan(body: dict[str, Any]) -> pb.RunJobRequest:
+        msg = json_format.ParseDict(body, pb.RunJobRequest())
+        kind = msg.WhichOneof("message")
+        target = getattr(msg, kind)
+        (target.data if kind == "log" else target.output).number_value = float("nan")
+        return msg
+
+    started = await worker.task(run, "t", retry={"limit": 5, "minTimeoutMs": 1000})
+    ids = {"runId": run["id"], "attempt": 1}
+    worker.outgoing.put_nowait(
+        with_nan({"taskComplete": {"requestId": "c", **ids, "taskId": started["task"]["id"]}})
+    )
+    failed = await worker.expect("task_result")
+    assert failed["task"]["status"] == "TASK_STATUS_ERRORED"  # not retried
+    assert failed["task"]["error"] == {
+        "type": "InvalidOutput",
+        "message": "task output: holds NaN or Infinity, which JSON cannot carry",
+    }
+    worker.outgoing.put_nowait(with_nan({"log": {**ids, "seq": 1, "message": "m"}}))
+    rejected = await worker.expect("rejected")
+    assert rejected["message"] == "log.data: holds NaN or Infinity, which JSON cannot carry"
+    worker.outgoing.put_nowait(with_nan({"runResult": ids}))
+    stored = await run_status(conn, run["id"], "FAILURE")
+    assert stored["run"]["error"]["type"] == "InvalidOutput"
+    assert stored["run"]["error"]["message"].startswith("run output: holds NaN")
+    assert "logs" not in stored
 
 
 async def test_a_result_the_store_could_not_keep_is_requeued(

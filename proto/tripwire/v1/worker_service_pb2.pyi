@@ -440,8 +440,8 @@ class RunLog(_message.Message):
     """Stored once per run: a replay sending the same seq adds nothing (see 5.)."""
     level: _job_pb2.LogLevel.ValueType
     message: _builtins.str
-    """message and data together within the payload limit, or the line is
-    rejected and not stored.
+    """message and data together within the payload limit, and data without
+    NaN or Infinity, or the line is rejected and not stored.
     """
     @_builtins.property
     def data(self) -> _struct_pb2.Value: ...

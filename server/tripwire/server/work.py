@@ -174,13 +174,16 @@ class WorkService:
         output: Any,
         error: dict[str, str] | None,
         size: int = 0,
+        *,
+        final: bool = False,
     ) -> TaskOutcome:
         """`size`: the wire size of the outcome. One over the payload limit fails
-        the task instead, finally: retrying would only make it again."""
+        the task instead, finally: retrying would only make it again. `final`:
+        `error` is not retried either."""
         if not task_id:
             raise InvalidArgument("task_complete.task_id", "is required")
-        final = size > self.limits.max_payload_bytes
-        if final:
+        if size > self.limits.max_payload_bytes:
+            final = True
             which = "task output" if error is None else "task error"
             output, error = None, too_large(which, size, self.limits.max_payload_bytes)
         return await self.store.complete_task(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -15,12 +16,13 @@ from ..models import Event, Job, LogEntry, Run, Task
 _SAFE_INT = 2**53
 
 
-def value_to_py(value: struct_pb2.Value) -> Any:
+def value_to_py(value: struct_pb2.Value, field: str) -> Any:
+    """`field` names the value in the error a number JSON cannot carry gets."""
     kind = value.WhichOneof("kind")
     if kind == "struct_value":
-        return {k: value_to_py(v) for k, v in value.struct_value.fields.items()}
+        return {k: value_to_py(v, field) for k, v in value.struct_value.fields.items()}
     if kind == "list_value":
-        return [value_to_py(v) for v in value.list_value.values]
+        return [value_to_py(v, field) for v in value.list_value.values]
     if kind == "string_value":
         return value.string_value
     if kind == "number_value":
@@ -28,14 +30,16 @@ def value_to_py(value: struct_pb2.Value) -> Any:
         # JSON has one number type; keep integers integers so 1 stays 1, not 1.0.
         if number.is_integer() and -_SAFE_INT < number < _SAFE_INT:
             return int(number)
+        if not math.isfinite(number):  # a binary client can send them; JSON has none
+            raise InvalidArgument(field, "holds NaN or Infinity, which JSON cannot carry")
         return number
     if kind == "bool_value":
         return value.bool_value
     return None
 
 
-def struct_to_py(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return {k: value_to_py(v) for k, v in struct.fields.items()}
+def struct_to_py(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    return {k: value_to_py(v, field) for k, v in struct.fields.items()}
 
 
 def py_to_value(obj: Any, out: struct_pb2.Value) -> None:
@@ -83,11 +87,11 @@ def set_ts(out: timestamp_pb2.Timestamp, millis: int | None) -> None:
 # -- requests -----------------------------------------------------------------
 
 
-def draft(msg: event_pb2.EventInput) -> EventDraft:
+def draft(msg: event_pb2.EventInput, field: str) -> EventDraft:
     return EventDraft(
         name=msg.name,
-        payload=value_to_py(msg.payload) if msg.HasField("payload") else None,
-        context=value_to_py(msg.context) if msg.HasField("context") else None,
+        payload=value_to_py(msg.payload, f"{field}.payload") if msg.HasField("payload") else None,
+        context=value_to_py(msg.context, f"{field}.context") if msg.HasField("context") else None,
         id=msg.id,
         timestamp=ms(msg.timestamp) if msg.HasField("timestamp") else None,
         source=msg.source,
@@ -127,11 +131,15 @@ def trigger_from_pb(msg: job_pb2.Trigger) -> dict[str, Any]:
             "event": {
                 "names": list(t.names),
                 "source": t.source,
-                "filter": struct_to_py(t.filter) if t.HasField("filter") else None,
-                "context_filter": struct_to_py(t.context_filter)
+                "filter": struct_to_py(t.filter, "job.trigger.event.filter")
+                if t.HasField("filter")
+                else None,
+                "context_filter": struct_to_py(t.context_filter, "job.trigger.event.context_filter")
                 if t.HasField("context_filter")
                 else None,
-                "schema": struct_to_py(t.schema) if t.HasField("schema") else None,
+                "schema": struct_to_py(t.schema, "job.trigger.event.schema")
+                if t.HasField("schema")
+                else None,
             }
         }
     if kind == "cron":
@@ -145,7 +153,13 @@ def trigger_from_pb(msg: job_pb2.Trigger) -> dict[str, Any]:
     if kind == "interval":
         return {"interval": {"seconds": msg.interval.seconds, "catch_up": msg.interval.catch_up}}
     schema = msg.invoke.schema
-    return {"invoke": {"schema": struct_to_py(schema) if msg.invoke.HasField("schema") else None}}
+    return {
+        "invoke": {
+            "schema": struct_to_py(schema, "job.trigger.invoke.schema")
+            if msg.invoke.HasField("schema")
+            else None
+        }
+    }
 
 
 _RETRY_FIELDS = ("limit", "factor", "min_timeout_ms", "max_timeout_ms", "randomize")

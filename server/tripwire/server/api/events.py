@@ -32,7 +32,10 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             raise InvalidArgument("event", "is required")
         self._check_size(request.event, "event")
         (stored,) = await self.events.send(
-            env, [convert.draft(request.event)], convert.options(request.options), batch=False
+            env,
+            [convert.draft(request.event, "event")],
+            convert.options(request.options),
+            batch=False,
         )
         reply = pb.SendEventResponse()
         convert.event_to_pb(stored, reply.event, request.event)
@@ -44,7 +47,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     ) -> pb.SendEventsResponse:
         for i, given in enumerate(request.events):
             self._check_size(given, f"events[{i}]")
-        drafts = [convert.draft(e) for e in request.events]
+        drafts = [convert.draft(e, f"events[{i}]") for i, e in enumerate(request.events)]
         events = await self.events.send(env, drafts, convert.options(request.options), batch=True)
         reply = pb.SendEventsResponse()
         # An id sent twice in one batch may have been rescheduled by its second
@@ -109,7 +112,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         if not request.HasField("event"):
             raise InvalidArgument("event", "is required")
         self._check_size(request.event, "event")
-        event, verdicts = self.events.match(env, convert.draft(request.event))
+        event, verdicts = self.events.match(env, convert.draft(request.event, "event"))
         reply = pb.MatchEventResponse()
         for verdict in verdicts:
             convert.verdict_to_pb(verdict, reply.jobs.add())

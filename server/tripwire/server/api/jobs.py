@@ -71,8 +71,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         run, deduplicated = await self.jobs.invoke(
             env,
             request.job_id,
-            convert.value_to_py(request.payload) if request.HasField("payload") else None,
-            convert.value_to_py(request.context) if request.HasField("context") else None,
+            convert.value_to_py(request.payload, "payload")
+            if request.HasField("payload")
+            else None,
+            convert.value_to_py(request.context, "context")
+            if request.HasField("context")
+            else None,
             request.idempotency_key,
             request.account_id,
         )

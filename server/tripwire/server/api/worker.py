@@ -405,15 +405,20 @@ class WorkerStream:
     async def _on_task_complete(self, msg: pb.TaskComplete) -> None:
         if self._owned(msg.run_id, msg.attempt, msg.request_id) is None:
             return
-        size = _outcome_bytes(msg)
-        error = convert.error_from_pb(msg.error) if msg.HasField("error") else None
-        output = convert.value_to_py(msg.output) if msg.HasField("output") else None
+        output, error, final = _outcome(msg, "task output")
         outcome = await self._guard(
             msg.run_id,
             msg.attempt,
             msg.request_id,
             self.work.complete_task(
-                self.env, msg.run_id, msg.attempt, msg.task_id, output, error, size
+                self.env,
+                msg.run_id,
+                msg.attempt,
+                msg.task_id,
+                output,
+                error,
+                _outcome_bytes(msg),
+                final=final,
             ),
         )
         if outcome is not None:
@@ -424,10 +429,10 @@ class WorkerStream:
             return
         try:
             level = convert.log_level_name(msg.level) or "INFO"
+            data = convert.value_to_py(msg.data, "log.data") if msg.HasField("data") else None
         except TripwireError as exc:
             self._send(_rejected("", msg.run_id, exc))
             return
-        data = convert.value_to_py(msg.data) if msg.HasField("data") else None
         await self._guard(
             msg.run_id,
             msg.attempt,
@@ -448,8 +453,7 @@ class WorkerStream:
         if self._owned(msg.run_id, msg.attempt) is None:
             return
         size = _outcome_bytes(msg)
-        error = convert.error_from_pb(msg.error) if msg.HasField("error") else None
-        output = convert.value_to_py(msg.output) if msg.HasField("output") else None
+        output, error, _ = _outcome(msg, "run output")
         # The worker is done with it: its slot is free now, whatever the commit's pace.
         self._forget(msg.run_id, msg.attempt)
         self.dispatcher.finished(msg.run_id, msg.attempt)
@@ -592,7 +596,7 @@ def _rejected(request_id: str, run_id: str, exc: TripwireError) -> pb.RunJobResp
 
 
 def _task_input(msg: pb.TaskRequest, payload_limit: int) -> TaskInput:
-    params = convert.value_to_py(msg.params) if msg.HasField("params") else None
+    params = convert.value_to_py(msg.params, "task.params") if msg.HasField("params") else None
     retry = convert._retry_from_pb(msg.retry) if msg.HasField("retry") else None
     kind = convert.task_kind_name(msg.kind)
     events: tuple[EventDraft, ...] = ()
@@ -608,7 +612,7 @@ def _task_input(msg: pb.TaskRequest, payload_limit: int) -> TaskInput:
             where = "task.params.event" if kind == "SEND_EVENT" else f"task.params.events[{i}]"
             given = _parse(item, event_pb2.EventInput(), where)
             check_payload_size(given, payload_limit, where)
-            parsed.append(convert.draft(given))
+            parsed.append(convert.draft(given, where))
         events = tuple(parsed)
         if params.get("options"):
             options = convert.options(
@@ -625,6 +629,20 @@ def _task_input(msg: pb.TaskRequest, payload_limit: int) -> TaskInput:
         options,
         msg.params.ByteSize(),
     )
+
+
+def _outcome(msg: pb.TaskComplete | pb.RunResult, what: str) -> tuple[Any, Any, bool]:
+    """A result's output and error as they are stored, and whether the error is
+    final. An output JSON cannot carry (NaN, Infinity) becomes an error, final:
+    running the task again would only make it again."""
+    if msg.HasField("error"):
+        return None, convert.error_from_pb(msg.error), False
+    if not msg.HasField("output"):
+        return None, None, False
+    try:
+        return convert.value_to_py(msg.output, what), None, False
+    except InvalidArgument as exc:
+        return None, {"type": "InvalidOutput", "message": str(exc), "stack": ""}, True
 
 
 def _outcome_bytes(msg: pb.TaskComplete | pb.RunResult) -> int:

@@ -22,7 +22,8 @@ from ..models import (
 T = TypeVar("T")
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# NaN and Infinity are refused at the edge, naming the field; never stored as non-JSON.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 # The run statuses that are not terminal, for SQL `status IN ...`.
