@@ -128,7 +128,9 @@ function main() {
   const metadata = new grpc.Metadata();
   if (process.env.TRIPWIRE_API_KEY) metadata.set('authorization', `Bearer ${process.env.TRIPWIRE_API_KEY}`);
 
-  const call = new WorkerService(address, credentials).RunJob(metadata);
+  // Step 3: a cached task larger than a page comes whole; take what the server may send.
+  const options = { 'grpc.max_receive_message_length': 64 * 1024 * 1024 };
+  const call = new WorkerService(address, credentials, options).RunJob(metadata);
   const runs = new Map(); // runId -> Execution
   const assembling = new Map(); // runId -> {request, tasks}: cached_tasks pages still to come
   let heartbeat = null;

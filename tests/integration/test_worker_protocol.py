@@ -782,6 +782,29 @@ async def test_outcomes_json_cannot_carry_fail_their_task_or_run_and_log_data_is
     assert "logs" not in stored
 
 
+async def test_cached_task_pages_are_sized_by_what_is_sent_errors_included(
+    conn: Stubs, worker: RawWorker, clock: FakeClock
+) -> None:
+    """Six tasks with 800 kB errors: one message would be over a default client's
+    4 MiB, so the resend is paged (the worker here has that default)."""
+    await worker.connect([job("j", ["x"])], capacity=1)
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    for i in range(6):
+        started = await worker.task(run, f"t{i}", request_id=f"r{i}")
+        failed = await worker.complete(
+            run, started["task"]["id"], error={"type": "Big", "message": "é" * 400_000}
+        )
+        assert failed["task"]["status"] == "TASK_STATUS_ERRORED"
+    waiting = await worker.task(run, "nap", kind="TASK_KIND_WAIT", params={"seconds": 1})
+    assert waiting["task"]["status"] == "TASK_STATUS_WAITING"
+    clock.advance(2)
+    request = await worker.run_request()
+    assert request["run"]["attempt"] == 2
+    assert [t["key"] for t in request["cachedTasks"]] == [*(f"t{i}" for i in range(6)), "nap"]
+    assert worker.error is None
+
+
 async def test_a_result_the_store_could_not_keep_is_requeued(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

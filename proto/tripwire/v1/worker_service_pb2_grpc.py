@@ -52,9 +52,12 @@ class WorkerServiceStub:
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a
     context object and the run's cached tasks. When a run has more cached
-    tasks than fit one message, `cached_tasks_complete` is false and
+    tasks than fit one message (about 1 MiB of them each; the run_request
+    itself may then carry none), `cached_tasks_complete` is false and
     `cached_tasks` messages with the rest follow (the last has `last` =
-    true); start the handler only after the last one.
+    true); start the handler only after the last one. A single task larger
+    than that comes whole, in a message of its own: accept messages as large
+    as the server's (64 MiB by default), as the Python SDK does.
     4. The worker runs the handler. Each io call names a cache key, unique
     among the calls with the same parent task within one execution (the
     server keys tasks by run, parent task and cache key). For each call:
@@ -158,9 +161,12 @@ class WorkerServiceServicer:
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a
     context object and the run's cached tasks. When a run has more cached
-    tasks than fit one message, `cached_tasks_complete` is false and
+    tasks than fit one message (about 1 MiB of them each; the run_request
+    itself may then carry none), `cached_tasks_complete` is false and
     `cached_tasks` messages with the rest follow (the last has `last` =
-    true); start the handler only after the last one.
+    true); start the handler only after the last one. A single task larger
+    than that comes whole, in a message of its own: accept messages as large
+    as the server's (64 MiB by default), as the Python SDK does.
     4. The worker runs the handler. Each io call names a cache key, unique
     among the calls with the same parent task within one execution (the
     server keys tasks by run, parent task and cache key). For each call:
@@ -273,9 +279,12 @@ class WorkerService:
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a
     context object and the run's cached tasks. When a run has more cached
-    tasks than fit one message, `cached_tasks_complete` is false and
+    tasks than fit one message (about 1 MiB of them each; the run_request
+    itself may then carry none), `cached_tasks_complete` is false and
     `cached_tasks` messages with the rest follow (the last has `last` =
-    true); start the handler only after the last one.
+    true); start the handler only after the last one. A single task larger
+    than that comes whole, in a message of its own: accept messages as large
+    as the server's (64 MiB by default), as the Python SDK does.
     4. The worker runs the handler. Each io call names a cache key, unique
     among the calls with the same parent task within one execution (the
     server keys tasks by run, parent task and cache key). For each call:

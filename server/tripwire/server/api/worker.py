@@ -516,17 +516,15 @@ class WorkerStream:
             convert.event_to_pb(event, request.event)
         request.job.CopyFrom(self.servicer.job_message(job))
         convert.py_to_value(_ctx(self.env, run, event, job.id, job.version), request.ctx)
-        pages = _pages(tasks)
-        for task in pages[0] if pages else ():
-            convert.task_to_pb(task, request.cached_tasks.add())
-        request.cached_tasks_complete = len(pages) <= 1
+        pages = _pages(tasks, TASK_PAGE_BYTES - request.ByteSize())
+        request.cached_tasks.extend(pages[0])
+        request.cached_tasks_complete = len(pages) == 1
         self._send(reply)
         for i, page in enumerate(pages[1:], start=2):
             more = pb.RunJobResponse()
             more.cached_tasks.run_id, more.cached_tasks.attempt = run.id, run.attempt
             more.cached_tasks.last = i == len(pages)
-            for task in page:
-                convert.task_to_pb(task, more.cached_tasks.tasks.add())
+            more.cached_tasks.tasks.extend(page)
             self._send(more)
 
     def _forget(self, run_id: str, attempt: int) -> None:
@@ -550,15 +548,19 @@ class WorkerStream:
             )
 
 
-def _pages(tasks: list[Any]) -> list[list[Any]]:
-    pages: list[list[Any]] = []
-    size = TASK_PAGE_BYTES
+def _pages(tasks: list[Any], first_budget: int) -> list[list[run_pb2.Task]]:
+    """Cached tasks as messages, in pages of about TASK_PAGE_BYTES encoded (the
+    first shares its message with the run request, so it gets what that leaves,
+    and may be empty). A task larger than a page has a page of its own."""
+    pages: list[list[run_pb2.Task]] = [[]]
+    size, budget = 0, first_budget
     for task in tasks:
-        weight = 200 + len(repr(task.output)) + len(repr(task.params))
-        if size + weight > TASK_PAGE_BYTES and (not pages or pages[-1]):
+        message = convert.task_to_pb(task, run_pb2.Task())
+        weight = message.ByteSize() + 8  # + the field's tag and length
+        if size + weight > budget and (pages[-1] or len(pages) == 1):
             pages.append([])
-            size = 0
-        pages[-1].append(task)
+            size, budget = 0, TASK_PAGE_BYTES
+        pages[-1].append(message)
         size += weight
     return pages
 
