@@ -433,6 +433,23 @@ async def test_timed_out_runs_end_and_the_worker_is_told(
     assert got["run"]["error"]["type"] == "TimeoutError"
 
 
+async def test_a_run_is_timed_out_by_its_own_versions_max_duration(
+    conn: Stubs, worker: RawWorker, clock: FakeClock
+) -> None:
+    old = job("j", ["x"], version="1.0.0", maxDurationSeconds=30)
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": old}))
+    (run,) = (await send(conn, "x"))["runs"]  # on 1.0.0, queued: nobody serves it yet
+    newer = job("j", ["x"], version="2.0.0")  # no maximum
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": newer}))
+    await worker.connect([old])
+    assert (await worker.run_request())["run"]["id"] == run["id"]
+    clock.advance(31)
+    notice = await worker.expect("cancel")
+    assert notice["runId"] == run["id"]
+    got = await run_status(conn, run["id"], "TIMED_OUT")
+    assert got["run"]["jobVersion"] == "1.0.0"
+
+
 async def test_shutdown_drains_workers_and_requeues(start_server: StartServer) -> None:
     server = await start_server(lease=5.0, heartbeat_interval=1.0)
     async with grpc.aio.insecure_channel(server.address) as channel:
@@ -537,7 +554,7 @@ async def test_a_queue_load_is_heard_in_order_with_the_writes_queued_after_it(
         # Queued one after the other, none awaited before the next is queued.
         load = asyncio.ensure_future(store.announce_queued("default", "j", "1.0.0"))
         await asyncio.sleep(0)  # one step of the load's task: its operation is queued
-        claim = store.claim(run["id"], 0, 1, "w", 0, now)
+        claim = store.claim(run["id"], 0, 1, "w", now)
         finish = asyncio.ensure_future(store.finish_run("default", run["id"], 1, "ok", None, now))
         assert await load == 1
         assert await claim is True

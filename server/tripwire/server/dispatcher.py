@@ -238,7 +238,6 @@ class Dispatcher(RunListener):
             env, job_id, _ = key
             compiled = self.index.get(env, job_id)
             limit = compiled.job.concurrency_limit if compiled else 0
-            max_duration = compiled.job.max_duration_seconds if compiled else 0
             while queue:
                 if limit and self._executing.get((env, job_id), 0) >= limit:
                     break
@@ -246,11 +245,11 @@ class Dispatcher(RunListener):
                 if session.free <= 0:
                     break
                 item = queue.pop(next(iter(queue)))
-                self._assign(session, item, max_duration)
+                self._assign(session, item)
             if not queue:
                 self._queues.pop(key, None)
 
-    def _assign(self, session: Session, item: _Queued, max_duration: int) -> None:
+    def _assign(self, session: Session, item: _Queued) -> None:
         run = item.run
         run.attempt += 1
         session.running[run.id] = run.attempt
@@ -260,7 +259,7 @@ class Dispatcher(RunListener):
         self._executing[job] = self._executing.get(job, 0) + 1
         self.idle.clear()
         claim = self.store.claim(
-            run.id, item.stored_attempt, run.attempt, session.worker_id, max_duration, self.clock()
+            run.id, item.stored_attempt, run.attempt, session.worker_id, self.clock()
         )
         claim.add_done_callback(lambda f: self._claimed(f, session, item))
         session.link.start_run(run, item.event)

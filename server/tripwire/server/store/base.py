@@ -80,11 +80,11 @@ class Store(Protocol):
         stored_attempt: int,
         attempt: int,
         worker_id: str,
-        max_duration_s: int,
         now: int,
     ) -> asyncio.Future[bool]:
         """QUEUED at `stored_attempt` -> EXECUTING at `attempt`, ordered before any
-        later write; False if the run is no longer QUEUED at that attempt."""
+        later write; False if the run is no longer QUEUED at that attempt. The
+        first claim sets the deadline of the run's own job version."""
         ...
 
     async def requeue(self, runs: Sequence[tuple[str, int]], now: int) -> list[Run]: ...

@@ -92,30 +92,22 @@ class WorkOps:
         stored_attempt: int,
         attempt: int,
         worker_id: str,
-        max_duration_s: int,
         now: int,
     ) -> asyncio.Future[bool]:
         """QUEUED at `stored_attempt` -> EXECUTING at `attempt`. Not awaited by the
         dispatcher: the writer applies operations in order, so the worker's first
-        message for this attempt always finds the claim already written."""
+        message for this attempt always finds the claim already written. The
+        deadline is the run's own version's (a run stays on its version)."""
 
         def op(tx: Tx) -> bool:
             cursor = tx.conn.execute(
                 "UPDATE runs SET status = 'EXECUTING', attempt = ?, worker_id = ?, "
                 "started_at = COALESCE(started_at, ?), updated_at = ?, "
-                "deadline_at = COALESCE(deadline_at, CASE WHEN ? > 0 THEN ? + ? * 1000 END) "
+                "deadline_at = COALESCE(deadline_at, (SELECT CASE WHEN v.max_duration_seconds > 0 "
+                "THEN ? + v.max_duration_seconds * 1000 END FROM job_versions v "
+                "WHERE v.env = runs.env AND v.id = runs.job_id AND v.version = runs.job_version)) "
                 "WHERE id = ? AND status = 'QUEUED' AND attempt = ?",
-                (
-                    attempt,
-                    worker_id,
-                    now,
-                    now,
-                    max_duration_s,
-                    now,
-                    max_duration_s,
-                    run_id,
-                    stored_attempt,
-                ),
+                (attempt, worker_id, now, now, now, run_id, stored_attempt),
             )
             if cursor.rowcount:
                 tx.after_commit(lambda: self.hub.changed([run_id]))
