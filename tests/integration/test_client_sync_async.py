@@ -150,6 +150,23 @@ async def test_send_events_is_ordered_and_atomic(tw: Both) -> None:
         await tw.get_event("x1")
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_send_events_over_the_byte_limit_raises_invalid_argument(
+    flavour: str, start_server: StartServer
+) -> None:
+    server = await start_server(max_batch_bytes=5000)
+    tw = make(flavour, server.address)
+    try:
+        events = [{"name": "a", "id": f"e{i}", "payload": {"blob": "x" * 1000}} for i in range(5)]
+        over = r"^events: are \d+ bytes, over the limit of 5000 bytes"
+        with pytest.raises(InvalidArgument, match=over):
+            await tw.send_events(events)
+        with pytest.raises(NotFound):
+            await tw.get_event("e0")
+    finally:
+        await tw.close()
+
+
 async def test_list_events_pages_newest_first(tw: Both) -> None:
     sent = [(await tw.send_event({"name": "tick", "payload": {"i": i}})).id for i in range(5)]
     await tw.send_event({"name": "tock"})

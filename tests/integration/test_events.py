@@ -418,3 +418,52 @@ async def test_a_list_page_ends_early_rather_than_outgrow_a_clients_4_mib_limit(
             break
     assert seen == [f"b{i}" for i in reversed(range(8))]  # newest first, each once
     assert pages >= 2
+
+
+async def test_send_events_is_capped_in_bytes_and_an_over_batch_stores_nothing(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_batch_bytes=5000)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await register(stubs, event_job("j", ["a"]))
+        events = [{"name": "a", "id": f"e{i}", "payload": {"blob": "x" * 1000}} for i in range(5)]
+        over = req(ev.SendEventsRequest, {"events": events})
+        size = sum(e.ByteSize() for e in over.events)
+        assert size > 5000
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.SendEvents(over)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == (
+            f"events: are {size} bytes, over the limit of 5000 bytes; send fewer events per call"
+        )
+        assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
+        assert js(await stubs.runs.ListRuns(rn.ListRunsRequest())) == {}
+        fewer = req(ev.SendEventsRequest, {"events": events[:4]})
+        reply = js(await stubs.events.SendEvents(fewer))
+        assert [e["id"] for e in reply["events"]] == ["e0", "e1", "e2", "e3"]
+
+
+async def test_a_batch_just_under_the_default_byte_limit_replies_within_a_clients_4_mib(
+    start_server: StartServer,
+) -> None:
+    """The reply echoes every payload and context, and adds ids, times and runs:
+    the default limit leaves it room under the 4 MiB a default client accepts."""
+    server = await start_server()
+    limit, count = server.settings.max_batch_bytes, server.settings.max_batch
+    assert limit == 3 * 1024 * 1024
+
+    def event(blob: int) -> event_pb2.EventInput:
+        return req(event_pb2.EventInput, {"name": "a", "payload": {"b": "x" * blob}, "context": {}})
+
+    blob = 3000 + limit // count - event(3000).ByteSize()
+    request = ev.SendEventsRequest(events=[event(blob)] * count)
+    size = sum(e.ByteSize() for e in request.events)
+    assert limit - count < size <= limit
+    # Default channel options: replies over 4 MiB are refused (RESOURCE_EXHAUSTED).
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await register(stubs, event_job("j", ["a"]))
+        reply = await stubs.events.SendEvents(request)
+    assert len(reply.events) == count and all(len(e.runs) == 1 for e in reply.events)
+    assert reply.ByteSize() < 4 * 1024 * 1024

@@ -711,6 +711,39 @@ async def test_payload_limits_hold_for_invoke_and_send_event(
             await w.close()
 
 
+async def test_a_send_events_task_is_capped_in_bytes_like_send_events(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_batch_bytes=5000)
+    events = [{"name": "y", "payload": {"blob": "x" * 1000}} for _ in range(5)]
+    size = json_format.ParseDict(events, struct_pb2.Value()).ByteSize()
+    assert size > 5000
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        w = RawWorker(stubs.workers)
+        try:
+            await w.connect([job("j", ["x"]), job("on-y", ["y"])])
+            await send(stubs, "x")
+            run = (await w.run_request())["run"]
+            w.send({"task": {"requestId": "over", "runId": run["id"], "attempt": 1, "key": "s",
+                             "kind": "TASK_KIND_SEND_EVENTS",
+                             "params": {"events": events}}})  # fmt: skip
+            rejected = await w.expect("rejected")
+            assert rejected["requestId"] == "over"
+            assert rejected["message"] == (
+                f"task.params.events: are {size} bytes, over the limit of 5000 bytes; "
+                "send fewer events per call"
+            )
+            assert js(await stubs.events.ListEvents(ev.ListEventsRequest(name="y"))) == {}
+            assert js(await stubs.runs.ListRuns(rn.ListRunsRequest(job_id="on-y"))) == {}
+            params = {"events": events[:4]}
+            sent = await w.task(run, "s", kind="TASK_KIND_SEND_EVENTS", params=params)
+            assert sent["task"]["status"] == "TASK_STATUS_COMPLETED"
+            assert len(sent["task"]["output"]) == 4
+        finally:
+            await w.close()
+
+
 async def test_payload_limit_holds_for_task_params_outputs_logs_and_run_results(
     start_server: StartServer,
 ) -> None:

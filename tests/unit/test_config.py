@@ -42,6 +42,8 @@ def test_the_same_key_twice_for_one_environment_is_fine() -> None:
         {"address": "nohost"},
         {"address": ":80"},
         {"max_batch": 0},
+        {"max_batch_bytes": 0},
+        {"max_batch_bytes": 33 * 1024 * 1024},  # its reply could outgrow our own 64 MiB
         {"heartbeat_interval": 5.0, "lease": 5.0},
         {"lease": float("inf")},
         {"lease": 5_000_000.0},  # past what the welcome message can carry
@@ -61,3 +63,10 @@ def test_invalid_settings(overrides: dict) -> None:
 def test_a_bad_variable_is_named() -> None:
     with pytest.raises(ValueError, match="TRIPWIRE_MAX_BATCH must be int, got 'abc'"):
         settings_from([], {"TRIPWIRE_MAX_BATCH": "abc"})
+
+
+def test_the_batch_byte_limit_from_variable_and_flag() -> None:
+    assert settings_from([], {}).max_batch_bytes == 3 * 1024 * 1024
+    env = {"TRIPWIRE_MAX_BATCH_BYTES": "2000000"}
+    assert settings_from([], env).max_batch_bytes == 2_000_000
+    assert settings_from(["--max-batch-bytes", "1000"], env).max_batch_bytes == 1000

@@ -72,7 +72,13 @@ class SendEventsRequest(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.EventInput]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.EventInput]:
+        """At most 1,000 events (--max-batch), of at most 3 MiB in all as encoded
+        here (--max-batch-bytes): the reply echoes every payload and context, and
+        most gRPC clients refuse replies over 4 MiB. A batch over either limit is
+        INVALID_ARGUMENT naming `events`, and nothing is stored.
+        """
+
     @_builtins.property
     def options(self) -> _event_pb2.SendEventOptions: ...
     def __init__(

@@ -96,7 +96,8 @@ class EventServiceServicer:
 
     def SendEvents(self, request, context):
         """Stores a batch atomically (all or none) and in order, with the same
-        options for every event. At most 1,000 events by default.
+        options for every event. At most 1,000 events and 3 MiB by default (see
+        SendEventsRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

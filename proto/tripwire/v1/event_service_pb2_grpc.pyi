@@ -47,7 +47,8 @@ class EventServiceStub:
     """
     SendEvents: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]
     """Stores a batch atomically (all or none) and in order, with the same
-    options for every event. At most 1,000 events by default.
+    options for every event. At most 1,000 events and 3 MiB by default (see
+    SendEventsRequest).
     """
     GetEvent: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.GetEventRequest, _event_service_pb2.GetEventResponse]
     """One event and every run it created."""
@@ -86,7 +87,8 @@ class EventServiceAsyncStub(EventServiceStub):
     """
     SendEvents: _aio.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]  # type: ignore[assignment]
     """Stores a batch atomically (all or none) and in order, with the same
-    options for every event. At most 1,000 events by default.
+    options for every event. At most 1,000 events and 3 MiB by default (see
+    SendEventsRequest).
     """
     GetEvent: _aio.UnaryUnaryMultiCallable[_event_service_pb2.GetEventRequest, _event_service_pb2.GetEventResponse]  # type: ignore[assignment]
     """One event and every run it created."""
@@ -134,7 +136,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_event_service_pb2.SendEventsResponse, _abc.Awaitable[_event_service_pb2.SendEventsResponse]]:
         """Stores a batch atomically (all or none) and in order, with the same
-        options for every event. At most 1,000 events by default.
+        options for every event. At most 1,000 events and 3 MiB by default (see
+        SendEventsRequest).
         """
 
     @_abc_1.abstractmethod

@@ -324,7 +324,9 @@ class TaskRequest(_message.Message):
         RUN: anything the worker wants recorded. Except for SEND_EVENT(S), whose
         events are limited one by one like SendEvents', params over the server's
         payload limit (--max-payload-bytes, measured on this encoding) are
-        rejected, naming task.params.
+        rejected, naming task.params. SEND_EVENTS' "events" over the batch limit
+        (--max-batch-bytes, 3 MiB by default, measured on this encoding) are
+        rejected naming task.params.events, as SendEvents refuses them.
         """
 
     @_builtins.property

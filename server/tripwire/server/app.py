@@ -101,7 +101,8 @@ class Server:
             ]
         )
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
-            EventServicer(self.events, auth, settings.max_payload_bytes), self.grpc
+            EventServicer(self.events, auth, settings.max_payload_bytes, settings.max_batch_bytes),
+            self.grpc,
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
             JobServicer(self.jobs, auth, settings.max_payload_bytes), self.grpc

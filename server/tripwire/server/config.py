@@ -21,6 +21,10 @@ class Settings:
     max_payload_bytes: int = 1024 * 1024
     max_name_length: int = 256
     max_batch: int = 1000
+    # A SendEvents batch's events, as encoded in the request. The reply echoes
+    # them (with ids, times and runs added), and most gRPC clients refuse replies
+    # over 4 MiB: a batch stored but never acknowledged would be sent again.
+    max_batch_bytes: int = 3 * 1024 * 1024
     max_message_bytes: int = 64 * 1024 * 1024
     heartbeat_interval: float = 5.0
     lease: float = 15.0
@@ -38,6 +42,11 @@ class Settings:
                 raise ValueError("API keys must be KEY=ENV with both parts non-empty")
         if self.max_payload_bytes < 1 or self.max_batch < 1 or self.max_name_length < 1:
             raise ValueError("limits must be positive")
+        if not 1 <= self.max_batch_bytes <= self.max_message_bytes // 2:
+            raise ValueError(
+                f"max batch bytes must be 1 to {self.max_message_bytes // 2} "
+                "(half the message size limit: the reply echoes the batch)"
+            )
         if (
             not self.db_path
             or self.db_path == ":memory:"
@@ -92,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-payload-bytes", type=int)
     parser.add_argument("--max-batch", type=int)
+    parser.add_argument(
+        "--max-batch-bytes",
+        type=int,
+        help="bytes of the events of one SendEvents call or send_events task, as encoded "
+        "(the reply echoes them; most gRPC clients refuse replies over 4 MiB)",
+    )
     parser.add_argument("--heartbeat-interval", type=float, help="seconds")
     parser.add_argument("--lease", type=float, help="seconds")
     parser.add_argument("--schedule-grace", type=float, help="seconds")
@@ -109,6 +124,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
         "db_path": ("TRIPWIRE_DB", str),
         "max_payload_bytes": ("TRIPWIRE_MAX_PAYLOAD_BYTES", int),
         "max_batch": ("TRIPWIRE_MAX_BATCH", int),
+        "max_batch_bytes": ("TRIPWIRE_MAX_BATCH_BYTES", int),
         "heartbeat_interval": ("TRIPWIRE_HEARTBEAT_INTERVAL", float),
         "lease": ("TRIPWIRE_LEASE", float),
         "schedule_grace": ("TRIPWIRE_SCHEDULE_GRACE", float),

@@ -12,14 +12,29 @@ from ..errors import InvalidArgument
 from ..events import EventService
 from ..models import EventStatus
 from . import convert
-from .rpc import Authenticator, check_payload_size, fill_page, page_size, seq_token, unary
+from .rpc import (
+    Authenticator,
+    check_batch_size,
+    check_payload_size,
+    fill_page,
+    page_size,
+    seq_token,
+    unary,
+)
 
 
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
-    def __init__(self, events: EventService, auth: Authenticator, max_payload_bytes: int) -> None:
+    def __init__(
+        self,
+        events: EventService,
+        auth: Authenticator,
+        max_payload_bytes: int,
+        max_batch_bytes: int,
+    ) -> None:
         self.events = events
         self.auth = auth
         self.max_payload_bytes = max_payload_bytes
+        self.max_batch_bytes = max_batch_bytes
 
     def _check_size(self, event: Any, field: str) -> None:
         check_payload_size(event, self.max_payload_bytes, field)
@@ -45,6 +60,8 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     async def SendEvents(
         self, request: pb.SendEventsRequest, context: Any, env: str
     ) -> pb.SendEventsResponse:
+        size = sum(given.ByteSize() for given in request.events)
+        check_batch_size(size, self.max_batch_bytes, "events")
         for i, given in enumerate(request.events):
             self._check_size(given, f"events[{i}]")
         drafts = [convert.draft(e, f"events[{i}]") for i, e in enumerate(request.events)]

@@ -100,6 +100,17 @@ def check_payload_size(message: Any, limit: int, field: str) -> None:
         )
 
 
+def check_batch_size(size: int, limit: int, field: str) -> None:
+    """`size`: the wire size of a batch's events. Their reply echoes them: a batch
+    stored whose reply the client then refuses (most refuse over 4 MiB) would be
+    sent again, so it is refused before anything is spent on it."""
+    if size > limit:
+        raise InvalidArgument(
+            field,
+            f"are {size} bytes, over the limit of {limit} bytes; send fewer events per call",
+        )
+
+
 # A list page ends early rather than pass this: grpcurl and most gRPC clients
 # refuse replies over 4 MiB unless told otherwise.
 PAGE_BYTES = 3 * 1024 * 1024

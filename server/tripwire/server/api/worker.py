@@ -30,7 +30,7 @@ from ..ids import new_event_id
 from ..models import Event, Job, Run, RunStatus, Task
 from ..work import TaskInput, WorkService
 from . import convert
-from .rpc import Authenticator, check_payload_size, status_of
+from .rpc import Authenticator, check_batch_size, check_payload_size, status_of
 
 log = logging.getLogger(__name__)
 # Cached tasks travel in messages of about this size (v2 capped the whole body at 3.5 MB).
@@ -374,7 +374,8 @@ class WorkerStream:
         if run is None:
             return
         try:
-            asked = _task_input(msg, self.servicer.settings.max_payload_bytes)
+            settings = self.servicer.settings
+            asked = _task_input(msg, settings.max_payload_bytes, settings.max_batch_bytes)
         except TripwireError as exc:
             self._send(_rejected(msg.request_id, msg.run_id, exc))
             return
@@ -597,7 +598,11 @@ def _rejected(request_id: str, run_id: str, exc: TripwireError) -> pb.RunJobResp
     )
 
 
-def _task_input(msg: pb.TaskRequest, payload_limit: int) -> TaskInput:
+def _task_input(msg: pb.TaskRequest, payload_limit: int, batch_limit: int) -> TaskInput:
+    if msg.kind == run_pb2.TASK_KIND_SEND_EVENTS and "events" in msg.params.struct_value.fields:
+        # As for SendEvents: the stored events come back in the task's output.
+        size = msg.params.struct_value.fields["events"].ByteSize()
+        check_batch_size(size, batch_limit, "task.params.events")
     params = convert.value_to_py(msg.params, "task.params") if msg.HasField("params") else None
     retry = convert._retry_from_pb(msg.retry) if msg.HasField("retry") else None
     kind = convert.task_kind_name(msg.kind)
