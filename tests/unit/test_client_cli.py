@@ -102,6 +102,8 @@ def test_list_arguments() -> None:
         (["send", "a", "--deliver-after", "soon"], "expected whole seconds"),
         (["frobnicate"], "invalid choice"),
         (["send"], "required: name"),
+        (["runs", "--status", "bogus"], "argument --status: unknown status 'bogus' (one of QUEUED"),
+        (["events", "--status", "nope"], "argument --status: unknown status 'nope' (one of PEND"),
     ],
 )
 def test_usage_errors_exit_2(
@@ -109,6 +111,22 @@ def test_usage_errors_exit_2(
 ) -> None:
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_statuses_are_checked_before_any_call_in_any_case(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert parse("runs", "--status", " success").status == "SUCCESS"
+    assert parse("runs", "--status", "run_status_timed_out").status == "TIMED_OUT"
+    assert parse("events", "--status", "Pending").status == "PENDING"
+    status, _, err = run_cli(["runs", "--status", "done"], capsys)
+    assert status == 2 and "INVALID_ARGUMENT" not in err
+    assert fake.calls == []  # no client, no call
+    assert cli.main(["runs", "--help"]) == 0
+    listed = " ".join(capsys.readouterr().out.split())  # as wrapped for the terminal
+    assert "QUEUED, EXECUTING, WAITING, SUCCESS, FAILURE, CANCELED, TIMED_OUT" in listed
+    assert cli.main(["events", "--help"]) == 0
+    assert "PENDING, DELIVERED, CANCELLED" in " ".join(capsys.readouterr().out.split())
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

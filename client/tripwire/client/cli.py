@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tripwire.client import _render as render
+from tripwire.client import convert
 from tripwire.client.client import Client
 from tripwire.client.errors import TripwireError
 from tripwire.client.models import Event, Job
+from tripwire.v1 import event_pb2, run_pb2
 
 __all__ = ["build_parser", "main"]
 
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("events", _events, "list events, newest first")
     sub.add_argument("--name", help="only events with this name")
-    sub.add_argument("--status", help="PENDING, DELIVERED or CANCELLED")
+    _status_option(sub, event_pb2.EventStatus, "EVENT_STATUS_", "events")
     sub.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
 
     command("event", _event, "show an event and its runs").add_argument("id")
@@ -152,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("runs", _runs, "list runs, newest first")
     sub.add_argument("--job", help="only runs of this job")
     sub.add_argument("--event", help="only runs of this event")
-    sub.add_argument("--status", help="only runs in this status (QUEUED, SUCCESS, ...)")
+    _status_option(sub, run_pb2.RunStatus, "RUN_STATUS_", "runs")
     sub.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
 
     command("run", _run, "show a run with its tasks and logs").add_argument("id")
@@ -196,6 +198,27 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     parser.add_argument(
         "--json", action="store_true", default=default(False), help="print JSON, not tables"
+    )
+
+
+def _status_option(sub: argparse.ArgumentParser, enum: Any, prefix: str, what: str) -> None:
+    # Checked here, so that a bad one is a usage error (exit 2) and --help lists them;
+    # in any case, with or without the prefix, as the client takes them.
+    names = convert.enum_names(enum, prefix)
+
+    def status(text: str) -> str:
+        try:
+            convert.enum_value(enum, text, prefix)
+        except ValueError as exc:  # says what was given, as typed
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text.strip().upper().removeprefix(prefix)
+
+    sub.add_argument(
+        "--status",
+        type=status,
+        choices=names,
+        metavar="STATUS",
+        help=f"only {what} in this status: {', '.join(names)} (any case)",
     )
 
 

@@ -218,9 +218,14 @@ def enum_value(enum: Any, name: str, prefix: str) -> Any:
     try:
         number = enum.Value(wanted)
     except ValueError:
-        known = [n.removeprefix(prefix) for n in enum.keys() if not n.endswith("UNSPECIFIED")]
-        raise ValueError(f"unknown status {name!r} (one of {', '.join(known)})") from None
+        known = ", ".join(enum_names(enum, prefix))
+        raise ValueError(f"unknown status {name!r} (one of {known})") from None
     return number
+
+
+def enum_names(enum: Any, prefix: str) -> list[str]:
+    """The names :func:`enum_value` knows, without the prefix: ``["QUEUED", ...]``."""
+    return [n.removeprefix(prefix) for n in enum.keys() if not n.endswith("UNSPECIFIED")]
 
 
 # -- messages -> models ----------------------------------------------------------------
