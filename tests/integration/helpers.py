@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
 from typing import Any, TypeVar
 
@@ -29,9 +30,10 @@ def event_job(
 
 
 class FailsOnce:
-    """Stands in for an async method of `owner`: its first call raises (as the store
-    does when the disk fails), the others are the real method's. `failed` keeps the
-    first call's arguments."""
+    """Stands in for a method of `owner`: its first call (or its `call`-th) raises,
+    as the store does when the disk fails; the others are the real method's.
+    `failed` keeps the failing call's arguments. An async method stays async;
+    a plain one (a step inside a store transaction) raises at once."""
 
     def __init__(
         self,
@@ -39,14 +41,28 @@ class FailsOnce:
         name: str,
         monkeypatch: pytest.MonkeyPatch,
         message: str = "disk I/O error",
+        *,
+        call: int = 1,
     ) -> None:
         self.real = getattr(owner, name)
         self.message = message
+        self.call = call
+        self.calls = 0
         self.failed: tuple[Any, ...] | None = None
         monkeypatch.setattr(owner, name, self)
 
-    async def __call__(self, *args: Any) -> Any:
-        if self.failed is None:
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        failing = self.calls == self.call
+        if failing:
             self.failed = args
+        if inspect.iscoroutinefunction(self.real):
+            return self._async(failing, args)
+        if failing:
+            raise sqlite3.OperationalError(self.message)
+        return self.real(*args)
+
+    async def _async(self, failing: bool, args: tuple[Any, ...]) -> Any:
+        if failing:
             raise sqlite3.OperationalError(self.message)
         return await self.real(*args)

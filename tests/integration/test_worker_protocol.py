@@ -635,6 +635,26 @@ async def test_a_store_failure_during_hello_ends_the_stream_internal(
     await refused.close()
 
 
+async def test_a_hello_the_store_fails_midway_stores_none_of_its_jobs(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    second = FailsOnce(fast.store, "_refresh_head", monkeypatch, call=2)  # job "b"'s
+    refused = RawWorker(conn.workers)
+    refused.call = conn.workers.RunJob(refused._requests())
+    jobs = [job("a", ["x"]), job("b", ["x"])]
+    refused.send({"hello": {"workerId": "w", "capacity": 1, "jobs": jobs}})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await refused.call.read()
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    await refused.close()
+    assert second.failed is not None and second.failed[2] == "b"
+    assert list((await conn.jobs.ListJobs(jb.ListJobsRequest())).jobs) == []
+    # Nor is "a" left in what events are matched against.
+    assert "runs" not in await send(conn, "x")
+    await worker.connect(jobs)
+    assert [j.id for j in (await conn.jobs.ListJobs(jb.ListJobsRequest())).jobs] == ["a", "b"]
+
+
 async def test_a_bad_hello_stores_none_of_its_jobs(conn: Stubs) -> None:
     bad = RawWorker(conn.workers)
     bad.call = conn.workers.RunJob(bad._requests())

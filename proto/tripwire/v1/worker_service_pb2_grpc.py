@@ -37,7 +37,8 @@ class WorkerServiceStub:
     what SetJobEnabled turned off; re-sending an identical definition keeps
     its schedule and runs, only updated_at moves) and its capacity. Anything
     else first, or an invalid job, ends the stream with INVALID_ARGUMENT
-    naming the field (e.g. "hello.jobs[0].id: ...").
+    naming the field (e.g. "hello.jobs[0].id: ..."). The jobs of a hello are
+    stored together or not at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
     The worker must send some message (a `heartbeat` when idle) at least
     every heartbeat interval. When nothing arrives for a whole lease, or the
@@ -146,7 +147,8 @@ class WorkerServiceServicer:
     what SetJobEnabled turned off; re-sending an identical definition keeps
     its schedule and runs, only updated_at moves) and its capacity. Anything
     else first, or an invalid job, ends the stream with INVALID_ARGUMENT
-    naming the field (e.g. "hello.jobs[0].id: ...").
+    naming the field (e.g. "hello.jobs[0].id: ..."). The jobs of a hello are
+    stored together or not at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
     The worker must send some message (a `heartbeat` when idle) at least
     every heartbeat interval. When nothing arrives for a whole lease, or the
@@ -264,7 +266,8 @@ class WorkerService:
     what SetJobEnabled turned off; re-sending an identical definition keeps
     its schedule and runs, only updated_at moves) and its capacity. Anything
     else first, or an invalid job, ends the stream with INVALID_ARGUMENT
-    naming the field (e.g. "hello.jobs[0].id: ...").
+    naming the field (e.g. "hello.jobs[0].id: ..."). The jobs of a hello are
+    stored together or not at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
     The worker must send some message (a `heartbeat` when idle) at least
     every heartbeat interval. When nothing arrives for a whole lease, or the

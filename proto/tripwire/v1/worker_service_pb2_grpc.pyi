@@ -38,7 +38,8 @@ class WorkerServiceStub:
        what SetJobEnabled turned off; re-sending an identical definition keeps
        its schedule and runs, only updated_at moves) and its capacity. Anything
        else first, or an invalid job, ends the stream with INVALID_ARGUMENT
-       naming the field (e.g. "hello.jobs[0].id: ...").
+       naming the field (e.g. "hello.jobs[0].id: ..."). The jobs of a hello are
+       stored together or not at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
        every heartbeat interval. When nothing arrives for a whole lease, or the
@@ -141,7 +142,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        what SetJobEnabled turned off; re-sending an identical definition keeps
        its schedule and runs, only updated_at moves) and its capacity. Anything
        else first, or an invalid job, ends the stream with INVALID_ARGUMENT
-       naming the field (e.g. "hello.jobs[0].id: ...").
+       naming the field (e.g. "hello.jobs[0].id: ..."). The jobs of a hello are
+       stored together or not at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
        every heartbeat interval. When nothing arrives for a whole lease, or the
@@ -240,7 +242,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        what SetJobEnabled turned off; re-sending an identical definition keeps
        its schedule and runs, only updated_at moves) and its capacity. Anything
        else first, or an invalid job, ends the stream with INVALID_ARGUMENT
-       naming the field (e.g. "hello.jobs[0].id: ...").
+       naming the field (e.g. "hello.jobs[0].id: ..."). The jobs of a hello are
+       stored together or not at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
        every heartbeat interval. When nothing arrives for a whole lease, or the

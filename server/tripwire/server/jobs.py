@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +104,17 @@ class JobService:
         job.env = env
         validate_job(job)
         return await self.store.register_job(job, self.clock(), keep_enabled=keep_enabled)
+
+    async def register_all(
+        self, env: str, jobs: Sequence[Job], field: str, *, keep_enabled: bool = False
+    ) -> list[Job]:
+        """Several versions at once (a worker's hello): every one is checked before
+        any is stored, and they are stored in one transaction, so that a failure
+        stores none. `field` names the list in errors."""
+        for i, job in enumerate(jobs):
+            job.env = env
+            validate_job(job, f"{field}[{i}]")
+        return await self.store.register_jobs(jobs, self.clock(), keep_enabled=keep_enabled)
 
     async def get(self, env: str, job_id: str, version: str) -> tuple[Job, list[Job]]:
         if not job_id:

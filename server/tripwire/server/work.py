@@ -16,7 +16,7 @@ from .events import (
     check_not_a_fire_id,
     prepare,
 )
-from .jobs import JobService, retry_policy, validate_job
+from .jobs import JobService, retry_policy
 from .matching import JobIndex
 from .models import Job, LogEntry, Run, TaskAsk, TaskKind
 from .tasks import LOG_RANK, TaskOutcome, idempotency_key
@@ -79,19 +79,10 @@ class WorkService:
             raise InvalidArgument("hello.capacity", f"must be between 1 and {MAX_CAPACITY}")
         if not jobs:
             raise InvalidArgument("hello.jobs", "must name at least one job to serve")
-        # Every definition is checked before any is stored: a bad hello stores nothing.
-        for i, job in enumerate(jobs):
-            job.env = env
-            try:
-                validate_job(job)
-            except InvalidArgument as exc:
-                raise InvalidArgument(
-                    f"hello.jobs[{i}]" + exc.field.removeprefix("job"),
-                    exc.message.partition(": ")[2],
-                ) from None
+        # All or nothing: a bad hello, or one the store fails, stores none of its jobs.
         # SetJobEnabled is the operator's switch: a worker (re)connecting with a
         # version that exists must not turn it back on.
-        return [await self.jobs.register(env, job, keep_enabled=True) for job in jobs]
+        return await self.jobs.register_all(env, jobs, "hello.jobs", keep_enabled=True)
 
     async def job(self, env: str, job_id: str, version: str) -> Job:
         latest = self.index.get(env, job_id)

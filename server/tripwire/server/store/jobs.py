@@ -74,28 +74,34 @@ class JobOps:
     async def register_job(self, job: Job, now: int, *, keep_enabled: bool = False) -> Job:
         """Upsert one version. `keep_enabled`: a version already stored keeps its
         enabled switch whatever `job` says (a worker's hello)."""
+        return await self._write(lambda tx: self._register(tx, job, now, keep_enabled))
 
-        def op(tx: Tx) -> Job:
-            conn = tx.conn
-            old = conn.execute(
-                "SELECT created_at, enabled FROM job_versions "
-                "WHERE env = ? AND id = ? AND version = ?",
-                (job.env, job.id, job.version),
-            ).fetchone()
-            job.created_at = old[0] if old else now
-            if old and keep_enabled:
-                job.enabled = bool(old[1])
-            job.updated_at = now
-            conn.execute(
-                "INSERT OR REPLACE INTO job_versions (env, id, version, name, trigger, enabled, "
-                "concurrency_limit, retry, max_duration_seconds, log_level, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows.job_params(job),
-            )
-            self._refresh_head(tx, job.env, job.id, now)
-            return self._job(conn, job.env, job.id, job.version)
+    async def register_jobs(
+        self, jobs: Sequence[Job], now: int, *, keep_enabled: bool = False
+    ) -> list[Job]:
+        """Upsert several versions in one transaction: all of them or none."""
+        return await self._write(
+            lambda tx: [self._register(tx, job, now, keep_enabled) for job in jobs]
+        )
 
-        return await self._write(op)
+    def _register(self, tx: Tx, job: Job, now: int, keep_enabled: bool) -> Job:
+        conn = tx.conn
+        old = conn.execute(
+            "SELECT created_at, enabled FROM job_versions WHERE env = ? AND id = ? AND version = ?",
+            (job.env, job.id, job.version),
+        ).fetchone()
+        job.created_at = old[0] if old else now
+        if old and keep_enabled:
+            job.enabled = bool(old[1])
+        job.updated_at = now
+        conn.execute(
+            "INSERT OR REPLACE INTO job_versions (env, id, version, name, trigger, enabled, "
+            "concurrency_limit, retry, max_duration_seconds, log_level, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows.job_params(job),
+        )
+        self._refresh_head(tx, job.env, job.id, now)
+        return self._job(conn, job.env, job.id, job.version)
 
     def _refresh_head(self, tx: Tx, env: str, job_id: str, now: int) -> None:
         """Point the job at its highest version and keep its schedule in step."""
