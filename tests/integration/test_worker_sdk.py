@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -181,6 +183,49 @@ async def test_a_task_output_over_the_payload_limit_raises_once_in_the_handler(
         "message": "task output is 2003 bytes, over the limit of 1000 bytes",
     }
     assert calls == 1  # no retries: the function would only make it again
+
+
+async def test_while_the_server_is_away_the_worker_tries_again_within_its_backoff_cap(
+    start_server: StartServer,
+) -> None:
+    """gRPC's own reconnect backoff grows to two minutes and fails every call meanwhile;
+    the worker's channel caps it at the worker's backoff cap."""
+    server = await start_server()
+    port = int(server.address.rpartition(":")[2])
+    client = Client("away", url=server.address)
+
+    @client.define_job(id="j", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        return "ok"
+
+    worker = Worker(client, backoff=Backoff(cap=1.0))
+    running = asyncio.create_task(worker.run())
+    attempts: list[float] = []
+    try:
+        await serving(worker)
+        await server.stop(grace=0.1)
+
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            attempts.append(time.monotonic())  # a connection attempt: turn it away
+            writer.close()
+
+        stand_in = await asyncio.start_server(refuse, "127.0.0.1", port)
+        try:
+
+            async def enough() -> bool:
+                return len(attempts) >= 8
+
+            await eventually(enough, within=DEADLINE)
+        finally:
+            stand_in.close()
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
+        # cap 1 s, plus gRPC's jitter of 20% and the worker's own wait
+        assert max(gaps) < 2.5, gaps
+    finally:
+        await worker.shutdown()
+        await running
+        await client.aio.close()
+        client.close()
 
 
 async def test_an_uncaught_error_fails_the_run(client: Client) -> None:

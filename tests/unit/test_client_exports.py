@@ -37,6 +37,7 @@ EXPECTED = [
     "Run",
     "RunContext",
     "RunDetail",
+    "RunEnded",
     "RunUpdate",
     "SyncIO",
     "Task",

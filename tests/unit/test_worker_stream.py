@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pydantic import BaseModel
 from tripwire.client import Client
 from tripwire.client.convert import from_value, to_value
 from tripwire.client.errors import InvalidArgument, Unauthenticated
-from tripwire.client.io import IO, SyncIO
+from tripwire.client.io import IO, RunEnded, SyncIO
 from tripwire.client.jobs import JobDefinition, RunContext, define_job
 from tripwire.client.models import event_trigger, invoke_trigger
 from tripwire.client.worker import Backoff, Worker
@@ -171,6 +172,115 @@ async def test_a_cancelled_error_escaping_the_handler_fails_the_run(make: Make) 
         return h.worker.active_runs == 0
 
     await eventually(slot_free)
+
+
+async def test_io_left_running_when_the_run_ends_sends_nothing_and_fails(make: Make) -> None:
+    in_fn, release = asyncio.Event(), asyncio.Event()
+    unwound: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def slow() -> str:
+        in_fn.set()
+        await release.wait()
+        return "late"
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        async def straggler() -> None:
+            try:
+                await io.run_task("slow", slow)
+            except BaseException as exc:
+                unwound.set_result(exc)
+                raise
+
+        async def fails() -> None:
+            await in_fn.wait()
+            raise RuntimeError("gave up")
+
+        await asyncio.gather(straggler(), fails())
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    request = await stream.expect("task")
+    stream.reply(task_result=result(request.request_id, "run_1", 1, task("t1", "slow", "RUNNING")))
+    outcome = await stream.expect("run_result")
+    assert outcome.error.message == "gave up"
+    sent = len(stream.log)
+    release.set()
+    error = await within(unwound)
+    assert isinstance(error, RunEnded)
+    assert "io calls must be awaited inside the handler" in str(error)
+    late = [m.WhichOneof("message") for m in stream.log[sent:]]
+    assert [kind for kind in late if kind != "heartbeat"] == []
+
+
+@pytest.mark.parametrize("where", ["handler", "task", "log"])
+async def test_an_undecodable_name_in_an_error_or_log_line_still_reaches_the_server(
+    make: Make, where: str
+) -> None:
+    name = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+
+    def broken() -> None:
+        raise FileExistsError(f"cannot overwrite {name}")
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        if where == "log":
+            io.logger.info(f"skipping {name}")
+            return
+        if where == "handler":
+            broken()
+        await io.run_task("k", broken)
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    if where == "log":
+        line = await stream.expect("log")
+        assert line.message == "skipping report-\\udcff.csv"
+    if where == "task":
+        request = await stream.expect("task")
+        stream.reply(task_result=result(request.request_id, "run_1", 1, task("t1", "k", "RUNNING")))
+        complete = await stream.expect("task_complete")
+        assert complete.error.message == "cannot overwrite report-\\udcff.csv"
+        failed = task("t1", "k", "ERRORED", error=("FileExistsError", complete.error.message))
+        stream.reply(task_result=result(request.request_id, "run_1", 1, failed))
+    outcome = await stream.expect("run_result")
+    if where != "log":
+        assert outcome.error.type in ("FileExistsError", "TaskError")
+        assert "cannot overwrite report-\\udcff.csv" in outcome.error.message
+
+
+async def test_an_outcome_that_cannot_be_reported_still_fails_the_run(make: Make) -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        raise BaseExceptionGroup("odd", [GeneratorExit()])  # no Exception inside
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    outcome = await stream.expect("run_result")
+    assert outcome.error.type == "WorkerError"
+    assert outcome.error.message.startswith("the worker could not report the run's outcome")
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_a_task_functions_own_cancelled_error_fails_the_run(make: Make, flavour: str) -> None:
+    async def fn() -> None:
+        helper = asyncio.create_task(asyncio.sleep(60))
+        helper.cancel()
+        await helper
+
+    async def async_handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        return await io.run_task("k", fn)
+
+    def sync_handler(payload: Any, io: SyncIO, ctx: RunContext) -> Any:
+        return io.run_task("k", fn)
+
+    h = await make(job(async_handler if flavour == "async" else sync_handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    request = await stream.expect("task")
+    stream.reply(task_result=result(request.request_id, "run_1", 1, task("t1", "k", "RUNNING")))
+    outcome = await stream.expect("run_result")
+    assert outcome.error.type == "CancelledError"
 
 
 @pytest.mark.parametrize("exit", [SystemExit(3), KeyboardInterrupt()], ids=type)
@@ -535,6 +645,27 @@ async def test_async_with_runs_the_worker_in_the_background() -> None:
     assert not worker.connected
 
 
+async def test_leaving_async_with_at_once_stops_the_worker() -> None:
+    server, sleep = FakeServer(), FakeSleep()
+    worker = Worker(Client("t"), [job(lambda payload, io, ctx: None)], connect=server, sleep=sleep)
+
+    async def enter_and_leave() -> None:
+        async with worker:
+            pass  # never yields: the background task has not started yet
+
+    await within(enter_and_leave())
+    assert not worker.connected
+
+
+async def test_a_shutdown_asked_for_before_run_starts_makes_it_return() -> None:
+    server, sleep = FakeServer(), FakeSleep()
+    worker = Worker(Client("t"), [job(lambda payload, io, ctx: None)], connect=server, sleep=sleep)
+    running = asyncio.create_task(worker.run())
+    await worker.shutdown()  # awaits nothing: the task has not started
+    await within(running)
+    assert server.streams.empty()
+
+
 def test_worker_arguments_are_checked() -> None:
     one = job(lambda payload, io, ctx: None)
     with pytest.raises(ValueError, match="at least one job"):
@@ -543,6 +674,9 @@ def test_worker_arguments_are_checked() -> None:
         Worker(Client("t"), [one], capacity=0)
     with pytest.raises(ValueError, match="welcome_timeout"):
         Worker(Client("t"), [one], welcome_timeout=0)
+    for bad in (math.inf, math.nan, -1, 2**32):  # a Drain's deadline_ms could not say it
+        with pytest.raises(ValueError, match="shutdown_timeout"):
+            Worker(Client("t"), [one], shutdown_timeout=bad)
     with pytest.raises(ValueError, match="given twice"):
         Worker(Client("t"), [one, one])
     with pytest.raises(TypeError, match="JobDefinition"):

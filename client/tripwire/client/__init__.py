@@ -30,7 +30,7 @@ from tripwire.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from tripwire.client.io import IO, DuplicateKeyError, SyncIO, TaskError
+from tripwire.client.io import IO, DuplicateKeyError, RunEnded, SyncIO, TaskError
 from tripwire.client.jobs import JobDefinition, JobDefinitionError, RunContext
 from tripwire.client.models import (
     TERMINAL_RUN_STATUSES,
@@ -79,6 +79,7 @@ __all__ = [
     "Run",
     "RunContext",
     "RunDetail",
+    "RunEnded",
     "RunUpdate",
     "SyncIO",
     "Task",

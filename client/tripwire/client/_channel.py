@@ -98,13 +98,24 @@ def open_sync(settings: Settings) -> grpc.Channel:
     return grpc.insecure_channel(target, settings.options())
 
 
-def open_async(settings: Settings, *, own_connection: bool = False) -> grpc.aio.Channel:
+def open_async(
+    settings: Settings, *, own_connection: bool = False, reconnect_cap: float | None = None
+) -> grpc.aio.Channel:
     """An asyncio channel; with ``own_connection`` it shares no connection with other
-    channels (gRPC pools them per process), so a new one really reconnects."""
+    channels (gRPC pools them per process), so a new one really reconnects. With
+    ``reconnect_cap`` (seconds) gRPC's own reconnect backoff, which otherwise grows to
+    two minutes and fails every call meanwhile, waits no longer than that."""
     target, secure = settings.target()
     options = settings.options()
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
+    if reconnect_cap is not None:
+        cap_ms = max(int(reconnect_cap * 1000), 100)
+        options += [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", cap_ms),
+        ]
     if secure:
         credentials = grpc.ssl_channel_credentials()
         return grpc.aio.secure_channel(target, credentials, options)

@@ -69,6 +69,17 @@ LINES_PER_BOUNDARY = 1_000_000
 THREAD_EXITS = (KeyboardInterrupt, SystemExit)
 
 
+class RunEnded(RuntimeError):
+    """An io call made, or still waiting, after the worker finished its run: io calls
+    must be awaited inside the handler (a fire-and-forget one is never carried out)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"run {run_id} has ended: io calls must be awaited inside the handler, "
+            "one left running is not carried out"
+        )
+
+
 class Suspend(BaseException):
     """This execution of the run stops here; the server resumes the run when it is due.
 
@@ -141,10 +152,22 @@ def json_value(obj: Any, *, what: str) -> struct_pb2.Value:
     return convert.to_value(obj, what=what)
 
 
+def printable(text: str) -> str:
+    """``text`` as a protobuf string can hold it: a lone surrogate (what Python makes of
+    an undecodable file name) becomes its escape, instead of failing the message."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def error_info(exc: BaseException) -> run_pb2.ErrorInfo:
     """An exception as the protocol carries it: class name, message and traceback."""
     stack = "".join(traceback.format_exception(exc))
-    return run_pb2.ErrorInfo(type=type(exc).__name__, message=str(exc), stack=stack)
+    return run_pb2.ErrorInfo(
+        type=type(exc).__name__, message=printable(str(exc)), stack=printable(stack)
+    )
 
 
 # -- task specs ------------------------------------------------------------------------
@@ -238,7 +261,8 @@ class Execution:
     Lives on the event loop. ``send`` puts a message on the worker's stream; the worker
     routes this run's ``task_result`` and ``rejected`` messages to :meth:`resolve` and
     :meth:`reject`, and calls :meth:`halt` on ``cancel``, ``abandon`` or a lost stream.
-    Once halted (or suspended) it sends nothing more.
+    Once halted (or suspended) it sends nothing more; once ended (the worker is done
+    with the run), io calls the handler left running fail with :class:`RunEnded`.
     """
 
     def __init__(
@@ -254,6 +278,7 @@ class Execution:
         self.attempt = attempt
         self.executor = executor
         self.halted = False
+        self.ended = False
         self._send = send
         cached = list(cached_tasks)
         self._cache = {(task.parent_id, task.key): task for task in cached}
@@ -290,6 +315,21 @@ class Execution:
         for future in self._pending.values():
             future.cancel()
 
+    def end(self) -> None:
+        """The worker is done with this execution (its result sent, or it stopped):
+        nothing more is sent, and io calls still in flight, which the handler started
+        but did not await, fail instead of waiting for ever."""
+        self.ended = self.halted = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RunEnded(self.run_id))
+
+    def _check_open(self) -> None:
+        if self.ended:
+            raise RunEnded(self.run_id)
+        if self.halted:
+            raise Suspend()
+
     def suspend(self) -> Suspend:
         self.halt()
         return Suspend()
@@ -316,7 +356,11 @@ class Execution:
         self._lines = min(self._lines + 1, LINES_PER_BOUNDARY - 1)
         seq = self._boundaries * LINES_PER_BOUNDARY + self._lines
         log = worker_service_pb2.RunLog(
-            run_id=self.run_id, attempt=self.attempt, seq=seq, level=level, message=message
+            run_id=self.run_id,
+            attempt=self.attempt,
+            seq=seq,
+            level=level,
+            message=printable(message),
         )
         if data is not None:
             log.data.CopyFrom(data)
@@ -324,8 +368,7 @@ class Execution:
 
     async def open(self, spec: TaskSpec, parent: str) -> Step:
         """Start a task: from the cache, or by asking the server."""
-        if self.halted:
-            raise Suspend()
+        self._check_open()
         slot = (parent, spec.key)
         if slot in self._claimed:
             where = f" under task {parent}" if parent else ""
@@ -368,8 +411,7 @@ class Execution:
 
     async def complete(self, step: Step, outcome: Outcome) -> Step:
         """Report a function's outcome; the answer says what comes next (as for open)."""
-        if self.halted:
-            raise Suspend()
+        self._check_open()
         # The TaskRequest's request_id again: the answer is about the same task.
         message = worker_service_pb2.TaskComplete(
             request_id=step.request_id,
@@ -604,7 +646,7 @@ class SyncIO:
         if self._execution.halted or _on_a_loop():
             coro.close()
             if self._execution.halted:
-                raise Suspend()
+                self._execution._check_open()
             raise RuntimeError("the blocking io was called on the event loop; use `await io...`")
         context = contextvars.copy_context()
 
@@ -615,7 +657,11 @@ class SyncIO:
         try:
             return future.result()
         except concurrent.futures.CancelledError:
-            raise Suspend() from None
+            if self._execution.halted:  # the worker stopped the run: unwind quietly
+                raise Suspend() from None
+            # The coroutine's own (e.g. a task function awaiting a task it cancelled):
+            # the run fails with it, as an async handler's would.
+            raise asyncio.CancelledError("a CancelledError escaped an io call") from None
 
     def _call(self, fn: Callable[[], Any], task_id: str) -> Outcome:
         token = _parent.set(task_id)

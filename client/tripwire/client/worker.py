@@ -36,7 +36,7 @@ from typing import Any, Protocol, Self, TypeVar
 import grpc
 from tripwire.client._channel import ClientBase, Settings, open_async
 from tripwire.client.errors import TripwireError, error_class, from_rpc_error
-from tripwire.client.io import Execution
+from tripwire.client.io import Execution, printable
 from tripwire.client.jobs import JobDefinition, execute_run
 from tripwire.v1 import run_pb2, worker_service_pb2, worker_service_pb2_grpc
 
@@ -60,6 +60,8 @@ _DEFAULT_HEARTBEAT = 10.0
 _DEFAULT_LEASE = 30.0
 # After half-closing, how long the server has to end the stream.
 _CLOSE_TIMEOUT = 5.0
+# The longest drain a Drain message's deadline_ms (uint32) can announce: ~49 days.
+MAX_SHUTDOWN_TIMEOUT = (2**32 - 1) // 1000
 
 
 def _sdk() -> str:
@@ -366,6 +368,7 @@ class _Session:
             self.draining = True
             # So that the server sends no more runs here (they go to other workers).
             drain = worker_service_pb2.Drain(deadline_ms=int(max(deadline, 0) * 1000))
+            # (__init__ keeps shutdown_timeout within what deadline_ms can say)
             self.send(Request(drain=drain))
             self.closer = asyncio.create_task(self._close(deadline), name="tripwire-close")
 
@@ -421,6 +424,11 @@ class Worker:
             raise ValueError(f"capacity must be an integer >= 1, got {capacity!r}")
         if not welcome_timeout > 0:
             raise ValueError(f"welcome_timeout must be > 0 seconds, got {welcome_timeout!r}")
+        if not 0 <= shutdown_timeout <= MAX_SHUTDOWN_TIMEOUT:
+            raise ValueError(
+                f"shutdown_timeout must be 0 to {MAX_SHUTDOWN_TIMEOUT} seconds, "
+                f"got {shutdown_timeout!r}"
+            )
         self.client = client
         self.capacity = capacity
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -439,6 +447,7 @@ class Worker:
         self._pool: DaemonPool | None = None
         self._running = False
         self._stopping = False
+        self._stop_before_start = False
         self._stop = asyncio.Event()
         self._finished = asyncio.Event()
         self._connected = asyncio.Event()
@@ -475,11 +484,21 @@ class Worker:
         Raises a :class:`~tripwire.client.errors.TripwireError` when the server refuses
         the worker for good (e.g. INVALID_ARGUMENT for a bad job, UNAUTHENTICATED).
         """
+        self._begin()
+        await self._serve_until_stopped(burst, idle_timeout)
+
+    def _begin(self) -> None:
         if self._running:
             raise RuntimeError("this worker is already running")
-        self._running, self._stopping = True, False
-        self._stop.clear()
+        self._running, self._stopping = True, self._stop_before_start
+        self._stop_before_start = False
         self._finished.clear()
+        if self._stopping:
+            self._stop.set()  # a shutdown asked for before the start: serve nothing
+        else:
+            self._stop.clear()
+
+    async def _serve_until_stopped(self, burst: bool, idle_timeout: float) -> None:
         connect, close = self._open()
         self._pool = DaemonPool(self.capacity + 4, "tripwire-run")
         idle = asyncio.create_task(self._watch_idle(idle_timeout)) if burst else None
@@ -510,7 +529,11 @@ class Worker:
             self._finished.set()
 
     def request_shutdown(self) -> None:
-        """Start a graceful shutdown without waiting for it (safe from signal handlers)."""
+        """Start a graceful shutdown without waiting for it (safe from signal handlers).
+        Asked for before :meth:`run` has started, it makes that run return at once."""
+        if not self._running:
+            self._stop_before_start = True
+            return
         if self._stopping:
             return
         self._stopping = True
@@ -527,7 +550,10 @@ class Worker:
             await self._finished.wait()
 
     async def __aenter__(self) -> Self:
-        self._background = asyncio.create_task(self.run(), name="tripwire-worker")
+        self._begin()  # now, so that leaving the block at once still stops it
+        self._background = asyncio.create_task(
+            self._serve_until_stopped(False, 0.5), name="tripwire-worker"
+        )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -541,7 +567,7 @@ class Worker:
             return self._connect, _nothing
         client = self.client
         settings = Settings(client.name, client.url, client.api_key, timeout=None)
-        channel = open_async(settings, own_connection=True)
+        channel = open_async(settings, own_connection=True, reconnect_cap=self.backoff.cap)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
 
         def connect(requests: AsyncIterator[Request]) -> StreamCall:
@@ -623,9 +649,25 @@ class Worker:
                 return
 
     async def _execute(self, request: worker_service_pb2.RunRequest, execution: Execution) -> None:
-        result = await execute_run(self._jobs, request, execution, self.worker_id)
-        if result is not None:
-            execution.send(Request(run_result=result))
+        try:
+            result = await execute_run(self._jobs, request, execution, self.worker_id)
+            if result is not None:
+                execution.send(Request(run_result=result))
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # an outcome the SDK could not even report
+            log.exception("run %s: its outcome could not be reported", execution.run_id)
+            if not execution.halted:  # never leave the run EXECUTING with nobody on it
+                result = worker_service_pb2.RunResult(
+                    run_id=execution.run_id, attempt=execution.attempt
+                )
+                result.error.type = "WorkerError"
+                result.error.message = printable(
+                    f"the worker could not report the run's outcome: {exc!r}"
+                )
+                execution.send(Request(run_result=result))
+        finally:
+            execution.end()  # io calls the handler left running fail; nothing more is sent
 
     async def _watch_idle(self, idle_timeout: float) -> None:
         await self._connected.wait()
