@@ -116,10 +116,11 @@ class WorkerServiceStub:
     sends it no more run requests, so they go to other workers. Run a
     request that was already on its way (it was sent before the server read
     the drain) like the rest, then finish and half-close as above.
-    10. A message the server cannot accept (bad field, unknown run) is
-    answered with `rejected`, carrying the request_id (task messages) or the
+    10. A message the server cannot accept (a bad field, a task id not in the
+    run, a value over a limit) is answered with `rejected`, carrying the request_id (task messages) or the
     run_id (log, run_result) and the field in the message; the stream stays
-    open.
+    open. A message for a run or attempt this worker does not hold gets
+    `abandon` instead (see 8.).
     """
 
     def __init__(self, channel):
@@ -226,10 +227,11 @@ class WorkerServiceServicer:
     sends it no more run requests, so they go to other workers. Run a
     request that was already on its way (it was sent before the server read
     the drain) like the rest, then finish and half-close as above.
-    10. A message the server cannot accept (bad field, unknown run) is
-    answered with `rejected`, carrying the request_id (task messages) or the
+    10. A message the server cannot accept (a bad field, a task id not in the
+    run, a value over a limit) is answered with `rejected`, carrying the request_id (task messages) or the
     run_id (log, run_result) and the field in the message; the stream stays
-    open.
+    open. A message for a run or attempt this worker does not hold gets
+    `abandon` instead (see 8.).
     """
 
     def RunJob(self, request_iterator, context):
@@ -345,10 +347,11 @@ class WorkerService:
     sends it no more run requests, so they go to other workers. Run a
     request that was already on its way (it was sent before the server read
     the drain) like the rest, then finish and half-close as above.
-    10. A message the server cannot accept (bad field, unknown run) is
-    answered with `rejected`, carrying the request_id (task messages) or the
+    10. A message the server cannot accept (a bad field, a task id not in the
+    run, a value over a limit) is answered with `rejected`, carrying the request_id (task messages) or the
     run_id (log, run_result) and the field in the message; the stream stays
-    open.
+    open. A message for a run or attempt this worker does not hold gets
+    `abandon` instead (see 8.).
     """
 
     @staticmethod
