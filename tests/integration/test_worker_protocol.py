@@ -433,6 +433,17 @@ async def test_timed_out_runs_end_and_the_worker_is_told(
     assert got["run"]["error"]["type"] == "TimeoutError"
 
 
+async def test_tasks_left_open_end_with_their_run(conn: Stubs, worker: RawWorker) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    started = await worker.task(run, "never-finished")
+    assert started["task"]["status"] == "TASK_STATUS_RUNNING"
+    worker.result(run, output="done anyway")
+    stored = await run_status(conn, run["id"], "SUCCESS")
+    assert [t["status"] for t in stored["tasks"]] == ["TASK_STATUS_CANCELED"]
+
+
 async def test_a_run_is_timed_out_by_its_own_versions_max_duration(
     conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:

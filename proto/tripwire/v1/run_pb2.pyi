@@ -120,7 +120,9 @@ class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus
     TASK_STATUS_ERRORED: _TaskStatus.ValueType  # 4
     """Failed for good; `error` is set."""
     TASK_STATUS_CANCELED: _TaskStatus.ValueType  # 5
-    """The run was cancelled while the task was open."""
+    """The run ended (cancelled, timed out, aborted, or finished by its worker)
+    while the task was still open.
+    """
 
 class TaskStatus(_TaskStatus, metaclass=_TaskStatusEnumTypeWrapper): ...
 
@@ -134,7 +136,9 @@ TASK_STATUS_COMPLETED: TaskStatus.ValueType  # 3
 TASK_STATUS_ERRORED: TaskStatus.ValueType  # 4
 """Failed for good; `error` is set."""
 TASK_STATUS_CANCELED: TaskStatus.ValueType  # 5
-"""The run was cancelled while the task was open."""
+"""The run ended (cancelled, timed out, aborted, or finished by its worker)
+while the task was still open.
+"""
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
 @_typing.final

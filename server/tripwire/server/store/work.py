@@ -393,7 +393,7 @@ class WorkOps:
         run.status = RunStatus.FAILURE if error is not None else RunStatus.SUCCESS
         run.output, run.error = output, error
         run.completed_at = run.updated_at = now
-        tx.conn.execute(
+        ended = tx.conn.execute(
             "UPDATE runs SET status = ?, output = ?, error = ?, completed_at = ?, updated_at = ?, "
             f"worker_id = NULL WHERE id = ? AND status IN {ACTIVE}",
             (
@@ -404,7 +404,13 @@ class WorkOps:
                 now,
                 run.id,
             ),
-        )
+        ).rowcount
+        if ended:  # tasks the handler left open end with the run, as on a cancel
+            tx.conn.execute(
+                "UPDATE tasks SET status = 'CANCELED', completed_at = ? "
+                "WHERE run_id = ? AND status IN ('RUNNING', 'WAITING')",
+                (now, run.id),
+            )
         tx.after_commit(lambda: self.hub.released([run.id]))
 
     # -- timers -----------------------------------------------------------------
