@@ -263,9 +263,11 @@ async def test_invoke_get_list_and_cancel_runs(tw: Both) -> None:
     await tw.register_job("report", version="1.0.0", trigger=invoke_trigger())
     run = await tw.invoke_job("report", {"day": "mon"}, idempotency_key="k1", account_id="a")
     assert (run.job_id, run.status, run.account_id) == ("report", "QUEUED", "a")
-    assert (await tw.invoke_job("report", {"day": "tue"}, idempotency_key="k1")).id == run.id
+    assert not run.deduplicated
+    again = await tw.invoke_job("report", {"day": "tue"}, idempotency_key="k1")
+    assert (again.id, again.deduplicated) == (run.id, True)
     other = await tw.invoke_job("report")
-    assert other.id != run.id
+    assert other.id != run.id and not other.deduplicated
 
     detail = await tw.get_run(run.id)
     assert detail.run.id == run.id and detail.tasks == () and detail.logs == ()
@@ -408,7 +410,9 @@ async def test_cli_commands(start_server: StartServer, capsys: pytest.CaptureFix
     status, out, _ = await cli_run(capsys, *url, "match", "new.user", "--payload", "{}")
     assert "welcome" in out and "yes" in out
     status, out, _ = await cli_run(capsys, *url, "invoke", "report", "--idempotency-key", "k")
-    assert "job           report@1.0.0" in out
+    assert "job           report@1.0.0" in out and "deduplicated" not in out
+    status, out, _ = await cli_run(capsys, *url, "invoke", "report", "--idempotency-key", "k")
+    assert "(deduplicated: this idempotency key's earlier call started this run)" in out
     status, out, _ = await cli_run(capsys, *url, "cancel-run", run_id)
     assert "CANCELED" in out
     status, out, _ = await cli_run(capsys, *url, "--json", "send", "later", "--deliver-after", "60")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, Literal, TypeVar, Unpack
 
 from google.protobuf.message import Message
@@ -277,7 +277,12 @@ def invoke_job(job_id: str, payload: Any, **options: Unpack[InvokeOptions]) -> C
         if context is not None:
             convert.fill_value(request.context, context, what="context")
     # Without a key every call starts a new run, so only a keyed invoke may be repeated.
-    return Call("jobs", "InvokeJob", request, _run_reply, idempotent=bool(idempotency_key))
+    return Call("jobs", "InvokeJob", request, _invoked, idempotent=bool(idempotency_key))
+
+
+def _invoked(reply: Any) -> Run:
+    run = convert.run_from_pb(reply.run)
+    return replace(run, deduplicated=True) if reply.deduplicated else run
 
 
 # -- runs ------------------------------------------------------------------------------

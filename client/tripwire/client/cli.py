@@ -317,7 +317,10 @@ def _invoke(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     run = client.invoke_job(
         args.job_id, args.payload, context=args.context, idempotency_key=args.idempotency_key
     )
-    return run, render.run_block(run)
+    block = render.run_block(run)
+    if run.deduplicated:
+        block += "\n(deduplicated: this idempotency key's earlier call started this run)"
+    return run, block
 
 
 def _match(client: Client, args: argparse.Namespace) -> tuple[Any, str]:

@@ -372,7 +372,8 @@ class Client(ClientBase):
         return self._call(_requests.set_job_enabled(job_id, enabled, version))
 
     def invoke_job(self, job_id: str, payload: Any = None, **options: Unpack[InvokeOptions]) -> Run:
-        """Start a run of the job's latest version now."""
+        """Start a run of the job's latest version now. With an ``idempotency_key``
+        used before, nothing starts: the earlier run comes back with ``deduplicated``."""
         return self._call(_requests.invoke_job(job_id, payload, **options))
 
     def get_run(self, id: str) -> RunDetail:
