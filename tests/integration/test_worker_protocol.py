@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
+from tripwire.client import Client
 from tripwire.server.app import Server
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
@@ -442,6 +443,48 @@ async def test_tasks_left_open_end_with_their_run(conn: Stubs, worker: RawWorker
     worker.result(run, output="done anyway")
     stored = await run_status(conn, run["id"], "SUCCESS")
     assert [t["status"] for t in stored["tasks"]] == ["TASK_STATUS_CANCELED"]
+
+
+async def test_get_run_of_a_large_run_comes_in_pages_a_default_client_can_read(
+    conn: Stubs, worker: RawWorker, fast: Server
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    for i in range(5):  # each output under the 1 MiB limit, together over 4 MiB
+        started = await worker.task(run, f"chunk-{i}", request_id=f"r{i}")
+        await worker.complete(run, started["task"]["id"], output="x" * 900_000)
+        worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": i + 1, "message": f"{i}"}})
+    worker.result(run, output="ok")
+    await run_status(conn, run["id"], "SUCCESS")
+
+    keys: list[str] = []
+    lines: list[str] = []
+    token, pages = "", 0
+    while True:  # conn is a default client: 4 MiB at most per reply
+        reply = await conn.runs.GetRun(rn.GetRunRequest(id=run["id"], page_token=token))
+        assert reply.ByteSize() < 4 * 1024 * 1024 and reply.run.id == run["id"]
+        keys += [t.key for t in reply.tasks]
+        lines += [entry.message for entry in reply.logs]
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+    assert pages == 2
+    assert keys == [f"chunk-{i}" for i in range(5)] and lines == ["0", "1", "2", "3", "4"]
+
+    client = Client("pages", url=fast.address)
+    try:
+        detail = await client.aio.get_run(run["id"])
+    finally:
+        await client.aio.close()
+        client.close()
+    assert [t.key for t in detail.tasks] == keys and len(detail.logs) == 5
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await conn.runs.GetRun(rn.GetRunRequest(id=run["id"], page_token="nonsense"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("page_token")
 
 
 async def test_a_run_is_timed_out_by_its_own_versions_max_duration(

@@ -292,17 +292,25 @@ def _run_reply(reply: Any) -> Run:
     return convert.run_from_pb(reply.run)
 
 
-def get_run(id: str) -> Call[RunDetail]:
-    request = run_service_pb2.GetRunRequest(id=_id(id, "run id"))
+def get_run(id: str, page_token: str = "") -> Call[tuple[RunDetail, str]]:
+    """One page of a run's details, and the token of the next ("" when done);
+    the clients' get_run reads them all."""
+    request = run_service_pb2.GetRunRequest(id=_id(id, "run id"), page_token=page_token)
     return Call("runs", "GetRun", request, _run_detail, idempotent=True)
 
 
-def _run_detail(reply: Any) -> RunDetail:
-    return RunDetail(
+def _run_detail(reply: Any) -> tuple[RunDetail, str]:
+    detail = RunDetail(
         run=convert.run_from_pb(reply.run),
         tasks=tuple(convert.task_from_pb(t) for t in reply.tasks),
         logs=tuple(convert.log_from_pb(log) for log in reply.logs),
     )
+    return detail, reply.next_page_token
+
+
+def more_run_detail(detail: RunDetail, page: RunDetail) -> RunDetail:
+    """``detail`` with the tasks and logs of its next page (and the run as of then)."""
+    return RunDetail(page.run, detail.tasks + page.tasks, detail.logs + page.logs)
 
 
 def list_runs(**filters: Unpack[RunFilters]) -> Call[Page[Run]]:

@@ -178,7 +178,11 @@ class AsyncClient(ClientBase):
         return await self._call(_requests.invoke_job(job_id, payload, **options))
 
     async def get_run(self, id: str) -> RunDetail:
-        return await self._call(_requests.get_run(id))
+        detail, token = await self._call(_requests.get_run(id))
+        while token:  # a large run comes in pages
+            page, token = await self._call(_requests.get_run(id, token))
+            detail = _requests.more_run_detail(detail, page)
+        return detail
 
     async def list_runs(self, **filters: Unpack[RunFilters]) -> Page[Run]:
         return await self._call(_requests.list_runs(**filters))
@@ -377,8 +381,12 @@ class Client(ClientBase):
         return self._call(_requests.invoke_job(job_id, payload, **options))
 
     def get_run(self, id: str) -> RunDetail:
-        """A run with its tasks (by position) and logs (by seq)."""
-        return self._call(_requests.get_run(id))
+        """A run with its tasks (by position) and logs (by seq), all of them."""
+        detail, token = self._call(_requests.get_run(id))
+        while token:  # a large run comes in pages
+            page, token = self._call(_requests.get_run(id, token))
+            detail = _requests.more_run_detail(detail, page)
+        return detail
 
     def list_runs(self, **filters: Unpack[RunFilters]) -> Page[Run]:
         """Runs newest first, by job, event and status, a page at a time."""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tripwire.v1 import run_pb2 as tripwire_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtripwire/v1/run_service.proto\x12\x0btripwire.v1\x1a\x15tripwire/v1/run.proto\"\x1b\n\rGetRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"v\n\x0eGetRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Run\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.tripwire.v1.Task\x12#\n\x04logs\x18\x03 \x03(\x0b\x32\x15.tripwire.v1.LogEntry\"\x82\x01\n\x0fListRunsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.tripwire.v1.RunStatus\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"K\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.tripwire.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Run\"\x1d\n\x0fWatchRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x86\x01\n\x10WatchRunResponse\x12\x1f\n\x03run\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.RunH\x00\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x11.tripwire.v1.TaskH\x00\x12$\n\x03log\x18\x03 \x01(\x0b\x32\x15.tripwire.v1.LogEntryH\x00\x42\x08\n\x06update2\xaf\x02\n\nRunService\x12\x41\n\x06GetRun\x12\x1a.tripwire.v1.GetRunRequest\x1a\x1b.tripwire.v1.GetRunResponse\x12G\n\x08ListRuns\x12\x1c.tripwire.v1.ListRunsRequest\x1a\x1d.tripwire.v1.ListRunsResponse\x12J\n\tCancelRun\x12\x1d.tripwire.v1.CancelRunRequest\x1a\x1e.tripwire.v1.CancelRunResponse\x12I\n\x08WatchRun\x12\x1c.tripwire.v1.WatchRunRequest\x1a\x1d.tripwire.v1.WatchRunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtripwire/v1/run_service.proto\x12\x0btripwire.v1\x1a\x15tripwire/v1/run.proto\"/\n\rGetRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x8f\x01\n\x0eGetRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Run\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.tripwire.v1.Task\x12#\n\x04logs\x18\x03 \x03(\x0b\x32\x15.tripwire.v1.LogEntry\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"\x82\x01\n\x0fListRunsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.tripwire.v1.RunStatus\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"K\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.tripwire.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Run\"\x1d\n\x0fWatchRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x86\x01\n\x10WatchRunResponse\x12\x1f\n\x03run\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.RunH\x00\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x11.tripwire.v1.TaskH\x00\x12$\n\x03log\x18\x03 \x01(\x0b\x32\x15.tripwire.v1.LogEntryH\x00\x42\x08\n\x06update2\xaf\x02\n\nRunService\x12\x41\n\x06GetRun\x12\x1a.tripwire.v1.GetRunRequest\x1a\x1b.tripwire.v1.GetRunResponse\x12G\n\x08ListRuns\x12\x1c.tripwire.v1.ListRunsRequest\x1a\x1d.tripwire.v1.ListRunsResponse\x12J\n\tCancelRun\x12\x1d.tripwire.v1.CancelRunRequest\x1a\x1e.tripwire.v1.CancelRunResponse\x12I\n\x08WatchRun\x12\x1c.tripwire.v1.WatchRunRequest\x1a\x1d.tripwire.v1.WatchRunResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tripwire.v1.run_service_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETRUNREQUEST']._serialized_start=69
-  _globals['_GETRUNREQUEST']._serialized_end=96
-  _globals['_GETRUNRESPONSE']._serialized_start=98
-  _globals['_GETRUNRESPONSE']._serialized_end=216
-  _globals['_LISTRUNSREQUEST']._serialized_start=219
-  _globals['_LISTRUNSREQUEST']._serialized_end=349
-  _globals['_LISTRUNSRESPONSE']._serialized_start=351
-  _globals['_LISTRUNSRESPONSE']._serialized_end=426
-  _globals['_CANCELRUNREQUEST']._serialized_start=428
-  _globals['_CANCELRUNREQUEST']._serialized_end=458
-  _globals['_CANCELRUNRESPONSE']._serialized_start=460
-  _globals['_CANCELRUNRESPONSE']._serialized_end=510
-  _globals['_WATCHRUNREQUEST']._serialized_start=512
-  _globals['_WATCHRUNREQUEST']._serialized_end=541
-  _globals['_WATCHRUNRESPONSE']._serialized_start=544
-  _globals['_WATCHRUNRESPONSE']._serialized_end=678
-  _globals['_RUNSERVICE']._serialized_start=681
-  _globals['_RUNSERVICE']._serialized_end=984
+  _globals['_GETRUNREQUEST']._serialized_end=116
+  _globals['_GETRUNRESPONSE']._serialized_start=119
+  _globals['_GETRUNRESPONSE']._serialized_end=262
+  _globals['_LISTRUNSREQUEST']._serialized_start=265
+  _globals['_LISTRUNSREQUEST']._serialized_end=395
+  _globals['_LISTRUNSRESPONSE']._serialized_start=397
+  _globals['_LISTRUNSRESPONSE']._serialized_end=472
+  _globals['_CANCELRUNREQUEST']._serialized_start=474
+  _globals['_CANCELRUNREQUEST']._serialized_end=504
+  _globals['_CANCELRUNRESPONSE']._serialized_start=506
+  _globals['_CANCELRUNRESPONSE']._serialized_end=556
+  _globals['_WATCHRUNREQUEST']._serialized_start=558
+  _globals['_WATCHRUNREQUEST']._serialized_end=587
+  _globals['_WATCHRUNRESPONSE']._serialized_start=590
+  _globals['_WATCHRUNRESPONSE']._serialized_end=724
+  _globals['_RUNSERVICE']._serialized_start=727
+  _globals['_RUNSERVICE']._serialized_end=1030
 # @@protoc_insertion_point(module_scope)

@@ -24,15 +24,19 @@ class GetRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    page_token: _builtins.str
+    """Empty for the first page; a reply's next_page_token for the next."""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -45,10 +49,20 @@ class GetRunResponse(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this reply holds the rest; otherwise call GetRun again with it."""
     @_builtins.property
-    def run(self) -> _run_pb2.Run: ...
+    def run(self) -> _run_pb2.Run:
+        """The run as it is now, on every page."""
+
     @_builtins.property
-    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Task]: ...
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Task]:
+        """The tasks by position, then the log lines by seq. A reply ends before it
+        passes 3 MiB (under the 4 MiB most clients accept), holding at least one
+        task or line; next_page_token then continues after it.
+        """
+
     @_builtins.property
     def logs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.LogEntry]: ...
     def __init__(
@@ -57,10 +71,11 @@ class GetRunResponse(_message.Message):
         run: _run_pb2.Run | None = ...,
         tasks: _abc.Iterable[_run_pb2.Task] | None = ...,
         logs: _abc.Iterable[_run_pb2.LogEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs", "run", b"run", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs", "next_page_token", b"next_page_token", "run", b"run", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,11 +8,11 @@ from typing import Any
 from tripwire.v1 import run_service_pb2 as pb
 from tripwire.v1 import run_service_pb2_grpc
 
-from ..errors import TripwireError
+from ..errors import InvalidArgument, TripwireError
 from ..models import Run, Task
 from ..runs import RunService
 from . import convert
-from .rpc import Authenticator, fill_page, page_size, seq_token, status_of, unary
+from .rpc import PAGE_BYTES, Authenticator, fill_page, page_size, seq_token, status_of, unary
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
@@ -22,13 +22,31 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
 
     @unary
     async def GetRun(self, request: pb.GetRunRequest, context: Any, env: str) -> pb.GetRunResponse:
+        after_task, after_log = _detail_token(request.page_token)
         run, tasks, logs = await self.runs.details(env, request.id)
         reply = pb.GetRunResponse()
         convert.run_to_pb(run, reply.run)
+        size, full = reply.ByteSize(), False
         for task in tasks:
-            convert.task_to_pb(task, reply.tasks.add())
-        for entry in logs:
-            convert.log_to_pb(entry, reply.logs.add())
+            if task.position <= after_task:
+                continue
+            size += convert.task_to_pb(task, reply.tasks.add()).ByteSize() + 8
+            if size > PAGE_BYTES and len(reply.tasks) > 1:
+                del reply.tasks[-1]
+                full = True
+                break
+            after_task = task.position
+        for entry in () if full else logs:
+            if entry.seq <= after_log:
+                continue
+            size += convert.log_to_pb(entry, reply.logs.add()).ByteSize() + 8
+            if size > PAGE_BYTES and len(reply.tasks) + len(reply.logs) > 1:
+                del reply.logs[-1]
+                full = True
+                break
+            after_log = entry.seq
+        if full:
+            reply.next_page_token = f"{after_task}.{after_log}"
         return reply
 
     @unary
@@ -74,3 +92,18 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
                 yield reply
         except TripwireError as exc:
             await context.abort(status_of(exc), exc.message)
+
+
+def _detail_token(token: str) -> tuple[int, int]:
+    """A GetRun page token: the last task position and log seq sent so far."""
+    if not token:
+        return -1, 0
+    task, dot, log = token.partition(".")
+    try:
+        if dot and len(token) < 50:
+            after_task, after_log = int(task), int(log)
+            if after_task >= -1 and after_log >= 0:
+                return after_task, after_log
+    except ValueError:
+        pass
+    raise InvalidArgument("page_token", "is not a token this server issued")
