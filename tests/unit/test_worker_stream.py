@@ -283,6 +283,32 @@ async def test_a_task_functions_own_cancelled_error_fails_the_run(make: Make, fl
     assert outcome.error.type == "CancelledError"
 
 
+async def test_a_result_too_large_for_any_message_fails_here_not_the_stream(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tripwire.client.io.MAX_RESULT_BYTES", 1000)
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        try:
+            await io.run_task("big", lambda: "x" * 2000)
+        except Exception:
+            pass
+        return "y" * 2000
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    request = await stream.expect("task")
+    stream.reply(task_result=result(request.request_id, "run_1", 1, task("t1", "big", "RUNNING")))
+    complete = await stream.expect("task_complete")
+    assert complete.WhichOneof("outcome") == "error"
+    assert complete.error.message.startswith("task output is 2003 bytes, more than a message")
+    failed = task("t1", "big", "ERRORED", error=("ValueError", complete.error.message))
+    stream.reply(task_result=result(request.request_id, "run_1", 1, failed))
+    outcome = await stream.expect("run_result")
+    assert outcome.error.message.startswith("the handler's return value is 2003 bytes")
+
+
 @pytest.mark.parametrize("exit", [SystemExit(3), KeyboardInterrupt()], ids=type)
 async def test_an_exit_raised_in_a_sync_handlers_thread_fails_only_its_run(
     make: Make, exit: BaseException

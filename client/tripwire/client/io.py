@@ -144,12 +144,23 @@ class Step:
     output: Any = None
 
 
+# The most a result may hold and still fit a message the server takes (64 MiB by
+# default); a larger one would break the whole stream, so it fails here instead.
+# (The server's payload limit, 1 MiB by default, is smaller: it answers an output
+# over that with OutputTooLarge.)
+MAX_RESULT_BYTES = 63 * 1024 * 1024
+
+
 def json_value(obj: Any, *, what: str) -> struct_pb2.Value:
     """A handler's or task's result as a Value; a pydantic model is dumped as JSON."""
     dump = getattr(obj, "model_dump", None)
     if callable(dump) and not isinstance(obj, type):
         obj = dump(mode="json")
-    return convert.to_value(obj, what=what)
+    value = convert.to_value(obj, what=what)
+    size = value.ByteSize()
+    if size > MAX_RESULT_BYTES:
+        raise ValueError(f"{what} is {size} bytes, more than a message to the server can carry")
+    return value
 
 
 def printable(text: str) -> str:
