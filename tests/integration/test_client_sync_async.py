@@ -409,6 +409,8 @@ async def test_cli_commands(start_server: StartServer, capsys: pytest.CaptureFix
     assert "tasks: none" in out and "logs: none" in out
     status, out, _ = await cli_run(capsys, *url, "match", "new.user", "--payload", "{}")
     assert "welcome" in out and "yes" in out
+    status, _, err = await cli_run(capsys, *url, "event", "")  # refused before any call
+    assert status == 2 and err.strip() == "error: id is required, got ''"
     status, out, _ = await cli_run(capsys, *url, "invoke", "report", "--idempotency-key", "k")
     assert "job           report@1.0.0" in out and "deduplicated" not in out
     status, out, _ = await cli_run(capsys, *url, "invoke", "report", "--idempotency-key", "k")

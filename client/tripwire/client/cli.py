@@ -3,7 +3,8 @@
 ``tripwire [--url URL] [--api-key KEY] [--json] COMMAND ...``; the global options may
 also follow the command. Exit status: 0 done, 1 the server refused (``error: CODE:
 details`` on stderr), 2 bad usage (``error: details`` for what argparse cannot check,
-e.g. a ``worker`` target that does not load).
+e.g. a ``worker`` target that does not load, or an argument the client refuses
+before any call).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpc
 from tripwire.client import _render as render
 from tripwire.client import convert
 from tripwire.client.client import Client
-from tripwire.client.errors import TripwireError
+from tripwire.client.errors import InvalidArgument, TripwireError
 from tripwire.client.models import Event, Job
 from tripwire.v1 import event_pb2, run_pb2
 
@@ -54,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TripwireError as exc:
+        if isinstance(exc, InvalidArgument) and not isinstance(exc.__cause__, grpc.RpcError):
+            # Refused by the client while building the request: no call was made.
+            print(f"error: {exc.details}", file=sys.stderr)
+            return 2
         code = f"{exc.code_name}: " if exc.code is not None else ""
         print(f"error: {code}{exc.details}", file=sys.stderr)
         return 1
