@@ -228,6 +228,47 @@ async def test_while_the_server_is_away_the_worker_tries_again_within_its_backof
         client.close()
 
 
+async def test_a_worker_with_a_short_backoff_cap_connects_over_a_slow_link(
+    start_server: StartServer,
+) -> None:
+    """The reconnect cap must not shorten gRPC's connect timeout."""
+    server = await start_server()
+    upstream = int(server.address.rpartition(":")[2])
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.4)  # the server's first bytes arrive this late
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    proxy = await asyncio.start_server(slow, "127.0.0.1", 0)
+    client = Client("slow-link", url=f"127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+
+    @client.define_job(id="j", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        return "ok"
+
+    worker = Worker(client, backoff=Backoff(cap=0.2))
+    running = asyncio.create_task(worker.run())
+    try:
+        await serving(worker)
+    finally:
+        await worker.shutdown()
+        await running
+        proxy.close()
+        await client.aio.close()
+        client.close()
+
+
 async def test_an_uncaught_error_fails_the_run(client: Client) -> None:
     @client.define_job(id="fails", version="1.0.0", trigger=invoke_trigger())
     async def handler(payload: Any, io: IO, ctx: RunContext) -> None:

@@ -692,6 +692,26 @@ async def test_a_shutdown_asked_for_before_run_starts_makes_it_return() -> None:
     assert server.streams.empty()
 
 
+async def test_a_shutdown_after_a_burst_run_does_not_stop_the_next_run() -> None:
+    server, sleep = FakeServer(), FakeSleep()
+    worker = Worker(
+        Client("t"), [job(lambda payload, io, ctx: "done")], connect=server, sleep=sleep
+    )
+
+    async def one_burst() -> None:
+        running = asyncio.create_task(worker.run(burst=True, idle_timeout=0.05))
+        stream = await server.next_stream()
+        await stream.expect("hello")
+        stream.welcome()
+        stream.reply(run_request=run_request())
+        assert from_value((await stream.expect("run_result")).output) == "done"
+        await within(running)
+
+    await one_burst()
+    await worker.shutdown()  # a teardown's, after the run ended
+    await one_burst()
+
+
 def test_worker_arguments_are_checked() -> None:
     one = job(lambda payload, io, ctx: None)
     with pytest.raises(ValueError, match="at least one job"):

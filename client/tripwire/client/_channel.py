@@ -110,10 +110,11 @@ def open_async(
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
     if reconnect_cap is not None:
+        # Not grpc.min_reconnect_backoff_ms: that is the connect timeout (20 s), and
+        # a short one would never let a slow link finish its handshake.
         cap_ms = max(int(reconnect_cap * 1000), 100)
         options += [
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.initial_reconnect_backoff_ms", min(100, cap_ms)),
             ("grpc.max_reconnect_backoff_ms", cap_ms),
         ]
     if secure:

@@ -532,7 +532,8 @@ class Worker:
         """Start a graceful shutdown without waiting for it (safe from signal handlers).
         Asked for before :meth:`run` has started, it makes that run return at once."""
         if not self._running:
-            self._stop_before_start = True
+            # Before the first run only: after one has ended, the next starts afresh.
+            self._stop_before_start = not self._finished.is_set()
             return
         if self._stopping:
             return
