@@ -788,7 +788,9 @@ async def test_payload_limits_hold_for_invoke_and_send_event(
 async def test_a_send_events_task_is_capped_in_bytes_like_send_events(
     start_server: StartServer,
 ) -> None:
-    server = await start_server(max_batch_bytes=5000)
+    """At half the SendEvents limit: the task stores its events twice (params and
+    output), and GetRun must still show it to a default client."""
+    server = await start_server(max_batch_bytes=10_000)
     events = [{"name": "y", "payload": {"blob": "x" * 1000}} for _ in range(5)]
     size = json_format.ParseDict(events, struct_pb2.Value()).ByteSize()
     assert size > 5000
@@ -810,6 +812,11 @@ async def test_a_send_events_task_is_capped_in_bytes_like_send_events(
             )
             assert js(await stubs.events.ListEvents(ev.ListEventsRequest(name="y"))) == {}
             assert js(await stubs.runs.ListRuns(rn.ListRunsRequest(job_id="on-y"))) == {}
+            w.send({"task": {"requestId": "extra", "runId": run["id"], "attempt": 1, "key": "s",
+                             "kind": "TASK_KIND_SEND_EVENTS",
+                             "params": {"events": events[:1], "note": "x" * 50_000}}})  # fmt: skip
+            rejected = await w.expect("rejected")
+            assert rejected["message"].startswith("task.params.note: is not a parameter")
             params = {"events": events[:4]}
             sent = await w.task(run, "s", kind="TASK_KIND_SEND_EVENTS", params=params)
             assert sent["task"]["status"] == "TASK_STATUS_COMPLETED"
@@ -927,6 +934,34 @@ async def test_cached_task_pages_are_sized_by_what_is_sent_errors_included(
     assert request["run"]["attempt"] == 2
     assert [t["key"] for t in request["cachedTasks"]] == [*(f"t{i}" for i in range(6)), "nap"]
     assert worker.error is None
+
+
+async def test_an_error_over_the_payload_limit_is_cut_to_fit_and_still_retried(
+    start_server: StartServer, clock: FakeClock
+) -> None:
+    server = await start_server(max_payload_bytes=1000, clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        w = RawWorker(stubs.workers)
+        try:
+            await w.connect([job("j", ["x"])])
+            await send(stubs, "x")
+            run = (await w.run_request())["run"]
+            started = await w.task(run, "t", retry={"limit": 3, "minTimeoutMs": 1000})
+            failed = await w.complete(
+                run,
+                started["task"]["id"],
+                error={"type": "HTTPError", "message": "body: " + "é" * 2000, "stack": "s" * 3000},
+            )
+            task = failed["task"]
+            assert task["status"] == "TASK_STATUS_WAITING"  # retried, as any failure
+            assert task["error"]["type"] == "HTTPError"
+            message, stack = task["error"]["message"], task["error"]["stack"]
+            assert message.startswith("body: éé") and message.endswith("[cut to the payload limit]")
+            assert stack.endswith("[cut to the payload limit]")
+            assert len(message.encode()) + len(stack.encode()) <= 1000
+        finally:
+            await w.close()
 
 
 async def test_a_result_the_store_could_not_keep_is_requeued(

@@ -324,9 +324,11 @@ class TaskRequest(_message.Message):
         RUN: anything the worker wants recorded. Except for SEND_EVENT(S), whose
         events are limited one by one like SendEvents', params over the server's
         payload limit (--max-payload-bytes, measured on this encoding) are
-        rejected, naming task.params. SEND_EVENTS' "events" over the batch limit
-        (--max-batch-bytes, 3 MiB by default, measured on this encoding) are
-        rejected naming task.params.events, as SendEvents refuses them.
+        rejected, naming task.params. SEND_EVENT(S) params hold nothing but their
+        event(s) and options (another key is rejected, naming it); SEND_EVENTS'
+        "events" over half the batch limit (--max-batch-bytes, 3 MiB by default,
+        measured on this encoding) are rejected naming task.params.events: the
+        task stores them twice, as params and in its output.
         """
 
     @_builtins.property

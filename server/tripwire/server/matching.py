@@ -108,18 +108,37 @@ def _refs(node: Any, path: str) -> list[tuple[str, str]]:
     return found
 
 
+# A run keeps this many validation errors, each message cut to this length:
+# jsonschema quotes the offending value, which may be as large as the payload,
+# and the run travels in every reply that shows it.
+MAX_VALIDATION_ERRORS = 20
+MAX_VALIDATION_MESSAGE = 200
+
+
 def schema_errors(validator: Draft202012Validator, payload: Any) -> tuple[dict[str, str], ...]:
-    """Every way `payload` fails the schema, as [{path, message}] (JSON pointer paths)."""
+    """How `payload` fails the schema, as [{path, message}] (JSON pointer paths):
+    the first MAX_VALIDATION_ERRORS by path, messages cut short."""
     try:
         errors = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path)))
     except RecursionError:  # a $ref cycle only some payloads reach, or a payload too deep
         return ({"path": "", "message": "the schema cannot be applied: it recurses without end"},)
     except Exception as exc:  # a user's schema must never stop delivery; registration
         # rejects what it can (unresolvable refs, top-level cycles)
-        return ({"path": "", "message": f"the schema cannot be applied: {exc}"},)
-    return tuple(
-        {"path": "".join(f"/{p}" for p in e.absolute_path), "message": e.message} for e in errors
+        return ({"path": "", "message": _cut(f"the schema cannot be applied: {exc}")},)
+    kept = tuple(
+        {"path": _cut("".join(f"/{p}" for p in e.absolute_path)), "message": _cut(e.message)}
+        for e in errors[:MAX_VALIDATION_ERRORS]
     )
+    if len(errors) > MAX_VALIDATION_ERRORS:
+        more = len(errors) - MAX_VALIDATION_ERRORS
+        kept += ({"path": "", "message": f"... and {more} more"},)
+    return kept
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_VALIDATION_MESSAGE:
+        return text
+    return text[: MAX_VALIDATION_MESSAGE - 3] + "..."
 
 
 def compile_job(job: Job) -> CompiledJob:

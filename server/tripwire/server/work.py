@@ -25,9 +25,10 @@ if TYPE_CHECKING:
     from .store import Store
 
 MAX_CAPACITY = 10_000
-# The error a task or run gets in place of an outcome (output or error) over
-# the payload limit: stored, and every replay would send it again.
+# The error a task or run gets in place of an output over the payload limit:
+# stored, and every replay would send it again.
 TOO_LARGE = "OutputTooLarge"
+CUT_NOTE = " [cut to the payload limit]"
 
 
 def too_large(what: str, size: int, limit: int) -> dict[str, str]:
@@ -36,6 +37,20 @@ def too_large(what: str, size: int, limit: int) -> dict[str, str]:
         "message": f"{what} is {size} bytes, over the limit of {limit} bytes",
         "stack": "",
     }
+
+
+def cut_error(error: dict[str, str], limit: int) -> dict[str, str]:
+    """An error over the payload limit, its message and stack cut to fit: unlike
+    an output, it still says what went wrong, and a retry may well not repeat it."""
+    budget = max(limit // 2 - 64 - len(CUT_NOTE), 16)
+
+    def cut(text: str) -> str:
+        data = text.encode()
+        if len(data) <= budget:
+            return text
+        return data[:budget].decode(errors="ignore") + CUT_NOTE
+
+    return {**error, "message": cut(error.get("message", "")), "stack": cut(error.get("stack", ""))}
 
 
 @dataclass(frozen=True)
@@ -168,15 +183,17 @@ class WorkService:
         *,
         final: bool = False,
     ) -> TaskOutcome:
-        """`size`: the wire size of the outcome. One over the payload limit fails
-        the task instead, finally: retrying would only make it again. `final`:
-        `error` is not retried either."""
+        """`size`: the wire size of the outcome. An output over the payload limit
+        fails the task instead, finally: retrying would only make it again; an
+        error over it is cut to fit. `final`: `error` is not retried."""
         if not task_id:
             raise InvalidArgument("task_complete.task_id", "is required")
-        if size > self.limits.max_payload_bytes:
+        limit = self.limits.max_payload_bytes
+        if size > limit and error is not None:
+            error = cut_error(error, limit)
+        elif size > limit:
             final = True
-            which = "task output" if error is None else "task error"
-            output, error = None, too_large(which, size, self.limits.max_payload_bytes)
+            output, error = None, too_large("task output", size, limit)
         return await self.store.complete_task(
             env, run_id, attempt, task_id, output, error, self.clock(), random.random(), final
         )
@@ -215,9 +232,11 @@ class WorkService:
         error: dict[str, str] | None,
         size: int = 0,
     ) -> Run:
-        """`size`: the wire size of the outcome. One over the payload limit makes
-        the run a FAILURE saying so."""
-        if size > self.limits.max_payload_bytes:
-            which = "run output" if error is None else "run error"
-            output, error = None, too_large(which, size, self.limits.max_payload_bytes)
+        """`size`: the wire size of the outcome. An output over the payload limit
+        makes the run a FAILURE saying so; an error over it is cut to fit."""
+        limit = self.limits.max_payload_bytes
+        if size > limit and error is not None:
+            error = cut_error(error, limit)
+        elif size > limit:
+            output, error = None, too_large("run output", size, limit)
         return await self.store.finish_run(env, run_id, attempt, output, error, self.clock())

@@ -598,11 +598,27 @@ def _rejected(request_id: str, run_id: str, exc: TripwireError) -> pb.RunJobResp
     )
 
 
+_SEND_PARAMS = {
+    run_pb2.TASK_KIND_SEND_EVENT: frozenset({"event", "options"}),
+    run_pb2.TASK_KIND_SEND_EVENTS: frozenset({"events", "options"}),
+}
+
+
 def _task_input(msg: pb.TaskRequest, payload_limit: int, batch_limit: int) -> TaskInput:
-    if msg.kind == run_pb2.TASK_KIND_SEND_EVENTS and "events" in msg.params.struct_value.fields:
-        # As for SendEvents: the stored events come back in the task's output.
-        size = msg.params.struct_value.fields["events"].ByteSize()
-        check_batch_size(size, batch_limit, "task.params.events")
+    allowed = _SEND_PARAMS.get(msg.kind)
+    if allowed is not None:
+        # Its events are limited one by one (and together), so nothing else may
+        # ride along in the params the task stores.
+        fields = msg.params.struct_value.fields
+        for key in fields:
+            if key not in allowed:
+                raise InvalidArgument(
+                    f"task.params.{key}", f"is not a parameter of this kind: {sorted(allowed)}"
+                )
+        if "events" in fields:
+            # The task stores its events twice, as params and in its output (the
+            # events as sent): half the SendEvents limit keeps it within one reply.
+            check_batch_size(fields["events"].ByteSize(), batch_limit // 2, "task.params.events")
     params = convert.value_to_py(msg.params, "task.params") if msg.HasField("params") else None
     retry = convert._retry_from_pb(msg.retry) if msg.HasField("retry") else None
     kind = convert.task_kind_name(msg.kind)
