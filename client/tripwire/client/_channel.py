@@ -114,7 +114,7 @@ def open_async(
         # a short one would never let a slow link finish its handshake.
         cap_ms = max(int(reconnect_cap * 1000), 100)
         options += [
-            ("grpc.initial_reconnect_backoff_ms", min(100, cap_ms)),
+            ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", cap_ms),
         ]
     if secure:

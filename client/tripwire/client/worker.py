@@ -530,7 +530,8 @@ class Worker:
 
     def request_shutdown(self) -> None:
         """Start a graceful shutdown without waiting for it (safe from signal handlers).
-        Asked for before :meth:`run` has started, it makes that run return at once."""
+        Asked for before the first :meth:`run` has started, it makes that run return at
+        once."""
         if not self._running:
             # Before the first run only: after one has ended, the next starts afresh.
             self._stop_before_start = not self._finished.is_set()

@@ -223,7 +223,10 @@ Global___Run: _TypeAlias = Run  # noqa: Y015
 
 @_typing.final
 class ValidationError(_message.Message):
-    """One way a payload failed a JSON Schema."""
+    """One way a payload failed a JSON Schema. A run keeps the first 10 by path,
+    each message cut to 200 characters; when there were more, a last entry
+    with path "..." says how many.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

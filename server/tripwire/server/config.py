@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-batch-bytes",
         type=int,
-        help="bytes of the events of one SendEvents call or send_events task, as encoded "
-        "(the reply echoes them; most gRPC clients refuse replies over 4 MiB)",
+        help="bytes of the events of one SendEvents call (half that for a send_events task), "
+        "as encoded (the reply echoes them; most gRPC clients refuse replies over 4 MiB)",
     )
     parser.add_argument("--heartbeat-interval", type=float, help="seconds")
     parser.add_argument("--lease", type=float, help="seconds")

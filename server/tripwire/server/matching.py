@@ -111,7 +111,7 @@ def _refs(node: Any, path: str) -> list[tuple[str, str]]:
 # A run keeps this many validation errors, each message cut to this length:
 # jsonschema quotes the offending value, which may be as large as the payload,
 # and the run travels in every reply that shows it.
-MAX_VALIDATION_ERRORS = 20
+MAX_VALIDATION_ERRORS = 10
 MAX_VALIDATION_MESSAGE = 200
 
 
@@ -131,7 +131,7 @@ def schema_errors(validator: Draft202012Validator, payload: Any) -> tuple[dict[s
     )
     if len(errors) > MAX_VALIDATION_ERRORS:
         more = len(errors) - MAX_VALIDATION_ERRORS
-        kept += ({"path": "", "message": f"... and {more} more"},)
+        kept += ({"path": "...", "message": f"and {more} more"},)
     return kept
 
 

@@ -39,18 +39,29 @@ def too_large(what: str, size: int, limit: int) -> dict[str, str]:
     }
 
 
-def cut_error(error: dict[str, str], limit: int) -> dict[str, str]:
-    """An error over the payload limit, its message and stack cut to fit: unlike
-    an output, it still says what went wrong, and a retry may well not repeat it."""
-    budget = max(limit // 2 - 64 - len(CUT_NOTE), 16)
+def cut_error(error: dict[str, str], size: int, limit: int, what: str) -> dict[str, str]:
+    """An error over the payload limit, cut to fit: unlike an output, it still says
+    what went wrong, and a retry may well not repeat it. Its type keeps at most
+    200 bytes, message and stack share the rest; a limit too small even for that
+    gets the OutputTooLarge error instead."""
 
-    def cut(text: str) -> str:
+    def cut(text: str, budget: int) -> str:
         data = text.encode()
         if len(data) <= budget:
             return text
-        return data[:budget].decode(errors="ignore") + CUT_NOTE
+        return data[: max(budget - len(CUT_NOTE), 0)].decode(errors="ignore") + CUT_NOTE
 
-    return {**error, "message": cut(error.get("message", "")), "stack": cut(error.get("stack", ""))}
+    kind = cut(error.get("type", ""), min(200, limit // 4))
+    budget = (limit - len(kind.encode()) - 16) // 2  # 16: the fields' tags and lengths
+    cut_down = {
+        **error,
+        "type": kind,
+        "message": cut(error.get("message", ""), budget),
+        "stack": cut(error.get("stack", ""), budget),
+    }
+    if budget < 2 * len(CUT_NOTE) or sum(len(v.encode()) for v in cut_down.values()) > limit:
+        return too_large(what, size, limit)
+    return cut_down
 
 
 @dataclass(frozen=True)
@@ -190,7 +201,7 @@ class WorkService:
             raise InvalidArgument("task_complete.task_id", "is required")
         limit = self.limits.max_payload_bytes
         if size > limit and error is not None:
-            error = cut_error(error, limit)
+            error = cut_error(error, size, limit, "task error")
         elif size > limit:
             final = True
             output, error = None, too_large("task output", size, limit)
@@ -236,7 +247,7 @@ class WorkService:
         makes the run a FAILURE saying so; an error over it is cut to fit."""
         limit = self.limits.max_payload_bytes
         if size > limit and error is not None:
-            error = cut_error(error, limit)
+            error = cut_error(error, size, limit, "run error")
         elif size > limit:
             output, error = None, too_large("run output", size, limit)
         return await self.store.finish_run(env, run_id, attempt, output, error, self.clock())
