@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
@@ -59,6 +60,24 @@ async def run_status(stubs: Stubs, run_id: str, status: str) -> dict:
         return got if got["run"]["status"] == f"RUN_STATUS_{status}" else None
 
     return await eventually(check)
+
+
+@contextlib.asynccontextmanager
+async def a_run(
+    start_server: StartServer, jobs: list[dict[str, Any]] | None = None, **settings: Any
+) -> AsyncIterator[tuple[Stubs, RawWorker, dict[str, Any]]]:
+    """A server with `settings`, a raw worker serving `jobs` (by default job "j" on
+    event "x"), and the run of one "x" event, executing on that worker."""
+    server = await start_server(**settings)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        w = RawWorker(stubs.workers)
+        try:
+            await w.connect(jobs or [job("j", ["x"])])
+            await send(stubs, "x")
+            yield stubs, w, (await w.run_request())["run"]
+        finally:
+            await w.close()
 
 
 async def test_hello_must_come_first_and_be_valid(conn: Stubs) -> None:
@@ -788,41 +807,33 @@ async def test_payload_limits_hold_for_invoke_and_send_event(
 async def test_a_send_events_task_is_capped_in_bytes_like_send_events(
     start_server: StartServer,
 ) -> None:
-    """At half the SendEvents limit: the task stores its events twice (params and
-    output), and GetRun must still show it to a default client."""
-    server = await start_server(max_batch_bytes=10_000)
+    """At half the SendEvents limit, since the task stores its events twice (params
+    and output); and nothing but events and options rides along in the params."""
     events = [{"name": "y", "payload": {"blob": "x" * 1000}} for _ in range(5)]
     size = json_format.ParseDict(events, struct_pb2.Value()).ByteSize()
     assert size > 5000
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        stubs = make_stubs(channel)
-        w = RawWorker(stubs.workers)
-        try:
-            await w.connect([job("j", ["x"]), job("on-y", ["y"])])
-            await send(stubs, "x")
-            run = (await w.run_request())["run"]
-            w.send({"task": {"requestId": "over", "runId": run["id"], "attempt": 1, "key": "s",
-                             "kind": "TASK_KIND_SEND_EVENTS",
-                             "params": {"events": events}}})  # fmt: skip
-            rejected = await w.expect("rejected")
-            assert rejected["requestId"] == "over"
-            assert rejected["message"] == (
-                f"task.params.events: are {size} bytes, over the limit of 5000 bytes; "
-                "send fewer events per call"
-            )
-            assert js(await stubs.events.ListEvents(ev.ListEventsRequest(name="y"))) == {}
-            assert js(await stubs.runs.ListRuns(rn.ListRunsRequest(job_id="on-y"))) == {}
-            w.send({"task": {"requestId": "extra", "runId": run["id"], "attempt": 1, "key": "s",
-                             "kind": "TASK_KIND_SEND_EVENTS",
-                             "params": {"events": events[:1], "note": "x" * 50_000}}})  # fmt: skip
-            rejected = await w.expect("rejected")
-            assert rejected["message"].startswith("task.params.note: is not a parameter")
-            params = {"events": events[:4]}
-            sent = await w.task(run, "s", kind="TASK_KIND_SEND_EVENTS", params=params)
-            assert sent["task"]["status"] == "TASK_STATUS_COMPLETED"
-            assert len(sent["task"]["output"]) == 4
-        finally:
-            await w.close()
+    jobs = [job("j", ["x"]), job("on-y", ["y"])]
+    async with a_run(start_server, jobs, max_batch_bytes=10_000) as (stubs, w, run):
+        w.send({"task": {"requestId": "over", "runId": run["id"], "attempt": 1, "key": "s",
+                         "kind": "TASK_KIND_SEND_EVENTS",
+                         "params": {"events": events}}})  # fmt: skip
+        rejected = await w.expect("rejected")
+        assert rejected["requestId"] == "over"
+        assert rejected["message"] == (
+            f"task.params.events: are {size} bytes, over the limit of 5000 bytes; "
+            "send fewer events per call"
+        )
+        assert js(await stubs.events.ListEvents(ev.ListEventsRequest(name="y"))) == {}
+        assert js(await stubs.runs.ListRuns(rn.ListRunsRequest(job_id="on-y"))) == {}
+        w.send({"task": {"requestId": "extra", "runId": run["id"], "attempt": 1, "key": "s",
+                         "kind": "TASK_KIND_SEND_EVENTS",
+                         "params": {"events": events[:1], "note": "x" * 50_000}}})  # fmt: skip
+        rejected = await w.expect("rejected")
+        assert rejected["message"].startswith("task.params.note: is not a parameter")
+        params = {"events": events[:4]}
+        sent = await w.task(run, "s", kind="TASK_KIND_SEND_EVENTS", params=params)
+        assert sent["task"]["status"] == "TASK_STATUS_COMPLETED"
+        assert len(sent["task"]["output"]) == 4
 
 
 async def test_payload_limit_holds_for_task_params_outputs_logs_and_run_results(
@@ -831,49 +842,37 @@ async def test_payload_limit_holds_for_task_params_outputs_logs_and_run_results(
     """Whatever a run stores is replayed to every later attempt: nothing over the
     limit gets in. Params and log lines are refused naming the field; an output
     over it fails its task (without retries) or its run, saying why."""
-    server = await start_server(max_payload_bytes=1000)
     big = {"blob": "x" * 2000}
     size = json_format.ParseDict(big, struct_pb2.Value()).ByteSize()
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        stubs = make_stubs(channel)
-        w = RawWorker(stubs.workers)
-        try:
-            await w.connect([job("j", ["x"])])
-            await send(stubs, "x")
-            run = (await w.run_request())["run"]
+    async with a_run(start_server, max_payload_bytes=1000) as (stubs, w, run):
+        w.send({"task": {"requestId": "p", "runId": run["id"], "attempt": 1, "key": "p",
+                         "kind": "TASK_KIND_RUN", "params": big}})  # fmt: skip
+        rejected = await w.expect("rejected")
+        assert rejected["requestId"] == "p"
+        assert rejected["message"] == f"task.params: is {size} bytes, over the limit of 1000 bytes"
 
-            w.send({"task": {"requestId": "p", "runId": run["id"], "attempt": 1, "key": "p",
-                             "kind": "TASK_KIND_RUN", "params": big}})  # fmt: skip
-            rejected = await w.expect("rejected")
-            assert rejected["requestId"] == "p"
-            assert (
-                rejected["message"] == f"task.params: is {size} bytes, over the limit of 1000 bytes"
-            )
+        retry = {"limit": 5, "minTimeoutMs": 1000}
+        started = await w.task(run, "t", retry=retry)
+        failed = await w.complete(run, started["task"]["id"], output=big)
+        assert failed["task"]["status"] == "TASK_STATUS_ERRORED"  # not WAITING to retry
+        assert failed["task"]["error"] == {
+            "type": "OutputTooLarge",
+            "message": f"task output is {size} bytes, over the limit of 1000 bytes",
+        }
+        assert "output" not in failed["task"]
 
-            retry = {"limit": 5, "minTimeoutMs": 1000}
-            started = await w.task(run, "t", retry=retry)
-            failed = await w.complete(run, started["task"]["id"], output=big)
-            assert failed["task"]["status"] == "TASK_STATUS_ERRORED"  # not WAITING to retry
-            assert failed["task"]["error"] == {
-                "type": "OutputTooLarge",
-                "message": f"task output is {size} bytes, over the limit of 1000 bytes",
-            }
-            assert "output" not in failed["task"]
+        w.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "message": "m",
+                        "data": big}})  # fmt: skip
+        rejected = await w.expect("rejected")
+        assert rejected["message"].startswith(f"log: message and data are {size + 1} bytes")
 
-            w.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "message": "m",
-                            "data": big}})  # fmt: skip
-            rejected = await w.expect("rejected")
-            assert rejected["message"].startswith(f"log: message and data are {size + 1} bytes")
-
-            w.result(run, output=big)
-            stored = await run_status(stubs, run["id"], "FAILURE")
-            assert stored["run"]["error"]["type"] == "OutputTooLarge"
-            assert stored["run"]["error"]["message"].startswith(f"run output is {size} bytes")
-            assert "output" not in stored["run"]
-            assert [t["status"] for t in stored["tasks"]] == ["TASK_STATUS_ERRORED"]
-            assert "logs" not in stored
-        finally:
-            await w.close()
+        w.result(run, output=big)
+        stored = await run_status(stubs, run["id"], "FAILURE")
+        assert stored["run"]["error"]["type"] == "OutputTooLarge"
+        assert stored["run"]["error"]["message"].startswith(f"run output is {size} bytes")
+        assert "output" not in stored["run"]
+        assert [t["status"] for t in stored["tasks"]] == ["TASK_STATUS_ERRORED"]
+        assert "logs" not in stored
 
 
 async def test_outcomes_json_cannot_carry_fail_their_task_or_run_and_log_data_is_refused(
@@ -939,29 +938,20 @@ async def test_cached_task_pages_are_sized_by_what_is_sent_errors_included(
 async def test_an_error_over_the_payload_limit_is_cut_to_fit_and_still_retried(
     start_server: StartServer, clock: FakeClock
 ) -> None:
-    server = await start_server(max_payload_bytes=1000, clock=clock)
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        stubs = make_stubs(channel)
-        w = RawWorker(stubs.workers)
-        try:
-            await w.connect([job("j", ["x"])])
-            await send(stubs, "x")
-            run = (await w.run_request())["run"]
-            started = await w.task(run, "t", retry={"limit": 3, "minTimeoutMs": 1000})
-            failed = await w.complete(
-                run,
-                started["task"]["id"],
-                error={"type": "HTTPError", "message": "body: " + "é" * 2000, "stack": "s" * 3000},
-            )
-            task = failed["task"]
-            assert task["status"] == "TASK_STATUS_WAITING"  # retried, as any failure
-            assert task["error"]["type"] == "HTTPError"
-            message, stack = task["error"]["message"], task["error"]["stack"]
-            assert message.startswith("body: éé") and message.endswith("[cut to the payload limit]")
-            assert stack.endswith("[cut to the payload limit]")
-            assert len(message.encode()) + len(stack.encode()) <= 1000
-        finally:
-            await w.close()
+    async with a_run(start_server, max_payload_bytes=1000, clock=clock) as (_, w, run):
+        started = await w.task(run, "t", retry={"limit": 3, "minTimeoutMs": 1000})
+        failed = await w.complete(
+            run,
+            started["task"]["id"],
+            error={"type": "HTTPError", "message": "body: " + "é" * 2000, "stack": "s" * 3000},
+        )
+        task = failed["task"]
+        assert task["status"] == "TASK_STATUS_WAITING"  # retried, as any failure
+        assert task["error"]["type"] == "HTTPError"
+        message, stack = task["error"]["message"], task["error"]["stack"]
+        assert message.startswith("body: éé") and message.endswith("[cut to the payload limit]")
+        assert stack.endswith("[cut to the payload limit]")
+        assert len(message.encode()) + len(stack.encode()) <= 1000
 
 
 async def test_a_result_the_store_could_not_keep_is_requeued(
