@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from tripwire.v1 import event_pb2
+from tripwire.v1 import event_pb2, run_pb2
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
@@ -467,3 +467,29 @@ async def test_a_batch_just_under_the_default_byte_limit_replies_within_a_client
         reply = await stubs.events.SendEvents(request)
     assert len(reply.events) == count and all(len(e.runs) == 1 for e in reply.events)
     assert reply.ByteSize() < 4 * 1024 * 1024
+
+
+async def test_a_batch_whose_reply_no_client_could_read_is_refused_and_stores_nothing(
+    start_server: StartServer,
+) -> None:
+    """A tenth of the byte limit, but every event fails two jobs' schema, whose
+    errors quote a long string: the reply would be over 4 MiB, so the batch is
+    refused before anything is stored (a stored batch that looked failed would be
+    sent again)."""
+    server = await start_server()
+    schema = {"properties": {"items": {"items": {"enum": ["a" * 300]}}}}
+    events = [{"name": "x", "payload": {"items": [0] * 25}} for _ in range(1000)]
+    request = req(ev.SendEventsRequest, {"events": events})
+    async with grpc.aio.insecure_channel(server.address) as channel:  # 4 MiB replies at most
+        stubs = make_stubs(channel)
+        await register(stubs, event_job("j", ["x"], schema=schema))
+        await register(stubs, event_job("k", ["x"], schema=schema))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.SendEvents(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith("events: the reply would be ")
+        assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
+        assert js(await stubs.runs.ListRuns(rn.ListRunsRequest())) == {}
+        half = req(ev.SendEventsRequest, {"events": events[:400]})
+        reply = await stubs.events.SendEvents(half)  # one that fits still goes through
+    assert [r.status for r in reply.events[0].runs] == [run_pb2.RUN_STATUS_INVALID_PAYLOAD] * 2

@@ -75,7 +75,8 @@ class SendEventsRequest(_message.Message):
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.EventInput]:
         """At most 1,000 events (--max-batch), of at most 3 MiB in all as encoded
         here (--max-batch-bytes): the reply echoes every payload and context, and
-        most gRPC clients refuse replies over 4 MiB. A batch over either limit is
+        most gRPC clients refuse replies over 4 MiB. A batch over either limit, or
+        whose reply would still pass 4 MiB (its runs' schema errors count), is
         INVALID_ARGUMENT naming `events`, and nothing is stored.
         """
 

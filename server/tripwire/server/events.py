@@ -135,8 +135,16 @@ class EventService:
         self.clock = clock
 
     async def send(
-        self, env: str, drafts: Sequence[EventDraft], options: DeliveryOptions, *, batch: bool
+        self,
+        env: str,
+        drafts: Sequence[EventDraft],
+        options: DeliveryOptions,
+        *,
+        batch: bool,
+        check: Callable[[list[Event]], None] | None = None,
     ) -> list[Event]:
+        """`check` sees what would be stored, before the commit: if it raises (a reply
+        no client could read, say), nothing is."""
         if batch:
             if not drafts:
                 raise InvalidArgument("events", "must contain at least one event")
@@ -154,7 +162,7 @@ class EventService:
             if not event.minted_id:
                 where = f"events[{i}].id" if batch else "event.id"
                 check_not_a_fire_id(self.index, env, event.id, where)
-        return await self.store.ingest(env, prepared, now)
+        return await self.store.ingest(env, prepared, now, check)
 
     async def get(self, env: str, event_id: str) -> tuple[Event, list[Run]]:
         _require_id(event_id, "id")

@@ -10,12 +10,13 @@ from tripwire.v1 import event_service_pb2_grpc
 
 from ..errors import InvalidArgument
 from ..events import EventService
-from ..models import EventStatus
+from ..models import Event, EventStatus
 from . import convert
 from .rpc import (
     Authenticator,
     check_batch_size,
     check_payload_size,
+    check_reply_size,
     fill_page,
     page_size,
     seq_token,
@@ -65,14 +66,22 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         for i, given in enumerate(request.events):
             self._check_size(given, f"events[{i}]")
         drafts = [convert.draft(e, f"events[{i}]") for i, e in enumerate(request.events)]
-        events = await self.events.send(env, drafts, convert.options(request.options), batch=True)
         reply = pb.SendEventsResponse()
-        # An id sent twice in one batch may have been rescheduled by its second
-        # copy: those replies show what was stored, not what their request said.
-        counts = Counter(e.id for e in events)
-        repeated = {i for i, n in counts.items() if n > 1} if len(counts) < len(events) else ()
-        for event, given in zip(events, request.events, strict=True):
-            convert.event_to_pb(event, reply.events.add(), None if event.id in repeated else given)
+
+        def build(events: list[Event]) -> None:
+            """The reply, built before the commit: one no client could read (its
+            runs' schema errors can outgrow the events) stores nothing."""
+            # An id sent twice in one batch may have been rescheduled by its second
+            # copy: those replies show what was stored, not what their request said.
+            counts = Counter(e.id for e in events)
+            repeated = {i for i, n in counts.items() if n > 1} if len(counts) < len(events) else ()
+            for event, given in zip(events, request.events, strict=True):
+                given_now = None if event.id in repeated else given
+                convert.event_to_pb(event, reply.events.add(), given_now)
+            check_reply_size(reply.ByteSize(), "events")
+
+        options = convert.options(request.options)
+        await self.events.send(env, drafts, options, batch=True, check=build)
         return reply
 
     @unary

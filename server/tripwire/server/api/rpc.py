@@ -114,6 +114,19 @@ def check_batch_size(size: int, limit: int, field: str) -> None:
 # A list page ends early rather than pass this: grpcurl and most gRPC clients
 # refuse replies over 4 MiB unless told otherwise.
 PAGE_BYTES = 3 * 1024 * 1024
+# The largest reply a write may give (4 MiB, less room for gRPC's framing).
+MAX_REPLY_BYTES = 4 * 1024 * 1024 - 1024
+
+
+def check_reply_size(size: int, field: str) -> None:
+    """A write whose reply most clients would refuse is refused instead, before it
+    is stored: a stored write that looked failed would be sent again."""
+    if size > MAX_REPLY_BYTES:
+        raise InvalidArgument(
+            field,
+            f"the reply would be {size} bytes, over the {MAX_REPLY_BYTES} bytes most "
+            "clients accept (the runs' schema errors count); send fewer events per call",
+        )
 
 
 def fill_page(

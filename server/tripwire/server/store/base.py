@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..models import Event, Job, LogEntry, NewEvent, Page, Run, Task, TaskAsk
@@ -21,8 +21,15 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # Events
-    async def ingest(self, env: str, events: Sequence[NewEvent], now: int) -> list[Event]:
-        """Store a batch atomically: dedup by id, deliver what is due, create its runs."""
+    async def ingest(
+        self,
+        env: str,
+        events: Sequence[NewEvent],
+        now: int,
+        check: Callable[[list[Event]], None] | None = None,
+    ) -> list[Event]:
+        """Store a batch atomically: dedup by id, deliver what is due, create its runs.
+        `check` sees the result before the commit; if it raises, nothing is stored."""
         ...
 
     async def deliver_due(self, now: int, limit: int = 500) -> list[Event]: ...

@@ -112,9 +112,23 @@ class SQLiteStore(JobOps, WorkOps):
 
     # -- events ---------------------------------------------------------------
 
-    async def ingest(self, env: str, events: Sequence[NewEvent], now: int) -> list[Event]:
-        """Store a batch atomically: dedup by id, deliver what is due, create runs."""
-        return await self._write(lambda tx: self._ingest(tx, env, events, now))
+    async def ingest(
+        self,
+        env: str,
+        events: Sequence[NewEvent],
+        now: int,
+        check: Callable[[list[Event]], None] | None = None,
+    ) -> list[Event]:
+        """Store a batch atomically: dedup by id, deliver what is due, create runs.
+        `check` sees the result before the commit; if it raises, nothing is stored."""
+
+        def op(tx: Tx) -> list[Event]:
+            stored = self._ingest(tx, env, events, now)
+            if check is not None:
+                check(stored)
+            return stored
+
+        return await self._write(op)
 
     def _ingest(self, tx: Tx, env: str, events: Sequence[NewEvent], now: int) -> list[Event]:
         conn = tx.conn
