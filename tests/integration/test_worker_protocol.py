@@ -65,7 +65,7 @@ async def run_status(stubs: Stubs, run_id: str, status: str) -> dict:
 @contextlib.asynccontextmanager
 async def a_run(
     start_server: StartServer, jobs: list[dict[str, Any]] | None = None, **settings: Any
-) -> AsyncIterator[tuple[Stubs, RawWorker, dict[str, Any]]]:
+) -> AsyncIterator[tuple[Server, Stubs, RawWorker, dict[str, Any]]]:
     """A server with `settings`, a raw worker serving `jobs` (by default job "j" on
     event "x"), and the run of one "x" event, executing on that worker."""
     server = await start_server(**settings)
@@ -75,7 +75,7 @@ async def a_run(
         try:
             await w.connect(jobs or [job("j", ["x"])])
             await send(stubs, "x")
-            yield stubs, w, (await w.run_request())["run"]
+            yield server, stubs, w, (await w.run_request())["run"]
         finally:
             await w.close()
 
@@ -506,6 +506,46 @@ async def test_get_run_of_a_large_run_comes_in_pages_a_default_client_can_read(
     assert (err.value.details() or "").startswith("page_token")
 
 
+async def test_an_event_with_large_runs_comes_in_pages_a_default_client_can_read(
+    start_server: StartServer,
+) -> None:
+    jobs = [job(f"j{i}", ["x"]) for i in range(5)]
+    async with a_run(start_server, jobs) as (server, stubs, w, first):
+        runs = [first] + [(await w.run_request())["run"] for _ in range(4)]
+        for run in runs[:4]:  # each output under the 1 MiB limit, together over 4 MiB
+            w.result(run, output="x" * 900_000)
+            await run_status(stubs, run["id"], "SUCCESS")
+        event_id = first["eventId"]
+
+        ids: list[str] = []
+        token, pages = "", 0
+        while True:  # stubs is a default client: 4 MiB at most per reply
+            reply = await stubs.events.GetEvent(ev.GetEventRequest(id=event_id, page_token=token))
+            assert reply.ByteSize() < 4 * 1024 * 1024 and reply.event.id == event_id
+            ids += [r.id for r in reply.runs]
+            pages += 1
+            token = reply.next_page_token
+            if not token:
+                break
+        assert pages == 2 and sorted(ids) == sorted(r["id"] for r in runs)
+        client = Client("pages", url=server.address)
+        try:
+            detail = await client.aio.get_event(event_id)
+        finally:
+            await client.aio.close()
+            client.close()
+        assert [r.id for r in detail.runs] == ids
+
+        cancelled = await stubs.events.CancelRunsForEvent(ev.CancelRunsForEventRequest(id=event_id))
+        assert list(cancelled.cancelled_run_ids) == [runs[4]["id"]]
+        assert cancelled.more_runs and 0 < len(cancelled.runs) < 5
+        assert cancelled.ByteSize() < 4 * 1024 * 1024
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.GetEvent(ev.GetEventRequest(id=event_id, page_token="x"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_a_run_is_timed_out_by_its_own_versions_max_duration(
     conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:
@@ -813,7 +853,7 @@ async def test_a_send_events_task_is_capped_in_bytes_like_send_events(
     size = json_format.ParseDict(events, struct_pb2.Value()).ByteSize()
     assert size > 5000
     jobs = [job("j", ["x"]), job("on-y", ["y"])]
-    async with a_run(start_server, jobs, max_batch_bytes=10_000) as (stubs, w, run):
+    async with a_run(start_server, jobs, max_batch_bytes=10_000) as (_, stubs, w, run):
         w.send({"task": {"requestId": "over", "runId": run["id"], "attempt": 1, "key": "s",
                          "kind": "TASK_KIND_SEND_EVENTS",
                          "params": {"events": events}}})  # fmt: skip
@@ -844,7 +884,7 @@ async def test_payload_limit_holds_for_task_params_outputs_logs_and_run_results(
     over it fails its task (without retries) or its run, saying why."""
     big = {"blob": "x" * 2000}
     size = json_format.ParseDict(big, struct_pb2.Value()).ByteSize()
-    async with a_run(start_server, max_payload_bytes=1000) as (stubs, w, run):
+    async with a_run(start_server, max_payload_bytes=1000) as (_, stubs, w, run):
         w.send({"task": {"requestId": "p", "runId": run["id"], "attempt": 1, "key": "p",
                          "kind": "TASK_KIND_RUN", "params": big}})  # fmt: skip
         rejected = await w.expect("rejected")
@@ -938,7 +978,7 @@ async def test_cached_task_pages_are_sized_by_what_is_sent_errors_included(
 async def test_an_error_over_the_payload_limit_is_cut_to_fit_and_still_retried(
     start_server: StartServer, clock: FakeClock
 ) -> None:
-    async with a_run(start_server, max_payload_bytes=1000, clock=clock) as (_, w, run):
+    async with a_run(start_server, max_payload_bytes=1000, clock=clock) as (_, _, w, run):
         started = await w.task(run, "t", retry={"limit": 3, "minTimeoutMs": 1000})
         failed = await w.complete(
             run,

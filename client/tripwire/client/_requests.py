@@ -148,14 +148,21 @@ def _events_reply(reply: Any) -> list[Event]:
     return [convert.event_from_pb(e) for e in reply.events]
 
 
-def get_event(id: str) -> Call[EventDetail]:
-    request = event_service_pb2.GetEventRequest(id=_id(id))
+def get_event(id: str, page_token: str = "") -> Call[tuple[EventDetail, str]]:
+    """One page of an event's runs, and the token of the next ("" when done); the
+    clients' get_event reads them all."""
+    request = event_service_pb2.GetEventRequest(id=_id(id), page_token=page_token)
     return Call("events", "GetEvent", request, _event_detail, idempotent=True)
 
 
-def _event_detail(reply: Any) -> EventDetail:
+def _event_detail(reply: Any) -> tuple[EventDetail, str]:
     runs = tuple(convert.run_from_pb(r) for r in reply.runs)
-    return EventDetail(event=convert.event_from_pb(reply.event), runs=runs)
+    return EventDetail(event=convert.event_from_pb(reply.event), runs=runs), reply.next_page_token
+
+
+def more_event_detail(detail: EventDetail, page: EventDetail) -> EventDetail:
+    """``detail`` with the runs of its next page (and the event as of then)."""
+    return EventDetail(page.event, detail.runs + page.runs)
 
 
 def list_events(**filters: Unpack[EventFilters]) -> Call[Page[Event]]:

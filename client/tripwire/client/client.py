@@ -140,7 +140,11 @@ class AsyncClient(ClientBase):
         return await self._call(_requests.send_events(events, **send_options(options, more)))
 
     async def get_event(self, id: str) -> EventDetail:
-        return await self._call(_requests.get_event(id))
+        detail, token = await self._call(_requests.get_event(id))
+        while token:  # an event with many large runs comes in pages
+            page, token = await self._call(_requests.get_event(id, token))
+            detail = _requests.more_event_detail(detail, page)
+        return detail
 
     async def list_events(self, **filters: Unpack[EventFilters]) -> Page[Event]:
         return await self._call(_requests.list_events(**filters))
@@ -337,7 +341,11 @@ class Client(ClientBase):
 
     def get_event(self, id: str) -> EventDetail:
         """An event and every run it created."""
-        return self._call(_requests.get_event(id))
+        detail, token = self._call(_requests.get_event(id))
+        while token:  # an event with many large runs comes in pages
+            page, token = self._call(_requests.get_event(id, token))
+            detail = _requests.more_event_detail(detail, page)
+        return detail
 
     def list_events(self, **filters: Unpack[EventFilters]) -> Page[Event]:
         """Events newest first, by ``name`` and ``status``, a page at a time."""

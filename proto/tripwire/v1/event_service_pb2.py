@@ -27,7 +27,7 @@ from tripwire.v1 import event_pb2 as tripwire_dot_v1_dot_event__pb2
 from tripwire.v1 import run_pb2 as tripwire_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftripwire/v1/event_service.proto\x12\x0btripwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17tripwire/v1/event.proto\x1a\x15tripwire/v1/run.proto\"j\n\x10SendEventRequest\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.tripwire.v1.EventInput\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.tripwire.v1.SendEventOptions\"6\n\x11SendEventResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.tripwire.v1.Event\"l\n\x11SendEventsRequest\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.tripwire.v1.EventInput\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.tripwire.v1.SendEventOptions\"8\n\x12SendEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.tripwire.v1.Event\"\x1d\n\x0fGetEventRequest\x12\n\n\x02id\x18\x01 \x01(\t\"U\n\x10GetEventResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.tripwire.v1.Event\x12\x1e\n\x04runs\x18\x02 \x03(\x0b\x32\x10.tripwire.v1.Run\"r\n\x11ListEventsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.tripwire.v1.EventStatus\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"Q\n\x12ListEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.tripwire.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12\x43\x61ncelEventRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x13\x43\x61ncelEventResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.tripwire.v1.Event\"\'\n\x19\x43\x61ncelRunsForEventRequest\x12\n\n\x02id\x18\x01 \x01(\t\"W\n\x1a\x43\x61ncelRunsForEventResponse\x12\x19\n\x11\x63\x61ncelled_run_ids\x18\x01 \x03(\t\x12\x1e\n\x04runs\x18\x02 \x03(\x0b\x32\x10.tripwire.v1.Run\";\n\x11MatchEventRequest\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.tripwire.v1.EventInput\"\x89\x01\n\x08JobMatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bjob_version\x18\x02 \x01(\t\x12\x0f\n\x07matched\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x37\n\x11validation_errors\x18\x05 \x03(\x0b\x32\x1c.tripwire.v1.ValidationError\"`\n\x12MatchEventResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.tripwire.v1.JobMatch\x12%\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value2\xc9\x04\n\x0c\x45ventService\x12J\n\tSendEvent\x12\x1d.tripwire.v1.SendEventRequest\x1a\x1e.tripwire.v1.SendEventResponse\x12M\n\nSendEvents\x12\x1e.tripwire.v1.SendEventsRequest\x1a\x1f.tripwire.v1.SendEventsResponse\x12G\n\x08GetEvent\x12\x1c.tripwire.v1.GetEventRequest\x1a\x1d.tripwire.v1.GetEventResponse\x12M\n\nListEvents\x12\x1e.tripwire.v1.ListEventsRequest\x1a\x1f.tripwire.v1.ListEventsResponse\x12P\n\x0b\x43\x61ncelEvent\x12\x1f.tripwire.v1.CancelEventRequest\x1a .tripwire.v1.CancelEventResponse\x12\x65\n\x12\x43\x61ncelRunsForEvent\x12&.tripwire.v1.CancelRunsForEventRequest\x1a\'.tripwire.v1.CancelRunsForEventResponse\x12M\n\nMatchEvent\x12\x1e.tripwire.v1.MatchEventRequest\x1a\x1f.tripwire.v1.MatchEventResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftripwire/v1/event_service.proto\x12\x0btripwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17tripwire/v1/event.proto\x1a\x15tripwire/v1/run.proto\"j\n\x10SendEventRequest\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.tripwire.v1.EventInput\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.tripwire.v1.SendEventOptions\"6\n\x11SendEventResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.tripwire.v1.Event\"l\n\x11SendEventsRequest\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.tripwire.v1.EventInput\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.tripwire.v1.SendEventOptions\"8\n\x12SendEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.tripwire.v1.Event\"1\n\x0fGetEventRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"n\n\x10GetEventResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.tripwire.v1.Event\x12\x1e\n\x04runs\x18\x02 \x03(\x0b\x32\x10.tripwire.v1.Run\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"r\n\x11ListEventsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.tripwire.v1.EventStatus\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"Q\n\x12ListEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.tripwire.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12\x43\x61ncelEventRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x13\x43\x61ncelEventResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.tripwire.v1.Event\"\'\n\x19\x43\x61ncelRunsForEventRequest\x12\n\n\x02id\x18\x01 \x01(\t\"j\n\x1a\x43\x61ncelRunsForEventResponse\x12\x19\n\x11\x63\x61ncelled_run_ids\x18\x01 \x03(\t\x12\x1e\n\x04runs\x18\x02 \x03(\x0b\x32\x10.tripwire.v1.Run\x12\x11\n\tmore_runs\x18\x03 \x01(\x08\";\n\x11MatchEventRequest\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.tripwire.v1.EventInput\"\x89\x01\n\x08JobMatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bjob_version\x18\x02 \x01(\t\x12\x0f\n\x07matched\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x37\n\x11validation_errors\x18\x05 \x03(\x0b\x32\x1c.tripwire.v1.ValidationError\"`\n\x12MatchEventResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.tripwire.v1.JobMatch\x12%\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value2\xc9\x04\n\x0c\x45ventService\x12J\n\tSendEvent\x12\x1d.tripwire.v1.SendEventRequest\x1a\x1e.tripwire.v1.SendEventResponse\x12M\n\nSendEvents\x12\x1e.tripwire.v1.SendEventsRequest\x1a\x1f.tripwire.v1.SendEventsResponse\x12G\n\x08GetEvent\x12\x1c.tripwire.v1.GetEventRequest\x1a\x1d.tripwire.v1.GetEventResponse\x12M\n\nListEvents\x12\x1e.tripwire.v1.ListEventsRequest\x1a\x1f.tripwire.v1.ListEventsResponse\x12P\n\x0b\x43\x61ncelEvent\x12\x1f.tripwire.v1.CancelEventRequest\x1a .tripwire.v1.CancelEventResponse\x12\x65\n\x12\x43\x61ncelRunsForEvent\x12&.tripwire.v1.CancelRunsForEventRequest\x1a\'.tripwire.v1.CancelRunsForEventResponse\x12M\n\nMatchEvent\x12\x1e.tripwire.v1.MatchEventRequest\x1a\x1f.tripwire.v1.MatchEventResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,27 +43,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDEVENTSRESPONSE']._serialized_start=400
   _globals['_SENDEVENTSRESPONSE']._serialized_end=456
   _globals['_GETEVENTREQUEST']._serialized_start=458
-  _globals['_GETEVENTREQUEST']._serialized_end=487
-  _globals['_GETEVENTRESPONSE']._serialized_start=489
-  _globals['_GETEVENTRESPONSE']._serialized_end=574
-  _globals['_LISTEVENTSREQUEST']._serialized_start=576
-  _globals['_LISTEVENTSREQUEST']._serialized_end=690
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=692
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=773
-  _globals['_CANCELEVENTREQUEST']._serialized_start=775
-  _globals['_CANCELEVENTREQUEST']._serialized_end=807
-  _globals['_CANCELEVENTRESPONSE']._serialized_start=809
-  _globals['_CANCELEVENTRESPONSE']._serialized_end=865
-  _globals['_CANCELRUNSFOREVENTREQUEST']._serialized_start=867
-  _globals['_CANCELRUNSFOREVENTREQUEST']._serialized_end=906
-  _globals['_CANCELRUNSFOREVENTRESPONSE']._serialized_start=908
-  _globals['_CANCELRUNSFOREVENTRESPONSE']._serialized_end=995
-  _globals['_MATCHEVENTREQUEST']._serialized_start=997
-  _globals['_MATCHEVENTREQUEST']._serialized_end=1056
-  _globals['_JOBMATCH']._serialized_start=1059
-  _globals['_JOBMATCH']._serialized_end=1196
-  _globals['_MATCHEVENTRESPONSE']._serialized_start=1198
-  _globals['_MATCHEVENTRESPONSE']._serialized_end=1294
-  _globals['_EVENTSERVICE']._serialized_start=1297
-  _globals['_EVENTSERVICE']._serialized_end=1882
+  _globals['_GETEVENTREQUEST']._serialized_end=507
+  _globals['_GETEVENTRESPONSE']._serialized_start=509
+  _globals['_GETEVENTRESPONSE']._serialized_end=619
+  _globals['_LISTEVENTSREQUEST']._serialized_start=621
+  _globals['_LISTEVENTSREQUEST']._serialized_end=735
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=737
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=818
+  _globals['_CANCELEVENTREQUEST']._serialized_start=820
+  _globals['_CANCELEVENTREQUEST']._serialized_end=852
+  _globals['_CANCELEVENTRESPONSE']._serialized_start=854
+  _globals['_CANCELEVENTRESPONSE']._serialized_end=910
+  _globals['_CANCELRUNSFOREVENTREQUEST']._serialized_start=912
+  _globals['_CANCELRUNSFOREVENTREQUEST']._serialized_end=951
+  _globals['_CANCELRUNSFOREVENTRESPONSE']._serialized_start=953
+  _globals['_CANCELRUNSFOREVENTRESPONSE']._serialized_end=1059
+  _globals['_MATCHEVENTREQUEST']._serialized_start=1061
+  _globals['_MATCHEVENTREQUEST']._serialized_end=1120
+  _globals['_JOBMATCH']._serialized_start=1123
+  _globals['_JOBMATCH']._serialized_end=1260
+  _globals['_MATCHEVENTRESPONSE']._serialized_start=1262
+  _globals['_MATCHEVENTRESPONSE']._serialized_end=1358
+  _globals['_EVENTSERVICE']._serialized_start=1361
+  _globals['_EVENTSERVICE']._serialized_end=1946
 # @@protoc_insertion_point(module_scope)

@@ -123,15 +123,19 @@ class GetEventRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    page_token: _builtins.str
+    """Empty for the first page; a reply's next_page_token for the next."""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -143,21 +147,29 @@ class GetEventResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this reply holds the rest; otherwise call GetEvent again with it."""
     @_builtins.property
-    def event(self) -> _event_pb2.Event: ...
+    def event(self) -> _event_pb2.Event:
+        """On every page."""
+
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
-        """Oldest first."""
+        """Oldest first. A reply ends before it passes 3 MiB (under the 4 MiB most
+        clients accept), holding at least one run; next_page_token continues it.
+        """
 
     def __init__(
         self,
         *,
         event: _event_pb2.Event | None = ...,
         runs: _abc.Iterable[_run_pb2.Run] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,23 +298,31 @@ class CancelRunsForEventResponse(_message.Message):
 
     CANCELLED_RUN_IDS_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
+    MORE_RUNS_FIELD_NUMBER: _builtins.int
+    more_runs: _builtins.bool
+    """True when `runs` stops early to keep the reply readable; GetEvent pages
+    through all of them.
+    """
     @_builtins.property
     def cancelled_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The runs this call cancelled."""
 
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
-        """Every run of the event, after the call."""
+        """Every run of the event, after the call, oldest first; or, when they would
+        pass 3 MiB, the first of them (see more_runs).
+        """
 
     def __init__(
         self,
         *,
         cancelled_run_ids: _abc.Iterable[_builtins.str] | None = ...,
         runs: _abc.Iterable[_run_pb2.Run] | None = ...,
+        more_runs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_run_ids", b"cancelled_run_ids", "runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_run_ids", b"cancelled_run_ids", "more_runs", b"more_runs", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

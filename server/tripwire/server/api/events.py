@@ -10,9 +10,10 @@ from tripwire.v1 import event_service_pb2_grpc
 
 from ..errors import InvalidArgument
 from ..events import EventService
-from ..models import Event, EventStatus
+from ..models import Event, EventStatus, Run
 from . import convert
 from .rpc import (
+    PAGE_BYTES,
     Authenticator,
     check_batch_size,
     check_payload_size,
@@ -88,11 +89,13 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     async def GetEvent(
         self, request: pb.GetEventRequest, context: Any, env: str
     ) -> pb.GetEventResponse:
+        start = _runs_token(request.page_token)
         event, runs = await self.events.get(env, request.id)
         reply = pb.GetEventResponse()
         convert.event_to_pb(event, reply.event)
-        for run in runs:
-            convert.run_to_pb(run, reply.runs.add())
+        end = _add_runs(runs, start, reply)
+        if end < len(runs):
+            reply.next_page_token = str(end)
         return reply
 
     @unary
@@ -127,8 +130,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     ) -> pb.CancelRunsForEventResponse:
         cancelled, runs = await self.events.cancel_runs(env, request.id)
         reply = pb.CancelRunsForEventResponse(cancelled_run_ids=cancelled)
-        for run in runs:
-            convert.run_to_pb(run, reply.runs.add())
+        reply.more_runs = _add_runs(runs, 0, reply) < len(runs)
         return reply
 
     @unary
@@ -154,3 +156,24 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             reply.event,
         )
         return reply
+
+
+def _add_runs(runs: list[Run], start: int, reply: Any) -> int:
+    """Add runs[start:] to the reply's `runs` until it would pass PAGE_BYTES (at
+    least one); returns the index of the first run left out."""
+    size = reply.ByteSize()
+    for i in range(start, len(runs)):
+        size += convert.run_to_pb(runs[i], reply.runs.add()).ByteSize() + 8
+        if size > PAGE_BYTES and i > start:
+            del reply.runs[-1]
+            return i
+    return len(runs)
+
+
+def _runs_token(token: str) -> int:
+    """A GetEvent page token: how many of the event's runs came before."""
+    if not token:
+        return 0
+    if not (token.isascii() and token.isdigit()) or len(token) > 9:
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    return int(token)
