@@ -10,14 +10,14 @@ from tripwire.v1 import event_service_pb2_grpc
 
 from ..errors import InvalidArgument
 from ..events import EventService
-from ..models import Event, EventStatus, Run
+from ..models import Event, EventStatus
 from . import convert
 from .rpc import (
-    PAGE_BYTES,
     Authenticator,
     check_batch_size,
     check_payload_size,
     check_reply_size,
+    fill,
     fill_page,
     page_size,
     seq_token,
@@ -93,7 +93,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         event, runs = await self.events.get(env, request.id)
         reply = pb.GetEventResponse()
         convert.event_to_pb(event, reply.event)
-        end = _add_runs(runs, start, reply)
+        end = start + fill(runs[start:], reply.runs, convert.run_to_pb, reply.ByteSize())
         if end < len(runs):
             reply.next_page_token = str(end)
         return reply
@@ -130,7 +130,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     ) -> pb.CancelRunsForEventResponse:
         cancelled, runs = await self.events.cancel_runs(env, request.id)
         reply = pb.CancelRunsForEventResponse(cancelled_run_ids=cancelled)
-        reply.more_runs = _add_runs(runs, 0, reply) < len(runs)
+        reply.more_runs = fill(runs, reply.runs, convert.run_to_pb, reply.ByteSize()) < len(runs)
         return reply
 
     @unary
@@ -156,18 +156,6 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             reply.event,
         )
         return reply
-
-
-def _add_runs(runs: list[Run], start: int, reply: Any) -> int:
-    """Add runs[start:] to the reply's `runs` until it would pass PAGE_BYTES (at
-    least one); returns the index of the first run left out."""
-    size = reply.ByteSize()
-    for i in range(start, len(runs)):
-        size += convert.run_to_pb(runs[i], reply.runs.add()).ByteSize() + 8
-        if size > PAGE_BYTES and i > start:
-            del reply.runs[-1]
-            return i
-    return len(runs)
 
 
 def _runs_token(token: str) -> int:

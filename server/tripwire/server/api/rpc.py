@@ -138,13 +138,27 @@ def fill_page(
 ) -> str:
     """Add `items` to the `repeated` field of a reply, but stop (after at least one)
     before the page's messages pass PAGE_BYTES; returns the next page token."""
-    size = 0
+    added = fill(items, repeated, to_pb)
+    return cursor(items[added - 1]) if added < len(items) else next_cursor
+
+
+def fill(
+    items: Sequence[T],
+    repeated: Any,
+    to_pb: Callable[[T, Any], Any],
+    used: int = 0,
+    at_least: int = 1,
+) -> int:
+    """Add `items` to the `repeated` field of a reply while the reply, `used` bytes
+    before them, stays within PAGE_BYTES (but `at_least` of them whatever their
+    size); returns how many were added."""
+    size = used
     for i, item in enumerate(items):
-        size += to_pb(item, repeated.add()).ByteSize()
-        if size > PAGE_BYTES and i > 0:
+        size += to_pb(item, repeated.add()).ByteSize() + 8  # + its tag and length
+        if size > PAGE_BYTES and i >= at_least:
             del repeated[-1]
-            return cursor(items[i - 1])
-    return next_cursor
+            return i
+    return len(items)
 
 
 def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:

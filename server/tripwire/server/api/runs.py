@@ -12,7 +12,7 @@ from ..errors import InvalidArgument, TripwireError
 from ..models import Run, Task
 from ..runs import RunService
 from . import convert
-from .rpc import PAGE_BYTES, Authenticator, fill_page, page_size, seq_token, status_of, unary
+from .rpc import Authenticator, fill, fill_page, page_size, seq_token, status_of, unary
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
@@ -26,27 +26,19 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         run, tasks, logs = await self.runs.details(env, request.id)
         reply = pb.GetRunResponse()
         convert.run_to_pb(run, reply.run)
-        size, full = reply.ByteSize(), False
-        for task in tasks:
-            if task.position <= after_task:
-                continue
-            size += convert.task_to_pb(task, reply.tasks.add()).ByteSize() + 8
-            if size > PAGE_BYTES and len(reply.tasks) > 1:
-                del reply.tasks[-1]
-                full = True
-                break
-            after_task = task.position
-        for entry in () if full else logs:
-            if entry.seq <= after_log:
-                continue
-            size += convert.log_to_pb(entry, reply.logs.add()).ByteSize() + 8
-            if size > PAGE_BYTES and len(reply.tasks) + len(reply.logs) > 1:
-                del reply.logs[-1]
-                full = True
-                break
-            after_log = entry.seq
-        if full:
-            reply.next_page_token = f"{after_task}.{after_log}"
+        tasks = [t for t in tasks if t.position > after_task]
+        logs = [entry for entry in logs if entry.seq > after_log]
+        added = fill(tasks, reply.tasks, convert.task_to_pb, reply.ByteSize())
+        if added:
+            after_task = tasks[added - 1].position
+        if added == len(tasks):
+            at_least = 0 if tasks else 1
+            added = fill(logs, reply.logs, convert.log_to_pb, reply.ByteSize(), at_least)
+            if added:
+                after_log = logs[added - 1].seq
+            if added == len(logs):
+                return reply
+        reply.next_page_token = f"{after_task}.{after_log}"
         return reply
 
     @unary
