@@ -640,13 +640,8 @@ async def test_shutdown_while_waiting_for_welcome_returns(make: Make) -> None:
     await within(h.running)
 
 
-async def test_burst_mode_returns_once_idle() -> None:
-    server, sleep = FakeServer(), FakeSleep()
-
-    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
-        return "done"
-
-    worker = Worker(Client("t"), [job(handler)], connect=server, sleep=sleep)
+async def one_burst(worker: Worker, server: FakeServer) -> FakeStream:
+    """A burst run of `worker` serving one run (whose handler returns "done") to the end."""
     running = asyncio.create_task(worker.run(burst=True, idle_timeout=0.05))
     stream = await server.next_stream()
     await stream.expect("hello")
@@ -654,6 +649,17 @@ async def test_burst_mode_returns_once_idle() -> None:
     stream.reply(run_request=run_request())
     assert from_value((await stream.expect("run_result")).output) == "done"
     await within(running)
+    return stream
+
+
+async def test_burst_mode_returns_once_idle() -> None:
+    server, sleep = FakeServer(), FakeSleep()
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        return "done"
+
+    worker = Worker(Client("t"), [job(handler)], connect=server, sleep=sleep)
+    stream = await one_burst(worker, server)
     assert stream.half_closed.is_set()
 
 
@@ -698,18 +704,9 @@ async def test_a_shutdown_after_a_burst_run_does_not_stop_the_next_run() -> None
         Client("t"), [job(lambda payload, io, ctx: "done")], connect=server, sleep=sleep
     )
 
-    async def one_burst() -> None:
-        running = asyncio.create_task(worker.run(burst=True, idle_timeout=0.05))
-        stream = await server.next_stream()
-        await stream.expect("hello")
-        stream.welcome()
-        stream.reply(run_request=run_request())
-        assert from_value((await stream.expect("run_result")).output) == "done"
-        await within(running)
-
-    await one_burst()
+    await one_burst(worker, server)
     await worker.shutdown()  # a teardown's, after the run ended
-    await one_burst()
+    await one_burst(worker, server)
 
 
 def test_worker_arguments_are_checked() -> None:
