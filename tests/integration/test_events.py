@@ -193,6 +193,12 @@ async def test_resend_rules_for_pending_events(stubs: Stubs) -> None:
     assert moved["payload"] == {"v": 2} and moved["context"] == {"c": 1}
     assert moved["deliverAt"] > far["deliverAt"]
     assert moved["status"] == "EVENT_STATUS_PENDING"
+    # Absent (or null) keeps what is stored, as in v2; only deliver_at moves.
+    kept = await send(stubs, {"name": "d", "id": "far", "context": None}, deliver_after=1200)
+    assert kept["payload"] == {"v": 2} and kept["context"] == {"c": 1}
+    assert kept["deliverAt"] > moved["deliverAt"]
+    stored = js(await stubs.events.GetEvent(ev.GetEventRequest(id="far")))["event"]
+    assert stored["payload"] == {"v": 2} and stored["context"] == {"c": 1}
 
     near = await send(stubs, {"name": "d", "id": "near", "payload": {"v": 1}}, deliver_after=3)
     same = await send(stubs, {"name": "d", "id": "near", "payload": {"v": 2}}, deliver_after=900)

@@ -88,7 +88,8 @@ class EventServiceServicer:
         delayed event is delivered at `deliver_at` by the scheduler. A known id
         answers the stored event with `deduplicated: true`: delivered or cancelled
         events are left alone; a pending event due 5 s or more from now gets the
-        new payload, context and deliver_at; one due sooner is left alone.
+        new deliver_at, and the new payload and context where the resend has them
+        (absent or null keeps the stored one); one due sooner is left alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

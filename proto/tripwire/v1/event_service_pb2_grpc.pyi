@@ -43,7 +43,8 @@ class EventServiceStub:
     delayed event is delivered at `deliver_at` by the scheduler. A known id
     answers the stored event with `deduplicated: true`: delivered or cancelled
     events are left alone; a pending event due 5 s or more from now gets the
-    new payload, context and deliver_at; one due sooner is left alone.
+    new deliver_at, and the new payload and context where the resend has them
+    (absent or null keeps the stored one); one due sooner is left alone.
     """
     SendEvents: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]
     """Stores a batch atomically (all or none) and in order, with the same
@@ -83,7 +84,8 @@ class EventServiceAsyncStub(EventServiceStub):
     delayed event is delivered at `deliver_at` by the scheduler. A known id
     answers the stored event with `deduplicated: true`: delivered or cancelled
     events are left alone; a pending event due 5 s or more from now gets the
-    new payload, context and deliver_at; one due sooner is left alone.
+    new deliver_at, and the new payload and context where the resend has them
+    (absent or null keeps the stored one); one due sooner is left alone.
     """
     SendEvents: _aio.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]  # type: ignore[assignment]
     """Stores a batch atomically (all or none) and in order, with the same
@@ -126,7 +128,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         delayed event is delivered at `deliver_at` by the scheduler. A known id
         answers the stored event with `deduplicated: true`: delivered or cancelled
         events are left alone; a pending event due 5 s or more from now gets the
-        new payload, context and deliver_at; one due sooner is left alone.
+        new deliver_at, and the new payload and context where the resend has them
+        (absent or null keeps the stored one); one due sooner is left alone.
         """
 
     @_abc_1.abstractmethod

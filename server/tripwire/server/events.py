@@ -109,6 +109,8 @@ def prepare(
         timestamp=now if draft.timestamp is None else draft.timestamp,
         deliver_at=deliver_time(options, now, "options"),
         account_id=options.account_id,
+        payload_given=draft.payload is not None,
+        context_given=draft.context is not None,
     )
 
 

@@ -57,6 +57,10 @@ class NewEvent:
     account_id: str
     # The server minted the id just now, so it cannot be known yet.
     minted_id: bool = False
+    # The request carried a payload / context (not absent, not null). A resend
+    # that reschedules a pending event keeps the stored one where it did not.
+    payload_given: bool = True
+    context_given: bool = True
 
 
 @dataclass

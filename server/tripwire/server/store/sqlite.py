@@ -156,7 +156,10 @@ class SQLiteStore(JobOps, WorkOps):
                 results.append((current, "new"))
                 continue
             if resend_action(current, new, now) == "reschedule":
-                current.payload, current.context = new.payload, new.context
+                if new.payload_given:
+                    current.payload = new.payload
+                if new.context_given:
+                    current.context = new.context
                 current.deliver_at = new.deliver_at
                 if current.id not in inserted:
                     updated[current.id] = current
