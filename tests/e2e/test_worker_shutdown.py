@@ -1,4 +1,4 @@
-"""Python workers as processes: SIGTERM drains `await client.run_worker()` as it
+"""Python workers as processes: SIGTERM or SIGINT drains `await client.run_worker()` as it
 drains `client.listen()`, a handler stuck past the drain deadline does not keep
 the process alive, and `tripwire worker` reports a bad target plainly."""
 
@@ -108,12 +108,14 @@ async def _running(server, workers, poll, module: Path, job_id: str, channel):
     return worker, run_id
 
 
-async def test_sigterm_drains_run_worker(server, workers, tmp_path, poll):
+# SIGINT too: asyncio.run has a handler of its own for it, which cancels at once.
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+async def test_a_signal_drains_run_worker(server, workers, tmp_path, poll, sig):
     module = tmp_path / "async_worker.py"
     module.write_text(ASYNC_WORKER)
     async with grpc.aio.insecure_channel(server.address) as channel:
         worker, run_id = await _running(server, workers, poll, module, "slow", channel)
-        worker.signal(signal.SIGTERM)
+        worker.signal(sig)
         assert worker.proc.wait(timeout=STOP_DEADLINE) == 0, worker.output()
         runs = run_service_pb2_grpc.RunServiceStub(channel)
         got = await runs.GetRun(run_service_pb2.GetRunRequest(id=run_id), timeout=RPC_TIMEOUT)
@@ -121,14 +123,15 @@ async def test_sigterm_drains_run_worker(server, workers, tmp_path, poll):
         assert got.run.output.string_value == "finished"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 async def test_a_handler_stuck_past_the_drain_deadline_does_not_keep_the_process(
-    server, workers, tmp_path, poll
+    server, workers, tmp_path, poll, sig
 ):
     module = tmp_path / "stuck_worker.py"
     module.write_text(STUCK_WORKER)
     async with grpc.aio.insecure_channel(server.address) as channel:
         worker, _ = await _running(server, workers, poll, module, "stuck", channel)
-        worker.signal(signal.SIGTERM)
+        worker.signal(sig)
         # The handler sleeps ten minutes; the process must go once the drain gives up.
         assert worker.proc.wait(timeout=STOP_DEADLINE) == 0, worker.output()
 

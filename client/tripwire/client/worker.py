@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -690,6 +691,16 @@ async def _nothing() -> None:
     return None
 
 
+def _unclaimed(handler: object) -> bool:
+    """Python's default handling, or asyncio.run's own SIGINT handler (which only
+    cancels the main task, so that Ctrl-C would stop the worker without draining)."""
+    if handler in (signal.SIG_DFL, signal.default_int_handler):
+        return True
+    if isinstance(handler, functools.partial):  # asyncio.Runner binds its main task so
+        handler = handler.func
+    return isinstance(getattr(handler, "__self__", None), asyncio.Runner)
+
+
 async def serve_until_signalled(worker: Worker) -> None:
     """Run `worker`; the first SIGTERM or SIGINT drains it, a second cancels the caller."""
     loop = asyncio.get_running_loop()
@@ -707,7 +718,7 @@ async def serve_until_signalled(worker: Worker) -> None:
 
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        if signal.getsignal(sig) not in (signal.SIG_DFL, signal.default_int_handler):
+        if not _unclaimed(signal.getsignal(sig)):
             continue  # the application handles it: leave its handler alone
         try:
             loop.add_signal_handler(sig, on_signal)
