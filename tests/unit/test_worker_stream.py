@@ -596,6 +596,57 @@ async def test_drain_stops_what_is_still_running_at_the_deadline(make: Make) -> 
     assert not any(m.HasField("run_result") for m in stream.log)
 
 
+async def test_a_run_arriving_as_the_last_one_ends_still_gets_the_drain_deadline(
+    make: Make,
+) -> None:
+    gates = {"run_1": asyncio.Event(), "run_2": asyncio.Event()}
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        await gates[ctx.run.id].wait()
+        return ctx.run.id
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request("run_1"))
+    stream.reply(drain={"deadline_ms": 60_000})
+    await stream.expect("drain")
+    session = h.worker._session
+    assert session is not None
+
+    async def started() -> bool:
+        return "run_1" in session.runs
+
+    await eventually(started, within=5.0, every=0.005)
+    # run_2 starts in the very callback after run_1's end set no_runs, before the
+    # drain wakes up to look: it must still get the deadline, not be stopped.
+    session.runs["run_1"].task.add_done_callback(
+        lambda _: session.on_run_request(run_request("run_2"))
+    )
+    gates["run_1"].set()
+    assert from_value((await stream.expect("run_result")).output) == "run_1"
+    gates["run_2"].set()
+    assert from_value((await stream.expect("run_result")).output) == "run_2"
+    await within(stream.half_closed.wait())
+
+
+async def test_a_shutdown_after_a_longer_server_drain_keeps_its_own_timeout(make: Make) -> None:
+    stopped = asyncio.Event()
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    h = await make(job(handler), shutdown_timeout=0.2)
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    stream.reply(drain={"deadline_ms": 600_000})  # the server gives ten minutes
+    await stream.expect("drain")
+    await within(h.worker.shutdown())  # ... the application 0.2 s: the earlier end holds
+    assert stopped.is_set() and stream.half_closed.is_set()
+
+
 async def test_shutdown_drains_and_does_not_reconnect(make: Make) -> None:
     started, release = asyncio.Event(), asyncio.Event()
 

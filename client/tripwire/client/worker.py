@@ -238,6 +238,8 @@ class _Session:
         self.half_closed = False
         self.reader: asyncio.Task[None] | None = None
         self.closer: asyncio.Task[None] | None = None
+        self.close_at = 0.0  # loop time: runs still executing then are stopped
+        self.close_moved = asyncio.Event()
         # When the server last said anything; if it answers heartbeats (its welcome
         # says so), silence for a whole lease means the stream is dead.
         self.last_heard = time.monotonic()
@@ -364,18 +366,31 @@ class _Session:
 
     def close(self, deadline: float) -> None:
         """Ask the server for no more runs, finish the running ones (and any already on
-        their way) within ``deadline``, close the stream."""
+        their way) within ``deadline`` seconds, close the stream. Asked again (the
+        server drains, then the application shuts down, or the other way round), the
+        earlier of the two ends holds."""
+        end = asyncio.get_running_loop().time() + max(deadline, 0)
         if self.closer is None:
             self.draining = True
+            self.close_at = end
             # So that the server sends no more runs here (they go to other workers).
             drain = worker_service_pb2.Drain(deadline_ms=int(max(deadline, 0) * 1000))
             # (__init__ keeps shutdown_timeout within what deadline_ms can say)
             self.send(Request(drain=drain))
-            self.closer = asyncio.create_task(self._close(deadline), name="tripwire-close")
+            self.closer = asyncio.create_task(self._close(), name="tripwire-close")
+        elif end < self.close_at:
+            self.close_at = end
+            self.close_moved.set()
 
-    async def _close(self, deadline: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.no_runs.wait(), max(deadline, 0))
+    async def _close(self) -> None:
+        loop = asyncio.get_running_loop()
+        # A loop, not one wait: a run that arrives while draining (sent before the
+        # server read the drain) starts after no_runs was set, and gets the rest of
+        # the time too; and a later close() may bring the end nearer.
+        while self.runs and (left := self.close_at - loop.time()) > 0:
+            self.close_moved.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(self.no_runs.wait(), self.close_moved), left)
         if self.runs:
             log.warning("stopping %d run(s) still executing at the deadline", len(self.runs))
         self.stop_all()
