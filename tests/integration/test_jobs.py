@@ -162,15 +162,23 @@ async def test_register_job_rejects_bad_input_naming_the_path(
     assert js(await stubs.jobs.ListJobs(jb.ListJobsRequest())) == {}
 
 
-@pytest.mark.parametrize("order", [("1.0.0+a", "1.0.0+b"), ("1.0.0+b", "1.0.0+a")])
+@pytest.mark.parametrize(
+    "order",
+    [("1.0.0+a", "1.0.0+b"), ("1.0.0+b", "1.0.0+a"), ("1.0.0+a", "1.0.0+b", "1.0.0+a")],
+)
 async def test_of_versions_differing_only_in_build_the_last_registered_is_latest(
-    stubs: Stubs, order: tuple[str, str]
+    stubs: Stubs, order: tuple[str, ...]
 ) -> None:
     for version in order:
         await register(stubs, event_job("j", ["e"], version=version))
     got = js(await stubs.jobs.GetJob(jb.GetJobRequest(id="j")))
-    assert got["job"]["version"] == order[1]
-    assert (await send(stubs, {"name": "e"}))["runs"][0]["jobVersion"] == order[1]
+    assert got["job"]["version"] == order[-1]
+    assert (await send(stubs, {"name": "e"}))["runs"][0]["jobVersion"] == order[-1]
+    # Enabling or disabling another version is not a registration: latest stays.
+    other = next(v for v in order if v != order[-1])
+    request = jb.SetJobEnabledRequest(job_id="j", version=other, enabled=False)
+    await stubs.jobs.SetJobEnabled(request)
+    assert js(await stubs.jobs.GetJob(jb.GetJobRequest(id="j")))["job"]["version"] == order[-1]
 
 
 async def test_latest_version_is_the_highest_semver(stubs: Stubs) -> None:

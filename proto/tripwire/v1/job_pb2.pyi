@@ -72,8 +72,9 @@ class Job(_message.Message):
     """Human-readable name. Absent: the id."""
     version: _builtins.str
     """Required. A semantic version (MAJOR.MINOR.PATCH[-pre][+build]), compared
-    as semver. The highest registered version is the one new events run; a
-    run stays on the version it was created with.
+    as semver. The highest registered version is the one new events run (of
+    versions differing only in +build, the one registered last); a run stays
+    on the version it was created with.
     """
     enabled: _builtins.bool
     """Absent means true. A disabled latest version gets no new runs."""

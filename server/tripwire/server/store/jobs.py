@@ -108,11 +108,12 @@ class JobOps:
         conn = tx.conn
         # Newest registration first: among versions of equal precedence (they differ
         # only in +build metadata, which semver ignores) the latest registered wins.
+        # Every registration is an INSERT OR REPLACE, which gives the row a rowid
+        # above all others; SetJobEnabled's UPDATE keeps it.
         found = [
             r[0]
             for r in conn.execute(
-                "SELECT version FROM job_versions WHERE env = ? AND id = ? "
-                "ORDER BY created_at DESC, rowid DESC",
+                "SELECT version FROM job_versions WHERE env = ? AND id = ? ORDER BY rowid DESC",
                 (env, job_id),
             )
         ]
