@@ -112,6 +112,20 @@ MATCH_CASES: list[tuple[str, Any, dict[str, Any], bool]] = [
         {"s": [{"$ignoreCaseEquals": "résumé"}]},
         True,
     ),
+    # The truth of these is Node's "a".localeCompare("b", undefined, {sensitivity: "accent"}).
+    *[
+        (f"$ignoreCaseEquals {a!r} {b!r}", {"s": a}, {"s": [{"$ignoreCaseEquals": b}]}, same)
+        for a, b, same in [
+            ("straße", "STRASSE", False),
+            ("\uff21\uff22\uff23", "abc", True),  # fullwidth ABC
+            ("x²", "X2", True),
+            ("Ⅸ", "ix", True),
+            ("ΟΔΟΣ", "οδος", True),
+            ("ﬁle", "FILE", True),
+            ("ǅ", "dž", True),
+            ("résumé", "RESUME", False),
+        ]
+    ],
     ("$ignoreCaseEquals non-string", {"s": 1}, {"s": [{"$ignoreCaseEquals": "1"}]}, False),
     ("$ignoreCaseEquals missing", {}, {"s": [{"$ignoreCaseEquals": "x"}]}, False),
     # --- $exists

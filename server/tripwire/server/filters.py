@@ -80,9 +80,19 @@ def _finite(v: object) -> bool:
     return _is_number(v) and math.isfinite(v)  # type: ignore[arg-type]
 
 
+# Lower case is one letter where collation has one: final sigma, the old Cyrillic
+# letter forms. (Not casefold, which makes "ß" "ss": collation keeps them apart.)
+_SAME_LETTER = {0x3C2: 0x3C3, **{c: ord(chr(c).casefold()) for c in range(0x1C80, 0x1C89)}}
+
+
 def _fold(s: str) -> str:
-    # Approximates localeCompare(sensitivity: "accent"): case is ignored, accents are not.
-    return unicodedata.normalize("NFC", s).casefold()
+    """A key that is equal where v2's `localeCompare(sensitivity: "accent")` says equal:
+    case ignored, accents not; compatibility forms (fullwidth, superscripts, ligatures,
+    Roman numerals) equal to their plain letters. Checked against Node's ICU for every
+    character and its case and compatibility variants: it differs only for spacing
+    accents (as "¨" against " \u0308") and the long s, which it takes for an s."""
+    lowered = unicodedata.normalize("NFKC", s).lower().translate(_SAME_LETTER)
+    return unicodedata.normalize("NFKC", lowered)
 
 
 def _field(value: object, key: str) -> object:
