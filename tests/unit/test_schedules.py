@@ -39,11 +39,31 @@ ANCHOR = utc(2024, 1, 1, 10, 0)
 SEC = timedelta(seconds=1)
 
 
+MINUTE = timedelta(minutes=1)
+_HOUR = timedelta(hours=1)
+
+
+def walls_passed(t: datetime, tz: ZoneInfo) -> list[datetime]:
+    """The wall-clock minutes the clocks of `tz` pass at the whole UTC minute `t`: the
+    one they show, and when they have just jumped forward, every one they skipped."""
+    shown = t.astimezone(tz).replace(tzinfo=None)
+    before = (t - MINUTE).astimezone(tz).replace(tzinfo=None)
+    walls, wall = [shown], shown - MINUTE
+    while wall > before:
+        walls.append(wall)
+        wall -= MINUTE
+    return walls
+
+
 def is_planned(schedule: Schedule, t: datetime, anchor: datetime) -> bool:
+    """The definition, checked by brute force: a cron instant is planned when a wall
+    time the clocks pass then matches the expression."""
     if schedule.kind == "interval":
         return t > anchor and (t - anchor) % timedelta(seconds=schedule.seconds) == timedelta(0)
-    local = t.astimezone(ZONES[schedule.timezone])
-    return t.second == t.microsecond == 0 and bool(croniter.match(schedule.cron, local))
+    if t.second or t.microsecond:
+        return False
+    walls = walls_passed(t, ZONES[schedule.timezone])
+    return any(croniter.match(schedule.cron, wall) for wall in walls)
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -402,6 +422,45 @@ def test_decide_fires_the_past_and_plans_the_future(
     elif schedule.catch_up:
         raise AssertionError("catch-up must fire the latest due tick")
     assert decide(schedule, decision.next_fire, now, anchor, timedelta(seconds=grace_s)) is None
+
+
+# Each daylight-saving change of TRANSITIONS with its zone, whole hours and half.
+CHANGES = [
+    ("Europe/Paris", utc(2024, 3, 31, 1)),
+    ("Europe/Paris", utc(2024, 10, 27, 1)),
+    ("America/New_York", utc(2024, 3, 10, 7)),
+    ("America/New_York", utc(2024, 11, 3, 6)),
+    ("Australia/Lord_Howe", utc(2024, 4, 6, 15)),
+    ("Australia/Lord_Howe", utc(2024, 10, 5, 15)),
+    ("Pacific/Chatham", utc(2024, 4, 6, 14)),
+    ("Pacific/Chatham", utc(2024, 9, 28, 14)),
+]
+
+
+@pytest.mark.parametrize(
+    "expr", ["*/7 * * * *", "0 * * * *", "30 * * * *", "45 1 * * *", "15 2 * * *", "30 2 * * *"]
+)
+@pytest.mark.parametrize("zone, change", CHANGES, ids=lambda v: str(v)[:16])
+def test_around_a_clock_change_every_planned_instant_fires_once(
+    expr: str, zone: str, change: datetime
+) -> None:
+    schedule = cron(expr, zone)
+    start, end = change - 4 * _HOUR, change + 4 * _HOUR
+    planned = []
+    t = start + MINUTE
+    while t <= end:
+        if is_planned(schedule, t, ANCHOR):
+            planned.append(t)
+        t += MINUTE
+    fired, t = [], start
+    while (t := next_after(schedule, t, ANCHOR)) <= end:
+        fired.append(t)
+    assert fired == planned
+    for t in planned:  # and at each, that is the tick to fire
+        decision = decide(schedule, t, t + SEC, ANCHOR, timedelta(0))
+        assert decision is not None and decision.fire_at is None  # a second late, no grace
+        decision = decide(schedule, t, t, ANCHOR, timedelta(0))
+        assert decision is not None and decision.fire_at == t and decision.next_fire > t
 
 
 STEPS = st.lists(st.one_of(st.integers(1, 120), st.integers(1, 3 * 86400)), min_size=1, max_size=25)

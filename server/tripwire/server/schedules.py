@@ -3,11 +3,11 @@
 Every function is pure: the clock is an argument. All datetimes are timezone-aware and
 returned in UTC; a cron expression is evaluated on the wall clock of its time zone.
 
-Planned times of a cron schedule are croniter's: an instant is planned when its local
-wall-clock time matches the expression. Around daylight-saving changes that means a
-time inside the skipped hour fires at the moment the clocks jump forward, and a time
-inside the repeated hour fires at both of its instants (croniter's `match`, `get_next`
-and `get_prev` agree on this, which `decide` relies on).
+A cron expression plans wall-clock times (croniter's arithmetic, on naive local
+time); an instant is planned when the zone's clocks show a planned time then. Around
+daylight-saving changes that means a time inside a skipped stretch fires at the
+moment the clocks jump forward, and a time inside a repeated stretch fires at both of
+its instants, whatever the size of the change (an hour; half of one on Lord Howe).
 
 Interval planned times are `anchor + k * seconds` for k >= 1; the anchor (the time the
 schedule was registered) is stored, so restarts do not shift the grid.
@@ -129,10 +129,83 @@ def _require_aware(*moments: datetime) -> None:
             raise ValueError(f"naive datetime {m!r}; pass a timezone-aware one")
 
 
+# Longer than any daylight-saving change (the largest are 2 h); and no zone changes
+# its offset twice within it.
+_SHIFT = timedelta(hours=3)
+
+
+def _offset(moment: datetime, tz: ZoneInfo) -> timedelta:
+    return moment.astimezone(tz).utcoffset() or timedelta(0)
+
+
+def _spread(tz: ZoneInfo, moment: datetime) -> timedelta:
+    """How far the zone's offset moves within _SHIFT of `moment`: how far from wall-clock
+    order its instants can be there (nothing, except near a daylight-saving change)."""
+    offsets = [_offset(moment + k * _SHIFT, tz) for k in (-1, 0, 1)]
+    return max(offsets) - min(offsets)
+
+
+def _instants(wall: datetime, tz: ZoneInfo) -> tuple[datetime, ...]:
+    """The instants at which the clocks of `tz` show the naive `wall`: one; two when
+    the clocks were set back over it; none when they jumped over it, and then the
+    jump stands in for it (the time is passed at that moment)."""
+    first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    second = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    if first == second:
+        return (first,)
+    if first < second:
+        return first, second
+    return (_jump(tz, second, first),)
+
+
+def _jump(tz: ZoneInfo, low: datetime, high: datetime) -> datetime:
+    """The instant in (low, high] at which the zone's offset becomes high's."""
+    after = _offset(high, tz)
+    while high - low > _MS:
+        middle = low + (high - low) / 2
+        if _offset(middle, tz) == after:
+            high = middle
+        else:
+            low = middle
+    return high.replace(microsecond=high.microsecond // 1000 * 1000)
+
+
 def _cron_next(schedule: Schedule, after: datetime) -> datetime:
-    it = croniter(schedule.cron, after.astimezone(_zone(schedule)))
-    result: datetime = it.get_next(datetime)
-    return result.astimezone(UTC)
+    """The first instant after `after` whose wall-clock time is planned. Walled times are
+    croniter's, on naive local time; instants come from the zone, so a stretch the
+    clocks repeat (by an hour or by half of one) fires twice, and one they skip fires
+    once, at the jump."""
+    tz = _zone(schedule)
+    slack = _spread(tz, after)
+    walls = croniter(schedule.cron, after.astimezone(tz).replace(tzinfo=None) - slack)
+    best: datetime | None = None
+    bound = datetime.max
+    while True:
+        wall: datetime = walls.get_next(datetime)
+        if wall > bound:
+            assert best is not None
+            return best
+        for instant in _instants(wall, tz):
+            if instant > after and (best is None or instant < best):
+                best, bound = instant, wall + _spread(tz, instant)
+
+
+def _cron_latest(schedule: Schedule, now: datetime) -> datetime:
+    """The last instant at or before `now` whose wall-clock time is planned."""
+    tz = _zone(schedule)
+    slack = _spread(tz, now)
+    start = now.astimezone(tz).replace(tzinfo=None) + slack + _MS
+    walls = croniter(schedule.cron, start)
+    best: datetime | None = None
+    bound = datetime.min
+    while True:
+        wall: datetime = walls.get_prev(datetime)
+        if wall < bound:
+            assert best is not None
+            return best
+        for instant in _instants(wall, tz):
+            if instant <= now and (best is None or instant > best):
+                best, bound = instant, wall - _spread(tz, instant)
 
 
 def next_after(schedule: Schedule, after: datetime, anchor: datetime) -> datetime:
@@ -156,13 +229,7 @@ def _latest(schedule: Schedule, now: datetime, anchor: datetime) -> datetime | N
         step = timedelta(seconds=schedule.seconds)
         k = (now - anchor) // step
         return (anchor + k * step).astimezone(UTC) if k >= 1 else None
-    it = croniter(schedule.cron, now.astimezone(_zone(schedule)))
-    found: datetime = it.get_prev(datetime).astimezone(UTC)
-    # get_prev is strictly before `now`, so `now` itself may be the tick; stepping forward
-    # with next_after also keeps this consistent with next_after whatever croniter does.
-    while (following := _cron_next(schedule, found)) <= now:
-        found = following
-    return found
+    return _cron_latest(schedule, now)
 
 
 def _count_due(schedule: Schedule, first: datetime, last: datetime, anchor: datetime) -> int:
