@@ -133,12 +133,14 @@ class RawWorker:
         task_id: str,
         output: Any = None,
         error: dict[str, str] | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "requestId": "c",
             "runId": run["id"],
             "attempt": run["attempt"],
             "taskId": task_id,
+            **extra,
         }
         if error is not None:
             body["error"] = error

@@ -273,21 +273,30 @@ async def test_failed_task_retries_with_backoff_then_errors(
     retry = {"limit": 2, "minTimeoutMs": 1000, "randomize": False}
     started = await worker.task(run, "flaky", retry=retry)
     failed = await worker.complete(
-        run, started["task"]["id"], error={"type": "IOError", "message": "boom"}
+        run,
+        started["task"]["id"],
+        error={"type": "IOError", "message": "boom"},
+        nextTryOffset=7,  # the worker's number, kept for the next try
     )
     assert failed["task"]["status"] == "TASK_STATUS_WAITING"
     assert failed["task"]["attempts"] == 1 and "retryAt" in failed["task"]
+    assert failed["task"]["tryOffset"] == "7"
     clock.advance(2)
     again = await worker.run_request()
     run2 = again["run"]
     assert run2["attempt"] == 2
     rerun = await worker.task(run2, "flaky", retry=retry)
     assert rerun["task"]["status"] == "TASK_STATUS_RUNNING"
+    assert rerun["task"]["tryOffset"] == "7"
     final = await worker.complete(
-        run2, rerun["task"]["id"], error={"type": "IOError", "message": "boom again"}
+        run2,
+        rerun["task"]["id"],
+        error={"type": "IOError", "message": "boom again"},
+        nextTryOffset=9,
     )
     assert final["task"]["status"] == "TASK_STATUS_ERRORED"
     assert final["task"]["error"]["message"] == "boom again"
+    assert final["task"]["tryOffset"] == "7"  # no next try: the last one's start stays
 
 
 async def test_capacity_and_concurrency_limits(conn: Stubs, worker: RawWorker) -> None:

@@ -551,6 +551,50 @@ async def test_log_lines_survive_replays_after_retries_and_failed_nested_tasks(
     assert [line.message for line in logs] == ["try 1", "try 2", "handled", "end"]
 
 
+async def test_the_lines_of_each_try_of_a_task_with_tasks_inside_are_all_kept(
+    client: Client, clock: FakeClock
+) -> None:
+    """A second try numbers its lines past everything the first crossed, the lines
+    logged inside its nested task included; a replay after it numbers them again."""
+    tries: list[int] = []
+
+    @client.define_job(id="retried-outer", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def inner() -> int:
+            await io.logger.info("inner ran")
+            return 1
+
+        async def outer() -> str:
+            tries.append(1)
+            await io.logger.info(f"try {len(tries)} starts")
+            await io.run_task("inner", inner)  # cached for the second try
+            await io.logger.info(f"try {len(tries)} after inner")
+            if len(tries) == 1:
+                raise ConnectionError("the first try fails")
+            return "ok"
+
+        await io.run_task("outer", outer, retry={"limit": 3, "min_timeout_ms": 1000})
+        await io.wait("nap", 1)  # the next execution replays "outer" from the cache
+        await io.logger.info("end")
+        return "done"
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("retried-outer")
+        await finished(client, run.id, "WAITING")  # outer's retry backoff
+        done = await past_the_retry_and_the_nap(client, clock, run.id)
+    assert done.status == "SUCCESS", done.error
+    logs = (await client.aio.get_run(run.id)).logs
+    assert [line.message for line in logs] == [
+        "try 1 starts",
+        "inner ran",
+        "try 1 after inner",
+        "try 2 starts",
+        "try 2 after inner",
+        "end",
+    ]
+
+
 async def test_lines_after_a_retried_nested_task_are_stored_once(
     client: Client, clock: FakeClock
 ) -> None:

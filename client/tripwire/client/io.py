@@ -142,6 +142,8 @@ class Step:
     task: run_pb2.Task
     run: bool = False
     output: Any = None
+    # The execution's boundary count just after the task opened (see Execution.log).
+    opened_at: int = 0
 
 
 # The most a result may hold and still fit a message the server takes (64 MiB by
@@ -313,7 +315,7 @@ class Execution:
         """The boundaries the tasks inside ``task`` crossed in the execution that settled
         it: each one's open and settle, its retries, and what is inside it in turn."""
         return sum(
-            2 + _retries(child) + self._inside(child) for child in self._children.get(task.id, ())
+            2 + _earlier(child) + self._inside(child) for child in self._children.get(task.id, ())
         )
 
     def send(self, message: Request) -> None:
@@ -389,13 +391,14 @@ class Execution:
             )
         self._claimed.add(slot)
         self._boundary()
+        opened_at = self._boundaries
         cached = self._cache.get(slot)
         # A cached task of another kind is not used: the server reports the nondeterminism.
         if cached is not None and cached.status == _COMPLETED and cached.kind == spec.kind:
-            # As the execution that ran it crossed them: its retries, the tasks
+            # As the execution that ran it crossed them: its earlier tries, the tasks
             # inside it, and its settling.
-            self._boundary(_retries(cached) + self._inside(cached) + 1)
-            return Step("", cached, output=_output(cached))
+            self._boundary(_earlier(cached) + self._inside(cached) + 1)
+            return Step("", cached, output=_output(cached), opened_at=opened_at)
         request_id = uuid.uuid4().hex
         task = worker_service_pb2.TaskRequest(
             request_id=request_id,
@@ -414,11 +417,11 @@ class Execution:
         answer = result.task
         if answer.status == _RUNNING:
             # A retry: its lines must not take the numbers of an earlier try's.
-            self._boundary(_retries(answer))
+            self._boundary(_earlier(answer))
         elif answer.status == _ERRORED:
             # Failed for good in an earlier execution: cross what that one crossed.
-            self._boundary(_retries(answer) + self._inside(answer))
-        return self._settle(request_id, answer, spec.key, None)
+            self._boundary(_earlier(answer) + self._inside(answer))
+        return self._settle(request_id, answer, spec.key, None, opened_at)
 
     async def complete(self, step: Step, outcome: Outcome) -> Step:
         """Report a function's outcome; the answer says what comes next (as for open)."""
@@ -432,10 +435,14 @@ class Execution:
         )
         if outcome.error is not None:
             message.error.CopyFrom(outcome.error)
+            # Where a next try starts numbering: past every boundary this one crossed.
+            message.next_try_offset = self._boundaries - step.opened_at + 1
         else:
             message.output.CopyFrom(outcome.output or convert.to_value(None))
         result = await self._exchange(step.request_id, Request(task_complete=message))
-        return self._settle(step.request_id, result.task, step.task.key, outcome.exception)
+        return self._settle(
+            step.request_id, result.task, step.task.key, outcome.exception, step.opened_at
+        )
 
     async def _exchange(self, request_id: str, message: Request) -> worker_service_pb2.TaskResult:
         future = asyncio.get_running_loop().create_future()
@@ -448,13 +455,18 @@ class Execution:
         return result
 
     def _settle(
-        self, request_id: str, task: run_pb2.Task, key: str, cause: BaseException | None
+        self,
+        request_id: str,
+        task: run_pb2.Task,
+        key: str,
+        cause: BaseException | None,
+        opened_at: int,
     ) -> Step:
         if task.status == _COMPLETED:
             self._boundary()
-            return Step(request_id, task, output=_output(task))
+            return Step(request_id, task, output=_output(task), opened_at=opened_at)
         if task.status == _RUNNING and task.kind == run_pb2.TASK_KIND_RUN:
-            return Step(request_id, task, run=True)
+            return Step(request_id, task, run=True, opened_at=opened_at)
         if task.status in _STOPPING:
             raise self.suspend()
         if task.status == _ERRORED:
@@ -465,11 +477,14 @@ class Execution:
         raise TaskError("ProtocolError", f"the server answered task {key!r} with {status}", key=key)
 
 
-def _retries(task: run_pb2.Task) -> int:
-    """How many boundaries a task's last try started past its first: when a task comes
-    back RUNNING, Execution.open crosses one per failed try, so that each try's lines
-    have numbers of their own. ``attempts`` counts failed tries, an ERRORED task's
-    last one included."""
+def _earlier(task: run_pb2.Task) -> int:
+    """How many boundaries a task's last try started past its open: what the try before
+    it said it had crossed, with the tries before that (``try_offset``), so that each
+    try's lines, and those of the tasks inside it, have numbers of their own. A task
+    stored without one (by a worker that does not send it) counts one per failed try:
+    ``attempts`` counts failed tries, an ERRORED task's last one included."""
+    if task.try_offset:
+        return task.try_offset
     if task.status == _ERRORED:
         return max(task.attempts - 1, 0)
     return task.attempts

@@ -300,6 +300,7 @@ class Task(_message.Message):
     RETRY_AT_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    TRY_OFFSET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     run_id: _builtins.str
     parent_id: _builtins.str
@@ -316,6 +317,12 @@ class Task(_message.Message):
     """Failed executions so far."""
     name: _builtins.str
     """Display name (the cache key when none was given)."""
+    try_offset: _builtins.int
+    """The worker's own number for where the task's current try starts
+    numbering log lines: `TaskComplete.next_try_offset` of the try that
+    failed last (kept when a failure is final). 0 until a try has failed
+    with one. See WorkerService, 5.
+    """
     @_builtins.property
     def params(self) -> _struct_pb2.Value:
         """What the task was asked to do (event for SEND_EVENT, seconds for WAIT...)."""
@@ -356,10 +363,11 @@ class Task(_message.Message):
         retry_at: _timestamp_pb2.Timestamp | None = ...,
         retry: _job_pb2.RetryPolicy | None = ...,
         name: _builtins.str = ...,
+        try_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "error", b"error", "output", b"output", "params", b"params", "retry", b"retry", "retry_at", b"retry_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completed_at", b"completed_at", "error", b"error", "id", b"id", "idempotency_key", b"idempotency_key", "key", b"key", "kind", b"kind", "name", b"name", "output", b"output", "params", b"params", "parent_id", b"parent_id", "position", b"position", "retry", b"retry", "retry_at", b"retry_at", "run_id", b"run_id", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completed_at", b"completed_at", "error", b"error", "id", b"id", "idempotency_key", b"idempotency_key", "key", b"key", "kind", b"kind", "name", b"name", "output", b"output", "params", b"params", "parent_id", b"parent_id", "position", b"position", "retry", b"retry", "retry_at", b"retry_at", "run_id", b"run_id", "started_at", b"started_at", "status", b"status", "try_offset", b"try_offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

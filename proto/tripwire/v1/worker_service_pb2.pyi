@@ -369,12 +369,19 @@ class TaskComplete(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    NEXT_TRY_OFFSET_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request_id of the TaskRequest that started the task."""
     run_id: _builtins.str
     attempt: _builtins.int
     task_id: _builtins.str
     """`task.id` of the RUNNING TaskResult."""
+    next_try_offset: _builtins.int
+    """With `error`: if the task is retried, stored as `Task.try_offset`, which
+    the later tries (and every replay) get back. For log numbering (see 5.):
+    the Python SDK sends how many boundaries the tries so far crossed from
+    the task's open on, plus one.
+    """
     @_builtins.property
     def output(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -388,10 +395,11 @@ class TaskComplete(_message.Message):
         task_id: _builtins.str = ...,
         output: _struct_pb2.Value | None = ...,
         error: _run_pb2.ErrorInfo | None = ...,
+        next_try_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "outcome", b"outcome", "output", b"output", "request_id", b"request_id", "run_id", b"run_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "next_try_offset", b"next_try_offset", "outcome", b"outcome", "output", b"output", "request_id", b"request_id", "run_id", b"run_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["output", "error"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015

@@ -84,10 +84,15 @@ class WorkerServiceStub:
        although it skips the functions of cached tasks (and their lines). The
        Python SDK sends (io boundaries so far) * 1,000,000 + (lines since the
        last one), a boundary being a task opened or settled (COMPLETED or
-       ERRORED), with n more when a task comes back RUNNING after n failed
-       tries. A task that comes back settled (cached, or ERRORED) counts what
-       the execution that settled it crossed: its open, retries and settle,
-       and those of every task inside it. Plain 1, 2, ... per execution is
+       ERRORED). A try that fails says in `next_try_offset` how many
+       boundaries the tries so far crossed from the task's open on, plus one;
+       when the task comes back RUNNING for its next try, that many more are
+       counted (its `try_offset`; n after n failed tries when it is 0), so
+       that each try's lines, and those of the tasks inside it, have numbers
+       of their own. A task that comes back settled (cached, or ERRORED)
+       counts what the execution that settled it crossed: its open, its
+       earlier tries (`try_offset`), its settle, and those of every task
+       inside it. Plain 1, 2, ... per execution is
        right only if no line is logged inside a task's function. Numbers
        counted this way depend on the order io calls settle, so a line logged
        inside a task's function while other io calls run beside it (e.g.
@@ -189,10 +194,15 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        although it skips the functions of cached tasks (and their lines). The
        Python SDK sends (io boundaries so far) * 1,000,000 + (lines since the
        last one), a boundary being a task opened or settled (COMPLETED or
-       ERRORED), with n more when a task comes back RUNNING after n failed
-       tries. A task that comes back settled (cached, or ERRORED) counts what
-       the execution that settled it crossed: its open, retries and settle,
-       and those of every task inside it. Plain 1, 2, ... per execution is
+       ERRORED). A try that fails says in `next_try_offset` how many
+       boundaries the tries so far crossed from the task's open on, plus one;
+       when the task comes back RUNNING for its next try, that many more are
+       counted (its `try_offset`; n after n failed tries when it is 0), so
+       that each try's lines, and those of the tasks inside it, have numbers
+       of their own. A task that comes back settled (cached, or ERRORED)
+       counts what the execution that settled it crossed: its open, its
+       earlier tries (`try_offset`), its settle, and those of every task
+       inside it. Plain 1, 2, ... per execution is
        right only if no line is logged inside a task's function. Numbers
        counted this way depend on the order io calls settle, so a line logged
        inside a task's function while other io calls run beside it (e.g.
@@ -290,10 +300,15 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        although it skips the functions of cached tasks (and their lines). The
        Python SDK sends (io boundaries so far) * 1,000,000 + (lines since the
        last one), a boundary being a task opened or settled (COMPLETED or
-       ERRORED), with n more when a task comes back RUNNING after n failed
-       tries. A task that comes back settled (cached, or ERRORED) counts what
-       the execution that settled it crossed: its open, retries and settle,
-       and those of every task inside it. Plain 1, 2, ... per execution is
+       ERRORED). A try that fails says in `next_try_offset` how many
+       boundaries the tries so far crossed from the task's open on, plus one;
+       when the task comes back RUNNING for its next try, that many more are
+       counted (its `try_offset`; n after n failed tries when it is 0), so
+       that each try's lines, and those of the tasks inside it, have numbers
+       of their own. A task that comes back settled (cached, or ERRORED)
+       counts what the execution that settled it crossed: its open, its
+       earlier tries (`try_offset`), its settle, and those of every task
+       inside it. Plain 1, 2, ... per execution is
        right only if no line is logged inside a task's function. Numbers
        counted this way depend on the order io calls settle, so a line logged
        inside a task's function while other io calls run beside it (e.g.

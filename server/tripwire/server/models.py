@@ -179,6 +179,7 @@ class Task:
     started_at: int | None = None
     completed_at: int | None = None
     retry_at: int | None = None
+    try_offset: int = 0
 
 
 @dataclass

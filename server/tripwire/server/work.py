@@ -193,10 +193,12 @@ class WorkService:
         size: int = 0,
         *,
         final: bool = False,
+        next_try_offset: int = 0,
     ) -> TaskOutcome:
         """`size`: the wire size of the outcome. An output over the payload limit
         fails the task instead, finally: retrying would only make it again; an
-        error over it is cut to fit. `final`: `error` is not retried."""
+        error over it is cut to fit. `final`: `error` is not retried.
+        `next_try_offset`: the worker's, kept with the task for its next try."""
         if not task_id:
             raise InvalidArgument("task_complete.task_id", "is required")
         limit = self.limits.max_payload_bytes
@@ -206,7 +208,16 @@ class WorkService:
             final = True
             output, error = None, too_large("task output", size, limit)
         return await self.store.complete_task(
-            env, run_id, attempt, task_id, output, error, self.clock(), random.random(), final
+            env,
+            run_id,
+            attempt,
+            task_id,
+            output,
+            error,
+            self.clock(),
+            random.random(),
+            final,
+            next_try_offset,
         )
 
     async def log(

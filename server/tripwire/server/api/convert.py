@@ -318,6 +318,7 @@ def task_to_pb(task: Task, out: run_pb2.Task) -> run_pb2.Task:
     out.position = task.position
     out.attempts = task.attempts
     out.name = task.name
+    out.try_offset = task.try_offset
     if task.params is not None:
         py_to_value(task.params, out.params)
     if task.output is not None:

@@ -420,6 +420,7 @@ class WorkerStream:
                 error,
                 _outcome_bytes(msg),
                 final=final,
+                next_try_offset=msg.next_try_offset,
             ),
         )
         if outcome is not None:

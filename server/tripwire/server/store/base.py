@@ -122,6 +122,7 @@ class Store(Protocol):
         now: int,
         rand: float,
         final: bool = False,
+        next_try_offset: int = 0,
     ) -> TaskOutcome: ...
     async def append_log(self, env: str, run_id: str, attempt: int, entry: LogEntry) -> bool: ...
     async def finish_run(

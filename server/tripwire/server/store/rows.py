@@ -184,7 +184,7 @@ def job_params(j: Job) -> tuple[Any, ...]:
 
 TASK_COLUMNS = (
     "id, run_id, parent_id, key, idempotency_key, kind, name, status, position, attempts, "
-    "params, output, error, retry, started_at, completed_at, retry_at"
+    "params, output, error, retry, started_at, completed_at, retry_at, try_offset"
 )
 
 
@@ -207,6 +207,7 @@ def task_from_row(row: Any) -> Task:
         started_at=row[14],
         completed_at=row[15],
         retry_at=row[16],
+        try_offset=row[17],
     )
 
 
@@ -229,6 +230,7 @@ def task_params(t: Task) -> tuple[Any, ...]:
         t.started_at,
         t.completed_at,
         t.retry_at,
+        t.try_offset,
     )
 
 

@@ -123,6 +123,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN retry_at INTEGER
     """,
+    # 4: where a retried task's next try starts numbering log lines, as the
+    # worker that failed the last try said (TaskComplete.next_try_offset).
+    """
+    ALTER TABLE tasks ADD COLUMN try_offset INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 

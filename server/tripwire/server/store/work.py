@@ -243,7 +243,7 @@ class WorkOps:
             task.status, task.retry_at = TaskStatus.WAITING, now + int(seconds * 1000)
             self._suspend(tx, run, task.retry_at, now)
         conn.execute(
-            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({','.join('?' * 17)})",
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({','.join('?' * 18)})",
             rows.task_params(task),
         )
         tx.after_commit(lambda: self.hub.changed([run_id]))
@@ -283,7 +283,7 @@ class WorkOps:
     def _update_task(self, tx: Tx, task: Task) -> None:
         tx.conn.execute(
             "UPDATE tasks SET status = ?, attempts = ?, output = ?, error = ?, started_at = ?, "
-            "completed_at = ?, retry_at = ? WHERE id = ?",
+            "completed_at = ?, retry_at = ?, try_offset = ? WHERE id = ?",
             (
                 task.status.value,
                 task.attempts,
@@ -292,6 +292,7 @@ class WorkOps:
                 task.started_at,
                 task.completed_at,
                 task.retry_at,
+                task.try_offset,
                 task.id,
             ),
         )
@@ -308,8 +309,10 @@ class WorkOps:
         now: int,
         rand: float,
         final: bool = False,
+        next_try_offset: int = 0,
     ) -> TaskOutcome:
-        """`final`: an error that is not retried, whatever the task's policy."""
+        """`final`: an error that is not retried, whatever the task's policy.
+        `next_try_offset`: kept for the next try, if there is one."""
 
         def op(tx: Tx) -> TaskOutcome:
             run = self._fenced(tx.conn, env, run_id, attempt)
@@ -333,6 +336,7 @@ class WorkOps:
                     task.status, task.completed_at = TaskStatus.ERRORED, now
                 else:
                     task.status, task.retry_at = TaskStatus.WAITING, now + delay
+                    task.try_offset = next_try_offset
                     self._suspend(tx, run, task.retry_at, now)
             self._update_task(tx, task)
             return TaskOutcome(task, run)
