@@ -37,9 +37,12 @@ _NONDETERMINISTIC = re.compile(r"^[hr](?:$|[(/])", re.IGNORECASE)
 _CRON_ITEM = re.compile(
     r"(?:\*|(?P<lo>[0-9]+|[A-Za-z]{3})(?:-(?P<hi>[0-9]+|[A-Za-z]{3}))?)(?:/[0-9]+)?"
 )
-_CRON_NAMES = frozenset(
-    "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC SUN MON TUE WED THU FRI SAT".split()
-)
+_MONTHS = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
+_DAYS = "SUN MON TUE WED THU FRI SAT".split()
+# A name's number in its field: months from 1, days of the week from 0 (Sunday).
+_CRON_NAMES = {name: i + 1 for i, name in enumerate(_MONTHS)} | {
+    name: i for i, name in enumerate(_DAYS)
+}
 
 
 @dataclass(frozen=True)
@@ -112,11 +115,22 @@ def _validate_cron(expr: str, tz: ZoneInfo, field: str) -> None:
                 "(*, N, N-M or names such as JAN and MON, each with an optional /step; "
                 "L, W, # and ? are not supported)",
             )
+        if item["lo"] and item["hi"] and _cron_number(item["lo"]) > _cron_number(item["hi"]):
+            # croniter would wrap it around; v2's cron-parser refuses it, and so do we.
+            raise InvalidArgument(
+                field,
+                f"{expr!r}: the range {part.split('/')[0]!r} runs backwards (for one that "
+                "wraps around, list both parts, e.g. '22-23,0-2')",
+            )
     try:
         # A syntactically valid expression can still never match (e.g. 30 February).
         croniter(expr, datetime(2000, 1, 1, tzinfo=tz)).get_next(datetime)
     except CroniterError as exc:
         raise InvalidArgument(field, f"{expr!r} is not a valid cron expression: {exc}") from None
+
+
+def _cron_number(value: str) -> int:
+    return int(value) if value.isdigit() else _CRON_NAMES[value.upper()]
 
 
 def _zone(schedule: Schedule) -> ZoneInfo:
