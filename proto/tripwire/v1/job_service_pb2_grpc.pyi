@@ -50,7 +50,8 @@ class JobServiceStub:
     version is disabled), whatever its trigger, via
     an event named "tripwire.invoke" (source "tripwire") delivered to this
     job only. `idempotency_key` is that event's id: invoking again with it
-    returns the first run.
+    returns the first run; a key that is the id of another event (sent, or
+    another job's invoke) is ALREADY_EXISTS.
     """
 
 @_typing.type_check_only
@@ -75,7 +76,8 @@ class JobServiceAsyncStub(JobServiceStub):
     version is disabled), whatever its trigger, via
     an event named "tripwire.invoke" (source "tripwire") delivered to this
     job only. `idempotency_key` is that event's id: invoking again with it
-    returns the first run.
+    returns the first run; a key that is the id of another event (sent, or
+    another job's invoke) is ALREADY_EXISTS.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -127,7 +129,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         version is disabled), whatever its trigger, via
         an event named "tripwire.invoke" (source "tripwire") delivered to this
         job only. `idempotency_key` is that event's id: invoking again with it
-        returns the first run.
+        returns the first run; a key that is the id of another event (sent, or
+        another job's invoke) is ALREADY_EXISTS.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

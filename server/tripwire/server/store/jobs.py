@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from .. import schedules, versions
-from ..errors import FailedPrecondition, NotFound
+from ..errors import AlreadyExists, FailedPrecondition, NotFound
 from ..hub import Hub
 from ..matching import JobIndex, run_spec
 from ..models import (
@@ -246,7 +246,7 @@ class JobOps:
                     (env, event.id, job_id),
                 ).fetchone()
                 if row is None:
-                    raise FailedPrecondition(
+                    raise AlreadyExists(
                         f"idempotency_key {event.id!r} is already the id of another event"
                     )
                 return rows.run_from_row(row), True
