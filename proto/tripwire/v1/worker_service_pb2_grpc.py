@@ -44,6 +44,10 @@ class WorkerServiceStub:
     every heartbeat interval. When nothing arrives for a whole lease, or the
     stream breaks, the worker's runs go back to QUEUED once the lease has
     run out, and are dispatched to another worker with a higher attempt.
+    A half-close is no different: a worker that ends its stream while a
+    handler of it may still be running (a thread that cannot be stopped)
+    keeps the run counted against the job's concurrency limit, and off
+    every other worker, until then.
     The server answers every `heartbeat` with a `heartbeat`, so liveness
     runs both ways on the stream itself: a worker that has heard nothing
     for a whole lease (a half-open connection: a dead NAT entry, a
@@ -160,6 +164,10 @@ class WorkerServiceServicer:
     every heartbeat interval. When nothing arrives for a whole lease, or the
     stream breaks, the worker's runs go back to QUEUED once the lease has
     run out, and are dispatched to another worker with a higher attempt.
+    A half-close is no different: a worker that ends its stream while a
+    handler of it may still be running (a thread that cannot be stopped)
+    keeps the run counted against the job's concurrency limit, and off
+    every other worker, until then.
     The server answers every `heartbeat` with a `heartbeat`, so liveness
     runs both ways on the stream itself: a worker that has heard nothing
     for a whole lease (a half-open connection: a dead NAT entry, a
@@ -285,6 +293,10 @@ class WorkerService:
     every heartbeat interval. When nothing arrives for a whole lease, or the
     stream breaks, the worker's runs go back to QUEUED once the lease has
     run out, and are dispatched to another worker with a higher attempt.
+    A half-close is no different: a worker that ends its stream while a
+    handler of it may still be running (a thread that cannot be stopped)
+    keeps the run counted against the job's concurrency limit, and off
+    every other worker, until then.
     The server answers every `heartbeat` with a `heartbeat`, so liveness
     runs both ways on the stream itself: a worker that has heard nothing
     for a whole lease (a half-open connection: a dead NAT entry, a
