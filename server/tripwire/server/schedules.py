@@ -152,11 +152,14 @@ def _offset(moment: datetime, tz: ZoneInfo) -> timedelta:
     return moment.astimezone(tz).utcoffset() or timedelta(0)
 
 
-def _spread(tz: ZoneInfo, moment: datetime) -> timedelta:
-    """How far the zone's offset moves within _SHIFT of `moment`: how far from wall-clock
-    order its instants can be there (nothing, except near a daylight-saving change)."""
-    offsets = [_offset(moment + k * _SHIFT, tz) for k in (-1, 0, 1)]
-    return max(offsets) - min(offsets)
+def _set_back(tz: ZoneInfo, early: datetime, late: datetime) -> tuple[datetime, datetime] | None:
+    """Where the zone's clocks are set back between two instants (< _SHIFT apart), if
+    they are: the naive wall-clock times the repeated stretch runs from and to."""
+    before, after = _offset(early, tz), _offset(late, tz)
+    if after >= before:
+        return None
+    change = _change(tz, early, late)
+    return (change + after).replace(tzinfo=None), (change + before).replace(tzinfo=None)
 
 
 def _instants(wall: datetime, tz: ZoneInfo) -> tuple[datetime, ...]:
@@ -169,11 +172,19 @@ def _instants(wall: datetime, tz: ZoneInfo) -> tuple[datetime, ...]:
         return (first,)
     if first < second:
         return first, second
-    return (_jump(tz, second, first),)
+    return (_change(tz, second, first),)
 
 
-def _jump(tz: ZoneInfo, low: datetime, high: datetime) -> datetime:
+# Offset changes found so far, per zone (a jump is shared by every time it skips).
+_CHANGES: dict[str, list[datetime]] = {}
+
+
+def _change(tz: ZoneInfo, low: datetime, high: datetime) -> datetime:
     """The instant in (low, high] at which the zone's offset becomes high's."""
+    known = _CHANGES.setdefault(str(tz), [])
+    for change in known:
+        if low < change <= high:  # no zone changes its offset twice within _SHIFT
+            return change
     after = _offset(high, tz)
     while high - low > _MS:
         middle = low + (high - low) / 2
@@ -181,17 +192,24 @@ def _jump(tz: ZoneInfo, low: datetime, high: datetime) -> datetime:
             high = middle
         else:
             low = middle
-    return high.replace(microsecond=high.microsecond // 1000 * 1000)
+    change = high.replace(microsecond=high.microsecond // 1000 * 1000)
+    known.append(change)
+    del known[:-64]
+    return change
 
 
 def _cron_next(schedule: Schedule, after: datetime) -> datetime:
-    """The first instant after `after` whose wall-clock time is planned. Walled times are
+    """The first instant after `after` whose wall-clock time is planned. Wall times are
     croniter's, on naive local time; instants come from the zone, so a stretch the
     clocks repeat (by an hour or by half of one) fires twice, and one they skip fires
     once, at the jump."""
     tz = _zone(schedule)
-    slack = _spread(tz, after)
-    walls = croniter(schedule.cron, after.astimezone(tz).replace(tzinfo=None) - slack)
+    start = after.astimezone(tz).replace(tzinfo=None)
+    # Wall times before `after`'s come again after it if the clocks are set back soon.
+    repeated = _set_back(tz, after, after + _SHIFT)
+    if repeated is not None:
+        start = min(start, repeated[0] - _MS)
+    walls = croniter(schedule.cron, start)
     best: datetime | None = None
     bound = datetime.max
     while True:
@@ -201,14 +219,20 @@ def _cron_next(schedule: Schedule, after: datetime) -> datetime:
             return best
         for instant in _instants(wall, tz):
             if instant > after and (best is None or instant < best):
-                best, bound = instant, wall + _spread(tz, instant)
+                best = instant
+                # A later wall time comes earlier only in a stretch repeated lately.
+                repeated = _set_back(tz, instant - _SHIFT, instant)
+                bound = max(wall, repeated[1] - _MS) if repeated else wall
 
 
 def _cron_latest(schedule: Schedule, now: datetime) -> datetime:
     """The last instant at or before `now` whose wall-clock time is planned."""
     tz = _zone(schedule)
-    slack = _spread(tz, now)
-    start = now.astimezone(tz).replace(tzinfo=None) + slack + _MS
+    start = now.astimezone(tz).replace(tzinfo=None) + _MS
+    # Wall times after `now`'s came already if the clocks were set back lately.
+    repeated = _set_back(tz, now - _SHIFT, now)
+    if repeated is not None:
+        start = max(start, repeated[1])
     walls = croniter(schedule.cron, start)
     best: datetime | None = None
     bound = datetime.min
@@ -219,7 +243,10 @@ def _cron_latest(schedule: Schedule, now: datetime) -> datetime:
             return best
         for instant in _instants(wall, tz):
             if instant <= now and (best is None or instant > best):
-                best, bound = instant, wall - _spread(tz, instant)
+                best = instant
+                # An earlier wall time comes later only in a stretch repeated soon.
+                repeated = _set_back(tz, instant, instant + _SHIFT)
+                bound = min(wall, repeated[0]) if repeated else wall
 
 
 def next_after(schedule: Schedule, after: datetime, anchor: datetime) -> datetime:
