@@ -826,6 +826,33 @@ async def test_an_applications_own_signal_handlers_are_left_alone() -> None:
         signal.signal(signal.SIGTERM, before)
 
 
+def test_asyncio_runs_own_sigint_handler_is_back_once_the_worker_returns() -> None:
+    import functools
+    import signal
+
+    from tripwire.client.worker import serve_until_signalled
+
+    class Quick:
+        async def run(self) -> None:
+            during.append(signal.getsignal(signal.SIGINT))
+
+        def request_shutdown(self) -> None:
+            raise AssertionError("not called")
+
+    during: list[object] = []
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        seen["before"] = signal.getsignal(signal.SIGINT)
+        await serve_until_signalled(Quick())  # type: ignore[arg-type]
+        seen["after"] = signal.getsignal(signal.SIGINT)
+
+    asyncio.run(main())
+    assert isinstance(seen["before"], functools.partial)  # asyncio.Runner's
+    assert during[0] is not seen["before"]  # the worker's, while it ran
+    assert seen["after"] is seen["before"]
+
+
 async def test_a_run_request_arriving_after_the_half_close_is_not_started(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -731,20 +731,23 @@ async def serve_until_signalled(worker: Worker) -> None:
         elif main is not None:
             main.cancel()
 
-    installed = []
+    installed: list[tuple[signal.Signals, Any]] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        if not _unclaimed(signal.getsignal(sig)):
+        previous = signal.getsignal(sig)
+        if not _unclaimed(previous):
             continue  # the application handles it: leave its handler alone
         try:
             loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError, ValueError):
             continue  # not the main thread, or a platform without them
-        installed.append(sig)
+        installed.append((sig, previous))
     try:
         await worker.run()
     finally:
-        for sig in installed:
+        for sig, previous in installed:
             loop.remove_signal_handler(sig)
+            # That leaves Python's default; asyncio.run's own handler goes back too.
+            signal.signal(sig, previous)
 
 
 def listen(client: ClientBase, jobs: Iterable[JobDefinition] | None = None, **options: Any) -> None:
