@@ -629,6 +629,31 @@ async def test_a_run_arriving_as_the_last_one_ends_still_gets_the_drain_deadline
     await within(stream.half_closed.wait())
 
 
+async def test_a_run_still_getting_its_cached_pages_when_the_drain_starts_runs(
+    make: Make,
+) -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        return "ran"
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request("run_1", complete=False))
+    stream.reply(drain={"deadline_ms": 60_000})
+    await stream.expect("drain")
+    session = h.worker._session
+    assert session is not None
+
+    async def assembling() -> bool:
+        return "run_1" in session.assembling
+
+    await eventually(assembling, within=5.0, every=0.005)
+    assert not stream.half_closed.is_set()  # it waits for the run on its way
+    page = worker_service_pb2.CachedTasks(run_id="run_1", attempt=1, last=True)
+    stream.reply(cached_tasks=page)
+    assert from_value((await stream.expect("run_result")).output) == "ran"
+    await within(stream.half_closed.wait())
+
+
 async def test_a_shutdown_after_a_longer_server_drain_keeps_its_own_timeout(make: Make) -> None:
     stopped = asyncio.Event()
 

@@ -239,7 +239,9 @@ class _Session:
         self.reader: asyncio.Task[None] | None = None
         self.closer: asyncio.Task[None] | None = None
         self.close_at = 0.0  # loop time: runs still executing then are stopped
-        self.close_moved = asyncio.Event()
+        # Set when a closing session should look again: the end moved nearer, or a
+        # run on its way (its cached pages arriving) started or was called off.
+        self.close_wake = asyncio.Event()
         # When the server last said anything; if it answers heartbeats (its welcome
         # says so), silence for a whole lease means the stream is dead.
         self.last_heard = time.monotonic()
@@ -268,6 +270,7 @@ class _Session:
             pending = self.assembling.get(notice.run_id)
             if pending is not None and notice.attempt in (0, pending[0].run.attempt):
                 del self.assembling[notice.run_id]  # its cached pages were still coming
+                self.close_wake.set()
                 log.info("run %s: %s before it started", notice.run_id, kind)
                 self.worker._activity.set()
             running = self.current(notice.run_id, notice.attempt)
@@ -339,6 +342,7 @@ class _Session:
         task = asyncio.create_task(self.worker._execute(request, execution), name=f"run {run.id}")
         self.runs[run.id] = _Running(execution, task)
         self.no_runs.clear()
+        self.close_wake.set()
         task.add_done_callback(lambda done: self.finished(run.id, done))
 
     def finished(self, run_id: str, task: asyncio.Task[None]) -> None:
@@ -380,17 +384,22 @@ class _Session:
             self.closer = asyncio.create_task(self._close(), name="tripwire-close")
         elif end < self.close_at:
             self.close_at = end
-            self.close_moved.set()
+            self.close_wake.set()
 
     async def _close(self) -> None:
         loop = asyncio.get_running_loop()
         # A loop, not one wait: a run that arrives while draining (sent before the
-        # server read the drain) starts after no_runs was set, and gets the rest of
-        # the time too; and a later close() may bring the end nearer.
-        while self.runs and (left := self.close_at - loop.time()) > 0:
-            self.close_moved.clear()
+        # server read the drain, or still getting its cached pages) starts after
+        # no_runs was set, and gets the rest of the time too; and a later close()
+        # may bring the end nearer.
+        while (self.runs or self.assembling) and (left := self.close_at - loop.time()) > 0:
+            self.close_wake.clear()
+            if self.runs:
+                waiting = _first(self.no_runs.wait(), self.close_wake)
+            else:  # only runs still getting their cached pages
+                waiting = self.close_wake.wait()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(self.no_runs.wait(), self.close_moved), left)
+                await asyncio.wait_for(waiting, left)
         if self.runs:
             log.warning("stopping %d run(s) still executing at the deadline", len(self.runs))
         self.stop_all()
