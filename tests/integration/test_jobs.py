@@ -350,11 +350,14 @@ async def test_invoke_job_is_idempotent_by_key_and_validates(stubs: Stubs) -> No
         await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="inv", idempotency_key="k" * 300))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith("idempotency_key: is longer")
-    # A key that is already another event's id (sent, or another job's invoke).
+    # A key that is already another event's id: sent (whether or not it ran this
+    # job), or another job's invoke.
     await send(stubs, {"name": "elsewhere", "id": "taken"})
     await register(stubs, event_job("other", ["x"]))
     await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="other", idempotency_key="k2"))
-    for key in ("taken", "k2"):
+    await register(stubs, event_job("inv", ["ran-it"]))
+    assert len((await send(stubs, {"name": "ran-it", "id": "ran"}))["runs"]) == 1
+    for key in ("taken", "k2", "ran"):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="inv", idempotency_key=key))
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS

@@ -245,7 +245,8 @@ class JobOps:
                     f"SELECT {RUN_COLUMNS} FROM runs WHERE env = ? AND event_id = ? AND job_id = ?",
                     (env, event.id, job_id),
                 ).fetchone()
-                if row is None:
+                invoked = existing.name == INVOKE_EVENT and existing.source == INTERNAL_SOURCE
+                if row is None or not invoked:  # a sent event's run is not this invoke's
                     raise AlreadyExists(
                         f"idempotency_key {event.id!r} is already the id of another event"
                     )
