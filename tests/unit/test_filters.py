@@ -124,6 +124,12 @@ MATCH_CASES: list[tuple[str, Any, dict[str, Any], bool]] = [
             ("ﬁle", "FILE", True),
             ("ǅ", "dž", True),
             ("résumé", "RESUME", False),
+            ("カタカナ", "かたかな", True),
+            ("\uff76\uff80\uff76\uff85", "かたかな", True),  # half-width katakana
+            ("ちょっと", "チヨツト", True),
+            ("co\u00adop", "coop", True),  # a soft hyphen
+            ("a\u200bb", "AB", True),  # a zero-width space
+            ("a\tb", "ab", False),
         ]
     ],
     ("$ignoreCaseEquals non-string", {"s": 1}, {"s": [{"$ignoreCaseEquals": "1"}]}, False),

@@ -80,17 +80,42 @@ def _finite(v: object) -> bool:
     return _is_number(v) and math.isfinite(v)  # type: ignore[arg-type]
 
 
-# Lower case is one letter where collation has one: final sigma, the old Cyrillic
-# letter forms. (Not casefold, which makes "ß" "ss": collation keeps them apart.)
-_SAME_LETTER = {0x3C2: 0x3C3, **{c: ord(chr(c).casefold()) for c in range(0x1C80, 0x1C89)}}
+def _same_letter() -> dict[int, int | None]:
+    """What $ignoreCaseEquals maps after NFKC and lower case, as collation does."""
+    # One letter where collation has one: final sigma, the old Cyrillic letter forms.
+    # (Not casefold, which makes "ß" "ss": collation keeps them apart.)
+    table: dict[int, int | None] = {0x3C2: 0x3C3}
+    table.update({c: ord(chr(c).casefold()) for c in range(0x1C80, 0x1C89)})
+    # Small kana are their full-size letters, katakana hiragana (tertiary differences).
+    small = "ぁぃぅぇぉっゃゅょゎゕゖㇰㇱㇲㇳㇴㇵㇶㇷㇸㇹㇺㇻㇼㇽㇾㇿ"
+    full = "あいうえおつやゆよわかけくしすとぬはひふへほむらりるれろ"
+    kana = {ord(s): ord(f) for s, f in zip(small, full, strict=True)}
+    table.update(kana)
+    table.update({c: kana.get(c - 0x60, c - 0x60) for c in range(0x30A1, 0x30F7)})
+    # Ignored altogether: format and control characters (but not the ones that are
+    # white space), variation selectors, the grapheme joiner. (Planes 0, 1 and 14
+    # hold every Cf and Cc character.)
+    for c in (*range(0x20000), *range(0xE0000, 0xE1000)):
+        category = unicodedata.category(chr(c))
+        if category == "Cf" or (category == "Cc" and chr(c) not in "\t\n\v\f\r\x85"):
+            table[c] = None
+    for c in (0x34F, *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)):
+        table[c] = None
+    return table
+
+
+_SAME_LETTER = _same_letter()
 
 
 def _fold(s: str) -> str:
     """A key that is equal where v2's `localeCompare(sensitivity: "accent")` says equal:
     case ignored, accents not; compatibility forms (fullwidth, superscripts, ligatures,
-    Roman numerals) equal to their plain letters. Checked against Node's ICU for every
-    character and its case and compatibility variants: it differs only for spacing
-    accents (as "¨" against " \u0308") and the long s, which it takes for an s."""
+    Roman numerals, half-width kana) equal to their plain letters, katakana to hiragana,
+    format characters ignored. Checked against Node's ICU for every character with its
+    case and compatibility variants, and every mark or control character put inside a
+    word: it differs for spacing accents (as "¨" against " \u0308"), the long s (taken
+    for an s), and some 450 marks collation ignores (Hebrew cantillation, say), which
+    count here."""
     lowered = unicodedata.normalize("NFKC", s).lower().translate(_SAME_LETTER)
     return unicodedata.normalize("NFKC", lowered)
 
