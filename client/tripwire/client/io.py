@@ -313,7 +313,7 @@ class Execution:
 
     def _inside(self, task: run_pb2.Task) -> int:
         """The boundaries the tasks inside ``task`` crossed in the execution that settled
-        it: each one's open and settle, its retries, and what is inside it in turn."""
+        it: each one's open and settle, its earlier tries, and what is inside it in turn."""
         return sum(
             2 + _earlier(child) + self._inside(child) for child in self._children.get(task.id, ())
         )

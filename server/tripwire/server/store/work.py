@@ -33,6 +33,8 @@ from . import rows
 from .rows import ACTIVE, RUN_COLUMNS, TASK_COLUMNS, dumps
 from .writer import Tx
 
+_TASK_MARKS = ",".join("?" for _ in TASK_COLUMNS.split(","))
+
 T = TypeVar("T")
 
 
@@ -243,7 +245,7 @@ class WorkOps:
             task.status, task.retry_at = TaskStatus.WAITING, now + int(seconds * 1000)
             self._suspend(tx, run, task.retry_at, now)
         conn.execute(
-            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({','.join('?' * 18)})",
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({_TASK_MARKS})",
             rows.task_params(task),
         )
         tx.after_commit(lambda: self.hub.changed([run_id]))
