@@ -385,7 +385,8 @@ class Client(ClientBase):
 
     def invoke_job(self, job_id: str, payload: Any = None, **options: Unpack[InvokeOptions]) -> Run:
         """Start a run of the job's latest version now. With an ``idempotency_key``
-        used before, nothing starts: the earlier run comes back with ``deduplicated``."""
+        used before, nothing starts: the earlier run comes back with ``deduplicated``;
+        a key that is another event's id raises AlreadyExists."""
         return self._call(_requests.invoke_job(job_id, payload, **options))
 
     def get_run(self, id: str) -> RunDetail:
