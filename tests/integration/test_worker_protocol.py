@@ -1101,6 +1101,27 @@ async def test_a_dispatch_whose_claim_failed_is_redone_with_a_new_attempt(
     assert got["run"]["attempt"] == 2 and got["run"]["output"] == "done"
 
 
+async def test_a_run_over_its_max_duration_times_out_on_the_real_clock(
+    start_server: StartServer,
+) -> None:
+    # No FakeClock here: its advance() wakes the timer loop, which hides whether the
+    # deadline a dispatch sets wakes it by itself.
+    server = await start_server(lease=30.0, heartbeat_interval=1.0)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        worker = RawWorker(stubs.workers)
+        try:
+            await worker.connect([job("slow", ["s"], maxDurationSeconds=1)])
+            await send(stubs, "s")
+            run = (await worker.run_request())["run"]
+            notice = await worker.expect("cancel", within=10)
+            assert notice["runId"] == run["id"]
+            got = await run_status(stubs, run["id"], "TIMED_OUT")
+            assert got["run"]["error"]["type"] == "TimeoutError", got
+        finally:
+            await worker.close()
+
+
 async def test_runs_of_a_gone_worker_are_requeued_even_if_the_store_fails_once(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,6 +40,9 @@ class Hub:
         self._thread = threading.get_ident()  # the loop's thread: Hub is made on it
         # Set when a delayed event, a schedule or a waiting run may be due sooner.
         self.timers_changed = asyncio.Event()
+        # When the timer loop sleeps until (ms since the epoch); None while it runs a
+        # round, or sleeps with nothing due: any new timer must wake it then.
+        self.timer_due: int | None = None
         self.listener = RunListener()
         self._watchers: dict[str, set[asyncio.Queue[str | None]]] = {}
         self._closed = False
@@ -55,6 +58,14 @@ class Hub:
 
     def timers(self) -> None:
         self._call(self.timers_changed.set)
+
+    def timer_at(self, at: int) -> None:
+        """A new timer at `at` (ms): wake the timer loop only if it sleeps past it."""
+        self._call(self._timer_at_on_loop, at)
+
+    def _timer_at_on_loop(self, at: int) -> None:
+        if self.timer_due is None or at < self.timer_due:
+            self.timers_changed.set()
 
     def queued(self, runs: Sequence[Run], events: EventsAtHand) -> None:
         self._call(self._queued_on_loop, list(runs), dict(events))

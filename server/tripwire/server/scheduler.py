@@ -30,6 +30,7 @@ async def run_timers(
     retry = RETRY_FIRST
     while not stop.is_set():
         hub.timers_changed.clear()
+        hub.timer_due = None  # a timer added during the round wakes the next one
         try:
             due = await _round(store, clock(), grace_ms)
         except Exception:
@@ -38,6 +39,7 @@ async def run_timers(
             retry = min(retry * 2, RETRY_CAP)
             continue
         retry = RETRY_FIRST
+        hub.timer_due = due
         timeout = None if due is None else max(0.0, (due - clock()) / 1000) + 0.001
         await _first_of(hub.timers_changed, stop, within=timeout)
 

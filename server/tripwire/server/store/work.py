@@ -102,18 +102,22 @@ class WorkOps:
         deadline is the run's own version's (a run stays on its version)."""
 
         def op(tx: Tx) -> bool:
-            cursor = tx.conn.execute(
+            claimed = tx.conn.execute(
                 "UPDATE runs SET status = 'EXECUTING', attempt = ?, worker_id = ?, "
                 "started_at = COALESCE(started_at, ?), updated_at = ?, "
                 "deadline_at = COALESCE(deadline_at, (SELECT CASE WHEN v.max_duration_seconds > 0 "
                 "THEN ? + v.max_duration_seconds * 1000 END FROM job_versions v "
                 "WHERE v.env = runs.env AND v.id = runs.job_id AND v.version = runs.job_version)) "
-                "WHERE id = ? AND status = 'QUEUED' AND attempt = ?",
+                "WHERE id = ? AND status = 'QUEUED' AND attempt = ? RETURNING deadline_at",
                 (attempt, worker_id, now, now, now, run_id, stored_attempt),
-            )
-            if cursor.rowcount:
-                tx.after_commit(lambda: self.hub.changed([run_id]))
-            return bool(cursor.rowcount)
+            ).fetchall()
+            if not claimed:
+                return False
+            tx.after_commit(lambda: self.hub.changed([run_id]))
+            deadline = claimed[0][0]
+            if deadline is not None:  # the timer loop may sleep past it
+                tx.after_commit(lambda: self.hub.timer_at(deadline))
+            return True
 
         return self._write(op, lazy=True)
 
