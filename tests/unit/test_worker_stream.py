@@ -596,6 +596,21 @@ async def test_drain_stops_what_is_still_running_at_the_deadline(make: Make) -> 
     assert not any(m.HasField("run_result") for m in stream.log)
 
 
+async def draining(h: Harness, stream: FakeStream, ready: Callable[[Any], bool]) -> Any:
+    """The server asks the worker to drain within a minute; the worker's session, once
+    ``ready(session)``."""
+    stream.reply(drain={"deadline_ms": 60_000})
+    await stream.expect("drain")
+    session = h.worker._session
+    assert session is not None
+
+    async def check() -> bool:
+        return ready(session)
+
+    await eventually(check, within=5.0, every=0.005)
+    return session
+
+
 async def test_a_run_arriving_as_the_last_one_ends_still_gets_the_drain_deadline(
     make: Make,
 ) -> None:
@@ -608,15 +623,7 @@ async def test_a_run_arriving_as_the_last_one_ends_still_gets_the_drain_deadline
     h = await make(job(handler))
     stream = await h.connect()
     stream.reply(run_request=run_request("run_1"))
-    stream.reply(drain={"deadline_ms": 60_000})
-    await stream.expect("drain")
-    session = h.worker._session
-    assert session is not None
-
-    async def started() -> bool:
-        return "run_1" in session.runs
-
-    await eventually(started, within=5.0, every=0.005)
+    session = await draining(h, stream, lambda s: "run_1" in s.runs)
     # run_2 starts in the very callback after run_1's end set no_runs, before the
     # drain wakes up to look: it must still get the deadline, not be stopped.
     session.runs["run_1"].task.add_done_callback(
@@ -638,15 +645,7 @@ async def test_a_run_still_getting_its_cached_pages_when_the_drain_starts_runs(
     h = await make(job(handler))
     stream = await h.connect()
     stream.reply(run_request=run_request("run_1", complete=False))
-    stream.reply(drain={"deadline_ms": 60_000})
-    await stream.expect("drain")
-    session = h.worker._session
-    assert session is not None
-
-    async def assembling() -> bool:
-        return "run_1" in session.assembling
-
-    await eventually(assembling, within=5.0, every=0.005)
+    await draining(h, stream, lambda s: "run_1" in s.assembling)
     assert not stream.half_closed.is_set()  # it waits for the run on its way
     page = worker_service_pb2.CachedTasks(run_id="run_1", attempt=1, last=True)
     stream.reply(cached_tasks=page)
