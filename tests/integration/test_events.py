@@ -181,6 +181,25 @@ async def test_payload_limit(start_server: StartServer) -> None:
         assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
 
 
+async def test_a_payload_nested_deeper_than_protobuf_decodes_is_refused(stubs: Stubs) -> None:
+    deepest: object = 1
+    for _ in range(30):  # the limit: 30 objects deep
+        deepest = {"k": deepest}
+    stored = await send(stubs, {"name": "deep", "id": "ok", "payload": deepest})
+    assert stored["payload"] == deepest
+    got = js(await stubs.events.GetEvent(ev.GetEventRequest(id="ok")))
+    assert got["event"]["payload"] == deepest
+    for field in ("payload", "context"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await send(stubs, {"name": "deep", "id": "no", field: [deepest]})
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == (
+            f"event.{field}: nests objects and arrays more than 30 levels deep"
+        )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stubs.events.GetEvent(ev.GetEventRequest(id="no"))
+
+
 async def test_resend_rules_for_pending_events(stubs: Stubs) -> None:
     await register(stubs, event_job("on-d", ["d"]))
     far = await send(stubs, {"name": "d", "id": "far", "payload": {"v": 1}}, deliver_after=600)

@@ -101,6 +101,27 @@ async def test_the_seed_example_runs_both_jobs_to_success(client: Client) -> Non
     assert [(t.key, t.kind, t.status) for t in tasks] == [("send-event", "SEND_EVENT", "COMPLETED")]
 
 
+async def test_the_deepest_payload_and_output_the_server_takes_reach_the_worker_and_back(
+    client: Client,
+) -> None:
+    deepest: Any = "leaf"
+    for _ in range(30):
+        deepest = {"k": deepest}
+
+    @client.define_job(id="deep", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        # The output comes back in the task's result and in the cached tasks of a replay.
+        echoed = await io.run_task("echo", lambda: payload)
+        await io.wait("nap", 0)
+        return echoed == payload == deepest
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("deep", deepest)
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS" and done.output is True, done.error
+
+
 async def test_a_failed_task_is_retried_after_its_backoff(client: Client, clock: FakeClock) -> None:
     calls: list[int] = []
 

@@ -100,6 +100,24 @@ def test_non_json_values_are_refused_with_their_path(
         convert.to_value(obj, what="payload")
 
 
+def nested(levels: int, leaf: Any = 1) -> Any:
+    """Objects and arrays, alternating, `levels` deep."""
+    value = leaf
+    for level in range(levels):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
+def test_values_nest_at_most_as_deep_as_the_server_decodes() -> None:
+    deepest = nested(convert.MAX_JSON_DEPTH)
+    assert convert.from_value(convert.to_value(deepest)) == deepest
+    for too_deep in ({"a": nested(convert.MAX_JSON_DEPTH)}, [nested(convert.MAX_JSON_DEPTH)]):
+        with pytest.raises(ValueError, match=r"payload.*nests objects and arrays more than 30"):
+            convert.to_value(too_deep, what="payload")
+    with pytest.raises(ValueError, match="more than 30"):  # not a RecursionError
+        convert.to_value(nested(5000), what="payload")
+
+
 def test_struct_round_trip_and_refusal_of_non_objects() -> None:
     obj = {"status": {"$in": ["a", "b"]}, "n": {"$gt": 3}}
     assert convert.from_struct(convert.to_struct(obj)) == obj

@@ -33,6 +33,9 @@ from tripwire.v1 import event_pb2, event_service_pb2, job_pb2, run_pb2
 
 #: The largest integer a JSON number (a double) holds exactly.
 MAX_SAFE_INTEGER = 2**53
+#: How deep objects and arrays may nest in one value (the server's limit: protobuf
+#: decodes at most 100 message levels, and an object costs three).
+MAX_JSON_DEPTH = 30
 
 _NULL = struct_pb2.NULL_VALUE
 
@@ -49,7 +52,7 @@ class _BadValue(Exception):
         self.path: list[str] = []
 
 
-def _fill(target: struct_pb2.Value, obj: object) -> None:
+def _fill(target: struct_pb2.Value, obj: object, depth: int = 0) -> None:
     # Most frequent kinds first.
     if isinstance(obj, str):
         target.string_value = obj
@@ -68,14 +71,16 @@ def _fill(target: struct_pb2.Value, obj: object) -> None:
     elif isinstance(obj, dict) or (isinstance(obj, Mapping) and not isinstance(obj, (list, tuple))):
         struct = target.struct_value
         struct.SetInParent()  # an empty dict must still select struct_value
-        _fill_struct(struct, obj)
+        _fill_struct(struct, obj, depth)
     elif isinstance(obj, (list, tuple)):
+        if depth == MAX_JSON_DEPTH:
+            raise _BadValue(ValueError, _TOO_DEEP)
         values = target.list_value
         values.SetInParent()
         add = values.values.add
         for index, item in enumerate(obj):
             try:
-                _fill(add(), item)
+                _fill(add(), item, depth + 1)
             except _BadValue as bad:
                 bad.path.append(f"[{index}]")
                 raise
@@ -83,13 +88,18 @@ def _fill(target: struct_pb2.Value, obj: object) -> None:
         raise _BadValue(TypeError, f"{type(obj).__name__} is not a JSON value")
 
 
-def _fill_struct(struct: struct_pb2.Struct, obj: Mapping[Any, Any]) -> None:
+_TOO_DEEP = f"nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"
+
+
+def _fill_struct(struct: struct_pb2.Struct, obj: Mapping[Any, Any], depth: int = 0) -> None:
+    if depth == MAX_JSON_DEPTH:
+        raise _BadValue(ValueError, _TOO_DEEP)
     fields = struct.fields
     for key, item in obj.items():
         if type(key) is not str:
             raise _BadValue(TypeError, f"object keys must be strings, got {key!r}")
         try:
-            _fill(fields[key], item)
+            _fill(fields[key], item, depth + 1)
         except _BadValue as bad:
             bad.path.append(f".{key}")
             raise

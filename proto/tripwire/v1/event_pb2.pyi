@@ -76,7 +76,9 @@ class EventInput(_message.Message):
     """
     @_builtins.property
     def payload(self) -> _struct_pb2.Value:
-        """Any JSON. Absent or null is stored as {}."""
+        """Any JSON. Absent or null is stored as {}. Objects and arrays nest at most
+        30 levels deep (INVALID_ARGUMENT beyond), as in every JSON value here.
+        """
 
     @_builtins.property
     def context(self) -> _struct_pb2.Value:

@@ -14,15 +14,25 @@ from ..matching import Verdict
 from ..models import Event, Job, LogEntry, Run, Task
 
 _SAFE_INT = 2**53
+# Objects and arrays inside one JSON value. Each object costs three message levels
+# (Value, Struct, map entry), and protobuf decodes no more than 100: a deeper value
+# could be stored but never sent back, to a worker least of all.
+MAX_JSON_DEPTH = 30
 
 
-def value_to_py(value: struct_pb2.Value, field: str) -> Any:
+def value_to_py(value: struct_pb2.Value, field: str, depth: int = 0) -> Any:
     """`field` names the value in the error a number JSON cannot carry gets."""
     kind = value.WhichOneof("kind")
     if kind == "struct_value":
-        return {k: value_to_py(v, field) for k, v in value.struct_value.fields.items()}
+        if depth == MAX_JSON_DEPTH:
+            raise _too_deep(field)
+        depth += 1
+        return {k: value_to_py(v, field, depth) for k, v in value.struct_value.fields.items()}
     if kind == "list_value":
-        return [value_to_py(v, field) for v in value.list_value.values]
+        if depth == MAX_JSON_DEPTH:
+            raise _too_deep(field)
+        depth += 1
+        return [value_to_py(v, field, depth) for v in value.list_value.values]
     if kind == "string_value":
         return value.string_value
     if kind == "number_value":
@@ -38,8 +48,14 @@ def value_to_py(value: struct_pb2.Value, field: str) -> Any:
     return None
 
 
+def _too_deep(field: str) -> InvalidArgument:
+    return InvalidArgument(
+        field, f"nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"
+    )
+
+
 def struct_to_py(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
-    return {k: value_to_py(v, field) for k, v in struct.fields.items()}
+    return {k: value_to_py(v, field, 1) for k, v in struct.fields.items()}
 
 
 def py_to_value(obj: Any, out: struct_pb2.Value) -> None:
