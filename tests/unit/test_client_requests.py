@@ -118,6 +118,22 @@ def test_list_filters() -> None:
         _requests.list_runs(status="DONE")
 
 
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: _requests.list_events(page_size=-1),
+        lambda: _requests.list_runs(page_size=-1),
+        lambda: _requests.list_jobs(page_size=-1),
+        lambda: _requests.get_job("j", 5),
+        lambda: _requests.set_job_enabled("j", True, 5),
+        lambda: _requests.set_job_enabled("j", "yes", None),
+    ],
+)
+def test_a_bad_argument_of_any_call_is_invalid_argument(build: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        build()
+
+
 def test_register_job_request() -> None:
     call = _requests.register_job(
         "welcome",

@@ -239,7 +239,8 @@ def _job_reply(reply: Any) -> Job:
 
 
 def get_job(id: str, version: str | None) -> Call[Job]:
-    request = job_service_pb2.GetJobRequest(id=_id(id, "job id"), version=version or "")
+    with _arguments():
+        request = job_service_pb2.GetJobRequest(id=_id(id, "job id"), version=version or "")
     return Call("jobs", "GetJob", request, _job_with_versions, idempotent=True)
 
 
@@ -249,9 +250,10 @@ def _job_with_versions(reply: Any) -> Job:
 
 def list_jobs(**page: Unpack[PageOptions]) -> Call[Page[Job]]:
     _known("list_jobs", page, PageOptions)
-    request = job_service_pb2.ListJobsRequest(
-        page_size=page.get("page_size") or 0, page_token=page.get("page_token") or ""
-    )
+    with _arguments():
+        request = job_service_pb2.ListJobsRequest(
+            page_size=page.get("page_size") or 0, page_token=page.get("page_token") or ""
+        )
     return Call("jobs", "ListJobs", request, _job_page, idempotent=True)
 
 
@@ -260,9 +262,10 @@ def _job_page(reply: Any) -> Page[Job]:
 
 
 def set_job_enabled(job_id: str, enabled: bool, version: str | None) -> Call[list[Job]]:
-    request = job_service_pb2.SetJobEnabledRequest(
-        job_id=_id(job_id, "job id"), enabled=enabled, version=version or ""
-    )
+    with _arguments():
+        request = job_service_pb2.SetJobEnabledRequest(
+            job_id=_id(job_id, "job id"), enabled=enabled, version=version or ""
+        )
     return Call("jobs", "SetJobEnabled", request, _jobs)
 
 
