@@ -143,5 +143,25 @@ def retry_delay(idempotent: bool, error: TripwireError, attempt: int) -> float |
     """
     if not idempotent or not isinstance(error, Unavailable) or attempt + 1 >= RETRY_ATTEMPTS:
         return None
+    return _backoff(attempt)
+
+
+def rewatch_delay(
+    error: TripwireError, attempt: int, *, watched: bool, resume: bool
+) -> float | None:
+    """Seconds to wait before watching a run again after ``error``, or None to give up.
+
+    Opening a watch is retried as any idempotent call. Once a watch has delivered
+    updates, watching again would repeat them, so it is not, unless the caller only
+    wants the run's latest state (``resume``): then an UNAVAILABLE server (one that
+    restarts, say) is watched again for as long as the caller waits."""
+    if not watched:
+        return retry_delay(True, error, attempt)
+    if not resume or not isinstance(error, Unavailable):
+        return None
+    return _backoff(attempt)
+
+
+def _backoff(attempt: int) -> float:
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0**attempt)
     return ceiling / 2 + random.random() * ceiling / 2

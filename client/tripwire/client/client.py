@@ -34,6 +34,7 @@ from tripwire.client._channel import (
     open_async,
     open_sync,
     retry_delay,
+    rewatch_delay,
 )
 from tripwire.client._requests import Call
 from tripwire.client.errors import from_rpc_error
@@ -200,24 +201,26 @@ class AsyncClient(ClientBase):
     async def _watch(
         self,
         request: Any,
-        timeout: float | None,  # noqa: ASYNC109 (the stream's gRPC deadline)
+        timeout: float | None,  # noqa: ASYNC109 (the whole watch's deadline)
+        *,
+        resume: bool = False,
     ) -> AsyncGenerator[RunUpdate, None]:
-        attempt, received = 0, False
+        attempt, watched = 0, False
+        end = None if timeout is None else time.monotonic() + timeout
         while True:
             stream = self._live_stubs().runs.WatchRun(
-                request, timeout=timeout, metadata=self._settings.metadata
+                request, timeout=_time_left(end), metadata=self._settings.metadata
             )
             try:
                 async for reply in stream:
-                    received = True
+                    watched, attempt = True, 0
                     update = _requests.watch_update(reply)
                     if update is not None:
                         yield update
                 return
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-                # Re-watching would repeat what was already yielded: only retry the opening.
-                delay = None if received else retry_delay(True, error, attempt)
+                delay = rewatch_delay(error, attempt, watched=watched, resume=resume)
                 if delay is None:
                     raise error from exc
             finally:
@@ -234,13 +237,19 @@ class AsyncClient(ClientBase):
     ) -> Run:
         wanted = _requests.run_statuses(statuses)
         last: Run | None = None
-        async with aclosing(self._watch(_requests.watch_run(id), timeout)) as updates:
+        watch = self._watch(_requests.watch_run(id), timeout, resume=True)
+        async with aclosing(watch) as updates:
             async for update in updates:
                 if isinstance(update, Run):
                     last = update
                     if update.status in wanted:
                         return update
         raise _requests.wait_ended(id, last, wanted)
+
+
+def _time_left(end: float | None) -> float | None:
+    """The gRPC deadline of the next stream of a watch that must be over by ``end``."""
+    return None if end is None else max(end - time.monotonic(), 0.0)
 
 
 class Client(ClientBase):
@@ -410,22 +419,25 @@ class Client(ClientBase):
         ``timeout`` bounds the whole watch (none by default)."""
         return self._watch(_requests.watch_run(id), timeout)
 
-    def _watch(self, request: Any, timeout: float | None) -> Generator[RunUpdate, None, None]:
-        attempt, received = 0, False
+    def _watch(
+        self, request: Any, timeout: float | None, *, resume: bool = False
+    ) -> Generator[RunUpdate, None, None]:
+        attempt, watched = 0, False
+        end = None if timeout is None else time.monotonic() + timeout
         while True:
             stream = self._live_stubs().runs.WatchRun(
-                request, timeout=timeout, metadata=self._settings.metadata
+                request, timeout=_time_left(end), metadata=self._settings.metadata
             )
             try:
                 for reply in stream:
-                    received = True
+                    watched, attempt = True, 0
                     update = _requests.watch_update(reply)
                     if update is not None:
                         yield update
                 return
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-                delay = None if received else retry_delay(True, error, attempt)
+                delay = rewatch_delay(error, attempt, watched=watched, resume=resume)
                 if delay is None:
                     raise error from exc
             finally:
@@ -442,10 +454,11 @@ class Client(ClientBase):
     ) -> Run:
         """The run as soon as its status is one of ``statuses`` (default: finished).
         DeadlineExceeded after ``timeout`` seconds; FailedPrecondition if the run
-        finishes in another status."""
+        finishes in another status. A server that goes away meanwhile (a restart) is
+        watched again, with backoff, for as long as the wait lasts."""
         wanted = _requests.run_statuses(statuses)
         last: Run | None = None
-        with closing(self._watch(_requests.watch_run(id), timeout)) as updates:
+        with closing(self._watch(_requests.watch_run(id), timeout, resume=True)) as updates:
             for update in updates:
                 if isinstance(update, Run):
                     last = update
