@@ -1122,6 +1122,97 @@ async def test_a_run_over_its_max_duration_times_out_on_the_real_clock(
             await worker.close()
 
 
+async def test_numbers_past_what_the_store_holds_are_invalid_arguments(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    too_big = str(2**64 - 1)  # a uint64 on the wire; SQLite stops at 2**63 - 1
+    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": too_big, "message": "m"}})
+    rejected = await worker.expect("rejected")
+    assert rejected["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert rejected["message"].startswith("log.seq: must be 1 to")
+    started = await worker.task(run, "k", retry={"limit": 3})
+    body = {
+        "requestId": "c",
+        "runId": run["id"],
+        "attempt": 1,
+        "taskId": started["task"]["id"],
+        "error": {"type": "E", "message": "boom"},
+        "nextTryOffset": too_big,
+    }
+    worker.send({"taskComplete": body})
+    rejected = await worker.expect("rejected")
+    assert rejected["message"].startswith("task_complete.next_try_offset: must be at most")
+    got = js(await conn.runs.GetRun(rn.GetRunRequest(id=run["id"])))
+    assert got["tasks"][0]["status"] == "TASK_STATUS_RUNNING" and "logs" not in got
+
+
+async def test_task_keys_and_names_are_bounded(conn: Stubs, worker: RawWorker) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    for field, extra in (("key", {"key": "k" * 1025}), ("name", {"key": "k", "name": "n" * 1025})):
+        worker.send(
+            {"task": {"requestId": field, "runId": run["id"], "attempt": 1, "kind": 1, **extra}}
+        )
+        rejected = await worker.expect("rejected")
+        assert rejected["requestId"] == field
+        assert rejected["message"] == f"task.{field}: is longer than 1024 characters"
+    assert "tasks" not in js(await conn.runs.GetRun(rn.GetRunRequest(id=run["id"])))
+    started = await worker.task(run, "k" * 1024)  # the longest is fine
+    assert started["task"]["status"] == "TASK_STATUS_RUNNING"
+
+
+async def test_a_task_inside_another_names_a_run_task_of_the_same_run(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])], capacity=2)
+    await send(conn, "x")
+    await send(conn, "x")
+    run, other = (await worker.run_request())["run"], (await worker.run_request())["run"]
+    elsewhere = (await worker.task(other, "outer"))["task"]["id"]
+    sent = await worker.task(run, "tell", "TASK_KIND_SEND_EVENT", params={"event": {"name": "y"}})
+    assert sent["task"]["status"] == "TASK_STATUS_COMPLETED"
+    for parent, says in (
+        ("task_nowhere", "no task 'task_nowhere' in this run"),
+        (elsewhere, f"no task {elsewhere!r} in this run"),
+        (sent["task"]["id"], "is SEND_EVENT: only a RUN task's function opens tasks inside it"),
+    ):
+        worker.send(
+            {
+                "task": {
+                    "requestId": "inner",
+                    "runId": run["id"],
+                    "attempt": run["attempt"],
+                    "key": "inner",
+                    "kind": "TASK_KIND_RUN",
+                    "parentId": parent,
+                }
+            }
+        )
+        rejected = await worker.expect("rejected")
+        assert rejected["message"].startswith("task.parent_id: ") and says in rejected["message"]
+    tasks = js(await conn.runs.GetRun(rn.GetRunRequest(id=run["id"])))["tasks"]
+    assert [t["key"] for t in tasks] == ["tell"]
+
+
+async def test_a_long_bad_value_in_hello_still_ends_the_stream_invalid_argument(
+    conn: Stubs,
+) -> None:
+    bad = RawWorker(conn.workers)
+    bad.call = conn.workers.RunJob(bad._requests())
+    bad.send({"hello": {"workerId": "w", "capacity": 1, "jobs": [job("j", ["x"], "x" * 40000)]}})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await bad.call.read()
+    await bad.close()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details() or ""
+    assert details.startswith("hello.jobs[0].version") and details.endswith(" … (cut)")
+    assert len(details.encode()) <= 4000
+
+
 async def test_runs_of_a_gone_worker_are_requeued_even_if_the_store_fails_once(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

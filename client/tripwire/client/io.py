@@ -186,9 +186,16 @@ def error_info(exc: BaseException) -> run_pb2.ErrorInfo:
 # -- task specs ------------------------------------------------------------------------
 
 
-def _key(key: str) -> str:
+#: The longest cache key, or task name, the server takes (both come back with every
+#: replay of the run).
+MAX_KEY_LENGTH = 1024
+
+
+def _key(key: str, what: str = "a cache key") -> str:
     if not isinstance(key, str) or not key:
-        raise TypeError(f"a cache key is a non-empty string, got {key!r}")
+        raise TypeError(f"{what} is a non-empty string, got {key!r}")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"{what} is at most {MAX_KEY_LENGTH} characters, got {len(key)}")
     return key
 
 
@@ -196,7 +203,7 @@ def run_spec(key: str, name: str | None, retry: Mapping[str, Any] | None, params
     return TaskSpec(
         kind=run_pb2.TASK_KIND_RUN,
         key=_key(key),
-        name=name or key,
+        name=_key(name, "a task name") if name else key,
         params=None if params is None else json_value(params, what="params"),
         retry=None if retry is None else convert.retry_to_pb(retry),
     )

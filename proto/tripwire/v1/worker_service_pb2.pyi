@@ -311,12 +311,16 @@ class TaskRequest(_message.Message):
     run_id: _builtins.str
     attempt: _builtins.int
     key: _builtins.str
-    """Cache key, unique within one execution of the run."""
+    """Cache key, unique within one execution of the run; at most 1,024
+    characters.
+    """
     parent_id: _builtins.str
-    """Enclosing task id, "" at top level."""
+    """Enclosing task id, "" at top level: a RUN task of this run, or the
+    request is rejected naming task.parent_id.
+    """
     kind: _run_pb2.TaskKind.ValueType
     name: _builtins.str
-    """Display name."""
+    """Display name; at most 1,024 characters. Absent: the key."""
     @_builtins.property
     def params(self) -> _struct_pb2.Value:
         """SEND_EVENT: {"event": EventInput JSON, "options": SendEventOptions JSON};
@@ -380,7 +384,7 @@ class TaskComplete(_message.Message):
     """With `error`: if the task is retried, stored as `Task.try_offset`, which
     the later tries (and every replay) get back. For log numbering (see 5.):
     the Python SDK sends how many boundaries the tries so far crossed from
-    the task's open on, plus one.
+    the task's open on, plus one. At most 2^63 - 1.
     """
     @_builtins.property
     def output(self) -> _struct_pb2.Value: ...
@@ -449,7 +453,9 @@ class RunLog(_message.Message):
     run_id: _builtins.str
     attempt: _builtins.int
     seq: _builtins.int
-    """Stored once per run: a replay sending the same seq adds nothing (see 5.)."""
+    """Stored once per run: a replay sending the same seq adds nothing (see 5.).
+    1 to 2^63 - 1.
+    """
     level: _job_pb2.LogLevel.ValueType
     message: _builtins.str
     """message and data together within the payload limit, and data without

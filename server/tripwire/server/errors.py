@@ -7,6 +7,9 @@ else in the server knows about gRPC codes.
 
 from __future__ import annotations
 
+# Kept well under the 8 KiB gRPC allows a status message.
+MAX_MESSAGE_BYTES = 4000
+
 
 class TripwireError(Exception):
     """Internal error."""
@@ -16,7 +19,13 @@ class TripwireError(Exception):
 
     @property
     def message(self) -> str:
-        return str(self.args[0])
+        """The message, cut to MAX_MESSAGE_BYTES: it may quote a bad value at length,
+        and gRPC ends a call whose status message is over 8 KiB with another error."""
+        text = str(self.args[0])
+        encoded = text.encode(errors="replace")
+        if len(encoded) <= MAX_MESSAGE_BYTES:
+            return text
+        return encoded[: MAX_MESSAGE_BYTES - 20].decode(errors="ignore") + " … (cut)"
 
 
 class InvalidArgument(TripwireError):

@@ -9,6 +9,10 @@ from .models import Run, Task
 
 # v2's logger order: a job at level L records messages whose level ranks <= L.
 LOG_RANK = {"LOG": 0, "ERROR": 1, "WARN": 2, "INFO": 3, "DEBUG": 4}
+# A task's cache key and name are sent back with every replay of its run.
+MAX_TASK_KEY_LENGTH = 1024
+# The largest number SQLite stores (the protocol's uint64 fields go higher).
+MAX_STORED_INT = 2**63 - 1
 
 
 def idempotency_key(run_id: str, parent_id: str, key: str) -> str:

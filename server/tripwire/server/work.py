@@ -19,7 +19,7 @@ from .events import (
 from .jobs import JobService, retry_policy
 from .matching import JobIndex
 from .models import Job, LogEntry, Run, TaskAsk, TaskKind
-from .tasks import LOG_RANK, TaskOutcome, idempotency_key
+from .tasks import LOG_RANK, MAX_STORED_INT, MAX_TASK_KEY_LENGTH, TaskOutcome, idempotency_key
 
 if TYPE_CHECKING:
     from .store import Store
@@ -127,6 +127,11 @@ class WorkService:
     def _validate(self, env: str, run_id: str, asked: TaskInput) -> TaskAsk:
         if not asked.key:
             raise InvalidArgument("task.key", "is required: every io call needs a cache key")
+        for field_name, value in (("key", asked.key), ("name", asked.name)):
+            if len(value) > MAX_TASK_KEY_LENGTH:
+                raise InvalidArgument(
+                    f"task.{field_name}", f"is longer than {MAX_TASK_KEY_LENGTH} characters"
+                )
         try:
             kind = TaskKind(asked.kind)
         except ValueError:
@@ -201,6 +206,10 @@ class WorkService:
         `next_try_offset`: the worker's, kept with the task for its next try."""
         if not task_id:
             raise InvalidArgument("task_complete.task_id", "is required")
+        if next_try_offset > MAX_STORED_INT:
+            raise InvalidArgument(
+                "task_complete.next_try_offset", f"must be at most {MAX_STORED_INT}"
+            )
         limit = self.limits.max_payload_bytes
         if size > limit and error is not None:
             error = cut_error(error, size, limit, "task error")
@@ -232,8 +241,8 @@ class WorkService:
         size: int = 0,
     ) -> None:
         """`size`: the wire size of message and data."""
-        if seq < 1:
-            raise InvalidArgument("log.seq", "must be 1 or more")
+        if not 1 <= seq <= MAX_STORED_INT:
+            raise InvalidArgument("log.seq", f"must be 1 to {MAX_STORED_INT}")
         if size > self.limits.max_payload_bytes:
             raise InvalidArgument(
                 "log",

@@ -213,6 +213,18 @@ class WorkOps:
     ) -> TaskOutcome:
         conn = tx.conn
         run = self._fenced(conn, env, run_id, attempt)
+        if ask.parent_id:
+            parent = conn.execute(
+                "SELECT kind FROM tasks WHERE id = ? AND run_id = ?", (ask.parent_id, run_id)
+            ).fetchone()
+            if parent is None:
+                raise InvalidArgument("task.parent_id", f"no task {ask.parent_id!r} in this run")
+            if parent[0] != TaskKind.RUN.value:
+                raise InvalidArgument(
+                    "task.parent_id",
+                    f"task {ask.parent_id!r} is {parent[0]}: only a RUN task's function "
+                    "opens tasks inside it",
+                )
         idem = task_rules.idempotency_key(run_id, ask.parent_id, ask.key)
         row = conn.execute(
             f"SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ? AND idempotency_key = ?",
