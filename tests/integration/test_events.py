@@ -98,8 +98,14 @@ async def test_bad_events_name_the_field(
 
 
 @pytest.mark.parametrize("field", ["timestamp", "deliver_at"])
-async def test_times_outside_the_timestamp_range_name_the_field(stubs: Stubs, field: str) -> None:
-    far = Timestamp(seconds=10**17)
+@pytest.mark.parametrize(
+    "far",
+    [Timestamp(seconds=10**17), Timestamp(seconds=1, nanos=-1), Timestamp(nanos=10**9)],
+    ids=["seconds", "negative nanos", "nanos of a whole second"],
+)
+async def test_times_outside_the_timestamp_range_name_the_field(
+    stubs: Stubs, field: str, far: Timestamp
+) -> None:
     request = ev.SendEventRequest(event=event_pb2.EventInput(name="x"))
     if field == "timestamp":
         request.event.timestamp.CopyFrom(far)
@@ -110,6 +116,30 @@ async def test_times_outside_the_timestamp_range_name_the_field(stubs: Stubs, fi
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     where = "event.timestamp" if field == "timestamp" else "options.deliver_at"
     assert (err.value.details() or "").startswith(where)
+    assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
+
+
+async def test_an_account_id_is_at_most_256_characters(stubs: Stubs) -> None:
+    await register(stubs, {"job": {"id": "inv", "version": "1.0.0", "trigger": {"invoke": {}}}})
+    long = "a" * 257
+    for call, field in (
+        (
+            stubs.events.SendEvent(
+                ev.SendEventRequest(
+                    event=event_pb2.EventInput(name="x"),
+                    options=event_pb2.SendEventOptions(account_id=long),
+                )
+            ),
+            "options.account_id",
+        ),
+        (stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="inv", account_id=long)), "account_id"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == f"{field}: is longer than 256 characters"
+    assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
+    assert js(await stubs.runs.ListRuns(rn.ListRunsRequest())) == {}
 
 
 @pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])

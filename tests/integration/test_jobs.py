@@ -150,6 +150,23 @@ from .test_events import register, send
             {"id": "j", "version": "1.0.0", "trigger": {"invoke": {}}, "retry": {"limit": 0}},
             "job.retry.limit",
         ),
+        ({"id": "j\n", "version": "1.0.0", "trigger": {"invoke": {}}}, "job.id"),
+        (
+            {"id": "j", "version": "1" * 4301 + ".0.0", "trigger": {"invoke": {}}},
+            "job.version: is longer than 256 characters",
+        ),
+        (
+            {"id": "j", "version": "1.0.0-" + "1" * 251, "trigger": {"invoke": {}}},
+            "job.version: is longer than 256 characters",
+        ),
+        (
+            {
+                "id": "j",
+                "version": "1.0.0",
+                "trigger": {"invoke": {"schema": {"description": "x" * 2_000_000}}},
+            },
+            "job: is 2000",
+        ),
     ],
 )
 async def test_register_job_rejects_bad_input_naming_the_path(

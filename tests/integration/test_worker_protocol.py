@@ -1203,14 +1203,28 @@ async def test_a_long_bad_value_in_hello_still_ends_the_stream_invalid_argument(
 ) -> None:
     bad = RawWorker(conn.workers)
     bad.call = conn.workers.RunJob(bad._requests())
-    bad.send({"hello": {"workerId": "w", "capacity": 1, "jobs": [job("j", ["x"], "x" * 40000)]}})
+    cron = {**job("j", []), "trigger": {"cron": {"cron": "x " * 20000}}}  # quoted in the error
+    bad.send({"hello": {"workerId": "w", "capacity": 1, "jobs": [cron]}})
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await bad.call.read()
     await bad.close()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = err.value.details() or ""
-    assert details.startswith("hello.jobs[0].version") and details.endswith(" … (cut)")
+    assert details.startswith("hello.jobs[0].trigger.cron.cron") and details.endswith(" … (cut)")
     assert len(details.encode()) <= 4000
+
+
+async def test_a_job_in_hello_is_within_the_payload_limit(conn: Stubs) -> None:
+    huge = job("j", ["x"], name="n" * 2_000_000)
+    bad = RawWorker(conn.workers)
+    bad.call = conn.workers.RunJob(bad._requests())
+    bad.send({"hello": {"workerId": "w", "capacity": 1, "jobs": [job("ok", ["x"]), huge]}})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await bad.call.read()
+    await bad.close()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("hello.jobs[1]: is 2000")
+    assert js(await conn.jobs.ListJobs(jb.ListJobsRequest())) == {}  # none of its jobs
 
 
 async def test_runs_of_a_gone_worker_are_requeued_even_if_the_store_fails_once(

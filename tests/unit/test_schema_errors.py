@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from tripwire.server import matching
+from tripwire.server.errors import InvalidArgument
 from tripwire.server.matching import (
     MAX_VALIDATION_ERRORS,
     MAX_VALIDATION_MESSAGE,
@@ -33,3 +36,41 @@ def test_only_the_first_errors_are_kept_and_the_rest_counted() -> None:
     errors = schema_errors(validator, list(range(100)))
     assert len(errors) == MAX_VALIDATION_ERRORS + 1
     assert errors[-1] == {"path": "...", "message": f"and {100 - MAX_VALIDATION_ERRORS} more"}
+
+
+def test_patterns_match_with_re2_whatever_the_text() -> None:
+    # `^(a+)+$` backtracks exponentially in Python's re (thirty a's and a "!" take half
+    # a minute); through RE2 every keyword that matches a pattern is linear.
+    schema = {
+        "properties": {"s": {"pattern": "^(a+)+$"}},
+        "patternProperties": {"^(x+)+$": {"type": "integer"}},
+        "additionalProperties": {"type": "string"},
+    }
+    validator = check_schema(schema, "schema")
+    matching._re2.cache_clear()
+    bad = "a" * 40 + "!"
+    assert schema_errors(validator, {"s": bad, "x" * 40 + "!": 1}) == (
+        {"path": "/s", "message": f"{bad!r} does not match '^(a+)+$'"},
+        {"path": "/" + "x" * 40 + "!", "message": "1 is not of type 'string'"},
+    )
+    assert schema_errors(validator, {"s": "aaa", "xx": 1, "other": "y"}) == ()
+    assert matching._re2.cache_info().currsize == 2  # both patterns went through RE2
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"),
+    [
+        ({"properties": {"s": {"pattern": "(a)\\1"}}}, "schema/properties/s/pattern"),
+        ({"patternProperties": {"^(?=x)": {}}}, "schema/patternProperties/^(?=x)"),
+        ({"items": {"pattern": "a(?!b)"}}, "schema/items/pattern"),
+    ],
+)
+def test_a_pattern_re2_cannot_run_is_refused_naming_it(schema: dict, path: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        check_schema(schema, "schema")
+    assert err.value.field == path
+    assert "backreferences and lookaround are not supported" in err.value.message
+
+
+def test_a_pattern_in_a_value_is_data_not_a_regular_expression() -> None:
+    check_schema({"const": {"pattern": "(a)\\1"}, "default": {"pattern": "(?=x)"}}, "schema")

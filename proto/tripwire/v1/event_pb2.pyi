@@ -120,7 +120,9 @@ class SendEventOptions(_message.Message):
     deliver_after: _builtins.int
     """Deliver this many whole seconds from now. Negative is INVALID_ARGUMENT."""
     account_id: _builtins.str
-    """An external account the event (and the runs it creates) belongs to."""
+    """An external account the event (and the runs it creates) belongs to; at
+    most 256 characters.
+    """
     @_builtins.property
     def deliver_at(self) -> _timestamp_pb2.Timestamp:
         """Deliver at this time. Wins over `deliver_after`. A time in the past means

@@ -47,7 +47,9 @@ Global___LogLevel: _TypeAlias = LogLevel  # noqa: Y015
 
 @_typing.final
 class Job(_message.Message):
-    """One registered version of a job."""
+    """One registered version of a job: at most the payload limit
+    (--max-payload-bytes) encoded, filters and schema included.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -71,10 +73,11 @@ class Job(_message.Message):
     name: _builtins.str
     """Human-readable name. Absent: the id."""
     version: _builtins.str
-    """Required. A semantic version (MAJOR.MINOR.PATCH[-pre][+build]), compared
-    as semver. The highest registered version is the one new events run (of
-    versions differing only in +build, the one registered last); a run stays
-    on the version it was created with.
+    """Required, at most 256 characters. A semantic version
+    (MAJOR.MINOR.PATCH[-pre][+build]), compared as semver. The highest
+    registered version is the one new events run (of versions differing only
+    in +build, the one registered last); a run stays on the version it was
+    created with.
     """
     enabled: _builtins.bool
     """Absent means true. A disabled latest version gets no new runs."""
@@ -203,7 +206,9 @@ class EventTrigger(_message.Message):
     @_builtins.property
     def schema(self) -> _struct_pb2.Struct:
         """JSON Schema (draft 2020-12). A payload that fails it creates a run with
-        status INVALID_PAYLOAD and its validation errors, never dispatched.
+        status INVALID_PAYLOAD and its validation errors, never dispatched. Its
+        regular expressions (pattern, patternProperties) are matched with RE2,
+        in linear time: backreferences and lookaround are INVALID_ARGUMENT.
         """
 
     def __init__(

@@ -24,7 +24,7 @@ from .retry import RetryPolicy
 if TYPE_CHECKING:
     from .store import Store
 
-SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 LOG_LEVELS = ("LOG", "ERROR", "WARN", "INFO", "DEBUG")
 TRIGGER_KINDS = ("event", "cron", "interval", "invoke")
 
@@ -33,7 +33,7 @@ def validate_job(job: Job, field: str = "job") -> None:
     """Raise InvalidArgument naming the first bad field; normalise defaults in place."""
     if not job.id:
         raise InvalidArgument(f"{field}.id", "is required")
-    if not SLUG.match(job.id):
+    if not SLUG.fullmatch(job.id):
         raise InvalidArgument(
             f"{field}.id",
             f"{job.id!r} is not a slug (lowercase letters, digits, '.', '_' and '-', "
@@ -142,6 +142,8 @@ class JobService:
             raise InvalidArgument("job_id", "is required")
         if len(key) > MAX_ID_LENGTH:  # it becomes the invoke event's id
             raise InvalidArgument("idempotency_key", f"is longer than {MAX_ID_LENGTH} characters")
+        if len(account_id) > MAX_ID_LENGTH:
+            raise InvalidArgument("account_id", f"is longer than {MAX_ID_LENGTH} characters")
         now = self.clock()
         draft = EventDraft(name="tripwire.invoke", payload=payload, context=context, id=key)
         event = prepare(

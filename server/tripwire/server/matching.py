@@ -10,11 +10,15 @@ the new job: an event or an invoke stored after a disable never runs it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema._keywords
+import jsonschema._utils
+import re2
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
@@ -24,6 +28,51 @@ from referencing.jsonschema import DRAFT202012
 from . import filters
 from .errors import InvalidArgument
 from .models import DEFAULT_SOURCE, Job, RunSpec
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+@functools.lru_cache(maxsize=1024)
+def _re2(pattern: str) -> Any:
+    return re2.compile(pattern, options=_RE2_OPTIONS)
+
+
+class _LinearRe:
+    """What jsonschema's keywords call as `re` (pattern, patternProperties and the
+    additional or unevaluated properties they decide): RE2, which matches in time
+    linear in the text, so that no schema can hold the event loop. Python's own `re`
+    backtracks: `^(a+)+$` against thirty a's and a "!" takes half a minute."""
+
+    @staticmethod
+    def search(pattern: str, string: str) -> Any:
+        return _re2(pattern).search(string)
+
+
+jsonschema._keywords.re = _LinearRe  # type: ignore[attr-defined]
+jsonschema._utils.re = _LinearRe  # type: ignore[attr-defined]
+# Values, not schemas: a "pattern" key inside them is data.
+_NOT_SCHEMAS = frozenset({"const", "enum", "default", "examples"})
+
+
+def _patterns(node: Any, path: str) -> list[tuple[str, str]]:
+    """Every regular expression of a schema (`pattern`, the keys of
+    `patternProperties`), with its JSON pointer."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _NOT_SCHEMAS:
+                continue
+            if key == "pattern" and isinstance(value, str):
+                found.append((f"{path}/{key}", value))
+                continue
+            if key == "patternProperties" and isinstance(value, dict):
+                found += [(f"{path}/{key}/{p}", p) for p in value]
+            found += _patterns(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _patterns(value, f"{path}/{i}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -48,6 +97,15 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
         raise InvalidArgument(
             f"{field}{'/' + where if where else ''}", f"not a valid JSON Schema: {exc.message}"
         ) from None
+    for path, pattern in _patterns(schema, ""):
+        try:
+            _re2(pattern)
+        except re2.error as exc:
+            raise InvalidArgument(
+                f"{field}{path}",
+                f"pattern {pattern!r} is not one tripwire can match in linear time "
+                f"({exc}): backreferences and lookaround are not supported",
+            ) from None
     refs = _refs(schema, "")
     for path, ref in refs:
         if not ref.startswith("#"):

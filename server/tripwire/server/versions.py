@@ -12,6 +12,9 @@ from functools import total_ordering
 
 from .errors import InvalidArgument
 
+# Long enough for any real version; it also keeps every number small enough to convert.
+MAX_VERSION_LENGTH = 256
+
 # The regular expression semver.org recommends, with names that match the fields below.
 _SEMVER = re.compile(
     r"(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
@@ -76,6 +79,8 @@ class Version:
 
 def parse(text: str, field: str) -> Version:
     """Parse `text` as a semver 2.0.0 version; `field` names it in the error."""
+    if len(text) > MAX_VERSION_LENGTH:
+        raise InvalidArgument(field, f"is longer than {MAX_VERSION_LENGTH} characters")
     m = _SEMVER.fullmatch(text)
     if m is None:
         raise InvalidArgument(

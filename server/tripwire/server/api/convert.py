@@ -88,7 +88,9 @@ def py_to_struct(obj: dict[str, Any], out: struct_pb2.Struct) -> None:
         py_to_value(item, out.fields[key])
 
 
-def ms(ts: timestamp_pb2.Timestamp) -> int:
+def ms(ts: timestamp_pb2.Timestamp, field: str) -> int:
+    if not 0 <= ts.nanos <= 999_999_999:
+        raise InvalidArgument(field, f"nanos {ts.nanos} is outside 0 to 999,999,999")
     return ts.seconds * 1000 + ts.nanos // 1_000_000
 
 
@@ -109,14 +111,14 @@ def draft(msg: event_pb2.EventInput, field: str) -> EventDraft:
         payload=value_to_py(msg.payload, f"{field}.payload") if msg.HasField("payload") else None,
         context=value_to_py(msg.context, f"{field}.context") if msg.HasField("context") else None,
         id=msg.id,
-        timestamp=ms(msg.timestamp) if msg.HasField("timestamp") else None,
+        timestamp=ms(msg.timestamp, f"{field}.timestamp") if msg.HasField("timestamp") else None,
         source=msg.source,
     )
 
 
 def options(msg: event_pb2.SendEventOptions) -> DeliveryOptions:
     return DeliveryOptions(
-        deliver_at=ms(msg.deliver_at) if msg.HasField("deliver_at") else None,
+        deliver_at=ms(msg.deliver_at, "options.deliver_at") if msg.HasField("deliver_at") else None,
         deliver_after=msg.deliver_after,
         account_id=msg.account_id,
     )

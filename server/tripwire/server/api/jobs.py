@@ -10,7 +10,7 @@ from tripwire.v1 import job_service_pb2_grpc
 from ..errors import InvalidArgument
 from ..jobs import JobService
 from . import convert
-from .rpc import Authenticator, check_payload_size, page_size, unary
+from .rpc import Authenticator, check_job_size, check_payload_size, page_size, unary
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -25,6 +25,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> pb.RegisterJobResponse:
         if not request.HasField("job"):
             raise InvalidArgument("job", "is required")
+        check_job_size(request.job, self.max_payload_bytes, "job")
         job = await self.jobs.register(env, convert.job_from_pb(request.job))
         reply = pb.RegisterJobResponse()
         convert.job_to_pb(job, reply.job)

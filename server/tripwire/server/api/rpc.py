@@ -100,6 +100,14 @@ def check_payload_size(message: Any, limit: int, field: str) -> None:
         )
 
 
+def check_job_size(job: Any, limit: int, field: str) -> None:
+    """A job version (its filters and schema, mostly) within the payload limit: it is
+    sent back whole by RegisterJob, GetJob and ListJobs."""
+    size = job.ByteSize()
+    if size > limit:
+        raise InvalidArgument(field, f"is {size} bytes, over the limit of {limit} bytes")
+
+
 def check_batch_size(size: int, limit: int, field: str) -> None:
     """`size`: the wire size of a batch's events. Their reply echoes them: a batch
     stored whose reply the client then refuses (most refuse over 4 MiB) would be

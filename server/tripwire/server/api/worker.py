@@ -30,7 +30,7 @@ from ..ids import new_event_id
 from ..models import Event, Job, Run, RunStatus, Task
 from ..work import TaskInput, WorkService
 from . import convert
-from .rpc import Authenticator, check_batch_size, check_payload_size, status_of
+from .rpc import Authenticator, check_batch_size, check_job_size, check_payload_size, status_of
 
 log = logging.getLogger(__name__)
 # Cached tasks travel in messages of about this size (v2 capped the whole body at 3.5 MB).
@@ -194,6 +194,7 @@ class WorkerStream:
         hello = first.hello
         jobs = []
         for i, message in enumerate(hello.jobs):
+            check_job_size(message, self.servicer.settings.max_payload_bytes, f"hello.jobs[{i}]")
             try:
                 jobs.append(convert.job_from_pb(message))
             except InvalidArgument as exc:  # named as in RegisterJob ("job.trigger...")
