@@ -578,8 +578,8 @@ async def test_drain_finishes_running_runs_then_closes_and_reconnects(make: Make
     await h.connect()
 
 
-async def test_drain_stops_what_is_still_running_at_the_deadline(make: Make) -> None:
-    stopped = asyncio.Event()
+def never_ending(stopped: asyncio.Event) -> Any:
+    """A handler that runs until it is stopped, and then sets ``stopped``."""
 
     async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
         try:
@@ -587,6 +587,12 @@ async def test_drain_stops_what_is_still_running_at_the_deadline(make: Make) -> 
         finally:
             stopped.set()
 
+    return handler
+
+
+async def test_drain_stops_what_is_still_running_at_the_deadline(make: Make) -> None:
+    stopped = asyncio.Event()
+    handler = never_ending(stopped)
     h = await make(job(handler))
     stream = await h.connect()
     stream.reply(run_request=run_request())
@@ -655,13 +661,7 @@ async def test_a_run_still_getting_its_cached_pages_when_the_drain_starts_runs(
 
 async def test_a_shutdown_after_a_longer_server_drain_keeps_its_own_timeout(make: Make) -> None:
     stopped = asyncio.Event()
-
-    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            stopped.set()
-
+    handler = never_ending(stopped)
     h = await make(job(handler), shutdown_timeout=0.2)
     stream = await h.connect()
     stream.reply(run_request=run_request())
