@@ -13,6 +13,8 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 from tripwire.client import Client
 from tripwire.server.app import Server
+from tripwire.server.dispatcher import Session
+from tripwire.server.models import Run, RunStatus
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
@@ -689,6 +691,47 @@ async def test_a_queue_load_is_heard_in_order_with_the_writes_queued_after_it(
     finally:
         fast.hub.listener = dispatcher
     assert heard == [("queued", [run["id"]]), ("released", [run["id"]])]
+
+
+async def test_a_queue_load_read_before_a_dispatch_from_memory_does_not_send_the_run_again(
+    conn: Stubs, fast: Server
+) -> None:
+    # The first worker arrives while a new event's run is being committed: the run
+    # is dispatched from memory when its commit is heard, after the worker's load
+    # of the queue was queued in the store. The load reads the run QUEUED (its
+    # claim comes after), and by the time the load is heard the worker may have
+    # finished the run. The snapshot is stale, and must not dispatch it again.
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
+    (sent,) = (await send(conn, "x"))["runs"]
+    dispatcher = fast.dispatcher
+    run = await fast.store.get_run("default", sent["id"])
+    assert run is not None and run.status is RunStatus.QUEUED
+
+    class Link:
+        def __init__(self) -> None:
+            self.started: list[tuple[str, int]] = []
+            self.stopped: list[tuple[str, int, bool]] = []
+
+        def start_run(self, run: Run, event: Any) -> None:
+            self.started.append((run.id, run.attempt))
+
+        def stop_run(self, run_id: str, attempt: int, reason: str, *, ended: bool) -> None:
+            self.stopped.append((run_id, attempt, ended))
+
+    link = Link()
+    session = Session("s", "default", "w", frozenset({("j", "1.0.0")}), 10, link)
+    dispatcher.add_session(session)  # starts the load
+    await asyncio.sleep(0)  # one step of the load's task: its read is queued
+    dispatcher.queued([run], {})  # the run's commit is heard: dispatched at once
+    assert link.started == [(run.id, 1)]
+    dispatcher.finished(run.id, 1)  # the worker already sent its result
+
+    async def loaded() -> bool:
+        return not dispatcher._loading
+
+    await eventually(loaded)
+    assert link.started == [(run.id, 1)]
+    assert dispatcher.remove_session(session) == []
 
 
 async def test_a_send_reply_shows_its_run_as_stored_though_a_worker_took_it_at_once(

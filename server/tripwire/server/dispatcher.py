@@ -77,6 +77,13 @@ class Dispatcher(RunListener):
         # Per job version with a worker: its QUEUED runs in order, by run id.
         self._queues: dict[Key, dict[str, _Queued]] = {}
         self._loading: set[asyncio.Task[None]] = set()
+        # Per job version whose queue is being loaded: the attempt last handed out
+        # of each run dispatched meanwhile. A load's snapshot, read in the store's
+        # order, can predate the claim of a run dispatched from memory (a new
+        # event's), which may even have finished by the time the snapshot comes;
+        # its older attempt says it is stale.
+        self._handed: dict[Key, dict[str, int]] = {}
+        self._loads: dict[Key, int] = {}  # loads in flight per job version
         self._sessions: dict[str, Session] = {}
         self._serving: dict[Key, list[Session]] = {}
         self._owner: dict[str, Session] = {}
@@ -102,6 +109,8 @@ class Dispatcher(RunListener):
             queue = self._queues.setdefault(key, {})
             if run.id in queue or run.id in self._owner:
                 continue
+            if run.attempt < self._handed.get(key, {}).get(run.id, 0):
+                continue  # a load's stale snapshot: this run has been dispatched since
             # A copy: the caller's run (e.g. in a SendEvent reply) is not ours to change.
             queued = replace(run)
             queue[run.id] = _Queued(queued, events.get((run.env, run.event_id)), run.attempt)
@@ -157,8 +166,17 @@ class Dispatcher(RunListener):
 
         task = asyncio.create_task(load())
         self._loading.add(task)
+        self._handed.setdefault(key, {})
+        self._loads[key] = self._loads.get(key, 0) + 1
 
-        task.add_done_callback(self._loading.discard)
+        def done(task: asyncio.Task[None]) -> None:
+            # After the snapshot came: it is delivered before the load's task resumes.
+            self._loading.discard(task)
+            self._loads[key] -= 1
+            if not self._loads[key]:
+                del self._loads[key], self._handed[key]
+
+        task.add_done_callback(done)
 
     def remove_session(self, session: Session) -> list[tuple[str, int]]:
         """Forget a session; returns the (run id, attempt) pairs it still held."""
@@ -255,6 +273,9 @@ class Dispatcher(RunListener):
         session.running[run.id] = run.attempt
         self._owner[run.id] = session
         self._job_of[run.id] = run.job_id
+        handed = self._handed.get((run.env, run.job_id, run.job_version))
+        if handed is not None:
+            handed[run.id] = run.attempt
         job = (run.env, run.job_id)
         self._executing[job] = self._executing.get(job, 0) + 1
         self.idle.clear()
