@@ -24,6 +24,7 @@ class RawWorker:
         self.ended = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
         self.held: list[pb.RunJobResponse] = []
+        self.batches: list[int] = []  # the size of each batch received, unpacked
 
     async def _requests(self) -> AsyncIterator[pb.RunJobRequest]:
         while True:
@@ -38,10 +39,12 @@ class RawWorker:
         capacity: int = 10,
         worker_id: str = "w1",
         metadata: Any = (),
+        accepts_batches: bool = False,
     ) -> dict[str, Any]:
         self.call = self.stub.RunJob(self._requests(), metadata=metadata)
         self._reader = asyncio.create_task(self._read())
-        self.send({"hello": {"workerId": worker_id, "jobs": jobs, "capacity": capacity}})
+        hello = {"workerId": worker_id, "jobs": jobs, "capacity": capacity}
+        self.send({"hello": {**hello, "acceptsBatches": accepts_batches}})
         welcome = await self.expect("welcome")
         self._heartbeat = asyncio.create_task(self._beat(welcome["heartbeatIntervalMs"] / 1000))
         return welcome
@@ -62,7 +65,12 @@ class RawWorker:
     async def _read(self) -> None:
         try:
             async for msg in self.call:
-                self.incoming.put_nowait(msg)
+                if msg.HasField("batch"):
+                    self.batches.append(len(msg.batch.messages))
+                    for inner in msg.batch.messages:
+                        self.incoming.put_nowait(inner)
+                else:
+                    self.incoming.put_nowait(msg)
         except BaseException as exc:  # recorded for the test to inspect
             self.error = exc
         finally:

@@ -1434,3 +1434,72 @@ async def test_a_dispatch_that_cannot_be_prepared_goes_back_to_the_queue_even_if
     assert prepare.failed and requeue.failed
     worker.result(again, output="done")
     await run_status(conn, queued["id"], "SUCCESS")
+
+
+# -- batches (protocol step 11) ---------------------------------------------------------
+
+
+async def flood(conn: Stubs, worker: RawWorker, count: int) -> list[str]:
+    """Send `count` events at once; returns the ids of the run requests the worker got."""
+    events = [{"name": "x", "payload": {"i": i}} for i in range(count)]
+    reply = await conn.events.SendEvents(req(ev.SendEventsRequest, {"events": events}))
+    sent = [run.id for event in reply.events for run in event.runs]
+    got = [(await worker.run_request())["run"]["id"] for _ in sent]
+    assert sorted(got) == sorted(sent)
+    return got
+
+
+async def test_a_worker_that_reads_batches_gets_the_replies_that_piled_up_as_one(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    welcome = await worker.connect([job("j", ["x"])], capacity=50, accepts_batches=True)
+    assert welcome["acceptsBatches"] is True
+    await flood(conn, worker, 50)  # dispatched together: they pile up in the outbox
+    assert worker.batches and max(worker.batches) > 1
+    assert sum(worker.batches) <= 50
+
+
+async def test_a_worker_that_does_not_ask_for_batches_never_gets_one(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])], capacity=50)
+    await flood(conn, worker, 50)
+    assert worker.batches == []
+
+
+async def test_a_batch_from_a_worker_is_applied_message_by_message_in_order(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    where = {"runId": run["id"], "attempt": run["attempt"]}
+    worker.send(
+        {
+            "batch": {
+                "messages": [
+                    {"log": {**where, "seq": 1, "message": "first"}},
+                    {"heartbeat": {}},
+                    {"log": {**where, "seq": 2, "message": "second"}},
+                    {"runResult": {**where, "output": "done"}},  # after the lines
+                ]
+            }
+        }
+    )
+    ended = await run_status(conn, run["id"], "SUCCESS")
+    assert [line["message"] for line in ended["logs"]] == ["first", "second"]
+    assert ended["run"]["output"] == "done"
+
+
+@pytest.mark.parametrize("inner", [{"batch": {}}, {"hello": {"workerId": "w2", "capacity": 1}}])
+async def test_a_batch_holding_a_batch_or_a_hello_has_that_message_rejected(
+    conn: Stubs, worker: RawWorker, inner: dict[str, Any]
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    worker.send({"batch": {"messages": [{"heartbeat": {}}, inner]}})
+    rejected = await worker.expect("rejected")
+    kind = next(iter(inner))
+    assert rejected["message"] == f"batch.messages[1]: a batch cannot hold a {kind}"
+    assert rejected["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    await send(conn, "x")  # the stream goes on
+    assert (await worker.run_request())["run"]["attempt"] == 1

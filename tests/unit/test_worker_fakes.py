@@ -92,6 +92,7 @@ class FakeStream:
     def __init__(self, requests: AsyncIterator[Request], auto_end: bool = True) -> None:
         self.received: asyncio.Queue[Request] = asyncio.Queue()
         self.log: list[Request] = []
+        self.batches: list[int] = []  # the size of each batch received, unpacked
         self.half_closed = asyncio.Event()
         self.cancelled = False
         self._replies: asyncio.Queue[Any] = asyncio.Queue()
@@ -101,7 +102,12 @@ class FakeStream:
     async def _consume(self, requests: AsyncIterator[Request]) -> None:
         async for message in requests:
             self.log.append(message)
-            self.received.put_nowait(message)
+            if message.HasField("batch"):
+                self.batches.append(len(message.batch.messages))
+                for inner in message.batch.messages:
+                    self.received.put_nowait(inner)
+            else:
+                self.received.put_nowait(message)
         self.half_closed.set()
         if self._auto_end:  # as the server does when the worker half-closes
             self.end()
@@ -124,10 +130,19 @@ class FakeStream:
     def reply(self, **fields: Any) -> None:
         self._replies.put_nowait(Response(**fields))
 
-    def welcome(self, heartbeat_interval_ms: int = 600_000, lease_ms: int = 1_800_000) -> None:
+    def welcome(
+        self,
+        heartbeat_interval_ms: int = 600_000,
+        lease_ms: int = 1_800_000,
+        *,
+        accepts_batches: bool = False,
+    ) -> None:
         self.reply(
             welcome=worker_service_pb2.Welcome(
-                session_id="s1", heartbeat_interval_ms=heartbeat_interval_ms, lease_ms=lease_ms
+                session_id="s1",
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                lease_ms=lease_ms,
+                accepts_batches=accepts_batches,
             )
         )
 

@@ -494,6 +494,26 @@ async def test_a_sync_handler_runs_in_a_worker_thread(make: Make) -> None:
     assert output == {"other_thread": True, "task_thread": name}
 
 
+async def test_batches_from_the_server_are_read_and_answered_once_the_welcome_allows(
+    make: Make,
+) -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        return ctx.run.id
+
+    h = await make(job(handler), capacity=3)
+    stream = await h.server.next_stream()
+    assert (await stream.expect("hello")).accepts_batches
+    stream.welcome(accepts_batches=True)
+    await within(h.worker.wait_connected())
+    requests = [run_request(f"run_{i}") for i in range(3)]
+    batch = worker_service_pb2.RunJobResponseBatch()
+    for request in requests:
+        batch.messages.add().run_request.CopyFrom(request)
+    stream.reply(batch=batch)
+    results = [await stream.expect("run_result") for _ in requests]
+    assert sorted(from_value(r.output) for r in results) == ["run_0", "run_1", "run_2"]
+
+
 async def test_heartbeats_follow_the_welcome_interval(make: Make) -> None:
     h = await make(job(lambda payload, io, ctx: None))
     stream = await h.server.next_stream()

@@ -61,6 +61,8 @@ _DEFAULT_HEARTBEAT = 10.0
 _DEFAULT_LEASE = 30.0
 # After half-closing, how long the server has to end the stream.
 _CLOSE_TIMEOUT = 5.0
+# Requests waiting together go as one batch of at most about this many bytes.
+BATCH_BYTES = 1024 * 1024
 # The longest drain a Drain message's deadline_ms (uint32) can announce: ~49 days.
 MAX_SHUTDOWN_TIMEOUT = (2**32 - 1) // 1000
 
@@ -195,9 +197,42 @@ async def heartbeat_loop(send: Callable[[], None], interval: float, sleep: Sleep
         send()
 
 
-async def _requests(queue: asyncio.Queue[Request | None]) -> AsyncIterator[Request]:
-    while (message := await queue.get()) is not None:
-        yield message
+class _Outbox(asyncio.Queue[Request | None]):
+    """What the stream sends, in order (None half-closes it). Once the server says
+    it reads batches, whatever has piled up goes as one message, up to about
+    BATCH_BYTES: under load, far fewer and larger messages."""
+
+    batches = False
+
+
+async def _requests(queue: _Outbox) -> AsyncIterator[Request]:
+    held: Request | None = None
+    while True:
+        message = held if held is not None else await queue.get()
+        held = None
+        if message is None:
+            return
+        if not queue.batches or queue.empty():
+            yield message
+            continue
+        batch = Request()
+        messages = batch.batch.messages
+        messages.append(message)
+        size, end = message.ByteSize(), False
+        while not queue.empty():
+            more = queue.get_nowait()
+            if more is None:
+                end = True
+                break
+            grown = size + more.ByteSize()
+            if grown > BATCH_BYTES:
+                held = more
+                break
+            messages.append(more)
+            size = grown
+        yield batch if len(messages) > 1 else message
+        if end:
+            return
 
 
 async def _first(awaitable: Awaitable[T], stop: asyncio.Event) -> T | None:
@@ -257,7 +292,13 @@ class _Session:
 
     def dispatch(self, message: worker_service_pb2.RunJobResponse) -> None:
         kind = message.WhichOneof("message")
-        if kind == "run_request":
+        if kind == "batch":
+            for inner in message.batch.messages:
+                if inner.HasField("batch"):
+                    log.warning("a batch inside a batch from the server; ignored")
+                else:
+                    self.dispatch(inner)
+        elif kind == "run_request":
             self.on_run_request(message.run_request)
         elif kind == "cached_tasks":
             self.on_cached_tasks(message.cached_tasks)
@@ -467,6 +508,7 @@ class Worker:
             jobs=[job.to_proto() for job in self._jobs.values()],
             capacity=capacity,
             sdk=_sdk(),
+            accepts_batches=True,
         )
         self._session: _Session | None = None
         self._pool: DaemonPool | None = None
@@ -605,7 +647,7 @@ class Worker:
 
     async def _serve(self, connect: Connect) -> str:
         """One stream, until it ends: "closed", or why the server is taken for gone."""
-        queue: asyncio.Queue[Request | None] = asyncio.Queue()
+        queue = _Outbox()
         queue.put_nowait(Request(hello=self._hello))
         call = connect(_requests(queue))
         session = _Session(self, call, queue)
@@ -641,6 +683,7 @@ class Worker:
             session.reader = reader = asyncio.create_task(session.read_loop(), name="tripwire-read")
             lease = welcome.lease_ms / 1000 or _DEFAULT_LEASE
             session.answers_heartbeats = welcome.answers_heartbeats
+            queue.batches = welcome.accepts_batches
             watchdog = asyncio.create_task(self._watch(session, lease), name="tripwire-watchdog")
             if self._stopping:
                 session.close(self.shutdown_timeout)

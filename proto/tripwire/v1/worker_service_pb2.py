@@ -28,7 +28,7 @@ from tripwire.v1 import job_pb2 as tripwire_dot_v1_dot_job__pb2
 from tripwire.v1 import run_pb2 as tripwire_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tripwire/v1/worker_service.proto\x12\x0btripwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17tripwire/v1/event.proto\x1a\x15tripwire/v1/job.proto\x1a\x15tripwire/v1/run.proto\"\xc1\x02\n\rRunJobRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.tripwire.v1.HelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.tripwire.v1.HeartbeatH\x00\x12(\n\x04task\x18\x03 \x01(\x0b\x32\x18.tripwire.v1.TaskRequestH\x00\x12\x32\n\rtask_complete\x18\x04 \x01(\x0b\x32\x19.tripwire.v1.TaskCompleteH\x00\x12\"\n\x03log\x18\x05 \x01(\x0b\x32\x13.tripwire.v1.RunLogH\x00\x12,\n\nrun_result\x18\x06 \x01(\x0b\x32\x16.tripwire.v1.RunResultH\x00\x12#\n\x05\x64rain\x18\x07 \x01(\x0b\x32\x12.tripwire.v1.DrainH\x00\x42\t\n\x07message\"\xaf\x03\n\x0eRunJobResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.tripwire.v1.WelcomeH\x00\x12.\n\x0brun_request\x18\x02 \x01(\x0b\x32\x17.tripwire.v1.RunRequestH\x00\x12\x30\n\x0c\x63\x61\x63hed_tasks\x18\x03 \x01(\x0b\x32\x18.tripwire.v1.CachedTasksH\x00\x12.\n\x0btask_result\x18\x04 \x01(\x0b\x32\x17.tripwire.v1.TaskResultH\x00\x12.\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x1c.tripwire.v1.CancelRunNoticeH\x00\x12*\n\x07\x61\x62\x61ndon\x18\x06 \x01(\x0b\x32\x17.tripwire.v1.AbandonRunH\x00\x12#\n\x05\x64rain\x18\x07 \x01(\x0b\x32\x12.tripwire.v1.DrainH\x00\x12)\n\x08rejected\x18\x08 \x01(\x0b\x32\x15.tripwire.v1.RejectedH\x00\x12+\n\theartbeat\x18\t \x01(\x0b\x32\x16.tripwire.v1.HeartbeatH\x00\x42\t\n\x07message\"Y\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1e\n\x04jobs\x18\x02 \x03(\x0b\x32\x10.tripwire.v1.Job\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x0b\n\x03sdk\x18\x04 \x01(\t\"j\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x10\n\x08lease_ms\x18\x03 \x01(\r\x12\x1a\n\x12\x61nswers_heartbeats\x18\x04 \x01(\x08\"\x0b\n\tHeartbeat\"\xda\x01\n\nRunRequest\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Run\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.tripwire.v1.Event\x12\x1d\n\x03job\x18\x03 \x01(\x0b\x32\x10.tripwire.v1.Job\x12#\n\x03\x63tx\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x0c\x63\x61\x63hed_tasks\x18\x05 \x03(\x0b\x32\x11.tripwire.v1.Task\x12\x1d\n\x15\x63\x61\x63hed_tasks_complete\x18\x06 \x01(\x08\"^\n\x0b\x43\x61\x63hedTasks\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12 \n\x05tasks\x18\x03 \x03(\x0b\x32\x11.tripwire.v1.Task\x12\x0c\n\x04last\x18\x04 \x01(\x08\"\xe6\x01\n\x0bTaskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x11\n\tparent_id\x18\x05 \x01(\t\x12#\n\x04kind\x18\x06 \x01(\x0e\x32\x15.tripwire.v1.TaskKind\x12\x0c\n\x04name\x18\x07 \x01(\t\x12&\n\x06params\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x05retry\x18\t \x01(\x0b\x32\x18.tripwire.v1.RetryPolicy\"\xcb\x01\n\x0cTaskComplete\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12(\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.tripwire.v1.ErrorInfoH\x00\x12\x17\n\x0fnext_try_offset\x18\x07 \x01(\x04\x42\t\n\x07outcome\"b\n\nTaskResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x1f\n\x04task\x18\x04 \x01(\x0b\x32\x11.tripwire.v1.Task\"\x93\x01\n\x06RunLog\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12$\n\x05level\x18\x04 \x01(\x0e\x32\x15.tripwire.v1.LogLevel\x12\x0f\n\x07message\x18\x05 \x01(\t\x12$\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\"\x8a\x01\n\tRunResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12(\n\x06output\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.tripwire.v1.ErrorInfoH\x00\x42\t\n\x07outcome\"B\n\x0f\x43\x61ncelRunNotice\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"=\n\nAbandonRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x1c\n\x05\x44rain\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x01 \x01(\r\"M\n\x08Rejected\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t2V\n\rWorkerService\x12\x45\n\x06RunJob\x12\x1a.tripwire.v1.RunJobRequest\x1a\x1b.tripwire.v1.RunJobResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tripwire/v1/worker_service.proto\x12\x0btripwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17tripwire/v1/event.proto\x1a\x15tripwire/v1/job.proto\x1a\x15tripwire/v1/run.proto\"\xf3\x02\n\rRunJobRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.tripwire.v1.HelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.tripwire.v1.HeartbeatH\x00\x12(\n\x04task\x18\x03 \x01(\x0b\x32\x18.tripwire.v1.TaskRequestH\x00\x12\x32\n\rtask_complete\x18\x04 \x01(\x0b\x32\x19.tripwire.v1.TaskCompleteH\x00\x12\"\n\x03log\x18\x05 \x01(\x0b\x32\x13.tripwire.v1.RunLogH\x00\x12,\n\nrun_result\x18\x06 \x01(\x0b\x32\x16.tripwire.v1.RunResultH\x00\x12#\n\x05\x64rain\x18\x07 \x01(\x0b\x32\x12.tripwire.v1.DrainH\x00\x12\x30\n\x05\x62\x61tch\x18\x08 \x01(\x0b\x32\x1f.tripwire.v1.RunJobRequestBatchH\x00\x42\t\n\x07message\"B\n\x12RunJobRequestBatch\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.tripwire.v1.RunJobRequest\"\xe2\x03\n\x0eRunJobResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.tripwire.v1.WelcomeH\x00\x12.\n\x0brun_request\x18\x02 \x01(\x0b\x32\x17.tripwire.v1.RunRequestH\x00\x12\x30\n\x0c\x63\x61\x63hed_tasks\x18\x03 \x01(\x0b\x32\x18.tripwire.v1.CachedTasksH\x00\x12.\n\x0btask_result\x18\x04 \x01(\x0b\x32\x17.tripwire.v1.TaskResultH\x00\x12.\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x1c.tripwire.v1.CancelRunNoticeH\x00\x12*\n\x07\x61\x62\x61ndon\x18\x06 \x01(\x0b\x32\x17.tripwire.v1.AbandonRunH\x00\x12#\n\x05\x64rain\x18\x07 \x01(\x0b\x32\x12.tripwire.v1.DrainH\x00\x12)\n\x08rejected\x18\x08 \x01(\x0b\x32\x15.tripwire.v1.RejectedH\x00\x12+\n\theartbeat\x18\t \x01(\x0b\x32\x16.tripwire.v1.HeartbeatH\x00\x12\x31\n\x05\x62\x61tch\x18\n \x01(\x0b\x32 .tripwire.v1.RunJobResponseBatchH\x00\x42\t\n\x07message\"D\n\x13RunJobResponseBatch\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.tripwire.v1.RunJobResponse\"r\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1e\n\x04jobs\x18\x02 \x03(\x0b\x32\x10.tripwire.v1.Job\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x0b\n\x03sdk\x18\x04 \x01(\t\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x05 \x01(\x08\"\x83\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x10\n\x08lease_ms\x18\x03 \x01(\r\x12\x1a\n\x12\x61nswers_heartbeats\x18\x04 \x01(\x08\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x05 \x01(\x08\"\x0b\n\tHeartbeat\"\xda\x01\n\nRunRequest\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Run\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.tripwire.v1.Event\x12\x1d\n\x03job\x18\x03 \x01(\x0b\x32\x10.tripwire.v1.Job\x12#\n\x03\x63tx\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x0c\x63\x61\x63hed_tasks\x18\x05 \x03(\x0b\x32\x11.tripwire.v1.Task\x12\x1d\n\x15\x63\x61\x63hed_tasks_complete\x18\x06 \x01(\x08\"^\n\x0b\x43\x61\x63hedTasks\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12 \n\x05tasks\x18\x03 \x03(\x0b\x32\x11.tripwire.v1.Task\x12\x0c\n\x04last\x18\x04 \x01(\x08\"\xe6\x01\n\x0bTaskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x11\n\tparent_id\x18\x05 \x01(\t\x12#\n\x04kind\x18\x06 \x01(\x0e\x32\x15.tripwire.v1.TaskKind\x12\x0c\n\x04name\x18\x07 \x01(\t\x12&\n\x06params\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x05retry\x18\t \x01(\x0b\x32\x18.tripwire.v1.RetryPolicy\"\xcb\x01\n\x0cTaskComplete\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12(\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.tripwire.v1.ErrorInfoH\x00\x12\x17\n\x0fnext_try_offset\x18\x07 \x01(\x04\x42\t\n\x07outcome\"b\n\nTaskResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x1f\n\x04task\x18\x04 \x01(\x0b\x32\x11.tripwire.v1.Task\"\x93\x01\n\x06RunLog\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12$\n\x05level\x18\x04 \x01(\x0e\x32\x15.tripwire.v1.LogLevel\x12\x0f\n\x07message\x18\x05 \x01(\t\x12$\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\"\x8a\x01\n\tRunResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12(\n\x06output\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.tripwire.v1.ErrorInfoH\x00\x42\t\n\x07outcome\"B\n\x0f\x43\x61ncelRunNotice\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"=\n\nAbandonRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x1c\n\x05\x44rain\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x01 \x01(\r\"M\n\x08Rejected\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t2V\n\rWorkerService\x12\x45\n\x06RunJob\x12\x1a.tripwire.v1.RunJobRequest\x1a\x1b.tripwire.v1.RunJobResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,37 +36,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tripwire.v1.worker_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNJOBREQUEST']._serialized_start=151
-  _globals['_RUNJOBREQUEST']._serialized_end=472
-  _globals['_RUNJOBRESPONSE']._serialized_start=475
-  _globals['_RUNJOBRESPONSE']._serialized_end=906
-  _globals['_HELLO']._serialized_start=908
-  _globals['_HELLO']._serialized_end=997
-  _globals['_WELCOME']._serialized_start=999
-  _globals['_WELCOME']._serialized_end=1105
-  _globals['_HEARTBEAT']._serialized_start=1107
-  _globals['_HEARTBEAT']._serialized_end=1118
-  _globals['_RUNREQUEST']._serialized_start=1121
-  _globals['_RUNREQUEST']._serialized_end=1339
-  _globals['_CACHEDTASKS']._serialized_start=1341
-  _globals['_CACHEDTASKS']._serialized_end=1435
-  _globals['_TASKREQUEST']._serialized_start=1438
-  _globals['_TASKREQUEST']._serialized_end=1668
-  _globals['_TASKCOMPLETE']._serialized_start=1671
-  _globals['_TASKCOMPLETE']._serialized_end=1874
-  _globals['_TASKRESULT']._serialized_start=1876
-  _globals['_TASKRESULT']._serialized_end=1974
-  _globals['_RUNLOG']._serialized_start=1977
-  _globals['_RUNLOG']._serialized_end=2124
-  _globals['_RUNRESULT']._serialized_start=2127
-  _globals['_RUNRESULT']._serialized_end=2265
-  _globals['_CANCELRUNNOTICE']._serialized_start=2267
-  _globals['_CANCELRUNNOTICE']._serialized_end=2333
-  _globals['_ABANDONRUN']._serialized_start=2335
-  _globals['_ABANDONRUN']._serialized_end=2396
-  _globals['_DRAIN']._serialized_start=2398
-  _globals['_DRAIN']._serialized_end=2426
-  _globals['_REJECTED']._serialized_start=2428
-  _globals['_REJECTED']._serialized_end=2505
-  _globals['_WORKERSERVICE']._serialized_start=2507
-  _globals['_WORKERSERVICE']._serialized_end=2593
+  _globals['_RUNJOBREQUEST']._serialized_end=522
+  _globals['_RUNJOBREQUESTBATCH']._serialized_start=524
+  _globals['_RUNJOBREQUESTBATCH']._serialized_end=590
+  _globals['_RUNJOBRESPONSE']._serialized_start=593
+  _globals['_RUNJOBRESPONSE']._serialized_end=1075
+  _globals['_RUNJOBRESPONSEBATCH']._serialized_start=1077
+  _globals['_RUNJOBRESPONSEBATCH']._serialized_end=1145
+  _globals['_HELLO']._serialized_start=1147
+  _globals['_HELLO']._serialized_end=1261
+  _globals['_WELCOME']._serialized_start=1264
+  _globals['_WELCOME']._serialized_end=1395
+  _globals['_HEARTBEAT']._serialized_start=1397
+  _globals['_HEARTBEAT']._serialized_end=1408
+  _globals['_RUNREQUEST']._serialized_start=1411
+  _globals['_RUNREQUEST']._serialized_end=1629
+  _globals['_CACHEDTASKS']._serialized_start=1631
+  _globals['_CACHEDTASKS']._serialized_end=1725
+  _globals['_TASKREQUEST']._serialized_start=1728
+  _globals['_TASKREQUEST']._serialized_end=1958
+  _globals['_TASKCOMPLETE']._serialized_start=1961
+  _globals['_TASKCOMPLETE']._serialized_end=2164
+  _globals['_TASKRESULT']._serialized_start=2166
+  _globals['_TASKRESULT']._serialized_end=2264
+  _globals['_RUNLOG']._serialized_start=2267
+  _globals['_RUNLOG']._serialized_end=2414
+  _globals['_RUNRESULT']._serialized_start=2417
+  _globals['_RUNRESULT']._serialized_end=2555
+  _globals['_CANCELRUNNOTICE']._serialized_start=2557
+  _globals['_CANCELRUNNOTICE']._serialized_end=2623
+  _globals['_ABANDONRUN']._serialized_start=2625
+  _globals['_ABANDONRUN']._serialized_end=2686
+  _globals['_DRAIN']._serialized_start=2688
+  _globals['_DRAIN']._serialized_end=2716
+  _globals['_REJECTED']._serialized_start=2718
+  _globals['_REJECTED']._serialized_end=2795
+  _globals['_WORKERSERVICE']._serialized_start=2797
+  _globals['_WORKERSERVICE']._serialized_end=2883
 # @@protoc_insertion_point(module_scope)

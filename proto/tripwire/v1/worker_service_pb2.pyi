@@ -35,6 +35,7 @@ class RunJobRequest(_message.Message):
     LOG_FIELD_NUMBER: _builtins.int
     RUN_RESULT_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -53,6 +54,12 @@ class RunJobRequest(_message.Message):
         (see 9.).
         """
 
+    @_builtins.property
+    def batch(self) -> Global___RunJobRequestBatch:
+        """Several messages in one (see 11.); only once the welcome said
+        `accepts_batches`.
+        """
+
     def __init__(
         self,
         *,
@@ -63,16 +70,41 @@ class RunJobRequest(_message.Message):
         log: Global___RunLog | None = ...,
         run_result: Global___RunResult | None = ...,
         drain: Global___Drain | None = ...,
+        batch: Global___RunJobRequestBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "run_result", b"run_result", "task", b"task", "task_complete", b"task_complete"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "run_result", b"run_result", "task", b"task", "task_complete", b"task_complete"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "run_result", b"run_result", "task", b"task", "task_complete", b"task_complete"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "run_result", b"run_result", "task", b"task", "task_complete", b"task_complete"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "task", "task_complete", "log", "run_result", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "task", "task_complete", "log", "run_result", "drain", "batch"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___RunJobRequest: _TypeAlias = RunJobRequest  # noqa: Y015
+
+@_typing.final
+class RunJobRequestBatch(_message.Message):
+    """Worker -> server: messages applied exactly as if sent one by one, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunJobRequest]:
+        """Any kind but hello and batch."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___RunJobRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunJobRequestBatch: _TypeAlias = RunJobRequestBatch  # noqa: Y015
 
 @_typing.final
 class RunJobResponse(_message.Message):
@@ -89,6 +121,7 @@ class RunJobResponse(_message.Message):
     DRAIN_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -109,6 +142,12 @@ class RunJobResponse(_message.Message):
     def heartbeat(self) -> Global___Heartbeat:
         """The answer to each of the worker's heartbeats (see 2.)."""
 
+    @_builtins.property
+    def batch(self) -> Global___RunJobResponseBatch:
+        """Several messages in one (see 11.); only to a worker whose hello said
+        `accepts_batches`.
+        """
+
     def __init__(
         self,
         *,
@@ -121,16 +160,41 @@ class RunJobResponse(_message.Message):
         drain: Global___Drain | None = ...,
         rejected: Global___Rejected | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        batch: Global___RunJobResponseBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abandon", b"abandon", "cached_tasks", b"cached_tasks", "cancel", b"cancel", "drain", b"drain", "heartbeat", b"heartbeat", "message", b"message", "rejected", b"rejected", "run_request", b"run_request", "task_result", b"task_result", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abandon", b"abandon", "batch", b"batch", "cached_tasks", b"cached_tasks", "cancel", b"cancel", "drain", b"drain", "heartbeat", b"heartbeat", "message", b"message", "rejected", b"rejected", "run_request", b"run_request", "task_result", b"task_result", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon", b"abandon", "cached_tasks", b"cached_tasks", "cancel", b"cancel", "drain", b"drain", "heartbeat", b"heartbeat", "message", b"message", "rejected", b"rejected", "run_request", b"run_request", "task_result", b"task_result", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon", b"abandon", "batch", b"batch", "cached_tasks", b"cached_tasks", "cancel", b"cancel", "drain", b"drain", "heartbeat", b"heartbeat", "message", b"message", "rejected", b"rejected", "run_request", b"run_request", "task_result", b"task_result", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "run_request", "cached_tasks", "task_result", "cancel", "abandon", "drain", "rejected", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "run_request", "cached_tasks", "task_result", "cancel", "abandon", "drain", "rejected", "heartbeat", "batch"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___RunJobResponse: _TypeAlias = RunJobResponse  # noqa: Y015
+
+@_typing.final
+class RunJobResponseBatch(_message.Message):
+    """Server -> worker: read each in order, as if it had come alone. Never
+    holds a welcome or a batch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunJobResponse]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___RunJobResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunJobResponseBatch: _TypeAlias = RunJobResponseBatch  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
@@ -140,12 +204,15 @@ class Hello(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     SDK_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Stable id of the worker process (for logs and GetRun); required."""
     capacity: _builtins.int
     """Most runs this worker executes at once; at least 1."""
     sdk: _builtins.str
     """Free text, e.g. "tripwire-python/0.1.0"."""
+    accepts_batches: _builtins.bool
+    """True: this worker reads `batch` messages (see 11.)."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
         """The job versions this worker serves. Each is registered (upserted)."""
@@ -157,10 +224,11 @@ class Hello(_message.Message):
         jobs: _abc.Iterable[_job_pb2.Job] | None = ...,
         capacity: _builtins.int = ...,
         sdk: _builtins.str = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "jobs", b"jobs", "sdk", b"sdk", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "capacity", b"capacity", "jobs", b"jobs", "sdk", b"sdk", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,6 +242,7 @@ class Welcome(_message.Message):
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     LEASE_MS_FIELD_NUMBER: _builtins.int
     ANSWERS_HEARTBEATS_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The server's id for this stream."""
     heartbeat_interval_ms: _builtins.int
@@ -184,6 +253,8 @@ class Welcome(_message.Message):
     """True: the server answers every heartbeat with one, so a worker that hears
     nothing for lease_ms knows the stream is dead (see 2.).
     """
+    accepts_batches: _builtins.bool
+    """True: the server reads `batch` messages (see 11.)."""
     def __init__(
         self,
         *,
@@ -191,10 +262,11 @@ class Welcome(_message.Message):
         heartbeat_interval_ms: _builtins.int = ...,
         lease_ms: _builtins.int = ...,
         answers_heartbeats: _builtins.bool = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers_heartbeats", b"answers_heartbeats", "heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ms", b"lease_ms", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "answers_heartbeats", b"answers_heartbeats", "heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ms", b"lease_ms", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

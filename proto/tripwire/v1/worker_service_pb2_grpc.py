@@ -130,6 +130,17 @@ class WorkerServiceStub:
     run_id (log, run_result) and the field in the message; the stream stays
     open. A message for a run or attempt this worker does not hold gets
     `abandon` instead (see 8.).
+    11. Batches (optional, both ways): a worker whose hello says
+    `accepts_batches` may get a `batch` holding several messages, which it
+    reads one by one, in order, exactly as if each had come alone; the
+    server sends one when replies pile up faster than the stream takes them
+    (many runs at once), never to hold a message back: a message that finds
+    nothing waiting goes alone, at once. The welcome says
+    `accepts_batches` (this server always does): the worker may then send
+    its own messages in a `batch` too, applied as if sent one by one (a
+    hello or a batch inside a batch is rejected, naming
+    batch.messages[i]). Under load this costs both sides far less than one
+    small message at a time. A worker that never asks gets no batches.
     """
 
     def __init__(self, channel):
@@ -250,6 +261,17 @@ class WorkerServiceServicer:
     run_id (log, run_result) and the field in the message; the stream stays
     open. A message for a run or attempt this worker does not hold gets
     `abandon` instead (see 8.).
+    11. Batches (optional, both ways): a worker whose hello says
+    `accepts_batches` may get a `batch` holding several messages, which it
+    reads one by one, in order, exactly as if each had come alone; the
+    server sends one when replies pile up faster than the stream takes them
+    (many runs at once), never to hold a message back: a message that finds
+    nothing waiting goes alone, at once. The welcome says
+    `accepts_batches` (this server always does): the worker may then send
+    its own messages in a `batch` too, applied as if sent one by one (a
+    hello or a batch inside a batch is rejected, naming
+    batch.messages[i]). Under load this costs both sides far less than one
+    small message at a time. A worker that never asks gets no batches.
     """
 
     def RunJob(self, request_iterator, context):
@@ -379,6 +401,17 @@ class WorkerService:
     run_id (log, run_result) and the field in the message; the stream stays
     open. A message for a run or attempt this worker does not hold gets
     `abandon` instead (see 8.).
+    11. Batches (optional, both ways): a worker whose hello says
+    `accepts_batches` may get a `batch` holding several messages, which it
+    reads one by one, in order, exactly as if each had come alone; the
+    server sends one when replies pile up faster than the stream takes them
+    (many runs at once), never to hold a message back: a message that finds
+    nothing waiting goes alone, at once. The welcome says
+    `accepts_batches` (this server always does): the worker may then send
+    its own messages in a `batch` too, applied as if sent one by one (a
+    hello or a batch inside a batch is rejected, naming
+    batch.messages[i]). Under load this costs both sides far less than one
+    small message at a time. A worker that never asks gets no batches.
     """
 
     @staticmethod
