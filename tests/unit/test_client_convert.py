@@ -166,6 +166,12 @@ def test_datetimes_round_trip_as_utc(when: datetime) -> None:
     assert back.tzinfo is UTC
 
 
+@given(st.integers(-62135596800, 253402300799), st.integers(0, 999_999_999))
+def test_a_timestamp_reads_as_protobufs_own_conversion_does(seconds: int, nanos: int) -> None:
+    stamp = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    assert convert.timestamp_to_datetime(stamp) == stamp.ToDatetime(tzinfo=UTC)
+
+
 def test_timestamp_fields() -> None:
     stamp = convert.datetime_to_timestamp(datetime(2024, 5, 1, 9, 0, 0, 123456, tzinfo=UTC))
     assert (stamp.seconds, stamp.nanos) == (1714554000, 123456000)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -196,9 +196,13 @@ def datetime_to_timestamp(when: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp_to_datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
-    """The UTC datetime of a ``Timestamp``."""
-    return stamp.ToDatetime(tzinfo=UTC)
+    """The UTC datetime of a ``Timestamp`` (``ToDatetime``'s, a few times faster: run
+    requests carry a dozen of them)."""
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
 
 
 def optional_datetime(message: Message, name: str) -> datetime | None:
