@@ -464,6 +464,20 @@ async def test_timed_out_runs_end_and_the_worker_is_told(
     assert got["run"]["error"]["type"] == "TimeoutError"
 
 
+async def test_a_waiting_run_past_its_max_duration_times_out_rather_than_wake(
+    conn: Stubs, worker: RawWorker, clock: FakeClock
+) -> None:
+    await worker.connect([job("j", ["x"], maxDurationSeconds=10)], capacity=1)
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    await worker.task(run, "nap", kind="TASK_KIND_WAIT", params={"seconds": 5})
+    await run_status(conn, run["id"], "WAITING")
+    clock.advance(20)  # both its wait and its max duration are over
+    await run_status(conn, run["id"], "TIMED_OUT")
+    with pytest.raises(TimeoutError):  # it was never dispatched again, only to be cancelled
+        await worker.expect("run_request", within=0.5)
+
+
 async def test_tasks_left_open_end_with_their_run(conn: Stubs, worker: RawWorker) -> None:
     await worker.connect([job("j", ["x"])])
     await send(conn, "x")

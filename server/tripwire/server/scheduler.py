@@ -51,10 +51,12 @@ async def _round(store: Store, now: int, grace_ms: int) -> int | None:
     fired = await store.fire_schedules(now, grace_ms)
     if fired:
         log.info("fired %d scheduled runs", len(fired))
-    await store.wake_due(now)
+    # Time-outs first: a waiting run past its deadline ends here, rather than be
+    # woken, dispatched and cancelled again in the same round.
     timed_out = await store.time_out_due(now)
     if timed_out:
         log.info("%d runs timed out", len(timed_out))
+    await store.wake_due(now)
     return await store.next_timer()
 
 
