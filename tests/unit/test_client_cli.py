@@ -99,6 +99,8 @@ def test_list_arguments() -> None:
         (["send", "a", "--payload", "{bad"], "argument --payload: not valid JSON"),
         (["match", "a", "--context", "nope"], "argument --context: not valid JSON"),
         (["events", "--limit", "0"], "expected a whole number >= 1"),
+        (["runs", "--limit", "99999999999"], "argument --limit: expected a whole number >= 1"),
+        (["send", "a", "--deliver-after", "1" + "0" * 20], "argument --deliver-after: expected"),
         (["send", "a", "--deliver-after", "soon"], "expected whole seconds"),
         (["frobnicate"], "invalid choice"),
         (["send"], "required: name"),
@@ -154,6 +156,12 @@ def test_serve_hands_everything_after_it_to_the_server(monkeypatch: pytest.Monke
     assert seen == ["tripwire.server.__main__", ["--address", "127.0.0.1:0", "--help"]]
     assert cli._serve_args(["--url=x", "serve"]) == []
     assert cli._serve_args(["events", "serve"]) is None
+
+
+def test_an_api_key_before_serve_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--api-key", "k=prod", "serve"]) == 2
+    assert cli.main(["--api-key=k=prod", "serve", "--address", "127.0.0.1:0"]) == 2
+    assert "tripwire serve --api-key KEY=ENV" in capsys.readouterr().err
 
 
 def test_serve_without_the_server_installed(

@@ -102,3 +102,11 @@ def test_every_class_is_a_tripwire_error_with_its_own_code() -> None:
         assert issubclass(cls, TripwireError)
         assert errors.error_class(cls.status_code) is cls
     assert errors.error_class(None) is TripwireError
+
+
+def test_an_api_key_is_stripped_and_must_be_printable_ascii() -> None:
+    from tripwire.client._channel import Settings
+
+    assert Settings("a", "u", "key\n", None).metadata == (("authorization", "Bearer key"),)
+    with pytest.raises(ValueError, match="printable ASCII"):
+        Settings("a", "u", "k\u00e9y", None)

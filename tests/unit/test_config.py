@@ -12,6 +12,10 @@ def test_defaults() -> None:
     assert not settings.auth_enabled
 
 
+def test_an_api_key_may_end_in_base64_padding() -> None:
+    assert parse_api_keys(["c2VjcmV0LWtleQ===prod"]) == {"c2VjcmV0LWtleQ==": "prod"}
+
+
 def test_environment_then_flags() -> None:
     env = {
         "TRIPWIRE_ADDRESS": "0.0.0.0:7000",
@@ -70,3 +74,8 @@ def test_the_batch_byte_limit_from_variable_and_flag() -> None:
     env = {"TRIPWIRE_MAX_BATCH_BYTES": "2000000"}
     assert settings_from([], env).max_batch_bytes == 2_000_000
     assert settings_from(["--max-batch-bytes", "1000"], env).max_batch_bytes == 1000
+
+
+def test_a_port_over_65535_is_refused() -> None:
+    with pytest.raises(ValueError, match="0 to 65535"):
+        Settings(address="127.0.0.1:70000")

@@ -444,3 +444,13 @@ def test_adding_a_key_never_turns_a_miss_into_a_match(
     validate_filter(wider, "f")
     if not matches(value, filter):
         assert not matches(value, wider)
+
+
+def test_a_jobs_filter_is_explained_in_one_order_whatever_the_struct_gives() -> None:
+    from google.protobuf import struct_pb2
+    from tripwire.server.api.convert import struct_to_py
+
+    struct = struct_pb2.Struct()
+    struct.update({"plan": ["pro"], "age": [{"$gte": 18}], "b": {"z": [1], "a": [2]}})
+    assert list(struct_to_py(struct, "f")) == ["age", "b", "plan"]
+    assert list(struct_to_py(struct, "f")["b"]) == ["a", "z"]

@@ -35,6 +35,12 @@ class Settings:
     metadata: tuple[tuple[str, str], ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.api_key:
+            # A key read from a file keeps its newline; gRPC would refuse every call
+            # with INTERNAL "Invalid metadata". The server strips the token too.
+            object.__setattr__(self, "api_key", self.api_key.strip())
+            if not all(" " <= char <= "~" for char in self.api_key):
+                raise ValueError("api_key must be printable ASCII (it travels in an HTTP/2 header)")
         auth = (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
         object.__setattr__(self, "metadata", auth)
 

@@ -39,6 +39,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     serve_args = _serve_args(args_list)
     if serve_args is not None:
+        before = args_list[: len(args_list) - len(serve_args) - 1]
+        if any(arg == "--api-key" or arg.startswith("--api-key=") for arg in before):
+            # The client's --api-key KEY means nothing to the server: dropping it
+            # would start a server with no auth at all.
+            print(
+                "error: --api-key before 'serve' is the client's option; the server's "
+                "keys go after it: tripwire serve --api-key KEY=ENV",
+                file=sys.stderr,
+            )
+            return 2
         return _serve(serve_args)
     parser = build_parser()
     try:
@@ -50,7 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        with Client("tripwire-cli", args.url, api_key=args.api_key or None) as client:
+        client = Client("tripwire-cli", args.url, api_key=args.api_key or None)
+    except ValueError as exc:  # an API key no gRPC header can carry
+        print(f"error: --api-key: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with client:
             data, text = handler(client, args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -108,21 +123,30 @@ def _json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
 
 
+# The server's largest page: a --limit above it would be cut to it without a word.
+MAX_LIMIT = 1000
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 1 and <= {MAX_LIMIT}, got {text!r}"
+        )
     return value
 
 
 def _seconds(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole seconds, got {text!r}") from None
+        value = None
+    if value is None or not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected whole seconds, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("events", _events, "list events, newest first")
     sub.add_argument("--name", help="only events with this name")
     _status_option(sub, event_pb2.EventStatus, "EVENT_STATUS_", "events")
-    sub.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
+    sub.add_argument(
+        "--limit", type=_positive, default=20, help=f"at most this many (20; up to {MAX_LIMIT})"
+    )
 
     command("event", _event, "show an event and its runs").add_argument("id")
     command("cancel-event", _cancel_event, "cancel a pending event").add_argument("id")
@@ -161,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--job", help="only runs of this job")
     sub.add_argument("--event", help="only runs of this event")
     _status_option(sub, run_pb2.RunStatus, "RUN_STATUS_", "runs")
-    sub.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
+    sub.add_argument(
+        "--limit", type=_positive, default=20, help=f"at most this many (20; up to {MAX_LIMIT})"
+    )
 
     command("run", _run, "show a run with its tasks and logs").add_argument("id")
     command("cancel-run", _cancel_run, "cancel an unfinished run").add_argument("id")

@@ -121,10 +121,15 @@ class Server:
         )
 
         host = settings.address.rpartition(":")[0]
-        port = self.grpc.add_insecure_port(settings.address)
+        try:
+            port = self.grpc.add_insecure_port(settings.address)
+        except RuntimeError:  # grpcio >= 1.6x raises instead of returning 0
+            port = 0
         if port == 0:
             await self.store.close()
-            raise OSError(f"could not bind {settings.address}")
+            raise OSError(
+                f"could not bind {settings.address} (in use, or not an address of this host)"
+            )
         await self.grpc.start()
         self.address = f"{host}:{port}"
         for name in ("", *SERVICE_NAMES):

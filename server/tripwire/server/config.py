@@ -35,8 +35,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         host, sep, port = self.address.rpartition(":")
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not (port.isascii() and port.isdigit()):
             raise ValueError(f"address must be HOST:PORT, got {self.address!r}")
+        if int(port) > 65535:
+            raise ValueError(f"address port must be 0 to 65535, got {port}")
         for key, env in self.api_keys.items():
             if not key or not env:
                 raise ValueError("API keys must be KEY=ENV with both parts non-empty")
@@ -77,7 +79,8 @@ def parse_api_keys(items: Sequence[str]) -> dict[str, str]:
             part = part.strip()
             if not part:
                 continue
-            key, sep, env = part.partition("=")
+            # At the last '=': keys often end in base64 padding ('=='), names never do.
+            key, sep, env = part.rpartition("=")
             if not sep or not key or not env:
                 raise ValueError(f"API key must be KEY=ENV, got {part!r}")
             if keys.get(key, env) != env:
@@ -97,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=ENV",
-        help="accept this key for environment ENV (repeatable); none: no auth",
+        help="accept this key for environment ENV (repeatable; split at the last '='); "
+        "none: no auth",
     )
     parser.add_argument("--max-payload-bytes", type=int)
     parser.add_argument("--max-batch", type=int)

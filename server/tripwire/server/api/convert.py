@@ -55,7 +55,19 @@ def _too_deep(field: str) -> InvalidArgument:
 
 
 def struct_to_py(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
-    return {k: value_to_py(v, field, 1) for k, v in struct.fields.items()}
+    """A job's filter or schema, its keys in sorted order at every level: a Struct's
+    map comes out in an order that changes from process to process, and a filter is
+    checked (and explained by MatchEvent, and validated) key by key in dict order."""
+    found = {k: value_to_py(v, field, 1) for k, v in struct.fields.items()}
+    return {k: _sorted_keys(found[k]) for k in sorted(found)}
+
+
+def _sorted_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted_keys(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
 
 
 def py_to_value(obj: Any, out: struct_pb2.Value) -> None:

@@ -85,7 +85,10 @@ class SQLiteStore(JobOps, WorkOps):
         return conn
 
     async def open(self) -> None:
-        await self._writer.start()
+        try:
+            await self._writer.start()
+        except sqlite3.Error as exc:  # a missing directory, no permission, not a database
+            raise OSError(f"cannot open the database {self.path!r}: {exc}") from exc
 
     async def close(self) -> None:
         await self._writer.stop()
