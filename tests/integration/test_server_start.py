@@ -1,0 +1,35 @@
+"""A server that cannot start says why in one line (the entry point prints it)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from tripwire.server.__main__ import main
+
+from ..conftest import StartServer
+
+
+async def test_an_address_in_use_is_an_os_error_naming_it(start_server: StartServer) -> None:
+    first = await start_server()
+    with pytest.raises(OSError, match=rf"could not bind {first.address} \(in use"):
+        await start_server(address=first.address)
+
+
+async def test_a_database_that_cannot_be_opened_is_an_os_error_naming_it(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "missing" / "tripwire.db")
+    with pytest.raises(OSError, match="cannot open the database .*missing"):
+        await start_server(db_path=path)
+
+
+def test_the_entry_point_prints_the_reason_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "setswitchinterval", lambda interval: None)  # the server's tuning
+    db = str(tmp_path / "missing" / "tripwire.db")
+    assert main(["--address", "127.0.0.1:0", "--db", db]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tripwire serve: cannot open the database") and "Traceback" not in err
