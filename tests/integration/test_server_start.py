@@ -21,7 +21,7 @@ async def test_a_database_that_cannot_be_opened_is_an_os_error_naming_it(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     path = str(tmp_path / "missing" / "tripwire.db")
-    with pytest.raises(OSError, match="cannot open the database .*missing"):
+    with pytest.raises(OSError, match=r"cannot open the database .*missing"):
         await start_server(db_path=path)
 
 
