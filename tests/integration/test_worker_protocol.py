@@ -12,6 +12,7 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 from tripwire.client import Client
+from tripwire.server import dispatcher as dispatcher_module
 from tripwire.server.app import Server
 from tripwire.server.dispatcher import Session
 from tripwire.server.models import Run, RunStatus
@@ -1136,6 +1137,52 @@ class FirstClaimFails:
 
     def fail(self) -> None:
         self.first.set_exception(sqlite3.OperationalError("database or disk is full"))
+
+
+async def test_a_run_whose_claim_failed_during_a_load_is_not_lost_by_the_next_load(
+    conn: Stubs, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run dispatched from memory while the first worker's queue load is in
+    # flight, whose claim then fails: the store still has it QUEUED, and the next
+    # load's snapshot of it is not stale (it is all that can bring the run back).
+    monkeypatch.setattr(dispatcher_module, "LOAD_RETRY_FIRST", 0.2)
+    claims = FirstClaimFails(fast, monkeypatch)
+    real_announce = fast.store.announce_queued
+    gate = asyncio.get_running_loop().create_future()
+    calls = 0
+
+    async def announce(*key: Any) -> int:
+        # The first load's read goes in the same failing COMMIT as the claim below.
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate
+            raise sqlite3.OperationalError("database or disk is full")
+        return await real_announce(*key)
+
+    monkeypatch.setattr(fast.store, "announce_queued", announce)
+
+    a = RawWorker(conn.workers)
+    await a.connect([job("j", ["x"])], worker_id="a")  # the first worker: load 1 starts
+    run = (await send(conn, "x"))["runs"][0]
+    assert (await a.run_request())["run"]["attempt"] == 1  # from memory, claim pending
+    await a.close()
+
+    async def a_is_gone() -> bool:
+        return not fast.dispatcher.sessions
+
+    await eventually(a_is_gone)
+    claims.fail()  # not stored: the run stays QUEUED at attempt 0 in the store
+    b = RawWorker(conn.workers)
+    try:
+        await b.connect([job("j", ["x"])], worker_id="b")  # load 2 starts; load 1 in flight
+        gate.set_result(None)  # load 1 fails too, and tries again
+        got = await b.expect("run_request", within=5)
+        assert got["run"]["id"] == run["id"]
+        b.result(got["run"], output="done")
+        await run_status(conn, run["id"], "SUCCESS")
+    finally:
+        await b.close()
 
 
 async def test_a_dispatch_whose_claim_failed_is_redone_with_a_new_attempt(

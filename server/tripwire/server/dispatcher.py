@@ -297,6 +297,11 @@ class Dispatcher(RunListener):
         if failure is None and future.result():
             return
         run = item.run
+        handed = self._handed.get((run.env, run.job_id, run.job_version))
+        if failure is not None and handed is not None and handed.get(run.id) == run.attempt:
+            # Never stored: the store still has the run QUEUED at item.stored_attempt,
+            # so a load's snapshot of it is not stale (and may be all that brings it back).
+            del handed[run.id]
         held = self._owner.get(run.id) is session and session.running.get(run.id) == run.attempt
         if held:
             keys = self._release(run.id)
