@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -204,6 +205,65 @@ async def test_a_task_output_over_the_payload_limit_raises_once_in_the_handler(
         "message": "task output is 2003 bytes, over the limit of 1000 bytes",
     }
     assert calls == 1  # no retries: the function would only make it again
+
+
+@pytest.mark.parametrize("output", [math.nan, {1, 2}], ids=["nan", "set"])
+async def test_a_task_output_the_worker_cannot_send_raises_once_in_the_handler(
+    client: Client, output: Any
+) -> None:
+    calls = 0
+
+    def charge() -> Any:
+        nonlocal calls
+        calls += 1  # a side effect: running it again would repeat it
+        return output
+
+    @client.define_job(id="unsendable", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        try:
+            await io.run_task("charge", charge, retry={"limit": 3})
+        except TaskError as exc:
+            return exc.message
+        return "not raised"
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("unsendable")
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS", done.error
+    assert "JSON" in done.output
+    assert calls == 1  # final at once: the function would only make it again
+
+
+async def test_a_retried_task_runs_the_task_inside_it_that_failed_again(
+    client: Client, clock: FakeClock
+) -> None:
+    # v2 left such a run stuck: every later try of the parent got the failed child back.
+    fetches = 0
+
+    def fetch() -> str:
+        nonlocal fetches
+        fetches += 1
+        if fetches == 1:
+            raise ConnectionError("transient")
+        return "data"
+
+    @client.define_job(id="parent-retry", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def sync_user() -> str:
+            return await io.run_task("fetch", fetch)
+
+        return await io.run_task("sync-user", sync_user, retry={"limit": 3})
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("parent-retry")
+        await client.aio.wait_for_run(run.id, statuses=("WAITING",), timeout=15)
+        clock.advance(61)  # past the parent's backoff
+        done = await finished(client, run.id)
+    assert (done.status, done.output, fetches) == ("SUCCESS", "data", 2)
+    tasks = {t.key: t for t in (await client.aio.get_run(run.id)).tasks}
+    assert tasks["fetch"].status == "COMPLETED" and tasks["sync-user"].status == "COMPLETED"
 
 
 async def test_while_the_server_is_away_the_worker_tries_again_within_its_backoff_cap(

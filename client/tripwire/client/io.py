@@ -121,13 +121,16 @@ class Outcome:
     output: struct_pb2.Value | None = None
     error: run_pb2.ErrorInfo | None = None
     exception: BaseException | None = None
+    # The error is not retried: the function returned an output that cannot be sent
+    # (not JSON, or too large), which running it again would only make again.
+    final: bool = False
 
     @classmethod
     def of(cls, result: Any) -> Outcome:
         try:
             return cls(output=json_value(result, what="task output"))
         except (TypeError, ValueError) as exc:
-            return cls.failure(exc)
+            return cls(error=error_info(exc), exception=exc, final=True)
 
     @classmethod
     def failure(cls, exc: BaseException) -> Outcome:
@@ -444,6 +447,7 @@ class Execution:
             message.error.CopyFrom(outcome.error)
             # Where a next try starts numbering: past every boundary this one crossed.
             message.next_try_offset = self._boundaries - step.opened_at + 1
+            message.final = outcome.final
         else:
             message.output.CopyFrom(outcome.output or convert.to_value(None))
         result = await self._exchange(step.request_id, Request(task_complete=message))

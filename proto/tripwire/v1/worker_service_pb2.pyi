@@ -446,6 +446,7 @@ class TaskComplete(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     NEXT_TRY_OFFSET_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request_id of the TaskRequest that started the task."""
     run_id: _builtins.str
@@ -457,6 +458,12 @@ class TaskComplete(_message.Message):
     the later tries (and every replay) get back. For log numbering (see 5.):
     the Python SDK sends how many boundaries the tries so far crossed from
     the task's open on, plus one. At most 2^63 - 1.
+    """
+    final: _builtins.bool
+    """With `error`: the error is final, whatever the task's retry policy (as
+    for an output the server finds it cannot store): the worker could not
+    send the function's output at all (not JSON, or too large for a
+    message), and running the function again would only make it again.
     """
     @_builtins.property
     def output(self) -> _struct_pb2.Value: ...
@@ -472,10 +479,11 @@ class TaskComplete(_message.Message):
         output: _struct_pb2.Value | None = ...,
         error: _run_pb2.ErrorInfo | None = ...,
         next_try_offset: _builtins.int = ...,
+        final: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "next_try_offset", b"next_try_offset", "outcome", b"outcome", "output", b"output", "request_id", b"request_id", "run_id", b"run_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "final", b"final", "next_try_offset", b"next_try_offset", "outcome", b"outcome", "output", b"output", "request_id", b"request_id", "run_id", b"run_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["output", "error"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015

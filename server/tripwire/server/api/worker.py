@@ -713,7 +713,9 @@ def _outcome(msg: pb.TaskComplete | pb.RunResult, what: str) -> tuple[Any, Any, 
     final. An output JSON cannot carry (NaN, Infinity) becomes an error, final:
     running the task again would only make it again."""
     if msg.HasField("error"):
-        return None, convert.error_from_pb(msg.error), False
+        # A task's worker may say that its error is final (RunResult has no such flag).
+        final = isinstance(msg, pb.TaskComplete) and msg.final
+        return None, convert.error_from_pb(msg.error), final
     if not msg.HasField("output"):
         return None, None, False
     try:

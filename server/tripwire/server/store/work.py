@@ -285,7 +285,28 @@ class WorkOps:
             else:  # a retry that is due: run the function again
                 task.status, task.started_at, task.retry_at = TaskStatus.RUNNING, now, None
             self._update_task(tx, task)
+        elif task.status is TaskStatus.ERRORED and self._parent_tried_again(tx, task):
+            # It failed in an earlier try of its parent, which is being retried (maybe
+            # because of it): it runs again. A failure now is final again.
+            task.status, task.started_at, task.completed_at = TaskStatus.RUNNING, now, None
+            self._update_task(tx, task)
         return TaskOutcome(task, run)
+
+    @staticmethod
+    def _parent_tried_again(tx: Tx, task: Task) -> bool:
+        """`task` (inside a RUN task) failed before its parent's current try began."""
+        if task.kind is not TaskKind.RUN or not task.parent_id or task.completed_at is None:
+            return False
+        parent = tx.conn.execute(
+            "SELECT status, started_at FROM tasks WHERE id = ? AND run_id = ?",
+            (task.parent_id, task.run_id),
+        ).fetchone()
+        return (
+            parent is not None
+            and parent[0] == TaskStatus.RUNNING.value
+            and parent[1] is not None
+            and parent[1] > task.completed_at
+        )
 
     def _suspend(self, tx: Tx, run: Run, until: int, now: int) -> None:
         """EXECUTING -> WAITING: the run holds no slot until `until`."""
