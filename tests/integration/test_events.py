@@ -348,6 +348,18 @@ async def test_a_batch_rescheduling_its_own_event_replies_with_what_was_stored(
     assert "deduplicated" not in reply["events"][0] and reply["events"][1]["deduplicated"]
 
 
+async def test_a_batch_rescheduling_a_pending_event_delivers_in_request_order(
+    stubs: Stubs,
+) -> None:
+    await register(stubs, event_job("j", ["a"]))
+    await send(stubs, {"name": "a", "id": "X"}, deliver_after=60)
+    body = {"events": [{"name": "a", "id": "X"}, {"name": "a", "id": "Y"}]}  # X: now
+    reply = js(await stubs.events.SendEvents(req(ev.SendEventsRequest, body)))
+    assert [e["status"] for e in reply["events"]] == ["EVENT_STATUS_DELIVERED"] * 2
+    runs = js(await stubs.runs.ListRuns(rn.ListRunsRequest(job_id="j")))["runs"]
+    assert [r["eventId"] for r in runs] == ["Y", "X"]  # newest first: X's run came first
+
+
 async def test_send_events_dedups_within_a_batch(stubs: Stubs) -> None:
     await register(stubs, event_job("j", ["a"]))
     body = {"events": [{"name": "a", "id": "same"}, {"name": "a", "id": "same"}]}

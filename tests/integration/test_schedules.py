@@ -84,6 +84,27 @@ async def test_restart_skips_missed_ticks_unless_catch_up(start_server: StartSer
         assert resumed["eventId"] == f"skip:{START + 310_000}"
 
 
+async def test_changing_only_catch_up_keeps_the_next_fire(start_server: StartServer) -> None:
+    # catch_up says what becomes of ticks missed while the server was down, not
+    # when ticks are planned: the tick 100 s away still fires.
+    clock = FakeClock(START)  # 22:13:20 UTC
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+
+        async def hourly(version: str, catch_up: bool) -> dict:
+            trigger = {"interval": {"seconds": 3600, "catchUp": catch_up}}
+            body = {"job": {"id": "hourly", "version": version, "trigger": trigger}}
+            return js((await stubs.jobs.RegisterJob(req(jb.RegisterJobRequest, body))).job)
+
+        assert (await hourly("1.0.0", False))["nextFireAt"] == "2023-11-14T23:13:20Z"
+        clock.advance(3500)
+        assert (await hourly("1.0.1", True))["nextFireAt"] == "2023-11-14T23:13:20Z"
+        clock.advance(100)
+        (fired,) = await wait_runs(stubs, "hourly", 1)
+        assert fired["eventId"] == f"hourly:{START + 3_600_000}"
+
+
 async def test_a_tick_fires_once_across_a_restart(start_server: StartServer) -> None:
     clock = FakeClock(START)
     server = await start_server(clock=clock)

@@ -247,7 +247,10 @@ class CronTrigger(_message.Message):
     """IANA time zone, e.g. "Europe/Paris". Absent: UTC."""
     catch_up: _builtins.bool
     """Ticks missed while the server was down are skipped; with catch_up the
-    last missed tick fires once on start.
+    last missed tick fires once on start. "Missed" means found more than the
+    server's --schedule-grace (60 s by default) after its planned time: a
+    tick due during a quick restart still fires, late, once. Changing only
+    catch_up when re-registering keeps the next planned tick.
     """
     def __init__(
         self,

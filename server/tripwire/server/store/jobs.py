@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -129,7 +130,14 @@ class JobOps:
         latest = self._job(conn, env, job_id, latest_version)
         schedule = _schedule_of(latest)
         spec = dumps(schedule.__dict__) if schedule else None
-        if head is None or head[0] != spec:
+        if head is not None and head[0] != spec and _same_plan(head[0], schedule):
+            # Only catch_up changed: it decides what happens to missed ticks, not
+            # when ticks are planned, so the grid, next fire and last fire stay.
+            conn.execute(
+                "UPDATE jobs SET schedule = ? WHERE env = ? AND id = ?", (spec, env, job_id)
+            )
+            latest = self._job(conn, env, job_id, latest_version)
+        elif head is None or head[0] != spec:
             # A new or changed schedule starts from now; an unchanged one keeps
             # its next fire, so re-registering never resets or skips a tick.
             next_fire = schedules.first_fire(schedule, _dt(now)) if schedule else None
@@ -385,6 +393,17 @@ def _schedule_of(job: Job) -> schedules.Schedule | None:
             catch_up=bool(spec.get("catch_up")),
         )
     return None
+
+
+def _same_plan(stored: str | None, schedule: schedules.Schedule | None) -> bool:
+    """Whether a stored schedule plans the same ticks as `schedule` (catch_up aside)."""
+    if stored is None or schedule is None:
+        return False
+    old = json.loads(stored)
+    old.pop("catch_up", None)
+    new = dict(schedule.__dict__)
+    new.pop("catch_up", None)
+    return bool(old == new)
 
 
 def _dt(ms: int) -> datetime:

@@ -171,7 +171,11 @@ class SQLiteStore(JobOps, WorkOps):
                 results.append((current, "unchanged"))
         created: list[Run] = []
         delivered: list[Event] = []
-        for event in {**inserted, **updated}.values():
+        # In request order (dict keys keep the first occurrence of each id): an
+        # event the batch rescheduled is delivered where it stands in the batch.
+        touched = {**inserted, **updated}
+        in_order = [touched[i] for i in dict.fromkeys(e.id for e in events) if i in touched]
+        for event in in_order:
             if event.status is EventStatus.PENDING and event.deliver_at <= now:
                 created += self._deliver(event, now)
                 delivered.append(event)
