@@ -706,3 +706,37 @@ async def test_lines_after_a_retried_nested_task_are_stored_once(
     assert done.status == "SUCCESS", done.error
     logs = (await client.aio.get_run(run.id)).logs
     assert [line.message for line in logs] == ["after outer", "end"]
+
+
+async def test_a_line_after_a_task_whose_failed_try_opened_a_task_is_stored_once(
+    client: Client, clock: FakeClock
+) -> None:
+    # The first try of "outer" opens "fallback" and fails; the second does not open it.
+    # A replay takes "outer" from the cache and must number "after outer" as the
+    # execution that settled it did.
+    tries = 0
+
+    @client.define_job(id="dup-line", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def outer() -> str:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                await io.run_task("fallback", lambda: 1)
+                raise ConnectionError("the first try fails")
+            return "ok"
+
+        await io.run_task("outer", outer, retry={"limit": 3})
+        await io.logger.info("after outer")
+        await io.wait("nap", 1)
+        await io.logger.info("end")
+        return "done"
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("dup-line")
+        await finished(client, run.id, "WAITING")  # outer's retry backoff
+        done = await past_the_retry_and_the_nap(client, clock, run.id)
+    assert done.status == "SUCCESS", done.error
+    logs = (await client.aio.get_run(run.id)).logs
+    assert [line.message for line in logs] == ["after outer", "end"]

@@ -305,9 +305,10 @@ class Execution:
         self._send = send
         cached = list(cached_tasks)
         self._cache = {(task.parent_id, task.key): task for task in cached}
-        self._children: dict[str, list[run_pb2.Task]] = {}
+        # Parent task id -> its tasks by id, as last heard of (cached, then answers).
+        self._children: dict[str, dict[str, run_pb2.Task]] = {}
         for task in cached:
-            self._children.setdefault(task.parent_id, []).append(task)
+            self._remember(task)
         self._claimed: set[tuple[str, str]] = set()
         self._pending: dict[str, asyncio.Future[worker_service_pb2.TaskResult]] = {}
         # Log lines are numbered (io boundaries so far) * LINES_PER_BOUNDARY + (lines
@@ -321,12 +322,26 @@ class Execution:
         self._boundaries += count
         self._lines = 0
 
+    def _remember(self, task: run_pb2.Task) -> None:
+        self._children.setdefault(task.parent_id, {})[task.id] = task
+
     def _inside(self, task: run_pb2.Task) -> int:
-        """The boundaries the tasks inside ``task`` crossed in the execution that settled
-        it: each one's open and settle, its earlier tries, and what is inside it in turn."""
+        """The boundaries counted for the tasks inside ``task``: each one's open and
+        settle, its earlier tries, and what is inside it in turn."""
         return sum(
-            2 + _earlier(child) + self._inside(child) for child in self._children.get(task.id, ())
+            2 + _earlier(child) + self._inside(child)
+            for child in self._children.get(task.id, {}).values()
         )
+
+    def _settled(self, task: run_pb2.Task, opened_at: int) -> None:
+        """``task`` settled (COMPLETED or ERRORED): the count moves to where a replay
+        taking it from the cache puts it (its open, its earlier tries, the tasks inside
+        it, its settle), whatever this execution crossed: a try that failed may have
+        opened tasks that the last one did not (counted in its try_offset and again
+        among the tasks inside), and a replay must number the lines after it alike."""
+        self._remember(task)
+        target = opened_at + _earlier(task) + self._inside(task) + 1
+        self._boundary(max(target - self._boundaries, 1))
 
     def send(self, message: Request) -> None:
         if not self.halted:
@@ -405,9 +420,9 @@ class Execution:
         cached = self._cache.get(slot)
         # A cached task of another kind is not used: the server reports the nondeterminism.
         if cached is not None and cached.status == _COMPLETED and cached.kind == spec.kind:
-            # As the execution that ran it crossed them: its earlier tries, the tasks
+            # As the execution that settled it counted: its earlier tries, the tasks
             # inside it, and its settling.
-            self._boundary(_earlier(cached) + self._inside(cached) + 1)
+            self._settled(cached, opened_at)
             return Step("", cached, output=_output(cached), opened_at=opened_at)
         request_id = uuid.uuid4().hex
         task = worker_service_pb2.TaskRequest(
@@ -427,10 +442,9 @@ class Execution:
         answer = result.task
         if answer.status == _RUNNING:
             # A retry: its lines must not take the numbers of an earlier try's.
+            self._remember(answer)
             self._boundary(_earlier(answer))
-        elif answer.status == _ERRORED:
-            # Failed for good in an earlier execution: cross what that one crossed.
-            self._boundary(_earlier(answer) + self._inside(answer))
+        # ERRORED (failed for good in an earlier execution): _settle counts as that one.
         return self._settle(request_id, answer, spec.key, None, opened_at)
 
     async def complete(self, step: Step, outcome: Outcome) -> Step:
@@ -474,14 +488,14 @@ class Execution:
         opened_at: int,
     ) -> Step:
         if task.status == _COMPLETED:
-            self._boundary()
+            self._settled(task, opened_at)
             return Step(request_id, task, output=_output(task), opened_at=opened_at)
         if task.status == _RUNNING and task.kind == run_pb2.TASK_KIND_RUN:
             return Step(request_id, task, run=True, opened_at=opened_at)
         if task.status in _STOPPING:
             raise self.suspend()
         if task.status == _ERRORED:
-            self._boundary()
+            self._settled(task, opened_at)
             error = task.error
             raise TaskError(error.type, error.message, error.stack, key=key) from cause
         status = convert.enum_name(run_pb2.TaskStatus, task.status, "TASK_STATUS_")

@@ -94,9 +94,13 @@ class WorkerServiceStub:
        counted (its `try_offset`; n after n failed tries when it is 0), so
        that each try's lines, and those of the tasks inside it, have numbers
        of their own. A task that comes back settled (cached, or ERRORED)
-       counts what the execution that settled it crossed: its open, its
+       counts as the execution that settled it did: its open, its
        earlier tries (`try_offset`), its settle, and those of every task
-       inside it. Plain 1, 2, ... per execution is
+       inside it (every task the server has under it, from any try); a task
+       settling in the execution itself moves the count on to that same
+       number when it is further (a failed try may have opened tasks the last
+       one did not), so a replay numbers the lines after it alike. Plain 1,
+       2, ... per execution is
        right only if no line is logged inside a task's function. Numbers
        counted this way depend on the order io calls settle, so a line logged
        inside a task's function while other io calls run beside it (e.g.
@@ -219,9 +223,13 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        counted (its `try_offset`; n after n failed tries when it is 0), so
        that each try's lines, and those of the tasks inside it, have numbers
        of their own. A task that comes back settled (cached, or ERRORED)
-       counts what the execution that settled it crossed: its open, its
+       counts as the execution that settled it did: its open, its
        earlier tries (`try_offset`), its settle, and those of every task
-       inside it. Plain 1, 2, ... per execution is
+       inside it (every task the server has under it, from any try); a task
+       settling in the execution itself moves the count on to that same
+       number when it is further (a failed try may have opened tasks the last
+       one did not), so a replay numbers the lines after it alike. Plain 1,
+       2, ... per execution is
        right only if no line is logged inside a task's function. Numbers
        counted this way depend on the order io calls settle, so a line logged
        inside a task's function while other io calls run beside it (e.g.
@@ -340,9 +348,13 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        counted (its `try_offset`; n after n failed tries when it is 0), so
        that each try's lines, and those of the tasks inside it, have numbers
        of their own. A task that comes back settled (cached, or ERRORED)
-       counts what the execution that settled it crossed: its open, its
+       counts as the execution that settled it did: its open, its
        earlier tries (`try_offset`), its settle, and those of every task
-       inside it. Plain 1, 2, ... per execution is
+       inside it (every task the server has under it, from any try); a task
+       settling in the execution itself moves the count on to that same
+       number when it is further (a failed try may have opened tasks the last
+       one did not), so a replay numbers the lines after it alike. Plain 1,
+       2, ... per execution is
        right only if no line is logged inside a task's function. Numbers
        counted this way depend on the order io calls settle, so a line logged
        inside a task's function while other io calls run beside it (e.g.
