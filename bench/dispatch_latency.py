@@ -6,8 +6,9 @@
 Starts the server as a subprocess on 127.0.0.1 (a fresh SQLite file) and, in a
 process of its own, a bare worker speaking the RunJob protocol without the SDK:
 it says hello (one job triggered by the bench's events, capacity high enough
-never to throttle), records `time.time_ns()` the moment each run_request comes
-off the stream, and answers each with a run_result so the runs complete. A
+never to throttle; it reads and sends batches, as the SDK does), records
+`time.time_ns()` the moment each run_request comes off the stream (a batch's
+all at once), and answers each with a run_result so the runs complete. A
 separate load process sends SendEvent on a fixed schedule of `--rate` events/s
 (open loop: a call is started when it is due, whether or not earlier calls
 have returned), each event carrying its send time in the payload. Latency is
@@ -80,9 +81,21 @@ async def _worker(address: str, capacity: int) -> int:
     ).start()
     outgoing: asyncio.Queue[worker_service_pb2.RunJobRequest | None] = asyncio.Queue()
 
+    batches = False  # the server reads batches (its welcome says so)
+
     async def requests() -> Any:
+        # What piled up goes as one batch once the server reads them (protocol step 11).
         while (message := await outgoing.get()) is not None:
-            yield message
+            if not batches or outgoing.empty():
+                yield message
+                continue
+            batch = Request()
+            batch.batch.messages.append(message)
+            while not outgoing.empty() and (more := outgoing.get_nowait()) is not None:
+                batch.batch.messages.append(more)
+            yield batch
+            if more is None:
+                return
 
     job = job_pb2.Job(
         id=JOB_ID,
@@ -90,7 +103,11 @@ async def _worker(address: str, capacity: int) -> int:
         trigger=job_pb2.Trigger(event=job_pb2.EventTrigger(names=[EVENT_NAME])),
     )
     hello = worker_service_pb2.Hello(
-        worker_id=f"bench-raw-{os.getpid()}", jobs=[job], capacity=capacity, sdk="bench-raw"
+        worker_id=f"bench-raw-{os.getpid()}",
+        jobs=[job],
+        capacity=capacity,
+        sdk="bench-raw",
+        accepts_batches=True,
     )
     latency_ns: dict[int, int] = {}
     problems: collections.Counter[str] = collections.Counter()
@@ -105,6 +122,7 @@ async def _worker(address: str, capacity: int) -> int:
             print(f"expected welcome, got {first}", file=sys.stderr)
             return 1
         interval = first.welcome.heartbeat_interval_ms / 1000 or 5.0
+        batches = first.welcome.accepts_batches
 
         async def beat() -> None:
             while True:
@@ -112,34 +130,41 @@ async def _worker(address: str, capacity: int) -> int:
                 outgoing.put_nowait(Request(heartbeat=worker_service_pb2.Heartbeat()))
 
         async def read() -> None:
-            nonlocal received
             while True:
                 message = await call.read()
                 now = time.time_ns()  # first thing: the receipt time
                 if message is grpc.aio.EOF:
                     problems["the server ended the stream"] += 1
                     return
-                kind = message.WhichOneof("message")
-                if kind == "heartbeat":  # the server's answer to ours
-                    continue
-                if kind != "run_request":
-                    problems[f"unexpected {kind} from the server"] += 1
-                    print(f"unexpected {kind}: {getattr(message, kind, '')}", file=sys.stderr)
-                    continue
-                run = message.run_request.run
-                fields = message.run_request.event.payload.struct_value.fields
-                received += 1
-                try:
-                    seq, sent = int(fields["seq"].number_value), int(fields["sent_ns"].string_value)
-                except (KeyError, ValueError):
-                    problems["a run_request without seq/sent_ns in the payload"] += 1
+                if message.WhichOneof("message") == "batch":
+                    for inner in message.batch.messages:
+                        receive(inner, now)
                 else:
-                    if seq in latency_ns:
-                        problems["an event dispatched twice"] += 1
-                    latency_ns[seq] = now - sent
-                result = worker_service_pb2.RunResult(run_id=run.id, attempt=run.attempt)
-                result.output.CopyFrom(null)
-                outgoing.put_nowait(Request(run_result=result))
+                    receive(message, now)
+
+        def receive(message: worker_service_pb2.RunJobResponse, now: int) -> None:
+            nonlocal received
+            kind = message.WhichOneof("message")
+            if kind == "heartbeat":  # the server's answer to ours
+                return
+            if kind != "run_request":
+                problems[f"unexpected {kind} from the server"] += 1
+                print(f"unexpected {kind}: {getattr(message, kind, '')}", file=sys.stderr)
+                return
+            run = message.run_request.run
+            fields = message.run_request.event.payload.struct_value.fields
+            received += 1
+            try:
+                seq, sent = int(fields["seq"].number_value), int(fields["sent_ns"].string_value)
+            except (KeyError, ValueError):
+                problems["a run_request without seq/sent_ns in the payload"] += 1
+            else:
+                if seq in latency_ns:
+                    problems["an event dispatched twice"] += 1
+                latency_ns[seq] = now - sent
+            result = worker_service_pb2.RunResult(run_id=run.id, attempt=run.attempt)
+            result.output.CopyFrom(null)
+            outgoing.put_nowait(Request(run_result=result))
 
         heartbeat = asyncio.create_task(beat())
         reader = asyncio.create_task(read())
