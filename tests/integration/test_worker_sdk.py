@@ -740,3 +740,81 @@ async def test_a_line_after_a_task_whose_failed_try_opened_a_task_is_stored_once
     assert done.status == "SUCCESS", done.error
     logs = (await client.aio.get_run(run.id)).logs
     assert [line.message for line in logs] == ["after outer", "end"]
+
+
+async def test_a_line_after_a_gather_beside_a_failed_task_with_a_task_inside_is_stored_once(
+    client: Client, clock: FakeClock
+) -> None:
+    # On replay "a" comes back ERRORED after the cached "b" beside it has settled:
+    # each must be counted once, whatever the order of the answers.
+    @client.define_job(id="gather-errored", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def a_fn() -> None:
+            await io.run_task("a1", lambda: 1)
+            raise ValueError("a fails for good")
+
+        async def guarded() -> None:
+            try:
+                await io.run_task("a", a_fn)
+            except TaskError:
+                pass
+
+        await asyncio.gather(guarded(), io.run_task("b", lambda: 2))
+        await io.logger.info("after gather")
+        await io.wait("nap", 1)  # the next execution replays the gather
+        await io.logger.info("end")
+        return "done"
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("gather-errored")
+        await finished(client, run.id, "WAITING")
+        clock.advance(2)
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS", done.error
+    logs = (await client.aio.get_run(run.id)).logs
+    assert [line.message for line in logs] == ["after gather", "end"]
+
+
+async def through_every_backoff(client: Client, clock: FakeClock, run_id: str) -> Any:
+    """Moves the clock past each backoff the run waits on, one at a time, until it ends."""
+    for _ in range(10):
+        run = await finished(client, run_id, "WAITING", "SUCCESS", "FAILURE")
+        if run.status != "WAITING":
+            return run
+        clock.advance(5)
+
+        async def moved(before: Any = run.wait_until) -> bool:
+            now = (await client.aio.get_run(run_id)).run
+            return now.status != "WAITING" or now.wait_until != before
+
+        await eventually(moved)
+    raise AssertionError("the run never ended")
+
+
+async def test_a_task_run_again_for_its_parents_retry_gets_its_own_retries_again(
+    client: Client, clock: FakeClock
+) -> None:
+    calls = 0
+
+    def fetch() -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:  # both tries in the parent's first try, then once more
+            raise ConnectionError(f"transient {calls}")
+        return "data"
+
+    policy = {"limit": 2, "min_timeout_ms": 1000, "randomize": False}
+
+    @client.define_job(id="child-policy", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def sync_user() -> str:
+            return await io.run_task("fetch", fetch, retry=policy)
+
+        return await io.run_task("sync-user", sync_user, retry=policy)
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("child-policy")
+        done = await through_every_backoff(client, clock, run.id)
+    assert (done.status, done.output, calls) == ("SUCCESS", "data", 4), (done.error, calls)

@@ -333,15 +333,25 @@ class Execution:
             for child in self._children.get(task.id, {}).values()
         )
 
-    def _settled(self, task: run_pb2.Task, opened_at: int) -> None:
-        """``task`` settled (COMPLETED or ERRORED): the count moves to where a replay
-        taking it from the cache puts it (its open, its earlier tries, the tasks inside
-        it, its settle), whatever this execution crossed: a try that failed may have
-        opened tasks that the last one did not (counted in its try_offset and again
-        among the tasks inside), and a replay must number the lines after it alike."""
+    def _settled(self, task: run_pb2.Task, ran: bool) -> None:
+        """``task`` settled (COMPLETED or ERRORED): the count moves on by what a replay
+        taking it from the cache counts for it (its open being counted already): its
+        earlier tries, the tasks inside it, its settle. Of that, what this execution
+        crossed for it is not counted again: when its function ran here (``ran``), the
+        earlier tries (counted as it came back RUNNING) and the tasks it opened, each of
+        which counted itself so; a try that failed may have opened tasks the last one
+        did not, and those are counted here. Relative, not from where the task opened:
+        io calls that other coroutines make beside it (asyncio.gather) are counted once,
+        in whatever order the answers come."""
         self._remember(task)
-        target = opened_at + _earlier(task) + self._inside(task) + 1
-        self._boundary(max(target - self._boundaries, 1))
+        count = 1
+        if not ran:
+            count += _earlier(task)
+        for child in self._children.get(task.id, {}).values():
+            if ran and (task.id, child.key) in self._claimed:
+                continue  # opened by this try: it counted itself
+            count += 2 + _earlier(child) + self._inside(child)
+        self._boundary(count)
 
     def send(self, message: Request) -> None:
         if not self.halted:
@@ -422,7 +432,7 @@ class Execution:
         if cached is not None and cached.status == _COMPLETED and cached.kind == spec.kind:
             # As the execution that settled it counted: its earlier tries, the tasks
             # inside it, and its settling.
-            self._settled(cached, opened_at)
+            self._settled(cached, ran=False)
             return Step("", cached, output=_output(cached), opened_at=opened_at)
         request_id = uuid.uuid4().hex
         task = worker_service_pb2.TaskRequest(
@@ -445,7 +455,7 @@ class Execution:
             self._remember(answer)
             self._boundary(_earlier(answer))
         # ERRORED (failed for good in an earlier execution): _settle counts as that one.
-        return self._settle(request_id, answer, spec.key, None, opened_at)
+        return self._settle(request_id, answer, spec.key, None, opened_at, ran=False)
 
     async def complete(self, step: Step, outcome: Outcome) -> Step:
         """Report a function's outcome; the answer says what comes next (as for open)."""
@@ -466,7 +476,12 @@ class Execution:
             message.output.CopyFrom(outcome.output or convert.to_value(None))
         result = await self._exchange(step.request_id, Request(task_complete=message))
         return self._settle(
-            step.request_id, result.task, step.task.key, outcome.exception, step.opened_at
+            step.request_id,
+            result.task,
+            step.task.key,
+            outcome.exception,
+            step.opened_at,
+            ran=True,
         )
 
     async def _exchange(self, request_id: str, message: Request) -> worker_service_pb2.TaskResult:
@@ -486,16 +501,18 @@ class Execution:
         key: str,
         cause: BaseException | None,
         opened_at: int,
+        *,
+        ran: bool,
     ) -> Step:
         if task.status == _COMPLETED:
-            self._settled(task, opened_at)
+            self._settled(task, ran)
             return Step(request_id, task, output=_output(task), opened_at=opened_at)
         if task.status == _RUNNING and task.kind == run_pb2.TASK_KIND_RUN:
             return Step(request_id, task, run=True, opened_at=opened_at)
         if task.status in _STOPPING:
             raise self.suspend()
         if task.status == _ERRORED:
-            self._settled(task, opened_at)
+            self._settled(task, ran)
             error = task.error
             raise TaskError(error.type, error.message, error.stack, key=key) from cause
         status = convert.enum_name(run_pb2.TaskStatus, task.status, "TASK_STATUS_")

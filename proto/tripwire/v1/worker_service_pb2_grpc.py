@@ -95,11 +95,12 @@ class WorkerServiceStub:
     of their own. A task that comes back settled (cached, or ERRORED)
     counts as the execution that settled it did: its open, its
     earlier tries (`try_offset`), its settle, and those of every task
-    inside it (every task the server has under it, from any try); a task
-    settling in the execution itself moves the count on to that same
-    number when it is further (a failed try may have opened tasks the last
-    one did not), so a replay numbers the lines after it alike. Plain 1,
-    2, ... per execution is
+    inside it (every task the server has under it, from any try). A task
+    whose function ran in the execution itself counts its settle and,
+    besides what that execution crossed, the tasks under it that it did
+    not open (an earlier try may have opened tasks the last one did not),
+    so that a replay numbers the lines after it alike. Plain 1, 2, ... per
+    execution is
     right only if no line is logged inside a task's function. Numbers
     counted this way depend on the order io calls settle, so a line logged
     inside a task's function while other io calls run beside it (e.g.
@@ -230,11 +231,12 @@ class WorkerServiceServicer:
     of their own. A task that comes back settled (cached, or ERRORED)
     counts as the execution that settled it did: its open, its
     earlier tries (`try_offset`), its settle, and those of every task
-    inside it (every task the server has under it, from any try); a task
-    settling in the execution itself moves the count on to that same
-    number when it is further (a failed try may have opened tasks the last
-    one did not), so a replay numbers the lines after it alike. Plain 1,
-    2, ... per execution is
+    inside it (every task the server has under it, from any try). A task
+    whose function ran in the execution itself counts its settle and,
+    besides what that execution crossed, the tasks under it that it did
+    not open (an earlier try may have opened tasks the last one did not),
+    so that a replay numbers the lines after it alike. Plain 1, 2, ... per
+    execution is
     right only if no line is logged inside a task's function. Numbers
     counted this way depend on the order io calls settle, so a line logged
     inside a task's function while other io calls run beside it (e.g.
@@ -374,11 +376,12 @@ class WorkerService:
     of their own. A task that comes back settled (cached, or ERRORED)
     counts as the execution that settled it did: its open, its
     earlier tries (`try_offset`), its settle, and those of every task
-    inside it (every task the server has under it, from any try); a task
-    settling in the execution itself moves the count on to that same
-    number when it is further (a failed try may have opened tasks the last
-    one did not), so a replay numbers the lines after it alike. Plain 1,
-    2, ... per execution is
+    inside it (every task the server has under it, from any try). A task
+    whose function ran in the execution itself counts its settle and,
+    besides what that execution crossed, the tasks under it that it did
+    not open (an earlier try may have opened tasks the last one did not),
+    so that a replay numbers the lines after it alike. Plain 1, 2, ... per
+    execution is
     right only if no line is logged inside a task's function. Numbers
     counted this way depend on the order io calls settle, so a line logged
     inside a task's function while other io calls run beside it (e.g.

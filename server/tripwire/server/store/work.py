@@ -287,8 +287,11 @@ class WorkOps:
             self._update_task(tx, task)
         elif task.status is TaskStatus.ERRORED and self._parent_tried_again(tx, task):
             # It failed in an earlier try of its parent, which is being retried (maybe
-            # because of it): it runs again. A failure now is final again.
+            # because of it): it runs again, from its first try, so that its own retry
+            # policy applies within the parent's new try as in the first (the parent's
+            # try_offset already numbers this try's log lines past the earlier ones').
             task.status, task.started_at, task.completed_at = TaskStatus.RUNNING, now, None
+            task.attempts, task.try_offset = 0, 0
             self._update_task(tx, task)
         return TaskOutcome(task, run)
 
