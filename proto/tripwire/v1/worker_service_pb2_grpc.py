@@ -102,10 +102,13 @@ class WorkerServiceStub:
     so that a replay numbers the lines after it alike. Plain 1, 2, ... per
     execution is
     right only if no line is logged inside a task's function. Numbers
-    counted this way depend on the order io calls settle, so a line logged
-    inside a task's function while other io calls run beside it (e.g.
-    asyncio.gather) may be stored again when a replay re-runs that task
-    before it had completed; sequential io calls never are. Lines are
+    counted this way depend on the order io calls open and settle, which
+    concurrent io calls (e.g. asyncio.gather) may change from one execution
+    to the next (a cached task settles at once, a live one a round trip
+    later): a line logged while io calls run beside it (in a gathered
+    coroutine, in a task's function or not), and a line logged after them
+    before the next io call, may then be stored again; lines logged only
+    around sequential io calls never are. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
@@ -238,10 +241,13 @@ class WorkerServiceServicer:
     so that a replay numbers the lines after it alike. Plain 1, 2, ... per
     execution is
     right only if no line is logged inside a task's function. Numbers
-    counted this way depend on the order io calls settle, so a line logged
-    inside a task's function while other io calls run beside it (e.g.
-    asyncio.gather) may be stored again when a replay re-runs that task
-    before it had completed; sequential io calls never are. Lines are
+    counted this way depend on the order io calls open and settle, which
+    concurrent io calls (e.g. asyncio.gather) may change from one execution
+    to the next (a cached task settles at once, a live one a round trip
+    later): a line logged while io calls run beside it (in a gathered
+    coroutine, in a task's function or not), and a line logged after them
+    before the next io call, may then be stored again; lines logged only
+    around sequential io calls never are. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
@@ -383,10 +389,13 @@ class WorkerService:
     so that a replay numbers the lines after it alike. Plain 1, 2, ... per
     execution is
     right only if no line is logged inside a task's function. Numbers
-    counted this way depend on the order io calls settle, so a line logged
-    inside a task's function while other io calls run beside it (e.g.
-    asyncio.gather) may be stored again when a replay re-runs that task
-    before it had completed; sequential io calls never are. Lines are
+    counted this way depend on the order io calls open and settle, which
+    concurrent io calls (e.g. asyncio.gather) may change from one execution
+    to the next (a cached task settles at once, a live one a round trip
+    later): a line logged while io calls run beside it (in a gathered
+    coroutine, in a task's function or not), and a line logged after them
+    before the next io call, may then be stored again; lines logged only
+    around sequential io calls never are. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
