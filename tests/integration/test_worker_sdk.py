@@ -593,6 +593,20 @@ async def past_the_retry_and_the_nap(client: Client, clock: FakeClock, run_id: s
     return await finished(client, run_id)
 
 
+async def lines_past_the_retry_and_the_nap(
+    client: Client, clock: FakeClock, job_id: str
+) -> list[str]:
+    """Runs `job_id` (a run WAITING first on a retry's backoff, then on a nap) to
+    SUCCESS on a worker; returns the messages of its stored log lines."""
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job(job_id)
+        await finished(client, run.id, "WAITING")  # the retry's backoff
+        done = await past_the_retry_and_the_nap(client, clock, run.id)
+    assert done.status == "SUCCESS", done.error
+    return [line.message for line in (await client.aio.get_run(run.id)).logs]
+
+
 async def test_log_lines_survive_replays_after_retries_and_failed_nested_tasks(
     client: Client, clock: FakeClock
 ) -> None:
@@ -622,14 +636,12 @@ async def test_log_lines_survive_replays_after_retries_and_failed_nested_tasks(
         await io.logger.info("end")
         return "done"
 
-    async with Worker(client) as worker:
-        await serving(worker)
-        run = await client.aio.invoke_job("lines")
-        await finished(client, run.id, "WAITING")  # the retry's backoff
-        done = await past_the_retry_and_the_nap(client, clock, run.id)
-    assert done.status == "SUCCESS", done.error
-    logs = (await client.aio.get_run(run.id)).logs
-    assert [line.message for line in logs] == ["try 1", "try 2", "handled", "end"]
+    assert await lines_past_the_retry_and_the_nap(client, clock, "lines") == [
+        "try 1",
+        "try 2",
+        "handled",
+        "end",
+    ]
 
 
 async def test_the_lines_of_each_try_of_a_task_with_tasks_inside_are_all_kept(
@@ -698,14 +710,10 @@ async def test_lines_after_a_retried_nested_task_are_stored_once(
         await io.logger.info("end")
         return "done"
 
-    async with Worker(client) as worker:
-        await serving(worker)
-        run = await client.aio.invoke_job("nested-retry")
-        await finished(client, run.id, "WAITING")  # inner's retry backoff
-        done = await past_the_retry_and_the_nap(client, clock, run.id)
-    assert done.status == "SUCCESS", done.error
-    logs = (await client.aio.get_run(run.id)).logs
-    assert [line.message for line in logs] == ["after outer", "end"]
+    assert await lines_past_the_retry_and_the_nap(client, clock, "nested-retry") == [
+        "after outer",
+        "end",
+    ]
 
 
 async def test_a_line_after_a_task_whose_failed_try_opened_a_task_is_stored_once(
@@ -732,14 +740,10 @@ async def test_a_line_after_a_task_whose_failed_try_opened_a_task_is_stored_once
         await io.logger.info("end")
         return "done"
 
-    async with Worker(client) as worker:
-        await serving(worker)
-        run = await client.aio.invoke_job("dup-line")
-        await finished(client, run.id, "WAITING")  # outer's retry backoff
-        done = await past_the_retry_and_the_nap(client, clock, run.id)
-    assert done.status == "SUCCESS", done.error
-    logs = (await client.aio.get_run(run.id)).logs
-    assert [line.message for line in logs] == ["after outer", "end"]
+    assert await lines_past_the_retry_and_the_nap(client, clock, "dup-line") == [
+        "after outer",
+        "end",
+    ]
 
 
 async def test_a_line_after_a_gather_beside_a_failed_task_with_a_task_inside_is_stored_once(
