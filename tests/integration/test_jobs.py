@@ -340,6 +340,27 @@ async def test_disabling_stops_matching_and_aborts_active_runs(stubs: Stubs) -> 
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_registering_a_version_again_disabled_aborts_its_active_runs(stubs: Stubs) -> None:
+    await register(stubs, event_job("j", ["e"], "1.0.0"))
+    old = (await send(stubs, {"name": "e"}))["runs"][0]
+    await register(stubs, event_job("j", ["e"], "2.0.0"))
+    new = (await send(stubs, {"name": "e"}))["runs"][0]
+    disabled = event_job("j", ["e"], "1.0.0")
+    disabled["job"]["enabled"] = False
+    assert (await register(stubs, disabled))["enabled"] is False
+    statuses = {}
+    for run_id in (old["id"], new["id"]):
+        statuses[run_id] = js((await stubs.runs.GetRun(rn.GetRunRequest(id=run_id))).run)["status"]
+    assert statuses == {old["id"]: "RUN_STATUS_ABORTED", new["id"]: "RUN_STATUS_QUEUED"}
+    # Registered disabled again, or first registered disabled: nothing to abort.
+    await register(stubs, disabled)
+    fresh = event_job("j", ["e"], "3.0.0")
+    fresh["job"]["enabled"] = False
+    await register(stubs, fresh)
+    still = js((await stubs.runs.GetRun(rn.GetRunRequest(id=new["id"]))).run)["status"]
+    assert still == "RUN_STATUS_QUEUED"
+
+
 async def test_invoke_job_is_idempotent_by_key_and_validates(stubs: Stubs) -> None:
     await register(
         stubs,

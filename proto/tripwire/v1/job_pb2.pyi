@@ -80,7 +80,10 @@ class Job(_message.Message):
     created with.
     """
     enabled: _builtins.bool
-    """Absent means true. A disabled latest version gets no new runs."""
+    """Absent means true. A disabled latest version gets no new runs. Registering
+    an enabled version again with false disables it as SetJobEnabled does: its
+    active runs end ABORTED.
+    """
     concurrency_limit: _builtins.int
     """Most runs of this job executing at once across all workers; 0 = no limit."""
     max_duration_seconds: _builtins.int

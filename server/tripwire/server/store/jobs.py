@@ -101,6 +101,8 @@ class JobOps:
             "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows.job_params(job),
         )
+        if old and old[1] and not job.enabled:  # disabled as SetJobEnabled would
+            self._abort_runs_of(tx, job.env, job.id, [job.version], now)
         self._refresh_head(tx, job.env, job.id, now)
         return self._job(conn, job.env, job.id, job.version)
 
@@ -218,26 +220,31 @@ class JobOps:
                 "WHERE env = ? AND id = ? AND version = ?",
                 [(int(enabled), now, env, job_id, v) for v in targets],
             )
-            aborted: list[str] = []
-            if not enabled:
-                marks = ",".join("?" * len(targets))
-                aborted = [
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT id FROM runs WHERE env = ? AND job_id = ? AND job_version IN "
-                        f"({marks}) AND status IN {ACTIVE} ORDER BY seq",
-                        (env, job_id, *targets),
-                    )
-                ]
-                self._end_runs(
-                    tx, aborted, RunStatus.ABORTED, now, "Aborted", "the job version was disabled"
-                )
+            aborted = [] if enabled else self._abort_runs_of(tx, env, job_id, targets, now)
             self._refresh_head(tx, env, job_id, now)
             jobs = [self._job(conn, env, job_id, v) for v in targets]
             jobs.sort(key=lambda j: versions.parse(j.version, "version"), reverse=True)
             return jobs, aborted
 
         return await self._write(op)
+
+    def _abort_runs_of(
+        self, tx: Tx, env: str, job_id: str, job_versions: Sequence[str], now: int
+    ) -> list[str]:
+        """End the active runs of disabled versions ABORTED; returns their ids."""
+        marks = ",".join("?" * len(job_versions))
+        aborted = [
+            r[0]
+            for r in tx.conn.execute(
+                f"SELECT id FROM runs WHERE env = ? AND job_id = ? AND job_version IN "
+                f"({marks}) AND status IN {ACTIVE} ORDER BY seq",
+                (env, job_id, *job_versions),
+            )
+        ]
+        self._end_runs(
+            tx, aborted, RunStatus.ABORTED, now, "Aborted", "the job version was disabled"
+        )
+        return aborted
 
     async def invoke(self, env: str, job_id: str, event: NewEvent, now: int) -> tuple[Run, bool]:
         """Create the invoke event and its one run; an existing event id returns its run."""
