@@ -235,6 +235,13 @@ async def test_register_get_list_and_enable_jobs(tw: Both) -> None:
 
     with pytest.raises(NotFound):
         await tw.get_job("missing")
+    # Versions too large for one reply come in pages, all read by get_job.
+    big = {"type": "object", "description": "x" * 900_000}
+    for minor in range(5):
+        await tw.register_job("big", version=f"1.{minor}.0", trigger=event_trigger("b", schema=big))
+    job = await tw.get_job("big", version="1.1.0")
+    assert job.version == "1.1.0"
+    assert [v.version for v in job.versions] == [f"1.{m}.0" for m in (4, 3, 2, 1, 0)]
     with pytest.raises(InvalidArgument):
         await tw.register_job(
             "bad", version="1.0.0", trigger=event_trigger("x", filter={"a": {"$nope": 1}})

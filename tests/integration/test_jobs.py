@@ -7,8 +7,10 @@ import contextlib
 
 import grpc
 import pytest
+from tripwire.server.api import jobs as api_jobs
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
+from tripwire.v1 import run_pb2
 from tripwire.v1 import run_service_pb2 as rn
 
 from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
@@ -413,3 +415,83 @@ async def test_cron_jobs_can_be_invoked(stubs: Stubs) -> None:
     assert got["job"]["nextFireAt"].endswith("T09:00:00Z")
     run = js(await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="daily")))
     assert run["run"]["jobId"] == "daily"
+
+
+def _big_job(job_id: str, version: str = "1.0.0") -> dict:
+    """A job of ~0.9 MB (under the 1 MiB a job may take): its schema's description."""
+    return event_job(
+        job_id, ["e"], version, schema={"type": "object", "description": "x" * 900_000}
+    )
+
+
+async def test_list_jobs_pages_end_before_a_clients_4_mib_limit(stubs: Stubs) -> None:
+    for i in range(5):
+        await register(stubs, _big_job(f"big-{i}"))
+    seen: list[str] = []
+    pages = 0
+    token = ""
+    while True:
+        page = await stubs.jobs.ListJobs(jb.ListJobsRequest(page_token=token))
+        pages += 1
+        seen += [j.id for j in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"big-{i}" for i in range(5)]
+    assert pages >= 2
+
+
+@pytest.mark.parametrize("token", ["Not A Job!", "\u00b2", "-1", "x" * 500])
+async def test_list_jobs_refuses_a_page_token_it_never_issued(stubs: Stubs, token: str) -> None:
+    await register(stubs, event_job("a", ["e"]))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.jobs.ListJobs(jb.ListJobsRequest(page_token=token))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "page_token: is not a token this server issued"
+
+
+async def test_get_job_pages_through_many_large_versions(stubs: Stubs) -> None:
+    for minor in range(5):
+        await register(stubs, _big_job("big", f"1.{minor}.0"))
+    versions: list[str] = []
+    pages = 0
+    token = ""
+    while True:
+        page = await stubs.jobs.GetJob(jb.GetJobRequest(id="big", page_token=token))
+        pages += 1
+        assert page.job.version == "1.4.0"  # the latest, on every page
+        versions += [v.version for v in page.versions]
+        token = page.next_page_token
+        if not token:
+            break
+    expected = [f"1.{minor}.0" for minor in reversed(range(5))]
+    assert versions == expected and pages >= 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.jobs.GetJob(jb.GetJobRequest(id="big", page_token="later"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("page_token")
+
+
+async def test_set_job_enabled_keeps_its_reply_readable(
+    stubs: Stubs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_jobs, "MAX_ABORTED_IDS", 2)
+    for minor in range(5):
+        await register(stubs, _big_job("big", f"1.{minor}.0"))
+    runs = [(await send(stubs, {"name": "e"}))["runs"][0]["id"] for _ in range(3)]
+    reply = await stubs.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="big", enabled=False))
+    assert reply.more_jobs and 1 <= len(reply.jobs) < 5
+    assert [j.version for j in reply.jobs] == [f"1.{m}.0" for m in (4, 3, 2, 1, 0)][
+        : len(reply.jobs)
+    ]
+    assert reply.aborted_run_count == 3
+    assert list(reply.aborted_run_ids) == runs[:2]  # oldest first
+    aborted = await stubs.runs.ListRuns(
+        rn.ListRunsRequest(job_id="big", status=run_pb2.RUN_STATUS_ABORTED)
+    )
+    assert sorted(r.id for r in aborted.runs) == sorted(runs)
+    small = await stubs.jobs.SetJobEnabled(
+        jb.SetJobEnabledRequest(job_id="big", version="1.0.0", enabled=True)
+    )
+    assert not small.more_jobs and [j.version for j in small.jobs] == ["1.0.0"]
+    assert small.aborted_run_count == 0

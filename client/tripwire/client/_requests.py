@@ -238,14 +238,23 @@ def _job_reply(reply: Any) -> Job:
     return convert.job_from_pb(reply.job)
 
 
-def get_job(id: str, version: str | None) -> Call[Job]:
+def get_job(id: str, version: str | None, page_token: str = "") -> Call[tuple[Job, str]]:
+    """A job with one page of its versions, and the token of the next ("" when
+    done); the clients' get_job reads them all."""
     with _arguments():
-        request = job_service_pb2.GetJobRequest(id=_id(id, "job id"), version=version or "")
+        request = job_service_pb2.GetJobRequest(
+            id=_id(id, "job id"), version=version or "", page_token=page_token
+        )
     return Call("jobs", "GetJob", request, _job_with_versions, idempotent=True)
 
 
-def _job_with_versions(reply: Any) -> Job:
-    return convert.job_from_pb(reply.job, reply.versions)
+def _job_with_versions(reply: Any) -> tuple[Job, str]:
+    return convert.job_from_pb(reply.job, reply.versions), reply.next_page_token
+
+
+def more_job_versions(job: Job, page: Job) -> Job:
+    """``job`` with the versions of its next page (and the job as of then)."""
+    return replace(page, versions=job.versions + page.versions)
 
 
 def list_jobs(**page: Unpack[PageOptions]) -> Call[Page[Job]]:

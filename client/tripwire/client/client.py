@@ -167,7 +167,11 @@ class AsyncClient(ClientBase):
         )
 
     async def get_job(self, id: str, *, version: str | None = None) -> Job:
-        return await self._call(_requests.get_job(id, version))
+        job, token = await self._call(_requests.get_job(id, version))
+        while token:  # a job with many large versions comes in pages
+            page, token = await self._call(_requests.get_job(id, version, token))
+            job = _requests.more_job_versions(job, page)
+        return job
 
     async def list_jobs(self, **page: Unpack[PageOptions]) -> Page[Job]:
         return await self._call(_requests.list_jobs(**page))
@@ -380,7 +384,11 @@ class Client(ClientBase):
 
     def get_job(self, id: str, *, version: str | None = None) -> Job:
         """A job version (the latest by default), with ``versions`` filled."""
-        return self._call(_requests.get_job(id, version))
+        job, token = self._call(_requests.get_job(id, version))
+        while token:  # a job with many large versions comes in pages
+            page, token = self._call(_requests.get_job(id, version, token))
+            job = _requests.more_job_versions(job, page)
+        return job
 
     def list_jobs(self, **page: Unpack[PageOptions]) -> Page[Job]:
         """The latest version of every job, by id."""

@@ -27,7 +27,7 @@ from tripwire.v1 import job_pb2 as tripwire_dot_v1_dot_job__pb2
 from tripwire.v1 import run_pb2 as tripwire_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtripwire/v1/job_service.proto\x12\x0btripwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15tripwire/v1/job.proto\x1a\x15tripwire/v1/run.proto\"3\n\x12RegisterJobRequest\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Job\"4\n\x13RegisterJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Job\",\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"S\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Job\x12\"\n\x08versions\x18\x02 \x03(\x0b\x32\x10.tripwire.v1.Job\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.tripwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x14SetJobEnabledRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\"P\n\x15SetJobEnabledResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.tripwire.v1.Job\x12\x17\n\x0f\x61\x62orted_run_ids\x18\x02 \x03(\t\"\xa1\x01\n\x10InvokeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x12\n\naccount_id\x18\x05 \x01(\t\"H\n\x11InvokeJobResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Run\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\x32\x8e\x03\n\nJobService\x12P\n\x0bRegisterJob\x12\x1f.tripwire.v1.RegisterJobRequest\x1a .tripwire.v1.RegisterJobResponse\x12\x41\n\x06GetJob\x12\x1a.tripwire.v1.GetJobRequest\x1a\x1b.tripwire.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.tripwire.v1.ListJobsRequest\x1a\x1d.tripwire.v1.ListJobsResponse\x12V\n\rSetJobEnabled\x12!.tripwire.v1.SetJobEnabledRequest\x1a\".tripwire.v1.SetJobEnabledResponse\x12J\n\tInvokeJob\x12\x1d.tripwire.v1.InvokeJobRequest\x1a\x1e.tripwire.v1.InvokeJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtripwire/v1/job_service.proto\x12\x0btripwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15tripwire/v1/job.proto\x1a\x15tripwire/v1/run.proto\"3\n\x12RegisterJobRequest\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Job\"4\n\x13RegisterJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Job\"@\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\npage_token\x18\x03 \x01(\t\"l\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Job\x12\"\n\x08versions\x18\x02 \x03(\x0b\x32\x10.tripwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.tripwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x14SetJobEnabledRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\"~\n\x15SetJobEnabledResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.tripwire.v1.Job\x12\x17\n\x0f\x61\x62orted_run_ids\x18\x02 \x03(\t\x12\x19\n\x11\x61\x62orted_run_count\x18\x03 \x01(\r\x12\x11\n\tmore_jobs\x18\x04 \x01(\x08\"\xa1\x01\n\x10InvokeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x12\n\naccount_id\x18\x05 \x01(\t\"H\n\x11InvokeJobResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.tripwire.v1.Run\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\x32\x8e\x03\n\nJobService\x12P\n\x0bRegisterJob\x12\x1f.tripwire.v1.RegisterJobRequest\x1a .tripwire.v1.RegisterJobResponse\x12\x41\n\x06GetJob\x12\x1a.tripwire.v1.GetJobRequest\x1a\x1b.tripwire.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.tripwire.v1.ListJobsRequest\x1a\x1d.tripwire.v1.ListJobsResponse\x12V\n\rSetJobEnabled\x12!.tripwire.v1.SetJobEnabledRequest\x1a\".tripwire.v1.SetJobEnabledResponse\x12J\n\tInvokeJob\x12\x1d.tripwire.v1.InvokeJobRequest\x1a\x1e.tripwire.v1.InvokeJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,21 +39,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERJOBRESPONSE']._serialized_start=175
   _globals['_REGISTERJOBRESPONSE']._serialized_end=227
   _globals['_GETJOBREQUEST']._serialized_start=229
-  _globals['_GETJOBREQUEST']._serialized_end=273
-  _globals['_GETJOBRESPONSE']._serialized_start=275
-  _globals['_GETJOBRESPONSE']._serialized_end=358
-  _globals['_LISTJOBSREQUEST']._serialized_start=360
-  _globals['_LISTJOBSREQUEST']._serialized_end=416
-  _globals['_LISTJOBSRESPONSE']._serialized_start=418
-  _globals['_LISTJOBSRESPONSE']._serialized_end=493
-  _globals['_SETJOBENABLEDREQUEST']._serialized_start=495
-  _globals['_SETJOBENABLEDREQUEST']._serialized_end=567
-  _globals['_SETJOBENABLEDRESPONSE']._serialized_start=569
-  _globals['_SETJOBENABLEDRESPONSE']._serialized_end=649
-  _globals['_INVOKEJOBREQUEST']._serialized_start=652
-  _globals['_INVOKEJOBREQUEST']._serialized_end=813
-  _globals['_INVOKEJOBRESPONSE']._serialized_start=815
-  _globals['_INVOKEJOBRESPONSE']._serialized_end=887
-  _globals['_JOBSERVICE']._serialized_start=890
-  _globals['_JOBSERVICE']._serialized_end=1288
+  _globals['_GETJOBREQUEST']._serialized_end=293
+  _globals['_GETJOBRESPONSE']._serialized_start=295
+  _globals['_GETJOBRESPONSE']._serialized_end=403
+  _globals['_LISTJOBSREQUEST']._serialized_start=405
+  _globals['_LISTJOBSREQUEST']._serialized_end=461
+  _globals['_LISTJOBSRESPONSE']._serialized_start=463
+  _globals['_LISTJOBSRESPONSE']._serialized_end=538
+  _globals['_SETJOBENABLEDREQUEST']._serialized_start=540
+  _globals['_SETJOBENABLEDREQUEST']._serialized_end=612
+  _globals['_SETJOBENABLEDRESPONSE']._serialized_start=614
+  _globals['_SETJOBENABLEDRESPONSE']._serialized_end=740
+  _globals['_INVOKEJOBREQUEST']._serialized_start=743
+  _globals['_INVOKEJOBREQUEST']._serialized_end=904
+  _globals['_INVOKEJOBRESPONSE']._serialized_start=906
+  _globals['_INVOKEJOBRESPONSE']._serialized_end=978
+  _globals['_JOBSERVICE']._serialized_start=981
+  _globals['_JOBSERVICE']._serialized_end=1379
 # @@protoc_insertion_point(module_scope)

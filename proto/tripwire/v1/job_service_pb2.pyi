@@ -67,18 +67,22 @@ class GetJobRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     version: _builtins.str
     """Absent: the latest version."""
+    page_token: _builtins.str
+    """Empty for the first page; a reply's next_page_token for the next."""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         version: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "page_token", b"page_token", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,21 +94,30 @@ class GetJobResponse(_message.Message):
 
     JOB_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this reply holds the rest; otherwise call GetJob again with it."""
     @_builtins.property
-    def job(self) -> _job_pb2.Job: ...
+    def job(self) -> _job_pb2.Job:
+        """On every page."""
+
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
-        """Every registered version, highest first."""
+        """Every registered version, highest first. A reply ends before it passes
+        3 MiB (under the 4 MiB most clients accept), holding at least one
+        version; next_page_token continues it.
+        """
 
     def __init__(
         self,
         *,
         job: _job_pb2.Job | None = ...,
         versions: _abc.Iterable[_job_pb2.Job] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "next_page_token", b"next_page_token", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -142,7 +155,9 @@ class ListJobsResponse(_message.Message):
     next_page_token: _builtins.str
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
-        """By id."""
+        """By id, the latest version of each. A page also ends before its reply
+        passes 3 MiB; next_page_token continues it.
+        """
 
     def __init__(
         self,
@@ -193,23 +208,38 @@ class SetJobEnabledResponse(_message.Message):
 
     JOBS_FIELD_NUMBER: _builtins.int
     ABORTED_RUN_IDS_FIELD_NUMBER: _builtins.int
+    ABORTED_RUN_COUNT_FIELD_NUMBER: _builtins.int
+    MORE_JOBS_FIELD_NUMBER: _builtins.int
+    aborted_run_count: _builtins.int
+    """How many runs disabling ended ABORTED."""
+    more_jobs: _builtins.bool
+    """True when `jobs` stops early to keep the reply readable; GetJob pages
+    through every version.
+    """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
-        """The versions changed, highest first."""
+        """The versions changed, highest first; or, when they would pass 3 MiB, the
+        first of them (see more_jobs).
+        """
 
     @_builtins.property
     def aborted_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Runs ended ABORTED by disabling."""
+        """Runs ended ABORTED by disabling, oldest first: all of them, or the first
+        10,000 when there are more (aborted_run_count counts them all; ListRuns
+        with status ABORTED lists them).
+        """
 
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[_job_pb2.Job] | None = ...,
         aborted_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        aborted_run_count: _builtins.int = ...,
+        more_jobs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aborted_run_ids", b"aborted_run_ids", "jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aborted_run_count", b"aborted_run_count", "aborted_run_ids", b"aborted_run_ids", "jobs", b"jobs", "more_jobs", b"more_jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -126,6 +126,8 @@ class JobService:
         return job, await self.store.job_versions(env, job_id)
 
     async def find(self, env: str, *, limit: int, after: str) -> Page[Job]:
+        if after and not SLUG.fullmatch(after):  # the tokens are job ids
+            raise InvalidArgument("page_token", "is not a token this server issued")
         return await self.store.list_jobs(env, limit=limit, after=after)
 
     async def set_enabled(

@@ -19,6 +19,7 @@ from .rpc import (
     check_reply_size,
     fill,
     fill_page,
+    offset_token,
     page_size,
     seq_token,
     unary,
@@ -89,7 +90,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     async def GetEvent(
         self, request: pb.GetEventRequest, context: Any, env: str
     ) -> pb.GetEventResponse:
-        start = _runs_token(request.page_token)
+        start = offset_token(request.page_token)
         event, runs = await self.events.get(env, request.id)
         reply = pb.GetEventResponse()
         convert.event_to_pb(event, reply.event)
@@ -156,12 +157,3 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             reply.event,
         )
         return reply
-
-
-def _runs_token(token: str) -> int:
-    """A GetEvent page token: how many of the event's runs came before."""
-    if not token:
-        return 0
-    if not (token.isascii() and token.isdigit()) or len(token) > 9:
-        raise InvalidArgument("page_token", "is not a token this server issued")
-    return int(token)

@@ -10,7 +10,19 @@ from tripwire.v1 import job_service_pb2_grpc
 from ..errors import InvalidArgument
 from ..jobs import JobService
 from . import convert
-from .rpc import Authenticator, check_job_size, check_payload_size, page_size, unary
+from .rpc import (
+    Authenticator,
+    check_job_size,
+    check_payload_size,
+    fill,
+    fill_page,
+    offset_token,
+    page_size,
+    unary,
+)
+
+# SetJobEnabled names at most this many of the runs it aborted (~320 KB).
+MAX_ABORTED_IDS = 10_000
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -33,11 +45,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     @unary
     async def GetJob(self, request: pb.GetJobRequest, context: Any, env: str) -> pb.GetJobResponse:
+        start = offset_token(request.page_token)
         job, versions = await self.jobs.get(env, request.id, request.version)
         reply = pb.GetJobResponse()
         convert.job_to_pb(job, reply.job)
-        for version in versions:
-            convert.job_to_pb(version, reply.versions.add())
+        end = start + fill(versions[start:], reply.versions, convert.job_to_pb, reply.ByteSize())
+        if end < len(versions):
+            reply.next_page_token = str(end)
         return reply
 
     @unary
@@ -47,9 +61,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         page = await self.jobs.find(
             env, limit=page_size(request.page_size), after=request.page_token
         )
-        reply = pb.ListJobsResponse(next_page_token=page.next_cursor)
-        for job in page.items:
-            convert.job_to_pb(job, reply.jobs.add())
+        reply = pb.ListJobsResponse()
+        reply.next_page_token = fill_page(
+            page.items, reply.jobs, convert.job_to_pb, page.next_cursor, lambda j: j.id
+        )
         return reply
 
     @unary
@@ -59,9 +74,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         jobs, aborted = await self.jobs.set_enabled(
             env, request.job_id, request.version, request.enabled
         )
-        reply = pb.SetJobEnabledResponse(aborted_run_ids=aborted)
-        for job in jobs:
-            convert.job_to_pb(job, reply.jobs.add())
+        reply = pb.SetJobEnabledResponse(
+            aborted_run_ids=aborted[:MAX_ABORTED_IDS], aborted_run_count=len(aborted)
+        )
+        reply.more_jobs = fill(jobs, reply.jobs, convert.job_to_pb, reply.ByteSize()) < len(jobs)
         return reply
 
     @unary

@@ -173,6 +173,15 @@ def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
     return default if requested == 0 else min(requested, maximum)
 
 
+def offset_token(token: str) -> int:
+    """A token that pages through one object's list: how many came before."""
+    if not token:
+        return 0
+    if not (token.isascii() and token.isdigit()) or len(token) > 9:
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    return int(token)
+
+
 def seq_token(token: str) -> int | None:
     if not token:
         return None
