@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
 from tripwire.server.__main__ import main
+from tripwire.server.store.schema import MIGRATIONS
 
 from ..conftest import StartServer
 
@@ -23,6 +25,22 @@ async def test_a_database_that_cannot_be_opened_is_an_os_error_naming_it(
     path = str(tmp_path / "missing" / "tripwire.db")
     with pytest.raises(OSError, match=r"cannot open the database .*missing"):
         await start_server(db_path=path)
+
+
+async def test_a_database_a_newer_server_has_migrated_is_refused_untouched(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "newer.db"
+    first = await start_server(db_path=str(path))
+    await first.stop(grace=0.1)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(OSError, match=r"cannot open the database .*newer than the \d+ this"):
+        await start_server(db_path=str(path))
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
+    conn.close()
 
 
 def test_the_entry_point_prints_the_reason_and_exits_1(

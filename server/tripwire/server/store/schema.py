@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from sqlite_utils import Database
 
 MIGRATIONS: list[str] = [
@@ -132,8 +134,15 @@ MIGRATIONS: list[str] = [
 
 
 def migrate(db: Database) -> None:
-    """Apply every migration newer than the file's user_version, each atomically."""
+    """Apply every migration newer than the file's user_version, each atomically.
+    A file a newer server has migrated past what this one knows is refused: this
+    code would misread, or write rows the newer code does not expect."""
     current = db.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise sqlite3.DatabaseError(
+            f"its schema is version {current}, newer than the {len(MIGRATIONS)} this "
+            "server knows: a newer tripwire has used it; run that one"
+        )
     for number, script in enumerate(MIGRATIONS, start=1):
         if number <= current:
             continue

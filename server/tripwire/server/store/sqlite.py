@@ -80,8 +80,12 @@ class SQLiteStore(JobOps, WorkOps):
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path, readonly=False)
-        migrate(Database(conn))
-        self.index.load(self._latest_jobs(conn))
+        try:
+            migrate(Database(conn))
+            self.index.load(self._latest_jobs(conn))
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def open(self) -> None:
