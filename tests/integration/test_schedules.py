@@ -53,7 +53,9 @@ async def test_interval_fires_idempotent_events_with_timestamps(start_server: St
         }
 
 
-async def test_restart_skips_missed_ticks_unless_catch_up(start_server: StartServer) -> None:
+async def test_restart_skips_missed_ticks_unless_catch_up(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = FakeClock(START)
     server = await start_server(clock=clock)
     async with grpc.aio.insecure_channel(server.address) as channel:
@@ -82,6 +84,13 @@ async def test_restart_skips_missed_ticks_unless_catch_up(start_server: StartSer
         clock.advance(5)
         (resumed,) = await wait_runs(stubs, "skip", 1)
         assert resumed["eventId"] == f"skip:{START + 310_000}"
+    # Each says, once, how many of its ticks it skipped.
+    skipped = sorted(
+        r.getMessage().split(" planned")[0]
+        for r in caplog.records
+        if "planned tick(s) skipped" in r.getMessage()
+    )
+    assert skipped == ["job 'catch' (env 'default'): 29", "job 'skip' (env 'default'): 30"]
 
 
 async def test_changing_only_catch_up_keeps_the_next_fire(start_server: StartServer) -> None:

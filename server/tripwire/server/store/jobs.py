@@ -334,6 +334,18 @@ class JobOps:
                     continue
                 if decision is None:
                     continue
+                if decision.missed and compiled.job.enabled:
+                    capped = (
+                        schedule.kind == "cron" and decision.missed >= schedules.MAX_MISSED_COUNT
+                    )
+                    log.warning(
+                        "job %r (env %r): %d%s planned tick(s) skipped, missed by more than "
+                        "the grace period (with catch_up only the latest fires late)",
+                        job_id,
+                        env,
+                        decision.missed,
+                        " or more" if capped else "",
+                    )
                 fired = last_fire
                 if decision.fire_at is not None and compiled.job.enabled:
                     planned = decision.fire_at
