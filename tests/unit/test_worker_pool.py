@@ -1,11 +1,15 @@
-"""The worker's daemon thread pool: results, errors, a bound, and shutdown."""
+"""The worker's daemon thread pool: results, errors, a bound, threads written off, shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 
 import pytest
 from tripwire.client.worker import DaemonPool
+
+from ..conftest import eventually
 
 
 def test_results_errors_and_daemon_threads() -> None:
@@ -33,3 +37,37 @@ def test_never_more_threads_than_its_size_and_shutdown_cancels_what_waits() -> N
     pool.shutdown(wait=True)
     with pytest.raises(RuntimeError):
         pool.submit(lambda: None)
+
+
+async def test_a_function_left_running_by_a_stopped_run_does_not_hold_a_place() -> None:
+    pool = DaemonPool(1, "written-off-pool")
+    release = threading.Event()
+    try:
+        loop = asyncio.get_running_loop()
+        stuck = loop.run_in_executor(pool, release.wait, 10)
+        await asyncio.sleep(0)
+        queued = loop.run_in_executor(pool, lambda: "next run")  # waits for the one thread
+        assert _running(pool) == 1
+        stuck.cancel()  # its run was stopped; the function keeps running
+        assert await asyncio.wait_for(queued, 5) == "next run"
+        assert _running(pool) == 2
+        assert await asyncio.wait_for(loop.run_in_executor(pool, lambda: 7), 5) == 7
+        release.set()  # the function returns at last: its thread ends
+        await eventually(_one_left(pool))
+        assert await asyncio.wait_for(loop.run_in_executor(pool, lambda: 8), 5) == 8
+        assert _running(pool) == 1
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+    assert _running(pool) == 0
+
+
+def _running(pool: DaemonPool) -> int:
+    return sum(t.name.startswith("written-off-pool") for t in threading.enumerate())
+
+
+def _one_left(pool: DaemonPool) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return _running(pool) == 1
+
+    return check

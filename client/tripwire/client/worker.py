@@ -126,11 +126,33 @@ class Backoff:
         return delay
 
 
+class _PoolFuture(Future[T]):
+    """A pool job's future. Cancelling it while its function runs (the run it
+    belongs to was stopped) cannot stop the function: its thread is written off
+    instead, so that it no longer counts toward the pool's size."""
+
+    def __init__(self, pool: DaemonPool) -> None:
+        super().__init__()
+        self._pool = pool
+
+    def cancel(self) -> bool:
+        if super().cancel():
+            return True
+        if not self.done():
+            self._pool._written_off(self)
+        return False
+
+
 class DaemonPool(Executor):
     """The threads that run plain handlers and task functions. Daemons: a function
     still running when the worker has stopped (its run given back after the drain
     deadline) cannot keep the process from exiting, as a ThreadPoolExecutor's
-    threads would."""
+    threads would.
+
+    At most `size` threads, plus one for each function still running for a run
+    that was stopped (cancelled, abandoned, timed out): Python cannot stop a
+    thread, and a function that never returns must not starve the runs that
+    come after it. Such a thread ends once its function returns."""
 
     def __init__(self, size: int, name: str) -> None:
         self._size, self._name = size, name
@@ -139,27 +161,49 @@ class DaemonPool(Executor):
         ]
         self._jobs = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._started = 0
+        self._idle = 0  # below 0: jobs queued with no thread free for them yet
         self._lock = threading.Lock()
         self._closed = False
+        self._written: set[Future[Any]] = set()
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         if kwargs:
             raise TypeError("DaemonPool.submit takes positional arguments only")
-        future: Future[T] = Future()
+        future: Future[T] = _PoolFuture(self)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker's thread pool is shut down")
             self._jobs.put((future, fn, args))
             if self._idle == 0 and len(self._threads) < self._size:
-                thread = threading.Thread(
-                    target=self._serve, name=f"{self._name}_{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
+                self._start()
             else:
                 self._idle -= 1
         return future
+
+    def _start(self) -> None:
+        thread = threading.Thread(
+            target=self._serve, name=f"{self._name}_{self._started}", daemon=True
+        )
+        self._started += 1
+        self._threads.append(thread)
+        thread.start()
+
+    def _written_off(self, future: Future[Any]) -> None:
+        with self._lock:
+            if future in self._written or future.done() or self._closed:
+                return
+            self._written.add(future)
+            self._size += 1
+            if self._idle < 0:  # a job waits for a thread: it gets one now
+                self._idle += 1
+                self._start()
+            stuck = len(self._written)
+        log.warning(
+            "a plain function of a stopped run is still running in its thread; "
+            "another thread serves new runs meanwhile (%d such function(s) now)",
+            stuck,
+        )
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -170,6 +214,12 @@ class DaemonPool(Executor):
                 except BaseException as exc:
                     future.set_exception(exc)
             with self._lock:
+                if future in self._written:
+                    self._written.discard(future)
+                    self._size -= 1
+                    if len(self._threads) > self._size:  # the thread it was written off as
+                        self._threads.remove(threading.current_thread())
+                        return
                 self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -183,10 +233,11 @@ class DaemonPool(Executor):
                         break
                     if job is not None:
                         job[0].cancel()
-            for _ in self._threads:
+            threads = list(self._threads)
+            for _ in threads:
                 self._jobs.put(None)
         if wait:
-            for thread in self._threads:
+            for thread in threads:
                 thread.join()
 
 
