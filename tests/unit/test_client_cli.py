@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from tripwire.client import (
+    ErrorInfo,
     Event,
     EventDetail,
     Job,
@@ -460,3 +465,34 @@ def test_server_errors_exit_1(fake: type[FakeClient], capsys: pytest.CaptureFixt
     status, out, err = run_cli(["run", "r9"], capsys)
     assert (status, out) == (1, "")
     assert err == "error: NOT_FOUND: no run r9\n"
+
+
+def test_a_reader_gone_early_ends_the_output_quietly() -> None:
+    # `tripwire events | head -1`: the pipe closes before the output is written.
+    read, write = os.pipe()
+    os.close(read)
+    code = "import sys; from tripwire.client.cli import _print; sys.exit(_print('x' * 200_000))"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], stdout=write, stderr=subprocess.PIPE, timeout=30
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141  # as a program stopped by SIGPIPE
+    assert done.stderr == b""
+
+
+@pytest.mark.parametrize(
+    ("status", "shown"),
+    [
+        ("COMPLETED", '{"ok":1}'),  # a later try completed: the old error is history
+        ("WAITING", "retrying after RuntimeError: boom"),
+        ("ERRORED", "RuntimeError: boom"),
+    ],
+)
+def test_a_task_shows_its_outcome_not_an_earlier_tries_error(status: str, shown: str) -> None:
+    task = dataclasses.replace(
+        TASK, status=status, attempts=1, error=ErrorInfo("RuntimeError", "boom")
+    )
+    row = render.tasks_table([task]).splitlines()[1]
+    assert row.rstrip().endswith(shown)

@@ -165,11 +165,21 @@ def tasks_table(tasks: Sequence[Task]) -> str:
                 str(t.attempts),
                 t.started_at,
                 t.completed_at,
-                f"{t.error.type}: {t.error.message}" if t.error else t.output,
+                _task_outcome(t),
             )
             for t in tasks
         ],
     )
+
+
+def _task_outcome(task: Task) -> Any:
+    """The output, or the error while the task has failed (for good, or waiting to
+    be retried). A task that completed after a failed try keeps that try's error,
+    which is not its outcome."""
+    if task.error and task.status in ("ERRORED", "WAITING"):
+        prefix = "retrying after " if task.status == "WAITING" else ""
+        return f"{prefix}{task.error.type}: {task.error.message}"
+    return task.output
 
 
 def logs_table(logs: Sequence[LogEntry]) -> str:

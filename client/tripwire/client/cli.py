@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -78,7 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = f"{exc.code_name}: " if exc.code is not None else ""
         print(f"error: {code}{exc.details}", file=sys.stderr)
         return 1
-    print(render.dumps(data) if args.json else text)
+    return _print(render.dumps(data) if args.json else text)
+
+
+def _print(output: str) -> int:
+    """Print the output; a reader gone early (``| head``) ends the command quietly,
+    with the status of a program stopped by SIGPIPE."""
+    try:
+        print(output, flush=True)
+    except BrokenPipeError:
+        # Python would complain again flushing stdout at exit: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return 0
 
 

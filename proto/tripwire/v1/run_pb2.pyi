@@ -328,9 +328,16 @@ class Task(_message.Message):
         """What the task was asked to do (event for SEND_EVENT, seconds for WAIT...)."""
 
     @_builtins.property
-    def output(self) -> _struct_pb2.Value: ...
+    def output(self) -> _struct_pb2.Value:
+        """COMPLETED: what the function returned."""
+
     @_builtins.property
-    def error(self) -> Global___ErrorInfo: ...
+    def error(self) -> Global___ErrorInfo:
+        """The last failed try's error: set once a try fails, while the task waits
+        to be retried, and when it has ERRORED; a task COMPLETED by a later try
+        keeps it (its status, not this field, says how it ended).
+        """
+
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
