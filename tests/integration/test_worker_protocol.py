@@ -65,6 +65,16 @@ async def run_status(stubs: Stubs, run_id: str, status: str) -> dict:
     return await eventually(check)
 
 
+async def held_by(stubs: Stubs, run_id: str, worker_id: str) -> None:
+    """Wait until GetRun shows the run EXECUTING on that worker (claims commit lazily)."""
+
+    async def check() -> bool:
+        run = js(await stubs.runs.GetRun(rn.GetRunRequest(id=run_id)))["run"]
+        return run["status"] == "RUN_STATUS_EXECUTING" and run.get("workerId") == worker_id
+
+    await eventually(check)
+
+
 @contextlib.asynccontextmanager
 async def a_run(
     start_server: StartServer, jobs: list[dict[str, Any]] | None = None, **settings: Any
@@ -178,6 +188,8 @@ async def test_stale_attempts_are_abandoned_and_cached_tasks_replayed(
     await worker.connect([job("j", ["go"])], worker_id="first")
     await send(conn, "go")
     run = (await worker.run_request())["run"]
+    assert run["workerId"] == "first"
+    await held_by(conn, run["id"], "first")  # GetRun says who holds it
     started = await worker.task(run, "a")
     await worker.complete(run, started["task"]["id"], output=1)
     # The worker goes silent: after the lease its run is given to another worker.
@@ -187,6 +199,8 @@ async def test_stale_attempts_are_abandoned_and_cached_tasks_replayed(
         await second.connect([job("j", ["go"])], worker_id="second")
         request = await second.run_request(within=10)
         assert request["run"]["id"] == run["id"] and request["run"]["attempt"] == 2
+        assert request["run"]["workerId"] == "second"
+        await held_by(conn, run["id"], "second")
         assert [(t["key"], t["status"]) for t in request["cachedTasks"]] == [
             ("a", "TASK_STATUS_COMPLETED")
         ]
@@ -207,6 +221,7 @@ async def test_stale_attempts_are_abandoned_and_cached_tasks_replayed(
         second.result(request["run"], output="fresh")
         got = await run_status(conn, run["id"], "SUCCESS")
         assert got["run"]["output"] == "fresh" and got["run"]["attempt"] == 2
+        assert "workerId" not in got["run"]  # EXECUTING only
     finally:
         await second.close()
 

@@ -496,3 +496,9 @@ def test_a_task_shows_its_outcome_not_an_earlier_tries_error(status: str, shown:
     )
     row = render.tasks_table([task]).splitlines()[1]
     assert row.rstrip().endswith(shown)
+
+
+def test_an_executing_run_names_the_worker_holding_it() -> None:
+    held = render.run_block(_run("EXECUTING", output=None, worker_id="host-7-4242"))
+    assert "worker        host-7-4242" in held.splitlines()
+    assert "worker" not in render.run_block(_run())

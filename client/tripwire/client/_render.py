@@ -121,6 +121,8 @@ def run_block(run: Run) -> str:
         ("started at", run.started_at),
         ("completed at", run.completed_at),
     ]
+    if run.worker_id:
+        pairs.append(("worker", run.worker_id))
     if run.wait_until is not None:
         pairs.append(("wait until", run.wait_until))
     if run.account_id:

@@ -273,6 +273,7 @@ def run_from_pb(run: run_pb2.Run) -> Run:
         validation_errors=_validation_errors(run.validation_errors),
         account_id=run.account_id or None,
         wait_until=optional_datetime(run, "wait_until"),
+        worker_id=run.worker_id or None,
     )
 
 

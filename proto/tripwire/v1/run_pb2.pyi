@@ -162,6 +162,7 @@ class Run(_message.Message):
     VALIDATION_ERRORS_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     WAIT_UNTIL_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     job_id: _builtins.str
     job_version: _builtins.str
@@ -170,6 +171,11 @@ class Run(_message.Message):
     attempt: _builtins.int
     """Dispatch count; the fencing token of the worker protocol."""
     account_id: _builtins.str
+    worker_id: _builtins.str
+    """EXECUTING only: the Hello.worker_id of the worker holding the current
+    attempt (if its stream has ended, it holds the run until its lease runs
+    out, then the run is QUEUED again).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -212,10 +218,11 @@ class Run(_message.Message):
         validation_errors: _abc.Iterable[Global___ValidationError] | None = ...,
         account_id: _builtins.str = ...,
         wait_until: _timestamp_pb2.Timestamp | None = ...,
+        worker_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "error", b"error", "output", b"output", "started_at", b"started_at", "updated_at", b"updated_at", "wait_until", b"wait_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "attempt", b"attempt", "completed_at", b"completed_at", "created_at", b"created_at", "error", b"error", "event_id", b"event_id", "id", b"id", "job_id", b"job_id", "job_version", b"job_version", "output", b"output", "started_at", b"started_at", "status", b"status", "updated_at", b"updated_at", "validation_errors", b"validation_errors", "wait_until", b"wait_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "attempt", b"attempt", "completed_at", b"completed_at", "created_at", b"created_at", "error", b"error", "event_id", b"event_id", "id", b"id", "job_id", b"job_id", "job_version", b"job_version", "output", b"output", "started_at", b"started_at", "status", b"status", "updated_at", b"updated_at", "validation_errors", b"validation_errors", "wait_until", b"wait_until", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -270,6 +270,7 @@ class Dispatcher(RunListener):
     def _assign(self, session: Session, item: _Queued) -> None:
         run = item.run
         run.attempt += 1
+        run.worker_id = session.worker_id
         session.running[run.id] = run.attempt
         self._owner[run.id] = session
         self._job_of[run.id] = run.job_id

@@ -81,6 +81,7 @@ class Run:
     validation_errors: list[dict[str, str]] = field(default_factory=list)
     account_id: str = ""
     wait_until: int | None = None
+    worker_id: str = ""  # EXECUTING: the worker holding the current attempt
     seq: int = 0
 
 

@@ -278,6 +278,7 @@ def run_to_pb(run: Run, out: run_pb2.Run) -> run_pb2.Run:
     for err in run.validation_errors:
         out.validation_errors.add(path=err["path"], message=err["message"])
     out.account_id = run.account_id
+    out.worker_id = run.worker_id
     return out
 
 

@@ -92,7 +92,7 @@ def event_params(e: Event) -> tuple[Any, ...]:
 
 RUN_COLUMNS = (
     "seq, env, id, job_id, job_version, event_id, status, attempt, created_at, updated_at, "
-    "started_at, completed_at, output, error, validation_errors, account_id, wait_until"
+    "started_at, completed_at, output, error, validation_errors, account_id, wait_until, worker_id"
 )
 
 
@@ -115,6 +115,7 @@ def run_from_row(row: Any) -> Run:
         validation_errors=loads_or_none(row[14]) or [],
         account_id=row[15],
         wait_until=row[16],
+        worker_id=row[17] or "",
     )
 
 
