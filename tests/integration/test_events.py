@@ -444,6 +444,15 @@ async def test_match_event_explains(stubs: Stubs) -> None:
     assert "plan" in verdicts["wrong-filter"]["reason"]
     assert "stripe" in verdicts["wrong-source"]["reason"]
     assert [j["jobId"] for j in reply["jobs"]][:2] == ["bad-payload", "hit"]
+    event = reply["event"]  # as it would be stored: an Event's JSON form
+    assert len(event.pop("id")) == 26 and event.pop("timestamp").endswith("Z")
+    assert event == {
+        "name": "signup",
+        "source": "trigger.dev",
+        "payload": {"plan": "pro"},
+        "context": {},
+        "status": "EVENT_STATUS_DELIVERED",
+    }
     # Nothing was stored.
     assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
 

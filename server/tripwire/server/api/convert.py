@@ -114,6 +114,13 @@ def set_ts(out: timestamp_pb2.Timestamp, millis: int | None) -> None:
         out.nanos = rest * 1_000_000
 
 
+def ts_json(millis: int) -> str:
+    """A time as the JSON form of a Timestamp (RFC 3339, UTC)."""
+    out = timestamp_pb2.Timestamp()
+    set_ts(out, millis)
+    return out.ToJsonString()
+
+
 # -- requests -----------------------------------------------------------------
 
 

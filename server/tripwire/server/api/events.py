@@ -10,7 +10,7 @@ from tripwire.v1 import event_service_pb2_grpc
 
 from ..errors import InvalidArgument
 from ..events import EventService
-from ..models import Event, EventStatus
+from ..models import Event
 from . import convert
 from .rpc import (
     Authenticator,
@@ -152,7 +152,8 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                 "source": event.source,
                 "payload": event.payload,
                 "context": event.context,
-                "status": EventStatus.DELIVERED.value,
+                "timestamp": convert.ts_json(event.timestamp),
+                "status": "EVENT_STATUS_DELIVERED",
             },
             reply.event,
         )
