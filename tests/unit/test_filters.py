@@ -212,7 +212,7 @@ def test_matches(value: Any, filter: dict[str, Any], expected: bool) -> None:
 
 # (id, filter, path in the error, words in the problem)
 INVALID_CASES: list[tuple[str, Any, str, str]] = [
-    ("not an object", ["a"], "f", "must be an object"),
+    ("not an object", ["a"], "f", "must be an object, got a list"),
     ("bare string", {"plan": "pro"}, "f.plan", 'write ["pro"]'),
     ("bare number", {"a": {"b": 1}}, "f.a.b", "write [1]"),
     ("bare null", {"a": None}, "f.a", '[{"$isNull": true}]'),
@@ -220,8 +220,8 @@ INVALID_CASES: list[tuple[str, Any, str, str]] = [
     ("strings with numbers", {"a": ["x", 1]}, "f.a[1]", "only strings"),
     ("bool with number", {"a": [True, 1]}, "f.a[1]", "only booleans"),
     ("number with bool", {"a": [1, False]}, "f.a[1]", "only numbers"),
-    ("primitive with operator", {"a": ["x", {"$gt": 1}]}, "f.a[1]", "only strings"),
-    ("operator with primitive", {"a": [{"$gt": 1}, 2]}, "f.a[1]", "only operators"),
+    ("primitive with operator", {"a": ["x", {"$gt": 1}]}, "f.a[1]", "this is an operator"),
+    ("operator with primitive", {"a": [{"$gt": 1}, 2]}, "f.a[1]", "this is a number"),
     ("null in list", {"a": ["x", None]}, "f.a[1]", "$isNull"),
     ("null first in list", {"a": [None]}, "f.a[0]", "$isNull"),
     ("nested list", {"a": [["x"]]}, "f.a[0]", "nested"),

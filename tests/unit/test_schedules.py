@@ -99,7 +99,7 @@ def test_validate_accepts(schedule: Schedule) -> None:
         (cron("*/0 * * * *"), "job.trigger.cron", "not a valid cron"),
         (cron("0 0 * * 8"), "job.trigger.cron", "not a valid cron"),
         (cron("a b c d e"), "job.trigger.cron", "not a valid cron"),
-        (cron("0 0 31 2 *"), "job.trigger.cron", "not a valid cron"),
+        (cron("0 0 31 2 *"), "job.trigger.cron", "can never fire: no date matches it"),
         (cron("0 0 L * *"), "job.trigger.cron", "L, W, # and ?"),
         (cron("0 0 * * 1#2"), "job.trigger.cron", "L, W, # and ?"),
         (cron("0 0 15W * *"), "job.trigger.cron", "L, W, # and ?"),

@@ -127,7 +127,8 @@ def check_not_a_fire_id(index: JobIndex, env: str, event_id: str, field: str) ->
     if compiled is not None and compiled.job.trigger_kind in ("cron", "interval"):
         raise InvalidArgument(
             field,
-            f"{event_id!r} is reserved: <job id>:<ms> names a fire of job {job_id!r}'s schedule",
+            f"{event_id!r} is reserved: <job id>:<ms> names a fire of the schedule of job "
+            f"{job_id!r}",
         )
 
 

@@ -48,6 +48,11 @@ def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _a(kind: str) -> str:
+    """A kind of value with its article: "a number", "an object"."""
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
 def _kind(v: object) -> str:
     """The JSON type name of `v`, as used in messages and mixed-list checks."""
     if v is MISSING:
@@ -312,7 +317,7 @@ def validate_filter(filter: Mapping[str, Any], field: str) -> None:
     error names the bad part below it, e.g. "job.trigger.event.filter.user.age[1]".
     """
     if not isinstance(filter, Mapping):
-        raise InvalidArgument(field, f"a filter must be an object, got a {_kind(filter)}")
+        raise InvalidArgument(field, f"a filter must be an object, got {_a(_kind(filter))}")
     for key, matcher in filter.items():
         if not isinstance(key, str):
             raise InvalidArgument(field, f"filter keys must be strings, got {key!r}")
@@ -347,7 +352,7 @@ def _validate_matcher(matcher: list[Any], path: str) -> None:
         if kind != first:
             raise InvalidArgument(
                 item_path,
-                f"a filter list must hold only {first}s, but this is a {kind}; "
+                f"a filter list must hold only {first}s, but this is {_a(kind)}; "
                 f"write one key per kind or use operators",
             )
         if kind == "operator":
@@ -369,7 +374,7 @@ def _element_kind(item: object, path: str) -> str:
 def _check_primitive(item: object, path: str, what: str) -> None:
     kind = _kind(item)
     if kind not in ("string", "number", "boolean"):
-        raise InvalidArgument(path, f"{what} must be a string, number or boolean, got a {kind}")
+        raise InvalidArgument(path, f"{what} must be a string, number or boolean, got {_a(kind)}")
     if kind == "number" and not _finite(item):
         raise InvalidArgument(path, f"{what} must be a finite number, got {item!r}")
 

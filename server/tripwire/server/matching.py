@@ -104,7 +104,7 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
             raise InvalidArgument(
                 f"{field}{path}",
                 f"pattern {pattern!r} is not one tripwire can match in linear time "
-                f"({exc}): backreferences and lookaround are not supported",
+                f"({_re2_reason(exc)}): backreferences and lookaround are not supported",
             ) from None
     refs = _refs(schema, "")
     for path, ref in refs:
@@ -336,3 +336,9 @@ def _verdict(compiled: CompiledJob, name: str, source: str, payload: Any, contex
             spec.validation_errors,
         )
     return Verdict(job, True, "matches")
+
+
+def _re2_reason(exc: Exception) -> str:
+    """RE2's complaint, which comes as bytes."""
+    reason = exc.args[0] if exc.args else exc
+    return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 from .errors import InvalidArgument
 
@@ -127,6 +127,8 @@ def _validate_cron(expr: str, tz: ZoneInfo, field: str) -> None:
     try:
         # A syntactically valid expression can still never match (e.g. 30 February).
         croniter(expr, datetime(2000, 1, 1, tzinfo=tz)).get_next(datetime)
+    except CroniterBadDateError:
+        raise InvalidArgument(field, f"{expr!r} can never fire: no date matches it") from None
     except CroniterError as exc:
         raise InvalidArgument(field, f"{expr!r} is not a valid cron expression: {exc}") from None
 
