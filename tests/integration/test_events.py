@@ -142,6 +142,42 @@ async def test_an_account_id_is_at_most_256_characters(stubs: Stubs) -> None:
     assert js(await stubs.runs.ListRuns(rn.ListRunsRequest())) == {}
 
 
+@pytest.mark.parametrize(
+    ("event", "field", "problem"),
+    [
+        ({"name": "   "}, "event.name", "is blank"),
+        ({"name": "a\u0000b"}, "event.name", "holds the control character U+0000 at 1"),
+        ({"name": "x", "id": " "}, "event.id", "is blank"),
+        ({"name": "x", "id": "new\nline"}, "event.id", "holds the control character U+000A at 3"),
+        ({"name": "x", "source": "\t"}, "event.source", "holds the control character U+0009 at 0"),
+        ({"name": "x", "source": "a\u0085"}, "event.source", "holds the control character U+0085"),
+        ({"name": "x" * 257}, "event.name", "is longer than the limit of 256 characters"),
+    ],
+)
+async def test_names_ids_and_sources_that_could_never_be_typed_back_are_refused(
+    stubs: Stubs, event: dict, field: str, problem: str
+) -> None:
+    await register(stubs, {"job": {"id": "inv", "version": "1.0.0", "trigger": {"invoke": {}}}})
+    for call, where in (
+        (stubs.events.SendEvent(req(ev.SendEventRequest, {"event": event})), field),
+        (
+            stubs.events.SendEvents(req(ev.SendEventsRequest, {"events": [{"name": "ok"}, event]})),
+            field.replace("event.", "events[1]."),
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith(f"{where}: {problem}")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="inv", idempotency_key="a\rb"))
+    assert err.value.details() == "idempotency_key: holds the control character U+000D at 1"
+    assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
+    # Spaces inside and any script are fine.
+    sent = await send(stubs, {"name": "注文 作成", "id": "id with spaces", "source": "shop·jp"})
+    assert sent["name"] == "注文 作成" and sent["id"] == "id with spaces"
+
+
 @pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
 async def test_numbers_json_cannot_carry_are_refused_naming_the_field(
     stubs: Stubs, number: float

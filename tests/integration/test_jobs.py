@@ -342,6 +342,27 @@ async def test_disabling_stops_matching_and_aborts_active_runs(stubs: Stubs) -> 
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.parametrize(
+    ("trigger", "field", "problem"),
+    [
+        ({"names": [" "]}, "job.trigger.event.names[0]", "is blank"),
+        ({"names": ["ok", "a\u0000b"]}, "job.trigger.event.names[1]", "holds the control"),
+        ({"names": ["x" * 257]}, "job.trigger.event.names[0]", "is longer than the limit of 256"),
+        ({"names": ["x"], "source": "s" * 257}, "job.trigger.event.source", "is longer than"),
+        ({"names": ["x"], "source": "a\nb"}, "job.trigger.event.source", "holds the control"),
+    ],
+)
+async def test_a_trigger_no_event_could_match_is_refused(
+    stubs: Stubs, trigger: dict, field: str, problem: str
+) -> None:
+    body = {"job": {"id": "j", "version": "1.0.0", "trigger": {"event": trigger}}}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.jobs.RegisterJob(req(jb.RegisterJobRequest, body))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(f"{field}: {problem}")
+    assert js(await stubs.jobs.ListJobs(jb.ListJobsRequest())) == {}
+
+
 async def test_registering_a_version_again_disabled_aborts_its_active_runs(stubs: Stubs) -> None:
     await register(stubs, event_job("j", ["e"], "1.0.0"))
     old = (await send(stubs, {"name": "e"}))["runs"][0]

@@ -61,11 +61,14 @@ class EventInput(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Required. Matched exactly (case-sensitive) against job triggers; at most
-    256 characters.
+    """Required. Matched exactly (case-sensitive) against job triggers. Like
+    `id` and `source`: at most 256 characters, not blank, and free of
+    control characters (U+0000 to U+001F, U+007F to U+009F), or the call is
+    INVALID_ARGUMENT naming the field.
     """
     id: _builtins.str
-    """The event id, unique per environment. Absent: the server assigns a ULID.
+    """The event id, unique per environment (see `name` for what it may hold).
+    Absent: the server assigns a ULID.
     Send your own (the Python client always does) so that a retried call is
     idempotent. "<job id>:<digits>" is refused (INVALID_ARGUMENT) while that
     job has a cron or interval trigger: it is the form of the job's fires.

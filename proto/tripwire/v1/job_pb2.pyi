@@ -191,10 +191,12 @@ class EventTrigger(_message.Message):
     CONTEXT_FILTER_FIELD_NUMBER: _builtins.int
     SCHEMA_FIELD_NUMBER: _builtins.int
     source: _builtins.str
-    """Exact source. Absent: "trigger.dev"."""
+    """Exact source, of the form EventInput.source allows. Absent: "trigger.dev"."""
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Required, at least one. Exact, case-sensitive event names."""
+        """Required, at least one. Exact, case-sensitive event names, each of the
+        form EventInput.name allows (a name no event can have is INVALID_ARGUMENT).
+        """
 
     @_builtins.property
     def filter(self) -> _struct_pb2.Struct:

@@ -7,6 +7,7 @@ its runs commit together.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 # the same id; one due sooner is left alone (it may be delivering right now).
 RESCHEDULE_WINDOW_MS = 5_000
 MAX_ID_LENGTH = 256
+# Control characters (C0, DEL, C1): a name or id holding one could not be
+# shown in a table or typed back on a command line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # The range of google.protobuf.Timestamp (0001-01-01 to 9999-12-31 UTC): a time
 # outside it could be stored but never shown again.
 MIN_TIME_MS = -62_135_596_800_000
@@ -83,22 +87,29 @@ def _check_time(millis: int, field: str) -> None:
         raise InvalidArgument(field, "is outside the years 0001 to 9999")
 
 
+def check_text(value: str, field: str, limit: int) -> None:
+    """A given name, source or id: not blank, no control characters, at most `limit`."""
+    if len(value) > limit:
+        raise InvalidArgument(field, f"is longer than the limit of {limit} characters")
+    if (found := _CONTROL.search(value)) is not None:
+        raise InvalidArgument(
+            field, f"holds the control character U+{ord(found.group()):04X} at {found.start()}"
+        )
+    if value.isspace():
+        raise InvalidArgument(field, "is blank")
+
+
 def prepare(
     draft: EventDraft, options: DeliveryOptions, now: int, limits: Limits, field: str
 ) -> NewEvent:
     """Validate one event and apply the defaults."""
     if not draft.name:
         raise InvalidArgument(f"{field}.name", "is required")
-    if len(draft.name) > limits.max_name_length:
-        raise InvalidArgument(
-            f"{field}.name", f"is longer than the limit of {limits.max_name_length} characters"
-        )
-    if len(draft.id) > MAX_ID_LENGTH:
-        raise InvalidArgument(f"{field}.id", f"is longer than {MAX_ID_LENGTH} characters")
-    if len(draft.source) > limits.max_name_length:
-        raise InvalidArgument(
-            f"{field}.source", f"is longer than the limit of {limits.max_name_length} characters"
-        )
+    check_text(draft.name, f"{field}.name", limits.max_name_length)
+    if draft.id:
+        check_text(draft.id, f"{field}.id", MAX_ID_LENGTH)
+    if draft.source:
+        check_text(draft.source, f"{field}.source", limits.max_name_length)
     if draft.timestamp is not None:
         _check_time(draft.timestamp, f"{field}.timestamp")
     return NewEvent(

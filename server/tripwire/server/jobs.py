@@ -15,6 +15,7 @@ from .events import (
     EventDraft,
     Limits,
     check_not_a_fire_id,
+    check_text,
     prepare,
 )
 from .matching import JobIndex, check_schema
@@ -29,8 +30,10 @@ LOG_LEVELS = ("LOG", "ERROR", "WARN", "INFO", "DEBUG")
 TRIGGER_KINDS = ("event", "cron", "interval", "invoke")
 
 
-def validate_job(job: Job, field: str = "job") -> None:
-    """Raise InvalidArgument naming the first bad field; normalise defaults in place."""
+def validate_job(job: Job, field: str = "job", max_name_length: int = 256) -> None:
+    """Raise InvalidArgument naming the first bad field; normalise defaults in place.
+    `max_name_length`: the longest event name or source an event may have (a
+    trigger naming a longer one could never match)."""
     if not job.id:
         raise InvalidArgument(f"{field}.id", "is required")
     if not SLUG.fullmatch(job.id):
@@ -50,7 +53,7 @@ def validate_job(job: Job, field: str = "job") -> None:
         raise InvalidArgument(f"{field}.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
     if job.retry is not None:
         retry_policy(job.retry, f"{field}.retry")
-    validate_trigger(job.trigger, f"{field}.trigger")
+    validate_trigger(job.trigger, f"{field}.trigger", max_name_length)
 
 
 def retry_policy(spec: dict[str, Any], field: str) -> RetryPolicy:
@@ -60,7 +63,7 @@ def retry_policy(spec: dict[str, Any], field: str) -> RetryPolicy:
     return policy
 
 
-def validate_trigger(trigger: dict[str, Any], field: str) -> None:
+def validate_trigger(trigger: dict[str, Any], field: str, max_name_length: int = 256) -> None:
     if len(trigger) != 1 or next(iter(trigger)) not in TRIGGER_KINDS:
         raise InvalidArgument(field, "set exactly one of event, cron, interval, invoke")
     kind, spec = next(iter(trigger.items()))
@@ -72,6 +75,9 @@ def validate_trigger(trigger: dict[str, Any], field: str) -> None:
         for i, name in enumerate(names):
             if not name:
                 raise InvalidArgument(f"{where}.names[{i}]", "must not be empty")
+            check_text(name, f"{where}.names[{i}]", max_name_length)
+        if spec.get("source"):
+            check_text(spec["source"], f"{where}.source", max_name_length)
         for key in ("filter", "context_filter"):
             if spec.get(key):
                 filters.validate_filter(spec[key], f"{where}.{key}")
@@ -102,7 +108,7 @@ class JobService:
     async def register(self, env: str, job: Job, *, keep_enabled: bool = False) -> Job:
         """`keep_enabled`: see Store.register_job."""
         job.env = env
-        validate_job(job)
+        validate_job(job, max_name_length=self.limits.max_name_length)
         return await self.store.register_job(job, self.clock(), keep_enabled=keep_enabled)
 
     async def register_all(
@@ -113,7 +119,7 @@ class JobService:
         stores none. `field` names the list in errors."""
         for i, job in enumerate(jobs):
             job.env = env
-            validate_job(job, f"{field}[{i}]")
+            validate_job(job, f"{field}[{i}]", self.limits.max_name_length)
         return await self.store.register_jobs(jobs, self.clock(), keep_enabled=keep_enabled)
 
     async def get(self, env: str, job_id: str, version: str) -> tuple[Job, list[Job]]:
@@ -142,8 +148,8 @@ class JobService:
     ) -> tuple[Run, bool]:
         if not job_id:
             raise InvalidArgument("job_id", "is required")
-        if len(key) > MAX_ID_LENGTH:  # it becomes the invoke event's id
-            raise InvalidArgument("idempotency_key", f"is longer than {MAX_ID_LENGTH} characters")
+        if key:  # it becomes the invoke event's id
+            check_text(key, "idempotency_key", MAX_ID_LENGTH)
         if len(account_id) > MAX_ID_LENGTH:
             raise InvalidArgument("account_id", f"is longer than {MAX_ID_LENGTH} characters")
         now = self.clock()
