@@ -199,8 +199,24 @@ def test_table_aligns_columns_and_formats_cells() -> None:
 
 def test_cells_are_cut() -> None:
     assert render.cell("x" * 100) == "x" * 79 + "…"
+    assert render.cell("注" * 100) == "注" * 39 + "…"  # two columns each
     assert render.cell("") == "-"
     assert render.cell(0) == "0"
+
+
+def test_wide_characters_keep_the_columns_aligned_and_controls_show_escaped() -> None:
+    text = render.table(
+        ["NAME", "SOURCE"],
+        [("注文.作成", "shop"), ("ok", "trigger.dev"), ("e\u0301t\u00e9", "x"), ("a\tb", "y")],
+    )
+    assert text.splitlines() == [
+        "NAME       SOURCE",
+        "注文.作成  shop",  # nine columns wide
+        "ok         trigger.dev",
+        "e\u0301t\u00e9        x",  # three
+        "a\\tb       y",
+    ]
+    assert render.width("注文.作成") == 9 and render.width("e\u0301") == 1
 
 
 def test_block_aligns_labels() -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +26,8 @@ from tripwire.client.models import (
 
 MAX_CELL = 80
 EMPTY = "-"
+# Control characters left once lines are joined (a tab, say): shown escaped.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def iso(when: datetime | None, *, precise: bool = False) -> str:
@@ -46,17 +50,43 @@ def cell(value: object, *, limit: int = MAX_CELL) -> str:
         text = value
     else:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    text = " ".join(text.splitlines())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    text = _CONTROL.sub(_escape, " ".join(text.splitlines()))
+    if width(text) <= limit:
+        return text
+    used = 0
+    for end, char in enumerate(text):
+        used += _char_width(char)
+        if used > limit - 1:
+            return text[:end] + "…"
+    return text
+
+
+def _escape(found: re.Match[str]) -> str:
+    char = found.group()
+    return "\\t" if char == "\t" else f"\\x{ord(char):02x}"
+
+
+def width(text: str) -> int:
+    """Columns the text takes in a terminal: two for wide (e.g. CJK) characters,
+    none for combining marks."""
+    return len(text) if text.isascii() else sum(_char_width(c) for c in text)
+
+
+def _char_width(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """Left-aligned columns separated by two spaces, headers first; no trailing blanks."""
     cells = [[cell(v) for v in row] for row in rows]
     lines = [list(headers), *cells]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    widths = [max(width(line[i]) for line in lines) for i in range(len(headers))]
     return "\n".join(
-        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        "  ".join(
+            text + " " * (column - width(text)) for text, column in zip(line, widths, strict=True)
+        ).rstrip()
         for line in lines
     )
 
