@@ -71,7 +71,7 @@ class Job(_message.Message):
     characters, starting with a letter or digit.
     """
     name: _builtins.str
-    """Human-readable name. Absent: the id."""
+    """Human-readable name, at most 256 characters. Absent: the id."""
     version: _builtins.str
     """Required, at most 256 characters. A semantic version
     (MAJOR.MINOR.PATCH[-pre][+build]), compared as semver. The highest
@@ -283,7 +283,7 @@ class IntervalTrigger(_message.Message):
     SECONDS_FIELD_NUMBER: _builtins.int
     CATCH_UP_FIELD_NUMBER: _builtins.int
     seconds: _builtins.int
-    """Required, at least 1."""
+    """Required, from 1 to 31,536,000 (one year)."""
     catch_up: _builtins.bool
     """As CronTrigger.catch_up."""
     def __init__(
@@ -336,13 +336,13 @@ class RetryPolicy(_message.Message):
     MAX_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     RANDOMIZE_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
-    """Attempts in all, including the first. Default 5."""
+    """Attempts in all, including the first, from 1 to 100. Default 5."""
     factor: _builtins.float
-    """Backoff growth per attempt. Default 1.8."""
+    """Backoff growth per attempt, at least 1. Default 1.8."""
     min_timeout_ms: _builtins.int
     """Smallest delay. Default 1000."""
     max_timeout_ms: _builtins.int
-    """Largest delay. Default 60000."""
+    """Largest delay, at least min_timeout_ms. Default 60000."""
     randomize: _builtins.bool
     """Multiply each delay by a random factor in [1, 2). Default true."""
     def __init__(

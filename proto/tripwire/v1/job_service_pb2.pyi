@@ -256,8 +256,9 @@ class InvokeJobRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     idempotency_key: _builtins.str
-    """The id of the invoke event. Absent: a new ULID (not idempotent). Refused
-    like an EventInput.id of the form of a scheduled job's fires.
+    """The id of the invoke event, held to EventInput.id's rules (at most 256
+    characters, ...). Absent: a new ULID (not idempotent). Refused like an
+    EventInput.id of the form of a scheduled job's fires.
     """
     account_id: _builtins.str
     @_builtins.property

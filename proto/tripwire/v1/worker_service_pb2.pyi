@@ -208,7 +208,7 @@ class Hello(_message.Message):
     worker_id: _builtins.str
     """Stable id of the worker process (for logs and GetRun); required."""
     capacity: _builtins.int
-    """Most runs this worker executes at once; at least 1."""
+    """Most runs this worker executes at once, from 1 to 10,000."""
     sdk: _builtins.str
     """Free text, e.g. "tripwire-python/0.1.0"."""
     accepts_batches: _builtins.bool
