@@ -65,8 +65,10 @@ def test_invalid_settings(overrides: dict) -> None:
 
 
 def test_a_bad_variable_is_named() -> None:
-    with pytest.raises(ValueError, match="TRIPWIRE_MAX_BATCH must be int, got 'abc'"):
+    with pytest.raises(ValueError, match="TRIPWIRE_MAX_BATCH must be a whole number, got 'abc'"):
         settings_from([], {"TRIPWIRE_MAX_BATCH": "abc"})
+    with pytest.raises(ValueError, match="TRIPWIRE_LEASE must be a number, got '15s'"):
+        settings_from([], {"TRIPWIRE_LEASE": "15s"})
 
 
 def test_the_batch_byte_limit_from_variable_and_flag() -> None:

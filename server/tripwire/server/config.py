@@ -142,7 +142,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
             try:
                 values[name] = kind(env[var])
             except ValueError:
-                raise ValueError(f"{var} must be {kind.__name__}, got {env[var]!r}") from None
+                what = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
+                raise ValueError(f"{var} must be {what}, got {env[var]!r}") from None
     key_items = list(args.api_key) or (
         [env["TRIPWIRE_API_KEYS"]] if env.get("TRIPWIRE_API_KEYS") else []
     )
