@@ -242,6 +242,10 @@ async def test_register_get_list_and_enable_jobs(tw: Both) -> None:
     job = await tw.get_job("big", version="1.1.0")
     assert job.version == "1.1.0"
     assert [v.version for v in job.versions] == [f"1.{m}.0" for m in (4, 3, 2, 1, 0)]
+    changed = await tw.set_job_enabled("big", False)  # more than one reply holds
+    assert [(v.version, v.enabled) for v in changed] == [
+        (f"1.{m}.0", False) for m in (4, 3, 2, 1, 0)
+    ]
     with pytest.raises(InvalidArgument):
         await tw.register_job(
             "bad", version="1.0.0", trigger=event_trigger("x", filter={"a": {"$nope": 1}})

@@ -282,6 +282,24 @@ async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(
     assert "waitUntil" not in cancelled
 
 
+@pytest.mark.parametrize("end", ["cancel", "disable"])
+async def test_an_ended_executing_run_no_longer_names_a_worker(
+    start_server: StartServer, end: str
+) -> None:
+    async with a_run(start_server) as (_server, stubs, _worker, run):
+        await held_by(stubs, run["id"], run["workerId"])
+        if end == "cancel":
+            await stubs.runs.CancelRun(rn.CancelRunRequest(id=run["id"]))
+            status = "CANCELED"
+        else:
+            await stubs.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="j", enabled=False))
+            status = "ABORTED"
+        got = (await run_status(stubs, run["id"], status))["run"]
+        assert "workerId" not in got
+        listed = js(await stubs.runs.ListRuns(rn.ListRunsRequest(job_id="j")))["runs"]
+        assert [r.get("workerId") for r in listed] == [None]
+
+
 async def test_failed_task_retries_with_backoff_then_errors(
     conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:

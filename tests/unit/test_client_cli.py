@@ -503,6 +503,7 @@ def test_a_reader_gone_early_ends_the_output_quietly() -> None:
     [
         ("COMPLETED", '{"ok":1}'),  # a later try completed: the old error is history
         ("WAITING", "retrying after RuntimeError: boom"),
+        ("RUNNING", "retrying after RuntimeError: boom"),
         ("ERRORED", "RuntimeError: boom"),
     ],
 )

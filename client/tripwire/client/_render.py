@@ -205,11 +205,11 @@ def tasks_table(tasks: Sequence[Task]) -> str:
 
 
 def _task_outcome(task: Task) -> Any:
-    """The output, or the error while the task has failed (for good, or waiting to
-    be retried). A task that completed after a failed try keeps that try's error,
+    """The output, or the error while the task has failed (for good, or being
+    retried). A task that completed after a failed try keeps that try's error,
     which is not its outcome."""
-    if task.error and task.status in ("ERRORED", "WAITING"):
-        prefix = "retrying after " if task.status == "WAITING" else ""
+    if task.error and task.status in ("ERRORED", "WAITING", "RUNNING"):
+        prefix = "" if task.status == "ERRORED" else "retrying after "
         return f"{prefix}{task.error.type}: {task.error.message}"
     return task.output
 

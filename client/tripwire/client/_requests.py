@@ -270,16 +270,20 @@ def _job_page(reply: Any) -> Page[Job]:
     return Page(tuple(convert.job_from_pb(j) for j in reply.jobs), reply.next_page_token or None)
 
 
-def set_job_enabled(job_id: str, enabled: bool, version: str | None) -> Call[list[Job]]:
+def set_job_enabled(
+    job_id: str, enabled: bool, version: str | None
+) -> Call[tuple[list[Job], bool]]:
+    """The versions changed, and whether the reply stopped short of them all (the
+    clients then read every version with get_job: all of them were changed)."""
     with _arguments():
         request = job_service_pb2.SetJobEnabledRequest(
             job_id=_id(job_id, "job id"), enabled=enabled, version=version or ""
         )
-    return Call("jobs", "SetJobEnabled", request, _jobs)
+    return Call("jobs", "SetJobEnabled", request, _changed_jobs)
 
 
-def _jobs(reply: Any) -> list[Job]:
-    return [convert.job_from_pb(j) for j in reply.jobs]
+def _changed_jobs(reply: Any) -> tuple[list[Job], bool]:
+    return [convert.job_from_pb(j) for j in reply.jobs], reply.more_jobs
 
 
 def invoke_job(job_id: str, payload: Any, **options: Unpack[InvokeOptions]) -> Call[Run]:

@@ -13,7 +13,6 @@ import argparse
 import importlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -90,7 +89,7 @@ def _print(output: str) -> int:
     except BrokenPipeError:
         # Python would complain again flushing stdout at exit: point it at nothing.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+        return 141  # 128 + SIGPIPE
     return 0
 
 

@@ -179,7 +179,10 @@ class AsyncClient(ClientBase):
     async def set_job_enabled(
         self, job_id: str, enabled: bool, *, version: str | None = None
     ) -> list[Job]:
-        return await self._call(_requests.set_job_enabled(job_id, enabled, version))
+        jobs, more = await self._call(_requests.set_job_enabled(job_id, enabled, version))
+        if more:  # too large for one reply: every version changed, read in pages
+            jobs = list((await self.get_job(job_id)).versions)
+        return jobs
 
     async def invoke_job(
         self, job_id: str, payload: Any = None, **options: Unpack[InvokeOptions]
@@ -398,7 +401,10 @@ class Client(ClientBase):
         self, job_id: str, enabled: bool, *, version: str | None = None
     ) -> list[Job]:
         """Enable or disable one version, or every version; returns those changed."""
-        return self._call(_requests.set_job_enabled(job_id, enabled, version))
+        jobs, more = self._call(_requests.set_job_enabled(job_id, enabled, version))
+        if more:  # too large for one reply: every version changed, read in pages
+            jobs = list(self.get_job(job_id).versions)
+        return jobs
 
     def invoke_job(self, job_id: str, payload: Any = None, **options: Unpack[InvokeOptions]) -> Run:
         """Start a run of the job's latest version now. With an ``idempotency_key``

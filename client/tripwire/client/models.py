@@ -89,12 +89,12 @@ class Run:
     validation_errors: tuple[ValidationError, ...]
     account_id: str | None
     wait_until: datetime | None
-    # EXECUTING only: the worker holding the run (its ``worker_id``, by default
-    # "<host>-<pid>").
-    worker_id: str | None = None
     # Set by invoke_job: True when its idempotency key had been used, and this is
     # the run that earlier call started (nothing new was started).
     deduplicated: bool = False
+    # EXECUTING only: the worker holding the run (its ``worker_id``, by default
+    # "<host>-<pid>").
+    worker_id: str | None = None
 
     @property
     def terminal(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -338,14 +339,7 @@ class JobOps:
                     capped = (
                         schedule.kind == "cron" and decision.missed >= schedules.MAX_MISSED_COUNT
                     )
-                    log.warning(
-                        "job %r (env %r): %d%s planned tick(s) skipped, missed by more than "
-                        "the grace period (with catch_up only the latest fires late)",
-                        job_id,
-                        env,
-                        decision.missed,
-                        " or more" if capped else "",
-                    )
+                    tx.after_commit(functools.partial(_log_skipped, env, job_id, decision, capped))
                 fired = last_fire
                 if decision.fire_at is not None and compiled.job.enabled:
                     planned = decision.fire_at
@@ -435,3 +429,19 @@ def _ms(when: datetime) -> int:
 
 def _td(ms: int) -> timedelta:
     return timedelta(milliseconds=ms)
+
+
+def _log_skipped(env: str, job_id: str, decision: schedules.Decision, capped: bool) -> None:
+    why = (
+        "only the latest due tick fires"
+        if decision.fire_at is not None
+        else "the latest was more than the grace period late"
+    )
+    log.warning(
+        "job %r (env %r): %d%s planned tick(s) skipped: %s",
+        job_id,
+        env,
+        decision.missed,
+        " or more" if capped else "",
+        why,
+    )

@@ -115,7 +115,8 @@ def run_from_row(row: Any) -> Run:
         validation_errors=loads_or_none(row[14]) or [],
         account_id=row[15],
         wait_until=row[16],
-        worker_id=row[17] or "",
+        # Files written before runs said whose they were kept it after the run ended.
+        worker_id=(row[17] or "") if row[6] == RunStatus.EXECUTING.value else "",
     )
 
 

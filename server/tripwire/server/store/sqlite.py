@@ -442,7 +442,7 @@ class SQLiteStore(JobOps, WorkOps):
         error = dumps({"type": kind, "message": message, "stack": ""})
         tx.conn.executemany(
             f"UPDATE runs SET status = ?, completed_at = ?, updated_at = ?, error = ?, "
-            f"wait_until = NULL WHERE id = ? AND status IN {ACTIVE}",
+            f"wait_until = NULL, worker_id = NULL WHERE id = ? AND status IN {ACTIVE}",
             [(status.value, now, now, error, run_id) for run_id in ids],
         )
         # Open tasks end with the run.
