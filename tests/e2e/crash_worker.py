@@ -59,4 +59,4 @@ async def three_steps(payload: Any, io: IO, ctx: RunContext) -> dict[str, Any]:
     logging.info("run %s attempt %d at the gate", ctx.run_id, ctx.attempt)
     await _gate()
     three = await io.run_task("step-3", _step(3, ctx))
-    return {"steps": [one, two, three], "event": sent["id"]}
+    return {"steps": [one, two, three], "event": sent.id}

@@ -408,7 +408,7 @@ async def test_a_sync_handler_with_blocking_io(client: Client) -> None:
         io.logger.info("in a thread", {"n": payload["n"]})
         doubled = io.run_task("double", lambda: payload["n"] * 2)
         event = io.send_event("announce", {"name": "doubled", "payload": {"value": doubled}})
-        return {"doubled": doubled, "event": event["name"]}
+        return {"doubled": doubled, "event": event.name}
 
     async with Worker(client) as worker:
         await serving(worker)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from tripwire.client.convert import from_value
 from tripwire.client.errors import InvalidArgument
 from tripwire.client.io import IO, DuplicateKeyError, Execution, Suspend, SyncIO, TaskError
+from tripwire.client.models import Event
 from tripwire.v1 import job_pb2, run_pb2
 
 from .test_worker_fakes import Wire, as_json, result, task, within
@@ -454,11 +455,28 @@ async def test_send_event_asks_the_server_with_the_event_and_options() -> None:
         "event": {"name": "new.user", "payload": {"userId": "u_1"}, "context": {"c": 1}},
         "options": {"deliverAt": "2030-01-02T03:04:05Z", "deliverAfter": 60, "accountId": "acc"},
     }
-    stored = {"id": "evt_1", "name": "new.user", "payload": {"userId": "u_1"}}
+    stored = {
+        "id": "evt_1",
+        "name": "new.user",
+        "payload": {"userId": "u_1"},
+        "status": "EVENT_STATUS_DELIVERED",
+        "deliveredAt": "2030-01-02T03:04:05.250Z",
+        "runs": [{"id": "run_1", "jobId": "welcome", "status": "RUN_STATUS_QUEUED"}],
+        "someFieldOfALaterServer": 1,
+    }
     answer(
         execution, request.request_id, task("t1", "send-event", kind="SEND_EVENT", output=stored)
     )
-    assert await within(call) == stored
+    sent = await within(call)  # the client's Event, as client.send_event gives
+    assert isinstance(sent, Event)
+    assert (sent.id, sent.name, sent.payload, sent.status) == (
+        "evt_1",
+        "new.user",
+        {"userId": "u_1"},
+        "DELIVERED",
+    )
+    assert sent.delivered_at == datetime(2030, 1, 2, 3, 4, 5, 250_000, tzinfo=UTC)
+    assert [(r.id, r.job_id, r.status) for r in sent.runs] == [("run_1", "welcome", "QUEUED")]
 
 
 async def test_send_event_keeps_a_given_id_and_timestamp_and_sends_empty_options() -> None:
@@ -528,20 +546,12 @@ async def test_send_events_asks_once_for_the_batch() -> None:
     }
     stored = [{"id": "1", "name": "a"}, {"id": "2", "name": "b"}]
     answer(execution, request.request_id, task("t1", "batch", kind="SEND_EVENTS", output=stored))
-    assert await within(call) == stored
+    assert [(e.id, e.name) for e in await within(call)] == [("1", "a"), ("2", "b")]
 
 
 @pytest.mark.parametrize(
     ("call", "error"),
     [
-        (lambda io: io.send_event("k", {"payload": {}}), "name is required"),
-        (lambda io: io.send_event("k", {"name": "n", "extra": 1}), "unknown event key"),
-        (lambda io: io.send_event("k", {"name": "n"}, deliver_after=-1), "deliver_after"),
-        (lambda io: io.send_event("k", {"name": "n"}, deliver_in=3), "unknown send option"),
-        (lambda io: io.send_event("k", {"name": "n"}, {"deliver_in": 3}), "unknown send option"),
-        (lambda io: io.send_event("k", {"name": "n"}, 60), "options must be a dict"),
-        (lambda io: io.send_events("k", []), "at least one event"),
-        (lambda io: io.send_events("k", {"name": "n"}), "list of event dicts"),
         (lambda io: io.wait("k", -1), "seconds"),
         (lambda io: io.run_task("", lambda: 1), "cache key"),
         (lambda io: io.run_task("k" * 1025, lambda: 1), "cache key is at most 1024"),
@@ -554,6 +564,27 @@ async def test_send_events_asks_once_for_the_batch() -> None:
 async def test_bad_io_calls_raise_before_anything_is_sent(call: Any, error: str) -> None:
     _, io, wire = make()
     with pytest.raises((TypeError, ValueError), match=error):
+        await within(call(io))
+    assert wire.drained() == []
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda io: io.send_event("k", {"payload": {}}), "name is required"),
+        (lambda io: io.send_event("k", {"name": "n", "extra": 1}), "unknown event key"),
+        (lambda io: io.send_event("k", {"name": "n"}, deliver_after=-1), "deliver_after"),
+        (lambda io: io.send_event("k", {"name": "n"}, deliver_in=3), "unknown send option"),
+        (lambda io: io.send_event("k", {"name": "n"}, {"deliver_in": 3}), "unknown send option"),
+        (lambda io: io.send_event("k", {"name": "n"}, 60), "options must be a dict"),
+        (lambda io: io.send_event("", {"name": "n"}), "cache key"),
+        (lambda io: io.send_events("k", []), "at least one event"),
+        (lambda io: io.send_events("k", {"name": "n"}), "list of event dicts"),
+    ],
+)
+async def test_bad_events_raise_invalid_argument_as_from_the_client(call: Any, error: str) -> None:
+    _, io, wire = make()
+    with pytest.raises(InvalidArgument, match=error):
         await within(call(io))
     assert wire.drained() == []
 

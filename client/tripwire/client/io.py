@@ -36,8 +36,9 @@ from typing import Any, TypeVar, Unpack
 
 from google.protobuf import json_format, struct_pb2
 from tripwire.client import convert
-from tripwire.client._requests import event_input
+from tripwire.client._requests import _arguments, event_input
 from tripwire.client.errors import TripwireError
+from tripwire.client.models import Event
 from tripwire.client.options import SendOptions, send_options
 from tripwire.v1 import event_pb2, job_pb2, run_pb2, worker_service_pb2
 
@@ -269,10 +270,17 @@ def wait_spec(key: str, seconds: float) -> TaskSpec:
     return TaskSpec(run_pb2.TASK_KIND_WAIT, _key(key), f"wait {seconds}s", params)
 
 
-def _events_output(output: Any) -> list[Any]:
+def _events_output(output: Any) -> list[Event]:
     if isinstance(output, dict) and isinstance(output.get("events"), list):
-        return list(output["events"])
-    return list(output) if isinstance(output, list) else [output]
+        output = output["events"]
+    return [_event_output(e) for e in (output if isinstance(output, list) else [output])]
+
+
+def _event_output(output: Any) -> Event:
+    """A send task's cached output (an Event in its JSON form) as the client's
+    ``Event``, as ``client.send_event`` returns it."""
+    message = json_format.ParseDict(output, event_pb2.Event(), ignore_unknown_fields=True)
+    return convert.event_from_pb(message)
 
 
 # -- one execution ---------------------------------------------------------------------
@@ -662,16 +670,19 @@ class IO:
         options: SendOptions | None = None,
         /,
         **more: Unpack[SendOptions],
-    ) -> Any:
-        """Send an event, exactly once, from the server; returns the stored event (JSON).
+    ) -> Event:
+        """Send an event, exactly once, from the server; returns the stored event
+        (with the runs it created: ids, job ids and statuses).
 
         Without an ``id`` the server derives one from this task, so a replay never sends
         a second event. Options (``deliver_at``, ``deliver_after``, ``account_id``) come
         as a dict after the event, as keywords, or both: ``io.send_event(key, event,
         {"deliver_after": 60})`` or ``io.send_event(key, event, deliver_after=60)``.
+        Bad input raises InvalidArgument, as from ``client.send_event``.
         """
-        spec = send_event_spec(key, event, _options_json(send_options(options, more)))
-        return (await self._execution.open(spec, _parent.get())).output
+        with _arguments():
+            spec = send_event_spec(key, event, _options_json(send_options(options, more)))
+        return _event_output((await self._execution.open(spec, _parent.get())).output)
 
     async def send_events(
         self,
@@ -680,10 +691,11 @@ class IO:
         options: SendOptions | None = None,
         /,
         **more: Unpack[SendOptions],
-    ) -> list[Any]:
+    ) -> list[Event]:
         """Send several events atomically and in order, with the same options (as for
         :meth:`send_event`); returns the stored events."""
-        spec = send_events_spec(key, events, _options_json(send_options(options, more)))
+        with _arguments():
+            spec = send_events_spec(key, events, _options_json(send_options(options, more)))
         return _events_output((await self._execution.open(spec, _parent.get())).output)
 
     async def wait(self, key: str, seconds: float) -> None:
@@ -769,7 +781,7 @@ class SyncIO:
         options: SendOptions | None = None,
         /,
         **more: Unpack[SendOptions],
-    ) -> Any:
+    ) -> Event:
         """As :meth:`IO.send_event`."""
         return self._wait(self._io.send_event(key, event, options, **more))
 
@@ -780,7 +792,7 @@ class SyncIO:
         options: SendOptions | None = None,
         /,
         **more: Unpack[SendOptions],
-    ) -> list[Any]:
+    ) -> list[Event]:
         """As :meth:`IO.send_events`."""
         return self._wait(self._io.send_events(key, events, options, **more))
 

@@ -509,8 +509,8 @@ class Worker:
     ``capacity`` is how many runs may execute at once. ``shutdown_timeout`` is how long
     :meth:`shutdown` lets running runs finish. ``welcome_timeout`` is how long a new
     stream waits for the server's ``welcome`` before it is given up and another is
-    opened on a new connection. ``connect``, ``sleep`` and ``clock`` replace the gRPC
-    stream, the waits and the monotonic clock in tests.
+    opened on a new connection. ``backoff`` paces reconnections; ``connect`` and
+    ``sleep`` replace the gRPC stream and the waits in tests.
     """
 
     def __init__(
