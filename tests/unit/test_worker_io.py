@@ -12,7 +12,15 @@ import pytest
 from pydantic import BaseModel
 from tripwire.client.convert import from_value
 from tripwire.client.errors import InvalidArgument
-from tripwire.client.io import IO, DuplicateKeyError, Execution, Suspend, SyncIO, TaskError
+from tripwire.client.io import (
+    IO,
+    DuplicateKeyError,
+    Execution,
+    Suspend,
+    SyncIO,
+    TaskError,
+    json_value,
+)
 from tripwire.client.models import Event
 from tripwire.v1 import job_pb2, run_pb2
 
@@ -773,3 +781,37 @@ def test_task_error_reads_well() -> None:
     error = TaskError("ValueError", "bad", "stack", key="k")
     assert str(error) == "task 'k' failed: ValueError: bad"
     assert as_json(run_pb2.ErrorInfo(type="x")) == {"type": "x"}
+
+
+def test_the_event_io_send_event_returns_can_be_returned_as_an_output() -> None:
+    sent = Event(
+        id="e1",
+        name="new.user",
+        source="trigger.dev",
+        payload={"userId": "u_1"},
+        context={},
+        timestamp=datetime(2024, 5, 1, 9, tzinfo=UTC),
+        deliver_at=None,
+        delivered_at=datetime(2024, 5, 1, 9, 0, 1, 500, tzinfo=UTC),
+        cancelled_at=None,
+        deduplicated=False,
+        status="DELIVERED",
+        account_id=None,
+        created_at=None,
+    )
+    assert from_value(json_value(sent, what="the handler's return value")) == {
+        "id": "e1",
+        "name": "new.user",
+        "source": "trigger.dev",
+        "payload": {"userId": "u_1"},
+        "context": {},
+        "timestamp": "2024-05-01T09:00:00.000000Z",
+        "deliver_at": None,
+        "delivered_at": "2024-05-01T09:00:01.000500Z",
+        "cancelled_at": None,
+        "deduplicated": False,
+        "status": "DELIVERED",
+        "account_id": None,
+        "created_at": None,
+        "runs": [],
+    }

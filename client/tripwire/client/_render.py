@@ -5,7 +5,6 @@ Times print as ISO 8601 in UTC (``2024-05-01T09:00:00Z``; JSON keeps the microse
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import unicodedata
@@ -22,6 +21,7 @@ from tripwire.client.models import (
     Task,
     Trigger,
     ValidationError,
+    jsonable,
 )
 
 MAX_CELL = 80
@@ -282,22 +282,6 @@ def matches_table(matches: Sequence[JobMatch]) -> str:
 
 
 # -- JSON ------------------------------------------------------------------------------
-
-
-def jsonable(value: Any) -> Any:
-    """Models as plain JSON data: dataclasses as objects, times as ISO strings."""
-    if isinstance(value, datetime):
-        return iso(value, precise=True)
-    if isinstance(value, Trigger):
-        fields = dataclasses.fields(value)
-        return {f.name: jsonable(getattr(value, f.name)) for f in fields if f.name != "model"}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    return value
 
 
 def dumps(value: Any) -> str:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, Unpack
 
 from google.protobuf import json_format, struct_pb2
-from tripwire.client import convert
+from tripwire.client import convert, models
 from tripwire.client._requests import _arguments, event_input
 from tripwire.client.errors import TripwireError
 from tripwire.client.models import Event
@@ -158,10 +158,13 @@ MAX_RESULT_BYTES = 63 * 1024 * 1024
 
 
 def json_value(obj: Any, *, what: str) -> struct_pb2.Value:
-    """A handler's or task's result as a Value; a pydantic model is dumped as JSON."""
+    """A handler's or task's result as a Value; a pydantic model is dumped as JSON,
+    and so is one of this client's models (the ``Event`` io.send_event returns)."""
     dump = getattr(obj, "model_dump", None)
     if callable(dump) and not isinstance(obj, type):
         obj = dump(mode="json")
+    elif type(obj).__module__ == models.__name__:
+        obj = models.jsonable(obj)
     value = convert.to_value(obj, what=what)
     size = value.ByteSize()
     if size > MAX_RESULT_BYTES:

@@ -12,9 +12,10 @@ imported, not when the first event arrives.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -339,3 +340,20 @@ def _schema(
             f"schema must be a JSON Schema dict or a pydantic model class, got {schema!r}"
         )
     return dict(to_json_schema()), schema
+
+
+def jsonable(value: Any) -> Any:
+    """Models as plain JSON data: dataclasses as objects, times as ISO 8601 UTC
+    strings with microseconds (``2024-05-01T09:00:00.123456Z``)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
+    if isinstance(value, Trigger):
+        fields = dataclasses.fields(value)
+        return {f.name: jsonable(getattr(value, f.name)) for f in fields if f.name != "model"}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
