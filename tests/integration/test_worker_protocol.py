@@ -286,7 +286,7 @@ async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(
 async def test_an_ended_executing_run_no_longer_names_a_worker(
     start_server: StartServer, end: str
 ) -> None:
-    async with a_run(start_server) as (_server, stubs, _worker, run):
+    async with a_run(start_server) as (server, stubs, _worker, run):
         await held_by(stubs, run["id"], run["workerId"])
         if end == "cancel":
             await stubs.runs.CancelRun(rn.CancelRunRequest(id=run["id"]))
@@ -298,6 +298,9 @@ async def test_an_ended_executing_run_no_longer_names_a_worker(
         assert "workerId" not in got
         listed = js(await stubs.runs.ListRuns(rn.ListRunsRequest(job_id="j")))["runs"]
         assert [r.get("workerId") for r in listed] == [None]
+        with contextlib.closing(sqlite3.connect(server.settings.db_path)) as db:
+            stored = db.execute("SELECT worker_id FROM runs WHERE id = ?", (run["id"],))
+            assert stored.fetchone() == (None,)  # cleared, not only hidden
 
 
 async def test_failed_task_retries_with_backoff_then_errors(

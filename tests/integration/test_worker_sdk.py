@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from tripwire.client import (
     IO,
     Client,
+    Event,
     Run,
     RunContext,
     SyncIO,
@@ -416,6 +417,41 @@ async def test_a_sync_handler_with_blocking_io(client: Client) -> None:
         done = await finished(client, run.id)
     assert done.status == "SUCCESS", done.error
     assert done.output == {"doubled": 42, "event": "doubled"}
+
+
+async def test_io_send_event_gives_the_stored_event_as_client_send_event_does(
+    client: Client,
+) -> None:
+    @client.define_job(id="listener", version="2.1.0", trigger=event_trigger("hello"))
+    async def listener(payload: Any, io: IO, ctx: RunContext) -> None:
+        return None
+
+    @client.define_job(id="sender", version="1.0.0", trigger=invoke_trigger())
+    async def sender(payload: Any, io: IO, ctx: RunContext) -> Any:
+        one = await io.send_event("one", {"name": "hello"}, account_id="acme")
+        both = await io.send_events(
+            "both", [{"name": "hello"}, {"name": "later"}], deliver_after=60
+        )
+        assert isinstance(one, Event) and all(isinstance(e, Event) for e in both)
+        return {"one": one, "both": both}  # the client's models, stored as JSON
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("sender")
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS", done.error
+    one, both = done.output["one"], done.output["both"]
+    stored = await client.aio.get_event(one["id"])
+    assert one["account_id"] == "acme" == stored.event.account_id
+    assert one["created_at"] and one["status"] == "DELIVERED"
+    (made,) = one["runs"]
+    assert (made["id"], made["job_id"], made["job_version"], made["event_id"]) == (
+        stored.runs[0].id,
+        "listener",
+        "2.1.0",
+        one["id"],
+    )
+    assert [(e["name"], e["status"]) for e in both] == [("hello", "PENDING"), ("later", "PENDING")]
 
 
 async def test_cancelling_a_run_stops_its_handler(client: Client) -> None:

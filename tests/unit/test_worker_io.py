@@ -783,6 +783,53 @@ def test_task_error_reads_well() -> None:
     assert as_json(run_pb2.ErrorInfo(type="x")) == {"type": "x"}
 
 
+@pytest.mark.parametrize(
+    ("kind", "output"),
+    [
+        ("SEND_EVENT", "garbage"),
+        ("SEND_EVENT", 42),
+        ("SEND_EVENT", [{"id": "e"}]),
+        ("SEND_EVENTS", [7]),
+    ],
+)
+async def test_a_send_tasks_output_that_is_no_event_fails_where_it_is_awaited(
+    kind: str, output: Any
+) -> None:
+    # Never stored by the server, which writes these outputs; say so clearly if it is.
+    execution, io, wire = make()
+    if kind == "SEND_EVENT":
+        call = asyncio.create_task(io.send_event("k", {"name": "n"}))
+    else:
+        call = asyncio.create_task(io.send_events("k", [{"name": "n"}]))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "k", kind=kind, output=output))
+    with pytest.raises(TaskError) as err:
+        await within(call)
+    assert err.value.type == "InvalidOutput" and err.value.key == "k"
+    assert "the stored output of a send task is not an event" in err.value.message
+
+
+def test_the_clients_models_anywhere_in_an_output_are_stored_as_json() -> None:
+    sent = Event(
+        id="e1",
+        name="n",
+        source="trigger.dev",
+        payload={},
+        context={},
+        timestamp=None,
+        deliver_at=None,
+        delivered_at=None,
+        cancelled_at=None,
+        deduplicated=False,
+        status="PENDING",
+        account_id=None,
+        created_at=None,
+    )
+    stored = from_value(json_value({"sent": [sent, sent], "n": 1}, what="output"))
+    assert stored["n"] == 1 and [e["id"] for e in stored["sent"]] == ["e1", "e1"]
+    assert stored["sent"][0]["status"] == "PENDING"
+
+
 def test_the_event_io_send_event_returns_can_be_returned_as_an_output() -> None:
     sent = Event(
         id="e1",

@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
+from tripwire.client import models
 from tripwire.client.models import (
     ErrorInfo,
     Event,
@@ -84,6 +85,8 @@ def _fill(target: struct_pb2.Value, obj: object, depth: int = 0) -> None:
             except _BadValue as bad:
                 bad.path.append(f"[{index}]")
                 raise
+    elif type(obj).__module__ == models.__name__:  # e.g. the Event io.send_event gave
+        _fill(target, models.jsonable(obj), depth)
     else:
         raise _BadValue(TypeError, f"{type(obj).__name__} is not a JSON value")
 

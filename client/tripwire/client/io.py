@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, Unpack
 
 from google.protobuf import json_format, struct_pb2
-from tripwire.client import convert, models
+from tripwire.client import convert
 from tripwire.client._requests import _arguments, event_input
 from tripwire.client.errors import TripwireError
 from tripwire.client.models import Event
@@ -159,12 +159,11 @@ MAX_RESULT_BYTES = 63 * 1024 * 1024
 
 def json_value(obj: Any, *, what: str) -> struct_pb2.Value:
     """A handler's or task's result as a Value; a pydantic model is dumped as JSON,
-    and so is one of this client's models (the ``Event`` io.send_event returns)."""
+    and so is one of this client's models, anywhere in it (the ``Event``
+    io.send_event returns, say)."""
     dump = getattr(obj, "model_dump", None)
     if callable(dump) and not isinstance(obj, type):
         obj = dump(mode="json")
-    elif type(obj).__module__ == models.__name__:
-        obj = models.jsonable(obj)
     value = convert.to_value(obj, what=what)
     size = value.ByteSize()
     if size > MAX_RESULT_BYTES:
@@ -273,16 +272,23 @@ def wait_spec(key: str, seconds: float) -> TaskSpec:
     return TaskSpec(run_pb2.TASK_KIND_WAIT, _key(key), f"wait {seconds}s", params)
 
 
-def _events_output(output: Any) -> list[Event]:
+def _events_output(output: Any, key: str) -> list[Event]:
     if isinstance(output, dict) and isinstance(output.get("events"), list):
         output = output["events"]
-    return [_event_output(e) for e in (output if isinstance(output, list) else [output])]
+    return [_event_output(e, key) for e in (output if isinstance(output, list) else [output])]
 
 
-def _event_output(output: Any) -> Event:
+def _event_output(output: Any, key: str) -> Event:
     """A send task's cached output (an Event in its JSON form) as the client's
     ``Event``, as ``client.send_event`` returns it."""
-    message = json_format.ParseDict(output, event_pb2.Event(), ignore_unknown_fields=True)
+    try:
+        if not isinstance(output, dict):
+            raise TypeError(f"got {type(output).__name__}")
+        message = json_format.ParseDict(output, event_pb2.Event(), ignore_unknown_fields=True)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        raise TaskError(
+            "InvalidOutput", f"the stored output of a send task is not an event: {exc}", key=key
+        ) from None
     return convert.event_from_pb(message)
 
 
@@ -685,7 +691,7 @@ class IO:
         """
         with _arguments():
             spec = send_event_spec(key, event, _options_json(send_options(options, more)))
-        return _event_output((await self._execution.open(spec, _parent.get())).output)
+        return _event_output((await self._execution.open(spec, _parent.get())).output, key)
 
     async def send_events(
         self,
@@ -699,7 +705,7 @@ class IO:
         :meth:`send_event`); returns the stored events."""
         with _arguments():
             spec = send_events_spec(key, events, _options_json(send_options(options, more)))
-        return _events_output((await self._execution.open(spec, _parent.get())).output)
+        return _events_output((await self._execution.open(spec, _parent.get())).output, key)
 
     async def wait(self, key: str, seconds: float) -> None:
         """Wait durably: the run leaves the worker and resumes here after ``seconds``."""

@@ -542,10 +542,27 @@ def _event_json(event: Event) -> dict[str, Any]:
         "timestamp": iso(event.timestamp),
         "deliverAt": iso(event.deliver_at),
         "deliveredAt": iso(event.delivered_at),
+        "cancelledAt": iso(event.cancelled_at),
+        "createdAt": iso(event.created_at),
         "status": f"EVENT_STATUS_{event.status.value}",
+        "accountId": event.account_id or None,
         "deduplicated": event.deduplicated,
         "runs": [
-            {"id": r.id, "jobId": r.job_id, "status": f"RUN_STATUS_{r.status.value}"}
+            {
+                k: v
+                for k, v in {
+                    "id": r.id,
+                    "jobId": r.job_id,
+                    "jobVersion": r.job_version,
+                    "eventId": r.event_id,
+                    "status": f"RUN_STATUS_{r.status.value}",
+                    "createdAt": iso(r.created_at),
+                    "updatedAt": iso(r.updated_at),
+                    "completedAt": iso(r.completed_at),
+                    "accountId": r.account_id or None,
+                }.items()
+                if v is not None
+            }
             for r in event.runs
         ],
     }
