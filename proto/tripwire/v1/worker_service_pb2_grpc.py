@@ -75,7 +75,8 @@ class WorkerServiceStub:
     output or error, and wait for the next `task_result` (RUNNING again
     means: run it again); COMPLETED -> use the output (send_event tasks
     are executed by the server and come back COMPLETED, with the event as
-    output); WAITING -> the run is suspended (retry backoff or io.wait):
+    output: an Event in its JSON form, with its runs; send_events tasks
+    with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
     stop the handler, send nothing more for this attempt, the server
     dispatches the run again when it is due; ERRORED -> raise the task's
     error in the handler; CANCELED -> the run was cancelled: stop.
@@ -214,7 +215,8 @@ class WorkerServiceServicer:
     output or error, and wait for the next `task_result` (RUNNING again
     means: run it again); COMPLETED -> use the output (send_event tasks
     are executed by the server and come back COMPLETED, with the event as
-    output); WAITING -> the run is suspended (retry backoff or io.wait):
+    output: an Event in its JSON form, with its runs; send_events tasks
+    with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
     stop the handler, send nothing more for this attempt, the server
     dispatches the run again when it is due; ERRORED -> raise the task's
     error in the handler; CANCELED -> the run was cancelled: stop.
@@ -362,7 +364,8 @@ class WorkerService:
     output or error, and wait for the next `task_result` (RUNNING again
     means: run it again); COMPLETED -> use the output (send_event tasks
     are executed by the server and come back COMPLETED, with the event as
-    output); WAITING -> the run is suspended (retry backoff or io.wait):
+    output: an Event in its JSON form, with its runs; send_events tasks
+    with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
     stop the handler, send nothing more for this attempt, the server
     dispatches the run again when it is due; ERRORED -> raise the task's
     error in the handler; CANCELED -> the run was cancelled: stop.

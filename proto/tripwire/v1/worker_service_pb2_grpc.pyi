@@ -76,7 +76,8 @@ class WorkerServiceStub:
          output or error, and wait for the next `task_result` (RUNNING again
          means: run it again); COMPLETED -> use the output (send_event tasks
          are executed by the server and come back COMPLETED, with the event as
-         output); WAITING -> the run is suspended (retry backoff or io.wait):
+         output: an Event in its JSON form, with its runs; send_events tasks
+         with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
          stop the handler, send nothing more for this attempt, the server
          dispatches the run again when it is due; ERRORED -> raise the task's
          error in the handler; CANCELED -> the run was cancelled: stop.
@@ -209,7 +210,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
          output or error, and wait for the next `task_result` (RUNNING again
          means: run it again); COMPLETED -> use the output (send_event tasks
          are executed by the server and come back COMPLETED, with the event as
-         output); WAITING -> the run is suspended (retry backoff or io.wait):
+         output: an Event in its JSON form, with its runs; send_events tasks
+         with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
          stop the handler, send nothing more for this attempt, the server
          dispatches the run again when it is due; ERRORED -> raise the task's
          error in the handler; CANCELED -> the run was cancelled: stop.
@@ -338,7 +340,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
          output or error, and wait for the next `task_result` (RUNNING again
          means: run it again); COMPLETED -> use the output (send_event tasks
          are executed by the server and come back COMPLETED, with the event as
-         output); WAITING -> the run is suspended (retry backoff or io.wait):
+         output: an Event in its JSON form, with its runs; send_events tasks
+         with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
          stop the handler, send nothing more for this attempt, the server
          dispatches the run again when it is due; ERRORED -> raise the task's
          error in the handler; CANCELED -> the run was cancelled: stop.
