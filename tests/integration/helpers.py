@@ -32,7 +32,7 @@ def event_job(
 class FailsOnce:
     """Stands in for a method of `owner`: its first call (or its `call`-th) raises,
     as the store does when the disk fails; the others are the real method's.
-    `failed` keeps the failing call's arguments. An async method stays async;
+    `failed` keeps the failing call's positional arguments. An async method stays async;
     a plain one (a step inside a store transaction) raises at once."""
 
     def __init__(
@@ -51,18 +51,18 @@ class FailsOnce:
         self.failed: tuple[Any, ...] | None = None
         monkeypatch.setattr(owner, name, self)
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
         failing = self.calls == self.call
         if failing:
             self.failed = args
         if inspect.iscoroutinefunction(self.real):
-            return self._async(failing, args)
+            return self._async(failing, args, kwargs)
         if failing:
             raise sqlite3.OperationalError(self.message)
-        return self.real(*args)
+        return self.real(*args, **kwargs)
 
-    async def _async(self, failing: bool, args: tuple[Any, ...]) -> Any:
+    async def _async(self, failing: bool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if failing:
             raise sqlite3.OperationalError(self.message)
-        return await self.real(*args)
+        return await self.real(*args, **kwargs)

@@ -822,6 +822,30 @@ async def test_raising_a_concurrency_limit_lets_the_queue_move_at_once(
         await run_status(conn, run["id"], "SUCCESS")
 
 
+async def test_a_backlog_is_loaded_a_page_at_a_time_and_goes_oldest_first(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "LOAD_PAGE", 3)
+    monkeypatch.setattr(dispatcher_module, "LOAD_LOW_WATER", 2)
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
+    backlog = [(await send(conn, "x"))["runs"][0]["id"] for _ in range(8)]
+    await worker.connect([job("j", ["x"])], capacity=1)
+    key = ("default", "j", "1.0.0")
+    got, held, fresh = [], [], []
+    for i in range(len(backlog) + 2):
+        if i == 2:  # new events while most of the backlog is still in the store
+            fresh = [(await send(conn, "x"))["runs"][0]["id"] for _ in range(2)]
+        request = await worker.run_request()
+        got.append(request["run"]["id"])
+        held.append(len(fast.dispatcher._queues.get(key, {})))
+        worker.result(request["run"], output=None)
+    assert got == backlog + fresh  # oldest first; nothing twice, nothing lost
+    assert max(held) < 3 + 2  # a page, on top of fewer than the low-water mark
+    for run_id in got:
+        await run_status(conn, run_id, "SUCCESS")
+    assert key not in fast.dispatcher._backlog  # all of it loaded
+
+
 async def test_a_failed_queue_load_is_tried_again_while_the_worker_is_there(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1187,14 +1211,14 @@ async def test_a_run_whose_claim_failed_during_a_load_is_not_lost_by_the_next_lo
     gate = asyncio.get_running_loop().create_future()
     calls = 0
 
-    async def announce(*key: Any) -> int:
+    async def announce(*key: Any, **page: Any) -> int:
         # The first load's read goes in the same failing COMMIT as the claim below.
         nonlocal calls
         calls += 1
         if calls == 1:
             await gate
             raise sqlite3.OperationalError("database or disk is full")
-        return await real_announce(*key)
+        return await real_announce(*key, **page)
 
     monkeypatch.setattr(fast.store, "announce_queued", announce)
 

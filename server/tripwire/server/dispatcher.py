@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 # doubling up to the cap, while a worker still serves that version.
 LOAD_RETRY_FIRST = 0.5
 LOAD_RETRY_CAP = 30.0
+# A version's stored queue is loaded this many runs at a time, the next page
+# once fewer than LOAD_LOW_WATER of the loaded ones wait: a backlog of any
+# size costs neither a long pause of the loop nor its size in memory.
+LOAD_PAGE = 1000
+LOAD_LOW_WATER = 250
 
 Key = tuple[str, str, str]  # (env, job id, job version)
 
@@ -84,6 +89,11 @@ class Dispatcher(RunListener):
         # its older attempt says it is stale.
         self._handed: dict[Key, dict[str, int]] = {}
         self._loads: dict[Key, int] = {}  # loads in flight per job version
+        # Per job version whose stored queue is not all loaded: the seq of the last
+        # run loaded. Its newer QUEUED runs wait in the store for the next page
+        # (so that the oldest go first); a page is being read while in _paging.
+        self._backlog: dict[Key, int] = {}
+        self._paging: set[Key] = set()
         self._sessions: dict[str, Session] = {}
         self._serving: dict[Key, list[Session]] = {}
         self._owner: dict[str, Session] = {}
@@ -106,6 +116,9 @@ class Dispatcher(RunListener):
             key = (run.env, run.job_id, run.job_version)
             if not self._serving.get(key):
                 continue  # no worker for it: loaded from the store when one arrives
+            last = self._backlog.get(key)
+            if last is not None and not 0 < run.seq <= last:
+                continue  # newer than the backlog still in the store: a later page
             queue = self._queues.setdefault(key, {})
             if run.id in queue or run.id in self._owner:
                 continue
@@ -136,6 +149,14 @@ class Dispatcher(RunListener):
         # A raised or removed concurrency limit lets more of its queue go now.
         self._pump({key for key in self._queues if key[:2] == (env, job_id)})
 
+    def backlog(self, env: str, job_id: str, version: str, last_seq: int | None) -> None:
+        key = (env, job_id, version)
+        self._paging.discard(key)
+        if last_seq is None or not self._serving.get(key):
+            self._backlog.pop(key, None)
+        else:
+            self._backlog[key] = last_seq
+
     # -- sessions -------------------------------------------------------------------
 
     def add_session(self, session: Session) -> None:
@@ -148,14 +169,17 @@ class Dispatcher(RunListener):
                 self._load(key)
         self._pump({(session.env, *s) for s in session.serves})
 
-    def _load(self, key: Key) -> None:
-        """The first worker for a job version: queue what waited for one."""
+    def _load(self, key: Key, after: int = 0) -> None:
+        """Queue a page of what waited for a worker of this job version (the first
+        page when its first worker arrives, the next as its queue runs low)."""
+        self._paging.add(key)
 
         async def load() -> None:
             delay = LOAD_RETRY_FIRST
             while self._serving.get(key):
                 try:
-                    await self.store.announce_queued(*key)  # they come back via queued()
+                    # They come back via backlog() and queued().
+                    await self.store.announce_queued(*key, after=after, limit=LOAD_PAGE)
                     return
                 except Exception:
                     log.exception(
@@ -178,6 +202,14 @@ class Dispatcher(RunListener):
 
         task.add_done_callback(done)
 
+    def _load_more(self, key: Key) -> None:
+        """The next page, once the loaded queue runs low."""
+        last = self._backlog.get(key)
+        queue = self._queues.get(key)
+        if last is None or key in self._paging or (queue and len(queue) >= LOAD_LOW_WATER):
+            return
+        self._load(key, after=last)
+
     def remove_session(self, session: Session) -> list[tuple[str, int]]:
         """Forget a session; returns the (run id, attempt) pairs it still held."""
         self._sessions.pop(session.id, None)
@@ -189,6 +221,8 @@ class Dispatcher(RunListener):
             if not sessions:  # nobody serves it now: the store keeps its queue
                 self._serving.pop(key, None)
                 self._queues.pop(key, None)
+                self._backlog.pop(key, None)
+                self._paging.discard(key)
         held = list(session.running.items())
         for run_id, _ in held:
             self._release(run_id, still_counted=True)
@@ -252,6 +286,8 @@ class Dispatcher(RunListener):
             queue = self._queues.get(key)
             sessions = self._serving.get(key)
             if not queue or not sessions:
+                if sessions:
+                    self._load_more(key)
                 continue
             env, job_id, _ = key
             compiled = self.index.get(env, job_id)
@@ -266,6 +302,7 @@ class Dispatcher(RunListener):
                 self._assign(session, item)
             if not queue:
                 self._queues.pop(key, None)
+            self._load_more(key)
 
     def _assign(self, session: Session, item: _Queued) -> None:
         run = item.run

@@ -33,6 +33,10 @@ class RunListener:
     def job_changed(self, env: str, job_id: str) -> None:
         """A version of this job was registered or switched: its limits may differ."""
 
+    def backlog(self, env: str, job_id: str, version: str, last_seq: int | None) -> None:
+        """A page of a job version's QUEUED runs is about to be told (queued()):
+        more are stored after `last_seq`, or (None) none."""
+
 
 class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -86,6 +90,9 @@ class Hub:
 
     def job_changed(self, env: str, job_id: str) -> None:
         self._call(self.listener.job_changed, env, job_id)
+
+    def backlog(self, env: str, job_id: str, version: str, last_seq: int | None) -> None:
+        self._call(self.listener.backlog, env, job_id, version, last_seq)
 
     def _changed_on_loop(self, run_ids: list[str]) -> None:
         for run_id in run_ids:

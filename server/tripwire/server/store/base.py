@@ -85,7 +85,9 @@ class Store(Protocol):
 
     # Dispatch and the worker protocol. Every write a worker's message causes
     # checks the fencing token (run EXECUTING at that attempt) first.
-    async def announce_queued(self, env: str, job_id: str, version: str) -> int: ...
+    async def announce_queued(
+        self, env: str, job_id: str, version: str, *, after: int = 0, limit: int = 1000
+    ) -> int: ...
     async def requeue_orphans(self, now: int) -> int: ...
     def claim(
         self,

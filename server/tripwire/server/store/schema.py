@@ -130,6 +130,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tasks ADD COLUMN try_offset INTEGER NOT NULL DEFAULT 0
     """,
+    # 5: a job version's queue, read a page at a time when workers serve it,
+    # without walking the job's finished runs.
+    """
+    CREATE INDEX runs_queued ON runs (env, job_id, job_version, seq) WHERE status = 'QUEUED'
+    """,
 ]
 
 

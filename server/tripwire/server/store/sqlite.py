@@ -317,7 +317,10 @@ class SQLiteStore(JobOps, WorkOps):
         self, env: str, *, name: str, status: str, limit: int, before: int | None
     ) -> Page[Event]:
         def query(conn: sqlite3.Connection) -> Page[Event]:
-            where, params = ["env = ?"], [env]
+            # Without a name, newest first is the table's own order: walked from
+            # the end (`+env` keeps SQLite from reading the whole environment
+            # through an index to sort it), it stops after a page.
+            where, params = ["env = ?" if name else "+env = ?"], [env]
             if name:
                 where.append("name = ?")
                 params.append(name)
@@ -373,7 +376,8 @@ class SQLiteStore(JobOps, WorkOps):
         before: int | None,
     ) -> Page[Run]:
         def query(conn: sqlite3.Connection) -> Page[Run]:
-            where, params = ["env = ?"], [env]
+            # As for events: without a job or event, the table's own order.
+            where, params = ["env = ?" if job_id or event_id else "+env = ?"], [env]
             for column, value in (("job_id", job_id), ("event_id", event_id), ("status", status)):
                 if value:
                     where.append(f"{column} = ?")

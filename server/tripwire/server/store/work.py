@@ -57,18 +57,26 @@ class WorkOps:
 
     # -- dispatch ---------------------------------------------------------------
 
-    async def announce_queued(self, env: str, job_id: str, version: str) -> int:
-        """Tell the hub of every QUEUED run of a job version, oldest first; returns
-        how many. Read in the writer's order, and told through the hub like every
-        change, so that no change committed after this read can come before it."""
+    async def announce_queued(
+        self, env: str, job_id: str, version: str, *, after: int = 0, limit: int = 1000
+    ) -> int:
+        """Tell the hub of the next `limit` QUEUED runs of a job version stored after
+        `after` (a seq), oldest first, and of the backlog left after them (the
+        last seq told, or None when that was all); returns how many. Read in the
+        writer's order, and told through the hub like every change, so that no
+        change committed after this read can come before it."""
 
         def op(tx: Tx) -> int:
             cursor = tx.conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs WHERE env = ? AND job_id = ? "
-                "AND job_version = ? AND status = 'QUEUED' ORDER BY seq",
-                (env, job_id, version),
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'QUEUED' AND env = ? "
+                "AND job_id = ? AND job_version = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (env, job_id, version, after, limit + 1),
             )
             runs = [rows.run_from_row(r) for r in cursor]
+            more = len(runs) > limit
+            del runs[limit:]
+            last = runs[-1].seq if more else None
+            tx.after_commit(lambda: self.hub.backlog(env, job_id, version, last))
             if runs:
                 tx.after_commit(lambda: self.hub.queued(runs, {}))
             return len(runs)
