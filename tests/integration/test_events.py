@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from tripwire.server.app import Server
+from tripwire.server.store.sqlite import WAL_SIZE_LIMIT
 from tripwire.v1 import event_pb2, run_pb2
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
@@ -605,3 +610,22 @@ async def test_a_batch_whose_reply_no_client_could_read_is_refused_and_stores_no
         half = req(ev.SendEventsRequest, {"events": events[:400]})
         reply = await stubs.events.SendEvents(half)  # one that fits still goes through
     assert [r.status for r in reply.events[0].runs] == [run_pb2.RUN_STATUS_INVALID_PAYLOAD] * 2
+
+
+async def test_the_wal_shrinks_back_after_a_burst_of_large_writes(
+    server: Server, stubs: Stubs
+) -> None:
+    wal = server.settings.db_path + "-wal"
+    blob = "x" * 900_000
+    batch = {"events": [{"name": "big", "payload": {"blob": blob}} for _ in range(3)]}
+    # Concurrent calls share a commit: one large transaction, all in the WAL at once.
+    await asyncio.gather(
+        *(stubs.events.SendEvents(req(ev.SendEventsRequest, batch)) for _ in range(8))
+    )
+    assert await asyncio.to_thread(os.path.getsize, wal) > WAL_SIZE_LIMIT
+
+    async def cut_back() -> bool:
+        await send(stubs, {"name": "small"})  # a write after the checkpoint cuts it
+        return await asyncio.to_thread(os.path.getsize, wal) <= WAL_SIZE_LIMIT
+
+    await eventually(cut_back)

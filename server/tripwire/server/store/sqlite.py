@@ -52,6 +52,7 @@ _INSERT_RUN = (
 # What a SendEvent(s) call did with each of its events.
 Resend = Literal["new", "rescheduled", "unchanged"]
 _JOB_FROM = "FROM job_versions v JOIN jobs j ON j.env = v.env AND j.id = v.id"
+WAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 
 def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
@@ -64,6 +65,10 @@ def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
         # FULL: the WAL is synced at every commit, so an acknowledged write
         # survives power loss too; group commit keeps that to one sync per batch.
         conn.execute("PRAGMA synchronous = FULL")
+        # A burst of large transactions grows the WAL; once a checkpoint has
+        # copied it back, the next write cuts it to this size instead of the
+        # file keeping its largest size for good.
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     return conn
 
 
