@@ -1504,6 +1504,11 @@ async def test_shutdown_refuses_new_worker_streams_and_ends_watches(
             return server.workers.closing
 
         await eventually(draining)
+        # A new call is refused, to be sent again later, and stores nothing.
+        with pytest.raises(grpc.aio.AioRpcError) as unsent:
+            await send(stubs, "x", id="during-shutdown")
+        assert unsent.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert unsent.value.details() == "the server is shutting down; try again later"
         late = RawWorker(stubs.workers)
         late.call = stubs.workers.RunJob(late._requests())
         late.send({"hello": {"workerId": "late", "capacity": 1, "jobs": [job("j", ["x"])]}})
@@ -1519,6 +1524,41 @@ async def test_shutdown_refuses_new_worker_streams_and_ends_watches(
         await late.close()
         await busy.close()
         await stopping
+    restarted = await start_server(db_path=server.settings.db_path)
+    async with grpc.aio.insecure_channel(restarted.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await make_stubs(channel).events.GetEvent(ev.GetEventRequest(id="during-shutdown"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("second_request", [False, True])
+async def test_shutdown_takes_one_grace_period_and_a_second_request_cuts_it_short(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, second_request: bool
+) -> None:
+    # Asked twice, a grace the test could never wait out must not matter.
+    grace = 3600.0 if second_request else 1.0
+    server = await start_server(lease=30.0, heartbeat_interval=1.0, shutdown_grace=grace)
+    given: list[float] = []
+    real_stop = server.grpc.stop
+
+    async def stop(grace: float | None) -> None:
+        given.append(grace or 0.0)
+        await real_stop(grace)
+
+    monkeypatch.setattr(server.grpc, "stop", stop)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        busy = RawWorker(stubs.workers)
+        await busy.connect([job("j", ["x"])], worker_id="busy")
+        await send(stubs, "x")
+        await busy.run_request()  # never finished: the drain waits as long as it may
+        server.request_stop()
+        if second_request:
+            server.request_stop()
+        await asyncio.wait_for(server.wait_closed(), 30)
+        await busy.close()
+    # The calls still running got what the drain left of the one grace period.
+    assert given and given[0] < 0.5
 
 
 async def test_list_runs_pages_end_early_rather_than_outgrow_a_clients_4_mib_limit(

@@ -1,8 +1,10 @@
 """Assembles the server: store, domain services, gRPC servicers, background loops.
 
 `Server.start()` returns the bound address; `Server.stop()` shuts down in
-stages: health NOT_SERVING -> stop accepting calls -> let in-flight calls
-finish within the grace period -> stop the loops -> close the store.
+stages, within one grace period: health NOT_SERVING -> new calls refused
+UNAVAILABLE -> workers drained -> in-flight calls given what is left of the
+grace -> stop the loops -> close the store. A second request_stop() stops
+the waiting.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Server:
         self._loops: list[asyncio.Task[None]] = []
         self._failure: BaseException | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()  # a second stop request: wait for nothing more
 
     async def start(self) -> str:
         settings = self.settings
@@ -92,7 +95,7 @@ class Server:
         # Nobody holds a run across a restart: what was executing is queued again.
         await self.store.requeue_orphans(self.clock())
 
-        auth = Authenticator(settings.api_keys)
+        self.auth = auth = Authenticator(settings.api_keys)
         self.grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -157,8 +160,13 @@ class Server:
         self._loops.append(task)
 
     def request_stop(self) -> None:
+        """SIGTERM/SIGINT: stop in stages; asked again, stop without waiting."""
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self.stop())
+        else:
+            if not self._hurry.is_set():
+                log.warning("asked again to stop: not waiting for runs or calls any more")
+            self._hurry.set()
 
     async def stop(self, grace: float | None = None) -> None:
         if self._stop.is_set():
@@ -166,11 +174,22 @@ class Server:
             return
         self._stop.set()
         grace = self.settings.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace  # one grace period for every stage
         await self.health.enter_graceful_shutdown()
-        # Workers first: they finish or hand back their runs while calls still work.
-        await self.workers.drain(grace)
+        # New calls are refused UNAVAILABLE (a client retries them later); calls
+        # already in progress finish.
+        self.auth.closing = True
+        # Workers first: they finish or hand back their runs.
+        await self.workers.drain(grace, self._hurry)
         self.hub.close_watches()  # a WatchRun would otherwise hold the stop for the grace
-        await self.grpc.stop(grace)
+        left = 0.0 if self._hurry.is_set() else max(deadline - time.monotonic(), 0.0)
+        stopped = asyncio.ensure_future(self.grpc.stop(left))
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait([stopped, hurried], return_when=asyncio.FIRST_COMPLETED)
+        if not stopped.done():
+            await self.grpc.stop(0)  # asked again: cancel what is still running
+            await stopped
+        hurried.cancel()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

@@ -45,12 +45,17 @@ def status_of(exc: TripwireError) -> grpc.StatusCode:
 
 
 class Authenticator:
-    """API key -> environment. With no keys configured everything is `default`."""
+    """API key -> environment. With no keys configured everything is `default`.
+    Every call starts here: once the server shuts down (`closing`), a new one is
+    refused UNAVAILABLE, so that it is retried later, not cut off halfway."""
 
     def __init__(self, api_keys: Mapping[str, str]) -> None:
         self._keys = dict(api_keys)
+        self.closing = False
 
     def environment(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        if self.closing:
+            raise Unavailable("the server is shutting down; try again later")
         if not self._keys:
             return DEFAULT_ENVIRONMENT
         for key, value in context.invocation_metadata() or ():

@@ -140,16 +140,19 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         task = asyncio.create_task(later())
         self._pending[task] = held
 
-    async def drain(self, deadline: float) -> None:
-        """Shutdown: tell every worker to drain, wait for their runs, requeue the rest."""
+    async def drain(self, deadline: float, hurry: asyncio.Event | None = None) -> None:
+        """Shutdown: tell every worker to drain, wait for their runs (up to `deadline`
+        seconds, or until `hurry` is set), requeue the rest."""
         self.closing = True
         self.dispatcher.pause()
         for stream in list(self.streams):
             stream.drain(deadline)
-        try:
-            await asyncio.wait_for(self.dispatcher.idle.wait(), deadline)
-        except TimeoutError:
-            pass
+        waits = [asyncio.ensure_future(self.dispatcher.idle.wait())]
+        if hurry is not None:
+            waits.append(asyncio.ensure_future(hurry.wait()))
+        await asyncio.wait(waits, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
         held: list[tuple[str, int]] = []
         for stream in list(self.streams):
             held += stream.detach()
