@@ -846,6 +846,60 @@ async def test_a_backlog_is_loaded_a_page_at_a_time_and_goes_oldest_first(
     assert key not in fast.dispatcher._backlog  # all of it loaded
 
 
+async def test_a_page_load_from_workers_gone_since_does_not_move_the_backlog(
+    conn: Stubs, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "LOAD_PAGE", 3)
+    monkeypatch.setattr(dispatcher_module, "LOAD_LOW_WATER", 2)
+    key = ("default", "j", "1.0.0")
+    queue = fast.dispatcher._queues
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
+    # w0 takes r1..r3 and leaves: they are QUEUED again once its lease runs out.
+    w0 = RawWorker(conn.workers)
+    await w0.connect([job("j", ["x"])], capacity=3, worker_id="w0")
+    early = [(await send(conn, "x"))["runs"][0]["id"] for _ in range(3)]
+    for _ in early:
+        await w0.run_request()
+    await w0.close()
+    later = [(await send(conn, "x"))["runs"][0]["id"] for _ in range(6)]  # r4..r9
+    real_announce = fast.store.announce_queued
+    gate = asyncio.get_running_loop().create_future()
+    held: list[Any] = []
+
+    async def announce(*key: Any, **page: Any) -> int:
+        if page.get("after"):  # w1's second page: held until w1 is gone and w2 is in
+            held.append(page)
+            await gate
+        return await real_announce(*key, **page)
+
+    monkeypatch.setattr(fast.store, "announce_queued", announce)
+    # w1: its first page is r4 r5 r6; it takes r4 r5; its second page (after r6) waits.
+    w1 = RawWorker(conn.workers)
+    await w1.connect([job("j", ["x"])], capacity=2, worker_id="w1")
+    for _ in range(2):
+        await w1.run_request()
+
+    async def w0s_runs_are_back_in_w1s_queue() -> bool:
+        return bool(held) and len(queue.get(key, {})) == 4  # r6 and r1..r3
+
+    await eventually(w0s_runs_are_back_in_w1s_queue)
+    await w1.close()  # r6 was in its queue only; r4 r5 come back after its lease
+    w2 = RawWorker(conn.workers)
+    await w2.connect([job("j", ["x"])], capacity=1, worker_id="w2")
+    first = await w2.run_request()  # w2's first page: r1 r2 r3
+    gate.set_result(None)  # w1's second page answers now: it must change nothing
+    got = [first["run"]["id"]]
+    w2.result(first["run"], output=None)
+    try:
+        while len(got) < 9:
+            request = await w2.run_request(within=10)
+            got.append(request["run"]["id"])
+            w2.result(request["run"], output=None)
+    finally:
+        await w2.close()
+    assert sorted(got) == sorted(early + later)  # none left behind in the store
+
+
 async def test_a_failed_queue_load_is_tried_again_while_the_worker_is_there(
     conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

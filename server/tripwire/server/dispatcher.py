@@ -91,9 +91,11 @@ class Dispatcher(RunListener):
         self._loads: dict[Key, int] = {}  # loads in flight per job version
         # Per job version whose stored queue is not all loaded: the seq of the last
         # run loaded. Its newer QUEUED runs wait in the store for the next page
-        # (so that the oldest go first); a page is being read while in _paging.
+        # (so that the oldest go first). While a page is read, _paging holds the
+        # token of that load: only its answer counts (not one from before the
+        # version's workers all left, whose `after` may be past runs since requeued).
         self._backlog: dict[Key, int] = {}
-        self._paging: set[Key] = set()
+        self._paging: dict[Key, object] = {}
         self._sessions: dict[str, Session] = {}
         self._serving: dict[Key, list[Session]] = {}
         self._owner: dict[str, Session] = {}
@@ -149,13 +151,20 @@ class Dispatcher(RunListener):
         # A raised or removed concurrency limit lets more of its queue go now.
         self._pump({key for key in self._queues if key[:2] == (env, job_id)})
 
-    def backlog(self, env: str, job_id: str, version: str, last_seq: int | None) -> None:
+    def backlog(
+        self, env: str, job_id: str, version: str, last_seq: int | None, token: object = None
+    ) -> None:
         key = (env, job_id, version)
-        self._paging.discard(key)
+        if key not in self._paging or self._paging[key] is not token:
+            return  # a load from before its version's workers all left
+        del self._paging[key]
         if last_seq is None or not self._serving.get(key):
             self._backlog.pop(key, None)
-        else:
-            self._backlog[key] = last_seq
+            return
+        self._backlog[key] = last_seq
+        # After the page's runs (told next): should none of them be queued here,
+        # the next page must still come.
+        asyncio.get_running_loop().call_soon(self._pump, {key})
 
     # -- sessions -------------------------------------------------------------------
 
@@ -172,14 +181,16 @@ class Dispatcher(RunListener):
     def _load(self, key: Key, after: int = 0) -> None:
         """Queue a page of what waited for a worker of this job version (the first
         page when its first worker arrives, the next as its queue runs low)."""
-        self._paging.add(key)
+        token = self._paging[key] = object()
 
         async def load() -> None:
             delay = LOAD_RETRY_FIRST
-            while self._serving.get(key):
+            while self._paging.get(key) is token:  # still the load in charge
                 try:
                     # They come back via backlog() and queued().
-                    await self.store.announce_queued(*key, after=after, limit=LOAD_PAGE)
+                    await self.store.announce_queued(
+                        *key, after=after, limit=LOAD_PAGE, token=token
+                    )
                     return
                 except Exception:
                     log.exception(
@@ -222,7 +233,7 @@ class Dispatcher(RunListener):
                 self._serving.pop(key, None)
                 self._queues.pop(key, None)
                 self._backlog.pop(key, None)
-                self._paging.discard(key)
+                self._paging.pop(key, None)
         held = list(session.running.items())
         for run_id, _ in held:
             self._release(run_id, still_counted=True)

@@ -33,9 +33,11 @@ class RunListener:
     def job_changed(self, env: str, job_id: str) -> None:
         """A version of this job was registered or switched: its limits may differ."""
 
-    def backlog(self, env: str, job_id: str, version: str, last_seq: int | None) -> None:
-        """A page of a job version's QUEUED runs is about to be told (queued()):
-        more are stored after `last_seq`, or (None) none."""
+    def backlog(
+        self, env: str, job_id: str, version: str, last_seq: int | None, token: object = None
+    ) -> None:
+        """A page of a job version's QUEUED runs, read by the load `token`, is about to
+        be told (queued()): more are stored after `last_seq`, or (None) none."""
 
 
 class Hub:
@@ -91,8 +93,10 @@ class Hub:
     def job_changed(self, env: str, job_id: str) -> None:
         self._call(self.listener.job_changed, env, job_id)
 
-    def backlog(self, env: str, job_id: str, version: str, last_seq: int | None) -> None:
-        self._call(self.listener.backlog, env, job_id, version, last_seq)
+    def backlog(
+        self, env: str, job_id: str, version: str, last_seq: int | None, token: object = None
+    ) -> None:
+        self._call(self.listener.backlog, env, job_id, version, last_seq, token)
 
     def _changed_on_loop(self, run_ids: list[str]) -> None:
         for run_id in run_ids:

@@ -86,7 +86,14 @@ class Store(Protocol):
     # Dispatch and the worker protocol. Every write a worker's message causes
     # checks the fencing token (run EXECUTING at that attempt) first.
     async def announce_queued(
-        self, env: str, job_id: str, version: str, *, after: int = 0, limit: int = 1000
+        self,
+        env: str,
+        job_id: str,
+        version: str,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        token: object = None,
     ) -> int: ...
     async def requeue_orphans(self, now: int) -> int: ...
     def claim(

@@ -58,11 +58,19 @@ class WorkOps:
     # -- dispatch ---------------------------------------------------------------
 
     async def announce_queued(
-        self, env: str, job_id: str, version: str, *, after: int = 0, limit: int = 1000
+        self,
+        env: str,
+        job_id: str,
+        version: str,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        token: object = None,
     ) -> int:
         """Tell the hub of the next `limit` QUEUED runs of a job version stored after
         `after` (a seq), oldest first, and of the backlog left after them (the
-        last seq told, or None when that was all); returns how many. Read in the
+        last seq told, or None when that was all), naming the load by `token`;
+        returns how many. Read in the
         writer's order, and told through the hub like every change, so that no
         change committed after this read can come before it."""
 
@@ -76,7 +84,7 @@ class WorkOps:
             more = len(runs) > limit
             del runs[limit:]
             last = runs[-1].seq if more else None
-            tx.after_commit(lambda: self.hub.backlog(env, job_id, version, last))
+            tx.after_commit(lambda: self.hub.backlog(env, job_id, version, last, token))
             if runs:
                 tx.after_commit(lambda: self.hub.queued(runs, {}))
             return len(runs)
