@@ -8,8 +8,7 @@ import os
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from tripwire.server.app import Server
-from tripwire.server.store.sqlite import WAL_SIZE_LIMIT
+from tripwire.server.store import sqlite as sqlite_store
 from tripwire.v1 import event_pb2, run_pb2
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
@@ -613,19 +612,22 @@ async def test_a_batch_whose_reply_no_client_could_read_is_refused_and_stores_no
 
 
 async def test_the_wal_shrinks_back_after_a_burst_of_large_writes(
-    server: Server, stubs: Stubs
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    limit = 1024 * 1024  # below one call's worth, so that one call is a burst
+    monkeypatch.setattr(sqlite_store, "WAL_SIZE_LIMIT", limit)
+    server = await start_server()
     wal = server.settings.db_path + "-wal"
     blob = "x" * 900_000
     batch = {"events": [{"name": "big", "payload": {"blob": blob}} for _ in range(3)]}
-    # Concurrent calls share a commit: one large transaction, all in the WAL at once.
-    await asyncio.gather(
-        *(stubs.events.SendEvents(req(ev.SendEventsRequest, batch)) for _ in range(8))
-    )
-    assert await asyncio.to_thread(os.path.getsize, wal) > WAL_SIZE_LIMIT
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        # One call, one transaction of ~2.7 MB: all of it in the WAL at once.
+        await stubs.events.SendEvents(req(ev.SendEventsRequest, batch))
+        assert await asyncio.to_thread(os.path.getsize, wal) > limit
 
-    async def cut_back() -> bool:
-        await send(stubs, {"name": "small"})  # a write after the checkpoint cuts it
-        return await asyncio.to_thread(os.path.getsize, wal) <= WAL_SIZE_LIMIT
+        async def cut_back() -> bool:
+            await send(stubs, {"name": "small"})  # a write after the checkpoint cuts it
+            return await asyncio.to_thread(os.path.getsize, wal) <= limit
 
-    await eventually(cut_back)
+        await eventually(cut_back)
