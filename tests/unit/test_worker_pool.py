@@ -44,8 +44,14 @@ async def test_a_function_left_running_by_a_stopped_run_does_not_hold_a_place() 
     release = threading.Event()
     try:
         loop = asyncio.get_running_loop()
-        stuck = loop.run_in_executor(pool, release.wait, 10)
-        await asyncio.sleep(0)
+        started = threading.Event()
+
+        def never_returns_in_time() -> bool:
+            started.set()
+            return release.wait(10)
+
+        stuck = loop.run_in_executor(pool, never_returns_in_time)
+        assert await asyncio.to_thread(started.wait, 5)  # running, not only queued
         queued = loop.run_in_executor(pool, lambda: "next run")  # waits for the one thread
         assert _running(pool) == 1
         stuck.cancel()  # its run was stopped; the function keeps running
