@@ -268,6 +268,72 @@ async def test_wait_frees_the_slot_and_resumes(
     ]
 
 
+async def test_what_a_suspended_attempt_still_reports_is_kept_until_the_run_is_dispatched_again(
+    conn: Stubs, worker: RawWorker, clock: FakeClock
+) -> None:
+    await worker.connect([job("j", ["w"])])
+    await send(conn, "w")
+    run = (await worker.run_request())["run"]
+    running = await worker.task(run, "charge", request_id="r-charge")
+    waiting = await worker.task(run, "nap", kind="TASK_KIND_WAIT", params={"seconds": 60})
+    assert waiting["task"]["status"] == "TASK_STATUS_WAITING"
+    # The function that was running beside the wait ends: its outcome and line are kept.
+    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 5, "message": "charged"}})
+    done = await worker.complete(run, running["task"]["id"], output="receipt")
+    assert done["task"]["status"] == "TASK_STATUS_COMPLETED"
+    # Nothing new starts, though: the run is not this attempt's any more.
+    worker.send({"task": {"requestId": "r-new", "runId": run["id"], "attempt": 1, "key": "b"}})
+    assert (await worker.expect("abandon"))["attempt"] == 1
+    got = await run_status(conn, run["id"], "WAITING")
+    assert [(t["key"], t["status"]) for t in got["tasks"]] == [
+        ("charge", "TASK_STATUS_COMPLETED"),
+        ("nap", "TASK_STATUS_WAITING"),
+    ]
+    assert [line["message"] for line in got["logs"]] == ["charged"]
+    clock.advance(61)
+    resumed = await worker.run_request()
+    assert resumed["run"]["attempt"] == 2
+    assert [(t["key"], t["status"]) for t in resumed["cachedTasks"]] == [
+        ("charge", "TASK_STATUS_COMPLETED"),
+        ("nap", "TASK_STATUS_COMPLETED"),
+    ]
+    # Once dispatched again, the suspended attempt is stale like any other.
+    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 6, "message": "late"}})
+    assert (await worker.expect("abandon"))["attempt"] == 1
+    worker.result(resumed["run"], output="receipt")
+    got = await run_status(conn, run["id"], "SUCCESS")
+    assert [line["message"] for line in got["logs"]] == ["charged"]
+
+
+async def test_a_suspended_attempt_is_only_heard_on_its_own_stream(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["w"])], worker_id="first")
+    await send(conn, "w")
+    run = (await worker.run_request())["run"]
+    running = await worker.task(run, "charge")
+    await worker.task(run, "nap", kind="TASK_KIND_WAIT", params={"seconds": 60})
+    other = RawWorker(conn.workers)
+    try:
+        await other.connect([job("j", ["w"])], worker_id="other")
+        other.send(
+            {
+                "taskComplete": {
+                    "requestId": "c",
+                    "runId": run["id"],
+                    "attempt": 1,
+                    "taskId": running["task"]["id"],
+                    "output": "forged",
+                }
+            }
+        )
+        assert (await other.expect("abandon"))["runId"] == run["id"]
+    finally:
+        await other.close()
+    got = await run_status(conn, run["id"], "WAITING")
+    assert got["tasks"][0]["status"] == "TASK_STATUS_RUNNING"
+
+
 async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(
     conn: Stubs, worker: RawWorker
 ) -> None:

@@ -858,3 +858,114 @@ async def test_a_task_run_again_for_its_parents_retry_gets_its_own_retries_again
         run = await client.aio.invoke_job("child-policy")
         done = await through_every_backoff(client, clock, run.id)
     assert (done.status, done.output, calls) == ("SUCCESS", "data", 4), (done.error, calls)
+
+
+async def _task(client: Client, run_id: str, key: str, status: str) -> bool:
+    tasks = (await client.aio.get_run(run_id)).tasks
+    return any(t.key == key and t.status == status for t in tasks)
+
+
+async def test_a_task_finishing_after_a_wait_beside_it_suspended_the_run_is_not_run_again(
+    client: Client, clock: FakeClock
+) -> None:
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    @client.define_job(id="gather-wait", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def charge() -> str:
+            calls.append(ctx.attempt)
+            await release.wait()
+            await io.logger.info("charged")
+            return "receipt"
+
+        receipt, _ = await asyncio.gather(io.run_task("charge", charge), io.wait("nap", 1))
+        return receipt
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("gather-wait")
+        await finished(client, run.id, "WAITING")
+        release.set()  # the function ends while the run waits: its outcome is kept
+        await eventually(lambda: _task(client, run.id, "charge", "COMPLETED"))
+        clock.advance(2)
+        done = await finished(client, run.id)
+    assert (done.status, done.output, done.attempt) == ("SUCCESS", "receipt", 2), done.error
+    assert calls == [1]
+    logs = (await client.aio.get_run(run.id)).logs
+    assert [line.message for line in logs] == ["charged"]
+
+
+async def test_a_task_finishing_after_a_failed_task_beside_it_suspended_the_run_is_not_run_again(
+    client: Client, clock: FakeClock
+) -> None:
+    release = asyncio.Event()
+    slow_calls: list[int] = []
+    flaky_calls: list[int] = []
+
+    @client.define_job(id="gather-retry", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def slow() -> str:
+            slow_calls.append(ctx.attempt)
+            await release.wait()
+            return "slow"
+
+        def flaky() -> str:
+            flaky_calls.append(ctx.attempt)
+            if len(flaky_calls) == 1:
+                raise ConnectionError("first call fails")
+            return "flaky"
+
+        retry = {"limit": 3, "min_timeout_ms": 1000, "randomize": False}
+        return await asyncio.gather(io.run_task("slow", slow), io.run_task("f", flaky, retry=retry))
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("gather-retry")
+        await finished(client, run.id, "WAITING")
+        release.set()
+        await eventually(lambda: _task(client, run.id, "slow", "COMPLETED"))
+        clock.advance(2)
+        done = await finished(client, run.id)
+    assert (done.status, done.output) == ("SUCCESS", ["slow", "flaky"]), done.error
+    assert (slow_calls, flaky_calls) == ([1], [1, 2])
+
+
+async def test_a_task_failing_after_a_wait_beside_it_suspended_the_run_retries_at_its_own_time(
+    client: Client, clock: FakeClock
+) -> None:
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    @client.define_job(id="gather-late-fail", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def fetch() -> str:
+            calls.append(clock.now)
+            if len(calls) == 1:
+                await release.wait()
+                raise ConnectionError("the first try fails, after the run was suspended")
+            return "data"
+
+        retry = {"limit": 3, "min_timeout_ms": 10_000, "randomize": False}
+        data, _ = await asyncio.gather(io.run_task("fetch", fetch, retry=retry), io.wait("nap", 1))
+        return data
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("gather-late-fail")
+        await finished(client, run.id, "WAITING")
+        release.set()
+        await eventually(lambda: _task(client, run.id, "fetch", "WAITING"))
+        failed_at = clock.now
+        clock.advance(2)  # the nap is over, the retry is not due: the run waits again
+
+        async def waits_for_the_retry() -> bool:
+            now = (await client.aio.get_run(run.id)).run
+            return now.status == "WAITING" and now.attempt == 2
+
+        await eventually(waits_for_the_retry)
+        assert len(calls) == 1
+        clock.advance(10)
+        done = await finished(client, run.id)
+    assert (done.status, done.output) == ("SUCCESS", "data"), done.error
+    assert len(calls) == 2 and calls[1] >= failed_at + 10_000

@@ -16,6 +16,7 @@ from tripwire.client.io import (
     IO,
     DuplicateKeyError,
     Execution,
+    RunEnded,
     Suspend,
     SyncIO,
     TaskError,
@@ -149,6 +150,62 @@ async def test_waiting_suspends_and_nothing_more_is_sent(status: str) -> None:
     await io.logger.info("after the suspension")
     with pytest.raises(Suspend):
         await io.run_task("other", never_called)
+    assert wire.drained() == []
+
+
+async def test_a_function_running_when_the_run_is_suspended_still_reports_its_outcome() -> None:
+    execution, io, wire = make()
+    release = asyncio.Event()
+
+    async def charge() -> str:
+        await release.wait()
+        await io.logger.info("charged")
+        return "receipt"
+
+    slow = asyncio.create_task(io.run_task("charge", charge))
+    charge_request = await wire.next("task")
+    answer(execution, charge_request.request_id, task("t1", "charge", "RUNNING"))
+    nap = asyncio.create_task(io.wait("nap", 60))
+    nap_request = await wire.next("task")
+    answer(execution, nap_request.request_id, task("t2", "nap", "WAITING", kind="WAIT"))
+    with pytest.raises(Suspend):
+        await within(nap)
+    execution.end()  # the handler unwound; its function beside the wait goes on
+    await io.logger.info("a line outside any task is not sent")
+    release.set()
+    with pytest.raises(Suspend):  # nobody waits for the answer
+        await within(slow)
+    line, complete = wire.drained()
+    assert (line.log.message, line.log.attempt) == ("charged", ATTEMPT)
+    assert complete.task_complete.task_id == "t1"
+    assert from_value(complete.task_complete.output) == "receipt"
+    with pytest.raises(RunEnded):  # nothing new starts
+        await io.run_task("other", never_called)
+    assert wire.drained() == []
+
+
+async def test_a_run_stopped_while_suspended_sends_nothing_more() -> None:
+    execution, io, wire = make()
+    release = asyncio.Event()
+
+    async def charge() -> str:
+        await release.wait()
+        await io.logger.info("charged")
+        return "receipt"
+
+    slow = asyncio.create_task(io.run_task("charge", charge))
+    charge_request = await wire.next("task")
+    answer(execution, charge_request.request_id, task("t1", "charge", "RUNNING"))
+    nap = asyncio.create_task(io.wait("nap", 60))
+    answer(
+        execution, (await wire.next("task")).request_id, task("t2", "nap", "WAITING", kind="WAIT")
+    )
+    with pytest.raises(Suspend):
+        await within(nap)
+    execution.halt()  # cancelled, abandoned, or the stream is lost
+    release.set()
+    with pytest.raises(Suspend):
+        await within(slow)
     assert wire.drained() == []
 
 

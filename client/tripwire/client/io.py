@@ -62,7 +62,8 @@ _parent: contextvars.ContextVar[str] = contextvars.ContextVar("tripwire_parent_t
 _COMPLETED = run_pb2.TASK_STATUS_COMPLETED
 _RUNNING = run_pb2.TASK_STATUS_RUNNING
 _ERRORED = run_pb2.TASK_STATUS_ERRORED
-_STOPPING = (run_pb2.TASK_STATUS_WAITING, run_pb2.TASK_STATUS_CANCELED)
+_WAITING = run_pb2.TASK_STATUS_WAITING
+_CANCELED = run_pb2.TASK_STATUS_CANCELED
 # Room for this many log lines between two io boundaries (see Execution.log).
 LINES_PER_BOUNDARY = 1_000_000
 # Raised in a worker thread, these come from the code running there (a signal goes to
@@ -301,8 +302,12 @@ class Execution:
     Lives on the event loop. ``send`` puts a message on the worker's stream; the worker
     routes this run's ``task_result`` and ``rejected`` messages to :meth:`resolve` and
     :meth:`reject`, and calls :meth:`halt` on ``cancel``, ``abandon`` or a lost stream.
-    Once halted (or suspended) it sends nothing more; once ended (the worker is done
-    with the run), io calls the handler left running fail with :class:`RunEnded`.
+    Once halted it sends nothing more; once ended (the worker is done with the run), io
+    calls the handler left running fail with :class:`RunEnded`. Once suspended (the
+    server made the run wait: an ``io.wait``, a retry's backoff) it starts nothing new,
+    but a task function already running beside the io call that suspended it (under
+    ``asyncio.gather``) still reports its outcome and log lines, which the server keeps
+    until the run is dispatched again: that function is not run a second time.
     """
 
     def __init__(
@@ -318,6 +323,7 @@ class Execution:
         self.attempt = attempt
         self.executor = executor
         self.halted = False
+        self.suspended = False
         self.ended = False
         self._send = send
         cached = list(cached_tasks)
@@ -377,6 +383,7 @@ class Execution:
     def halt(self) -> None:
         """Stop: nothing more is sent, and every io call waiting on the server unwinds."""
         self.halted = True
+        self.suspended = False
         for future in self._pending.values():
             future.cancel()
 
@@ -396,7 +403,10 @@ class Execution:
             raise Suspend()
 
     def suspend(self) -> Suspend:
+        """The server suspended the run: halt, except for what functions already
+        running report (see the class)."""
         self.halt()
+        self.suspended = True
         return Suspend()
 
     def resolve(self, result: worker_service_pb2.TaskResult) -> bool:
@@ -415,8 +425,11 @@ class Execution:
         future.set_exception(error)
         return True
 
-    def log(self, level: job_pb2.LogLevel.ValueType, message: str, data: Any) -> None:
-        if self.halted:
+    def log(
+        self, level: job_pb2.LogLevel.ValueType, message: str, data: Any, inside: str = ""
+    ) -> None:
+        """``inside``: the task whose function logs the line ("" at the top level)."""
+        if self.halted and not (self.suspended and inside):
             return
         self._lines = min(self._lines + 1, LINES_PER_BOUNDARY - 1)
         seq = self._boundaries * LINES_PER_BOUNDARY + self._lines
@@ -429,7 +442,7 @@ class Execution:
         )
         if data is not None:
             log.data.CopyFrom(data)
-        self.send(Request(log=log))
+        self._send(Request(log=log))
 
     async def open(self, spec: TaskSpec, parent: str) -> Step:
         """Start a task: from the cache, or by asking the server."""
@@ -476,7 +489,8 @@ class Execution:
 
     async def complete(self, step: Step, outcome: Outcome) -> Step:
         """Report a function's outcome; the answer says what comes next (as for open)."""
-        self._check_open()
+        if not self.suspended:
+            self._check_open()
         # The TaskRequest's request_id again: the answer is about the same task.
         message = worker_service_pb2.TaskComplete(
             request_id=step.request_id,
@@ -491,6 +505,9 @@ class Execution:
             message.final = outcome.final
         else:
             message.output.CopyFrom(outcome.output or convert.to_value(None))
+        if self.suspended:  # kept by the server; nothing here waits for its answer
+            self._send(Request(task_complete=message))
+            raise Suspend()
         result = await self._exchange(step.request_id, Request(task_complete=message))
         return self._settle(
             step.request_id,
@@ -526,8 +543,11 @@ class Execution:
             return Step(request_id, task, output=_output(task), opened_at=opened_at)
         if task.status == _RUNNING and task.kind == run_pb2.TASK_KIND_RUN:
             return Step(request_id, task, run=True, opened_at=opened_at)
-        if task.status in _STOPPING:
+        if task.status == _WAITING:
             raise self.suspend()
+        if task.status == _CANCELED:  # the run has ended
+            self.halt()
+            raise Suspend()
         if task.status == _ERRORED:
             self._settled(task, ran)
             error = task.error
@@ -609,17 +629,19 @@ class Logger:
 
     def _emit(self, level: job_pb2.LogLevel.ValueType, message: str, data: Any) -> _Done:
         value = None if data is None else json_value(data, what="log data")
+        execution, inside = self._execution, _parent.get()
+        line = (level, str(message), value, inside)
         if self._loop is None and self._home is not None:
             if threading.get_ident() != self._home_thread:
-                self._home.call_soon_threadsafe(self._execution.log, level, str(message), value)
+                self._home.call_soon_threadsafe(execution.log, *line)
             else:
-                self._execution.log(level, str(message), value)
+                execution.log(*line)
         elif self._loop is None:
-            self._execution.log(level, str(message), value)
-        elif self._execution.halted:
+            execution.log(*line)
+        elif execution.halted and not (execution.suspended and inside):
             raise Suspend()
         else:  # FIFO with this thread's io calls, so lines keep their order
-            self._loop.call_soon_threadsafe(self._execution.log, level, str(message), value)
+            self._loop.call_soon_threadsafe(execution.log, *line)
         return _DONE
 
     def log(self, message: str, data: Any = None) -> Awaitable[None]:
@@ -732,10 +754,11 @@ class SyncIO:
 
     def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop, in this thread's context (so nesting is kept), and wait."""
-        if self._execution.halted or _on_a_loop():
+        execution = self._execution
+        if (execution.halted and not execution.suspended) or _on_a_loop():
             coro.close()
-            if self._execution.halted:
-                self._execution._check_open()
+            if execution.halted:
+                execution._check_open()
             raise RuntimeError("the blocking io was called on the event loop; use `await io...`")
         context = contextvars.copy_context()
 

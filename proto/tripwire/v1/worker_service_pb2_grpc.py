@@ -77,9 +77,17 @@ class WorkerServiceStub:
     are executed by the server and come back COMPLETED, with the event as
     output: an Event in its JSON form, with its runs; send_events tasks
     with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
-    stop the handler, send nothing more for this attempt, the server
+    stop the handler, start nothing more for this attempt, the server
     dispatches the run again when it is due; ERRORED -> raise the task's
     error in the handler; CANCELED -> the run was cancelled: stop.
+    A function that was already running when the run was suspended (an io
+    call beside it, e.g. under asyncio.gather, was answered WAITING) may
+    still send its `task_complete`, and `log` lines logged inside it, on the
+    same stream: the server keeps them (the answer needs no reading) until
+    the run is dispatched again, so that the next execution finds the task
+    settled instead of running the function again. A failure that is
+    retried waits for its own retry time, even if the run wakes earlier.
+    After the next dispatch, they are stale like anything else (see 8.).
     A task the server already has under that key but of another kind is a
     nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a
@@ -217,9 +225,17 @@ class WorkerServiceServicer:
     are executed by the server and come back COMPLETED, with the event as
     output: an Event in its JSON form, with its runs; send_events tasks
     with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
-    stop the handler, send nothing more for this attempt, the server
+    stop the handler, start nothing more for this attempt, the server
     dispatches the run again when it is due; ERRORED -> raise the task's
     error in the handler; CANCELED -> the run was cancelled: stop.
+    A function that was already running when the run was suspended (an io
+    call beside it, e.g. under asyncio.gather, was answered WAITING) may
+    still send its `task_complete`, and `log` lines logged inside it, on the
+    same stream: the server keeps them (the answer needs no reading) until
+    the run is dispatched again, so that the next execution finds the task
+    settled instead of running the function again. A failure that is
+    retried waits for its own retry time, even if the run wakes earlier.
+    After the next dispatch, they are stale like anything else (see 8.).
     A task the server already has under that key but of another kind is a
     nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a
@@ -366,9 +382,17 @@ class WorkerService:
     are executed by the server and come back COMPLETED, with the event as
     output: an Event in its JSON form, with its runs; send_events tasks
     with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
-    stop the handler, send nothing more for this attempt, the server
+    stop the handler, start nothing more for this attempt, the server
     dispatches the run again when it is due; ERRORED -> raise the task's
     error in the handler; CANCELED -> the run was cancelled: stop.
+    A function that was already running when the run was suspended (an io
+    call beside it, e.g. under asyncio.gather, was answered WAITING) may
+    still send its `task_complete`, and `log` lines logged inside it, on the
+    same stream: the server keeps them (the answer needs no reading) until
+    the run is dispatched again, so that the next execution finds the task
+    settled instead of running the function again. A failure that is
+    retried waits for its own retry time, even if the run wakes earlier.
+    After the next dispatch, they are stale like anything else (see 8.).
     A task the server already has under that key but of another kind is a
     nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a

@@ -199,11 +199,13 @@ class WorkService:
         *,
         final: bool = False,
         next_try_offset: int = 0,
+        suspended: bool = False,
     ) -> TaskOutcome:
         """`size`: the wire size of the outcome. An output over the payload limit
         fails the task instead, finally: retrying would only make it again; an
         error over it is cut to fit. `final`: `error` is not retried.
-        `next_try_offset`: the worker's, kept with the task for its next try."""
+        `next_try_offset`: the worker's, kept with the task for its next try.
+        `suspended`: the attempt may have suspended the run since it started the task."""
         if not task_id:
             raise InvalidArgument("task_complete.task_id", "is required")
         if next_try_offset > MAX_STORED_INT:
@@ -227,6 +229,7 @@ class WorkService:
             random.random(),
             final,
             next_try_offset,
+            suspended=suspended,
         )
 
     async def log(
@@ -239,8 +242,11 @@ class WorkService:
         message: str,
         data: Any,
         size: int = 0,
+        *,
+        suspended: bool = False,
     ) -> None:
-        """`size`: the wire size of message and data."""
+        """`size`: the wire size of message and data. `suspended`: the attempt may
+        have suspended the run since (a line from a function still running)."""
         if not 1 <= seq <= MAX_STORED_INT:
             raise InvalidArgument("log.seq", f"must be 1 to {MAX_STORED_INT}")
         if size > self.limits.max_payload_bytes:
@@ -252,7 +258,7 @@ class WorkService:
         if level not in LOG_RANK:
             raise InvalidArgument("log.level", "must be LOG, ERROR, WARN, INFO or DEBUG")
         entry = LogEntry(seq=seq, level=level, message=message, data=data, time=self.clock())
-        await self.store.append_log(env, run_id, attempt, entry)
+        await self.store.append_log(env, run_id, attempt, entry, suspended=suspended)
 
     async def finish(
         self,

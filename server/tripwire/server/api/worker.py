@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -43,6 +44,8 @@ START_FAILED_PAUSE_SECONDS = 1.0
 SHUTTING_DOWN = "the server is shutting down; connect again later"
 # A batch of replies (to a worker that reads them) stops growing at about this size.
 BATCH_BYTES = 1024 * 1024
+# Suspended runs a stream remembers (see WorkerStream.suspended), the oldest forgotten first.
+MAX_SUSPENDED = 10_000
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -179,6 +182,9 @@ class WorkerStream:
         self.lease = servicer.settings.lease
         self.outbox: asyncio.Queue[pb.RunJobResponse | None] = asyncio.Queue()
         self.runs: dict[str, Run] = {}
+        # Runs an attempt on this stream suspended (WAITING), newest last: the
+        # functions still running beside the io call that suspended it may report.
+        self.suspended: OrderedDict[str, int] = OrderedDict()
         self.session: Session | None = None
         # Why the server ended the stream, if it did.
         self.end_reason = ""
@@ -374,10 +380,20 @@ class WorkerStream:
             return None
         return run
 
+    def _suspended_by(self, run_id: str, attempt: int, request_id: str = "") -> bool | None:
+        """For what a function already running may still send: True if `attempt`
+        suspended the run on this stream, False if it holds the run, None (and the
+        worker is told to abandon it) if neither."""
+        if self.suspended.get(run_id) == attempt:
+            return True
+        return None if self._owned(run_id, attempt, request_id) is None else False
+
     async def _guard(self, run_id: str, attempt: int, request_id: str, work: Any) -> Any:
         try:
             return await work
         except StaleAttempt as exc:
+            if self.suspended.get(run_id) == attempt:
+                del self.suspended[run_id]
             self.stop_run(run_id, attempt, exc.message, ended=exc.ended)
             self.dispatcher.finished(run_id, attempt)
         except TripwireError as exc:
@@ -418,12 +434,18 @@ class WorkerStream:
         result.request_id, result.run_id, result.attempt = request_id, run_id, attempt
         convert.task_to_pb(outcome.task, result.task)
         self._send(reply)
-        if outcome.run.status is RunStatus.WAITING:
+        held = self.runs.get(run_id)
+        if outcome.run.status is RunStatus.WAITING and held is not None and held.attempt == attempt:
             self._forget(run_id, attempt)
             self.dispatcher.finished(run_id, attempt)
+            self.suspended[run_id] = attempt
+            self.suspended.move_to_end(run_id)
+            if len(self.suspended) > MAX_SUSPENDED:
+                self.suspended.popitem(last=False)
 
     async def _on_task_complete(self, msg: pb.TaskComplete) -> None:
-        if self._owned(msg.run_id, msg.attempt, msg.request_id) is None:
+        suspended = self._suspended_by(msg.run_id, msg.attempt, msg.request_id)
+        if suspended is None:
             return
         output, error, final = _outcome(msg, "task output")
         outcome = await self._guard(
@@ -440,13 +462,15 @@ class WorkerStream:
                 _outcome_bytes(msg),
                 final=final,
                 next_try_offset=msg.next_try_offset,
+                suspended=suspended,
             ),
         )
         if outcome is not None:
             self._task_result(msg.request_id, msg.run_id, msg.attempt, outcome)
 
     async def _on_log(self, msg: pb.RunLog) -> None:
-        if self._owned(msg.run_id, msg.attempt) is None:
+        suspended = self._suspended_by(msg.run_id, msg.attempt)
+        if suspended is None:
             return
         try:
             level = convert.log_level_name(msg.level) or "INFO"
@@ -467,6 +491,7 @@ class WorkerStream:
                 msg.message,
                 data,
                 len(msg.message.encode()) + msg.data.ByteSize(),
+                suspended=suspended,
             ),
         )
 
@@ -510,6 +535,7 @@ class WorkerStream:
 
     def start_run(self, run: Run, event: Event | None) -> None:
         self.runs[run.id] = run
+        self.suspended.pop(run.id, None)
         task = asyncio.create_task(self._start_run(run, event))
         self._track(task)
 

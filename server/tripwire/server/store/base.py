@@ -132,8 +132,12 @@ class Store(Protocol):
         rand: float,
         final: bool = False,
         next_try_offset: int = 0,
+        *,
+        suspended: bool = False,
     ) -> TaskOutcome: ...
-    async def append_log(self, env: str, run_id: str, attempt: int, entry: LogEntry) -> bool: ...
+    async def append_log(
+        self, env: str, run_id: str, attempt: int, entry: LogEntry, *, suspended: bool = False
+    ) -> bool: ...
     async def finish_run(
         self,
         env: str,

@@ -189,13 +189,21 @@ class WorkOps:
     # -- the fencing token ------------------------------------------------------
 
     @staticmethod
-    def _fenced(conn: sqlite3.Connection, env: str, run_id: str, attempt: int) -> Run:
+    def _fenced(
+        conn: sqlite3.Connection, env: str, run_id: str, attempt: int, *, suspended: bool = False
+    ) -> Run:
+        """The run, if `attempt` is its current one and EXECUTING. With `suspended`,
+        also when that attempt suspended the run (WAITING, or QUEUED again after it)
+        and no other has started since: what its functions already running report."""
         run = rows.find_run(conn, env, run_id)
         if run is None:
             raise NotFound(f"run {run_id!r} not found")
         if run.status.terminal:
             raise StaleAttempt(f"run {run_id} has ended {run.status.value}", ended=True)
-        if run.attempt != attempt or run.status is not RunStatus.EXECUTING:
+        held = (RunStatus.EXECUTING, RunStatus.WAITING, RunStatus.QUEUED)
+        if run.attempt != attempt or run.status not in (
+            held if suspended else (RunStatus.EXECUTING,)
+        ):
             raise StaleAttempt(
                 f"attempt {attempt} of run {run_id} is stale (current attempt {run.attempt}, "
                 f"{run.status.value})"
@@ -294,7 +302,9 @@ class WorkOps:
             )
             return TaskOutcome(task, run, nondeterminism=message)
         if task.status is TaskStatus.WAITING:
-            if task.kind is TaskKind.WAIT and (task.retry_at or 0) > now:
+            if (task.retry_at or 0) > now:
+                # Not due yet. For a retry: its try failed after something else had
+                # suspended the run, and that woke first.
                 self._suspend(tx, run, task.retry_at or now, now)
             elif task.kind is TaskKind.WAIT:
                 task.status, task.completed_at = TaskStatus.COMPLETED, now
@@ -368,12 +378,15 @@ class WorkOps:
         rand: float,
         final: bool = False,
         next_try_offset: int = 0,
+        *,
+        suspended: bool = False,
     ) -> TaskOutcome:
         """`final`: an error that is not retried, whatever the task's policy.
-        `next_try_offset`: kept for the next try, if there is one."""
+        `next_try_offset`: kept for the next try, if there is one. `suspended`: the
+        attempt may have suspended the run since (see _fenced)."""
 
         def op(tx: Tx) -> TaskOutcome:
-            run = self._fenced(tx.conn, env, run_id, attempt)
+            run = self._fenced(tx.conn, env, run_id, attempt, suspended=suspended)
             row = tx.conn.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ? AND run_id = ?", (task_id, run_id)
             ).fetchone()
@@ -395,7 +408,10 @@ class WorkOps:
                 else:
                     task.status, task.retry_at = TaskStatus.WAITING, now + delay
                     task.try_offset = next_try_offset
-                    self._suspend(tx, run, task.retry_at, now)
+                    if run.status is RunStatus.EXECUTING:
+                        self._suspend(tx, run, task.retry_at, now)
+                    # Else the run was suspended already: the replay that reaches this
+                    # task before its retry time suspends the run again until then.
             self._update_task(tx, task)
             return TaskOutcome(task, run)
 
@@ -403,9 +419,11 @@ class WorkOps:
 
     # -- logs and results -------------------------------------------------------
 
-    async def append_log(self, env: str, run_id: str, attempt: int, entry: LogEntry) -> bool:
+    async def append_log(
+        self, env: str, run_id: str, attempt: int, entry: LogEntry, *, suspended: bool = False
+    ) -> bool:
         def op(tx: Tx) -> bool:
-            self._fenced(tx.conn, env, run_id, attempt)
+            self._fenced(tx.conn, env, run_id, attempt, suspended=suspended)
             level = tx.conn.execute(
                 "SELECT v.log_level FROM runs r JOIN job_versions v ON v.env = r.env "
                 "AND v.id = r.job_id AND v.version = r.job_version WHERE r.id = ?",
