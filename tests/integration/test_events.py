@@ -497,6 +497,60 @@ async def test_match_event_explains(stubs: Stubs) -> None:
     assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
 
 
+async def match(stubs: Stubs, event: dict) -> dict:
+    return js(await stubs.events.MatchEvent(req(ev.MatchEventRequest, {"event": event})))
+
+
+async def test_match_event_with_a_known_id_says_what_sending_it_again_would_do(
+    stubs: Stubs,
+) -> None:
+    await register(stubs, event_job("pro", ["signup"], filter={"plan": ["pro"]}))
+    await send(stubs, {"name": "signup", "id": "done", "payload": {"plan": "pro"}})
+    await send(stubs, {"name": "signup", "id": "soon", "payload": {"plan": "pro"}}, deliverAfter=2)
+    later = {"name": "signup", "id": "later", "payload": {"plan": "free"}}
+    await send(stubs, later, deliverAfter=3600)
+    await send(stubs, {"name": "signup", "id": "off"}, deliverAfter=3600)
+    await stubs.events.CancelEvent(ev.CancelEventRequest(id="off"))
+
+    for event_id, status, why in [
+        ("done", "DELIVERED", "delivered already"),
+        ("soon", "PENDING", "is pending, due within 5 s"),
+        ("off", "CANCELLED", "was cancelled"),
+    ]:
+        reply = await match(stubs, {"name": "signup", "id": event_id, "payload": {"plan": "pro"}})
+        (verdict,) = reply["jobs"]
+        assert verdict.get("matched") is None, event_id  # false
+        assert why in verdict["reason"] and repr(event_id) in verdict["reason"]
+        assert reply["event"]["status"] == f"EVENT_STATUS_{status}"
+    # A pending event due later is rescheduled to now by a send: with the payload
+    # the send gives, or the stored one.
+    reply = await match(stubs, {"name": "signup", "id": "later", "payload": {"plan": "pro"}})
+    assert reply["jobs"][0]["matched"] is True
+    assert reply["event"]["status"] == "EVENT_STATUS_DELIVERED"
+    reply = await match(stubs, {"name": "signup", "id": "later"})
+    assert reply["jobs"][0].get("matched") is None and "plan" in reply["jobs"][0]["reason"]
+    assert reply["event"]["payload"] == {"plan": "free"}
+    # What the dry run said is what the sends do.
+    again = await send(stubs, {"name": "signup", "id": "done", "payload": {"plan": "pro"}})
+    assert again["deduplicated"] is True and "runs" not in again
+    sent = await send(stubs, {"name": "signup", "id": "later", "payload": {"plan": "pro"}})
+    assert [r["jobId"] for r in sent["runs"]] == ["pro"]
+
+
+async def test_match_event_refuses_a_reserved_id_as_send_event_does(stubs: Stubs) -> None:
+    tick = {"id": "tick", "version": "1.0.0", "trigger": {"interval": {"seconds": 60}}}
+    await register(stubs, {"job": tick})
+    body = {"event": {"name": "x", "id": "tick:1700000000000"}}
+    for call in (
+        stubs.events.MatchEvent(req(ev.MatchEventRequest, body)),
+        stubs.events.SendEvent(req(ev.SendEventRequest, body)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "event.id" in (error.value.details() or "")
+
+
 async def test_a_failed_timer_round_is_retried_and_the_server_keeps_serving(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

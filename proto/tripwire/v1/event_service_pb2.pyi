@@ -402,9 +402,10 @@ class MatchEventResponse(_message.Message):
 
     @_builtins.property
     def event(self) -> _struct_pb2.Value:
-        """The event as it would be stored and matched, defaults applied, in the
-        JSON form of an Event: id, name, source, payload, context, timestamp and
-        status (EVENT_STATUS_DELIVERED, as for an event sent without a delay).
+        """The event as it would stand after the send, defaults applied, in the JSON
+        form of an Event: id, name, source, payload, context, timestamp and status
+        (EVENT_STATUS_DELIVERED, as for an event sent without a delay; a known
+        event the send would leave alone shows as stored).
         """
 
     def __init__(

@@ -136,8 +136,12 @@ class EventServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def MatchEvent(self, request, context):
-        """Dry run: which jobs would this event trigger, and why not the others.
-        Stores nothing.
+        """Dry run: which jobs would this event trigger, sent now, and why not the
+        others. Stores nothing. An `id` is taken as SendEvent takes it: a reserved
+        one is INVALID_ARGUMENT; a known one whose send would be deduplicated
+        (delivered, cancelled, or pending and due within 5 s) matches no job, each
+        saying why; a pending one due later would be delivered now, with the
+        payload and context given (the stored ones where absent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -65,8 +65,12 @@ class EventServiceStub:
     waiting alike).
     """
     MatchEvent: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.MatchEventRequest, _event_service_pb2.MatchEventResponse]
-    """Dry run: which jobs would this event trigger, and why not the others.
-    Stores nothing.
+    """Dry run: which jobs would this event trigger, sent now, and why not the
+    others. Stores nothing. An `id` is taken as SendEvent takes it: a reserved
+    one is INVALID_ARGUMENT; a known one whose send would be deduplicated
+    (delivered, cancelled, or pending and due within 5 s) matches no job, each
+    saying why; a pending one due later would be delivered now, with the
+    payload and context given (the stored ones where absent).
     """
 
 @_typing.type_check_only
@@ -106,8 +110,12 @@ class EventServiceAsyncStub(EventServiceStub):
     waiting alike).
     """
     MatchEvent: _aio.UnaryUnaryMultiCallable[_event_service_pb2.MatchEventRequest, _event_service_pb2.MatchEventResponse]  # type: ignore[assignment]
-    """Dry run: which jobs would this event trigger, and why not the others.
-    Stores nothing.
+    """Dry run: which jobs would this event trigger, sent now, and why not the
+    others. Stores nothing. An `id` is taken as SendEvent takes it: a reserved
+    one is INVALID_ARGUMENT; a known one whose send would be deduplicated
+    (delivered, cancelled, or pending and due within 5 s) matches no job, each
+    saying why; a pending one due later would be delivered now, with the
+    payload and context given (the stored ones where absent).
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -186,8 +194,12 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _event_service_pb2.MatchEventRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_event_service_pb2.MatchEventResponse, _abc.Awaitable[_event_service_pb2.MatchEventResponse]]:
-        """Dry run: which jobs would this event trigger, and why not the others.
-        Stores nothing.
+        """Dry run: which jobs would this event trigger, sent now, and why not the
+        others. Stores nothing. An `id` is taken as SendEvent takes it: a reserved
+        one is INVALID_ARGUMENT; a known one whose send would be deduplicated
+        (delivered, cancelled, or pending and due within 5 s) matches no job, each
+        saying why; a pending one due later would be delivered now, with the
+        payload and context given (the stored ones where absent).
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

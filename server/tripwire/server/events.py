@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import InvalidArgument, NotFound
@@ -202,11 +202,48 @@ class EventService:
         _require_id(event_id, "id")
         return await self.store.cancel_runs_for_event(env, event_id, self.clock())
 
-    def match(self, env: str, draft: EventDraft) -> tuple[NewEvent, list[Verdict]]:
-        """Dry run: which jobs the event would trigger, and why not the others."""
-        event = prepare(draft, DeliveryOptions(), self.clock(), self.limits, "event")
+    async def match(
+        self, env: str, draft: EventDraft
+    ) -> tuple[NewEvent, EventStatus, list[Verdict]]:
+        """Dry run: which jobs the event would trigger sent now, and why not the
+        others; the event as it would stand after the send, and its status. A known
+        id is treated as SendEvent would: refused if reserved; a pending event due
+        later is rescheduled to now (with the payload and context the send gives);
+        any other is left as it is, and no job runs."""
+        now = self.clock()
+        event = prepare(draft, DeliveryOptions(), now, self.limits, "event")
+        known, unchanged, status = None, False, EventStatus.DELIVERED
+        if not event.minted_id:
+            check_not_a_fire_id(self.index, env, event.id, "event.id")
+            known = await self.store.get_event(env, event.id)
+        if known is not None:
+            unchanged = resend_action(known, event, now) == "unchanged"
+            event = replace(
+                event,
+                name=known.name,
+                source=known.source,
+                payload=event.payload if event.payload_given and not unchanged else known.payload,
+                context=event.context if event.context_given and not unchanged else known.context,
+                timestamp=known.timestamp,
+                account_id=known.account_id,
+            )
+            status = known.status if unchanged else status
         verdicts = self.index.explain(env, event.name, event.source, event.payload, event.context)
-        return event, verdicts
+        if known is None or not unchanged:
+            return event, status, verdicts
+        reason = (
+            f"a send with id {event.id!r} creates no run: "
+            + {
+                EventStatus.DELIVERED: "that event was delivered already",
+                EventStatus.CANCELLED: "that event was cancelled",
+                EventStatus.PENDING: "that event is pending, due within "
+                f"{RESCHEDULE_WINDOW_MS // 1000} s, and is matched when delivered",
+            }[known.status]
+        )
+        unmatched = [
+            replace(v, matched=False, reason=reason, validation_errors=()) for v in verdicts
+        ]
+        return event, status, unmatched
 
 
 def _require_id(value: str, field: str) -> None:

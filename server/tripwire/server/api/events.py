@@ -141,7 +141,9 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         if not request.HasField("event"):
             raise InvalidArgument("event", "is required")
         self._check_size(request.event, "event")
-        event, verdicts = self.events.match(env, convert.draft(request.event, "event"))
+        event, status, verdicts = await self.events.match(
+            env, convert.draft(request.event, "event")
+        )
         reply = pb.MatchEventResponse()
         for verdict in verdicts:
             convert.verdict_to_pb(verdict, reply.jobs.add())
@@ -153,7 +155,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                 "payload": event.payload,
                 "context": event.context,
                 "timestamp": convert.ts_json(event.timestamp),
-                "status": "EVENT_STATUS_DELIVERED",
+                "status": f"EVENT_STATUS_{status.value}",
             },
             reply.event,
         )
