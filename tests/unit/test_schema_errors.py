@@ -72,7 +72,7 @@ def test_a_pattern_re2_cannot_run_is_refused_naming_it(schema: dict, path: str) 
     with pytest.raises(InvalidArgument) as err:
         check_schema(schema, "schema")
     assert err.value.field == path
-    assert "backreferences and lookaround are not supported" in err.value.message
+    assert "RE2, in linear time, without backreferences or lookaround" in err.value.message
     assert "b'" not in err.value.message  # RE2's reason, as text
 
 
@@ -125,3 +125,47 @@ def test_unique_items_on_a_large_array_of_mixed_values_is_linear() -> None:
     assert schema_errors(validator, items) == ()
     (error,) = schema_errors(validator, [*items, "tag-7"])
     assert error["path"] == "" and error["message"].endswith("...")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"const": {"$ref": "https://example.com/x.json"}},
+        {"properties": {"link": {"default": {"$ref": "other.json"}}}},
+        {"examples": [{"$ref": "#/nowhere"}], "enum": [{"pattern": "(?=x)"}]},
+        {"x-notes": {"pattern": "(a)\\1", "$ref": "elsewhere.json"}},  # unknown: data
+    ],
+)
+def test_refs_and_patterns_inside_data_are_data(schema: dict) -> None:
+    check_schema(schema, "schema")
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"),
+    [
+        # Properties named like keywords are schemas all the same.
+        ({"properties": {"default": {"pattern": "^(?!tmp)"}}}, "schema/properties/default/pattern"),
+        ({"$defs": {"enum": {"pattern": "(a)\\1"}}}, "schema/$defs/enum/pattern"),
+        ({"prefixItems": [{}, {"pattern": "(?<=a)b"}]}, "schema/prefixItems/1/pattern"),
+        ({"properties": {"a/b": {"pattern": "(?=x)"}}}, "schema/properties/a~1b/pattern"),
+    ],
+)
+def test_patterns_are_found_wherever_a_schema_is(schema: dict, path: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        check_schema(schema, "schema")
+    assert err.value.field == path
+
+
+def test_a_ref_under_a_property_named_like_a_keyword_is_checked() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        check_schema({"properties": {"const": {"$ref": "#/$defs/missing"}}}, "schema")
+    assert err.value.field == "schema/properties/const/$ref"
+
+
+def test_unicode_escapes_in_patterns_mean_what_they_mean_in_json_schema() -> None:
+    validator = check_schema(
+        {"properties": {"s": {"pattern": "^[\\u0041-\\u005A]+$"}, "t": {"pattern": "^\\\\u0041$"}}},
+        "schema",
+    )
+    assert schema_errors(validator, {"s": "ABC", "t": "\\u0041"}) == ()
+    assert [e["path"] for e in schema_errors(validator, {"s": "abc", "t": "A"})] == ["/s", "/t"]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +35,19 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
 
 
+# An escape of a JSON Schema (ECMA-262) pattern: a backslash and what it escapes.
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.)", re.DOTALL)
+
+
 @functools.lru_cache(maxsize=1024)
 def _re2(pattern: str) -> Any:
-    return re2.compile(pattern, options=_RE2_OPTIONS)
+    return re2.compile(_ESCAPE.sub(_re2_escape, pattern), options=_RE2_OPTIONS)
+
+
+def _re2_escape(escape: re.Match[str]) -> str:
+    """ECMA-262's `\\uXXXX`, which RE2 spells `\\x{XXXX}`; any other escape as it is."""
+    escaped = escape.group(1)
+    return f"\\x{{{escaped[1:]}}}" if len(escaped) == 5 else escape.group(0)
 
 
 class _LinearRe:
@@ -84,28 +95,78 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> An
 SchemaValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator, {"uniqueItems": _unique_items}
 )
-# Values, not schemas: a "pattern" key inside them is data.
-_NOT_SCHEMAS = frozenset({"const", "enum", "default", "examples"})
+# Where a schema holds schemas (Draft 2020-12, and the older names pydantic and
+# others still write). Anything else (const, enum, default, examples, unknown
+# keywords) is data, whatever keys it has.
+_ONE_SCHEMA = frozenset(
+    {
+        "additionalItems",
+        "additionalProperties",
+        "contains",
+        "contentSchema",
+        "else",
+        "if",
+        "items",
+        "not",
+        "propertyNames",
+        "then",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+    }
+)
+_SCHEMA_LISTS = frozenset({"allOf", "anyOf", "items", "oneOf", "prefixItems"})
+_SCHEMA_MAPS = frozenset(
+    {"$defs", "definitions", "dependentSchemas", "patternProperties", "properties"}
+)
 
 
-def _patterns(node: Any, path: str) -> list[tuple[str, str]]:
+def _schemas(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema object in a schema, with its JSON pointer, the root first."""
+    if not isinstance(node, dict):
+        return
+    yield path, node
+    for key, value in node.items():
+        where = f"{path}/{_pointer(key)}"
+        if key in _ONE_SCHEMA and isinstance(value, dict):
+            yield from _schemas(value, where)
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from _schemas(item, f"{where}/{i}")
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            for name, item in value.items():
+                yield from _schemas(item, f"{where}/{_pointer(name)}")
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _patterns(schema: Any) -> list[tuple[str, str]]:
     """Every regular expression of a schema (`pattern`, the keys of
     `patternProperties`), with its JSON pointer."""
     found: list[tuple[str, str]] = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _NOT_SCHEMAS:
-                continue
-            if key == "pattern" and isinstance(value, str):
-                found.append((f"{path}/{key}", value))
-                continue
-            if key == "patternProperties" and isinstance(value, dict):
-                found += [(f"{path}/{key}/{p}", p) for p in value]
-            found += _patterns(value, f"{path}/{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found += _patterns(value, f"{path}/{i}")
+    for path, node in _schemas(schema):
+        if isinstance(node.get("pattern"), str):
+            found.append((f"{path}/pattern", node["pattern"]))
+        if isinstance(node.get("patternProperties"), dict):
+            keyed = node["patternProperties"]
+            found += [(f"{path}/patternProperties/{_pointer(p)}", p) for p in keyed]
     return found
+
+
+def _refs(schema: Any) -> list[tuple[str, str]]:
+    """Every "$ref" (or "$dynamicRef") of a schema, with its JSON pointer."""
+    return [
+        (f"{path}/{key}", node[key])
+        for path, node in _schemas(schema)
+        for key in ("$ref", "$dynamicRef")
+        if isinstance(node.get(key), str)
+    ]
+
+
+def _nested_ids(schema: Any) -> bool:
+    """Whether a schema below the root has its own $id (a new base for its refs)."""
+    return any(path and isinstance(node.get("$id"), str) for path, node in _schemas(schema))
 
 
 @dataclass(frozen=True)
@@ -130,16 +191,16 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Validator:
         raise InvalidArgument(
             f"{field}{'/' + where if where else ''}", f"not a valid JSON Schema: {exc.message}"
         ) from None
-    for path, pattern in _patterns(schema, ""):
+    for path, pattern in _patterns(schema):
         try:
             _re2(pattern)
         except re2.error as exc:
             raise InvalidArgument(
                 f"{field}{path}",
-                f"pattern {pattern!r} is not one tripwire can match in linear time "
-                f"({_re2_reason(exc)}): backreferences and lookaround are not supported",
+                f"pattern {pattern!r} cannot be used: {_re2_reason(exc)} (patterns are "
+                "matched by RE2, in linear time, without backreferences or lookaround)",
             ) from None
-    refs = _refs(schema, "")
+    refs = _refs(schema)
     for path, ref in refs:
         if not ref.startswith("#"):
             raise InvalidArgument(
@@ -169,34 +230,8 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Validator:
     return validator
 
 
-def _nested_ids(node: Any, root: bool = True) -> bool:
-    """Whether a subschema below the root has its own $id (a new base for its refs)."""
-    if isinstance(node, dict):
-        if not root and isinstance(node.get("$id"), str):
-            return True
-        return any(_nested_ids(value, False) for value in node.values())
-    if isinstance(node, list):
-        return any(_nested_ids(value, False) for value in node)
-    return False
-
-
 # One of each JSON type: a $ref cycle that applies to every value shows on all of them.
 _PROBES: tuple[Any, ...] = (None, True, 0, "", [], {})
-
-
-def _refs(node: Any, path: str) -> list[tuple[str, str]]:
-    """Every "$ref" (or "$dynamicRef") string in a schema, with its JSON pointer."""
-    found: list[tuple[str, str]] = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
-                found.append((f"{path}/{key}", value))
-            else:
-                found += _refs(value, f"{path}/{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found += _refs(value, f"{path}/{i}")
-    return found
 
 
 # A run keeps this many validation errors, each message cut to this length:
