@@ -267,6 +267,35 @@ async def test_a_retried_task_runs_the_task_inside_it_that_failed_again(
     assert tasks["fetch"].status == "COMPLETED" and tasks["sync-user"].status == "COMPLETED"
 
 
+@pytest.mark.parametrize("clock_moves_by", [0, -5])
+async def test_a_parent_retried_without_the_clock_moving_on_runs_its_failed_task_again(
+    client: Client, clock: FakeClock, clock_moves_by: float
+) -> None:
+    fetches = 0
+
+    def fetch() -> str:
+        nonlocal fetches
+        fetches += 1
+        if fetches == 1:
+            clock.advance(clock_moves_by)
+            raise ConnectionError("transient")
+        return "data"
+
+    @client.define_job(id="parent-retry-at-once", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def sync_user() -> str:
+            return await io.run_task("fetch", fetch)
+
+        at_once = {"limit": 3, "min_timeout_ms": 0, "max_timeout_ms": 0}
+        return await io.run_task("sync-user", sync_user, retry=at_once)
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("parent-retry-at-once")
+        done = await finished(client, run.id)
+    assert (done.status, done.output, fetches) == ("SUCCESS", "data", 2), done.error
+
+
 async def test_while_the_server_is_away_the_worker_tries_again_within_its_backoff_cap(
     start_server: StartServer,
 ) -> None:

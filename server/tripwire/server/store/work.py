@@ -309,17 +309,31 @@ class WorkOps:
             elif task.kind is TaskKind.WAIT:
                 task.status, task.completed_at = TaskStatus.COMPLETED, now
             else:  # a retry that is due: run the function again
-                task.status, task.started_at, task.retry_at = TaskStatus.RUNNING, now, None
+                task.status, task.retry_at = TaskStatus.RUNNING, None
+                task.started_at = self._try_start(tx, task, now)
             self._update_task(tx, task)
         elif task.status is TaskStatus.ERRORED and self._parent_tried_again(tx, task):
             # It failed in an earlier try of its parent, which is being retried (maybe
             # because of it): it runs again, from its first try, so that its own retry
             # policy applies within the parent's new try as in the first (the parent's
             # try_offset already numbers this try's log lines past the earlier ones').
-            task.status, task.started_at, task.completed_at = TaskStatus.RUNNING, now, None
+            task.status, task.completed_at = TaskStatus.RUNNING, None
+            task.started_at = self._try_start(tx, task, now)
             task.attempts, task.try_offset = 0, 0
             self._update_task(tx, task)
         return TaskOutcome(task, run)
+
+    @staticmethod
+    def _try_start(tx: Tx, task: Task, now: int) -> int:
+        """When a new try of `task` starts: now, or just after the last of the tasks
+        inside it settled if the clock has not passed that (the same millisecond, a
+        retry without delay; a clock set back), so that every task of its earlier
+        tries settled before this one started (see _parent_tried_again)."""
+        last = tx.conn.execute(
+            "SELECT MAX(completed_at) FROM tasks WHERE run_id = ? AND parent_id = ?",
+            (task.run_id, task.id),
+        ).fetchone()[0]
+        return now if last is None or last < now else last + 1
 
     @staticmethod
     def _parent_tried_again(tx: Tx, task: Task) -> bool:
