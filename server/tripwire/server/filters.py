@@ -322,6 +322,12 @@ def validate_filter(filter: Mapping[str, Any], field: str) -> None:
         if not isinstance(key, str):
             raise InvalidArgument(field, f"filter keys must be strings, got {key!r}")
         path = _join(field, key)
+        if key in OPERATORS:
+            # v2 would read this as a payload key named like the operator, which no
+            # payload has: the filter could never match.
+            raise InvalidArgument(
+                path, f"operators go inside a list: write [{_json({key: matcher})}]"
+            )
         if isinstance(matcher, list):
             _validate_matcher(matcher, path)
         elif isinstance(matcher, Mapping):
@@ -329,10 +335,6 @@ def validate_filter(filter: Mapping[str, Any], field: str) -> None:
         elif matcher is None:
             raise InvalidArgument(
                 path, 'null cannot be matched by value; write [{"$isNull": true}]'
-            )
-        elif key in OPERATORS:
-            raise InvalidArgument(
-                path, f"operators go inside a list: write [{_json({key: matcher})}]"
             )
         else:
             raise InvalidArgument(
