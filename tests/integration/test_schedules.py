@@ -116,6 +116,25 @@ async def test_changing_only_catch_up_keeps_the_next_fire(start_server: StartSer
         assert fired["eventId"] == f"hourly:{START + 3_600_000}"
 
 
+@pytest.mark.parametrize(
+    ("cron", "next_fire"),
+    [
+        ("5-5 * * * *", "2023-11-14T23:05:00Z"),  # not every minute
+        ("0 0 * * 7/2", "2023-11-19T00:00:00Z"),  # Sundays only
+        ("0 0 1 * */1", "2023-12-01T00:00:00Z"),  # */1 leaves no day out
+    ],
+)
+async def test_crons_croniter_reads_otherwise_fire_as_written(
+    start_server: StartServer, cron: str, next_fire: str
+) -> None:
+    server = await start_server(clock=FakeClock(START))  # Tuesday 22:13:20 UTC
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        body = {"job": {"id": "c", "version": "1.0.0", "trigger": {"cron": {"cron": cron}}}}
+        job = js((await stubs.jobs.RegisterJob(req(jb.RegisterJobRequest, body))).job)
+        assert job["nextFireAt"] == next_fire
+
+
 async def test_a_tick_fires_once_across_a_restart(start_server: StartServer) -> None:
     clock = FakeClock(START)
     server = await start_server(clock=clock)

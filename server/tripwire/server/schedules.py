@@ -15,6 +15,7 @@ schedule was registered) is stored, so restarts do not shift the grid.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,7 +38,7 @@ _MS = timedelta(milliseconds=1)
 _NONDETERMINISTIC = re.compile(r"^[hr](?:$|[(/])", re.IGNORECASE)
 # One comma-separated item of a standard cron field.
 _CRON_ITEM = re.compile(
-    r"(?:\*|(?P<lo>[0-9]+|[A-Za-z]{3})(?:-(?P<hi>[0-9]+|[A-Za-z]{3}))?)(?:/[0-9]+)?"
+    r"(?:\*|(?P<lo>[0-9]+|[A-Za-z]{3})(?:-(?P<hi>[0-9]+|[A-Za-z]{3}))?)(?:/(?P<step>[0-9]+))?"
 )
 _MONTHS = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
 _DAYS = "SUN MON TUE WED THU FRI SAT".split()
@@ -45,6 +46,15 @@ _DAYS = "SUN MON TUE WED THU FRI SAT".split()
 _CRON_NAMES = {name: i + 1 for i, name in enumerate(_MONTHS)} | {
     name: i for i, name in enumerate(_DAYS)
 }
+
+# Each field: what it counts, its values (7 is Sunday too) and its names.
+_FIELDS: tuple[tuple[str, tuple[int, int], frozenset[str]], ...] = (
+    ("minute", (0, 59), frozenset()),
+    ("hour", (0, 23), frozenset()),
+    ("day of the month", (1, 31), frozenset()),
+    ("month", (1, 12), frozenset(_MONTHS)),
+    ("day of the week", (0, 7), frozenset(_DAYS)),
+)
 
 
 @dataclass(frozen=True)
@@ -105,36 +115,83 @@ def _validate_cron(expr: str, tz: ZoneInfo, field: str) -> None:
             f"{expr!r} has {len(fields)} fields; expected 5 (minute hour day-of-month month "
             f"day-of-week), e.g. '0 9 * * 1-5'",
         )
-    for part in ",".join(fields).split(","):
-        if _NONDETERMINISTIC.match(part):
-            raise InvalidArgument(field, f"{expr!r}: hashed/random fields (H, R) are not supported")
-        item = _CRON_ITEM.fullmatch(part)
-        names = [n for n in (item["lo"], item["hi"]) if n and not n.isdigit()] if item else []
-        if item is None or any(n.upper() not in _CRON_NAMES for n in names):
-            raise InvalidArgument(
-                field,
-                f"{expr!r} is not a valid cron expression: {part!r} is not standard cron "
-                "(*, N, N-M or names such as JAN and MON, each with an optional /step; "
-                "L, W, # and ? are not supported)",
-            )
-        if item["lo"] and item["hi"] and _cron_number(item["lo"]) > _cron_number(item["hi"]):
-            # croniter would wrap it around; v2's cron-parser refuses it, and so do we.
-            raise InvalidArgument(
-                field,
-                f"{expr!r}: the range {part.split('/')[0]!r} runs backwards (for one that "
-                "wraps around, list both parts, e.g. '22-23,0-2')",
-            )
+    for (what, (low, high), names), text in zip(_FIELDS, fields, strict=True):
+        for part in text.split(","):
+            _validate_cron_item(expr, part, what, low, high, names, field)
     try:
         # A syntactically valid expression can still never match (e.g. 30 February).
-        croniter(expr, datetime(2000, 1, 1, tzinfo=tz)).get_next(datetime)
+        croniter(_standard(expr), datetime(2000, 1, 1, tzinfo=tz)).get_next(datetime)
     except CroniterBadDateError:
         raise InvalidArgument(field, f"{expr!r} can never fire: no date matches it") from None
     except CroniterError as exc:
         raise InvalidArgument(field, f"{expr!r} is not a valid cron expression: {exc}") from None
 
 
+def _validate_cron_item(
+    expr: str, part: str, what: str, low: int, high: int, names: frozenset[str], field: str
+) -> None:
+    if _NONDETERMINISTIC.match(part):
+        raise InvalidArgument(field, f"{expr!r}: hashed/random fields (H, R) are not supported")
+    item = _CRON_ITEM.fullmatch(part)
+    if item is None:
+        raise InvalidArgument(
+            field,
+            f"{expr!r} is not a valid cron expression: {part!r} is not standard cron "
+            "(*, N, N-M or names such as JAN and MON, each with an optional /step; "
+            "L, W, # and ? are not supported)",
+        )
+    for value in (item["lo"], item["hi"]):
+        if value is None:
+            continue
+        if not value.isdigit() and value.upper() not in names:
+            kind = "a number" + (
+                f" or a name such as {min(names, key=_CRON_NAMES.__getitem__)}" if names else ""
+            )
+            raise InvalidArgument(field, f"{expr!r}: {value!r} is not a {what}: expected {kind}")
+        if not low <= _cron_number(value) <= high:
+            raise InvalidArgument(
+                field, f"{expr!r}: {value} is not a {what}: expected {low} to {high}"
+            )
+    if item["step"] is not None and int(item["step"]) == 0:
+        raise InvalidArgument(field, f"{expr!r}: {part!r} steps by 0; a step is 1 or more")
+    if item["lo"] and item["hi"] and _cron_number(item["lo"]) > _cron_number(item["hi"]):
+        # croniter would wrap it around; v2's cron-parser refuses it, and so do we.
+        raise InvalidArgument(
+            field,
+            f"{expr!r}: the range {part.split('/')[0]!r} runs backwards (for one that "
+            "wraps around, list both parts, e.g. '22-23,0-2')",
+        )
+
+
 def _cron_number(value: str) -> int:
     return int(value) if value.isdigit() else _CRON_NAMES[value.upper()]
+
+
+@functools.lru_cache(maxsize=1024)
+def _standard(expr: str) -> str:
+    """A valid expression as croniter reads it right: each field spelled out as its
+    values, or `*` when they are all of its values. croniter takes a range of one
+    value (`5-5`) for the whole field, `7/2` in the day of week for every other day,
+    and `*/1` in a day field for a restriction (so that the other day field alone no
+    longer decides); v2's cron-parser, like crontab, reads them as 5, Sunday and `*`.
+    A day field is restricted when it leaves a value out, as in cron-parser."""
+    spelled = []
+    for (_, (low, high), _), text in zip(_FIELDS, expr.split(), strict=True):
+        values: set[int] = set()
+        for part in text.split(","):
+            item = _CRON_ITEM.fullmatch(part)
+            assert item is not None  # validated
+            first = _cron_number(item["lo"]) if item["lo"] else low
+            if item["hi"]:
+                last = _cron_number(item["hi"])
+            else:  # `*`, and `N/step`, run to the end of the field; `N` is itself
+                last = high if item["step"] or not item["lo"] else first
+            values.update(range(first, last + 1, int(item["step"] or 1)))
+        if high == 7 and 7 in values:  # Sunday
+            values = (values - {7}) | {0}
+        every = set(range(low, 7 if high == 7 else high + 1))
+        spelled.append("*" if values == every else ",".join(map(str, sorted(values))))
+    return " ".join(spelled)
 
 
 def _zone(schedule: Schedule) -> ZoneInfo:
@@ -213,7 +270,7 @@ def _cron_next(schedule: Schedule, after: datetime) -> datetime:
     repeated = _set_back(tz, after, after + _SHIFT)
     if repeated is not None:
         start = min(start, repeated[0] - _MS)
-    walls = croniter(schedule.cron, start)
+    walls = croniter(_standard(schedule.cron), start)
     best: datetime | None = None
     bound = datetime.max
     while True:
@@ -237,7 +294,7 @@ def _cron_latest(schedule: Schedule, now: datetime) -> datetime:
     repeated = _set_back(tz, now - _SHIFT, now)
     if repeated is not None:
         start = max(start, repeated[1])
-    walls = croniter(schedule.cron, start)
+    walls = croniter(_standard(schedule.cron), start)
     best: datetime | None = None
     bound = datetime.min
     while True:
