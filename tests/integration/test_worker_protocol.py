@@ -334,6 +334,57 @@ async def test_a_suspended_attempt_is_only_heard_on_its_own_stream(
     assert got["tasks"][0]["status"] == "TASK_STATUS_RUNNING"
 
 
+async def test_jobs_sharing_a_worker_take_turns_oldest_run_first(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("a", ["ea"]), job("b", ["eb"])], capacity=1)
+    for name in ("ea", "eb", "ea", "eb"):
+        await send(conn, name)
+    seen = []
+    for _ in range(8):
+        run = (await worker.run_request())["run"]
+        seen.append(run["jobId"])
+        await send(conn, "e" + run["jobId"])  # behind the other job's older run
+        worker.result(run, output=None)
+    assert seen == ["a", "b"] * 4
+
+
+async def test_under_a_limit_an_old_versions_run_is_not_starved_by_the_new_versions(
+    conn: Stubs, worker: RawWorker, fast: Server
+) -> None:
+    # A rolling deploy under concurrencyLimit 1, which counts every version: the
+    # slot goes to the oldest queued run, whichever version's worker it needs.
+    def new_version_first(job_id: str) -> bool:  # in the order a set of keys gives
+        old, new = ("default", job_id, "1.0.0"), ("default", job_id, "2.0.0")
+        return next(iter({old, new}))[2] == next(iter({new, old}))[2] == "2.0.0"
+
+    jid = next(f"j{i}" for i in range(1000) if new_version_first(f"j{i}"))
+    await worker.connect([job(jid, ["x"], concurrencyLimit=1)], worker_id="old")
+    await send(conn, "x")
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    newer = RawWorker(conn.workers)
+    try:
+        await newer.connect([job(jid, ["x"], version="2.0.0", concurrencyLimit=1)], worker_id="new")
+        await send(conn, "x")  # a 2.0.0 run, behind the older 1.0.0 one
+        by = {"1.0.0": worker, "2.0.0": newer}
+        seen = []
+        for _ in range(4):
+            await send(conn, "x")  # one more 2.0.0 run each time
+            by[run["jobVersion"]].result(run, output=None)
+
+            async def taken(done: str = run["id"]) -> str | None:
+                holders = [s.worker_id for r, s in fast.dispatcher._owner.items() if r != done]
+                return holders[0] if holders else None
+
+            holder = await eventually(taken)
+            run = (await (worker if holder == "old" else newer).run_request())["run"]
+            seen.append(run["jobVersion"])
+        assert seen == ["1.0.0", "2.0.0", "2.0.0", "2.0.0"]
+    finally:
+        await newer.close()
+
+
 async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(
     conn: Stubs, worker: RawWorker
 ) -> None:

@@ -12,6 +12,7 @@ attempt, and only job versions some worker serves have their queue in memory
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,8 @@ LOAD_PAGE = 1000
 LOAD_LOW_WATER = 250
 
 Key = tuple[str, str, str]  # (env, job id, job version)
+_ARRIVALS = itertools.count()
+_NEW = 2**63  # past any run's seq
 
 
 class WorkerLink(Protocol):
@@ -72,6 +75,8 @@ class _Queued:
     # run.attempt only after a dispatch whose claim could not be stored, so the
     # next dispatch skips the abandoned attempt's number.
     stored_attempt: int
+    # The order runs came to the dispatcher in (see Dispatcher._age).
+    arrival: int = field(default_factory=lambda: next(_ARRIVALS))
 
 
 class Dispatcher(RunListener):
@@ -291,29 +296,37 @@ class Dispatcher(RunListener):
         return {key for key in self._queues if key[:2] == job}
 
     def _pump(self, keys: set[Key]) -> None:
+        """Hand out what these queues can: one run at a time, the oldest at the head
+        of any of them first, so that no job (on a worker serving several) and no
+        version (under a limit counting them all) waits behind another's newer runs."""
         if self._paused:
             return
+        moving: dict[Key, int] = {}  # queue -> its job's concurrency limit (0: none)
         for key in keys:
-            queue = self._queues.get(key)
-            sessions = self._serving.get(key)
-            if not queue or not sessions:
-                if sessions:
-                    self._load_more(key)
+            if self._queues.get(key) and self._serving.get(key):
+                compiled = self.index.get(key[0], key[1])
+                moving[key] = compiled.job.concurrency_limit if compiled else 0
+        while moving:
+            key = min(moving, key=self._age)
+            queue, (env, job_id, _) = self._queues[key], key
+            session = max(self._serving[key], key=lambda s: s.free)
+            limit = moving[key]
+            if session.free <= 0 or (limit and self._executing.get((env, job_id), 0) >= limit):
+                del moving[key]
                 continue
-            env, job_id, _ = key
-            compiled = self.index.get(env, job_id)
-            limit = compiled.job.concurrency_limit if compiled else 0
-            while queue:
-                if limit and self._executing.get((env, job_id), 0) >= limit:
-                    break
-                session = max(sessions, key=lambda s: s.free)
-                if session.free <= 0:
-                    break
-                item = queue.pop(next(iter(queue)))
-                self._assign(session, item)
+            self._assign(session, queue.pop(next(iter(queue))))
             if not queue:
-                self._queues.pop(key, None)
-            self._load_more(key)
+                del moving[key], self._queues[key]
+        for key in keys:
+            if self._serving.get(key):
+                self._load_more(key)
+
+    def _age(self, key: Key) -> tuple[int, int]:
+        """How old the run at the head of a queue is: by its place in the store
+        (the stored queue, runs woken or requeued), else by when it came here (a new
+        run, not read back from the store, which has no seq yet and is the newest)."""
+        head = next(iter(self._queues[key].values()))
+        return (head.run.seq or _NEW, head.arrival)
 
     def _assign(self, session: Session, item: _Queued) -> None:
         run = item.run
