@@ -122,6 +122,7 @@ async def test_changing_only_catch_up_keeps_the_next_fire(start_server: StartSer
         ("5-5 * * * *", "2023-11-14T23:05:00Z"),  # not every minute
         ("0 0 * * 7/2", "2023-11-19T00:00:00Z"),  # Sundays only
         ("0 0 1 * */1", "2023-12-01T00:00:00Z"),  # */1 leaves no day out
+        ("0 0 1 * 0-6", "2023-11-15T00:00:00Z"),  # 7 not written: a restriction
     ],
 )
 async def test_crons_croniter_reads_otherwise_fire_as_written(

@@ -87,9 +87,11 @@ def cron_matches(expr: str, wall: datetime) -> bool:
     either of them."""
     minute, hour, dom, month, dow = expr.split()
     days = cron_values(dom, 1, 31)
-    weekdays = {d % 7 for d in cron_values(dow, 0, 7)}
+    written = cron_values(dow, 0, 7)
+    weekdays = {d % 7 for d in written}
     on_day, on_weekday = wall.day in days, wall.isoweekday() % 7 in weekdays
-    if days == set(range(1, 32)) or weekdays == set(range(7)):
+    # cron-parser's day of the week is whole only with 7 written in it.
+    if days == set(range(1, 32)) or (7 in written and weekdays == set(range(7))):
         day = on_day and on_weekday
     else:
         day = on_day or on_weekday
@@ -402,6 +404,8 @@ EXPRESSIONS = [
     "0 0 1 * */1",
     "0 12 */1 * 1",
     "0 6 13 * 5",
+    "0 0 13 * 0-6",  # every day, restricted: with the 13th, either decides
+    "0 0 13 * 1-7",  # 7 written: the whole week, so the 13th alone decides
 ]
 # Instants near daylight-saving changes, where cron arithmetic usually breaks.
 TRANSITIONS = [

@@ -174,7 +174,8 @@ def _standard(expr: str) -> str:
     value (`5-5`) for the whole field, `7/2` in the day of week for every other day,
     and `*/1` in a day field for a restriction (so that the other day field alone no
     longer decides); v2's cron-parser, like crontab, reads them as 5, Sunday and `*`.
-    A day field is restricted when it leaves a value out, as in cron-parser."""
+    A day field is restricted when it leaves a value out, as in cron-parser, whose
+    day of the week is whole only with 7 written in it (`*`, `1-7`, not `0-6`)."""
     spelled = []
     for (_, (low, high), _), text in zip(_FIELDS, expr.split(), strict=True):
         values: set[int] = set()
@@ -187,9 +188,10 @@ def _standard(expr: str) -> str:
             else:  # `*`, and `N/step`, run to the end of the field; `N` is itself
                 last = high if item["step"] or not item["lo"] else first
             values.update(range(first, last + 1, int(item["step"] or 1)))
-        if high == 7 and 7 in values:  # Sunday
+        every = set(range(low, high + 1))
+        if high == 7 and 7 in values:  # Sunday, as 0; `*` only if written with 7
             values = (values - {7}) | {0}
-        every = set(range(low, 7 if high == 7 else high + 1))
+            every = values if values == set(range(7)) else every
         spelled.append("*" if values == every else ",".join(map(str, sorted(values))))
     return " ".join(spelled)
 
