@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -169,3 +174,61 @@ def test_unicode_escapes_in_patterns_mean_what_they_mean_in_json_schema() -> Non
     )
     assert schema_errors(validator, {"s": "ABC", "t": "\\u0041"}) == ()
     assert [e["path"] for e in schema_errors(validator, {"s": "abc", "t": "A"})] == ["/s", "/t"]
+
+
+@pytest.fixture
+def remote() -> Iterator[tuple[str, list[str]]]:
+    """A schema served over HTTP on 127.0.0.1, and the paths asked for."""
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            body = json.dumps({"type": "string"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None: ...
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/s.json", hits
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def test_a_remote_ref_behind_a_local_one_is_refused_and_never_fetched(
+    remote: tuple[str, list[str]],
+) -> None:
+    url, hits = remote
+    for schema in (
+        {"$ref": "#/x", "x": {"$ref": url}},
+        {"$ref": "#/x/0", "x": [{"properties": {"a": {"$ref": url}}}]},
+        {"$ref": "#/const", "const": {"$ref": url}},
+    ):
+        with pytest.raises(InvalidArgument, match="points outside the schema"):
+            check_schema(schema, "schema")
+    assert hits == []
+
+
+def test_a_validator_never_fetches_a_ref_whatever_the_schema(
+    remote: tuple[str, list[str]],
+) -> None:
+    url, hits = remote
+    errors = schema_errors(matching._validator({"$ref": url}), "x")
+    assert errors[0]["message"].startswith("the schema cannot be applied")
+    assert hits == []
+
+
+def test_a_pattern_behind_a_local_ref_is_checked() -> None:
+    schema = {"$ref": "#/x", "x": {"properties": {"code": {"pattern": "(?=a)"}}}}
+    with pytest.raises(InvalidArgument) as err:
+        check_schema(schema, "schema")
+    assert err.value.field == "schema/x/properties/code/pattern"

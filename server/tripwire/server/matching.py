@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
 from referencing import Registry
-from referencing.exceptions import Unresolvable
+from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from . import filters
@@ -95,6 +96,22 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> An
 SchemaValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator, {"uniqueItems": _unique_items}
 )
+
+
+def _no_retrieval(uri: str) -> Any:
+    """What resolves a $ref outside the schema: nothing. jsonschema's default would
+    fetch the URL, from the server, for every payload."""
+    raise NoSuchResource(uri)
+
+
+# Where a validator looks up what its schema does not hold: nowhere.
+_LOCAL_ONLY: Registry[Any] = Registry(retrieve=_no_retrieval)  # type: ignore[call-arg]
+
+
+def _validator(schema: Mapping[str, Any]) -> Validator:
+    return SchemaValidator(schema, registry=_LOCAL_ONLY)
+
+
 # Where a schema holds schemas (Draft 2020-12, and the older names pydantic and
 # others still write). Anything else (const, enum, default, examples, unknown
 # keywords) is data, whatever keys it has.
@@ -120,21 +137,56 @@ _SCHEMA_MAPS = frozenset(
 )
 
 
-def _schemas(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every schema object in a schema, with its JSON pointer, the root first."""
+def _schemas(root: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema object in a schema, with its JSON pointer, the root first: those
+    its keywords hold, and those its local `$ref`s point to (anywhere in the
+    document, where they are schemas whatever key holds them), each once."""
+    seen: set[int] = set()
+    pending: list[tuple[str, Any]] = [("", root)]
+    while pending:
+        path, node = pending.pop()
+        for where, schema in _held(node, path):
+            if id(schema) in seen:
+                continue
+            seen.add(id(schema))
+            yield where, schema
+            for key in ("$ref", "$dynamicRef"):
+                ref = schema.get(key)
+                if isinstance(ref, str) and ref.startswith("#/"):
+                    target = _resolve(root, ref)
+                    if isinstance(target, dict):
+                        pending.append((ref[1:], target))
+
+
+def _held(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`node`, if a schema object, and the schemas its keywords hold, depth first."""
     if not isinstance(node, dict):
         return
     yield path, node
     for key, value in node.items():
         where = f"{path}/{_pointer(key)}"
         if key in _ONE_SCHEMA and isinstance(value, dict):
-            yield from _schemas(value, where)
+            yield from _held(value, where)
         elif key in _SCHEMA_LISTS and isinstance(value, list):
             for i, item in enumerate(value):
-                yield from _schemas(item, f"{where}/{i}")
+                yield from _held(item, f"{where}/{i}")
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
             for name, item in value.items():
-                yield from _schemas(item, f"{where}/{_pointer(name)}")
+                yield from _held(item, f"{where}/{_pointer(name)}")
+
+
+def _resolve(root: Any, ref: str) -> Any:
+    """What a local JSON-pointer `$ref` ("#/a/b") points to, or None."""
+    node = root
+    for token in urllib.parse.unquote(ref[2:]).split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return None
+    return node
 
 
 def _pointer(key: str) -> str:
@@ -217,7 +269,7 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Validator:
                 raise InvalidArgument(
                     f"{field}{path}", f"$ref {ref!r} points to nothing in the schema"
                 ) from None
-    validator = SchemaValidator(schema)
+    validator = _validator(schema)
     for probe in _PROBES:
         try:
             validator.is_valid(probe)
@@ -270,7 +322,7 @@ def _cut(text: str) -> str:
 def compile_job(job: Job) -> CompiledJob:
     kind, spec = next(iter(job.trigger.items()))
     schema = spec.get("schema") if kind in ("event", "invoke") else None
-    validator = SchemaValidator(schema) if schema else None
+    validator = _validator(schema) if schema else None
     if kind != "event":
         return CompiledJob(job, frozenset(), "", None, None, validator)
     return CompiledJob(
