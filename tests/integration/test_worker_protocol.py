@@ -281,15 +281,17 @@ async def test_what_a_suspended_attempt_still_reports_is_kept_until_the_run_is_d
     worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 5, "message": "charged"}})
     done = await worker.complete(run, running["task"]["id"], output="receipt")
     assert done["task"]["status"] == "TASK_STATUS_COMPLETED"
-    # Nothing new starts, though: the run is not this attempt's any more.
+    # Nothing new starts, though: a task sent before the worker heard is WAITING too.
     worker.send({"task": {"requestId": "r-new", "runId": run["id"], "attempt": 1, "key": "b"}})
-    assert (await worker.expect("abandon"))["attempt"] == 1
+    late = await worker.expect("task_result")
+    assert (late["requestId"], late["task"]["status"]) == ("r-new", "TASK_STATUS_WAITING")
     got = await run_status(conn, run["id"], "WAITING")
     assert [(t["key"], t["status"]) for t in got["tasks"]] == [
         ("charge", "TASK_STATUS_COMPLETED"),
         ("nap", "TASK_STATUS_WAITING"),
     ]
     assert [line["message"] for line in got["logs"]] == ["charged"]
+    assert [t["key"] for t in got["tasks"]] == ["charge", "nap"]  # "b" never started
     clock.advance(61)
     resumed = await worker.run_request()
     assert resumed["run"]["attempt"] == 2

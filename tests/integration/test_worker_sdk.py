@@ -998,3 +998,70 @@ async def test_a_task_failing_after_a_wait_beside_it_suspended_the_run_retries_a
         done = await finished(client, run.id)
     assert (done.status, done.output) == ("SUCCESS", "data"), done.error
     assert len(calls) == 2 and calls[1] >= failed_at + 10_000
+
+
+async def test_lines_after_a_task_that_finished_late_are_kept_in_order(
+    client: Client, clock: FakeClock
+) -> None:
+    release = asyncio.Event()
+
+    @client.define_job(id="late-lines", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def charge() -> str:
+            await release.wait()
+            await io.logger.info("charged")  # after the nap suspended the run
+            return "receipt"
+
+        async def charge_then_note() -> str:
+            receipt = await io.run_task("charge", charge)
+            await io.logger.info("charge done")
+            return receipt
+
+        await io.logger.info("start")
+        receipt, _ = await asyncio.gather(charge_then_note(), io.wait("nap", 1))
+        await io.logger.info("end")
+        return receipt
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("late-lines")
+        await finished(client, run.id, "WAITING")
+        release.set()
+        await eventually(lambda: _task(client, run.id, "charge", "COMPLETED"))
+        clock.advance(2)
+        done = await finished(client, run.id)
+    assert (done.status, done.output) == ("SUCCESS", "receipt"), done.error
+    logs = (await client.aio.get_run(run.id)).logs
+    assert [line.message for line in logs] == ["start", "charged", "charge done", "end"]
+
+
+async def test_an_io_call_sent_as_the_run_was_suspended_does_not_lose_a_late_outcome(
+    client: Client, clock: FakeClock
+) -> None:
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    @client.define_job(id="gather-three", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def charge() -> str:
+            calls.append(ctx.attempt)
+            await release.wait()
+            return "receipt"
+
+        receipt, _, _ = await asyncio.gather(
+            io.run_task("charge", charge),
+            io.wait("nap", 1),
+            io.run_task("note", lambda: "noted"),  # reaches the server after the nap
+        )
+        return receipt
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("gather-three")
+        await finished(client, run.id, "WAITING")
+        await eventually(lambda: asyncio.sleep(0, len(calls) == 1))
+        release.set()
+        await eventually(lambda: _task(client, run.id, "charge", "COMPLETED"))
+        clock.advance(2)
+        done = await finished(client, run.id)
+    assert (done.status, done.output, calls) == ("SUCCESS", "receipt", [1]), done.error

@@ -339,6 +339,9 @@ class Execution:
         # but crosses the same boundaries, gives every line its first number again.
         self._boundaries = 0
         self._lines = 0
+        # Where each task whose function runs here was opened (see log: late lines).
+        self._opened_at: dict[str, int] = {}
+        self._late_lines = 0
 
     def _boundary(self, count: int = 1) -> None:
         """A task opened, or settled (COMPLETED or ERRORED) for this execution."""
@@ -429,10 +432,18 @@ class Execution:
         self, level: job_pb2.LogLevel.ValueType, message: str, data: Any, inside: str = ""
     ) -> None:
         """``inside``: the task whose function logs the line ("" at the top level)."""
-        if self.halted and not (self.suspended and inside):
+        if self.halted and not (self.suspended and inside in self._opened_at):
             return
-        self._lines = min(self._lines + 1, LINES_PER_BOUNDARY - 1)
-        seq = self._boundaries * LINES_PER_BOUNDARY + self._lines
+        if self.halted:
+            # Late (see the class): numbered where its task was opened, past the lines
+            # any execution logs there (a replay logs none: a cached task settles at
+            # once), so that the next execution's lines cannot take its numbers.
+            self._late_lines = min(self._late_lines + 1, LINES_PER_BOUNDARY // 2 - 1)
+            late = LINES_PER_BOUNDARY // 2 + self._late_lines
+            seq = self._opened_at[inside] * LINES_PER_BOUNDARY + late
+        else:
+            self._lines = min(self._lines + 1, LINES_PER_BOUNDARY - 1)
+            seq = self._boundaries * LINES_PER_BOUNDARY + self._lines
         log = worker_service_pb2.RunLog(
             run_id=self.run_id,
             attempt=self.attempt,
@@ -542,6 +553,7 @@ class Execution:
             self._settled(task, ran)
             return Step(request_id, task, output=_output(task), opened_at=opened_at)
         if task.status == _RUNNING and task.kind == run_pb2.TASK_KIND_RUN:
+            self._opened_at[task.id] = opened_at
             return Step(request_id, task, run=True, opened_at=opened_at)
         if task.status == _WAITING:
             raise self.suspend()
@@ -638,7 +650,7 @@ class Logger:
                 execution.log(*line)
         elif self._loop is None:
             execution.log(*line)
-        elif execution.halted and not (execution.suspended and inside):
+        elif execution.halted and not (execution.suspended and inside in execution._opened_at):
             raise Suspend()
         else:  # FIFO with this thread's io calls, so lines keep their order
             self._loop.call_soon_threadsafe(execution.log, *line)

@@ -88,7 +88,9 @@ class WorkerServiceStub:
        the run is dispatched again, so that the next execution finds the task
        settled instead of running the function again. A failure that is
        retried waits for its own retry time, even if the run wakes earlier.
-       After the next dispatch, they are stale like anything else (see 8.).
+       A `task` the worker sent before it heard of the suspension is answered
+       WAITING and nothing starts. After the next dispatch, all of these are
+       stale like anything else (see 8.).
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a
@@ -117,8 +119,11 @@ class WorkerServiceStub:
        to the next (a cached task settles at once, a live one a round trip
        later): a line logged while io calls run beside it (in a gathered
        coroutine, in a task's function or not), and a line logged after them
-       before the next io call, may then be stored again; lines logged only
-       around sequential io calls never are. Lines are
+       before the next io call, may then be stored again, or take the number
+       of a line a replay logs (which is then dropped); lines logged only
+       around sequential io calls never are. The Python SDK numbers a line a
+       function logs after the run was suspended beside it (see 4.) at the
+       task's open, + 500,000 + lines so logged so far: no replay logs there. Lines are
        listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
        log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
@@ -230,7 +235,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        the run is dispatched again, so that the next execution finds the task
        settled instead of running the function again. A failure that is
        retried waits for its own retry time, even if the run wakes earlier.
-       After the next dispatch, they are stale like anything else (see 8.).
+       A `task` the worker sent before it heard of the suspension is answered
+       WAITING and nothing starts. After the next dispatch, all of these are
+       stale like anything else (see 8.).
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a
@@ -259,8 +266,11 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        to the next (a cached task settles at once, a live one a round trip
        later): a line logged while io calls run beside it (in a gathered
        coroutine, in a task's function or not), and a line logged after them
-       before the next io call, may then be stored again; lines logged only
-       around sequential io calls never are. Lines are
+       before the next io call, may then be stored again, or take the number
+       of a line a replay logs (which is then dropped); lines logged only
+       around sequential io calls never are. The Python SDK numbers a line a
+       function logs after the run was suspended beside it (see 4.) at the
+       task's open, + 500,000 + lines so logged so far: no replay logs there. Lines are
        listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
        log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
@@ -368,7 +378,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        the run is dispatched again, so that the next execution finds the task
        settled instead of running the function again. A failure that is
        retried waits for its own retry time, even if the run wakes earlier.
-       After the next dispatch, they are stale like anything else (see 8.).
+       A `task` the worker sent before it heard of the suspension is answered
+       WAITING and nothing starts. After the next dispatch, all of these are
+       stale like anything else (see 8.).
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a
@@ -397,8 +409,11 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        to the next (a cached task settles at once, a live one a round trip
        later): a line logged while io calls run beside it (in a gathered
        coroutine, in a task's function or not), and a line logged after them
-       before the next io call, may then be stored again; lines logged only
-       around sequential io calls never are. Lines are
+       before the next io call, may then be stored again, or take the number
+       of a line a replay logs (which is then dropped); lines logged only
+       around sequential io calls never are. The Python SDK numbers a line a
+       function logs after the run was suspended beside it (see 4.) at the
+       task's open, + 500,000 + lines so logged so far: no replay logs there. Lines are
        listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
        log_level are dropped.
     6. When the handler returns or raises, send `run_result`.

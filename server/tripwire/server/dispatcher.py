@@ -12,6 +12,7 @@ attempt, and only job versions some worker serves have their queue in memory
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -301,22 +302,32 @@ class Dispatcher(RunListener):
         version (under a limit counting them all) waits behind another's newer runs."""
         if self._paused:
             return
-        moving: dict[Key, int] = {}  # queue -> its job's concurrency limit (0: none)
-        for key in keys:
-            if self._queues.get(key) and self._serving.get(key):
-                compiled = self.index.get(key[0], key[1])
-                moving[key] = compiled.job.concurrency_limit if compiled else 0
-        while moving:
-            key = min(moving, key=self._age)
-            queue, (env, job_id, _) = self._queues[key], key
+        # The queues that may move, by the age of their head: each is taken out
+        # when it cannot move (its workers full, its job at its limit) and put back
+        # with its next head after handing one out.
+        heads = [
+            (self._age(key), key)
+            for key in keys
+            if self._queues.get(key) and self._serving.get(key)
+        ]
+        heapq.heapify(heads)
+        limits: dict[tuple[str, str], int] = {}
+        while heads:
+            _, key = heapq.heappop(heads)
+            env, job_id, _ = key
+            if (env, job_id) not in limits:
+                compiled = self.index.get(env, job_id)
+                limits[env, job_id] = compiled.job.concurrency_limit if compiled else 0
+            limit = limits[env, job_id]
             session = max(self._serving[key], key=lambda s: s.free)
-            limit = moving[key]
             if session.free <= 0 or (limit and self._executing.get((env, job_id), 0) >= limit):
-                del moving[key]
                 continue
+            queue = self._queues[key]
             self._assign(session, queue.pop(next(iter(queue))))
-            if not queue:
-                del moving[key], self._queues[key]
+            if queue:
+                heapq.heappush(heads, (self._age(key), key))
+            else:
+                del self._queues[key]
         for key in keys:
             if self._serving.get(key):
                 self._load_more(key)

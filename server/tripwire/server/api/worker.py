@@ -405,6 +405,24 @@ class WorkerStream:
         return None
 
     async def _on_task(self, msg: pb.TaskRequest) -> None:
+        if self.suspended.get(msg.run_id) == msg.attempt:
+            # Sent before the worker heard that the run was suspended: nothing new
+            # starts, and what is already running may still report (not `abandon`).
+            reply = pb.RunJobResponse()
+            result = reply.task_result
+            result.request_id, result.run_id, result.attempt = (
+                msg.request_id,
+                msg.run_id,
+                msg.attempt,
+            )
+            result.task.key, result.task.parent_id, result.task.kind = (
+                msg.key,
+                msg.parent_id,
+                msg.kind,
+            )
+            result.task.status = run_pb2.TASK_STATUS_WAITING
+            self._send(reply)
+            return
         run = self._owned(msg.run_id, msg.attempt, msg.request_id)
         if run is None:
             return
