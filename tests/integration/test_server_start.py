@@ -13,10 +13,12 @@ from tripwire.server.store.schema import MIGRATIONS
 from ..conftest import StartServer
 
 
-async def test_an_address_in_use_is_an_os_error_naming_it(start_server: StartServer) -> None:
+async def test_an_address_in_use_is_an_os_error_naming_it(
+    start_server: StartServer, tmp_path: Path
+) -> None:
     first = await start_server()
     with pytest.raises(OSError, match=rf"could not bind {first.address} \(in use"):
-        await start_server(address=first.address)
+        await start_server(address=first.address, db_path=str(tmp_path / "other.db"))
 
 
 async def test_a_database_that_cannot_be_opened_is_an_os_error_naming_it(
@@ -51,3 +53,16 @@ def test_the_entry_point_prints_the_reason_and_exits_1(
     assert main(["--address", "127.0.0.1:0", "--db", db]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tripwire serve: cannot open the database") and "Traceback" not in err
+
+
+async def test_a_database_another_server_holds_is_refused_and_left_alone(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "shared.db")
+    first = await start_server(db_path=path)
+    held = r"cannot open the database .*in use by another tripwire server \(pid \d+\)"
+    with pytest.raises(OSError, match=held):  # before it could touch anything
+        await start_server(db_path=path)
+    await first.stop(grace=0.1)
+    second = await start_server(db_path=path)  # released with the first
+    await second.stop(grace=0.1)

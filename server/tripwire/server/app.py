@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -93,7 +94,12 @@ class Server:
         self.dispatcher = Dispatcher(self.store, self.index, self.clock)
         self.hub.listener = self.dispatcher
         # Nobody holds a run across a restart: what was executing is queued again.
-        await self.store.requeue_orphans(self.clock())
+        # The first write: where a read-only or locked file shows.
+        try:
+            await self.store.requeue_orphans(self.clock())
+        except sqlite3.Error as exc:
+            await self.store.close()
+            raise OSError(f"cannot write to the database {settings.db_path!r}: {exc}") from exc
 
         self.auth = auth = Authenticator(settings.api_keys)
         self.grpc = grpc.aio.server(

@@ -8,6 +8,8 @@ see every committed write without blocking the writer.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -82,21 +84,48 @@ class SQLiteStore(JobOps, WorkOps):
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path, readonly=False)
         try:
+            self._claim()
             migrate(Database(conn))
             self.index.load(self._latest_jobs(conn))
         except BaseException:
             conn.close()
+            self._unclaim()
             raise
         return conn
+
+    def _claim(self) -> None:
+        """One server per database: its jobs, queues and schedules live in its memory,
+        so a second would deliver events against stale jobs and take runs from under
+        the first. Held (a lock on `<db>.lock`) until close, or the process's end."""
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            which = f" (pid {holder})" if holder.isdigit() else ""
+            raise sqlite3.OperationalError(
+                f"it is in use by another tripwire server{which}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unclaim(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     async def open(self) -> None:
         try:
             await self._writer.start()
-        except sqlite3.Error as exc:  # a missing directory, no permission, not a database
+        except (sqlite3.Error, OSError) as exc:  # a missing directory, no permission,
+            # not a database, another server on it
             raise OSError(f"cannot open the database {self.path!r}: {exc}") from exc
 
     async def close(self) -> None:
@@ -106,6 +135,7 @@ class SQLiteStore(JobOps, WorkOps):
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+        self._unclaim()
 
     def _write(self, operation: Callable[[Tx], T], *, lazy: bool = False) -> asyncio.Future[T]:
         return self._writer.submit(operation, lazy=lazy)
