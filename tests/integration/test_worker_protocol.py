@@ -387,6 +387,31 @@ async def test_under_a_limit_an_old_versions_run_is_not_starved_by_the_new_versi
         await newer.close()
 
 
+async def test_a_burst_of_log_lines_shares_commits_and_lands_before_the_result(
+    conn: Stubs, worker: RawWorker, fast: Server
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    writer = fast.store._writer
+    commit, commits = writer._commit, []
+
+    async def counted(batch: Any) -> None:
+        commits.append(len(batch))
+        await commit(batch)
+
+    writer._commit = counted  # type: ignore[method-assign]
+    lines = 300
+    for seq in range(1, lines + 1):
+        line = {"runId": run["id"], "attempt": 1, "seq": seq, "message": f"line {seq}"}
+        worker.send({"log": line})
+    worker.result(run, output="done")
+    got = await run_status(conn, run["id"], "SUCCESS")
+    assert [line["message"] for line in got["logs"]] == [f"line {n}" for n in range(1, 301)]
+    # Not one commit (and fsync) per line, each waiting for the one before.
+    assert len(commits) < lines / 10, commits
+
+
 async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(
     conn: Stubs, worker: RawWorker
 ) -> None:

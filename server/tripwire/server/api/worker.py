@@ -191,6 +191,8 @@ class WorkerStream:
         self.last_seen = time.monotonic()
         self._handlers: set[asyncio.Task[None]] = set()
         self._tails: dict[str, asyncio.Task[None]] = {}  # run id -> its latest message's task
+        # Run id -> the tasks of its log lines since that message (see _in_order).
+        self._lines: dict[str, set[asyncio.Task[None]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self.batches = False  # the worker reads batches (its hello said so)
 
@@ -335,18 +337,28 @@ class WorkerStream:
             self._send(_rejected("", "", InvalidArgument("message", f"unexpected {kind}")))
             return
         body = getattr(msg, kind)
-        self._in_order(getattr(body, "run_id", ""), handler, body)
+        self._in_order(getattr(body, "run_id", ""), handler, body, kind == "log")
 
     def _in_order(
-        self, run_id: str, handler: Callable[[Any], Coroutine[Any, Any, None]], body: Any
+        self,
+        run_id: str,
+        handler: Callable[[Any], Coroutine[Any, Any, None]],
+        body: Any,
+        line: bool = False,
     ) -> None:
         """Handle a message in its own task, after the earlier messages of the same run:
-        a log sent just before a run's result is stored before the run ends."""
+        a log sent just before a run's result is stored before the run ends. Log lines
+        need no order among themselves (their seq places them): those in a row go to
+        the store together, to share commits, and the next other message waits for all."""
         previous = self._tails.get(run_id)
+        lines = self._lines.get(run_id, set())
+        waits = [previous] if previous is not None else []
+        if not line:
+            waits += lines
 
         async def chained() -> None:
-            if previous is not None:
-                await asyncio.wait([previous])
+            if waits:
+                await asyncio.wait(waits)
             try:
                 await handler(body)
             except Exception:  # a bug, not the worker's fault; it must still hear back
@@ -355,8 +367,21 @@ class WorkerStream:
                 self._send(_rejected(getattr(body, "request_id", ""), run_id, failure))
 
         task = asyncio.create_task(chained())
-        self._tails[run_id] = task
         self._track(task)
+        if line:
+            self._lines.setdefault(run_id, set()).add(task)
+
+            def line_done(task: asyncio.Task[None]) -> None:
+                pending = self._lines.get(run_id)
+                if pending is not None:
+                    pending.discard(task)
+                    if not pending:
+                        del self._lines[run_id]
+
+            task.add_done_callback(line_done)
+            return
+        self._lines.pop(run_id, None)  # this message waits for them
+        self._tails[run_id] = task
 
         def done(task: asyncio.Task[None]) -> None:
             if self._tails.get(run_id) is task:
