@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from tripwire.server.store import sqlite as sqlite_store
+from tripwire.server.store import writer as writer_module
 from tripwire.v1 import event_pb2, run_pb2
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
@@ -685,3 +687,34 @@ async def test_the_wal_shrinks_back_after_a_burst_of_large_writes(
             return await asyncio.to_thread(os.path.getsize, wal) <= limit
 
         await eventually(cut_back)
+
+
+async def test_a_write_lock_another_process_holds_delays_only_the_writes(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await start_server()
+    outsider = await asyncio.to_thread(
+        sqlite3.connect, server.settings.db_path, isolation_level=None, check_same_thread=False
+    )
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await asyncio.to_thread(outsider.execute, "BEGIN IMMEDIATE")  # an operator's shell
+        sending = asyncio.ensure_future(send(stubs, {"name": "x", "id": "waited"}))
+        # Meanwhile everything else is served: reads, health, other calls.
+        listed = await stubs.events.ListEvents(ev.ListEventsRequest(), timeout=2)
+        assert js(listed) == {}
+        assert not sending.done()
+        await asyncio.to_thread(outsider.execute, "COMMIT")
+        assert (await sending)["id"] == "waited"
+        # Held past the writer's patience: the call says so, and nothing is stored.
+        monkeypatch.setattr(writer_module, "BUSY_SECONDS", 0.2)
+        await asyncio.to_thread(outsider.execute, "BEGIN IMMEDIATE")
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await send(stubs, {"name": "x", "id": "refused"})
+        await asyncio.to_thread(outsider.execute, "COMMIT")
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "database is locked" in (error.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stubs.events.GetEvent(ev.GetEventRequest(id="refused"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    await asyncio.to_thread(outsider.close)

@@ -92,6 +92,9 @@ class SQLiteStore(JobOps, WorkOps):
             self._claim()
             migrate(Database(conn))
             self.index.load(self._latest_jobs(conn))
+            # From now on the writer waits for another process's lock without
+            # blocking the loop (Writer._begin).
+            conn.execute("PRAGMA busy_timeout = 0")
         except BaseException:
             conn.close()
             self._unclaim()

@@ -33,6 +33,8 @@ MAX_BATCH = 1024
 # Writes nobody waits on (claims, run results, logs) ride along with the next
 # batch, or are committed after this long at the latest.
 LAZY_SECONDS = 0.002
+# How long a batch waits for a write lock another process holds before it fails.
+BUSY_SECONDS = 30.0
 
 
 class Tx:
@@ -145,13 +147,31 @@ class Writer:
         self._sync.close()
 
     @staticmethod
+    async def _begin(conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, without blocking the loop while another process (an
+        operator's sqlite3 shell, a backup) holds the write lock: the connection
+        does not wait (busy_timeout 0); this does, asynchronously, up to
+        BUSY_SECONDS, and the loop serves everything else meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + BUSY_SECONDS, 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or loop.time() > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    @staticmethod
     def _apply(
         tx: Tx, batch: list[tuple[Operation, asyncio.Future[Any]]]
     ) -> list[tuple[Any, BaseException | None]]:
-        """Run each operation in its own savepoint, inside one transaction. A lone
-        operation needs none: if it fails, the whole transaction is rolled back."""
+        """Run each operation in its own savepoint, inside one transaction begun
+        already. A lone operation needs none: if it fails, the whole transaction
+        is rolled back."""
         conn = tx.conn
-        conn.execute("BEGIN IMMEDIATE")
         if len(batch) == 1:
             try:
                 return [(batch[0][0](tx), None)]
@@ -209,6 +229,7 @@ class Writer:
         assert conn is not None
         tx = Tx(conn)
         try:
+            await self._begin(conn)
             outcomes = self._apply(tx, batch)
             if len(batch) > 1 or outcomes[0][1] is None:  # a lone failure rolled back
                 await self._sync.run(conn.execute, "COMMIT")
