@@ -412,6 +412,45 @@ async def test_a_burst_of_log_lines_shares_commits_and_lands_before_the_result(
     assert len(commits) < lines / 10, commits
 
 
+async def test_a_worker_that_stops_reading_its_stream_loses_its_runs_after_a_lease(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(lease=1.0, heartbeat_interval=0.2)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        outgoing: asyncio.Queue[pb.RunJobRequest] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[pb.RunJobRequest]:
+            while True:
+                yield await outgoing.get()
+
+        deaf = stubs.workers.RunJob(requests())
+        hello = {"workerId": "deaf", "jobs": [job("j", ["go"])], "capacity": 20}
+        outgoing.put_nowait(json_format.ParseDict({"hello": hello}, pb.RunJobRequest()))
+        assert (await deaf.read()).HasField("welcome")  # and never reads again
+
+        async def beat() -> None:
+            tick = asyncio.Event()
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(tick.wait(), 0.2)
+                outgoing.put_nowait(pb.RunJobRequest(heartbeat=pb.Heartbeat()))
+
+        beating = asyncio.create_task(beat())
+        big = "p" * 900_000  # run requests that fill the connection's window
+        runs = {(await send(stubs, "go", {"blob": big}))["runs"][0]["id"] for _ in range(20)}
+        good = RawWorker(stubs.workers)
+        try:
+            await good.connect([job("j", ["go"])], worker_id="good", capacity=20)
+            got = set()
+            while got != runs:  # each within a few leases
+                got.add((await good.run_request(within=10))["run"]["id"])
+        finally:
+            beating.cancel()
+            deaf.cancel()
+            await good.close()
+
+
 async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(
     conn: Stubs, worker: RawWorker
 ) -> None:

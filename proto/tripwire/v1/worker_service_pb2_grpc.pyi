@@ -45,6 +45,8 @@ class WorkerServiceStub:
        every heartbeat interval. When nothing arrives for a whole lease, or the
        stream breaks, the worker's runs go back to QUEUED once the lease has
        run out, and are dispatched to another worker with a higher attempt.
+       Reading is part of it: a worker that takes nothing the server writes
+       for a whole lease (it sends, but does not read) is dropped the same way.
        A half-close is no different: a worker that ends its stream while a
        handler of it may still be running (a thread that cannot be stopped)
        keeps the run counted against the job's concurrency limit, and off
@@ -192,6 +194,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        every heartbeat interval. When nothing arrives for a whole lease, or the
        stream breaks, the worker's runs go back to QUEUED once the lease has
        run out, and are dispatched to another worker with a higher attempt.
+       Reading is part of it: a worker that takes nothing the server writes
+       for a whole lease (it sends, but does not read) is dropped the same way.
        A half-close is no different: a worker that ends its stream while a
        handler of it may still be running (a thread that cannot be stopped)
        keeps the run counted against the job's concurrency limit, and off
@@ -335,6 +339,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        every heartbeat interval. When nothing arrives for a whole lease, or the
        stream breaks, the worker's runs go back to QUEUED once the lease has
        run out, and are dispatched to another worker with a higher attempt.
+       Reading is part of it: a worker that takes nothing the server writes
+       for a whole lease (it sends, but does not read) is dropped the same way.
        A half-close is no different: a worker that ends its stream while a
        handler of it may still be running (a thread that cannot be stopped)
        keeps the run counted against the job's concurrency limit, and off

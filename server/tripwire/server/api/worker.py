@@ -189,6 +189,8 @@ class WorkerStream:
         # Why the server ended the stream, if it did.
         self.end_reason = ""
         self.last_seen = time.monotonic()
+        # When the reply gRPC is writing now was handed to it (None: it is idle).
+        self.writing_since: float | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._tails: dict[str, asyncio.Task[None]] = {}  # run id -> its latest message's task
         # Run id -> the tasks of its log lines since that message (see _in_order).
@@ -241,7 +243,9 @@ class WorkerStream:
         self.dispatcher.add_session(self.session)
         self._reader = asyncio.create_task(self._read())
         async for reply in outgoing(self.outbox, self.batches):
-            yield reply
+            self.writing_since = time.monotonic()
+            yield reply  # gRPC comes back for the next once the worker took this one
+            self.writing_since = None
 
     def close(self) -> None:
         if self._reader is not None:
@@ -269,15 +273,22 @@ class WorkerStream:
     # -- reading --------------------------------------------------------------------
 
     async def _read(self) -> None:
-        """Read until the stream ends or the lease runs out with nothing received."""
+        """Read until the stream ends or the lease runs out: with nothing received,
+        or with a reply the worker has not taken (it sends, but reads nothing: its
+        replies would pile up here for ever, and its runs go nowhere)."""
         reader = asyncio.create_task(self._consume())
         try:
             while True:
-                remaining = self.last_seen + self.lease - time.monotonic()
-                if remaining <= 0:
+                now = time.monotonic()
+                remaining = self.last_seen + self.lease - now
+                writing = self.writing_since
+                unread = writing is not None and writing + self.lease <= now
+                if remaining <= 0 or unread:
                     reader.cancel()
-                    self._lease_expired()
+                    self._lease_expired(unread)
                     return
+                if writing is not None:
+                    remaining = min(remaining, writing + self.lease - now)
                 # One timer per lease, not per message: messages only move last_seen.
                 done, _ = await asyncio.wait({reader}, timeout=remaining)
                 if done:
@@ -294,14 +305,15 @@ class WorkerStream:
         task.add_done_callback(self._handlers.discard)
         task.add_done_callback(self.servicer.tasks.discard)
 
-    def _lease_expired(self) -> None:
+    def _lease_expired(self, unread: bool = False) -> None:
+        what = "nothing read from the stream" if unread else "nothing received"
         self.end_reason = (
-            f"lease expired: nothing received for {self.lease:g} s; "
-            "the runs this worker held were given back"
+            f"lease expired: {what} for {self.lease:g} s; the runs this worker held were given back"
         )
         log.warning(
-            "worker %s was silent for a whole lease; dropping it",
+            "worker %s %s for a whole lease; dropping it",
             self.session.worker_id if self.session else "?",
+            "read nothing" if unread else "was silent",
         )
         held = self.detach()
         for run_id, attempt in held:
