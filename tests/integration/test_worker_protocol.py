@@ -844,6 +844,33 @@ async def test_watch_run_streams_changes_until_terminal(conn: Stubs, worker: Raw
     assert any("task" in u and u["task"]["status"] == "TASK_STATUS_COMPLETED" for u in updates)
 
 
+async def test_watches_of_one_run_share_one_read_per_change(
+    conn: Stubs, worker: RawWorker, fast: Server
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    run = (await send(conn, "x"))["runs"][0]
+    watches = [conn.runs.WatchRun(rn.WatchRunRequest(id=run["id"])) for _ in range(20)]
+    for watch in watches:  # each has its snapshot: the run, queued or executing
+        assert "run" in js(await watch.read())
+    run = (await worker.run_request())["run"]
+    reads = []
+    details = fast.store.run_details
+
+    async def counted(run_id: str) -> Any:
+        reads.append(run_id)
+        return await details(run_id)
+
+    fast.store.run_details = counted  # type: ignore[method-assign]
+    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "message": "hello"}})
+    for watch in watches:
+        while "log" not in (update := js(await watch.read())):
+            assert "run" in update  # the claim, committed lazily, may come first
+        assert update["log"]["message"] == "hello"
+    assert len(reads) <= 2, reads  # one per change (the claim's, the line's), not per watch
+    for watch in watches:
+        watch.cancel()
+
+
 async def test_watch_run_streams_a_line_stored_under_a_lower_number_later(
     conn: Stubs, worker: RawWorker
 ) -> None:

@@ -51,6 +51,9 @@ class Hub:
         self.timer_due: int | None = None
         self.listener = RunListener()
         self._watchers: dict[str, set[asyncio.Queue[str | None]]] = {}
+        # Per watched run, the number of its latest change (numbered across runs).
+        self._stamps: dict[str, int] = {}
+        self._changes = 0
         self._closed = False
 
     def _call(self, callback: Callable[..., Any], *args: Any) -> None:
@@ -100,8 +103,17 @@ class Hub:
 
     def _changed_on_loop(self, run_ids: list[str]) -> None:
         for run_id in run_ids:
-            for queue in self._watchers.get(run_id, ()):
-                queue.put_nowait(run_id)
+            queues = self._watchers.get(run_id)
+            if queues:
+                self._changes += 1
+                self._stamps[run_id] = self._changes
+                for queue in queues:
+                    queue.put_nowait(run_id)
+
+    def stamp(self, run_id: str) -> int:
+        """The number of the watched run's latest change: a read started while it
+        is still the latest has seen every change notified so far."""
+        return self._stamps.get(run_id, 0)
 
     def close_watches(self) -> None:
         """Shutdown: every watch, present and future, gets None (end the stream)."""
@@ -126,3 +138,4 @@ class Hub:
                 watchers.discard(queue)
                 if not watchers:
                     del self._watchers[run_id]
+                    self._stamps.pop(run_id, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -13,11 +14,17 @@ if TYPE_CHECKING:
     from .store import Store
 
 
+Details = tuple[Run, list[Task], list[LogEntry]]
+
+
 class RunService:
     def __init__(self, store: Store, hub: Hub, clock: Callable[[], int]) -> None:
         self.store = store
         self.hub = hub
         self.clock = clock
+        # Watches of one run share reads: per run, the read in flight, with the
+        # hub's stamp of the run's latest change when it started.
+        self._reads: dict[tuple[str, str], tuple[int, asyncio.Future[Details]]] = {}
 
     async def get(self, env: str, run_id: str) -> Run:
         if not run_id:
@@ -27,10 +34,27 @@ class RunService:
             raise NotFound(f"run {run_id!r} not found")
         return run
 
-    async def details(self, env: str, run_id: str) -> tuple[Run, list[Task], list[LogEntry]]:
+    async def details(self, env: str, run_id: str) -> Details:
         run = await self.get(env, run_id)
         tasks, logs = await self.store.run_details(run_id)
         return run, tasks, logs
+
+    async def _shared_details(self, env: str, run_id: str) -> Details:
+        """The run's details, as a watch woken by its changes needs them: read since
+        its latest change (notified after its commit), by this call or by the one of
+        another watch of the run, which every watch woken by that change shares."""
+        key, stamp = (env, run_id), self.hub.stamp(run_id)
+        current = self._reads.get(key)
+        if current is None or current[0] != stamp:
+            future = asyncio.ensure_future(self.details(env, run_id))
+            current = self._reads[key] = (stamp, future)
+
+            def done(_: object, entry: object = current) -> None:
+                if self._reads.get(key) is entry:
+                    del self._reads[key]
+
+            future.add_done_callback(done)
+        return await asyncio.shield(current[1])
 
     async def find(
         self,
@@ -72,7 +96,7 @@ class RunService:
                     closing = changes.get_nowait() is None or closing
                 if closing:
                     raise Unavailable("the server is shutting down; watch again later")
-                latest, tasks, logs = await self.details(env, run_id)
+                latest, tasks, logs = await self._shared_details(env, run_id)
                 for task in tasks:
                     if seen_tasks.get(task.id) != _task_state(task):
                         seen_tasks[task.id] = _task_state(task)
@@ -88,6 +112,7 @@ class RunService:
                 ):
                     yield latest
                 run = latest
+                del tasks, logs  # not held while waiting (a copy per watch)
 
 
 def _task_state(task: Task) -> tuple[object, ...]:
