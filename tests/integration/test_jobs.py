@@ -438,6 +438,18 @@ async def test_cron_jobs_can_be_invoked(stubs: Stubs) -> None:
     assert run["run"]["jobId"] == "daily"
 
 
+async def test_a_disabled_schedule_shows_no_next_fire(stubs: Stubs) -> None:
+    await register(
+        stubs,
+        {"job": {"id": "daily", "version": "0.0.1", "trigger": {"cron": {"cron": "0 9 * * *"}}}},
+    )
+    off = js(await stubs.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="daily", enabled=False)))
+    assert "nextFireAt" not in off["jobs"][0]
+    assert "nextFireAt" not in js(await stubs.jobs.GetJob(jb.GetJobRequest(id="daily")))["job"]
+    on = js(await stubs.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="daily", enabled=True)))
+    assert on["jobs"][0]["nextFireAt"].endswith("T09:00:00Z")
+
+
 def _big_job(job_id: str, version: str = "1.0.0") -> dict:
     """A job of ~0.9 MB (under the 1 MiB a job may take): its schema's description."""
     return event_job(

@@ -114,7 +114,9 @@ class Job(_message.Message):
 
     @_builtins.property
     def next_fire_at(self) -> _timestamp_pb2.Timestamp:
-        """Output only: for cron and interval jobs, the next planned fire."""
+        """Output only: for cron and interval jobs, the next planned fire (of the
+        latest version, while it is enabled: a disabled job's ticks pass unfired).
+        """
 
     def __init__(
         self,

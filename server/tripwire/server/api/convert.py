@@ -300,7 +300,8 @@ def job_to_pb(job: Job, out: job_pb2.Job) -> job_pb2.Job:
     set_ts(out.created_at, job.created_at)
     set_ts(out.updated_at, job.updated_at)
     out.latest = job.latest
-    set_ts(out.next_fire_at, job.next_fire_at)
+    if job.enabled:  # a disabled job's ticks pass unfired
+        set_ts(out.next_fire_at, job.next_fire_at)
     if job.retry is not None:
         _retry_to_pb(job.retry, out.retry)
     kind, spec = next(iter(job.trigger.items()))
