@@ -240,7 +240,7 @@ class CronTrigger(_message.Message):
     """Fires on a 5-field cron expression. Each fire is an event named
     "tripwire.scheduled" with id "<job id>:<planned time in ms>" and payload
     {"ts": planned time, "lastTimestamp": previous planned time (absent on the
-    first fire)}.
+    first fire, and on the first after the schedule changed)}.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
