@@ -672,6 +672,19 @@ async def test_malformed_worker_messages_are_rejected_and_the_run_goes_on(
     await run_status(conn, run["id"], "SUCCESS")
 
 
+@pytest.mark.parametrize("field", ["runId", "requestId"])
+async def test_an_overlong_id_is_rejected_without_being_echoed(
+    conn: Stubs, worker: RawWorker, field: str
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    ids = {"runId": "r", "requestId": "q", "attempt": 1, "taskId": "t"} | {field: "i" * 10_000}
+    worker.send({"taskComplete": {**ids, "output": 1}})
+    rejected = await worker.expect("rejected")
+    snake = "run_id" if field == "runId" else "request_id"
+    assert rejected["message"] == f"task_complete.{snake}: is longer than 256 characters"
+    assert "runId" not in rejected and "requestId" not in rejected
+
+
 async def test_timed_out_runs_end_and_the_worker_is_told(
     conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:

@@ -152,7 +152,8 @@ class WorkerServiceStub:
     10. A message the server cannot accept (a bad field, a task id not in the
     run, a value over a limit) is answered with `rejected`, carrying the request_id (task messages) or the
     run_id (log, run_result) and the field in the message; the stream stays
-    open. A message for a run or attempt this worker does not hold gets
+    open. A run_id or request_id over 256 characters (no id is) is rejected
+    without being echoed. A message for a run or attempt this worker does not hold gets
     `abandon` instead (see 8.).
     11. Batches (optional, both ways): a worker whose hello says
     `accepts_batches` may get a `batch` holding several messages, which it
@@ -307,7 +308,8 @@ class WorkerServiceServicer:
     10. A message the server cannot accept (a bad field, a task id not in the
     run, a value over a limit) is answered with `rejected`, carrying the request_id (task messages) or the
     run_id (log, run_result) and the field in the message; the stream stays
-    open. A message for a run or attempt this worker does not hold gets
+    open. A run_id or request_id over 256 characters (no id is) is rejected
+    without being echoed. A message for a run or attempt this worker does not hold gets
     `abandon` instead (see 8.).
     11. Batches (optional, both ways): a worker whose hello says
     `accepts_batches` may get a `batch` holding several messages, which it
@@ -471,7 +473,8 @@ class WorkerService:
     10. A message the server cannot accept (a bad field, a task id not in the
     run, a value over a limit) is answered with `rejected`, carrying the request_id (task messages) or the
     run_id (log, run_result) and the field in the message; the stream stays
-    open. A message for a run or attempt this worker does not hold gets
+    open. A run_id or request_id over 256 characters (no id is) is rejected
+    without being echoed. A message for a run or attempt this worker does not hold gets
     `abandon` instead (see 8.).
     11. Batches (optional, both ways): a worker whose hello says
     `accepts_batches` may get a `batch` holding several messages, which it

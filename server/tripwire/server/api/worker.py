@@ -26,7 +26,7 @@ from tripwire.v1 import worker_service_pb2 as pb
 from ..config import Settings
 from ..dispatcher import Dispatcher, Session
 from ..errors import InvalidArgument, StaleAttempt, TripwireError, Unavailable
-from ..events import EventDraft
+from ..events import MAX_ID_LENGTH, EventDraft
 from ..ids import new_event_id
 from ..models import Event, Job, Run, RunStatus, Task
 from ..work import TaskInput, WorkService
@@ -349,6 +349,11 @@ class WorkerStream:
             self._send(_rejected("", "", InvalidArgument("message", f"unexpected {kind}")))
             return
         body = getattr(msg, kind)
+        for name in ("run_id", "request_id"):
+            if len(getattr(body, name, "")) > MAX_ID_LENGTH:  # not echoed back: no id is
+                problem = f"is longer than {MAX_ID_LENGTH} characters"
+                self._send(_rejected("", "", InvalidArgument(f"{kind}.{name}", problem)))
+                return
         self._in_order(getattr(body, "run_id", ""), handler, body, kind == "log")
 
     def _in_order(
