@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -66,3 +67,36 @@ async def test_a_database_another_server_holds_is_refused_and_left_alone(
     await first.stop(grace=0.1)
     second = await start_server(db_path=path)  # released with the first
     await second.stop(grace=0.1)
+
+
+async def test_a_file_uri_db_starts(start_server: StartServer, tmp_path: Path) -> None:
+    # SQLite opens file: URIs (config.py refuses file::memory: for that reason).
+    server = await start_server(db_path=f"file:{tmp_path}/uri.db")
+    await server.stop(grace=0.1)
+
+
+async def test_a_uri_and_a_path_to_one_file_are_one_database(
+    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = await start_server(db_path="shared.db")
+    try:
+        with pytest.raises(OSError, match="in use by another tripwire server"):
+            second = await start_server(db_path="file:shared.db")
+            await second.stop(grace=0.1)
+    finally:
+        await first.stop(grace=0.1)
+
+
+async def test_a_symlink_to_the_db_is_the_same_database(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    real = tmp_path / "real.db"
+    first = await start_server(db_path=str(real))
+    os.symlink(real, tmp_path / "link.db")
+    try:
+        with pytest.raises(OSError, match="in use by another tripwire server"):
+            second = await start_server(db_path=str(tmp_path / "link.db"))
+            await second.stop(grace=0.1)
+    finally:
+        await first.stop(grace=0.1)

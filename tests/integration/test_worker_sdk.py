@@ -1065,3 +1065,48 @@ async def test_an_io_call_sent_as_the_run_was_suspended_does_not_lose_a_late_out
         clock.advance(2)
         done = await finished(client, run.id)
     assert (done.status, done.output, calls) == ("SUCCESS", "receipt", [1]), done.error
+
+
+async def test_each_try_of_a_task_keeps_its_late_lines(client: Client, clock: FakeClock) -> None:
+    releases = [asyncio.Event(), asyncio.Event()]
+    calls: list[int] = []
+
+    @client.define_job(id="late-tries", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        async def fetch() -> str:
+            calls.append(ctx.attempt)
+            n = len(calls)
+            await releases[n - 1].wait()  # the run was suspended beside this try
+            await io.logger.info(f"try {n}, late")
+            if n == 1:
+                raise ConnectionError("the first try fails late")
+            return "data"
+
+        async def naps() -> None:
+            await io.wait("nap1", 1)
+            await io.wait("nap2", 1)
+
+        retry = {"limit": 3, "min_timeout_ms": 1000, "randomize": False}
+        data, _ = await asyncio.gather(io.run_task("fetch", fetch, retry=retry), naps())
+        return data
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("late-tries")
+        await finished(client, run.id, "WAITING")
+        releases[0].set()
+        await eventually(lambda: _task(client, run.id, "fetch", "WAITING"))
+        clock.advance(2)  # nap1 and the retry are due: attempt 2 runs try 2, waits on nap2
+
+        async def second_try_suspended() -> bool:
+            now = (await client.aio.get_run(run.id)).run
+            return now.status == "WAITING" and now.attempt == 2 and len(calls) == 2
+
+        await eventually(second_try_suspended)
+        releases[1].set()
+        await eventually(lambda: _task(client, run.id, "fetch", "COMPLETED"))
+        clock.advance(2)
+        done = await finished(client, run.id)
+    assert (done.status, done.output) == ("SUCCESS", "data"), done.error
+    logs = (await client.aio.get_run(run.id)).logs
+    assert [line.message for line in logs] == ["try 1, late", "try 2, late"]

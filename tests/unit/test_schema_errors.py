@@ -232,3 +232,35 @@ def test_a_pattern_behind_a_local_ref_is_checked() -> None:
     with pytest.raises(InvalidArgument) as err:
         check_schema(schema, "schema")
     assert err.value.field == "schema/x/properties/code/pattern"
+
+
+def _doubling(levels: int) -> dict:
+    """Each level applies the one below twice: 2^levels applications, in a few KB."""
+    defs: dict = {"d0": {"type": "object"}}
+    for i in range(1, levels + 1):
+        defs[f"d{i}"] = {"allOf": [{"$ref": f"#/$defs/d{i - 1}"}, {"$ref": f"#/$defs/d{i - 1}"}]}
+    return {"$defs": defs, "$ref": f"#/$defs/d{levels}"}
+
+
+def test_a_schema_whose_refs_multiply_its_work_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        check_schema(_doubling(40), "schema")  # 2^40 steps per payload
+    assert err.value.field == "schema"
+    assert "applies its parts over 10,000 times to each value" in err.value.message
+    validator = check_schema(_doubling(8), "schema")  # shared parts within reason
+    assert schema_errors(validator, {}) == ()
+    assert schema_errors(validator, [])[0]["message"] == "[] is not of type 'object'"
+
+
+def test_a_recursive_schema_is_weighed_by_its_parts_not_its_recursion() -> None:
+    tree = {
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+            }
+        },
+        "$ref": "#/$defs/node",
+    }
+    validator = check_schema(tree, "schema")
+    assert schema_errors(validator, {"children": [{"children": []}]}) == ()

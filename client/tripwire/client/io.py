@@ -339,7 +339,7 @@ class Execution:
         # but crosses the same boundaries, gives every line its first number again.
         self._boundaries = 0
         self._lines = 0
-        # Where each task whose function runs here was opened (see log: late lines).
+        # Where the try of each task whose function runs here starts (late lines).
         self._opened_at: dict[str, int] = {}
         self._late_lines = 0
 
@@ -435,9 +435,9 @@ class Execution:
         if self.halted and not (self.suspended and inside in self._opened_at):
             return
         if self.halted:
-            # Late (see the class): numbered where its task was opened, past the lines
-            # any execution logs there (a replay logs none: a cached task settles at
-            # once), so that the next execution's lines cannot take its numbers.
+            # Late (see the class): numbered where its task's try started, past the
+            # lines any execution logs there (a replay logs none: a cached task
+            # settles at once), so that no later execution's lines take its numbers.
             self._late_lines = min(self._late_lines + 1, LINES_PER_BOUNDARY // 2 - 1)
             late = LINES_PER_BOUNDARY // 2 + self._late_lines
             seq = self._opened_at[inside] * LINES_PER_BOUNDARY + late
@@ -553,7 +553,9 @@ class Execution:
             self._settled(task, ran)
             return Step(request_id, task, output=_output(task), opened_at=opened_at)
         if task.status == _RUNNING and task.kind == run_pb2.TASK_KIND_RUN:
-            self._opened_at[task.id] = opened_at
+            # Where this try's lines start as its task counts them (a replay never
+            # logs there), whatever io calls beside it have counted since.
+            self._opened_at[task.id] = opened_at + _earlier(task)
             return Step(request_id, task, run=True, opened_at=opened_at)
         if task.status == _WAITING:
             raise self.suspend()

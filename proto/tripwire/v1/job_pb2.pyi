@@ -215,7 +215,9 @@ class EventTrigger(_message.Message):
         """JSON Schema (draft 2020-12). A payload that fails it creates a run with
         status INVALID_PAYLOAD and its validation errors, never dispatched. Its
         regular expressions (pattern, patternProperties) are matched with RE2,
-        in linear time: backreferences and lookaround are INVALID_ARGUMENT.
+        in linear time: backreferences and lookaround are INVALID_ARGUMENT. Only
+        local $refs; a schema whose $refs make it apply its parts over 10,000
+        times to one value is INVALID_ARGUMENT.
         """
 
     def __init__(

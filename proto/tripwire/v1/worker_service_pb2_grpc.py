@@ -124,7 +124,8 @@ class WorkerServiceStub:
     of a line a replay logs (which is then dropped); lines logged only
     around sequential io calls never are. The Python SDK numbers a line a
     function logs after the run was suspended beside it (see 4.) at the
-    task's open, + 500,000 + lines so logged so far: no replay logs there. Lines are
+    boundary its try started at (its open plus its try_offset), + 500,000 +
+    lines so logged so far in the execution: no replay logs there. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
@@ -280,7 +281,8 @@ class WorkerServiceServicer:
     of a line a replay logs (which is then dropped); lines logged only
     around sequential io calls never are. The Python SDK numbers a line a
     function logs after the run was suspended beside it (see 4.) at the
-    task's open, + 500,000 + lines so logged so far: no replay logs there. Lines are
+    boundary its try started at (its open plus its try_offset), + 500,000 +
+    lines so logged so far in the execution: no replay logs there. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
@@ -445,7 +447,8 @@ class WorkerService:
     of a line a replay logs (which is then dropped); lines logged only
     around sequential io calls never are. The Python SDK numbers a line a
     function logs after the run was suspended beside it (see 4.) at the
-    task's open, + 500,000 + lines so logged so far: no replay logs there. Lines are
+    boundary its try started at (its open plus its try_offset), + 500,000 +
+    lines so logged so far in the execution: no replay logs there. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
     6. When the handler returns or raises, send `run_result`.

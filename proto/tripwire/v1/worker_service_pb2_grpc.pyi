@@ -125,7 +125,8 @@ class WorkerServiceStub:
        of a line a replay logs (which is then dropped); lines logged only
        around sequential io calls never are. The Python SDK numbers a line a
        function logs after the run was suspended beside it (see 4.) at the
-       task's open, + 500,000 + lines so logged so far: no replay logs there. Lines are
+       boundary its try started at (its open plus its try_offset), + 500,000 +
+       lines so logged so far in the execution: no replay logs there. Lines are
        listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
        log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
@@ -275,7 +276,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        of a line a replay logs (which is then dropped); lines logged only
        around sequential io calls never are. The Python SDK numbers a line a
        function logs after the run was suspended beside it (see 4.) at the
-       task's open, + 500,000 + lines so logged so far: no replay logs there. Lines are
+       boundary its try started at (its open plus its try_offset), + 500,000 +
+       lines so logged so far in the execution: no replay logs there. Lines are
        listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
        log_level are dropped.
     6. When the handler returns or raises, send `run_result`.
@@ -421,7 +423,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        of a line a replay logs (which is then dropped); lines logged only
        around sequential io calls never are. The Python SDK numbers a line a
        function logs after the run was suspended beside it (see 4.) at the
-       task's open, + 500,000 + lines so logged so far: no replay logs there. Lines are
+       boundary its try started at (its open plus its try_offset), + 500,000 +
+       lines so logged so far in the execution: no replay logs there. Lines are
        listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
        log_level are dropped.
     6. When the handler returns or raises, send `run_result`.

@@ -163,16 +163,50 @@ def _held(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     if not isinstance(node, dict):
         return
     yield path, node
+    for where, child in _children(node, path):
+        yield from _held(child, where)
+
+
+def _children(node: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
+    """The schemas `node`'s keywords hold (one level down), with their pointers."""
     for key, value in node.items():
         where = f"{path}/{_pointer(key)}"
         if key in _ONE_SCHEMA and isinstance(value, dict):
-            yield from _held(value, where)
+            yield where, value
         elif key in _SCHEMA_LISTS and isinstance(value, list):
             for i, item in enumerate(value):
-                yield from _held(item, f"{where}/{i}")
+                yield f"{where}/{i}", item
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
             for name, item in value.items():
-                yield from _held(item, f"{where}/{_pointer(name)}")
+                yield f"{where}/{_pointer(name)}", item
+
+
+def _applications(root: Any) -> int:
+    """How many times validating one value may apply parts of the schema, following
+    its local $refs (each use of a part counts, a part used twice twice; a $ref
+    cycle counts once, since the data it walks down bounds it). Capped just past
+    MAX_APPLICATIONS."""
+    known: dict[int, int] = {}
+    active: set[int] = set()
+
+    def weigh(node: Any) -> int:
+        if not isinstance(node, dict) or id(node) in active:
+            return 1
+        if id(node) in known:
+            return known[id(node)]
+        active.add(id(node))
+        total = 1
+        for _, child in _children(node, ""):
+            total = min(total + weigh(child), MAX_APPLICATIONS + 1)
+        for key in ("$ref", "$dynamicRef"):
+            ref = node.get(key)
+            if isinstance(ref, str) and ref.startswith("#/"):
+                total = min(total + weigh(_resolve(root, ref)), MAX_APPLICATIONS + 1)
+        active.discard(id(node))
+        known[id(node)] = total
+        return total
+
+    return weigh(root)
 
 
 def _resolve(root: Any, ref: str) -> Any:
@@ -269,6 +303,13 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Validator:
                 raise InvalidArgument(
                     f"{field}{path}", f"$ref {ref!r} points to nothing in the schema"
                 ) from None
+    applications = _applications(schema)
+    if applications > MAX_APPLICATIONS:
+        raise InvalidArgument(
+            field,
+            f"applies its parts over {MAX_APPLICATIONS:,} times to each value, through "
+            "$refs used more than once: validating a payload would take too long",
+        )
     validator = _validator(schema)
     for probe in _PROBES:
         try:
@@ -282,6 +323,10 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Validator:
     return validator
 
 
+# A schema may apply its parts at most this many times to one value (see
+# _applications): `allOf` of two $refs to the level below, 40 levels deep,
+# would take 2^40 steps per payload, on the event loop.
+MAX_APPLICATIONS = 10_000
 # One of each JSON type: a $ref cycle that applies to every value shows on all of them.
 _PROBES: tuple[Any, ...] = (None, True, 0, "", [], {})
 

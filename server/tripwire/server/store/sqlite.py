@@ -89,7 +89,7 @@ class SQLiteStore(JobOps, WorkOps):
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path, readonly=False)
         try:
-            self._claim()
+            self._claim(conn)
             migrate(Database(conn))
             self.index.load(self._latest_jobs(conn))
             # From now on the writer waits for another process's lock without
@@ -101,11 +101,14 @@ class SQLiteStore(JobOps, WorkOps):
             raise
         return conn
 
-    def _claim(self) -> None:
+    def _claim(self, conn: sqlite3.Connection) -> None:
         """One server per database: its jobs, queues and schedules live in its memory,
         so a second would deliver events against stale jobs and take runs from under
         the first. Held (a lock on `<db>.lock`) until close, or the process's end."""
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # Named after the file SQLite opened, however --db named it (a relative
+        # path, a symlink, a file: URI).
+        file = os.path.realpath(conn.execute("PRAGMA database_list").fetchone()[2])
+        fd = os.open(f"{file}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
