@@ -68,7 +68,8 @@ class EventInput(_message.Message):
     """
     id: _builtins.str
     """The event id, unique per environment (see `name` for what it may hold).
-    Absent: the server assigns a ULID.
+    Absent: the server assigns a ULID (from a SEND_EVENT task: the task's
+    idempotency_key; from a SEND_EVENTS task: "<idempotency_key>:<index>").
     Send your own (the Python client always does) so that a retried call is
     idempotent. "<job id>:<digits>" is refused (INVALID_ARGUMENT) while that
     job has a cron or interval trigger: it is the form of the job's fires.

@@ -49,8 +49,9 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     """Terminal: the job version was disabled while the run was active."""
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
-    """QUEUED -> EXECUTING -> (WAITING <-> EXECUTING)* -> one terminal status.
-    A terminal run never changes status again.
+    """QUEUED -> EXECUTING -> (WAITING -> QUEUED -> EXECUTING)* -> one terminal
+    status; EXECUTING -> QUEUED also when its worker's lease runs out or a
+    shutdown requeues it. A terminal run never changes status again.
     """
 
 RUN_STATUS_UNSPECIFIED: RunStatus.ValueType  # 0
@@ -315,7 +316,9 @@ class Task(_message.Message):
     key: _builtins.str
     """The cache key the handler gave."""
     idempotency_key: _builtins.str
-    """sha256 of run id, parent task id and cache key (hex)."""
+    """Hex sha256 of "<run id>:<parent task id>:<cache key>" (UTF-8; the
+    parent "" at the top level).
+    """
     kind: Global___TaskKind.ValueType
     status: Global___TaskStatus.ValueType
     position: _builtins.int
@@ -326,9 +329,9 @@ class Task(_message.Message):
     """Display name (the cache key when none was given)."""
     try_offset: _builtins.int
     """The worker's own number for where the task's current try starts
-    numbering log lines: `TaskComplete.next_try_offset` of the try that
-    failed last (kept when a failure is final). 0 until a try has failed
-    with one. See WorkerService, 5.
+    numbering log lines: `TaskComplete.next_try_offset` of the last try
+    that failed and was retried (a final failure stores none). 0 until a
+    retried try has failed with one. See WorkerService, 5.
     """
     @_builtins.property
     def params(self) -> _struct_pb2.Value:

@@ -310,7 +310,8 @@ class RunRequest(_message.Message):
     @_builtins.property
     def ctx(self) -> _struct_pb2.Value:
         """{"run": {...}, "job": {...}, "event": {...}, "environment": ...,
-        "account": ...}: what a handler's ctx exposes.
+        "account": ... (only when the event has one)}: what a handler's ctx
+        exposes.
         """
 
     @_builtins.property
@@ -396,7 +397,9 @@ class TaskRequest(_message.Message):
     @_builtins.property
     def params(self) -> _struct_pb2.Value:
         """SEND_EVENT: {"event": EventInput JSON, "options": SendEventOptions JSON};
-        SEND_EVENTS: {"events": [...], "options": {...}}; WAIT: {"seconds": n};
+        SEND_EVENTS: {"events": [...], "options": {...}}; WAIT: {"seconds": n},
+        n a number >= 0, fractions allowed (anything else is rejected naming
+        task.params.seconds);
         RUN: anything the worker wants recorded. Except for SEND_EVENT(S), whose
         events are limited one by one like SendEvents', params over the server's
         payload limit (--max-payload-bytes, measured on this encoding) are

@@ -75,8 +75,11 @@ class WorkerServiceStub:
          for the `task_result` with that request_id. Its task status says what
          to do: RUNNING -> execute the function, then send `task_complete`
          with `task_id` = the result's task.id, the same request_id, and the
-         output or error, and wait for the next `task_result` (RUNNING again
-         means: run it again); COMPLETED -> use the output (send_event tasks
+         output or error, and wait for the next `task_result` (a failure that
+         is retried comes back WAITING, and the next execution gets the task
+         RUNNING again; a `task_complete` for a task that is not RUNNING is
+         answered with the task as it stands and changes nothing; should
+         RUNNING come back, run it again); COMPLETED -> use the output (send_event tasks
          are executed by the server and come back COMPLETED, with the event as
          output: an Event in its JSON form, with its runs; send_events tasks
          with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
@@ -91,8 +94,9 @@ class WorkerServiceStub:
        settled instead of running the function again. A failure that is
        retried waits for its own retry time, even if the run wakes earlier.
        A `task` the worker sent before it heard of the suspension is answered
-       WAITING and nothing starts. After the next dispatch, all of these are
-       stale like anything else (see 8.).
+       WAITING and nothing starts; a `run_result` is stale (answered
+       `abandon`). After the next dispatch, all of these are stale like
+       anything else (see 8.).
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a
@@ -144,7 +148,9 @@ class WorkerServiceStub:
     9. On shutdown the server sends `drain`: take no new work, finish what is
        running within `deadline_ms`, send the results, then half-close the
        stream (what was sent before the half-close is still applied). Runs not
-       finished by the deadline are requeued by the server. Then reconnect
+       finished by the deadline are requeued by the server, and a stream still
+       open then is cut (an error such as RST_STREAM, not a status): reconnect
+       on any error, not only UNAVAILABLE. Then reconnect
        with backoff: the next server (or the restarted one) will accept you;
        until it stops, the draining server answers a new stream UNAVAILABLE.
        A worker shutting down on its own sends `drain` first: the server then
@@ -152,7 +158,8 @@ class WorkerServiceStub:
        request that was already on its way (it was sent before the server read
        the drain) like the rest, then finish and half-close as above.
     10. A message the server cannot accept (a bad field, a task id not in the
-       run, a value over a limit) is answered with `rejected`, carrying the request_id (task messages) or the
+       run, a value over a limit) is answered with `rejected`, carrying the
+       request_id (task messages) or the
        run_id (log, run_result) and the field in the message; the stream stays
        open. A run_id or request_id over 256 characters (no id is) is rejected
        without being echoed. A message for a run or attempt this worker does not hold gets
@@ -226,8 +233,11 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
          for the `task_result` with that request_id. Its task status says what
          to do: RUNNING -> execute the function, then send `task_complete`
          with `task_id` = the result's task.id, the same request_id, and the
-         output or error, and wait for the next `task_result` (RUNNING again
-         means: run it again); COMPLETED -> use the output (send_event tasks
+         output or error, and wait for the next `task_result` (a failure that
+         is retried comes back WAITING, and the next execution gets the task
+         RUNNING again; a `task_complete` for a task that is not RUNNING is
+         answered with the task as it stands and changes nothing; should
+         RUNNING come back, run it again); COMPLETED -> use the output (send_event tasks
          are executed by the server and come back COMPLETED, with the event as
          output: an Event in its JSON form, with its runs; send_events tasks
          with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
@@ -242,8 +252,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        settled instead of running the function again. A failure that is
        retried waits for its own retry time, even if the run wakes earlier.
        A `task` the worker sent before it heard of the suspension is answered
-       WAITING and nothing starts. After the next dispatch, all of these are
-       stale like anything else (see 8.).
+       WAITING and nothing starts; a `run_result` is stale (answered
+       `abandon`). After the next dispatch, all of these are stale like
+       anything else (see 8.).
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a
@@ -295,7 +306,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     9. On shutdown the server sends `drain`: take no new work, finish what is
        running within `deadline_ms`, send the results, then half-close the
        stream (what was sent before the half-close is still applied). Runs not
-       finished by the deadline are requeued by the server. Then reconnect
+       finished by the deadline are requeued by the server, and a stream still
+       open then is cut (an error such as RST_STREAM, not a status): reconnect
+       on any error, not only UNAVAILABLE. Then reconnect
        with backoff: the next server (or the restarted one) will accept you;
        until it stops, the draining server answers a new stream UNAVAILABLE.
        A worker shutting down on its own sends `drain` first: the server then
@@ -303,7 +316,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        request that was already on its way (it was sent before the server read
        the drain) like the rest, then finish and half-close as above.
     10. A message the server cannot accept (a bad field, a task id not in the
-       run, a value over a limit) is answered with `rejected`, carrying the request_id (task messages) or the
+       run, a value over a limit) is answered with `rejected`, carrying the
+       request_id (task messages) or the
        run_id (log, run_result) and the field in the message; the stream stays
        open. A run_id or request_id over 256 characters (no id is) is rejected
        without being echoed. A message for a run or attempt this worker does not hold gets
@@ -373,8 +387,11 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
          for the `task_result` with that request_id. Its task status says what
          to do: RUNNING -> execute the function, then send `task_complete`
          with `task_id` = the result's task.id, the same request_id, and the
-         output or error, and wait for the next `task_result` (RUNNING again
-         means: run it again); COMPLETED -> use the output (send_event tasks
+         output or error, and wait for the next `task_result` (a failure that
+         is retried comes back WAITING, and the next execution gets the task
+         RUNNING again; a `task_complete` for a task that is not RUNNING is
+         answered with the task as it stands and changes nothing; should
+         RUNNING come back, run it again); COMPLETED -> use the output (send_event tasks
          are executed by the server and come back COMPLETED, with the event as
          output: an Event in its JSON form, with its runs; send_events tasks
          with a list of them); WAITING -> the run is suspended (retry backoff or io.wait):
@@ -389,8 +406,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        settled instead of running the function again. A failure that is
        retried waits for its own retry time, even if the run wakes earlier.
        A `task` the worker sent before it heard of the suspension is answered
-       WAITING and nothing starts. After the next dispatch, all of these are
-       stale like anything else (see 8.).
+       WAITING and nothing starts; a `run_result` is stale (answered
+       `abandon`). After the next dispatch, all of these are stale like
+       anything else (see 8.).
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a
@@ -442,7 +460,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     9. On shutdown the server sends `drain`: take no new work, finish what is
        running within `deadline_ms`, send the results, then half-close the
        stream (what was sent before the half-close is still applied). Runs not
-       finished by the deadline are requeued by the server. Then reconnect
+       finished by the deadline are requeued by the server, and a stream still
+       open then is cut (an error such as RST_STREAM, not a status): reconnect
+       on any error, not only UNAVAILABLE. Then reconnect
        with backoff: the next server (or the restarted one) will accept you;
        until it stops, the draining server answers a new stream UNAVAILABLE.
        A worker shutting down on its own sends `drain` first: the server then
@@ -450,7 +470,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        request that was already on its way (it was sent before the server read
        the drain) like the rest, then finish and half-close as above.
     10. A message the server cannot accept (a bad field, a task id not in the
-       run, a value over a limit) is answered with `rejected`, carrying the request_id (task messages) or the
+       run, a value over a limit) is answered with `rejected`, carrying the
+       request_id (task messages) or the
        run_id (log, run_result) and the field in the message; the stream stays
        open. A run_id or request_id over 256 characters (no id is) is rejected
        without being echoed. A message for a run or attempt this worker does not hold gets
