@@ -6,6 +6,7 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -264,3 +265,89 @@ def test_a_recursive_schema_is_weighed_by_its_parts_not_its_recursion() -> None:
     }
     validator = check_schema(tree, "schema")
     assert schema_errors(validator, {"children": [{"children": []}]}) == ()
+
+
+def _nested(levels: int, wrap: Any) -> dict:
+    schema: dict = {"type": "object"}
+    for _ in range(levels):
+        schema = wrap(schema)
+    return schema
+
+
+def _anchored_doubling(levels: int) -> dict:
+    defs: dict = {"d0": {"$anchor": "a0", "type": "object"}}
+    for i in range(1, levels + 1):
+        two = [{"$ref": f"#a{i - 1}"}, {"$ref": f"#a{i - 1}"}]
+        defs[f"d{i}"] = {"$anchor": f"a{i}", "allOf": two}
+    return {"$defs": defs, "$ref": f"#a{levels}"}
+
+
+BRANCHING_CYCLE = {  # each array level applies "a" twice to the same items
+    "$defs": {"a": {"type": "array", "items": {"allOf": [{"$ref": "#/$defs/a"}] * 2}}},
+    "$ref": "#/$defs/a",
+}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        pytest.param(BRANCHING_CYCLE, id="a ref cycle coming back twice per level"),
+        pytest.param(_anchored_doubling(20), id="refs by anchor"),
+        pytest.param(
+            _nested(16, lambda s: {"anyOf": [s], "unevaluatedProperties": False}),
+            id="nested unevaluatedProperties",
+        ),
+    ],
+)
+def test_schemas_whose_work_multiplies_are_refused(schema: dict) -> None:
+    with pytest.raises(InvalidArgument, match="over 10,000 times"):
+        check_schema(schema, "schema")
+
+
+_NODE = {"type": "object", "properties": {"left": {"$ref": "#"}, "right": {"$ref": "#"}}}
+_ADDRESS = {"type": "object", "properties": {"street": {"type": "string"}}}
+
+
+@pytest.mark.parametrize(
+    ("schema", "payload"),
+    [
+        pytest.param(_NODE, {"left": {"right": {}}}, id="a binary tree"),
+        pytest.param(
+            {
+                "$defs": {"Address": _ADDRESS},
+                "properties": {
+                    name: {"$ref": "#/$defs/Address"} for name in ("billing", "shipping", "home")
+                },
+            },
+            {"billing": {"street": "x"}},
+            id="one definition used in many places",
+        ),
+        pytest.param(
+            {
+                "$defs": {
+                    **{f"C{i}": _ADDRESS for i in range(400)},
+                    "Ping": {"type": "object"},
+                },
+                "$ref": "#/$defs/Ping",
+            },
+            {},
+            id="a bundle of unused definitions",
+        ),
+        pytest.param(
+            {
+                "type": "object",
+                "properties": {
+                    f"s{i}": {"properties": {f"f{j}": {"type": "number"} for j in range(100)}}
+                    for i in range(100)
+                },
+            },
+            {"s1": {"f1": 1}},
+            id="ten thousand fields",
+        ),
+        pytest.param(_doubling(8), {}, id="shared parts within reason"),
+    ],
+)
+def test_large_and_recursive_schemas_whose_work_stays_linear_are_accepted(
+    schema: dict, payload: Any
+) -> None:
+    assert schema_errors(check_schema(schema, "schema"), payload) == ()

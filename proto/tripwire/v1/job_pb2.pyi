@@ -217,7 +217,8 @@ class EventTrigger(_message.Message):
         regular expressions (pattern, patternProperties) are matched with RE2,
         in linear time: backreferences and lookaround are INVALID_ARGUMENT. Only
         local $refs; a schema whose $refs make it apply its parts over 10,000
-        times to one value is INVALID_ARGUMENT.
+        times to one value, or whose $ref cycle comes back more than once per
+        level of the data, is INVALID_ARGUMENT.
         """
 
     def __init__(

@@ -14,7 +14,7 @@ import functools
 import json
 import re
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,32 +181,98 @@ def _children(node: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
                 yield f"{where}/{_pointer(name)}", item
 
 
-def _applications(root: Any) -> int:
-    """How many times validating one value may apply parts of the schema, following
-    its local $refs (each use of a part counts, a part used twice twice; a $ref
-    cycle counts once, since the data it walks down bounds it). Capped just past
-    MAX_APPLICATIONS."""
-    known: dict[int, int] = {}
+# Keywords whose schemas apply to the value itself (their work adds up), and those
+# whose schemas apply to parts of it, each to its own (their work is per part).
+_SAME_VALUE = frozenset(
+    {
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentSchemas",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+    }
+)
+_NOT_APPLIED = frozenset({"$defs", "definitions"})
+
+
+def _applications(root: Any, lookup: Callable[[str], Any]) -> int:
+    """How many times validating one value may apply parts of the schema to that
+    same value, following its $refs (`lookup` resolves one): the schemas of
+    allOf, anyOf and the like add up, those of properties, items and the like
+    apply each to its own part of the value and count as the largest of them. A
+    part used twice counts twice; `unevaluated*` applies its siblings again. A
+    $ref cycle is bounded by the data it walks down, unless it comes back more
+    than once per level of the data (`{"items": {"allOf": [{"$ref": "#"},
+    {"$ref": "#"}]}}` doubles its work at each level): that counts as too many.
+    Capped just past MAX_APPLICATIONS."""
+    cap = MAX_APPLICATIONS + 1
+    known: dict[int, tuple[int, dict[int, int]]] = {}
     active: set[int] = set()
 
-    def weigh(node: Any) -> int:
-        if not isinstance(node, dict) or id(node) in active:
-            return 1
+    def weigh(node: Any) -> tuple[int, dict[int, int]]:
+        """(applications, returns): how many times this node's cycles come back
+        to each node being weighed above it, per level of the data."""
+        if not isinstance(node, dict):
+            return 1, {}
+        if id(node) in active:
+            return 1, {id(node): 1}
         if id(node) in known:
             return known[id(node)]
         active.add(id(node))
-        total = 1
-        for _, child in _children(node, ""):
-            total = min(total + weigh(child), MAX_APPLICATIONS + 1)
+        same, parts = 1, 0
+        returns: dict[int, int] = {}
+
+        def add(found: dict[int, int]) -> None:
+            for target, count in found.items():
+                returns[target] = returns.get(target, 0) + count
+
+        for key, value in node.items():
+            if key in _NOT_APPLIED:
+                continue
+            children = [weigh(child) for _, child in _children({key: value}, "")]
+            if key in _SAME_VALUE:
+                same += sum(weight for weight, _ in children)
+                for _, found in children:
+                    add(found)
+            elif children:
+                parts = max(parts, *(weight for weight, _ in children))
+                for target in {t for _, found in children for t in found}:
+                    most = max(found.get(target, 0) for _, found in children)
+                    returns[target] = max(returns.get(target, 0), most)
         for key in ("$ref", "$dynamicRef"):
             ref = node.get(key)
-            if isinstance(ref, str) and ref.startswith("#/"):
-                total = min(total + weigh(_resolve(root, ref)), MAX_APPLICATIONS + 1)
+            if isinstance(ref, str):
+                weight, found = weigh(lookup(ref))
+                same += weight
+                add(found)
+        if "unevaluatedProperties" in node or "unevaluatedItems" in node:
+            same *= 2
         active.discard(id(node))
-        known[id(node)] = total
-        return total
+        total = min(same + parts, cap)
+        if returns.pop(id(node), 0) > 1:
+            total = cap  # its cycle multiplies its work at every level of the data
+        known[id(node)] = (total, returns)
+        return total, returns
 
-    return weigh(root)
+    return weigh(root)[0]
+
+
+def _lookup(schema: Mapping[str, Any]) -> Callable[[str], Any]:
+    """What a $ref of `schema` points to (by pointer or anchor), or None."""
+    resolver = Registry().with_resource("", DRAFT202012.create_resource(schema)).resolver("")
+
+    def lookup(ref: str) -> Any:
+        try:
+            return resolver.lookup(ref).contents
+        except Exception:  # unresolvable, or outside the schema: refused elsewhere
+            return None
+
+    return lookup
 
 
 def _resolve(root: Any, ref: str) -> Any:
@@ -303,7 +369,7 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Validator:
                 raise InvalidArgument(
                     f"{field}{path}", f"$ref {ref!r} points to nothing in the schema"
                 ) from None
-    applications = _applications(schema)
+    applications = _applications(schema, _lookup(schema))
     if applications > MAX_APPLICATIONS:
         raise InvalidArgument(
             field,
