@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import sys
@@ -100,3 +101,17 @@ async def test_a_symlink_to_the_db_is_the_same_database(
             await second.stop(grace=0.1)
     finally:
         await first.stop(grace=0.1)
+
+
+async def test_databases_no_other_process_can_open_take_no_lock(
+    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = await start_server(db_path="file:a?mode=memory&cache=shared")
+    second = await start_server(db_path="file:b?mode=memory&cache=shared")
+    await second.stop(grace=0.1)
+    await first.stop(grace=0.1)
+    # Not "<cwd>.lock" beside the working directory, shared by every such server.
+    beside = tmp_path.parent / f"{tmp_path.name}.lock"
+    assert not await asyncio.to_thread(beside.exists)
+    assert not await asyncio.to_thread(lambda: list(tmp_path.glob("*.lock")))

@@ -107,8 +107,10 @@ class SQLiteStore(JobOps, WorkOps):
         the first. Held (a lock on `<db>.lock`) until close, or the process's end."""
         # Named after the file SQLite opened, however --db named it (a relative
         # path, a symlink, a file: URI).
-        file = os.path.realpath(conn.execute("PRAGMA database_list").fetchone()[2])
-        fd = os.open(f"{file}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        name = conn.execute("PRAGMA database_list").fetchone()[2]
+        if not name:  # in memory, or a temporary file: no other process can open it
+            return
+        fd = os.open(f"{os.path.realpath(name)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
