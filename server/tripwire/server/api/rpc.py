@@ -92,7 +92,7 @@ def unary(method: Handler[Req, Resp]) -> Callable[[Any, Req, Any], Awaitable[Res
         except TripwireError as exc:
             await context.abort(status_of(exc), exc.message)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF not in _PASSING:  # the primary code
+            if (exc.sqlite_errorcode or 0) & 0xFF not in _PASSING:  # the primary code
                 log.exception("%s failed", method.__qualname__)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
             log.error("%s failed: the database: %s", method.__qualname__, exc)

@@ -159,7 +159,8 @@ class Writer:
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or loop.time() > deadline:
+                busy = (exc.sqlite_errorcode or 0) & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or loop.time() > deadline:
                     raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.1)
