@@ -216,9 +216,9 @@ class EventTrigger(_message.Message):
         status INVALID_PAYLOAD and its validation errors, never dispatched. Its
         regular expressions (pattern, patternProperties) are matched with RE2,
         in linear time: backreferences and lookaround are INVALID_ARGUMENT. Only
-        local $refs; a schema whose $refs make it apply its parts over 10,000
-        times to one value, or whose $ref cycle comes back more than once per
-        level of the data, is INVALID_ARGUMENT.
+        local $refs. Validating one value applies at most 200,000 keywords: a
+        schema that takes more on any small value is INVALID_ARGUMENT; a payload
+        it takes more on makes an INVALID_PAYLOAD run saying so.
         """
 
     def __init__(

@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,9 +93,48 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> An
             seen.add(key)
 
 
-# Draft 2020-12, with the linear uniqueItems.
+# Validating one value applies at most this many keywords: a schema whose $refs
+# apply its parts again and again (an `allOf` of two refs to the level below, 40
+# levels deep, is 2^40 steps; a ref cycle that comes back twice per level of the
+# data doubles with each level) is stopped there, on the event loop, within a
+# second or two. A large real payload takes far fewer: 156 KB of objects of 20
+# typed fields, 21,505.
+MAX_STEPS = 200_000
+_budget = threading.local()
+
+
+class TooCostly(Exception):
+    """Validating a value took more than MAX_STEPS keyword applications."""
+
+
+def _counted(keyword: Any) -> Any:
+    def counted(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        _budget.left = left = getattr(_budget, "left", MAX_STEPS) - 1
+        if left < 0:
+            raise TooCostly(
+                f"validating this value takes over {MAX_STEPS:,} steps "
+                "(the schema's $refs apply its parts too many times)"
+            )
+        return keyword(validator, value, instance, schema)
+
+    return counted
+
+
+def _budgeted() -> None:
+    """A new value to validate: a full budget of steps."""
+    _budget.left = MAX_STEPS
+
+
+# Draft 2020-12, with the linear uniqueItems, every keyword counted (MAX_STEPS).
 SchemaValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
-    Draft202012Validator, {"uniqueItems": _unique_items}
+    Draft202012Validator,
+    {
+        name: _counted(keyword)
+        for name, keyword in {
+            **Draft202012Validator.VALIDATORS,
+            "uniqueItems": _unique_items,
+        }.items()
+    },
 )
 
 
@@ -179,100 +219,6 @@ def _children(node: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
             for name, item in value.items():
                 yield f"{where}/{_pointer(name)}", item
-
-
-# Keywords whose schemas apply to the value itself (their work adds up), and those
-# whose schemas apply to parts of it, each to its own (their work is per part).
-_SAME_VALUE = frozenset(
-    {
-        "allOf",
-        "anyOf",
-        "oneOf",
-        "not",
-        "if",
-        "then",
-        "else",
-        "dependentSchemas",
-        "unevaluatedItems",
-        "unevaluatedProperties",
-    }
-)
-_NOT_APPLIED = frozenset({"$defs", "definitions"})
-
-
-def _applications(root: Any, lookup: Callable[[str], Any]) -> int:
-    """How many times validating one value may apply parts of the schema to that
-    same value, following its $refs (`lookup` resolves one): the schemas of
-    allOf, anyOf and the like add up, those of properties, items and the like
-    apply each to its own part of the value and count as the largest of them. A
-    part used twice counts twice; `unevaluated*` applies its siblings again. A
-    $ref cycle is bounded by the data it walks down, unless it comes back more
-    than once per level of the data (`{"items": {"allOf": [{"$ref": "#"},
-    {"$ref": "#"}]}}` doubles its work at each level): that counts as too many.
-    Capped just past MAX_APPLICATIONS."""
-    cap = MAX_APPLICATIONS + 1
-    known: dict[int, tuple[int, dict[int, int]]] = {}
-    active: set[int] = set()
-
-    def weigh(node: Any) -> tuple[int, dict[int, int]]:
-        """(applications, returns): how many times this node's cycles come back
-        to each node being weighed above it, per level of the data."""
-        if not isinstance(node, dict):
-            return 1, {}
-        if id(node) in active:
-            return 1, {id(node): 1}
-        if id(node) in known:
-            return known[id(node)]
-        active.add(id(node))
-        same, parts = 1, 0
-        returns: dict[int, int] = {}
-
-        def add(found: dict[int, int]) -> None:
-            for target, count in found.items():
-                returns[target] = returns.get(target, 0) + count
-
-        for key, value in node.items():
-            if key in _NOT_APPLIED:
-                continue
-            children = [weigh(child) for _, child in _children({key: value}, "")]
-            if key in _SAME_VALUE:
-                same += sum(weight for weight, _ in children)
-                for _, found in children:
-                    add(found)
-            elif children:
-                parts = max(parts, *(weight for weight, _ in children))
-                for target in {t for _, found in children for t in found}:
-                    most = max(found.get(target, 0) for _, found in children)
-                    returns[target] = max(returns.get(target, 0), most)
-        for key in ("$ref", "$dynamicRef"):
-            ref = node.get(key)
-            if isinstance(ref, str):
-                weight, found = weigh(lookup(ref))
-                same += weight
-                add(found)
-        if "unevaluatedProperties" in node or "unevaluatedItems" in node:
-            same *= 2
-        active.discard(id(node))
-        total = min(same + parts, cap)
-        if returns.pop(id(node), 0) > 1:
-            total = cap  # its cycle multiplies its work at every level of the data
-        known[id(node)] = (total, returns)
-        return total, returns
-
-    return weigh(root)[0]
-
-
-def _lookup(schema: Mapping[str, Any]) -> Callable[[str], Any]:
-    """What a $ref of `schema` points to (by pointer or anchor), or None."""
-    resolver = Registry().with_resource("", DRAFT202012.create_resource(schema)).resolver("")
-
-    def lookup(ref: str) -> Any:
-        try:
-            return resolver.lookup(ref).contents
-        except Exception:  # unresolvable, or outside the schema: refused elsewhere
-            return None
-
-    return lookup
 
 
 def _resolve(root: Any, ref: str) -> Any:
@@ -369,15 +315,9 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Validator:
                 raise InvalidArgument(
                     f"{field}{path}", f"$ref {ref!r} points to nothing in the schema"
                 ) from None
-    applications = _applications(schema, _lookup(schema))
-    if applications > MAX_APPLICATIONS:
-        raise InvalidArgument(
-            field,
-            f"applies its parts over {MAX_APPLICATIONS:,} times to each value, through "
-            "$refs used more than once: validating a payload would take too long",
-        )
     validator = _validator(schema)
     for probe in _PROBES:
+        _budgeted()
         try:
             validator.is_valid(probe)
         except RecursionError:
@@ -389,10 +329,6 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Validator:
     return validator
 
 
-# A schema may apply its parts at most this many times to one value (see
-# _applications): `allOf` of two $refs to the level below, 40 levels deep,
-# would take 2^40 steps per payload, on the event loop.
-MAX_APPLICATIONS = 10_000
 # One of each JSON type: a $ref cycle that applies to every value shows on all of them.
 _PROBES: tuple[Any, ...] = (None, True, 0, "", [], {})
 
@@ -407,6 +343,7 @@ MAX_VALIDATION_MESSAGE = 200
 def schema_errors(validator: Validator, payload: Any) -> tuple[dict[str, str], ...]:
     """How `payload` fails the schema, as [{path, message}] (JSON pointer paths):
     the first MAX_VALIDATION_ERRORS by path, messages cut short."""
+    _budgeted()
     try:
         errors = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path)))
     except RecursionError:  # a $ref cycle only some payloads reach, or a payload too deep
