@@ -1059,7 +1059,11 @@ async def test_an_io_call_sent_as_the_run_was_suspended_does_not_lose_a_late_out
         await serving(worker)
         run = await client.aio.invoke_job("gather-three")
         await finished(client, run.id, "WAITING")
-        await eventually(lambda: asyncio.sleep(0, len(calls) == 1))
+
+        async def charging() -> bool:
+            return len(calls) == 1
+
+        await eventually(charging)
         release.set()
         await eventually(lambda: _task(client, run.id, "charge", "COMPLETED"))
         clock.advance(2)
