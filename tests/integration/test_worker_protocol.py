@@ -410,8 +410,9 @@ async def test_a_burst_of_log_lines_shares_commits_and_lands_before_the_result(
     worker.result(run, output="done")
     got = await run_status(conn, run["id"], "SUCCESS")
     assert [line["message"] for line in got["logs"]] == [f"line {n}" for n in range(1, 301)]
-    # Not one commit (and fsync) per line, each waiting for the one before.
-    assert len(commits) <= 5, commits
+    # Not one commit (and fsync) per line, each waiting for the one before: the
+    # burst shares commits (others come and go: the claim, the result).
+    assert max(commits) >= lines / 2, commits
 
 
 async def test_a_worker_that_stops_reading_its_stream_loses_its_runs_after_a_lease(
