@@ -894,6 +894,17 @@ async def _task(client: Client, run_id: str, key: str, status: str) -> bool:
     return any(t.key == key and t.status == status for t in tasks)
 
 
+async def finished_late(
+    client: Client, clock: FakeClock, run_id: str, release: asyncio.Event, key: str
+) -> Run:
+    """The run waits; `release` lets task `key`'s function end then (its outcome is
+    stored while the run waits); the clock moves past the wait; the run's end."""
+    release.set()
+    await eventually(lambda: _task(client, run_id, key, "COMPLETED"))
+    clock.advance(2)
+    return await finished(client, run_id)
+
+
 async def test_a_task_finishing_after_a_wait_beside_it_suspended_the_run_is_not_run_again(
     client: Client, clock: FakeClock
 ) -> None:
@@ -915,10 +926,7 @@ async def test_a_task_finishing_after_a_wait_beside_it_suspended_the_run_is_not_
         await serving(worker)
         run = await client.aio.invoke_job("gather-wait")
         await finished(client, run.id, "WAITING")
-        release.set()  # the function ends while the run waits: its outcome is kept
-        await eventually(lambda: _task(client, run.id, "charge", "COMPLETED"))
-        clock.advance(2)
-        done = await finished(client, run.id)
+        done = await finished_late(client, clock, run.id, release, "charge")
     assert (done.status, done.output, done.attempt) == ("SUCCESS", "receipt", 2), done.error
     assert calls == [1]
     logs = (await client.aio.get_run(run.id)).logs
@@ -952,10 +960,7 @@ async def test_a_task_finishing_after_a_failed_task_beside_it_suspended_the_run_
         await serving(worker)
         run = await client.aio.invoke_job("gather-retry")
         await finished(client, run.id, "WAITING")
-        release.set()
-        await eventually(lambda: _task(client, run.id, "slow", "COMPLETED"))
-        clock.advance(2)
-        done = await finished(client, run.id)
+        done = await finished_late(client, clock, run.id, release, "slow")
     assert (done.status, done.output) == ("SUCCESS", ["slow", "flaky"]), done.error
     assert (slow_calls, flaky_calls) == ([1], [1, 2])
 
@@ -1026,10 +1031,7 @@ async def test_lines_after_a_task_that_finished_late_are_kept_in_order(
         await serving(worker)
         run = await client.aio.invoke_job("late-lines")
         await finished(client, run.id, "WAITING")
-        release.set()
-        await eventually(lambda: _task(client, run.id, "charge", "COMPLETED"))
-        clock.advance(2)
-        done = await finished(client, run.id)
+        done = await finished_late(client, clock, run.id, release, "charge")
     assert (done.status, done.output) == ("SUCCESS", "receipt"), done.error
     logs = (await client.aio.get_run(run.id)).logs
     assert [line.message for line in logs] == ["start", "charged", "charge done", "end"]
@@ -1064,10 +1066,7 @@ async def test_an_io_call_sent_as_the_run_was_suspended_does_not_lose_a_late_out
             return len(calls) == 1
 
         await eventually(charging)
-        release.set()
-        await eventually(lambda: _task(client, run.id, "charge", "COMPLETED"))
-        clock.advance(2)
-        done = await finished(client, run.id)
+        done = await finished_late(client, clock, run.id, release, "charge")
     assert (done.status, done.output, calls) == ("SUCCESS", "receipt", [1]), done.error
 
 

@@ -153,7 +153,9 @@ async def test_waiting_suspends_and_nothing_more_is_sent(status: str) -> None:
     assert wire.drained() == []
 
 
-async def test_a_function_running_when_the_run_is_suspended_still_reports_its_outcome() -> None:
+async def _charging_beside_a_nap() -> tuple[Execution, IO, Wire, asyncio.Event, Any]:
+    """A task function still running (until the event is set) when a wait beside
+    it suspends the run: the execution, its io and wire, the event, the task call."""
     execution, io, wire = make()
     release = asyncio.Event()
 
@@ -170,6 +172,11 @@ async def test_a_function_running_when_the_run_is_suspended_still_reports_its_ou
     answer(execution, nap_request.request_id, task("t2", "nap", "WAITING", kind="WAIT"))
     with pytest.raises(Suspend):
         await within(nap)
+    return execution, io, wire, release, slow
+
+
+async def test_a_function_running_when_the_run_is_suspended_still_reports_its_outcome() -> None:
+    execution, io, wire, release, slow = await _charging_beside_a_nap()
     execution.end()  # the handler unwound; its function beside the wait goes on
     await io.logger.info("a line outside any task is not sent")
     release.set()
@@ -185,23 +192,7 @@ async def test_a_function_running_when_the_run_is_suspended_still_reports_its_ou
 
 
 async def test_a_run_stopped_while_suspended_sends_nothing_more() -> None:
-    execution, io, wire = make()
-    release = asyncio.Event()
-
-    async def charge() -> str:
-        await release.wait()
-        await io.logger.info("charged")
-        return "receipt"
-
-    slow = asyncio.create_task(io.run_task("charge", charge))
-    charge_request = await wire.next("task")
-    answer(execution, charge_request.request_id, task("t1", "charge", "RUNNING"))
-    nap = asyncio.create_task(io.wait("nap", 60))
-    answer(
-        execution, (await wire.next("task")).request_id, task("t2", "nap", "WAITING", kind="WAIT")
-    )
-    with pytest.raises(Suspend):
-        await within(nap)
+    execution, _, wire, release, slow = await _charging_beside_a_nap()
     execution.halt()  # cancelled, abandoned, or the stream is lost
     release.set()
     with pytest.raises(Suspend):
