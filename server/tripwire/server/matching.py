@@ -203,22 +203,16 @@ def _held(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     if not isinstance(node, dict):
         return
     yield path, node
-    for where, child in _children(node, path):
-        yield from _held(child, where)
-
-
-def _children(node: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
-    """The schemas `node`'s keywords hold (one level down), with their pointers."""
     for key, value in node.items():
         where = f"{path}/{_pointer(key)}"
         if key in _ONE_SCHEMA and isinstance(value, dict):
-            yield where, value
+            yield from _held(value, where)
         elif key in _SCHEMA_LISTS and isinstance(value, list):
             for i, item in enumerate(value):
-                yield f"{where}/{i}", item
+                yield from _held(item, f"{where}/{i}")
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
             for name, item in value.items():
-                yield f"{where}/{_pointer(name)}", item
+                yield from _held(item, f"{where}/{_pointer(name)}")
 
 
 def _resolve(root: Any, ref: str) -> Any:
