@@ -1,11 +1,13 @@
 """The baseline of bench/send_event.py: a bare grpc.aio EventService.
 
-    .venv/bin/python bench/echo_server.py [--address 127.0.0.1:0]
+    .venv/bin/python bench/echo_server.py [--address 127.0.0.1:0] [--event-loop uvloop]
 
 It answers SendEvent and SendEvents with an `Event` built from the request (the
 id from the request, or a counter) and stores nothing, so it measures what
 gRPC, protobuf and asyncio cost on this machine. Like the tripwire server it
-prints `echo listening on HOST:PORT` on one line and stops on SIGTERM/SIGINT.
+prints `echo listening on HOST:PORT` on one line and stops on SIGTERM/SIGINT,
+and it runs on the same event loop as the tripwire server does by default
+(uvloop), so that the ratio compares the servers' own work.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import itertools
 import signal
 
 import grpc
+import uvloop
 from google.protobuf import struct_pb2, timestamp_pb2
 from tripwire.v1 import event_pb2, event_service_pb2, event_service_pb2_grpc
 
@@ -77,7 +80,10 @@ async def serve(address: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", default="127.0.0.1:0")
-    asyncio.run(serve(parser.parse_args().address))
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
+    args = parser.parse_args()
+    run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
+    run(serve(args.address))
 
 
 if __name__ == "__main__":

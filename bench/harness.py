@@ -143,14 +143,14 @@ def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
-def tripwire_server(db: Path, log_dir: Path) -> Server:
+def tripwire_server(db: Path, log_dir: Path, event_loop: str = "uvloop") -> Server:
     argv = [sys.executable, "-m", "tripwire.server", "--address", "127.0.0.1:0", "--db", str(db)]
-    return Server("tripwire", argv, log_dir, health=True)
+    return Server("tripwire", [*argv, "--event-loop", event_loop], log_dir, health=True)
 
 
-def echo_server(log_dir: Path) -> Server:
+def echo_server(log_dir: Path, event_loop: str = "uvloop") -> Server:
     argv = [sys.executable, str(BENCH / "echo_server.py"), "--address", "127.0.0.1:0"]
-    return Server("echo", argv, log_dir, health=False)
+    return Server("echo", [*argv, "--event-loop", event_loop], log_dir, health=False)
 
 
 def register_job(address: str, job_id: str, event_names: Iterable[str]) -> None:

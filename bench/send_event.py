@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/send_event.py [--concurrency 64] [--warmup 5] [--seconds 10]
                                          [--rounds 4] [--client-ids]
+                                         [--event-loop uvloop|asyncio]
 
 Starts bench/echo_server.py and the real server (a fresh SQLite file, one
 event-triggered job matching the events, so each event also creates a run) as
@@ -9,7 +10,8 @@ subprocesses on 127.0.0.1. A separate load process keeps `--concurrency`
 SendEvent calls in flight against each: `--warmup` seconds first, then
 `--seconds` measured, split into `--rounds` that alternate between the two
 servers so that a busy neighbour slows both alike. Prints calls/s for both and
-tripwire/echo (target >= 0.8).
+tripwire/echo (target >= 0.8). Both servers run on the same event loop
+(`--event-loop`, uvloop by default as the server's own default).
 
 So that durability is not cheated, the tripwire server is then SIGKILLed and
 restarted on the same file: every acknowledged event must be stored (ListEvents
@@ -145,6 +147,9 @@ def main() -> int:
     parser.add_argument(
         "--client-ids", action="store_true", help="send ids as the Python client does"
     )
+    parser.add_argument(
+        "--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="of both servers"
+    )
     args = parser.parse_args()
     harness.exit_on_sigterm()
     failures: list[str] = []
@@ -152,8 +157,10 @@ def main() -> int:
 
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tripwire-bench-")))
-        echo = stack.enter_context(harness.echo_server(work))
-        server = stack.enter_context(harness.tripwire_server(work / "bench.db", work))
+        echo = stack.enter_context(harness.echo_server(work, args.event_loop))
+        server = stack.enter_context(
+            harness.tripwire_server(work / "bench.db", work, args.event_loop)
+        )
         pool = stack.enter_context(harness.load_process())
         harness.register_job(server.address, JOB_ID, [EVENT_NAME])
         for round_ in range(args.rounds):

@@ -141,9 +141,10 @@ async def test_delayed_event_is_delivered_after_a_restart(start_server, poll):
     assert run.status == run_pb2.RUN_STATUS_QUEUED
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-async def test_signal_stops_the_server_cleanly(start_server, sig):
-    first = start_server()
+async def test_signal_stops_the_server_cleanly(start_server, sig, loop):
+    first = start_server(args=("--event-loop", loop))
     async with grpc.aio.insecure_channel(first.address) as channel:
         await _register_job(channel)
         sent = await event_service_pb2_grpc.EventServiceStub(channel).SendEvent(

@@ -57,6 +57,7 @@ def test_the_same_key_twice_for_one_environment_is_fine() -> None:
         {"shutdown_grace": float("inf")},
         {"db_path": ""},
         {"db_path": ":memory:"},
+        {"event_loop": "trio"},
     ],
 )
 def test_invalid_settings(overrides: dict) -> None:
@@ -81,3 +82,12 @@ def test_the_batch_byte_limit_from_variable_and_flag() -> None:
 def test_a_port_over_65535_is_refused() -> None:
     with pytest.raises(ValueError, match="0 to 65535"):
         Settings(address="127.0.0.1:70000")
+
+
+def test_the_event_loop_from_variable_and_flag() -> None:
+    assert settings_from([], {}).event_loop == "uvloop"
+    env = {"TRIPWIRE_EVENT_LOOP": "asyncio"}
+    assert settings_from([], env).event_loop == "asyncio"
+    assert settings_from(["--event-loop", "uvloop"], env).event_loop == "uvloop"
+    with pytest.raises(ValueError, match="event loop must be uvloop or asyncio, got 'tokio'"):
+        settings_from(["--event-loop", "tokio"], {})

@@ -9,6 +9,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import uvloop
+
 from .app import Server
 from .config import settings_from
 
@@ -44,7 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # with the default 5 ms switch interval it would queue behind a busy loop.
     sys.setswitchinterval(0.0005)
     try:
-        asyncio.run(_serve(Server(settings)))
+        if settings.event_loop == "uvloop":
+            uvloop.run(_serve(Server(settings)))
+        else:
+            asyncio.run(_serve(Server(settings)))
     except OSError as exc:
         print(f"tripwire serve: {exc}", file=sys.stderr)
         return 1
