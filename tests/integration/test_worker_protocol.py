@@ -870,13 +870,13 @@ async def test_watches_of_one_run_share_one_read_per_change(
         assert "run" in js(await watch.read())
     run = (await worker.run_request())["run"]
     reads = []
-    details = fast.store.run_details
+    changes = fast.store.run_changes
 
-    async def counted(run_id: str) -> Any:
+    async def counted(run_id: str, *args: Any) -> Any:
         reads.append(run_id)
-        return await details(run_id)
+        return await changes(run_id, *args)
 
-    fast.store.run_details = counted  # type: ignore[method-assign]
+    fast.store.run_changes = counted  # type: ignore[method-assign]
     worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "message": "hello"}})
     for watch in watches:
         while "log" not in (update := js(await watch.read())):
@@ -886,6 +886,40 @@ async def test_watches_of_one_run_share_one_read_per_change(
     assert len(reads) <= len(watches) / 4, reads
     for watch in watches:
         watch.cancel()
+
+
+async def test_a_watch_reads_only_what_changed_in_a_large_run(
+    conn: Stubs, worker: RawWorker, fast: Server
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    for i in range(40):
+        started = await worker.task(run, f"k{i}")
+        await worker.complete(run, started["task"]["id"], output={"i": i})
+        worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": i + 1, "message": f"{i}"}})
+    await worker.task(run, "last")  # the lines before are stored before this answer
+    watch = conn.runs.WatchRun(rn.WatchRunRequest(id=run["id"]))
+    assert "run" in js(await watch.read())
+    snapshot = [js(await watch.read()) for _ in range(41 + 40)]
+    assert sum("task" in u for u in snapshot) == 41 and sum("log" in u for u in snapshot) == 40
+    read: list[Any] = []
+    changes = fast.store.run_changes
+
+    async def counted(run_id: str, *args: Any) -> Any:
+        read.append(got := await changes(run_id, *args))
+        return got
+
+    fast.store.run_changes = counted  # type: ignore[method-assign]
+    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 41, "message": "more"}})
+    assert js(await watch.read())["log"]["message"] == "more"
+    # The change read the new line, and no task nor earlier line again.
+    assert read and all(not c.tasks for c in read)
+    assert [line.message for c in read for line in c.logs] == ["more"]
+    started = await worker.task(run, "one-more")
+    assert js(await watch.read())["task"]["key"] == "one-more"
+    assert [t.key for c in read for t in c.tasks] == ["one-more"]
+    watch.cancel()
 
 
 async def test_watch_run_streams_a_line_stored_under_a_lower_number_later(

@@ -182,6 +182,12 @@ class Task:
     retry_at: int | None = None
     try_offset: int = 0
 
+    def mark(self) -> tuple[object, ...]:
+        """What tells a watch that the task changed: every write to a task moves
+        one of these (a new try its attempts or start, an outcome its status and
+        completion). Store.run_changes reads the same columns."""
+        return (self.status, self.attempts, self.retry_at, self.started_at, self.completed_at)
+
 
 @dataclass
 class LogEntry:
@@ -190,6 +196,21 @@ class LogEntry:
     message: str
     data: Any
     time: int
+
+
+@dataclass
+class RunChanges:
+    """A run's tasks and logs as they changed since a reader's last look (see
+    Store.run_changes)."""
+
+    # Every task's Task.mark(), by id.
+    marks: dict[str, tuple[object, ...]]
+    # The tasks whose mark is new or differs from the one the reader had, by position.
+    tasks: list[Task]
+    # The lines stored since the reader's log mark, by number.
+    logs: list[LogEntry]
+    # Where the next look starts reading lines.
+    log_mark: int
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument, NotFound, Unavailable
 from .hub import Hub
-from .models import LogEntry, Page, Run, Task
+from .models import LogEntry, Page, Run, RunChanges, Task
 
 if TYPE_CHECKING:
     from .store import Store
@@ -22,9 +23,8 @@ class RunService:
         self.store = store
         self.hub = hub
         self.clock = clock
-        # Watches of one run share reads: per run, the read in flight, with the
-        # hub's stamp of the run's latest change when it started.
-        self._reads: dict[tuple[str, str], tuple[int, asyncio.Future[Details]]] = {}
+        # Watches of one run share what they read of it, while any watches it.
+        self._views: dict[tuple[str, str], _RunView] = {}
 
     async def get(self, env: str, run_id: str) -> Run:
         if not run_id:
@@ -39,22 +39,27 @@ class RunService:
         tasks, logs = await self.store.run_details(run_id)
         return run, tasks, logs
 
-    async def _shared_details(self, env: str, run_id: str) -> Details:
-        """The run's details, as a watch woken by its changes needs them: read since
-        its latest change (notified after its commit), by this call or by the one of
-        another watch of the run, which every watch woken by that change shares."""
-        key, stamp = (env, run_id), self.hub.stamp(run_id)
-        current = self._reads.get(key)
-        if current is None or current[0] != stamp:
-            future = asyncio.ensure_future(self.details(env, run_id))
-            current = self._reads[key] = (stamp, future)
+    async def _shared_details(self, view: _RunView, env: str, run_id: str) -> Details:
+        """The run's details, as a watch needs them: read since its latest change
+        (notified after its commit), by this call or by one of another watch of the
+        run, which every watch woken by that change shares. Each read takes only
+        what changed since the one before (see _RunView)."""
+        wanted = self.hub.stamp(run_id)
+        while view.stamp is None or view.stamp < wanted:
+            if view.reading is None:
+                view.reading = asyncio.ensure_future(self._catch_up(view, env, run_id))
+            await asyncio.shield(view.reading)
+        assert view.run is not None
+        return view.run, list(view.tasks.values()), list(view.logs)
 
-            def done(_: object, entry: object = current) -> None:
-                if self._reads.get(key) is entry:
-                    del self._reads[key]
-
-            future.add_done_callback(done)
-        return await asyncio.shield(current[1])
+    async def _catch_up(self, view: _RunView, env: str, run_id: str) -> None:
+        try:
+            stamp = self.hub.stamp(run_id)
+            run = await self.get(env, run_id)
+            changes = await self.store.run_changes(run_id, view.marks, view.log_mark)
+            view.apply(run, changes, stamp)
+        finally:
+            view.reading = None
 
     async def find(
         self,
@@ -77,12 +82,12 @@ class RunService:
 
     async def watch(self, env: str, run_id: str) -> AsyncIterator[Run | Task | LogEntry]:
         """The run, its tasks and logs now, then each change, until the run is terminal."""
-        with self.hub.watch(run_id) as changes:
-            run, tasks, logs = await self.details(env, run_id)
+        with self.hub.watch(run_id) as changes, self._view(env, run_id) as view:
+            run, tasks, logs = await self._shared_details(view, env, run_id)
             yield run
             seen_tasks = {}
             for task in tasks:
-                seen_tasks[task.id] = _task_state(task)
+                seen_tasks[task.id] = task.mark()
                 yield task
             # By number, not "above the last": a replay may store a line under a
             # lower number (see worker_service.proto, 5.).
@@ -96,10 +101,10 @@ class RunService:
                     closing = changes.get_nowait() is None or closing
                 if closing:
                     raise Unavailable("the server is shutting down; watch again later")
-                latest, tasks, logs = await self._shared_details(env, run_id)
+                latest, tasks, logs = await self._shared_details(view, env, run_id)
                 for task in tasks:
-                    if seen_tasks.get(task.id) != _task_state(task):
-                        seen_tasks[task.id] = _task_state(task)
+                    if seen_tasks.get(task.id) != (mark := task.mark()):
+                        seen_tasks[task.id] = mark
                         yield task
                 for entry in logs:
                     if entry.seq not in seen_logs:
@@ -114,6 +119,48 @@ class RunService:
                 run = latest
                 del tasks, logs  # not held while waiting (a copy per watch)
 
+    @contextmanager
+    def _view(self, env: str, run_id: str) -> Iterator[_RunView]:
+        key = (env, run_id)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = _RunView()
+        view.watches += 1
+        try:
+            yield view
+        finally:
+            view.watches -= 1
+            if not view.watches:
+                del self._views[key]
 
-def _task_state(task: Task) -> tuple[object, ...]:
-    return (task.status, task.attempts, task.retry_at)
+
+class _RunView:
+    """A watched run as its watches last read it, kept while any watch it: each
+    change reads only the tasks whose mark moved and the lines stored since
+    (Store.run_changes), so a run of 10,000 tasks does not cost a read of all of
+    them, and of all its lines, per change."""
+
+    def __init__(self) -> None:
+        self.watches = 0
+        # The hub's stamp when the latest read began (None: nothing read yet).
+        self.stamp: int | None = None
+        self.reading: asyncio.Future[None] | None = None
+        self.run: Run | None = None
+        self.tasks: dict[str, Task] = {}  # by id, in position order
+        self.marks: dict[str, tuple[object, ...]] = {}
+        self.logs: list[LogEntry] = []
+        self.log_mark = 0
+        self._last_position = -1
+
+    def apply(self, run: Run, changes: RunChanges, stamp: int) -> None:
+        self.run, self.stamp, self.marks = run, stamp, changes.marks
+        in_order = True
+        for task in changes.tasks:  # by position
+            if task.id not in self.tasks:
+                in_order = in_order and task.position > self._last_position
+                self._last_position = max(self._last_position, task.position)
+            self.tasks[task.id] = task
+        if not in_order:
+            self.tasks = dict(sorted(self.tasks.items(), key=lambda item: item[1].position))
+        self.logs += changes.logs
+        self.log_mark = changes.log_mark

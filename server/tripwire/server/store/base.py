@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ..models import Event, Job, LogEntry, NewEvent, Page, Run, Task, TaskAsk
+from ..models import Event, Job, LogEntry, NewEvent, Page, Run, RunChanges, Task, TaskAsk
 from ..tasks import TaskOutcome
 
 
@@ -77,6 +77,13 @@ class Store(Protocol):
     ) -> tuple[Run, bool]: ...
 
     async def run_details(self, run_id: str) -> tuple[list[Task], list[LogEntry]]: ...
+    async def run_changes(
+        self, run_id: str, marks: Mapping[str, tuple[object, ...]], log_mark: int
+    ) -> RunChanges:
+        """The run's tasks whose Task.mark() is not in `marks`, and its lines stored
+        after `log_mark` (0: all of them): for a reader that already holds the
+        rest, at the cost of the changes rather than of the whole run."""
+        ...
 
     # Schedules and timers
     async def fire_schedules(self, now: int, grace_ms: int) -> list[Run]: ...

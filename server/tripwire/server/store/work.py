@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import tasks as task_rules
@@ -21,6 +21,7 @@ from ..models import (
     LogEntry,
     NewEvent,
     Run,
+    RunChanges,
     RunStatus,
     Task,
     TaskAsk,
@@ -185,6 +186,56 @@ class WorkOps:
             return self._tasks(conn, run_id), [rows.log_from_row(r) for r in logs]
 
         return await self._read(query)
+
+    async def run_changes(
+        self, run_id: str, marks: Mapping[str, tuple[object, ...]], log_mark: int
+    ) -> RunChanges:
+        def query(conn: sqlite3.Connection) -> RunChanges:
+            if marks:
+                now_marks, tasks = self._changed_tasks(conn, run_id, marks)
+            else:  # a first look: every task, in one pass
+                tasks = self._tasks(conn, run_id)
+                now_marks = {task.id: task.mark() for task in tasks}
+            # Lines are never deleted nor changed, and a new one takes a rowid above
+            # every stored one: past the mark is exactly what was stored since.
+            lines = conn.execute(
+                "SELECT rowid, seq, level, message, data, time FROM logs "
+                "WHERE run_id = ? AND rowid > ? ORDER BY seq",
+                (run_id, log_mark),
+            ).fetchall()
+            logs = [rows.log_from_row(line[1:]) for line in lines]
+            mark = max((line[0] for line in lines), default=log_mark)
+            return RunChanges(marks=now_marks, tasks=tasks, logs=logs, log_mark=mark)
+
+        return await self._read(query)
+
+    @staticmethod
+    def _changed_tasks(
+        conn: sqlite3.Connection, run_id: str, marks: Mapping[str, tuple[object, ...]]
+    ) -> tuple[dict[str, tuple[object, ...]], list[Task]]:
+        """Every task's mark (the columns of Task.mark(), without params, output
+        and error), and the tasks whose mark is not the one in `marks`."""
+        now_marks: dict[str, tuple[object, ...]] = {
+            row[0]: row[1:]
+            for row in conn.execute(
+                "SELECT id, status, attempts, retry_at, started_at, completed_at "
+                "FROM tasks WHERE run_id = ?",
+                (run_id,),
+            )
+        }
+        changed = [i for i, mark in now_marks.items() if marks.get(i) != mark]
+        tasks: list[Task] = []
+        for start in range(0, len(changed), 500):
+            chunk = changed[start : start + 500]
+            tasks += map(
+                rows.task_from_row,
+                conn.execute(
+                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ),
+            )
+        tasks.sort(key=lambda task: task.position)
+        return now_marks, tasks
 
     # -- the fencing token ------------------------------------------------------
 
