@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import pytest
+import uvloop
 from tripwire.server.__main__ import _serve
 
 
@@ -40,3 +43,15 @@ def test_serve_freezes_what_start_loaded_and_prints_the_address(
     asyncio.run(_serve(_StartedServer()))  # type: ignore[arg-type]
     assert gc.get_freeze_count() > 1000
     assert capsys.readouterr().out == "tripwire listening on 127.0.0.1:1234\n"
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_serve_gives_the_signals_back_before_its_loop_closes(
+    unfrozen: None,
+    capsys: pytest.CaptureFixture[str],
+    run: Callable[[Coroutine[Any, Any, None]], None],
+) -> None:
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    run(_serve(_StartedServer()))  # type: ignore[arg-type]
+    # uvloop's close leaves its own handlers, which swallow the signals: not here.
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

@@ -9,8 +9,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-import uvloop
-
 from .app import Server
 from .config import settings_from
 
@@ -28,7 +26,13 @@ async def _serve(server: Server) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
-    await server.wait_closed()
+    try:
+        await server.wait_closed()
+    finally:
+        # While the loop runs: uvloop's close leaves its handlers in place, and a
+        # signal after it would be swallowed.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.setswitchinterval(0.0005)
     try:
         if settings.event_loop == "uvloop":
+            import uvloop  # only then: an install without it can still serve on asyncio
+
             uvloop.run(_serve(Server(settings)))
         else:
             asyncio.run(_serve(Server(settings)))
