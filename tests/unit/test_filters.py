@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tripwire.server.errors import InvalidArgument
-from tripwire.server.filters import explain, matches, validate_filter
+from tripwire.server.filters import _same, explain, matches, validate_filter
 
 # (id, value, filter, expected)
 MATCH_CASES: list[tuple[str, Any, dict[str, Any], bool]] = [
@@ -219,6 +219,10 @@ INVALID_CASES: list[tuple[str, Any, str, str]] = [
     ("bare operator object", {"age": {"$gt": 20}}, "f.age.$gt", "inside a list"),
     ("operator as a key", {"age": {"$between": [18, 65]}}, "f.age.$between", "[18, 65]}]"),
     ("list operator as a key", {"tags": {"$includes": ["a"]}}, "f.tags.$includes", "a list"),
+    # As v2's value lists read: the hint takes the value out of its list of one.
+    ("operand in a list", {"age": {"$gte": [18]}}, "f.age.$gte", 'write [{"$gte": 18}]'),
+    ("string operand in a list", {"a": {"$startsWith": ["x"]}}, "f.a.$startsWith", '"x"}]'),
+    ("list operand kept", {"a": {"$anythingBut": ["x"]}}, "f.a.$anythingBut", '["x"]}]'),
     ("operator at the top", {"$exists": [True]}, "f.$exists", "inside a list"),
     ("strings with numbers", {"a": ["x", 1]}, "f.a[1]", "only strings"),
     ("bool with number", {"a": [True, 1]}, "f.a[1]", "only booleans"),
@@ -457,3 +461,32 @@ def test_a_jobs_filter_is_explained_in_one_order_whatever_the_struct_gives() -> 
     struct.update({"plan": ["pro"], "age": [{"$gte": 18}], "b": {"z": [1], "a": [2]}})
     assert list(struct_to_py(struct, "f")) == ["age", "b", "plan"]
     assert list(struct_to_py(struct, "f")["b"]) == ["a", "z"]
+
+
+_PRIMITIVES = st.one_of(
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from([0.0, 1.0, -0.0, 2.5]),
+    st.text("ab", max_size=2),
+)
+
+
+@given(st.one_of(_PRIMITIVES, st.none(), st.lists(_PRIMITIVES, max_size=2)), st.data())
+def test_a_long_value_list_matches_as_the_value_by_value_comparison(value: Any, data: Any) -> None:
+    # Lists of eight or more values are looked up in a set: the same answers as
+    # comparing one by one (true is not 1, 1 is 1.0, "1" is not 1).
+    kind = data.draw(
+        st.sampled_from(
+            [
+                st.booleans(),
+                st.integers(-3, 3) | st.sampled_from([0.0, 2.5]),
+                st.text("ab", max_size=2),
+            ]
+        )
+    )
+    values = data.draw(st.lists(kind, min_size=8, max_size=12))
+    filter = {"a": values}
+    validate_filter(filter, "f")
+    by_one = any(_same(value, v) for v in values)
+    assert matches({"a": value}, filter) is by_one
+    assert matches({"a": value}, {"a": [{"$anythingBut": values}]}) is (not by_one)
