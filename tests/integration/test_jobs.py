@@ -7,6 +7,7 @@ import contextlib
 
 import grpc
 import pytest
+from tripwire.server import matching
 from tripwire.server.api import jobs as api_jobs
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
@@ -301,6 +302,65 @@ async def test_a_schema_that_recurses_for_some_payloads_gives_invalid_payload_ru
         got = await eventually(delivered)
         assert got["runs"][0]["status"] == "RUN_STATUS_INVALID_PAYLOAD"
         assert (await send(stubs, {"name": "other"}))["status"] == "EVENT_STATUS_DELIVERED"
+
+
+async def test_a_call_whose_payloads_cost_too_much_to_validate_is_refused_whole(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each level of "a" applies the level below twice: 2^depth steps for a list that deep.
+    schema = {
+        "$defs": {"a": {"type": "array", "items": {"allOf": [{"$ref": "#/$defs/a"}] * 2}}},
+        "$ref": "#/$defs/a",
+    }
+    monkeypatch.setattr(matching, "MAX_CALL_STEPS", 100_000)
+    costly: list = []
+    for _ in range(12):  # 28,668 steps: a value's own budget takes it, four do not
+        costly = [costly]
+    clock = FakeClock()
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await register(stubs, event_job("deep", ["e"], schema=schema))
+        three = [{"name": "e", "payload": costly} for _ in range(3)]
+        sent = await stubs.events.SendEvents(req(ev.SendEventsRequest, {"events": three}))
+        assert [r.status for e in sent.events for r in e.runs] == [run_pb2.RUN_STATUS_QUEUED] * 3
+        four = [{"name": "e", "id": f"four-{i}", "payload": costly} for i in range(4)]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stubs.events.SendEvents(req(ev.SendEventsRequest, {"events": four}))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "takes over 100,000 steps: send fewer events" in (refused.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stubs.events.GetEvent(ev.GetEventRequest(id="four-0"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        # MatchEvent says what a send would: each job's validation shares the budget.
+        for i in range(4):
+            await register(stubs, event_job(f"deep{i}", ["m"], schema=schema))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stubs.events.MatchEvent(
+                req(ev.MatchEventRequest, {"event": {"name": "m", "payload": costly}})
+            )
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Delayed events are delivered a budget's worth per round, every one in the end,
+        # even one whose own jobs need more than a round's budget.
+        await send(stubs, {"name": "m", "id": "alone", "payload": costly}, deliver_after=30)
+        for i in range(4):
+            await send(
+                stubs, {"name": "e", "id": f"later-{i}", "payload": costly}, deliver_after=30
+            )
+        clock.advance(31)
+
+        async def delivered() -> list[dict] | None:
+            got = [
+                js(await stubs.events.GetEvent(ev.GetEventRequest(id=i)))
+                for i in ("alone", *(f"later-{n}" for n in range(4)))
+            ]
+            done = all(g["event"]["status"] == "EVENT_STATUS_DELIVERED" for g in got)
+            return got if done else None
+
+        got = await eventually(delivered)
+        assert [len(g["runs"]) for g in got] == [4, 1, 1, 1, 1]
+        statuses = {r["status"] for g in got for r in g["runs"]}
+        assert statuses == {"RUN_STATUS_QUEUED"}
 
 
 async def test_nothing_stored_after_a_disable_runs_the_disabled_version(stubs: Stubs) -> None:

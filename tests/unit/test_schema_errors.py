@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from tripwire.server import matching
-from tripwire.server.errors import InvalidArgument
+from tripwire.server.errors import InvalidArgument, ResourceExhausted
 from tripwire.server.matching import (
     MAX_VALIDATION_ERRORS,
     MAX_VALIDATION_MESSAGE,
@@ -80,6 +80,18 @@ def test_a_pattern_re2_cannot_run_is_refused_naming_it(schema: dict, path: str) 
     assert err.value.field == path
     assert "RE2, in linear time, without backreferences or lookaround" in err.value.message
     assert "b'" not in err.value.message  # RE2's reason, as text
+
+
+def test_patterns_re2_takes_are_taken_though_python_re_refuses_them() -> None:
+    validator = check_schema(
+        {"properties": {"name": {"pattern": "^\\p{L}+$"}, "id": {"pattern": "^(?<n>[0-9]+)$"}}},
+        "schema",
+    )
+    assert schema_errors(validator, {"name": "Ada", "id": "42"}) == ()
+    assert [e["path"] for e in schema_errors(validator, {"name": "Ada1", "id": "x"})] == [
+        "/id",
+        "/name",
+    ]
 
 
 def test_a_pattern_in_a_value_is_data_not_a_regular_expression() -> None:
@@ -361,3 +373,50 @@ def test_large_and_recursive_schemas_whose_work_stays_linear_are_accepted(
     schema: dict, payload: Any
 ) -> None:
     assert schema_errors(check_schema(schema, "schema"), payload) == ()
+
+
+def test_a_large_enum_or_const_is_checked_by_value_and_quoted_short() -> None:
+    validator = check_schema(
+        {"type": "array", "items": {"enum": list(range(30_000))}, "maxItems": 5000}, "schema"
+    )
+    assert schema_errors(validator, [5, 1.0, 29_999]) == ()  # 1.0 is 1
+    (error,) = schema_errors(validator, [True])  # true is not 1
+    assert error == {
+        "path": "/0",
+        "message": "True is not one of [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]",
+    }
+    constant = check_schema({"const": {"ids": list(range(1000)), "n": 1}}, "schema")
+    assert schema_errors(constant, {"n": 1.0, "ids": list(range(1000))}) == ()
+    (error,) = schema_errors(constant, {"n": 1, "ids": [0]})
+    assert error["message"] == "{'ids': [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...], 'n': 1} was expected"
+    # Both as jsonschema has them when short.
+    small = check_schema({"properties": {"a": {"enum": ["x", 2]}, "b": {"const": "y"}}}, "schema")
+    assert [e["message"] for e in schema_errors(small, {"a": "z", "b": "z"})] == [
+        "'z' is not one of ['x', 2]",
+        "'y' was expected",
+    ]
+
+
+def test_errors_count_against_the_budget_so_failing_a_wide_any_of_everywhere_stops() -> None:
+    validator = check_schema(
+        {"type": "array", "items": {"anyOf": [{"const": i} for i in range(100)]}}, "schema"
+    )
+    assert schema_errors(validator, [7] * 1900) == ()
+    (error,) = schema_errors(validator, [-1] * 1900)  # 190,000 failed consts
+    assert "takes over 200,000 steps" in error["message"]
+
+
+def test_values_validated_in_one_call_share_its_budget() -> None:
+    validator = check_schema(BRANCHING_CYCLE, "schema")
+    costly: list = []
+    for _ in range(14):  # 114,684 steps: within a value's budget
+        costly = [costly]
+    assert schema_errors(validator, costly) == ()
+    with matching.call_budget():
+        for _ in range(matching.MAX_CALL_STEPS // 114_684):
+            assert schema_errors(validator, costly) == ()
+        with pytest.raises(ResourceExhausted, match="takes over 1,000,000 steps"):
+            schema_errors(validator, costly)
+        with matching.call_budget(shared=False):  # each value on its own budget
+            assert schema_errors(validator, costly) == ()
+    assert schema_errors(validator, costly) == ()  # outside a call: no shared budget

@@ -215,10 +215,13 @@ class EventTrigger(_message.Message):
         """JSON Schema (draft 2020-12). A payload that fails it creates a run with
         status INVALID_PAYLOAD and its validation errors, never dispatched. Its
         regular expressions (pattern, patternProperties) are matched with RE2,
-        in linear time: backreferences and lookaround are INVALID_ARGUMENT. Only
-        local $refs. Validating one value applies at most 200,000 keywords: a
+        in linear time, in RE2's syntax: backreferences and lookaround are
+        INVALID_ARGUMENT. Only local $refs. Validating one value costs at most
+        200,000 steps (a keyword applied is one, an error it makes three more): a
         schema that takes more on any small value is INVALID_ARGUMENT; a payload
-        it takes more on makes an INVALID_PAYLOAD run saying so.
+        it takes more on makes an INVALID_PAYLOAD run saying so. The payloads one
+        call validates share 1,000,000 steps: a call past them (SendEvent,
+        SendEvents, MatchEvent) is RESOURCE_EXHAUSTED and stores nothing.
         """
 
     def __init__(

@@ -13,16 +13,18 @@ from __future__ import annotations
 import functools
 import json
 import re
+import reprlib
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema._keywords
 import jsonschema._utils
 import re2
-from jsonschema import Draft202012Validator, validators
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
 from referencing import Registry
@@ -30,7 +32,7 @@ from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from . import filters
-from .errors import InvalidArgument
+from .errors import InvalidArgument, ResourceExhausted
 from .models import DEFAULT_SOURCE, Job, RunSpec
 
 _RE2_OPTIONS = re2.Options()
@@ -93,31 +95,46 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> An
             seen.add(key)
 
 
-# Validating one value applies at most this many keywords: a schema whose $refs
-# apply its parts again and again (an `allOf` of two refs to the level below, 40
-# levels deep, is 2^40 steps; a ref cycle that comes back twice per level of the
-# data doubles with each level) is stopped there, on the event loop, within a
-# second or two. A large real payload takes far fewer: 156 KB of objects of 20
-# typed fields, 21,505.
+# Validating one value costs at most this many steps: a keyword applied is one, an
+# error it makes ERROR_STEPS more (jsonschema builds a message quoting values, and
+# keywords such as anyOf collect them: about three keywords' worth of time). A
+# schema whose $refs apply its parts again and again (an `allOf` of two refs to the
+# level below, 40 levels deep, is 2^40 steps), or a payload failing a wide anyOf at
+# every element, is stopped there, within about a second. A large real payload
+# takes far fewer: 188 KB of objects of 20 typed fields, 13,802 (84 ms here).
 MAX_STEPS = 200_000
+ERROR_STEPS = 3
 _budget = threading.local()
 
 
 class TooCostly(Exception):
-    """Validating a value took more than MAX_STEPS keyword applications."""
+    """Validating a value took more than MAX_STEPS steps."""
+
+
+def _charge(steps: int) -> None:
+    _budget.left = left = getattr(_budget, "left", MAX_STEPS) - steps
+    if left < 0:
+        raise TooCostly(
+            f"validating this value takes over {MAX_STEPS:,} steps "
+            "(the schema's $refs apply its parts too many times, or it fails too many of them)"
+        )
 
 
 def _counted(keyword: Any) -> Any:
     def counted(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
-        _budget.left = left = getattr(_budget, "left", MAX_STEPS) - 1
-        if left < 0:
-            raise TooCostly(
-                f"validating this value takes over {MAX_STEPS:,} steps "
-                "(the schema's $refs apply its parts too many times)"
-            )
-        return keyword(validator, value, instance, schema)
+        _charge(1)
+        errors = keyword(validator, value, instance, schema)
+        return None if errors is None else _charged(errors)
 
     return counted
+
+
+def _charged(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
+    for error in errors:
+        if not getattr(error, "_tripwire_charged", False):  # once, where it is made
+            error._tripwire_charged = True  # type: ignore[attr-defined]
+            _charge(ERROR_STEPS)
+        yield error
 
 
 def _budgeted() -> None:
@@ -125,7 +142,63 @@ def _budgeted() -> None:
     _budget.left = MAX_STEPS
 
 
-# Draft 2020-12, with the linear uniqueItems, every keyword counted (MAX_STEPS).
+# All the values one call validates (an event against every job it matches, a
+# SendEvents batch, a round of delayed deliveries) cost at most this many steps
+# together, a few seconds at worst: past it the call is refused, storing nothing.
+# A full batch (3 MiB) of typed objects against two schemas takes about half.
+MAX_CALL_STEPS = 1_000_000
+
+
+@contextmanager
+def call_budget(shared: bool = True) -> Iterator[None]:
+    """Validation inside shares MAX_CALL_STEPS (not `shared`: each value has its own
+    budget only); a value the shared budget cannot pay for raises ResourceExhausted."""
+    outer = getattr(_budget, "call_left", None)
+    _budget.call_left = MAX_CALL_STEPS if shared else None
+    try:
+        yield
+    finally:
+        _budget.call_left = outer
+
+
+# How an error message quotes a schema's value (an enum's list, a const): at most
+# ten elements of a list or object, three levels down, strings cut; whatever its size,
+# in bounded time.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlist = _QUOTE.maxtuple = _QUOTE.maxdict = _QUOTE.maxset = 10
+_QUOTE.maxlevel = 3
+_QUOTE.maxstring = _QUOTE.maxother = 80
+
+# What a schema's value (an enum's list, a const) is as _canonical forms, by its id
+# (the entry keeps the value, so the id stays its own); forgotten past 1,024 entries.
+_schema_values: dict[int, tuple[Any, Any]] = {}
+
+
+def _canonical_of(value: Any, make: Callable[[Any], Any]) -> Any:
+    entry = _schema_values.get(id(value))
+    if entry is None or entry[0] is not value:
+        if len(_schema_values) >= 1024:
+            _schema_values.clear()
+        entry = _schema_values[id(value)] = (value, make(value))
+    return entry[1]
+
+
+def _enum(validator: Any, enums: Any, instance: Any, schema: Any) -> Any:
+    """`enum` in constant time per value (jsonschema's compares it with every
+    allowed value, and quotes them all in each error: 30,000 values made a
+    200-element payload take seconds)."""
+    allowed = _canonical_of(enums, lambda values: frozenset(map(_canonical, values)))
+    if _canonical(instance) not in allowed:
+        yield ValidationError(f"{instance!r} is not one of {_QUOTE.repr(enums)}")
+
+
+def _const(validator: Any, const: Any, instance: Any, schema: Any) -> Any:
+    """`const` under JSON Schema's equality, the schema's value made canonical once."""
+    if _canonical(instance) != _canonical_of(const, _canonical):
+        yield ValidationError(f"{_QUOTE.repr(const)} was expected")
+
+
+# Draft 2020-12, with the linear uniqueItems and enum, every keyword counted (MAX_STEPS).
 SchemaValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator,
     {
@@ -133,6 +206,8 @@ SchemaValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped
         for name, keyword in {
             **Draft202012Validator.VALIDATORS,
             "uniqueItems": _unique_items,
+            "enum": _enum,
+            "const": _const,
         }.items()
     },
 )
@@ -275,9 +350,20 @@ class CompiledJob:
         return self.job.enabled and bool(self.names)
 
 
+# The metaschema's formats without `regex`, which is Python's `re`: it refuses what
+# RE2 takes (`\p{L}`, `(?<name>...)`). check_schema tries every pattern with RE2,
+# as it will be matched.
+_SCHEMA_FORMATS = FormatChecker(())
+_SCHEMA_FORMATS.checkers = {
+    name: checker
+    for name, checker in Draft202012Validator.FORMAT_CHECKER.checkers.items()
+    if name != "regex"
+}
+
+
 def check_schema(schema: Mapping[str, Any], field: str) -> Validator:
     try:
-        SchemaValidator.check_schema(dict(schema))
+        SchemaValidator.check_schema(dict(schema), format_checker=_SCHEMA_FORMATS)  # type: ignore[call-arg]
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         raise InvalidArgument(
@@ -337,14 +423,27 @@ MAX_VALIDATION_MESSAGE = 200
 def schema_errors(validator: Validator, payload: Any) -> tuple[dict[str, str], ...]:
     """How `payload` fails the schema, as [{path, message}] (JSON pointer paths):
     the first MAX_VALIDATION_ERRORS by path, messages cut short."""
-    _budgeted()
+    call_left: int | None = getattr(_budget, "call_left", None)
+    allowed = MAX_STEPS if call_left is None else min(MAX_STEPS, call_left)
+    _budget.left = allowed
     try:
         errors = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path)))
+    except TooCostly as exc:
+        if allowed < MAX_STEPS:  # the call's budget ran out, not the value's
+            raise ResourceExhausted(
+                f"validating the payloads of this call against the schemas of the jobs "
+                f"they match takes over {MAX_CALL_STEPS:,} steps: send fewer events per "
+                "call, or simpler payloads"
+            ) from None
+        return ({"path": "", "message": _cut(f"the schema cannot be applied: {exc}")},)
     except RecursionError:  # a $ref cycle only some payloads reach, or a payload too deep
         return ({"path": "", "message": "the schema cannot be applied: it recurses without end"},)
     except Exception as exc:  # a user's schema must never stop delivery; registration
         # rejects what it can (unresolvable refs, top-level cycles)
         return ({"path": "", "message": _cut(f"the schema cannot be applied: {exc}")},)
+    finally:
+        if call_left is not None:
+            _budget.call_left = call_left - (allowed - max(_budget.left, 0))
     kept = tuple(
         {"path": _cut("".join(f"/{p}" for p in e.absolute_path)), "message": _cut(e.message)}
         for e in errors[:MAX_VALIDATION_ERRORS]

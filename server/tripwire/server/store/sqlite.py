@@ -19,11 +19,11 @@ from typing import Any, Literal, TypeVar
 
 from sqlite_utils import Database
 
-from ..errors import FailedPrecondition, NotFound
+from ..errors import FailedPrecondition, NotFound, ResourceExhausted
 from ..events import resend_action
 from ..hub import Hub
 from ..ids import new_run_id
-from ..matching import JobIndex
+from ..matching import JobIndex, call_budget
 from ..models import (
     Event,
     EventStatus,
@@ -222,10 +222,11 @@ class SQLiteStore(JobOps, WorkOps):
         # event the batch rescheduled is delivered where it stands in the batch.
         touched = {**inserted, **updated}
         in_order = [touched[i] for i in dict.fromkeys(e.id for e in events) if i in touched]
-        for event in in_order:
-            if event.status is EventStatus.PENDING and event.deliver_at <= now:
-                created += self._deliver(event, now)
-                delivered.append(event)
+        with call_budget():  # past it, ResourceExhausted: the call stores nothing
+            for event in in_order:
+                if event.status is EventStatus.PENDING and event.deliver_at <= now:
+                    created += self._deliver(event, now)
+                    delivered.append(event)
         _insert(conn, _INSERT_EVENT, [rows.event_params(e) for e in inserted.values()])
         for event in updated.values():
             conn.execute(
@@ -313,12 +314,20 @@ class SQLiteStore(JobOps, WorkOps):
                 )
             ]
             created: list[Run] = []
-            for event in due:
-                created += self._deliver(event, now)
-                tx.conn.execute(
-                    "UPDATE events SET status = 'DELIVERED', delivered_at = ? WHERE seq = ?",
-                    (now, event.seq),
-                )
+            with call_budget():
+                for i, event in enumerate(due):
+                    try:
+                        created += self._deliver(event, now)
+                    except ResourceExhausted:
+                        if i:  # the rest waits for the next round
+                            due = due[:i]
+                            break
+                        with call_budget(shared=False):  # one event always goes, on its own budgets
+                            created += self._deliver(event, now)
+                    tx.conn.execute(
+                        "UPDATE events SET status = 'DELIVERED', delivered_at = ? WHERE seq = ?",
+                        (now, event.seq),
+                    )
             self._insert_runs(tx, created, due)
             return due
 
