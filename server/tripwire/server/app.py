@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -97,7 +96,7 @@ class Server:
         # The first write: where a read-only or locked file shows.
         try:
             await self.store.requeue_orphans(self.clock())
-        except sqlite3.Error as exc:
+        except Exception as exc:  # whatever the backend raises: it cannot be written
             await self.store.close()
             raise OSError(f"cannot write to the database {settings.db_path!r}: {exc}") from exc
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -35,10 +34,6 @@ STATUS: Mapping[type[TripwireError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
-
-
-# Database failures that pass: a lock another process held too long, a full disk.
-_PASSING = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL})
 
 
 def status_of(exc: TripwireError) -> grpc.StatusCode:
@@ -91,15 +86,6 @@ def unary(method: Handler[Req, Resp]) -> Callable[[Any, Req, Any], Awaitable[Res
             return await method(self, request, context, env)
         except TripwireError as exc:
             await context.abort(status_of(exc), exc.message)
-        except sqlite3.OperationalError as exc:
-            if (exc.sqlite_errorcode or 0) & 0xFF not in _PASSING:  # the primary code
-                log.exception("%s failed", method.__qualname__)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-            log.error("%s failed: the database: %s", method.__qualname__, exc)
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"the database cannot take writes now ({exc}); nothing was stored: try again",
-            )
         except Exception:
             log.exception("%s failed", method.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")

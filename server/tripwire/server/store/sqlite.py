@@ -38,7 +38,7 @@ from .jobs import JobOps
 from .rows import ACTIVE, EVENT_COLUMNS, RUN_COLUMNS, dumps
 from .schema import migrate
 from .work import WorkOps
-from .writer import Tx, Writer
+from .writer import Tx, Writer, passing
 
 T = TypeVar("T")
 _INSERT_EVENT = (
@@ -158,7 +158,12 @@ class SQLiteStore(JobOps, WorkOps):
                     self._reader_conns.append(conn)
             return query(conn)
 
-        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        except sqlite3.OperationalError as exc:
+            if (translated := passing(exc, "be read")) is exc:
+                raise
+            raise translated from exc
 
     # -- events ---------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -35,6 +37,27 @@ MAX_BATCH = 1024
 LAZY_SECONDS = 0.002
 # How long a batch waits for a write lock another process holds before it fails.
 BUSY_SECONDS = 30.0
+# Database failures that pass: a lock another process held too long, a full disk.
+_PASSING = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL})
+
+
+def passing(exc: BaseException, doing: str) -> BaseException:
+    """`exc` as the store's callers see it: a database failure that passes is the
+    domain's Unavailable (the call may be tried again), naming the cause; any
+    other error is left as it is (an internal one)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None) or 0  # None when raised by Python code
+    if code & 0xFF not in _PASSING:  # the primary code
+        return exc
+    log.warning("the database cannot %s now: %s", doing, exc)
+    if doing == "take writes":
+        message = f"the database cannot take writes now ({exc}); nothing was stored: try again"
+    else:
+        message = f"the database cannot {doing} now ({exc}): try again"
+    unavailable = Unavailable(message)
+    unavailable.__cause__ = exc
+    return unavailable
 
 
 class Tx:
@@ -252,6 +275,6 @@ class Writer:
             if future.cancelled():
                 continue
             if error is not None:
-                future.set_exception(error)
+                future.set_exception(passing(error, "take writes"))
             else:
                 future.set_result(result)
