@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from tripwire.server.store.writer import Committer, Tx, Writer
+from tripwire.server.errors import Unavailable
+from tripwire.server.store.writer import Committer, Tx, Writer, passing
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -221,3 +222,25 @@ async def test_in_memory_changes_are_undone_with_their_rolled_back_writes(
     )
     assert all(isinstance(o, Exception) for o in outcomes)
     assert state == ["a", "c"] and keys(tmp_path) == {"a", "c"}
+
+
+def test_a_database_failure_that_passes_is_unavailable_and_any_other_is_left_as_it_is() -> None:
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("SELECT * FROM nowhere")
+    except sqlite3.OperationalError as exc:
+        missing = exc
+    assert passing(missing, "take writes") is missing  # a bug: internal
+    raised = sqlite3.OperationalError("disk I/O error")  # by Python code: no code at all
+    assert passing(raised, "be read") is raised
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    unavailable = passing(locked, "take writes")
+    assert isinstance(unavailable, Unavailable) and unavailable.__cause__ is locked
+    assert unavailable.message == (
+        "the database cannot take writes now (database is locked); nothing was stored: try again"
+    )
+    assert passing(locked, "be read").message == (  # type: ignore[attr-defined]
+        "the database cannot be read now (database is locked): try again"
+    )
+    conn.close()
