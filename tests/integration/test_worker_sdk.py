@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -392,6 +393,27 @@ async def test_an_uncaught_error_fails_the_run(client: Client) -> None:
     assert done.status == "FAILURE"
     assert done.error is not None
     assert (done.error.type, done.error.message) == ("RuntimeError", "handler gave up")
+
+
+async def test_sys_exit_in_a_coroutine_handler_fails_the_run_and_the_worker_goes_on(
+    client: Client,
+) -> None:
+    @client.define_job(id="exits", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        sys.exit(4)
+
+    @client.define_job(id="after", version="1.0.0", trigger=invoke_trigger())
+    async def after(payload: Any, io: IO, ctx: RunContext) -> str:
+        return "still serving"
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("exits")
+        done = await finished(client, run.id)
+        assert done.status == "FAILURE" and done.error is not None
+        assert (done.error.type, done.error.message) == ("SystemExit", "4")
+        next_run = await client.aio.invoke_job("after")
+        assert (await finished(client, next_run.id)).output == "still serving"
 
 
 async def test_a_cancelled_error_escaping_the_handler_fails_the_run(client: Client) -> None:

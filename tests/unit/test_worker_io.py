@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -728,6 +729,22 @@ async def test_an_exit_raised_in_a_task_functions_thread_fails_the_task(
     answer(
         execution, request.request_id, task("t1", "k", "ERRORED", error=(type(exit).__name__, ""))
     )
+    with pytest.raises(TaskError):
+        await within(call)
+
+
+async def test_sys_exit_in_a_coroutine_task_function_fails_the_task_not_the_worker() -> None:
+    execution, io, wire = make()
+
+    async def leaving() -> None:
+        sys.exit(4)
+
+    call = asyncio.create_task(io.run_task("k", leaving))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "k", "RUNNING"))
+    complete = await wire.next("task_complete")
+    assert (complete.error.type, complete.error.message) == ("SystemExit", "4")
+    answer(execution, request.request_id, task("t1", "k", "ERRORED", error=("SystemExit", "4")))
     with pytest.raises(TaskError):
         await within(call)
 

@@ -603,7 +603,7 @@ async def _call_async(fn: Callable[[], Any], task_id: str, executor: Executor | 
                 return Outcome.failure(exc)
             if inspect.isawaitable(result):
                 result = await result
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: the function's sys.exit()
         return Outcome.failure(exc)
     finally:
         _parent.reset(token)

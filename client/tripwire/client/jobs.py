@@ -331,7 +331,9 @@ async def execute_run(
         # The handler's own, e.g. from awaiting a task it cancelled: the run fails.
         result.error.CopyFrom(error_info(exc))
         result.error.message = result.error.message or "a CancelledError escaped the handler"
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # SystemExit: the handler's own sys.exit(), on the loop; let through, it would
+        # stop this worker, and every worker the run went to next.
         result.error.CopyFrom(error_info(exc))
     except BaseExceptionGroup as group:  # e.g. from a TaskGroup in the handler
         if group.subgroup(Suspend) is not None:
