@@ -182,6 +182,17 @@ async def test_a_run_with_one_task_end_to_end(conn: Stubs, worker: RawWorker) ->
     assert [entry["message"] for entry in got.get("logs", [])] == ["greeted"]
 
 
+async def test_a_run_request_shows_when_the_run_started_as_get_run_does(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    request = await worker.run_request()
+    run = request["run"]
+    stored = (await run_status(conn, run["id"], "EXECUTING"))["run"]  # the claim is lazy
+    assert stored["startedAt"] == run["startedAt"]
+
+
 async def test_stale_attempts_are_abandoned_and_cached_tasks_replayed(
     conn: Stubs, worker: RawWorker, fast: Server
 ) -> None:

@@ -340,9 +340,11 @@ class Dispatcher(RunListener):
         return (head.run.seq or _NEW, head.arrival)
 
     def _assign(self, session: Session, item: _Queued) -> None:
-        run = item.run
+        run, now = item.run, self.clock()
         run.attempt += 1
         run.worker_id = session.worker_id
+        if run.started_at is None:  # as the claim stores it: the run request shows it
+            run.started_at = now
         session.running[run.id] = run.attempt
         self._owner[run.id] = session
         self._job_of[run.id] = run.job_id
@@ -352,9 +354,7 @@ class Dispatcher(RunListener):
         job = (run.env, run.job_id)
         self._executing[job] = self._executing.get(job, 0) + 1
         self.idle.clear()
-        claim = self.store.claim(
-            run.id, item.stored_attempt, run.attempt, session.worker_id, self.clock()
-        )
+        claim = self.store.claim(run.id, item.stored_attempt, run.attempt, session.worker_id, now)
         claim.add_done_callback(lambda f: self._claimed(f, session, item))
         session.link.start_run(run, item.event)
 
