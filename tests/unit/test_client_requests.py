@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -132,6 +133,15 @@ def test_list_filters() -> None:
 def test_a_bad_argument_of_any_call_is_invalid_argument(build: Any) -> None:
     with pytest.raises(InvalidArgument):
         build()
+
+
+@pytest.mark.parametrize("after", [1.5, -1, True, "60"])
+def test_a_bad_deliver_after_is_named_as_io_send_event_names_it(after: Any) -> None:
+    message = f"deliver_after is whole seconds >= 0, got {after!r}"
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        _requests.send_event({"name": "x"}, deliver_after=after)
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        _requests.send_events([{"name": "x"}], deliver_after=after)
 
 
 def test_register_job_request() -> None:

@@ -106,10 +106,20 @@ def event_input(event: Mapping[str, Any]) -> event_pb2.EventInput:
     return message
 
 
-def _send_options(options: SendOptions) -> event_pb2.SendEventOptions:
+def send_options_message(options: SendOptions) -> event_pb2.SendEventOptions:
+    """The options of a send (client.send_event(s), io.send_event(s)), checked."""
+    unknown = sorted(set(options) - SendOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(
+            f"unknown send option(s) {unknown} (known: deliver_at, deliver_after, account_id)"
+        )
+    deliver_after = options.get("deliver_after")
+    if deliver_after is not None and (
+        isinstance(deliver_after, bool) or not isinstance(deliver_after, int) or deliver_after < 0
+    ):
+        raise ValueError(f"deliver_after is whole seconds >= 0, got {deliver_after!r}")
     message = event_pb2.SendEventOptions(
-        deliver_after=options.get("deliver_after") or 0,
-        account_id=options.get("account_id") or "",
+        deliver_after=deliver_after or 0, account_id=options.get("account_id") or ""
     )
     deliver_at = options.get("deliver_at")
     if deliver_at is not None:
@@ -121,7 +131,7 @@ def send_event(event: Mapping[str, Any], **options: Unpack[SendOptions]) -> Call
     _known("send_event", options, SendOptions)
     with _arguments():
         request = event_service_pb2.SendEventRequest(
-            event=event_input(event), options=_send_options(options)
+            event=event_input(event), options=send_options_message(options)
         )
     return Call("events", "SendEvent", request, _event_reply, idempotent=True)
 
@@ -139,7 +149,7 @@ def send_events(
             raise TypeError("send_events takes a list of event dicts")
         request = event_service_pb2.SendEventsRequest(
             events=[event_input(e) for e in events],
-            options=_send_options(options),
+            options=send_options_message(options),
         )
     return Call("events", "SendEvents", request, _events_reply, idempotent=True)
 

@@ -36,7 +36,7 @@ from typing import Any, TypeVar, Unpack
 
 from google.protobuf import json_format, struct_pb2
 from tripwire.client import convert
-from tripwire.client._requests import _arguments, event_input
+from tripwire.client._requests import _arguments, event_input, send_options_message
 from tripwire.client.errors import TripwireError
 from tripwire.client.models import Event
 from tripwire.client.options import SendOptions, send_options
@@ -224,22 +224,7 @@ def _event_json(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _options_json(given: SendOptions) -> dict[str, Any]:
-    unknown = sorted(set(given) - SendOptions.__optional_keys__)
-    if unknown:
-        raise TypeError(
-            f"unknown send option(s) {unknown} (known: deliver_at, deliver_after, account_id)"
-        )
-    deliver_at, deliver_after = given.get("deliver_at"), given.get("deliver_after")
-    if deliver_after is not None and (
-        isinstance(deliver_after, bool) or not isinstance(deliver_after, int) or deliver_after < 0
-    ):
-        raise ValueError(f"deliver_after is whole seconds >= 0, got {deliver_after!r}")
-    options = event_pb2.SendEventOptions(
-        deliver_after=deliver_after or 0, account_id=given.get("account_id") or ""
-    )
-    if deliver_at is not None:
-        options.deliver_at.CopyFrom(convert.datetime_to_timestamp(deliver_at))
-    as_json = json_format.MessageToDict(options)
+    as_json = json_format.MessageToDict(send_options_message(given))
     if "deliverAfter" in as_json:  # int64 is a string in proto JSON; a number reads better
         as_json["deliverAfter"] = int(as_json["deliverAfter"])
     return as_json
