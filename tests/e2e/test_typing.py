@@ -61,3 +61,31 @@ def test_the_client_is_typed_not_any(tmp_path: Path) -> None:
     assert 'Revealed type is "tripwire.client.models.Event"' in done.stdout, done.stdout
     assert 'Incompatible types in assignment (expression has type "str"' in done.stdout
     assert done.returncode == 1
+
+
+WATCHING = """
+from contextlib import aclosing, closing
+
+from tripwire.client import Client
+
+
+def first_update(client: Client, run_id: str) -> object:
+    with closing(client.watch_run(run_id)) as updates:
+        for update in updates:
+            return update
+    return None
+
+
+async def first_update_async(client: Client, run_id: str) -> object:
+    async with aclosing(client.aio.watch_run(run_id)) as updates:
+        async for update in updates:
+            return update
+    return None
+"""
+
+
+def test_a_watch_can_be_closed_early_with_closing_or_aclosing(tmp_path: Path) -> None:
+    app = tmp_path / "watching.py"
+    app.write_text(WATCHING)
+    done = _mypy(app)
+    assert done.returncode == 0, done.stdout + done.stderr

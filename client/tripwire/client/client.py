@@ -14,11 +14,9 @@ import threading
 import time
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
     Callable,
     Collection,
     Generator,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -202,7 +200,10 @@ class AsyncClient(ClientBase):
     async def cancel_run(self, id: str) -> Run:
         return await self._call(_requests.cancel_run(id))
 
-    def watch_run(self, id: str, *, timeout: float | None = None) -> AsyncIterator[RunUpdate]:
+    def watch_run(
+        self, id: str, *, timeout: float | None = None
+    ) -> AsyncGenerator[RunUpdate, None]:
+        """As Client.watch_run; an async generator, so `contextlib.aclosing` ends it."""
         return self._watch(_requests.watch_run(id), timeout)
 
     async def _watch(
@@ -428,9 +429,12 @@ class Client(ClientBase):
         """Cancel an unfinished run (FAILED_PRECONDITION once it has finished)."""
         return self._call(_requests.cancel_run(id))
 
-    def watch_run(self, id: str, *, timeout: float | None = None) -> Iterator[RunUpdate]:
+    def watch_run(
+        self, id: str, *, timeout: float | None = None
+    ) -> Generator[RunUpdate, None, None]:
         """The run, its tasks and logs, then every change until the run finishes.
-        ``timeout`` bounds the whole watch (none by default)."""
+        ``timeout`` bounds the whole watch (none by default). A generator:
+        ``contextlib.closing`` (or ``.close()``) ends the watch at once."""
         return self._watch(_requests.watch_run(id), timeout)
 
     def _watch(
