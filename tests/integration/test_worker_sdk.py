@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import sys
@@ -414,6 +415,38 @@ async def test_sys_exit_in_a_coroutine_handler_fails_the_run_and_the_worker_goes
         assert (done.error.type, done.error.message) == ("SystemExit", "4")
         next_run = await client.aio.invoke_job("after")
         assert (await finished(client, next_run.id)).output == "still serving"
+
+
+async def test_a_coroutine_handler_under_a_plain_decorator_runs_on_the_loop(
+    client: Client,
+) -> None:
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            return fn(*args)  # the coroutine, not awaited here
+
+        return wrapper
+
+    @client.define_job(id="decorated", version="1.0.0", trigger=invoke_trigger())
+    @logged
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        return await io.run_task("t", lambda: "done")
+
+    async def later() -> str:
+        return "never awaited"
+
+    @client.define_job(id="plain", version="1.0.0", trigger=invoke_trigger())
+    def plain(payload: Any, io: Any, ctx: RunContext) -> Any:
+        return later()
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("decorated")
+        assert (await finished(client, run.id)).output == "done"
+        run = await client.aio.invoke_job("plain")
+        failed = await finished(client, run.id)
+    assert failed.status == "FAILURE" and failed.error is not None
+    assert failed.error.message.startswith("the handler returned a coroutine")
 
 
 async def test_a_cancelled_error_escaping_the_handler_fails_the_run(client: Client) -> None:
