@@ -112,13 +112,17 @@ async def test_hello_must_come_first_and_be_valid(conn: Stubs) -> None:
     assert (err.value.details() or "").startswith("hello.jobs[0].id")
     await invalid.close()
 
-    for bad_job, field in (
-        ({**job("j", ["x"]), "logLevel": 99}, "hello.jobs[0].log_level: "),
-        ({"id": "j", "version": "1.0.0"}, "hello.jobs[0].trigger: "),
+    twice = [job("j", ["x"]), job("k", ["x"]), job("j", ["y"])]
+    for worker_id, jobs, field in (
+        ("w", [{**job("j", ["x"]), "logLevel": 99}], "hello.jobs[0].log_level: "),
+        ("w", [{"id": "j", "version": "1.0.0"}], "hello.jobs[0].trigger: "),
+        ("w\n1", [job("j", ["x"])], "hello.worker_id: holds the control character U+000A"),
+        ("w" * 257, [job("j", ["x"])], "hello.worker_id: is longer than the limit of 256"),
+        ("w", twice, "hello.jobs[2]: version 1.0.0 of job 'j' is already hello.jobs[0]"),
     ):
         named = RawWorker(conn.workers)
         named.call = conn.workers.RunJob(named._requests())
-        named.send({"hello": {"workerId": "w", "capacity": 1, "jobs": [bad_job]}})
+        named.send({"hello": {"workerId": worker_id, "capacity": 1, "jobs": jobs}})
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await named.call.read()
         assert (err.value.details() or "").startswith(field), err.value.details()

@@ -257,7 +257,10 @@ class CronTrigger(_message.Message):
     cron: _builtins.str
     """Required, e.g. "0 9 * * *"."""
     timezone: _builtins.str
-    """IANA time zone, e.g. "Europe/Paris". Absent: UTC."""
+    """IANA time zone, e.g. "Europe/Paris". Absent: UTC. The host's own
+    settings ("localtime", "posixrules", "posix/...", "right/...") are
+    INVALID_ARGUMENT: what they mean depends on the machine.
+    """
     catch_up: _builtins.bool
     """Ticks missed while the server was down are skipped; with catch_up the
     last missed tick fires once on start. "Missed" means found more than the

@@ -206,7 +206,9 @@ class Hello(_message.Message):
     SDK_FIELD_NUMBER: _builtins.int
     ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
-    """Stable id of the worker process (for logs and GetRun); required."""
+    """Stable id of the worker process (for logs and GetRun); required, at most
+    256 characters, no control characters.
+    """
     capacity: _builtins.int
     """Most runs this worker executes at once, from 1 to 10,000."""
     sdk: _builtins.str
@@ -215,7 +217,9 @@ class Hello(_message.Message):
     """True: this worker reads `batch` messages (see 11.)."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
-        """The job versions this worker serves. Each is registered (upserted)."""
+        """The job versions this worker serves, each once. Each is registered
+        (upserted).
+        """
 
     def __init__(
         self,

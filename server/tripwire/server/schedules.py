@@ -98,6 +98,12 @@ def validate(schedule: Schedule, field: str) -> None:
 def _validate_timezone(name: str, field: str) -> ZoneInfo:
     if not name:
         return ZoneInfo("UTC")
+    if name in ("localtime", "posixrules") or name.startswith(("posix/", "right/")):
+        # Files of the host's zoneinfo directory: what they mean depends on the machine.
+        raise InvalidArgument(
+            field,
+            f"{name!r} is the host's own setting, not an IANA time zone name (e.g. 'Europe/Paris')",
+        )
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):

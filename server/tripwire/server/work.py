@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotFound
 from .events import (
+    MAX_ID_LENGTH,
     MAX_TIME_MS,
     DeliveryOptions,
     EventDraft,
     Limits,
     check_not_a_fire_id,
+    check_text,
     prepare,
 )
 from .jobs import JobService, retry_policy
@@ -101,10 +103,18 @@ class WorkService:
     ) -> list[Job]:
         if not worker_id:
             raise InvalidArgument("hello.worker_id", "is required")
+        check_text(worker_id, "hello.worker_id", MAX_ID_LENGTH)  # GetRun and tables show it
         if not 1 <= capacity <= MAX_CAPACITY:
             raise InvalidArgument("hello.capacity", f"must be between 1 and {MAX_CAPACITY}")
         if not jobs:
             raise InvalidArgument("hello.jobs", "must name at least one job to serve")
+        first: dict[tuple[str, str], int] = {}
+        for i, job in enumerate(jobs):
+            if (at := first.setdefault((job.id, job.version), i)) != i:
+                raise InvalidArgument(
+                    f"hello.jobs[{i}]",
+                    f"version {job.version} of job {job.id!r} is already hello.jobs[{at}]",
+                )
         # All or nothing: a bad hello, or one the store fails, stores none of its jobs.
         # SetJobEnabled is the operator's switch: a worker (re)connecting with a
         # version that exists must not turn it back on.
