@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import decimal
+import enum
 import math
-from datetime import UTC, datetime, timedelta, timezone
+import uuid
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from tripwire.client import (
     Trigger,
     convert,
@@ -83,9 +87,9 @@ BAD_VALUES: list[tuple[str, Any, type[Exception], str]] = [
     ("nan", {"x": math.nan}, ValueError, "payload.x: nan is not a JSON number"),
     ("infinity", [math.inf], ValueError, "payload[0]: inf is not a JSON number"),
     ("non-string key", {1: "a"}, TypeError, "payload: object keys must be strings"),
-    ("set", {"s": {1}}, TypeError, "payload.s: set is not a JSON value"),
+    ("object", {"s": object()}, TypeError, "payload.s: object is not a JSON value"),
     ("bytes", b"x", TypeError, "payload: bytes is not a JSON value"),
-    ("datetime", [datetime.now(UTC)], TypeError, "payload[0]: datetime is not a JSON value"),
+    ("model class", [BaseModel], TypeError, "payload[0]: ModelMetaclass is not a JSON value"),
     ("lone surrogate", {"t": "\ud800"}, ValueError, "payload: text is not valid Unicode"),
 ]
 
@@ -98,6 +102,52 @@ def test_non_json_values_are_refused_with_their_path(
 ) -> None:
     with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
         convert.to_value(obj, what="payload")
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    at: datetime
+
+
+class Order(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    order_id: str = Field(alias="orderId")
+    placed: datetime
+
+
+def test_what_json_has_no_type_for_is_written_as_pydantics_json_mode_writes_it() -> None:
+    when = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
+    value = {
+        "order": Order(orderId="o_1", placed=when),
+        "items": [Order(orderId="o_2", placed=when)],
+        "at": when,
+        "day": date(2026, 11, 27),
+        "id": uuid.UUID(int=1),
+        "price": decimal.Decimal("12.30"),
+        "color": Color.RED,
+        "tags": {"b", "a"},
+        "point": Point(1, when),
+    }
+    assert convert.from_value(convert.to_value(value)) == {
+        "order": {"orderId": "o_1", "placed": "2026-11-27T09:30:00Z"},
+        "items": [{"orderId": "o_2", "placed": "2026-11-27T09:30:00Z"}],
+        "at": "2026-11-27T09:30:00+00:00",
+        "day": "2026-11-27",
+        "id": "00000000-0000-0000-0000-000000000001",
+        "price": "12.30",
+        "color": "red",
+        "tags": ["a", "b"],
+        "point": {"x": 1, "at": "2026-11-27T09:30:00+00:00"},
+    }
+    # The model's own schema takes what it is dumped as (by alias).
+    assert (
+        Order.model_validate(convert.from_value(convert.to_value(value["order"]))) == value["order"]
+    )
 
 
 def nested(levels: int, leaf: Any = 1) -> Any:

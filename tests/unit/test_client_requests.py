@@ -71,7 +71,7 @@ def test_send_options() -> None:
         ({"name": "a", "paylod": {}}, r"unknown event key\(s\) \['paylod'\]"),
         ({"name": "a", "payload": {"n": 2**60}}, "payload.n: integer"),
         ({"name": "a", "timestamp": datetime(2024, 1, 1)}, "naive"),
-        ({"name": "a", "context": {1, 2}}, "context: set is not a JSON value"),
+        ({"name": "a", "context": b"x"}, "context: bytes is not a JSON value"),
         ("new.user", "an event is a dict"),
     ],
 )

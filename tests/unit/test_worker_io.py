@@ -700,12 +700,12 @@ async def test_outputs_are_json_and_pydantic_models_are_dumped() -> None:
 
 async def test_a_non_json_output_is_reported_as_the_task_failing() -> None:
     execution, io, wire = make()
-    call = asyncio.create_task(io.run_task("s", lambda: {1, 2}))
+    call = asyncio.create_task(io.run_task("s", lambda: b"raw"))
     request = await wire.next("task")
     answer(execution, request.request_id, task("t1", "s", "RUNNING"))
     complete = await wire.next("task_complete")
     assert (
-        complete.error.type == "TypeError" and "set is not a JSON value" in complete.error.message
+        complete.error.type == "TypeError" and "bytes is not a JSON value" in complete.error.message
     )
     execution.halt()
     with pytest.raises(asyncio.CancelledError):

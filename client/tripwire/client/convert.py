@@ -11,9 +11,13 @@ meaning depends on the machine. An unset Timestamp field reads as None.
 
 from __future__ import annotations
 
+import dataclasses
+import decimal
+import enum
 import math
+import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -87,8 +91,37 @@ def _fill(target: struct_pb2.Value, obj: object, depth: int = 0) -> None:
                 raise
     elif type(obj).__module__ == models.__name__:  # e.g. the Event io.send_event gave
         _fill(target, models.jsonable(obj), depth)
+    elif (plain := jsonable(obj)) is not _NOT_JSON:
+        _fill(target, plain, depth)
     else:
         raise _BadValue(TypeError, f"{type(obj).__name__} is not a JSON value")
+
+
+_NOT_JSON = object()
+
+
+def jsonable(obj: object) -> object:
+    """The JSON form of a value JSON has no type for, as pydantic's JSON mode writes
+    it: a pydantic model dumped (by alias, as its JSON Schema names its fields), a
+    time in ISO 8601, a UUID or Decimal as its text, an Enum as its value, a set
+    as a sorted list, a dataclass as an object; `_NOT_JSON` for anything else."""
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump) and not isinstance(obj, type):
+        return dump(mode="json", by_alias=True)
+    if isinstance(obj, (datetime, date, time)):
+        return obj.isoformat()
+    if isinstance(obj, (uuid.UUID, decimal.Decimal)):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (set, frozenset)):
+        try:
+            return sorted(obj)
+        except TypeError:  # of kinds that do not compare: as they come
+            return list(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return _NOT_JSON
 
 
 _TOO_DEEP = f"nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"

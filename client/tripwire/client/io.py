@@ -159,12 +159,10 @@ MAX_RESULT_BYTES = 63 * 1024 * 1024
 
 
 def json_value(obj: Any, *, what: str) -> struct_pb2.Value:
-    """A handler's or task's result as a Value; a pydantic model is dumped as JSON,
-    and so is one of this client's models, anywhere in it (the ``Event``
-    io.send_event returns, say)."""
-    dump = getattr(obj, "model_dump", None)
-    if callable(dump) and not isinstance(obj, type):
-        obj = dump(mode="json")
+    """A handler's or task's result (or a log line's data) as a Value: what JSON has
+    no type for is written as pydantic's JSON mode writes it, anywhere in it (a
+    pydantic model, a datetime, a UUID, ...: see convert.jsonable), and so is one
+    of this client's models (the ``Event`` io.send_event returns, say)."""
     value = convert.to_value(obj, what=what)
     size = value.ByteSize()
     if size > MAX_RESULT_BYTES:
