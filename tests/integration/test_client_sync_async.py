@@ -320,8 +320,10 @@ async def test_watch_and_wait_for_a_run(tw: Both) -> None:
     await welcome_job(tw)
     (run,) = (await tw.send_event({"name": "new.user"})).runs
     waiter = asyncio.ensure_future(tw.wait_for_run(run.id, timeout=10))
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceeded) as late:
         await tw.wait_for_run(run.id, statuses=["SUCCESS"], timeout=0.1)
+    assert isinstance(late.value, TimeoutError)
+    assert str(late.value) == f"run {run.id} is still QUEUED after 0.1 s, not yet SUCCESS"
     await tw.cancel_run(run.id)
     assert (await waiter).status == "CANCELED"
     updates = await tw.watch(run.id)

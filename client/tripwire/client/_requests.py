@@ -16,7 +16,12 @@ from typing import Any, Generic, Literal, TypeVar, Unpack
 
 from google.protobuf.message import Message
 from tripwire.client import convert
-from tripwire.client.errors import FailedPrecondition, InvalidArgument, TripwireError
+from tripwire.client.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    TripwireError,
+)
 from tripwire.client.models import (
     TERMINAL_RUN_STATUSES,
     Event,
@@ -394,6 +399,16 @@ def run_statuses(statuses: Collection[str] | None) -> frozenset[str]:
         for status in statuses:
             convert.enum_value(run_pb2.RunStatus, status, "RUN_STATUS_")
     return frozenset(s.strip().upper().removeprefix("RUN_STATUS_") for s in statuses)
+
+
+def wait_timed_out(
+    id: str, last: Run | None, wanted: frozenset[str], timeout: float | None
+) -> DeadlineExceeded:
+    """The error for a wait whose timeout came first, saying where the run stands."""
+    now = f"is still {last.status}" if last is not None else "was not seen"
+    return DeadlineExceeded(
+        f"run {id} {now} after {timeout:g} s, not yet {' or '.join(sorted(wanted))}"
+    )
 
 
 def wait_ended(id: str, last: Run | None, wanted: frozenset[str]) -> TripwireError:

@@ -35,7 +35,7 @@ from tripwire.client._channel import (
     rewatch_delay,
 )
 from tripwire.client._requests import Call
-from tripwire.client.errors import from_rpc_error
+from tripwire.client.errors import DeadlineExceeded, from_rpc_error
 from tripwire.client.jobs import Handler, JobDefinition, JobRegistry
 from tripwire.client.models import (
     TERMINAL_RUN_STATUSES,
@@ -246,12 +246,15 @@ class AsyncClient(ClientBase):
         wanted = _requests.run_statuses(statuses)
         last: Run | None = None
         watch = self._watch(_requests.watch_run(id), timeout, resume=True)
-        async with aclosing(watch) as updates:
-            async for update in updates:
-                if isinstance(update, Run):
-                    last = update
-                    if update.status in wanted:
-                        return update
+        try:
+            async with aclosing(watch) as updates:
+                async for update in updates:
+                    if isinstance(update, Run):
+                        last = update
+                        if update.status in wanted:
+                            return update
+        except DeadlineExceeded:
+            raise _requests.wait_timed_out(id, last, wanted, timeout) from None
         raise _requests.wait_ended(id, last, wanted)
 
 
@@ -471,17 +474,21 @@ class Client(ClientBase):
         timeout: float | None = None,
     ) -> Run:
         """The run as soon as its status is one of ``statuses`` (default: finished).
-        DeadlineExceeded after ``timeout`` seconds; FailedPrecondition if the run
+        DeadlineExceeded (a TimeoutError) after ``timeout`` seconds, saying where the
+        run stands; FailedPrecondition if the run
         finishes in another status. A server that goes away meanwhile (a restart) is
         watched again, with backoff, for as long as the wait lasts."""
         wanted = _requests.run_statuses(statuses)
         last: Run | None = None
-        with closing(self._watch(_requests.watch_run(id), timeout, resume=True)) as updates:
-            for update in updates:
-                if isinstance(update, Run):
-                    last = update
-                    if update.status in wanted:
-                        return update
+        try:
+            with closing(self._watch(_requests.watch_run(id), timeout, resume=True)) as updates:
+                for update in updates:
+                    if isinstance(update, Run):
+                        last = update
+                        if update.status in wanted:
+                            return update
+        except DeadlineExceeded:
+            raise _requests.wait_timed_out(id, last, wanted, timeout) from None
         raise _requests.wait_ended(id, last, wanted)
 
     # -- worker ----------------------------------------------------------------------

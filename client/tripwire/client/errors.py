@@ -101,8 +101,8 @@ class Unavailable(TripwireError):
     status_code = grpc.StatusCode.UNAVAILABLE
 
 
-class DeadlineExceeded(TripwireError):
-    """The call did not finish in time."""
+class DeadlineExceeded(TripwireError, TimeoutError):
+    """The call did not finish in time (also a TimeoutError)."""
 
     status_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
