@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime
 
 import grpc
 import pytest
@@ -496,6 +497,15 @@ async def test_cron_jobs_can_be_invoked(stubs: Stubs) -> None:
     assert got["job"]["nextFireAt"].endswith("T09:00:00Z")
     run = js(await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="daily")))
     assert run["run"]["jobId"] == "daily"
+    # Without a payload, a fire's: `ts` now, as an ISO-8601 UTC string.
+    event = js(await stubs.events.GetEvent(ev.GetEventRequest(id=run["run"]["eventId"])))
+    assert list(event["event"]["payload"]) == ["ts"]
+    ts, created = event["event"]["payload"]["ts"], event["event"]["createdAt"]
+    assert ts.endswith("Z") and datetime.fromisoformat(ts) == datetime.fromisoformat(created)
+    given = req(jb.InvokeJobRequest, {"jobId": "daily", "payload": {"ts": "then"}})
+    run = js(await stubs.jobs.InvokeJob(given))
+    event = js(await stubs.events.GetEvent(ev.GetEventRequest(id=run["run"]["eventId"])))
+    assert event["event"]["payload"] == {"ts": "then"}
 
 
 async def test_a_disabled_schedule_shows_no_next_fire(stubs: Stubs) -> None:

@@ -262,7 +262,11 @@ class InvokeJobRequest(_message.Message):
     """
     account_id: _builtins.str
     @_builtins.property
-    def payload(self) -> _struct_pb2.Value: ...
+    def payload(self) -> _struct_pb2.Value:
+        """Absent for a cron or interval job: a fire's payload for now,
+        {"ts": "<ISO 8601 UTC>"}.
+        """
+
     @_builtins.property
     def context(self) -> _struct_pb2.Value: ...
     def __init__(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import filters, schedules, versions
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 LOG_LEVELS = ("LOG", "ERROR", "WARN", "INFO", "DEBUG")
 TRIGGER_KINDS = ("event", "cron", "interval", "invoke")
+# Triggers whose runs come from a schedule's fires.
+SCHEDULED = frozenset({"cron", "interval"})
 
 
 def validate_job(job: Job, field: str = "job", max_name_length: int = 256) -> None:
@@ -153,6 +156,10 @@ class JobService:
         if len(account_id) > MAX_ID_LENGTH:
             raise InvalidArgument("account_id", f"is longer than {MAX_ID_LENGTH} characters")
         now = self.clock()
+        latest = self.index.get(env, job_id)
+        if payload is None and latest is not None and latest.job.trigger_kind in SCHEDULED:
+            # What its fires carry, for now: a handler tried by hand reads `ts` as usual.
+            payload = schedules.scheduled_payload(datetime.fromtimestamp(now / 1000, UTC), None)
         draft = EventDraft(name="tripwire.invoke", payload=payload, context=context, id=key)
         event = prepare(
             draft, DeliveryOptions(account_id=account_id), now, self.limits, "idempotency_key"
