@@ -553,6 +553,35 @@ async def test_a_lost_stream_stops_the_runs_and_reconnects_after_a_backoff(make:
     assert again is not stream and stream.cancelled
 
 
+async def test_a_worker_paused_past_its_lease_starts_no_task_function_and_reconnects(
+    make: Make,
+) -> None:
+    calls: list[str] = []
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        return await io.run_task("charge", lambda: calls.append("charged"))
+
+    h = await make(job(handler), backoff=Backoff(base=0.1, cap=5.0, rand=lambda: 0.5))
+    stream = await h.connect()  # a lease of 1,800 s
+    stream.reply(run_request=run_request())
+    request = await stream.expect("task")
+    # The process stops here for longer than its lease (SIGSTOP, a paused VM): the
+    # server gives the run to another worker, whose try of "charge" is stored; then
+    # this one wakes up and reads the answer that was on its way.
+    assert h.worker._session is not None
+    h.worker._session.queue.sent_at -= 1801
+    stream.reply(
+        task_result=result(request.request_id, "run_1", 1, task("t1", "charge", "RUNNING"))
+    )
+    delay, release = await h.sleep.next()  # the session ended: a backoff, then a new one
+    assert delay == 0.05 and calls == [] and stream.cancelled
+    assert not h.worker.connected and h.worker.active_runs == 0
+    assert stream.received.empty()  # no task_complete, no run_result
+    release.set_result(None)
+    again = await h.connect()
+    assert again is not stream
+
+
 async def test_the_backoff_grows_while_connecting_fails(make: Make) -> None:
     h = await make(job(lambda payload, io, ctx: None), backoff=Backoff(rand=lambda: 1.0))
     delays = []

@@ -301,10 +301,14 @@ class Execution:
         send: Send,
         *,
         executor: Executor | None = None,
+        lease_held: Callable[[], bool] = lambda: True,
     ) -> None:
         self.run_id = run_id
         self.attempt = attempt
         self.executor = executor
+        # False once the server may have given the run to another worker (this one
+        # was paused past its lease): no task function starts then.
+        self._lease_held = lease_held
         self.halted = False
         self.suspended = False
         self.ended = False
@@ -539,6 +543,9 @@ class Execution:
             # Where this try's lines start as its task counts them (a replay never
             # logs there), whatever io calls beside it have counted since.
             self._opened_at[task.id] = opened_at + _earlier(task)
+            if not self._lease_held():  # the answer came before a pause past the lease
+                self.halt()
+                raise Suspend()
             return Step(request_id, task, run=True, opened_at=opened_at)
         if task.status == _WAITING:
             raise self.suspend()

@@ -251,9 +251,35 @@ async def heartbeat_loop(send: Callable[[], None], interval: float, sleep: Sleep
 class _Outbox(asyncio.Queue[Request | None]):
     """What the stream sends, in order (None half-closes it). Once the server says
     it reads batches, whatever has piled up goes as one message, up to about
-    BATCH_BYTES: under load, far fewer and larger messages."""
+    BATCH_BYTES: under load, far fewer and larger messages.
+
+    It also keeps the worker's side of the lease: the server gives this worker's
+    runs away when it has heard nothing from it for a lease, so a gap that long
+    between two messages handed to gRPC (the process was paused, or its loop
+    blocked) means the runs may be someone else's by now."""
 
     batches = False
+    lease: float | None = None  # from the welcome
+    lost = False  # a gap between two messages sent was longer than the lease
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_at = time.monotonic()
+
+    def sent(self) -> None:
+        now = time.monotonic()
+        if self.lease is not None and now - self.sent_at > self.lease:
+            self.lost = True
+        self.sent_at = now
+
+    def lease_held(self) -> bool:
+        """False once the server may have taken this worker's runs away: nothing
+        was sent for a lease (now, or at some point since the welcome)."""
+        if self.lease is None:
+            return True
+        if time.monotonic() - self.sent_at > self.lease:
+            self.lost = True
+        return not self.lost
 
 
 async def _requests(queue: _Outbox) -> AsyncIterator[Request]:
@@ -264,6 +290,7 @@ async def _requests(queue: _Outbox) -> AsyncIterator[Request]:
         if message is None:
             return
         if not queue.batches or queue.empty():
+            queue.sent()
             yield message
             continue
         batch = Request()
@@ -281,6 +308,7 @@ async def _requests(queue: _Outbox) -> AsyncIterator[Request]:
                 break
             messages.append(more)
             size = grown
+        queue.sent()
         yield batch if len(messages) > 1 else message
         if end:
             return
@@ -310,7 +338,7 @@ class _Running:
 class _Session:
     """One stream: its outbound queue, reader and runs."""
 
-    def __init__(self, worker: Worker, call: StreamCall, queue: asyncio.Queue[Request | None]):
+    def __init__(self, worker: Worker, call: StreamCall, queue: _Outbox):
         self.worker = worker
         self.call = call
         self.queue = queue
@@ -332,6 +360,15 @@ class _Session:
         # says so), silence for a whole lease means the stream is dead.
         self.last_heard = time.monotonic()
         self.answers_heartbeats = False
+        # Set when a run finds the lease gone (see _Outbox): the session ends, its
+        # runs stop, and the worker connects again.
+        self.lease_lost = asyncio.Event()
+
+    def lease_held(self) -> bool:
+        if self.queue.lease_held():
+            return True
+        self.lease_lost.set()
+        return False
 
     def send(self, message: Request) -> None:
         self.queue.put_nowait(message)
@@ -430,7 +467,18 @@ class _Session:
             if previous.execution.attempt >= run.attempt:
                 return  # a duplicate of what is already running
             self.stop_run(run.id)
-        execution = Execution(run.id, run.attempt, cached, self.send, executor=self.worker._pool)
+        if not self.queue.lease_held():  # sent before a pause: another worker's by now
+            log.warning("run %s arrived after this worker's lease ran out; not started", run.id)
+            self.lease_lost.set()
+            return
+        execution = Execution(
+            run.id,
+            run.attempt,
+            cached,
+            self.send,
+            executor=self.worker._pool,
+            lease_held=self.lease_held,
+        )
         task = asyncio.create_task(self.worker._execute(request, execution), name=f"run {run.id}")
         self.runs[run.id] = _Running(execution, task)
         self.no_runs.clear()
@@ -703,7 +751,7 @@ class Worker:
         call = connect(_requests(queue))
         session = _Session(self, call, queue)
         heartbeat: asyncio.Task[None] | None = None
-        watchdog: asyncio.Task[None] | None = None
+        watchdog: asyncio.Task[str] | None = None
         try:
             try:
                 first = await asyncio.wait_for(
@@ -735,6 +783,7 @@ class Worker:
             lease = welcome.lease_ms / 1000 or _DEFAULT_LEASE
             session.answers_heartbeats = welcome.answers_heartbeats
             queue.batches = welcome.accepts_batches
+            queue.lease = lease
             watchdog = asyncio.create_task(self._watch(session, lease), name="tripwire-watchdog")
             if self._stopping:
                 session.close(self.shutdown_timeout)
@@ -742,7 +791,7 @@ class Worker:
             if heartbeat.done():
                 heartbeat.result()  # it never returns: this re-raises its failure
             if watchdog.done():  # cancel it (below) and reconnect on a new connection
-                return "no word from the server for a lease"
+                return watchdog.result()
             if not reader.cancelled():  # cancelled: closing gave up waiting for the server
                 reader.result()
             return "closed"
@@ -755,19 +804,29 @@ class Worker:
                     task.cancel()
             call.cancel()
 
-    async def _watch(self, session: _Session, lease: float) -> None:
-        """Return when a server that answers heartbeats has said nothing for a lease:
-        the connection is half-open (a dead NAT entry, a partition) and the server
-        has given this worker's runs away; only a new stream helps."""
+    async def _watch(self, session: _Session, lease: float) -> str:
+        """Return (why) when the server has given this worker's runs away, so that
+        only a new stream helps: a server that answers heartbeats has said nothing
+        for a lease (the connection is half-open: a dead NAT entry, a partition), or
+        this worker sent nothing for a lease (it was paused, or its loop blocked)."""
         interval = min(self.heartbeat_interval or _DEFAULT_HEARTBEAT, lease / 2)
         while True:
-            await asyncio.sleep(interval)  # wall time, whatever sleep the worker was given
+            # Wall time, whatever sleep the worker was given.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.lease_lost.wait(), interval)
+            if not session.lease_held():
+                log.warning(
+                    "this worker sent nothing for over a lease (%g s): it was paused or "
+                    "its loop blocked, and the server has given its runs away; reconnecting",
+                    lease,
+                )
+                return "the lease ran out while this worker was paused"
             silent = time.monotonic() - session.last_heard
             if session.answers_heartbeats and silent > lease:
                 log.warning(
                     "nothing from the server for %.1f s (lease %g s); reconnecting", silent, lease
                 )
-                return
+                return "no word from the server for a lease"
 
     async def _execute(self, request: worker_service_pb2.RunRequest, execution: Execution) -> None:
         try:

@@ -54,7 +54,11 @@ class WorkerServiceStub:
     runs both ways on the stream itself: a worker that has heard nothing
     for a whole lease (a half-open connection: a dead NAT entry, a
     partition) should cancel the call and reconnect, as the Python SDK does;
-    the server has given its runs away by then.
+    the server has given its runs away by then. Likewise a worker that has
+    sent nothing for a whole lease (its process was paused, its loop
+    blocked): the server may have given its runs away meanwhile, so an answer
+    read after that (a task RUNNING, a run_request) must start nothing; the
+    Python SDK stops its runs and reconnects.
     3. The server sends `run_request`s, never more executing runs than the
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a
@@ -218,7 +222,11 @@ class WorkerServiceServicer:
     runs both ways on the stream itself: a worker that has heard nothing
     for a whole lease (a half-open connection: a dead NAT entry, a
     partition) should cancel the call and reconnect, as the Python SDK does;
-    the server has given its runs away by then.
+    the server has given its runs away by then. Likewise a worker that has
+    sent nothing for a whole lease (its process was paused, its loop
+    blocked): the server may have given its runs away meanwhile, so an answer
+    read after that (a task RUNNING, a run_request) must start nothing; the
+    Python SDK stops its runs and reconnects.
     3. The server sends `run_request`s, never more executing runs than the
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a
@@ -391,7 +399,11 @@ class WorkerService:
     runs both ways on the stream itself: a worker that has heard nothing
     for a whole lease (a half-open connection: a dead NAT entry, a
     partition) should cancel the call and reconnect, as the Python SDK does;
-    the server has given its runs away by then.
+    the server has given its runs away by then. Likewise a worker that has
+    sent nothing for a whole lease (its process was paused, its loop
+    blocked): the server may have given its runs away meanwhile, so an answer
+    read after that (a task RUNNING, a run_request) must start nothing; the
+    Python SDK stops its runs and reconnects.
     3. The server sends `run_request`s, never more executing runs than the
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a
