@@ -1225,6 +1225,21 @@ async def test_a_hello_the_store_fails_midway_stores_none_of_its_jobs(
     assert [j.id for j in (await conn.jobs.ListJobs(jb.ListJobsRequest())).jobs] == ["a", "b"]
 
 
+async def test_the_lease_starts_at_the_welcome_however_long_the_hello_took(
+    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register_jobs = fast.store.register_jobs
+
+    async def slowly(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(1.5)  # a write lock held elsewhere, past the 1 s lease
+        return await register_jobs(*args, **kwargs)
+
+    monkeypatch.setattr(fast.store, "register_jobs", slowly)
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")  # the worker is still there to take it
+    assert (await worker.run_request())["run"]["attempt"] == 1
+
+
 async def test_a_bad_hello_stores_none_of_its_jobs(conn: Stubs) -> None:
     bad = RawWorker(conn.workers)
     bad.call = conn.workers.RunJob(bad._requests())

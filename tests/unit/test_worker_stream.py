@@ -582,6 +582,24 @@ async def test_a_worker_paused_past_its_lease_starts_no_task_function_and_reconn
     assert again is not stream
 
 
+async def test_the_lease_is_counted_from_the_welcome_however_late_it_came(make: Make) -> None:
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        return await io.run_task("t", lambda: "ran")
+
+    h = await make(job(handler))
+    stream = await h.server.next_stream()
+    await stream.expect("hello")
+    await asyncio.sleep(1.2)  # the server stored the hello slowly: longer than the lease
+    stream.welcome(lease_ms=1000)
+    await within(h.worker.wait_connected())
+    stream.reply(run_request=run_request())
+    request = await stream.expect("task")
+    stream.reply(task_result=result(request.request_id, "run_1", 1, task("t1", "t", "RUNNING")))
+    complete = await stream.expect("task_complete")  # the function ran
+    assert from_value(complete.output) == "ran"
+    assert h.worker.connected
+
+
 async def test_the_backoff_grows_while_connecting_fails(make: Make) -> None:
     h = await make(job(lambda payload, io, ctx: None), backoff=Backoff(rand=lambda: 1.0))
     delays = []

@@ -783,7 +783,8 @@ class Worker:
             lease = welcome.lease_ms / 1000 or _DEFAULT_LEASE
             session.answers_heartbeats = welcome.answers_heartbeats
             queue.batches = welcome.accepts_batches
-            queue.lease = lease
+            # The server's lease starts at its welcome, however long the hello took.
+            queue.lease, queue.sent_at = lease, time.monotonic()
             watchdog = asyncio.create_task(self._watch(session, lease), name="tripwire-watchdog")
             if self._stopping:
                 session.close(self.shutdown_timeout)

@@ -228,6 +228,9 @@ class WorkerStream:
             link=self,
         )
         settings = self.servicer.settings
+        # The lease starts now: storing the hello's jobs may have waited (a write
+        # lock another process held), and the worker could not send meanwhile.
+        self.last_seen = time.monotonic()
         return pb.RunJobResponse(
             welcome=pb.Welcome(
                 session_id=self.session.id,
