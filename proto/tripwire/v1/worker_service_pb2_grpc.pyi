@@ -42,8 +42,9 @@ class WorkerServiceStub:
        stored together or not at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
-       every heartbeat interval. When nothing arrives for a whole lease, or the
-       stream breaks, the worker's runs go back to QUEUED once the lease has
+       every heartbeat interval. When nothing arrives for a whole lease (counted
+       from the welcome, then from each message), or the stream breaks, the
+       worker's runs go back to QUEUED once the lease has
        run out, and are dispatched to another worker with a higher attempt.
        Reading is part of it: a worker that takes nothing the server writes
        for a whole lease (it sends, but does not read) is dropped the same way.
@@ -204,8 +205,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        stored together or not at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
-       every heartbeat interval. When nothing arrives for a whole lease, or the
-       stream breaks, the worker's runs go back to QUEUED once the lease has
+       every heartbeat interval. When nothing arrives for a whole lease (counted
+       from the welcome, then from each message), or the stream breaks, the
+       worker's runs go back to QUEUED once the lease has
        run out, and are dispatched to another worker with a higher attempt.
        Reading is part of it: a worker that takes nothing the server writes
        for a whole lease (it sends, but does not read) is dropped the same way.
@@ -362,8 +364,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        stored together or not at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
        The worker must send some message (a `heartbeat` when idle) at least
-       every heartbeat interval. When nothing arrives for a whole lease, or the
-       stream breaks, the worker's runs go back to QUEUED once the lease has
+       every heartbeat interval. When nothing arrives for a whole lease (counted
+       from the welcome, then from each message), or the stream breaks, the
+       worker's runs go back to QUEUED once the lease has
        run out, and are dispatched to another worker with a higher attempt.
        Reading is part of it: a worker that takes nothing the server writes
        for a whole lease (it sends, but does not read) is dropped the same way.
