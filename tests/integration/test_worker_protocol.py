@@ -15,6 +15,7 @@ from tripwire.client import Client
 from tripwire.server import dispatcher as dispatcher_module
 from tripwire.server.app import Server
 from tripwire.server.dispatcher import Session
+from tripwire.server.errors import Unavailable
 from tripwire.server.models import Run, RunStatus
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
@@ -1466,20 +1467,39 @@ async def test_an_error_over_the_payload_limit_is_cut_to_fit_and_still_retried(
         assert len(message.encode()) + len(stack.encode()) <= 1000
 
 
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (sqlite3.OperationalError("disk I/O error"), grpc.StatusCode.INTERNAL),
+        # What the store's edge makes of SQLITE_FULL (and a lock held too long).
+        (
+            Unavailable(
+                "the database cannot take writes now (database or disk is full); "
+                "nothing was stored: try again"
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+        ),
+    ],
+    ids=["io-error", "disk-full"],
+)
 async def test_a_result_the_store_could_not_keep_is_requeued(
-    conn: Stubs, worker: RawWorker, fast: Server, monkeypatch: pytest.MonkeyPatch
+    conn: Stubs,
+    worker: RawWorker,
+    fast: Server,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+    code: grpc.StatusCode,
 ) -> None:
-
-    async def disk_full(*args: object, **kwargs: object) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise failure
 
     await worker.connect([job("j", ["full"])])
     await send(conn, "full")
     run = (await worker.run_request())["run"]
-    monkeypatch.setattr(fast.store, "finish_run", disk_full)
+    monkeypatch.setattr(fast.store, "finish_run", failing)
     worker.result(run, output="lost")
     rejected = await worker.expect("rejected")
-    assert rejected["code"] == grpc.StatusCode.INTERNAL.value[0]
+    assert rejected["code"] == code.value[0]
     assert "nothing was stored" in rejected["message"]
     monkeypatch.undo()
     again = await worker.run_request()

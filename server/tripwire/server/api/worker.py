@@ -572,16 +572,22 @@ class WorkerStream:
                 return await self.work.finish(
                     self.env, msg.run_id, msg.attempt, output, error, size
                 )
+            except Unavailable:  # the database could not take it (full, locked)
+                self._requeue_unstored(msg.run_id, msg.attempt)
+                raise
             except TripwireError:
                 raise
             except Exception:
-                # Not stored, and the slot is already free: the run goes back to the
-                # queue (retried until the store takes it) rather than stay
-                # EXECUTING with nobody on it.
-                self.servicer.requeue_later([(msg.run_id, msg.attempt)], 0)
+                self._requeue_unstored(msg.run_id, msg.attempt)
                 raise
 
         await self._guard(msg.run_id, msg.attempt, "", finish())
+
+    def _requeue_unstored(self, run_id: str, attempt: int) -> None:
+        """A result not stored, its slot already free: the run goes back to the queue
+        (retried until the store takes it) rather than stay EXECUTING with nobody
+        on it."""
+        self.servicer.requeue_later([(run_id, attempt)], 0)
 
     async def _on_drain(self, msg: pb.Drain) -> None:
         """The worker shuts down on its own: no more runs for it."""
