@@ -217,10 +217,10 @@ class EventTrigger(_message.Message):
         regular expressions (pattern, patternProperties) are matched with RE2,
         in linear time, in RE2's syntax: backreferences and lookaround are
         INVALID_ARGUMENT. Only local $refs. Validating one value costs at most
-        200,000 steps (a keyword applied is one, an error it makes three more): a
+        300,000 steps (a keyword applied is one, an error it makes three more): a
         schema that takes more on any small value is INVALID_ARGUMENT; a payload
         it takes more on makes an INVALID_PAYLOAD run saying so. The payloads one
-        call validates share 1,000,000 steps: a call past them (SendEvent,
+        call validates share 5,000,000 steps: a call past them (SendEvent,
         SendEvents, MatchEvent) is RESOURCE_EXHAUSTED and stores nothing.
         """
 
