@@ -417,13 +417,11 @@ async def test_sys_exit_in_a_coroutine_handler_fails_the_run_and_the_worker_goes
         assert (await finished(client, next_run.id)).output == "still serving"
 
 
-async def test_a_coroutine_handler_under_a_plain_decorator_runs_on_the_loop(
-    client: Client,
-) -> None:
+async def test_a_plain_handler_handing_back_a_coroutine_fails_saying_so(client: Client) -> None:
     def logged(fn: Any) -> Any:
         @functools.wraps(fn)
         def wrapper(*args: Any) -> Any:
-            return fn(*args)  # the coroutine, not awaited here
+            return fn(*args)  # the coroutine, which a thread cannot run
 
         return wrapper
 
@@ -432,19 +430,24 @@ async def test_a_coroutine_handler_under_a_plain_decorator_runs_on_the_loop(
     async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
         return await io.run_task("t", lambda: "done")
 
-    async def later() -> str:
-        return "never awaited"
+    def bridged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            return asyncio.run(fn(*args))  # runs it itself, in the handler's thread
 
-    @client.define_job(id="plain", version="1.0.0", trigger=invoke_trigger())
-    def plain(payload: Any, io: Any, ctx: RunContext) -> Any:
-        return later()
+        return wrapper
+
+    @client.define_job(id="bridged", version="1.0.0", trigger=invoke_trigger())
+    @bridged
+    async def own_loop(payload: Any, io: Any, ctx: RunContext) -> Any:
+        return "ran on its own loop"
 
     async with Worker(client) as worker:
         await serving(worker)
         run = await client.aio.invoke_job("decorated")
-        assert (await finished(client, run.id)).output == "done"
-        run = await client.aio.invoke_job("plain")
         failed = await finished(client, run.id)
+        run = await client.aio.invoke_job("bridged")
+        assert (await finished(client, run.id)).output == "ran on its own loop"
     assert failed.status == "FAILURE" and failed.error is not None
     assert failed.error.message.startswith("the handler returned a coroutine")
 

@@ -176,14 +176,11 @@ class JobDefinition:
     @property
     def is_async(self) -> bool:
         """True for a coroutine function, which runs on the loop; False runs in a thread."""
-        # An object whose __call__ is async counts too, and so does a coroutine
-        # function under a plain decorator (functools.wraps): calling the wrapper
-        # gives the coroutine, which must run on the loop, with the async io.
+        # An object whose __call__ is async counts too. A plain decorator around a
+        # coroutine function does not: it may run the coroutine itself (a thread
+        # is then right); one that hands the coroutine back fails saying so.
         call = getattr(self.handler, "__call__", None)  # noqa: B004
-        return any(
-            inspect.iscoroutinefunction(f)
-            for f in (self.handler, call, inspect.unwrap(self.handler))
-        )
+        return inspect.iscoroutinefunction(self.handler) or inspect.iscoroutinefunction(call)
 
     def __call__(self, payload: Any, io: Any, ctx: RunContext) -> Any:
         handler: Handler = self.handler
@@ -315,9 +312,7 @@ async def execute_run(
         )
         payload = job.parse_payload(convert.from_value(request.event.payload))
         if job.is_async:
-            output = job.handler(payload, IO(execution), ctx)
-            if inspect.isawaitable(output):  # not under a decorator that awaits it itself
-                output = await output
+            output = await job.handler(payload, IO(execution), ctx)
         else:
             loop = asyncio.get_running_loop()
             call = contextvars.copy_context().run  # a thread of its own, with its context
@@ -333,7 +328,7 @@ async def execute_run(
                 output.close()
                 raise TypeError(
                     "the handler returned a coroutine, which a plain (non-async) handler "
-                    "cannot run: define it with async def, and any decorator around it too"
+                    "cannot run: define it with async def, and a decorator around it too"
                 )
         result.output.CopyFrom(json_value(output, what="the handler's return value"))
     except Suspend:
