@@ -957,6 +957,28 @@ async def test_watch_run_streams_a_line_stored_under_a_lower_number_later(
     assert sorted(lines) == ["line 1000001", "line 2000001"]
 
 
+async def test_a_watch_joining_another_gets_the_lines_by_number(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    run_id = (await send(conn, "x"))["runs"][0]["id"]
+    first = conn.runs.WatchRun(rn.WatchRunRequest(id=run_id))
+    await first.read()
+    await worker.run_request()
+    for seq in (20, 10):  # stored in this order, each read by the first watch
+        worker.send({"log": {"runId": run_id, "attempt": 1, "seq": seq, "message": f"{seq}"}})
+        while js(await first.read()).get("log", {}).get("message") != f"{seq}":
+            pass
+    second = conn.runs.WatchRun(rn.WatchRunRequest(id=run_id))  # shares the first's view
+    lines = []
+    while len(lines) < 2:
+        update = js(await second.read())
+        lines += [update["log"]["message"]] if "log" in update else []
+    assert lines == ["10", "20"]
+    first.cancel()
+    second.cancel()
+
+
 async def test_runs_queued_before_any_worker_wait_for_one(conn: Stubs, worker: RawWorker) -> None:
     await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("early", ["e"])}))
     first = await send(conn, "e", id="e1")

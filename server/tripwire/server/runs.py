@@ -90,9 +90,10 @@ class RunService:
                 seen_tasks[task.id] = task.mark()
                 yield task
             # By number, not "above the last": a replay may store a line under a
-            # lower number (see worker_service.proto, 5.).
+            # lower number (see worker_service.proto, 5.). The view keeps lines as
+            # they were stored; a new watch gets them by number, as GetRun does.
             seen_logs = set()
-            for entry in logs:
+            for entry in sorted(logs, key=lambda line: line.seq):
                 seen_logs.add(entry.seq)
                 yield entry
             while not run.status.terminal:
