@@ -409,3 +409,10 @@ def test_async_client_outside_a_loop_and_settings() -> None:
     assert aio is client.aio
     assert (aio.name, aio.url, aio.api_key, aio.timeout) == ("app", "h:1", "k", None)
     client.close()  # no channel yet: nothing to do
+
+
+def test_a_wait_that_timed_out_says_where_the_run_stands() -> None:
+    wanted = frozenset({"SUCCESS", "FAILURE"})
+    timed_out = _requests.wait_timed_out("run_1", None, wanted, None)
+    assert isinstance(timed_out, TimeoutError)
+    assert str(timed_out) == "run run_1 was not seen, not yet FAILURE or SUCCESS"

@@ -406,9 +406,8 @@ def wait_timed_out(
 ) -> DeadlineExceeded:
     """The error for a wait whose timeout came first, saying where the run stands."""
     now = f"is still {last.status}" if last is not None else "was not seen"
-    return DeadlineExceeded(
-        f"run {id} {now} after {timeout:g} s, not yet {' or '.join(sorted(wanted))}"
-    )
+    waited = f" after {timeout:g} s" if timeout is not None else ""
+    return DeadlineExceeded(f"run {id} {now}{waited}, not yet {' or '.join(sorted(wanted))}")
 
 
 def wait_ended(id: str, last: Run | None, wanted: frozenset[str]) -> TripwireError:
