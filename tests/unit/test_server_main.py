@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 import uvloop
-from tripwire.server.__main__ import _serve
+from tripwire.server.__main__ import _serve, main
 
 
 class _StartedServer:
@@ -55,3 +57,13 @@ def test_serve_gives_the_signals_back_before_its_loop_closes(
     run(_serve(_StartedServer()))  # type: ignore[arg-type]
     # uvloop's close leaves its own handlers, which swallow the signals: not here.
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_without_uvloop_installed_the_server_says_how_to_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    monkeypatch.setattr(sys, "setswitchinterval", lambda interval: None)  # the process's
+    monkeypatch.setattr(logging, "basicConfig", lambda **options: None)
+    assert main(["--event-loop", "uvloop"]) == 2
+    assert "--event-loop asyncio" in capsys.readouterr().err

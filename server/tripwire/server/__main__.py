@@ -51,8 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.setswitchinterval(0.0005)
     try:
         if settings.event_loop == "uvloop":
-            import uvloop  # only then: an install without it can still serve on asyncio
-
+            try:
+                import uvloop  # only then: an install without it can serve on asyncio
+            except ImportError:
+                print(
+                    "tripwire serve: the uvloop event loop needs the uvloop package "
+                    "(pip install 'tripwire[server]'); or run with --event-loop asyncio",
+                    file=sys.stderr,
+                )
+                return 2
             uvloop.run(_serve(Server(settings)))
         else:
             asyncio.run(_serve(Server(settings)))
