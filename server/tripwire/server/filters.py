@@ -93,9 +93,25 @@ def _key(v: object) -> object:
     return None
 
 
-# A filter's list of values as a set of keys, by the list's id (the entry keeps the
-# list, so the id stays its own); forgotten past 1,024 lists.
-_value_sets: dict[int, tuple[list[Any], frozenset[object]]] = {}
+# What `derived` made of a value, by the value's id and the maker (the entry keeps
+# the value, so the id stays its own); forgotten past 1,024 entries.
+_derived: dict[tuple[int, Callable[[Any], Any]], tuple[Any, Any]] = {}
+
+
+def derived(value: Any, make: Callable[[Any], Any]) -> Any:
+    """`make(value)` for a value of a job's definition (a filter's list, a schema's
+    enum), made once rather than at every event: the definition never changes."""
+    key = (id(value), make)
+    entry = _derived.get(key)
+    if entry is None or entry[0] is not value:
+        if len(_derived) >= 1024:
+            _derived.clear()
+        entry = _derived[key] = (value, make(value))
+    return entry[1]
+
+
+def _key_set(values: list[Any]) -> frozenset[object]:
+    return frozenset(map(_key, values))
 
 
 def _one_of(v: object, values: list[Any]) -> bool:
@@ -104,13 +120,8 @@ def _one_of(v: object, values: list[Any]) -> bool:
     made a 2 KB event take seconds to match."""
     if len(values) < 8:
         return any(_same(v, p) for p in values)
-    entry = _value_sets.get(id(values))
-    if entry is None or entry[0] is not values:
-        if len(_value_sets) >= 1024:
-            _value_sets.clear()
-        entry = _value_sets[id(values)] = (values, frozenset(map(_key, values)))
     key = _key(v)
-    return key is not None and key in entry[1]
+    return key is not None and key in derived(values, _key_set)
 
 
 def _finite(v: object) -> bool:

@@ -16,7 +16,7 @@ import re
 import reprlib
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -171,19 +171,6 @@ _QUOTE.maxlist = _QUOTE.maxtuple = _QUOTE.maxdict = _QUOTE.maxset = 10
 _QUOTE.maxlevel = 3
 _QUOTE.maxstring = _QUOTE.maxother = 80
 
-# What a schema's value (an enum's list, a const) is as _canonical forms, by its id
-# (the entry keeps the value, so the id stays its own); forgotten past 1,024 entries.
-_schema_values: dict[int, tuple[Any, Any]] = {}
-
-
-def _canonical_of(value: Any, make: Callable[[Any], Any]) -> Any:
-    entry = _schema_values.get(id(value))
-    if entry is None or entry[0] is not value:
-        if len(_schema_values) >= 1024:
-            _schema_values.clear()
-        entry = _schema_values[id(value)] = (value, make(value))
-    return entry[1]
-
 
 def _enum_set(values: list[Any]) -> frozenset[Any]:
     return frozenset(map(_canonical, values))
@@ -198,7 +185,7 @@ def _enum(validator: Any, enums: Any, instance: Any, schema: Any) -> Any:
     if isinstance(instance, (dict, list)):
         found = any(json_equal(instance, value) for value in enums)
     else:
-        found = _canonical(instance) in _canonical_of(enums, _enum_set)
+        found = _canonical(instance) in filters.derived(enums, _enum_set)
     if not found:
         yield ValidationError(f"{instance!r} is not one of {_QUOTE.repr(enums)}")
 
