@@ -712,6 +712,36 @@ async def test_a_non_json_output_is_reported_as_the_task_failing() -> None:
         await within(call)
 
 
+async def test_a_key_reused_inside_a_task_function_fails_it_without_retries() -> None:
+    """Running it again would reuse the key again: the failure is final, where any
+    other exception from the function is retried by its policy."""
+    execution, io, wire = make(task("t2", "inner", parent="t1", output=1))
+
+    async def outer() -> None:
+        await io.run_task("inner", never_called)
+        await io.run_task("inner", never_called)
+
+    call = asyncio.create_task(io.run_task("outer", outer, retry={"limit": 5}))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "outer", "RUNNING"))
+    complete = await wire.next("task_complete")
+    assert complete.error.type == "DuplicateKeyError" and "'inner'" in complete.error.message
+    assert complete.final
+    execution.halt()
+    with pytest.raises(asyncio.CancelledError):
+        await within(call)
+
+    execution, io, wire = make()
+    call = asyncio.create_task(io.run_task("flaky", lambda: 1 / 0, retry={"limit": 5}))
+    request = await wire.next("task")
+    answer(execution, request.request_id, task("t1", "flaky", "RUNNING"))
+    complete = await wire.next("task_complete")
+    assert complete.error.type == "ZeroDivisionError" and not complete.final
+    execution.halt()
+    with pytest.raises(asyncio.CancelledError):
+        await within(call)
+
+
 @pytest.mark.parametrize("exit", [SystemExit(3), KeyboardInterrupt()], ids=type)
 async def test_an_exit_raised_in_a_task_functions_thread_fails_the_task(
     exit: BaseException,

@@ -108,7 +108,11 @@ def jsonable(obj: object) -> object:
     dump = getattr(obj, "model_dump", None)
     if callable(dump) and not isinstance(obj, type):
         return dump(mode="json", by_alias=True)
-    if isinstance(obj, (datetime, date, time)):
+    if isinstance(obj, (datetime, time)):
+        text = obj.isoformat()
+        # UTC as pydantic writes it (and as a datetime inside a model comes out).
+        return f"{text[:-6]}Z" if text.endswith("+00:00") else text
+    if isinstance(obj, date):
         return obj.isoformat()
     if isinstance(obj, (uuid.UUID, decimal.Decimal)):
         return str(obj)

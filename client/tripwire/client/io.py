@@ -124,7 +124,8 @@ class Outcome:
     error: run_pb2.ErrorInfo | None = None
     exception: BaseException | None = None
     # The error is not retried: the function returned an output that cannot be sent
-    # (not JSON, or too large), which running it again would only make again.
+    # (not JSON, or too large), or reused a cache key in a nested io call, which
+    # running it again would only do again.
     final: bool = False
 
     @classmethod
@@ -136,7 +137,7 @@ class Outcome:
 
     @classmethod
     def failure(cls, exc: BaseException) -> Outcome:
-        return cls(error=error_info(exc), exception=exc)
+        return cls(error=error_info(exc), exception=exc, final=isinstance(exc, DuplicateKeyError))
 
 
 @dataclass(frozen=True, slots=True)
