@@ -253,6 +253,70 @@ async def test_payload_limit(start_server: StartServer) -> None:
         assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
 
 
+async def test_the_name_length_limit_is_the_servers_setting(start_server: StartServer) -> None:
+    server = await start_server(max_name_length=5)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        assert (await send(stubs, {"name": "abcde", "source": "s.b.c"}))["name"] == "abcde"
+        for event, field in (
+            ({"name": "abcdef"}, "name"),
+            ({"name": "a", "source": "abcdef"}, "source"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await send(stubs, event)
+            assert err.value.details() == f"event.{field}: is longer than the limit of 5 characters"
+
+
+async def test_a_reschedule_keeping_the_stored_payload_or_context_is_held_to_the_limit(
+    start_server: StartServer,
+) -> None:
+    """Each request is within the limit, but a resend that gives only a context
+    keeps the stored payload: the two together would pass it, so it is refused,
+    naming the part it gave, and the event stays as it was."""
+    server = await start_server(max_payload_bytes=1000)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        half = "x" * 600
+        first = await send(
+            stubs, {"name": "n", "id": "e", "payload": {"p": half}}, deliverAfter=600
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await send(stubs, {"name": "n", "id": "e", "context": {"c": half}}, deliverAfter=900)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == (
+            "event.context: payload and context would be 1230 bytes with the stored payload "
+            "kept, over the limit of 1000 bytes"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # counted as one request is
+            await send(stubs, {"name": "n", "payload": {"p": half}, "context": {"c": half}})
+        assert "are 1230 bytes, over the limit" in (err.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.SendEvents(
+                req(
+                    ev.SendEventsRequest,
+                    {
+                        "events": [
+                            {"name": "n", "id": "ok"},
+                            {"name": "n", "id": "e", "context": {"c": half}},
+                        ],
+                        "options": {"deliverAfter": 900},
+                    },
+                )
+            )
+        assert (err.value.details() or "").startswith("events[1].context: payload and context")
+        got = js(await stubs.events.GetEvent(ev.GetEventRequest(id="e")))["event"]
+        assert got == first
+        with pytest.raises(grpc.aio.AioRpcError):  # the batch stored nothing
+            await stubs.events.GetEvent(ev.GetEventRequest(id="ok"))
+        # A smaller context fits beside the stored payload; a new payload replaces it.
+        fits = await send(stubs, {"name": "n", "id": "e", "context": {"c": "y"}}, deliverAfter=900)
+        assert fits["payload"] == {"p": half} and fits["context"] == {"c": "y"}
+        both = await send(
+            stubs, {"name": "n", "id": "e", "payload": {"p": "z"}, "context": {"c": half}}
+        )
+        assert both["payload"] == {"p": "z"} and both["context"] == {"c": half}
+
+
 async def test_a_payload_nested_deeper_than_protobuf_decodes_is_refused(stubs: Stubs) -> None:
     deepest: object = 1
     for _ in range(30):  # the limit: 30 objects deep

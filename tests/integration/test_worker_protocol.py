@@ -1335,6 +1335,34 @@ async def test_payload_limits_hold_for_invoke_and_send_event(
             )
             rejected = await w.expect("rejected")
             assert rejected["message"].startswith("task.params.event.payload")
+            # A resend of a pending event keeping its stored payload counts both.
+            half = {"blob": "x" * 600}
+            pending = {"name": "y", "id": "e", "payload": half}
+            await stubs.events.SendEvent(
+                req(ev.SendEventRequest, {"event": pending, "options": {"deliverAfter": 600}})
+            )
+            w.send(
+                {
+                    "task": {
+                        "requestId": "kept",
+                        "runId": run["id"],
+                        "attempt": 1,
+                        "key": "k",
+                        "kind": "TASK_KIND_SEND_EVENT",
+                        "params": {
+                            "event": {"name": "y", "id": "e", "context": half},
+                            "options": {"deliverAfter": 900},
+                        },
+                    }
+                }
+            )
+            rejected = await w.expect("rejected")
+            assert rejected["message"].startswith(
+                "task.params.event.context: payload and context would be"
+            )
+            stored = await stubs.events.GetEvent(ev.GetEventRequest(id="e"))
+            assert js(stored.event)["payload"] == half
+            assert js(stored.event).get("context", {}) == {}
         finally:
             await w.close()
 

@@ -91,3 +91,12 @@ def test_the_event_loop_from_variable_and_flag() -> None:
     assert settings_from(["--event-loop", "uvloop"], env).event_loop == "uvloop"
     with pytest.raises(ValueError, match="event loop must be uvloop or asyncio, got 'tokio'"):
         settings_from(["--event-loop", "tokio"], {})
+
+
+def test_the_name_length_limit_from_variable_and_flag() -> None:
+    assert settings_from([], {}).max_name_length == 256
+    env = {"TRIPWIRE_MAX_NAME_LENGTH": "64"}
+    assert settings_from([], env).max_name_length == 64
+    assert settings_from(["--max-name-length", "32"], env).max_name_length == 32
+    with pytest.raises(ValueError, match="limits must be positive"):
+        settings_from(["--max-name-length", "0"], {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +13,7 @@ from tripwire.server.events import (
     DeliveryOptions,
     EventDraft,
     Limits,
+    check_kept,
     deliver_time,
     prepare,
     resend_action,
@@ -131,3 +134,33 @@ def test_prepare_rejects_naming_the_field(draft: EventDraft, field: str) -> None
     with pytest.raises(InvalidArgument) as err:
         prepare(draft, DeliveryOptions(), NOW, LIMITS, "events[3]")
     assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    "payload_given, context_given, payload, context, refused",
+    [
+        # Only one part given: the two together are counted (as JSON here: 512 + 512).
+        (True, False, {"p": "x" * 504}, {"c": "y" * 504}, ""),
+        (True, False, {"p": "x" * 504}, {"c": "y" * 505}, "e.payload"),
+        (False, True, {"p": "x" * 505}, {"c": "y" * 504}, "e.context"),
+        # Both given: the request was counted already. Neither: nothing changed.
+        (True, True, {"p": "x" * 2000}, {}, ""),
+        (False, False, {"p": "x" * 2000}, {}, ""),
+    ],
+)
+def test_a_reschedule_keeping_a_stored_part_is_counted_whole(
+    payload_given: bool, context_given: bool, payload: object, context: object, refused: str
+) -> None:
+    event = stored(EventStatus.PENDING, NOW + 60_000)
+    event.payload, event.context = payload, context
+    resend = replace(new(NOW + 90_000), payload_given=payload_given, context_given=context_given)
+    if not refused:
+        check_kept(event, resend, LIMITS, "e")
+        return
+    with pytest.raises(InvalidArgument) as err:
+        check_kept(event, resend, LIMITS, "e")
+    kept = "context" if refused == "e.payload" else "payload"
+    assert err.value.message == (
+        f"{refused}: payload and context would be 1025 bytes with the stored {kept} kept, "
+        "over the limit of 1024 bytes"
+    )

@@ -62,7 +62,8 @@ class EventInput(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Matched exactly (case-sensitive) against job triggers. Like
-    `id` and `source`: at most 256 characters, not blank, and free of
+    `id` and `source`: at most 256 characters (for a name or source, the
+    server's `--max-name-length`, 256 by default), not blank, and free of
     control characters (U+0000 to U+001F, U+007F to U+009F), or the call is
     INVALID_ARGUMENT naming the field.
     """

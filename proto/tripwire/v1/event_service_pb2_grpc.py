@@ -89,7 +89,9 @@ class EventServiceServicer:
         answers the stored event with `deduplicated: true`: delivered or cancelled
         events are left alone; a pending event due 5 s or more from now gets the
         new deliver_at, and the new payload and context where the resend has them
-        (absent or null keeps the stored one); one due sooner is left alone.
+        (absent or null keeps the stored one; the payload limit holds for the two
+        as stored together, INVALID_ARGUMENT naming the part given if they pass
+        it); one due sooner is left alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

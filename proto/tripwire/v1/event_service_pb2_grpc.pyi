@@ -44,7 +44,9 @@ class EventServiceStub:
     answers the stored event with `deduplicated: true`: delivered or cancelled
     events are left alone; a pending event due 5 s or more from now gets the
     new deliver_at, and the new payload and context where the resend has them
-    (absent or null keeps the stored one); one due sooner is left alone.
+    (absent or null keeps the stored one; the payload limit holds for the two
+    as stored together, INVALID_ARGUMENT naming the part given if they pass
+    it); one due sooner is left alone.
     """
     SendEvents: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]
     """Stores a batch atomically (all or none) and in order, with the same
@@ -89,7 +91,9 @@ class EventServiceAsyncStub(EventServiceStub):
     answers the stored event with `deduplicated: true`: delivered or cancelled
     events are left alone; a pending event due 5 s or more from now gets the
     new deliver_at, and the new payload and context where the resend has them
-    (absent or null keeps the stored one); one due sooner is left alone.
+    (absent or null keeps the stored one; the payload limit holds for the two
+    as stored together, INVALID_ARGUMENT naming the part given if they pass
+    it); one due sooner is left alone.
     """
     SendEvents: _aio.UnaryUnaryMultiCallable[_event_service_pb2.SendEventsRequest, _event_service_pb2.SendEventsResponse]  # type: ignore[assignment]
     """Stores a batch atomically (all or none) and in order, with the same
@@ -137,7 +141,9 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         answers the stored event with `deduplicated: true`: delivered or cancelled
         events are left alone; a pending event due 5 s or more from now gets the
         new deliver_at, and the new payload and context where the resend has them
-        (absent or null keeps the stored one); one due sooner is left alone.
+        (absent or null keeps the stored one; the payload limit holds for the two
+        as stored together, INVALID_ARGUMENT naming the part given if they pass
+        it); one due sooner is left alone.
         """
 
     @_abc_1.abstractmethod

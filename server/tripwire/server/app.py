@@ -29,7 +29,7 @@ from tripwire.v1 import (
 )
 
 from . import scheduler
-from .api import reflection
+from .api import convert, reflection
 from .api.events import EventServicer
 from .api.jobs import JobServicer
 from .api.rpc import Authenticator
@@ -85,7 +85,12 @@ class Server:
         self.index = JobIndex()
         self.store = SQLiteStore(settings.db_path, self.index, self.hub)
         await self.store.open()
-        limits = Limits(settings.max_payload_bytes, settings.max_name_length, settings.max_batch)
+        limits = Limits(
+            settings.max_payload_bytes,
+            settings.max_name_length,
+            settings.max_batch,
+            convert.value_bytes,
+        )
         self.events = EventService(self.store, self.index, limits, self.clock)
         self.jobs = JobService(self.store, self.index, limits, self.clock)
         self.runs = RunService(self.store, self.hub, self.clock)

@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         "none: no auth",
     )
     parser.add_argument("--max-payload-bytes", type=int)
+    parser.add_argument(
+        "--max-name-length",
+        type=int,
+        help="characters of an event's name or source (and a trigger's names and source)",
+    )
     parser.add_argument("--max-batch", type=int)
     parser.add_argument(
         "--max-batch-bytes",
@@ -121,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--heartbeat-interval", type=float, help="seconds")
     parser.add_argument("--lease", type=float, help="seconds")
-    parser.add_argument("--schedule-grace", type=float, help="seconds")
+    parser.add_argument(
+        "--schedule-grace",
+        type=float,
+        help="seconds a schedule's tick may be found late and still fire (1 at least)",
+    )
     parser.add_argument("--shutdown-grace", type=float, help="seconds")
     parser.add_argument(
         "--event-loop",
@@ -139,6 +148,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
         "address": ("TRIPWIRE_ADDRESS", str),
         "db_path": ("TRIPWIRE_DB", str),
         "max_payload_bytes": ("TRIPWIRE_MAX_PAYLOAD_BYTES", int),
+        "max_name_length": ("TRIPWIRE_MAX_NAME_LENGTH", int),
         "max_batch": ("TRIPWIRE_MAX_BATCH", int),
         "max_batch_bytes": ("TRIPWIRE_MAX_BATCH_BYTES", int),
         "heartbeat_interval": ("TRIPWIRE_HEARTBEAT_INTERVAL", float),

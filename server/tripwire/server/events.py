@@ -8,6 +8,7 @@ its runs commit together.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -53,11 +54,19 @@ class DeliveryOptions:
     account_id: str = ""
 
 
+def json_bytes(value: Any) -> int:
+    """A JSON value's size as compact UTF-8 JSON (the server measures a value as
+    its request encoded it, a protobuf Value, which comes to about as much)."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
 @dataclass(frozen=True)
 class Limits:
     max_payload_bytes: int
     max_name_length: int
     max_batch: int
+    # How many bytes a payload or context counts for against max_payload_bytes.
+    value_bytes: Callable[[Any], int] = json_bytes
 
 
 def resend_action(current: Event, new: NewEvent, now: int) -> Literal["unchanged", "reschedule"]:
@@ -128,6 +137,22 @@ def prepare(
     )
 
 
+def check_kept(event: Event, new: NewEvent, limits: Limits, field: str) -> None:
+    """A resend that reschedules a pending event but gives only its payload or only
+    its context keeps the stored other: the two together are held to the limit a
+    request's are, naming the part the resend gave."""
+    if new.payload_given == new.context_given:
+        return  # both given (checked in the request) or neither (nothing changed)
+    size = limits.value_bytes(event.payload) + limits.value_bytes(event.context)
+    if size > limits.max_payload_bytes:
+        given, kept = ("payload", "context") if new.payload_given else ("context", "payload")
+        raise InvalidArgument(
+            f"{field}.{given}",
+            f"payload and context would be {size} bytes with the stored {kept} kept, "
+            f"over the limit of {limits.max_payload_bytes} bytes",
+        )
+
+
 def check_not_a_fire_id(index: JobIndex, env: str, event_id: str, field: str) -> None:
     """`<job id>:<ms>` is the id of one fire of a scheduled job (SPEC §4). A client
     event holding it would make that fire look done already, so that it never
@@ -179,7 +204,11 @@ class EventService:
             if not event.minted_id:
                 where = f"events[{i}].id" if batch else "event.id"
                 check_not_a_fire_id(self.index, env, event.id, where)
-        return await self.store.ingest(env, prepared, now, check)
+
+        def kept(i: int, event: Event, new: NewEvent) -> None:
+            check_kept(event, new, self.limits, f"events[{i}]" if batch else "event")
+
+        return await self.store.ingest(env, prepared, now, check, kept)
 
     async def get(self, env: str, event_id: str) -> tuple[Event, list[Run]]:
         _require_id(event_id, "id")

@@ -6,6 +6,7 @@ values. Protobuf types stay at the gRPC edge (`convert.py`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -213,6 +214,11 @@ class RunChanges:
     log_mark: int
 
 
+# Called with an event's place in its request, the event as a resend that
+# rescheduled it leaves it, and what the resend gave; raises to refuse the call.
+KeptCheck = Callable[[int, "Event", NewEvent], None]
+
+
 @dataclass(frozen=True)
 class TaskAsk:
     """A worker's request to start (or look up) a task."""
@@ -225,3 +231,6 @@ class TaskAsk:
     retry: dict[str, Any] | None
     # SEND_EVENT(S): the events to send, validated, ids defaulted from the task.
     events: tuple[NewEvent, ...] = ()
+    # SEND_EVENT(S): checks an event a resend rescheduled keeping its stored
+    # payload or context (see events.check_kept).
+    kept: KeptCheck | None = field(default=None, compare=False)

@@ -14,13 +14,14 @@ from .events import (
     DeliveryOptions,
     EventDraft,
     Limits,
+    check_kept,
     check_not_a_fire_id,
     check_text,
     prepare,
 )
 from .jobs import JobService, retry_policy
 from .matching import JobIndex
-from .models import Job, LogEntry, Run, TaskAsk, TaskKind
+from .models import Event, Job, LogEntry, NewEvent, Run, TaskAsk, TaskKind
 from .tasks import LOG_RANK, MAX_STORED_INT, MAX_TASK_KEY_LENGTH, TaskOutcome, idempotency_key
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ class WorkService:
             # the server again (it cannot: the task is cached) still sends nothing new.
             base = idempotency_key(run_id, asked.parent_id, asked.key)
             now = self.clock()
-            prepared = []
+            prepared, wheres = [], []
             for i, draft in enumerate(asked.events):
                 default = base if kind is TaskKind.SEND_EVENT else f"{base}:{i}"
                 where = (
@@ -180,7 +181,12 @@ class WorkService:
                 event = prepare(draft, asked.options, now, self.limits, where)
                 check_not_a_fire_id(self.index, env, event.id, f"{where}.id")
                 prepared.append(event)
+                wheres.append(where)
             events = tuple(prepared)
+
+            def kept(i: int, event: Event, new: NewEvent) -> None:
+                check_kept(event, new, self.limits, wheres[i])
+
         if kind is TaskKind.WAIT:
             seconds = asked.params.get("seconds") if isinstance(asked.params, dict) else None
             latest = (MAX_TIME_MS - self.clock()) / 1000  # a Timestamp ends in 9999
@@ -194,7 +200,14 @@ class WorkService:
                     "must be a number of seconds >= 0 that ends before the year 10000",
                 )
         return TaskAsk(
-            asked.key, asked.parent_id, kind, asked.name, asked.params, asked.retry, events
+            asked.key,
+            asked.parent_id,
+            kind,
+            asked.name,
+            asked.params,
+            asked.retry,
+            events,
+            kept if events else None,
         )
 
     async def complete_task(

@@ -70,6 +70,14 @@ def _sorted_keys(value: Any) -> Any:
     return value
 
 
+def value_bytes(obj: Any) -> int:
+    """A JSON value's size as a request encodes it (a Value), which is what the
+    payload limit counts."""
+    value = struct_pb2.Value()
+    py_to_value(obj, value)
+    return value.ByteSize()
+
+
 def py_to_value(obj: Any, out: struct_pb2.Value) -> None:
     if obj is None:
         out.null_value = struct_pb2.NULL_VALUE

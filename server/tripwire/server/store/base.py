@@ -6,7 +6,18 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ..models import Event, Job, LogEntry, NewEvent, Page, Run, RunChanges, Task, TaskAsk
+from ..models import (
+    Event,
+    Job,
+    KeptCheck,
+    LogEntry,
+    NewEvent,
+    Page,
+    Run,
+    RunChanges,
+    Task,
+    TaskAsk,
+)
 from ..tasks import TaskOutcome
 
 
@@ -27,9 +38,12 @@ class Store(Protocol):
         events: Sequence[NewEvent],
         now: int,
         check: Callable[[list[Event]], None] | None = None,
+        kept: KeptCheck | None = None,
     ) -> list[Event]:
         """Store a batch atomically: dedup by id, deliver what is due, create its runs.
-        `check` sees the result before the commit; if it raises, nothing is stored."""
+        `check` sees the result before the commit, `kept` each event a resend
+        rescheduled keeping its stored payload or context; if either raises,
+        nothing is stored."""
         ...
 
     async def deliver_due(self, now: int, limit: int = 500) -> list[Event]: ...

@@ -27,6 +27,7 @@ from ..matching import JobIndex, call_budget
 from ..models import (
     Event,
     EventStatus,
+    KeptCheck,
     NewEvent,
     Page,
     Run,
@@ -173,25 +174,35 @@ class SQLiteStore(JobOps, WorkOps):
         events: Sequence[NewEvent],
         now: int,
         check: Callable[[list[Event]], None] | None = None,
+        kept: KeptCheck | None = None,
     ) -> list[Event]:
         """Store a batch atomically: dedup by id, deliver what is due, create runs.
-        `check` sees the result before the commit; if it raises, nothing is stored."""
+        `check` sees the result before the commit, `kept` each event a resend
+        rescheduled keeping its stored payload or context; if either raises,
+        nothing is stored."""
 
         def op(tx: Tx) -> list[Event]:
-            stored = self._ingest(tx, env, events, now)
+            stored = self._ingest(tx, env, events, now, kept)
             if check is not None:
                 check(stored)
             return stored
 
         return await self._write(op)
 
-    def _ingest(self, tx: Tx, env: str, events: Sequence[NewEvent], now: int) -> list[Event]:
+    def _ingest(
+        self,
+        tx: Tx,
+        env: str,
+        events: Sequence[NewEvent],
+        now: int,
+        kept: KeptCheck | None = None,
+    ) -> list[Event]:
         conn = tx.conn
         known = self._events_by_id(conn, env, {e.id for e in events if not e.minted_id})
         inserted: dict[str, Event] = {}
         updated: dict[str, Event] = {}
         results: list[tuple[Event, Resend]] = []
-        for new in events:
+        for i, new in enumerate(events):
             current = known.get(new.id)
             if current is None:
                 current = Event(
@@ -216,6 +227,8 @@ class SQLiteStore(JobOps, WorkOps):
                 if new.context_given:
                     current.context = new.context
                 current.deliver_at = new.deliver_at
+                if kept is not None:
+                    kept(i, current, new)
                 if current.id not in inserted:
                     updated[current.id] = current
                 results.append((current, "rescheduled"))

@@ -18,6 +18,7 @@ from ..hub import Hub
 from ..ids import new_task_id
 from ..models import (
     Event,
+    KeptCheck,
     LogEntry,
     NewEvent,
     Run,
@@ -48,7 +49,14 @@ class WorkOps:
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         raise NotImplementedError
 
-    def _ingest(self, tx: Tx, env: str, events: Sequence[NewEvent], now: int) -> list[Event]:
+    def _ingest(
+        self,
+        tx: Tx,
+        env: str,
+        events: Sequence[NewEvent],
+        now: int,
+        kept: KeptCheck | None = None,
+    ) -> list[Event]:
         raise NotImplementedError
 
     def _end_runs(
@@ -326,7 +334,7 @@ class WorkOps:
         )
         outcome = TaskOutcome(task, run)
         if ask.kind in (TaskKind.SEND_EVENT, TaskKind.SEND_EVENTS):
-            sent = self._ingest(tx, env, ask.events, now)
+            sent = self._ingest(tx, env, ask.events, now, ask.kept)
             outcome.created = [r for event in sent for r in event.runs]
             replies = [_event_json(e) for e in sent]
             task.output = replies[0] if ask.kind is TaskKind.SEND_EVENT else replies
