@@ -53,6 +53,28 @@ async def test_interval_fires_idempotent_events_with_timestamps(start_server: St
         }
 
 
+async def test_a_grace_of_zero_fires_ticks_on_time_and_skips_late_ones(
+    start_server: StartServer,
+) -> None:
+    """The timer loop finds a tick a little after it: that is on time, whatever the
+    grace. Only a tick found over ON_TIME late is skipped."""
+    clock = FakeClock(START)
+    server = await start_server(clock=clock, schedule_grace=0.0)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        await register(
+            stubs,
+            {"job": {"id": "tick", "version": "1.0.0", "trigger": {"interval": {"seconds": 10}}}},
+        )
+        clock.advance(10.3)  # found 300 ms after the tick
+        (first,) = await wait_runs(stubs, "tick", 1)
+        assert first["eventId"] == f"tick:{START + 10_000}"
+        clock.advance(11.9)  # the tick at +20 s found 2.2 s late: skipped; +30 s is next
+        clock.advance(7.9)
+        runs = await wait_runs(stubs, "tick", 2)
+        assert [r["eventId"] for r in runs] == [f"tick:{START + 30_000}", first["eventId"]]
+
+
 async def test_restart_skips_missed_ticks_unless_catch_up(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -264,9 +264,10 @@ class CronTrigger(_message.Message):
     catch_up: _builtins.bool
     """Ticks missed while the server was down are skipped; with catch_up the
     last missed tick fires once on start. "Missed" means found more than the
-    server's --schedule-grace (60 s by default) after its planned time: a
-    tick due during a quick restart still fires, late, once. Changing only
-    catch_up when re-registering keeps the next planned tick.
+    server's --schedule-grace (60 s by default; 1 s at least, as a tick is
+    found a little after its time) after its planned time: a tick due during
+    a quick restart still fires, late, once. Changing only catch_up when
+    re-registering keeps the next planned tick.
     """
     def __init__(
         self,

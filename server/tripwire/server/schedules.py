@@ -30,6 +30,9 @@ MAX_INTERVAL_SECONDS = 31_536_000  # one year
 # Counting a cron's missed ticks walks them one by one (~0.1 ms each), inside
 # the transaction that fires the schedules: after a long downtime it stops here.
 MAX_MISSED_COUNT = 100
+# A tick found this late is on time, whatever --schedule-grace says: the timer
+# loop wakes a little after the tick, later under load.
+ON_TIME = timedelta(seconds=1)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -363,9 +366,11 @@ def decide(
     """What to fire at `now`, given the stored `next_fire`; None when it is not due yet.
 
     Of all due ticks only the latest may fire: on time or within `grace` of it, or at any
-    delay with `catch_up`. Older ones are skipped, as in v2, so a long downtime never
-    produces a burst. The returned `next_fire` is after `now`, so applying `decide`
-    again with the returned value never fires the same tick twice.
+    delay with `catch_up`. Within ON_TIME of it is on time whatever `grace` says: the
+    timer loop finds a tick a little after it (a grace of 0 would skip them all). Older
+    ones are skipped, as in v2, so a long downtime never produces a burst. The returned
+    `next_fire` is after `now`, so applying `decide` again with the returned value never
+    fires the same tick twice.
     """
     _require_aware(next_fire, now, anchor)
     if next_fire > now:
@@ -375,7 +380,7 @@ def decide(
         # Nothing planned in [next_fire, now]: next_fire was not on the grid (the schedule
         # changed under it). Move it onto the grid without firing anything.
         return Decision(fire_at=None, next_fire=next_after(schedule, now, anchor), missed=0)
-    fire = schedule.catch_up or now - latest <= grace
+    fire = schedule.catch_up or now - latest <= max(grace, ON_TIME)
     due = _count_due(schedule, next_fire, latest, anchor)
     missed = due - 1 if fire else due
     if schedule.kind == "cron":
