@@ -19,17 +19,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tripwire.v1 import (
     event_service_pb2,
-    event_service_pb2_grpc,
     job_service_pb2,
-    job_service_pb2_grpc,
     run_service_pb2,
-    run_service_pb2_grpc,
     worker_service_pb2,
-    worker_service_pb2_grpc,
 )
 
 from . import scheduler
-from .api import convert, reflection
+from .api import convert, reflection, services
 from .api.events import EventServicer
 from .api.jobs import JobServicer
 from .api.rpc import Authenticator
@@ -47,12 +43,13 @@ from .work import WorkService
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
-    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
-    run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
-    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+SERVICES = (
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"],
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"],
+    run_service_pb2.DESCRIPTOR.services_by_name["RunService"],
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"],
 )
+SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
 SERVICE_FILES = (
@@ -113,19 +110,21 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        event_service_pb2_grpc.add_EventServiceServicer_to_server(
-            EventServicer(self.events, auth, settings.max_payload_bytes, settings.max_batch_bytes),
-            self.grpc,
-        )
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(self.jobs, auth, settings.max_payload_bytes), self.grpc
-        )
-        run_service_pb2_grpc.add_RunServiceServicer_to_server(
-            RunServicer(self.runs, auth), self.grpc
-        )
         self.workers = WorkerServicer(self.work, self.dispatcher, auth, settings)
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(self.workers, self.grpc)
-        self.health = health.aio.HealthServicer()
+        for service, servicer in zip(
+            SERVICES,
+            (
+                EventServicer(
+                    self.events, auth, settings.max_payload_bytes, settings.max_batch_bytes
+                ),
+                JobServicer(self.jobs, auth, settings.max_payload_bytes),
+                RunServicer(self.runs, auth),
+                self.workers,
+            ),
+            strict=True,
+        ):
+            services.add(self.grpc, service, servicer)
+        self.health = services.Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable(
             [*SERVICE_NAMES, health.SERVICE_NAME],
