@@ -73,7 +73,8 @@ class EventInput(_message.Message):
     idempotency_key; from a SEND_EVENTS task: "<idempotency_key>:<index>").
     Send your own (the Python client always does) so that a retried call is
     idempotent. "<job id>:<digits>" is refused (INVALID_ARGUMENT) while that
-    job has a cron or interval trigger: it is the form of the job's fires.
+    job has a cron or interval trigger: it is the form of the job's fires
+    (an event holding such an id from before makes that one fire skipped).
     """
     source: _builtins.str
     """Where it came from. Absent: "trigger.dev". Matched exactly against
