@@ -597,6 +597,9 @@ async def test_bad_task_requests_are_rejected_naming_the_field(
     )
     rejected = await worker.expect("rejected")
     assert rejected["requestId"] == "bad" and rejected["message"].startswith("task.key")
+    worker.send({})  # sets none of its fields
+    rejected = await worker.expect("rejected")
+    assert rejected["message"] == "message: is empty: it sets none of its fields"
     worker.send(
         {
             "task": {

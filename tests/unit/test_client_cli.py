@@ -460,7 +460,10 @@ def test_run_shows_tasks_and_logs(
     assert "1  send-email  RUN   COMPLETED" in out
     assert 'New user created  {"userId":"u_1"}' in out
     _, out, _ = run_cli(["match", "x"], capsys)
-    assert "payload fails the schema /userId: is required" in out
+    assert out.endswith(
+        "strict   1.0.0    yes    payload fails the schema\n\n"
+        "strict 1.0.0, schema errors:\n  /userId: is required\n"
+    )
 
 
 def test_list_filters_reach_the_client(
@@ -519,3 +522,26 @@ def test_an_executing_run_names_the_worker_holding_it() -> None:
     held = render.run_block(_run("EXECUTING", output=None, worker_id="host-7-4242"))
     assert "worker        host-7-4242" in held.splitlines()
     assert "worker" not in render.run_block(_run())
+
+
+def test_a_match_reason_too_long_for_its_cell_is_given_in_full_below() -> None:
+    reason = (
+        "filter: payload.plan is " + '"free", not one of ' + ", ".join(f'"p{i}"' for i in range(30))
+    )
+    out = render.matches_table(
+        [JobMatch("billing", "2.0.0", False, reason, ()), JobMatch("ok", "1.0.0", True, "")]
+    )
+    first, *rest = out.split("\n\n")
+    assert reason not in first and "…" in first  # the table keeps its shape
+    assert rest == [f"billing 2.0.0: {reason}"]
+
+
+def test_an_empty_url_is_a_usage_error(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(["--url", " ", "events"], capsys) == (
+        2,
+        "",
+        "error: --url: is empty (TRIPWIRE_URL too?)\n",
+    )
+    assert fake.calls == []

@@ -267,18 +267,24 @@ def jobs_table(jobs: Sequence[Job]) -> str:
 
 
 def matches_table(matches: Sequence[JobMatch]) -> str:
-    return table(
-        ["JOB", "VERSION", "MATCH", "REASON"],
-        [
-            (
-                m.job_id,
-                m.job_version,
-                m.matched,
-                " ".join(filter(None, (m.reason, _errors(m.validation_errors)))),
-            )
-            for m in matches
-        ],
-    )
+    """The table, then in full what did not fit in it: a reason cut short, and each
+    schema error on a line of its own (the path is what a reader looks for)."""
+    out = [
+        table(
+            ["JOB", "VERSION", "MATCH", "REASON"],
+            [(m.job_id, m.job_version, m.matched, m.reason) for m in matches],
+        )
+    ]
+    for m in matches:
+        if width(cell(m.reason, limit=10**9)) > MAX_CELL:
+            out.append(f"\n{cell(m.job_id)} {cell(m.job_version)}: {cell(m.reason, limit=10**9)}")
+        if m.validation_errors:
+            out.append(f"\n{cell(m.job_id)} {cell(m.job_version)}, schema errors:")
+            out += [
+                f"  {cell(e.path or '/', limit=10**9)}: {cell(e.message, limit=10**9)}"
+                for e in m.validation_errors
+            ]
+    return "\n".join(out)
 
 
 # -- JSON ------------------------------------------------------------------------------

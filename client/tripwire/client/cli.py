@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
+    if not args.url.strip():
+        print("error: --url: is empty (TRIPWIRE_URL too?)", file=sys.stderr)
+        return 2
     try:
         client = Client("tripwire-cli", args.url, api_key=args.api_key or None)
     except ValueError as exc:  # an API key no gRPC header can carry

@@ -46,8 +46,10 @@ class Settings:
         for key, env in self.api_keys.items():
             if not key or not env:
                 raise ValueError("API keys must be KEY=ENV with both parts non-empty")
-        if self.max_payload_bytes < 1 or self.max_batch < 1 or self.max_name_length < 1:
-            raise ValueError("limits must be positive")
+        for name in ("max_payload_bytes", "max_batch", "max_name_length"):
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be positive, got {getattr(self, name)}")
         if not 1 <= self.max_batch_bytes <= self.max_message_bytes // 2:
             raise ValueError(
                 f"max batch bytes must be 1 to {self.max_message_bytes // 2} "

@@ -349,7 +349,10 @@ class WorkerStream:
             return
         handler = getattr(self, f"_on_{kind}", None) if kind else None
         if kind is None or handler is None:
-            self._send(_rejected("", "", InvalidArgument("message", f"unexpected {kind}")))
+            problem = (
+                "is empty: it sets none of its fields" if kind is None else f"unexpected {kind}"
+            )
+            self._send(_rejected("", "", InvalidArgument("message", problem)))
             return
         body = getattr(msg, kind)
         for name in ("run_id", "request_id"):
