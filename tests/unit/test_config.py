@@ -98,7 +98,7 @@ def test_the_name_length_limit_from_variable_and_flag() -> None:
     env = {"TRIPWIRE_MAX_NAME_LENGTH": "64"}
     assert settings_from([], env).max_name_length == 64
     assert settings_from(["--max-name-length", "32"], env).max_name_length == 32
-    with pytest.raises(ValueError, match="^--max-name-length must be positive, got 0$"):
+    with pytest.raises(ValueError, match=r"^--max-name-length must be positive, got 0$"):
         settings_from(["--max-name-length", "0"], {})
-    with pytest.raises(ValueError, match="^--max-payload-bytes must be positive, got -1$"):
+    with pytest.raises(ValueError, match=r"^--max-payload-bytes must be positive, got -1$"):
         settings_from(["--max-payload-bytes", "-1"], {})
