@@ -148,6 +148,11 @@ async def test_an_account_id_is_at_most_256_characters(stubs: Stubs) -> None:
     assert js(await stubs.runs.ListRuns(rn.ListRunsRequest())) == {}
 
 
+async def test_a_name_may_hold_any_character_a_table_can_show(stubs: Stubs) -> None:
+    for name in ("👨\u200d👩\u200d👧", "café", "名前", "a\u200bb", "\u00a0x"):
+        assert (await send(stubs, {"name": name}))["name"] == name
+
+
 @pytest.mark.parametrize(
     ("event", "field", "problem"),
     [
@@ -157,6 +162,16 @@ async def test_an_account_id_is_at_most_256_characters(stubs: Stubs) -> None:
         ({"name": "x", "id": "new\nline"}, "event.id", "holds the control character U+000A at 3"),
         ({"name": "x", "source": "\t"}, "event.source", "holds the control character U+0009 at 0"),
         ({"name": "x", "source": "a\u0085"}, "event.source", "holds the control character U+0085"),
+        ({"name": "a\u2028b"}, "event.name", "holds the line separator U+2028 at 1"),
+        ({"name": "x", "id": "a\u2029"}, "event.id", "holds the paragraph separator U+2029 at 1"),
+        ({"name": "a\u202eb"}, "event.name", "holds the bidirectional control U+202E at 1"),
+        (
+            {"name": "x", "source": "\u2066s"},
+            "event.source",
+            "holds the bidirectional control U+2066",
+        ),
+        ({"name": "\u200b"}, "event.name", "is blank"),
+        ({"name": "x", "id": " \ufeff\u2060 "}, "event.id", "is blank"),
         ({"name": "x" * 257}, "event.name", "is longer than the limit of 256 characters"),
     ],
 )

@@ -217,6 +217,8 @@ def test_wide_characters_keep_the_columns_aligned_and_controls_show_escaped() ->
         "a\\tb       y",
     ]
     assert render.width("注文.作成") == 9 and render.width("e\u0301") == 1
+    # Separators and bidirectional controls (from a server before these were refused).
+    assert render.cell("a\u2028b\u202ec\nd") == "a\\u2028b\\u202ec d"
 
 
 def test_block_aligns_labels() -> None:
@@ -545,3 +547,13 @@ def test_an_empty_url_is_a_usage_error(
         "error: --url: is empty (TRIPWIRE_URL too?)\n",
     )
     assert fake.calls == []
+
+
+def test_events_as_json_leave_out_the_runs_a_list_does_not_carry(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run_cli(["--json", "events"], capsys)
+    (event,) = json.loads(out)
+    assert status == 0 and event["id"] == "e1" and "runs" not in event
+    status, out, _ = run_cli(["--json", "event", "e1"], capsys)
+    assert status == 0 and [r["id"] for r in json.loads(out)["runs"]] == ["r1"]

@@ -28,6 +28,10 @@ MAX_CELL = 80
 EMPTY = "-"
 # Control characters left once lines are joined (a tab, say): shown escaped.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Shown escaped before lines are joined: the line and paragraph separators
+# (which would join as spaces, as if typed so) and the bidirectional controls
+# (which would reorder the rest of the row).
+_LAYOUT = re.compile("[\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def iso(when: datetime | None, *, precise: bool = False) -> str:
@@ -50,7 +54,7 @@ def cell(value: object, *, limit: int = MAX_CELL) -> str:
         text = value
     else:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    text = _CONTROL.sub(_escape, " ".join(text.splitlines()))
+    text = _CONTROL.sub(_escape, " ".join(_LAYOUT.sub(_escape, text).splitlines()))
     if width(text) <= limit:
         return text
     used = 0
@@ -63,7 +67,9 @@ def cell(value: object, *, limit: int = MAX_CELL) -> str:
 
 def _escape(found: re.Match[str]) -> str:
     char = found.group()
-    return "\\t" if char == "\t" else f"\\x{ord(char):02x}"
+    if char == "\t":
+        return "\\t"
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
 
 def width(text: str) -> int:

@@ -22,7 +22,7 @@ from tripwire.client import _render as render
 from tripwire.client import convert
 from tripwire.client.client import Client
 from tripwire.client.errors import InvalidArgument, TripwireError
-from tripwire.client.models import Event, Job
+from tripwire.client.models import Event, Job, jsonable
 from tripwire.v1 import event_pb2, run_pb2
 
 __all__ = ["build_parser", "main"]
@@ -305,7 +305,10 @@ def _send(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
 
 def _events(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     page = client.list_events(name=args.name, status=args.status, page_size=args.limit)
-    return list(page), render.events_table(page.items) if page.items else "no events"
+    # ListEvents leaves out the runs ("tripwire event ID" has them): no empty list
+    # that reads as "no runs".
+    listed = [{k: v for k, v in jsonable(e).items() if k != "runs"} for e in page]
+    return listed, render.events_table(page.items) if page.items else "no events"
 
 
 def _event(client: Client, args: argparse.Namespace) -> tuple[Any, str]:

@@ -207,7 +207,7 @@ class Hello(_message.Message):
     ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Stable id of the worker process (for logs and GetRun); required, at most
-    256 characters, no control characters.
+    256 characters, held to EventInput.name's rules on characters.
     """
     capacity: _builtins.int
     """Most runs this worker executes at once, from 1 to 10,000."""

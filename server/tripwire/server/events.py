@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,9 +27,13 @@ if TYPE_CHECKING:
 # the same id; one due sooner is left alone (it may be delivering right now).
 RESCHEDULE_WINDOW_MS = 5_000
 MAX_ID_LENGTH = 256
-# Control characters (C0, DEL, C1): a name or id holding one could not be
-# shown in a table or typed back on a command line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# What a name or id may not hold, since it could not be shown in a table or
+# typed back on a command line: control characters (C0, DEL, C1), the line and
+# paragraph separators, and the bidirectional controls (which reorder the rest
+# of a line as shown).
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Invisible alone: a value of these and spaces only is blank.
+_INVISIBLE = re.compile("[\\s\u200b-\u200d\u2060\ufeff]*")
 # The range of google.protobuf.Timestamp (0001-01-01 to 9999-12-31 UTC): a time
 # outside it could be stored but never shown again.
 MIN_TIME_MS = -62_135_596_800_000
@@ -98,14 +103,23 @@ def _check_time(millis: int, field: str) -> None:
 
 
 def check_text(value: str, field: str, limit: int) -> None:
-    """A given name, source or id: not blank, no control characters, at most `limit`."""
+    """A given name, source or id: not blank, nothing that could not be shown on one
+    line of a table as it is, at most `limit`."""
     if len(value) > limit:
         raise InvalidArgument(field, f"is longer than the limit of {limit} characters")
-    if (found := _CONTROL.search(value)) is not None:
-        raise InvalidArgument(
-            field, f"holds the control character U+{ord(found.group()):04X} at {found.start()}"
+    if (found := _UNSHOWABLE.search(value)) is not None:
+        char = found.group()
+        kind = (
+            "control character"
+            if unicodedata.category(char) == "Cc"
+            else "line separator"
+            if char == "\u2028"
+            else "paragraph separator"
+            if char == "\u2029"
+            else "bidirectional control"
         )
-    if value.isspace():
+        raise InvalidArgument(field, f"holds the {kind} U+{ord(char):04X} at {found.start()}")
+    if value and _INVISIBLE.fullmatch(value):
         raise InvalidArgument(field, "is blank")
 
 
