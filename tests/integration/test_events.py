@@ -125,7 +125,7 @@ async def test_times_outside_the_timestamp_range_name_the_field(
     assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
 
 
-async def test_an_account_id_is_at_most_256_characters(stubs: Stubs) -> None:
+async def test_an_account_id_is_at_most_256_characters_and_shown_as_given(stubs: Stubs) -> None:
     await register(stubs, {"job": {"id": "inv", "version": "1.0.0", "trigger": {"invoke": {}}}})
     long = "a" * 257
     for call, field in (
@@ -144,6 +144,14 @@ async def test_an_account_id_is_at_most_256_characters(stubs: Stubs) -> None:
             await call
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details() == f"{field}: is longer than 256 characters"
+    for call, field in (
+        (send(stubs, {"name": "x"}, accountId="a\nb"), "options.account_id"),
+        (stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="inv", account_id=" ")), "account_id"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        problem = "is blank" if field == "account_id" else "holds the control character U+000A at 1"
+        assert err.value.details() == f"{field}: {problem}"
     assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
     assert js(await stubs.runs.ListRuns(rn.ListRunsRequest())) == {}
 

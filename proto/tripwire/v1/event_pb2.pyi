@@ -130,7 +130,7 @@ class SendEventOptions(_message.Message):
     """Deliver this many whole seconds from now. Negative is INVALID_ARGUMENT."""
     account_id: _builtins.str
     """An external account the event (and the runs it creates) belongs to; at
-    most 256 characters.
+    most 256 characters, held to EventInput.name's rules on characters.
     """
     @_builtins.property
     def deliver_at(self) -> _timestamp_pb2.Timestamp:

@@ -261,6 +261,7 @@ class InvokeJobRequest(_message.Message):
     EventInput.id of the form of a scheduled job's fires.
     """
     account_id: _builtins.str
+    """As SendEventOptions.account_id."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Value:
         """Absent for a cron or interval job: a fire's payload for now,

@@ -86,6 +86,8 @@ def resend_action(current: Event, new: NewEvent, now: int) -> Literal["unchanged
 def deliver_time(options: DeliveryOptions, now: int, field: str) -> int:
     if len(options.account_id) > MAX_ID_LENGTH:
         raise InvalidArgument(f"{field}.account_id", f"is longer than {MAX_ID_LENGTH} characters")
+    if options.account_id:
+        check_text(options.account_id, f"{field}.account_id", MAX_ID_LENGTH)
     if options.deliver_after < 0:
         raise InvalidArgument(f"{field}.deliver_after", "must not be negative")
     if options.deliver_at is not None:

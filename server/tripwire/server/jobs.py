@@ -155,6 +155,8 @@ class JobService:
             check_text(key, "idempotency_key", MAX_ID_LENGTH)
         if len(account_id) > MAX_ID_LENGTH:
             raise InvalidArgument("account_id", f"is longer than {MAX_ID_LENGTH} characters")
+        if account_id:
+            check_text(account_id, "account_id", MAX_ID_LENGTH)
         now = self.clock()
         latest = self.index.get(env, job_id)
         if payload is None and latest is not None and latest.job.trigger_kind in SCHEDULED:
