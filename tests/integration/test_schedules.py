@@ -138,6 +138,34 @@ async def test_changing_only_catch_up_keeps_the_next_fire(start_server: StartSer
         assert fired["eventId"] == f"hourly:{START + 3_600_000}"
 
 
+async def test_a_schedule_spelled_otherwise_is_the_same_schedule(
+    start_server: StartServer,
+) -> None:
+    """Spaces, letter case and UTC named or not change no tick: the next fire still
+    says when the last one was."""
+    clock = FakeClock(START)  # 22:13:20 UTC
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+
+        async def hourly(version: str, cron: dict) -> dict:
+            body = {"job": {"id": "h", "version": version, "trigger": {"cron": cron}}}
+            return js((await stubs.jobs.RegisterJob(req(jb.RegisterJobRequest, body))).job)
+
+        await hourly("1.0.0", {"cron": "0 * * * mon-fri"})
+        clock.advance(2800)  # 23:00:00
+        await wait_runs(stubs, "h", 1)
+        again = await hourly("1.0.1", {"cron": " 0  *  * *  MON-FRI ", "timezone": "UTC"})
+        assert again["nextFireAt"] == "2023-11-15T00:00:00Z"
+        clock.advance(3600)
+        latest = (await wait_runs(stubs, "h", 2))[0]
+        event = js(await stubs.events.GetEvent(ev.GetEventRequest(id=latest["eventId"])))
+        assert event["event"]["payload"] == {
+            "ts": "2023-11-15T00:00:00.000Z",
+            "lastTimestamp": "2023-11-14T23:00:00.000Z",
+        }
+
+
 @pytest.mark.parametrize(
     ("cron", "next_fire"),
     [

@@ -409,14 +409,19 @@ def _schedule_of(job: Job) -> schedules.Schedule | None:
 
 
 def _same_plan(stored: str | None, schedule: schedules.Schedule | None) -> bool:
-    """Whether a stored schedule plans the same ticks as `schedule` (catch_up aside)."""
+    """Whether a stored schedule plans the same ticks as `schedule` (catch_up aside),
+    however each is spelled: a cron's spaces and letter case, UTC named or not."""
     if stored is None or schedule is None:
         return False
-    old = json.loads(stored)
-    old.pop("catch_up", None)
-    new = dict(schedule.__dict__)
-    new.pop("catch_up", None)
-    return bool(old == new)
+    return _plan(json.loads(stored)) == _plan(dict(schedule.__dict__))
+
+
+def _plan(spec: dict[str, Any]) -> dict[str, Any]:
+    plan = {k: v for k, v in spec.items() if k != "catch_up"}
+    if plan.get("kind") == "cron":
+        plan["cron"] = " ".join(str(plan.get("cron", "")).upper().split())
+        plan["timezone"] = plan.get("timezone") or "UTC"
+    return plan
 
 
 def _dt(ms: int) -> datetime:
