@@ -879,6 +879,27 @@ async def test_watch_run_streams_changes_until_terminal(conn: Stubs, worker: Raw
     assert any("task" in u and u["task"]["status"] == "TASK_STATUS_COMPLETED" for u in updates)
 
 
+async def test_a_watch_sees_the_run_start_before_its_first_lines(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    """A start and the lines after it can reach the store in one commit: the watch
+    still gives the run's EXECUTING first; the end comes after everything."""
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
+    run_id = (await send(conn, "x"))["runs"][0]["id"]
+    watch = conn.runs.WatchRun(rn.WatchRunRequest(id=run_id))
+    assert js(await watch.read())["run"]["status"] == "RUN_STATUS_QUEUED"
+    await worker.connect([job("j", ["x"])])  # only now can the run start
+    run = (await worker.run_request())["run"]
+    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "message": "first"}})
+    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 2, "message": "last"}})
+    worker.result(run, output=1)
+    kinds = []
+    while (msg := await watch.read()) is not grpc.aio.EOF:
+        update = js(msg)
+        kinds.append(update["run"]["status"] if "run" in update else update["log"]["message"])
+    assert kinds == ["RUN_STATUS_EXECUTING", "first", "last", "RUN_STATUS_SUCCESS"]
+
+
 async def test_watches_of_one_run_share_one_read_per_change(
     conn: Stubs, worker: RawWorker, fast: Server
 ) -> None:

@@ -87,8 +87,10 @@ class RunServiceServicer:
         """Streams the run as it changes: first the current run, its tasks and logs,
         then every change, ending after the run reaches a terminal status. Changes
         close together may arrive as one: the run's and each changed task's latest
-        state, not each state they passed through; every log line arrives. A server
-        shutting down ends the stream UNAVAILABLE: watch again.
+        state, not each state they passed through; every log line arrives. Within
+        such a change the run comes first (its start before its first lines), or
+        last when it ended (after everything it did). A server shutting down ends
+        the stream UNAVAILABLE: watch again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,8 +45,10 @@ class RunServiceStub:
     """Streams the run as it changes: first the current run, its tasks and logs,
     then every change, ending after the run reaches a terminal status. Changes
     close together may arrive as one: the run's and each changed task's latest
-    state, not each state they passed through; every log line arrives. A server
-    shutting down ends the stream UNAVAILABLE: watch again.
+    state, not each state they passed through; every log line arrives. Within
+    such a change the run comes first (its start before its first lines), or
+    last when it ended (after everything it did). A server shutting down ends
+    the stream UNAVAILABLE: watch again.
     """
 
 @_typing.type_check_only
@@ -66,8 +68,10 @@ class RunServiceAsyncStub(RunServiceStub):
     """Streams the run as it changes: first the current run, its tasks and logs,
     then every change, ending after the run reaches a terminal status. Changes
     close together may arrive as one: the run's and each changed task's latest
-    state, not each state they passed through; every log line arrives. A server
-    shutting down ends the stream UNAVAILABLE: watch again.
+    state, not each state they passed through; every log line arrives. Within
+    such a change the run comes first (its start before its first lines), or
+    last when it ended (after everything it did). A server shutting down ends
+    the stream UNAVAILABLE: watch again.
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -108,8 +112,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the run as it changes: first the current run, its tasks and logs,
         then every change, ending after the run reaches a terminal status. Changes
         close together may arrive as one: the run's and each changed task's latest
-        state, not each state they passed through; every log line arrives. A server
-        shutting down ends the stream UNAVAILABLE: watch again.
+        state, not each state they passed through; every log line arrives. Within
+        such a change the run comes first (its start before its first lines), or
+        last when it ended (after everything it did). A server shutting down ends
+        the stream UNAVAILABLE: watch again.
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

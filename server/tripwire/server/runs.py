@@ -103,6 +103,15 @@ class RunService:
                 if closing:
                     raise Unavailable("the server is shutting down; watch again later")
                 latest, tasks, logs = await self._shared_details(view, env, run_id)
+                moved = (latest.status, latest.updated_at, latest.attempt) != (
+                    run.status,
+                    run.updated_at,
+                    run.attempt,
+                )
+                # A run that moved on comes before what it did since (EXECUTING, then
+                # its first lines); its end comes after everything it did.
+                if moved and not latest.status.terminal:
+                    yield latest
                 for task in tasks:
                     if seen_tasks.get(task.id) != (mark := task.mark()):
                         seen_tasks[task.id] = mark
@@ -111,11 +120,7 @@ class RunService:
                     if entry.seq not in seen_logs:
                         seen_logs.add(entry.seq)
                         yield entry
-                if (latest.status, latest.updated_at, latest.attempt) != (
-                    run.status,
-                    run.updated_at,
-                    run.attempt,
-                ):
+                if moved and latest.status.terminal:
                     yield latest
                 run = latest
                 del tasks, logs  # not held while waiting (a copy per watch)
