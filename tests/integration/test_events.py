@@ -8,6 +8,7 @@ import sqlite3
 
 import grpc
 import pytest
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from tripwire.server.store import sqlite as sqlite_store
 from tripwire.server.store import writer as writer_module
@@ -179,6 +180,9 @@ async def test_a_name_may_hold_any_character_a_table_can_show(stubs: Stubs) -> N
             "holds the bidirectional control U+2066",
         ),
         ({"name": "\u200b"}, "event.name", "is blank"),
+        ({"name": "a\u061cb"}, "event.name", "holds the bidirectional control U+061C at 1"),
+        ({"name": "\u3164\u00ad\u2800"}, "event.name", "is blank"),
+        ({"name": "\ufe0f\U000e0020"}, "event.name", "is blank"),
         ({"name": "x", "id": " \ufeff\u2060 "}, "event.id", "is blank"),
         ({"name": "x" * 257}, "event.name", "is longer than the limit of 256 characters"),
     ],
@@ -288,6 +292,10 @@ async def test_the_name_length_limit_is_the_servers_setting(start_server: StartS
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await send(stubs, event)
             assert err.value.details() == f"event.{field}: is longer than the limit of 5 characters"
+        # The server's own event names are not held to it.
+        await register(stubs, {"job": {"id": "inv", "version": "1.0.0", "trigger": {"invoke": {}}}})
+        invoked = await stubs.jobs.InvokeJob(jb.InvokeJobRequest(job_id="inv"))
+        assert invoked.run.job_id == "inv"
 
 
 async def test_a_reschedule_keeping_the_stored_payload_or_context_is_held_to_the_limit(
@@ -331,6 +339,21 @@ async def test_a_reschedule_keeping_the_stored_payload_or_context_is_held_to_the
         assert got == first
         with pytest.raises(grpc.aio.AioRpcError):  # the batch stored nothing
             await stubs.events.GetEvent(ev.GetEventRequest(id="ok"))
+        # MatchEvent refuses the same resend as SendEvent would.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.MatchEvent(
+                req(
+                    ev.MatchEventRequest,
+                    {"event": {"name": "n", "id": "e", "context": {"c": half}}},
+                )
+            )
+        assert (err.value.details() or "").startswith("event.context: payload and context would")
+        # At the limit exactly: the stored {} context counts nothing, as an absent one did.
+        exact = {"p": "x" * 985}
+        assert json_format.ParseDict(exact, struct_pb2.Value()).ByteSize() == 1000
+        await send(stubs, {"name": "n", "id": "at", "payload": exact}, deliverAfter=600)
+        again = await send(stubs, {"name": "n", "id": "at", "payload": exact}, deliverAfter=900)
+        assert again["deduplicated"] and again["payload"] == exact
         # A smaller context fits beside the stored payload; a new payload replaces it.
         fits = await send(stubs, {"name": "n", "id": "e", "context": {"c": "y"}}, deliverAfter=900)
         assert fits["payload"] == {"p": half} and fits["context"] == {"c": "y"}

@@ -31,7 +31,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Shown escaped before lines are joined: the line and paragraph separators
 # (which would join as spaces, as if typed so) and the bidirectional controls
 # (which would reorder the rest of the row).
-_LAYOUT = re.compile("[\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_LAYOUT = re.compile("[\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def iso(when: datetime | None, *, precise: bool = False) -> str:

@@ -64,11 +64,12 @@ class EventInput(_message.Message):
     """Required. Matched exactly (case-sensitive) against job triggers. Like
     `id` and `source`: at most 256 characters (for a name or source, the
     server's `--max-name-length`, 256 by default), not blank (nor only
-    spaces and invisible characters: U+200B to U+200D, U+2060, U+FEFF), and
+    spaces and characters with no glyph of their own: format characters such
+    as U+00AD or U+200B, Hangul fillers, U+2800, variation selectors), and
     free of control characters (U+0000 to U+001F, U+007F to U+009F), the line
     and paragraph separators (U+2028, U+2029) and the bidirectional controls
-    (U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069), or the call is
-    INVALID_ARGUMENT naming the field.
+    (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069), or the call
+    is INVALID_ARGUMENT naming the field.
     """
     id: _builtins.str
     """The event id, unique per environment (see `name` for what it may hold).

@@ -31,9 +31,18 @@ MAX_ID_LENGTH = 256
 # typed back on a command line: control characters (C0, DEL, C1), the line and
 # paragraph separators, and the bidirectional controls (which reorder the rest
 # of a line as shown).
-_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-# Invisible alone: a value of these and spaces only is blank.
-_INVISIBLE = re.compile("[\\s\u200b-\u200d\u2060\ufeff]*")
+_UNSHOWABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+# Something that shows: a value without any is blank. Not spaces, nor what has
+# no glyph of its own: format characters (the soft hyphen, zero-width ones,
+# word joiners, tags...), Hangul fillers, the blank braille pattern, the
+# combining grapheme joiner, variation selectors.
+_SHOWS = re.compile(
+    "[^\\s\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u115f\u1160\u17b4\u17b5"
+    "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f"
+    "\ufeff\uffa0\ufff9-\ufffb\U000e0000-\U000e0fff]"
+)
 # The range of google.protobuf.Timestamp (0001-01-01 to 9999-12-31 UTC): a time
 # outside it could be stored but never shown again.
 MIN_TIME_MS = -62_135_596_800_000
@@ -121,7 +130,7 @@ def check_text(value: str, field: str, limit: int) -> None:
             else "bidirectional control"
         )
         raise InvalidArgument(field, f"holds the {kind} U+{ord(char):04X} at {found.start()}")
-    if value and _INVISIBLE.fullmatch(value):
+    if value and _SHOWS.search(value) is None:
         raise InvalidArgument(field, "is blank")
 
 
@@ -153,13 +162,14 @@ def prepare(
     )
 
 
-def check_kept(event: Event, new: NewEvent, limits: Limits, field: str) -> None:
+def check_kept(event: Event | NewEvent, new: NewEvent, limits: Limits, field: str) -> None:
     """A resend that reschedules a pending event but gives only its payload or only
     its context keeps the stored other: the two together are held to the limit a
     request's are, naming the part the resend gave."""
     if new.payload_given == new.context_given:
         return  # both given (checked in the request) or neither (nothing changed)
-    size = limits.value_bytes(event.payload) + limits.value_bytes(event.context)
+    # {} is what an absent part is stored as, and the request counted it 0.
+    size = sum(limits.value_bytes(v) for v in (event.payload, event.context) if v != {})
     if size > limits.max_payload_bytes:
         given, kept = ("payload", "context") if new.payload_given else ("context", "payload")
         raise InvalidArgument(
@@ -264,6 +274,7 @@ class EventService:
             known = await self.store.get_event(env, event.id)
         if known is not None:
             unchanged = resend_action(known, event, now) == "unchanged"
+            given = event
             event = replace(
                 event,
                 name=known.name,
@@ -274,6 +285,8 @@ class EventService:
                 account_id=known.account_id,
             )
             status = known.status if unchanged else status
+            if not unchanged:  # as SendEvent would refuse it
+                check_kept(event, given, self.limits, "event")
         verdicts = await asyncio.to_thread(self._explain, env, event)
         if known is None or not unchanged:
             return event, status, verdicts

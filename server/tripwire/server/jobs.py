@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from .events import (
     prepare,
 )
 from .matching import JobIndex, check_schema
-from .models import Job, Page, Run
+from .models import INVOKE_EVENT, Job, Page, Run
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -162,9 +162,13 @@ class JobService:
         if payload is None and latest is not None and latest.job.trigger_kind in SCHEDULED:
             # What its fires carry, for now: a handler tried by hand reads `ts` as usual.
             payload = schedules.scheduled_payload(datetime.fromtimestamp(now / 1000, UTC), None)
-        draft = EventDraft(name="tripwire.invoke", payload=payload, context=context, id=key)
+        draft = EventDraft(name=INVOKE_EVENT, payload=payload, context=context, id=key)
+        # The name is the server's own: the name limit is for what clients choose.
+        limits = replace(
+            self.limits, max_name_length=max(self.limits.max_name_length, len(INVOKE_EVENT))
+        )
         event = prepare(
-            draft, DeliveryOptions(account_id=account_id), now, self.limits, "idempotency_key"
+            draft, DeliveryOptions(account_id=account_id), now, limits, "idempotency_key"
         )
         if key:
             check_not_a_fire_id(self.index, env, key, "idempotency_key")
