@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 from pydantic import BaseModel
 from tripwire.client import (
@@ -131,6 +132,103 @@ async def test_options_may_come_as_a_dict_as_the_spec_writes_them(tw: Both) -> N
     assert both[0].status == "PENDING" and both[0].account_id == "acct"
     with pytest.raises(TypeError, match="options must be a dict"):
         await tw.send_event({"name": "x"}, 60)
+
+
+class LostReply(grpc.RpcError):
+    """UNAVAILABLE after the call reached the server: its reply was lost."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection reset"
+
+
+class LosesFirstReplies:
+    """The events stub, but the first reply of each send is lost once stored."""
+
+    def __init__(self, stub: Any, flavour: str) -> None:
+        self.stub, self.flavour, self.lost = stub, flavour, set()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.stub, name)
+        if name not in ("SendEvent", "SendEvents"):
+            return method
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            reply = method(request, **kwargs)
+            if name in self.lost:
+                return reply
+            self.lost.add(name)
+            if self.flavour == "sync":
+                raise LostReply()
+
+            async def stored_then_lost() -> Any:
+                await reply
+                raise LostReply()
+
+            return stored_then_lost()
+
+        return call
+
+
+async def test_a_send_repeated_after_a_lost_reply_answers_as_the_first_would(tw: Both) -> None:
+    """The client's retry finds what its first try stored: for ids it made, that is
+    this call's event, not another's (deduplicated, without its runs)."""
+    await tw.register_job("welcome", version="1.0.0", trigger=event_trigger("new.user"))
+    client = tw.client
+    stubs = client._live_stubs()
+    stubs.events = LosesFirstReplies(stubs.events, tw.flavour)
+    event = await tw.send_event({"name": "new.user"})
+    assert not event.deduplicated and [r.job_id for r in event.runs] == ["welcome"]
+    given = {"name": "new.user", "id": "mine"}
+    batch = await tw.send_events([{"name": "new.user"}, given])
+    assert [(e.deduplicated, len(e.runs)) for e in batch] == [(False, 1), (True, 0)]
+    # An id given by the caller may have been sent by anyone: it stays deduplicated.
+    assert stubs.events.lost == {"SendEvent", "SendEvents"}
+
+
+class TimedOutAfterStoring(LostReply):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_failed_send_names_the_ids_it_sent_so_that_it_can_be_sent_again(
+    tw: Both,
+) -> None:
+    stubs = tw.client._live_stubs()
+    stub = stubs.events
+
+    class TimesOut:
+        def __getattr__(self, name: str) -> Any:
+            method = getattr(stub, name)
+            if not name.startswith("SendEvent"):
+                return method
+
+            def call(request: Any, **kwargs: Any) -> Any:
+                reply = method(request, **kwargs)
+                if tw.flavour == "sync":
+                    raise TimedOutAfterStoring()
+
+                async def stored() -> Any:
+                    await reply
+                    raise TimedOutAfterStoring()
+
+                return stored()
+
+            return call
+
+    stubs.events = TimesOut()
+    with pytest.raises(DeadlineExceeded) as err:
+        await tw.send_events([{"name": "a"}, {"name": "b", "id": "given"}])
+    minted, given = err.value.event_ids
+    assert given == "given" and minted
+    stubs.events = stub
+    again = await tw.send_events([{"name": "a", "id": minted}, {"name": "b", "id": "given"}])
+    assert [e.deduplicated for e in again] == [True, True]  # stored once, by the first
+    with pytest.raises(NotFound) as missing:
+        await tw.get_event("nope")
+    assert missing.value.event_ids == ()
 
 
 async def test_send_events_is_ordered_and_atomic(tw: Both) -> None:

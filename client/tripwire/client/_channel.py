@@ -17,6 +17,10 @@ RETRY_ATTEMPTS = 4
 #: First backoff delay in seconds; it doubles per attempt up to BACKOFF_CAP.
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
+#: The longest gRPC waits between attempts to reach a server it lost (seconds).
+#: Its default grows to two minutes, failing every call meanwhile: a client that
+#: lived through a long outage would keep failing long after the server is back.
+RECONNECT_CAP = 2.0
 
 # Replies carry whole runs with their tasks and logs; 4 MiB (gRPC's default) is too tight.
 _MAX_RECEIVE = 64 * 1024 * 1024
@@ -97,32 +101,35 @@ class ClientBase:
         return f"{type(self).__name__}({self.name!r}, url={self.url!r})"
 
 
+def _reconnect_options(cap: float) -> list[tuple[str, Any]]:
+    """gRPC's own reconnect backoff, which otherwise grows to two minutes and fails
+    every call meanwhile, waiting no longer than ``cap`` seconds."""
+    # Not grpc.min_reconnect_backoff_ms: that is the connect timeout (20 s), and
+    # a short one would never let a slow link finish its handshake.
+    return [
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", max(int(cap * 1000), 100)),
+    ]
+
+
 def open_sync(settings: Settings) -> grpc.Channel:
     target, secure = settings.target()
+    options = settings.options() + _reconnect_options(RECONNECT_CAP)
     if secure:
-        return grpc.secure_channel(target, grpc.ssl_channel_credentials(), settings.options())
-    return grpc.insecure_channel(target, settings.options())
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(), options)
+    return grpc.insecure_channel(target, options)
 
 
 def open_async(
-    settings: Settings, *, own_connection: bool = False, reconnect_cap: float | None = None
+    settings: Settings, *, own_connection: bool = False, reconnect_cap: float = RECONNECT_CAP
 ) -> grpc.aio.Channel:
     """An asyncio channel; with ``own_connection`` it shares no connection with other
-    channels (gRPC pools them per process), so a new one really reconnects. With
-    ``reconnect_cap`` (seconds) gRPC's own reconnect backoff, which otherwise grows to
-    two minutes and fails every call meanwhile, waits no longer than that."""
+    channels (gRPC pools them per process), so a new one really reconnects. gRPC's
+    reconnect backoff waits at most ``reconnect_cap`` seconds."""
     target, secure = settings.target()
-    options = settings.options()
+    options = settings.options() + _reconnect_options(reconnect_cap)
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
-    if reconnect_cap is not None:
-        # Not grpc.min_reconnect_backoff_ms: that is the connect timeout (20 s), and
-        # a short one would never let a slow link finish its handshake.
-        cap_ms = max(int(reconnect_cap * 1000), 100)
-        options += [
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", cap_ms),
-        ]
     if secure:
         credentials = grpc.ssl_channel_credentials()
         return grpc.aio.secure_channel(target, credentials, options)

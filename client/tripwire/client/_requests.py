@@ -69,6 +69,9 @@ class Call(Generic[R]):
     convert: Callable[[Any], R]
     #: Safe to repeat after UNAVAILABLE: the server cannot apply it twice.
     idempotent: bool = False
+    #: The event ids this client made for the request. Repeated, a send finds such
+    #: an event stored only if its own earlier try stored it.
+    minted: frozenset[str] = frozenset()
 
 
 @contextmanager
@@ -138,7 +141,8 @@ def send_event(event: Mapping[str, Any], **options: Unpack[SendOptions]) -> Call
         request = event_service_pb2.SendEventRequest(
             event=event_input(event), options=send_options_message(options)
         )
-    return Call("events", "SendEvent", request, _event_reply, idempotent=True)
+    minted = frozenset(() if event.get("id") else (request.event.id,))
+    return Call("events", "SendEvent", request, _event_reply, idempotent=True, minted=minted)
 
 
 def _event_reply(reply: Any) -> Event:
@@ -156,7 +160,27 @@ def send_events(
             events=[event_input(e) for e in events],
             options=send_options_message(options),
         )
-    return Call("events", "SendEvents", request, _events_reply, idempotent=True)
+    minted = frozenset(i.id for e, i in zip(events, request.events, strict=True) if not e.get("id"))
+    return Call("events", "SendEvents", request, _events_reply, idempotent=True, minted=minted)
+
+
+def sent_ids(call: Call[Any]) -> tuple[str, ...]:
+    """The ids of a send's events, for its error (TripwireError.event_ids)."""
+    request: Any = call.request
+    if isinstance(request, event_service_pb2.SendEventRequest):
+        return (request.event.id,)
+    return tuple(event.id for event in request.events)
+
+
+def stored_by_an_earlier_try(event: Event, call: Call[Any]) -> bool:
+    """A repeated send's reply says deduplicated, with no runs, for what its own
+    earlier try (whose reply was lost) stored: for an id the client made, nobody
+    else could have. The caller gets what that try's reply would have said."""
+    return event.deduplicated and event.id in call.minted
+
+
+def as_first_sent(detail: EventDetail) -> Event:
+    return replace(detail.event, deduplicated=False, runs=detail.runs)
 
 
 def _events_reply(reply: Any) -> list[Event]:

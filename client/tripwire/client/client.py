@@ -17,10 +17,11 @@ from collections.abc import (
     Callable,
     Collection,
     Generator,
+    Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import aclosing, closing
+from contextlib import aclosing, closing, contextmanager
 from typing import Any, Self, TypeVar, Unpack
 
 import grpc
@@ -35,7 +36,7 @@ from tripwire.client._channel import (
     rewatch_delay,
 )
 from tripwire.client._requests import Call
-from tripwire.client.errors import DeadlineExceeded, from_rpc_error
+from tripwire.client.errors import DeadlineExceeded, TripwireError, from_rpc_error
 from tripwire.client.jobs import Handler, JobDefinition, JobRegistry
 from tripwire.client.models import (
     TERMINAL_RUN_STATUSES,
@@ -100,6 +101,10 @@ class AsyncClient(ClientBase):
         await self.close()
 
     async def _call(self, call: Call[R]) -> R:
+        return (await self._tries(call))[0]
+
+    async def _tries(self, call: Call[R]) -> tuple[R, int]:
+        """The call's result, and how many tries it took."""
         method = getattr(getattr(self._live_stubs(), call.service), call.method)
         settings = self._settings
         attempt = 0
@@ -114,9 +119,14 @@ class AsyncClient(ClientBase):
                 if delay is None:
                     raise error from exc
             else:
-                return call.convert(reply)
+                return call.convert(reply), attempt + 1
             await asyncio.sleep(delay)
             attempt += 1
+
+    async def _as_sent(self, event: Event, call: Call[Any]) -> Event:
+        if not _requests.stored_by_an_earlier_try(event, call):
+            return event
+        return _requests.as_first_sent(await self.get_event(event.id))
 
     async def send_event(
         self,
@@ -125,7 +135,10 @@ class AsyncClient(ClientBase):
         /,
         **more: Unpack[SendOptions],
     ) -> Event:
-        return await self._call(_requests.send_event(event, **send_options(options, more)))
+        call = _requests.send_event(event, **send_options(options, more))
+        with _naming_ids(call):
+            sent, tries = await self._tries(call)
+            return sent if tries == 1 else await self._as_sent(sent, call)
 
     async def send_events(
         self,
@@ -136,7 +149,10 @@ class AsyncClient(ClientBase):
     ) -> list[Event]:
         if not events:
             return []
-        return await self._call(_requests.send_events(events, **send_options(options, more)))
+        call = _requests.send_events(events, **send_options(options, more))
+        with _naming_ids(call):
+            sent, tries = await self._tries(call)
+            return sent if tries == 1 else [await self._as_sent(e, call) for e in sent]
 
     async def get_event(self, id: str) -> EventDetail:
         detail, token = await self._call(_requests.get_event(id))
@@ -231,6 +247,7 @@ class AsyncClient(ClientBase):
                 delay = rewatch_delay(error, attempt, watched=watched, resume=resume)
                 if delay is None:
                     raise error from exc
+                delay = _pause_within(delay, end, error)
             finally:
                 stream.cancel()
             await asyncio.sleep(delay)
@@ -256,6 +273,28 @@ class AsyncClient(ClientBase):
         except DeadlineExceeded:
             raise _requests.wait_timed_out(id, last, wanted, timeout) from None
         raise _requests.wait_ended(id, last, wanted)
+
+
+@contextmanager
+def _naming_ids(call: Call[Any]) -> Iterator[None]:
+    """A failed send's error carries the ids it sent (TripwireError.event_ids)."""
+    try:
+        yield
+    except TripwireError as exc:
+        exc.event_ids = _requests.sent_ids(call)
+        raise
+
+
+def _pause_within(delay: float, end: float | None, error: TripwireError) -> float:
+    """The pause before watching again, cut to what is left of the watch's time; none
+    left: DeadlineExceeded (a server that cannot be reached answers a deadline of 0
+    UNAVAILABLE, which would be watched again and again)."""
+    if end is None:
+        return delay
+    left = end - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded(f"deadline exceeded watching the run: {error.details}")
+    return min(delay, left)
 
 
 def _time_left(end: float | None) -> float | None:
@@ -317,6 +356,10 @@ class Client(ClientBase):
         self.close()
 
     def _call(self, call: Call[R]) -> R:
+        return self._tries(call)[0]
+
+    def _tries(self, call: Call[R]) -> tuple[R, int]:
+        """The call's result, and how many tries it took."""
         method = getattr(getattr(self._live_stubs(), call.service), call.method)
         settings = self._settings
         attempt = 0
@@ -329,9 +372,14 @@ class Client(ClientBase):
                 if delay is None:
                     raise error from exc
             else:
-                return call.convert(reply)
+                return call.convert(reply), attempt + 1
             time.sleep(delay)
             attempt += 1
+
+    def _as_sent(self, event: Event, call: Call[Any]) -> Event:
+        if not _requests.stored_by_an_earlier_try(event, call):
+            return event
+        return _requests.as_first_sent(self.get_event(event.id))
 
     def send_event(
         self,
@@ -345,7 +393,10 @@ class Client(ClientBase):
         send it twice. The reply carries the runs an immediate delivery created. Options
         (``deliver_at``, ``deliver_after``, ``account_id``) come as a dict, as keywords,
         or both."""
-        return self._call(_requests.send_event(event, **send_options(options, more)))
+        call = _requests.send_event(event, **send_options(options, more))
+        with _naming_ids(call):
+            sent, tries = self._tries(call)
+            return sent if tries == 1 else self._as_sent(sent, call)
 
     def send_events(
         self,
@@ -357,7 +408,10 @@ class Client(ClientBase):
         """Send a batch atomically (all or none), in order, with the same options."""
         if not events:
             return []
-        return self._call(_requests.send_events(events, **send_options(options, more)))
+        call = _requests.send_events(events, **send_options(options, more))
+        with _naming_ids(call):
+            sent, tries = self._tries(call)
+            return sent if tries == 1 else [self._as_sent(e, call) for e in sent]
 
     def get_event(self, id: str) -> EventDetail:
         """An event and every run it created."""
@@ -461,6 +515,7 @@ class Client(ClientBase):
                 delay = rewatch_delay(error, attempt, watched=watched, resume=resume)
                 if delay is None:
                     raise error from exc
+                delay = _pause_within(delay, end, error)
             finally:
                 stream.cancel()
             time.sleep(delay)

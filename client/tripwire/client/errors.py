@@ -38,10 +38,15 @@ class TripwireError(Exception):
 
     code: grpc.StatusCode | None
     details: str
+    #: From ``send_event(s)``: the ids of the events it sent, the ones the client made
+    #: included. A send that failed (DEADLINE_EXCEEDED, say) may still have been
+    #: stored: sent again with these ids, it cannot be stored twice.
+    event_ids: tuple[str, ...]
 
     def __init__(self, details: str | None = None, *, code: grpc.StatusCode | None = None):
         self.details = details or (self.__doc__ or "").strip()
         self.code = code if code is not None else self.status_code
+        self.event_ids = ()
         super().__init__(self.details)
 
     @property
