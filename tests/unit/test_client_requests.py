@@ -416,3 +416,11 @@ def test_a_wait_that_timed_out_says_where_the_run_stands() -> None:
     timed_out = _requests.wait_timed_out("run_1", None, wanted, None)
     assert isinstance(timed_out, TimeoutError)
     assert str(timed_out) == "run run_1 was not seen, not yet FAILURE or SUCCESS"
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan")])
+def test_a_timeout_that_no_call_could_meet_is_refused(timeout: float) -> None:
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0, or None"):
+        Client("app", "h:1", timeout=timeout)
+    assert Client("app", "h:1", timeout=None).timeout is None
+    assert Client("app", "h:1", timeout=0.5).timeout == 0.5

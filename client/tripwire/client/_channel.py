@@ -39,6 +39,11 @@ class Settings:
     metadata: tuple[tuple[str, str], ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.timeout is not None and not self.timeout > 0:  # NaN too
+            raise ValueError(
+                f"timeout must be a number of seconds > 0, or None for no deadline: "
+                f"got {self.timeout!r}"
+            )
         if self.api_key:
             # A key read from a file keeps its newline; gRPC would refuse every call
             # with INTERNAL "Invalid metadata". The server strips the token too.
