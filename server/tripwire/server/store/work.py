@@ -537,7 +537,7 @@ class WorkOps:
             return run
 
         # Nobody waits on a run's result (the worker gets no reply), so it shares
-        # the next commit; it is durable within milliseconds.
+        # the next commit; it is durable within LAZY_SECONDS (10 ms).
         return await self._write(op, lazy=True)
 
     def _finish(
