@@ -144,11 +144,18 @@ class LostReply(grpc.RpcError):
         return "connection reset"
 
 
-class LosesFirstReplies:
-    """The events stub, but the first reply of each send is lost once stored."""
+class TimedOutAfterStoring(LostReply):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
 
-    def __init__(self, stub: Any, flavour: str) -> None:
-        self.stub, self.flavour, self.lost = stub, flavour, set()
+
+class FailsAfterStoring:
+    """The events stub, but a send fails with `error` once the server has it: the
+    first of each method only (`once`), or every one."""
+
+    def __init__(self, stub: Any, flavour: str, error: type[LostReply], once: bool) -> None:
+        self.stub, self.flavour, self.error, self.once = stub, flavour, error, once
+        self.failed: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.stub, name)
@@ -157,17 +164,17 @@ class LosesFirstReplies:
 
         def call(request: Any, **kwargs: Any) -> Any:
             reply = method(request, **kwargs)
-            if name in self.lost:
+            if self.once and name in self.failed:
                 return reply
-            self.lost.add(name)
+            self.failed.add(name)
             if self.flavour == "sync":
-                raise LostReply()
+                raise self.error()
 
-            async def stored_then_lost() -> Any:
+            async def stored_then_failed() -> Any:
                 await reply
-                raise LostReply()
+                raise self.error()
 
-            return stored_then_lost()
+            return stored_then_failed()
 
         return call
 
@@ -176,21 +183,15 @@ async def test_a_send_repeated_after_a_lost_reply_answers_as_the_first_would(tw:
     """The client's retry finds what its first try stored: for ids it made, that is
     this call's event, not another's (deduplicated, without its runs)."""
     await tw.register_job("welcome", version="1.0.0", trigger=event_trigger("new.user"))
-    client = tw.client
-    stubs = client._live_stubs()
-    stubs.events = LosesFirstReplies(stubs.events, tw.flavour)
+    stubs = tw.client._live_stubs()
+    stubs.events = lossy = FailsAfterStoring(stubs.events, tw.flavour, LostReply, once=True)
     event = await tw.send_event({"name": "new.user"})
     assert not event.deduplicated and [r.job_id for r in event.runs] == ["welcome"]
     given = {"name": "new.user", "id": "mine"}
     batch = await tw.send_events([{"name": "new.user"}, given])
-    assert [(e.deduplicated, len(e.runs)) for e in batch] == [(False, 1), (True, 0)]
     # An id given by the caller may have been sent by anyone: it stays deduplicated.
-    assert stubs.events.lost == {"SendEvent", "SendEvents"}
-
-
-class TimedOutAfterStoring(LostReply):
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
+    assert [(e.deduplicated, len(e.runs)) for e in batch] == [(False, 1), (True, 0)]
+    assert lossy.failed == {"SendEvent", "SendEvents"}
 
 
 async def test_a_failed_send_names_the_ids_it_sent_so_that_it_can_be_sent_again(
@@ -198,27 +199,7 @@ async def test_a_failed_send_names_the_ids_it_sent_so_that_it_can_be_sent_again(
 ) -> None:
     stubs = tw.client._live_stubs()
     stub = stubs.events
-
-    class TimesOut:
-        def __getattr__(self, name: str) -> Any:
-            method = getattr(stub, name)
-            if not name.startswith("SendEvent"):
-                return method
-
-            def call(request: Any, **kwargs: Any) -> Any:
-                reply = method(request, **kwargs)
-                if tw.flavour == "sync":
-                    raise TimedOutAfterStoring()
-
-                async def stored() -> Any:
-                    await reply
-                    raise TimedOutAfterStoring()
-
-                return stored()
-
-            return call
-
-    stubs.events = TimesOut()
+    stubs.events = FailsAfterStoring(stub, tw.flavour, TimedOutAfterStoring, once=False)
     with pytest.raises(DeadlineExceeded) as err:
         await tw.send_events([{"name": "a"}, {"name": "b", "id": "given"}])
     minted, given = err.value.event_ids
