@@ -14,15 +14,22 @@ pytestmark = pytest.mark.e2e
 WITHIN = 30.0
 
 
-async def test_wait_for_run_outlasts_a_server_restart(start_server, monkeypatch):
-    watching = asyncio.Event()
+@pytest.fixture
+async def watching(monkeypatch):
+    """Set once a waiter's watch is open and has the run's state (from any thread)."""
+    seen_one = asyncio.Event()
+    loop = asyncio.get_running_loop()
     read = _requests.watch_update
 
     def seen(reply):
-        watching.set()  # the waiter's watch is open and has the run's state
+        loop.call_soon_threadsafe(seen_one.set)
         return read(reply)
 
     monkeypatch.setattr(_requests, "watch_update", seen)
+    return seen_one
+
+
+async def test_wait_for_run_outlasts_a_server_restart(start_server, watching):
     first = start_server()
     client = Client("waiter", url=first.address)
     try:
@@ -44,19 +51,10 @@ async def test_wait_for_run_outlasts_a_server_restart(start_server, monkeypatch)
 
 @pytest.mark.parametrize("flavour", ["async", "blocking"])
 async def test_wait_for_run_ends_at_its_timeout_while_the_server_is_down(
-    start_server, monkeypatch, flavour
+    start_server, watching, flavour
 ):
     """Watching again after the deadline, gRPC answers a server it cannot reach
     UNAVAILABLE, not DEADLINE_EXCEEDED: the wait must still end at its timeout."""
-    watching = asyncio.Event()
-    read = _requests.watch_update
-    loop = asyncio.get_running_loop()
-
-    def seen(reply):
-        loop.call_soon_threadsafe(watching.set)
-        return read(reply)
-
-    monkeypatch.setattr(_requests, "watch_update", seen)
     server = start_server()
     client = Client("waiter", url=server.address)
     try:
