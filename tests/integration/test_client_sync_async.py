@@ -520,3 +520,18 @@ async def test_cli_commands(start_server: StartServer, capsys: pytest.CaptureFix
     assert err.startswith("error: NOT_FOUND: ")
     status, out, err = await cli_run(capsys, *url, "cancel-run", run_id)
     assert status == 1 and err.startswith("error: FAILED_PRECONDITION: ")
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_a_wait_with_a_timeout_waits_for_a_server_it_cannot_reach_yet(
+    flavour: str, unused_tcp_port: int
+) -> None:
+    """Until its timeout, not for a few quick retries; without one, UNAVAILABLE."""
+    both = make(flavour, f"127.0.0.1:{unused_tcp_port}")
+    try:
+        with pytest.raises(DeadlineExceeded, match="run run_x was not seen after 1 s"):
+            await both.wait_for_run("run_x", timeout=1)
+        with pytest.raises(Unavailable):
+            await both.wait_for_run("run_x")
+    finally:
+        await both.close()

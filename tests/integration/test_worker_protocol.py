@@ -879,11 +879,12 @@ async def test_watch_run_streams_changes_until_terminal(conn: Stubs, worker: Raw
     assert any("task" in u and u["task"]["status"] == "TASK_STATUS_COMPLETED" for u in updates)
 
 
-async def test_a_watch_sees_the_run_start_before_its_first_lines(
+async def test_a_watch_gives_a_start_before_its_lines_and_a_wait_after_its_task(
     conn: Stubs, worker: RawWorker
 ) -> None:
-    """A start and the lines after it can reach the store in one commit: the watch
-    still gives the run's EXECUTING first; the end comes after everything."""
+    """The claim and the first line commit with the task request after them (the one
+    write someone waits on): the watch still gives EXECUTING first. A wait's task
+    comes before the WAITING it puts the run in; the end comes after everything."""
     await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
     run_id = (await send(conn, "x"))["runs"][0]["id"]
     watch = conn.runs.WatchRun(rn.WatchRunRequest(id=run_id))
@@ -891,13 +892,25 @@ async def test_a_watch_sees_the_run_start_before_its_first_lines(
     await worker.connect([job("j", ["x"])])  # only now can the run start
     run = (await worker.run_request())["run"]
     worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "message": "first"}})
-    worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 2, "message": "last"}})
-    worker.result(run, output=1)
-    kinds = []
+    await worker.task(run, "pause", kind="TASK_KIND_WAIT", params={"seconds": 0})
+    seen = []
     while (msg := await watch.read()) is not grpc.aio.EOF:
         update = js(msg)
-        kinds.append(update["run"]["status"] if "run" in update else update["log"]["message"])
-    assert kinds == ["RUN_STATUS_EXECUTING", "first", "last", "RUN_STATUS_SUCCESS"]
+        if "run" in update:
+            seen.append(update["run"]["status"])
+        elif "task" in update:
+            seen.append(update["task"]["status"])
+        else:
+            seen.append(update["log"]["message"])
+        if seen[-1] == "RUN_STATUS_EXECUTING" and "RUN_STATUS_WAITING" in seen:
+            worker.result((await worker.run_request())["run"], output=1)
+    assert seen[:4] == [
+        "RUN_STATUS_EXECUTING",
+        "first",
+        "TASK_STATUS_WAITING",
+        "RUN_STATUS_WAITING",
+    ]
+    assert seen[-1] == "RUN_STATUS_SUCCESS"
 
 
 async def test_watches_of_one_run_share_one_read_per_change(

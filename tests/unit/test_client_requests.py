@@ -418,9 +418,18 @@ def test_a_wait_that_timed_out_says_where_the_run_stands() -> None:
     assert str(timed_out) == "run run_1 was not seen, not yet FAILURE or SUCCESS"
 
 
-@pytest.mark.parametrize("timeout", [0, -1, float("nan")])
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), 1e12])
 def test_a_timeout_that_no_call_could_meet_is_refused(timeout: float) -> None:
-    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0, or None"):
+    """gRPC fails every call at once for these (a deadline past what it counts too)."""
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0 and at most"):
         Client("app", "h:1", timeout=timeout)
+    with pytest.raises(InvalidArgument, match="timeout must be a number of seconds > 0"):
+        next(iter(Client("app", "h:1").watch_run("run_1", timeout=timeout)))
     assert Client("app", "h:1", timeout=None).timeout is None
     assert Client("app", "h:1", timeout=0.5).timeout == 0.5
+
+
+def test_send_events_takes_any_iterable_of_events() -> None:
+    call = _requests.send_events({"name": f"e{i}"} for i in range(3))
+    assert [e.name for e in call.request.events] == ["e0", "e1", "e2"]
+    assert len(call.minted) == 3

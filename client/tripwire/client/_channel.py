@@ -28,6 +28,23 @@ _SECURE_SCHEMES = ("https://", "grpcs://")
 _PLAIN_SCHEMES = ("http://", "grpc://")
 
 
+#: The longest timeout taken (ten years): gRPC fails at once a deadline past what
+#: it can count.
+MAX_TIMEOUT = 10 * 365 * 86400
+
+
+def check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if not 0 < timeout <= MAX_TIMEOUT:  # NaN and infinity too
+        raise ValueError(
+            f"timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT} (ten "
+            f"years), or None for no deadline: got {timeout!r}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """What both flavours need to open a channel and make calls."""
@@ -39,11 +56,7 @@ class Settings:
     metadata: tuple[tuple[str, str], ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.timeout is not None and not self.timeout > 0:  # NaN too
-            raise ValueError(
-                f"timeout must be a number of seconds > 0, or None for no deadline: "
-                f"got {self.timeout!r}"
-            )
+        check_timeout(self.timeout)
         if self.api_key:
             # A key read from a file keeps its newline; gRPC would refuse every call
             # with INTERNAL "Invalid metadata". The server strips the token too.
@@ -165,19 +178,20 @@ def retry_delay(idempotent: bool, error: TripwireError, attempt: int) -> float |
 
 
 def rewatch_delay(
-    error: TripwireError, attempt: int, *, watched: bool, resume: bool
+    error: TripwireError, attempt: int, *, watched: bool, resume: bool, deadline: bool = False
 ) -> float | None:
     """Seconds to wait before watching a run again after ``error``, or None to give up.
 
     Opening a watch is retried as any idempotent call. Once a watch has delivered
     updates, watching again would repeat them, so it is not, unless the caller only
     wants the run's latest state (``resume``): then an UNAVAILABLE server (one that
-    restarts, say) is watched again for as long as the caller waits."""
-    if not watched:
-        return retry_delay(True, error, attempt)
-    if not resume or not isinstance(error, Unavailable):
+    restarts, say) is watched again for as long as the caller waits. With a
+    ``deadline`` too, so is one that could not be reached from the start."""
+    if not isinstance(error, Unavailable):
         return None
-    return _backoff(attempt)
+    if resume and (watched or deadline):
+        return _backoff(attempt)
+    return None if watched else retry_delay(True, error, attempt)
 
 
 def _backoff(attempt: int) -> float:

@@ -16,6 +16,7 @@ from typing import Any, Generic, Literal, TypeVar, Unpack
 
 from google.protobuf.message import Message
 from tripwire.client import convert
+from tripwire.client._channel import check_timeout
 from tripwire.client.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -156,6 +157,7 @@ def send_events(
     with _arguments():
         if isinstance(events, (str, bytes, Mapping)):
             raise TypeError("send_events takes a list of event dicts")
+        events = list(events)  # read twice below: a generator would be spent
         request = event_service_pb2.SendEventsRequest(
             events=[event_input(e) for e in events],
             options=send_options_message(options),
@@ -397,7 +399,9 @@ def cancel_run(id: str) -> Call[Run]:
     return Call("runs", "CancelRun", request, _run_reply)
 
 
-def watch_run(id: str) -> run_service_pb2.WatchRunRequest:
+def watch_run(id: str, timeout: float | None) -> run_service_pb2.WatchRunRequest:
+    with _arguments():
+        check_timeout(timeout)
     return run_service_pb2.WatchRunRequest(id=_id(id, "run id"))
 
 

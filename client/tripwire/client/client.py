@@ -21,6 +21,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, closing, contextmanager
 from typing import Any, Self, TypeVar, Unpack
 
@@ -152,7 +153,15 @@ class AsyncClient(ClientBase):
         call = _requests.send_events(events, **send_options(options, more))
         with _naming_ids(call):
             sent, tries = await self._tries(call)
-            return sent if tries == 1 else [await self._as_sent(e, call) for e in sent]
+            if tries == 1:
+                return sent
+            reading = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+
+            async def as_sent(event: Event) -> Event:
+                async with reading:
+                    return await self._as_sent(event, call)
+
+            return list(await asyncio.gather(*(as_sent(e) for e in sent)))
 
     async def get_event(self, id: str) -> EventDetail:
         detail, token = await self._call(_requests.get_event(id))
@@ -220,7 +229,7 @@ class AsyncClient(ClientBase):
         self, id: str, *, timeout: float | None = None
     ) -> AsyncGenerator[RunUpdate, None]:
         """As Client.watch_run; an async generator, so `contextlib.aclosing` ends it."""
-        return self._watch(_requests.watch_run(id), timeout)
+        return self._watch(_requests.watch_run(id, timeout), timeout)
 
     async def _watch(
         self,
@@ -244,7 +253,9 @@ class AsyncClient(ClientBase):
                 return
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-                delay = rewatch_delay(error, attempt, watched=watched, resume=resume)
+                delay = rewatch_delay(
+                    error, attempt, watched=watched, resume=resume, deadline=end is not None
+                )
                 if delay is None:
                     raise error from exc
                 delay = _pause_within(delay, end, error)
@@ -262,7 +273,7 @@ class AsyncClient(ClientBase):
     ) -> Run:
         wanted = _requests.run_statuses(statuses)
         last: Run | None = None
-        watch = self._watch(_requests.watch_run(id), timeout, resume=True)
+        watch = self._watch(_requests.watch_run(id, timeout), timeout, resume=True)
         try:
             async with aclosing(watch) as updates:
                 async for update in updates:
@@ -273,6 +284,10 @@ class AsyncClient(ClientBase):
         except DeadlineExceeded:
             raise _requests.wait_timed_out(id, last, wanted, timeout) from None
         raise _requests.wait_ended(id, last, wanted)
+
+
+# How many events a repeated send_events reads back at once (see _as_sent).
+LOOKUPS_AT_ONCE = 16
 
 
 @contextmanager
@@ -411,7 +426,10 @@ class Client(ClientBase):
         call = _requests.send_events(events, **send_options(options, more))
         with _naming_ids(call):
             sent, tries = self._tries(call)
-            return sent if tries == 1 else [self._as_sent(e, call) for e in sent]
+            if tries == 1:
+                return sent
+            with ThreadPoolExecutor(LOOKUPS_AT_ONCE, thread_name_prefix="tripwire-read") as pool:
+                return list(pool.map(lambda e: self._as_sent(e, call), sent))
 
     def get_event(self, id: str) -> EventDetail:
         """An event and every run it created."""
@@ -492,7 +510,7 @@ class Client(ClientBase):
         """The run, its tasks and logs, then every change until the run finishes.
         ``timeout`` bounds the whole watch (none by default). A generator:
         ``contextlib.closing`` (or ``.close()``) ends the watch at once."""
-        return self._watch(_requests.watch_run(id), timeout)
+        return self._watch(_requests.watch_run(id, timeout), timeout)
 
     def _watch(
         self, request: Any, timeout: float | None, *, resume: bool = False
@@ -512,7 +530,9 @@ class Client(ClientBase):
                 return
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-                delay = rewatch_delay(error, attempt, watched=watched, resume=resume)
+                delay = rewatch_delay(
+                    error, attempt, watched=watched, resume=resume, deadline=end is not None
+                )
                 if delay is None:
                     raise error from exc
                 delay = _pause_within(delay, end, error)
@@ -535,8 +555,9 @@ class Client(ClientBase):
         watched again, with backoff, for as long as the wait lasts."""
         wanted = _requests.run_statuses(statuses)
         last: Run | None = None
+        watch = self._watch(_requests.watch_run(id, timeout), timeout, resume=True)
         try:
-            with closing(self._watch(_requests.watch_run(id), timeout, resume=True)) as updates:
+            with closing(watch) as updates:
                 for update in updates:
                     if isinstance(update, Run):
                         last = update

@@ -88,9 +88,10 @@ class RunServiceServicer:
         then every change, ending after the run reaches a terminal status. Changes
         close together may arrive as one: the run's and each changed task's latest
         state, not each state they passed through; every log line arrives. Within
-        such a change the run comes first (its start before its first lines), or
-        last when it ended (after everything it did). A server shutting down ends
-        the stream UNAVAILABLE: watch again.
+        such a change a run that (re)started comes first (EXECUTING before its
+        first lines); a run that moved otherwise comes after what moved it (a
+        task's WAITING before the run's, its last lines before its end). A server
+        shutting down ends the stream UNAVAILABLE: watch again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

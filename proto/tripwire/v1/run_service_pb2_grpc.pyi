@@ -46,9 +46,10 @@ class RunServiceStub:
     then every change, ending after the run reaches a terminal status. Changes
     close together may arrive as one: the run's and each changed task's latest
     state, not each state they passed through; every log line arrives. Within
-    such a change the run comes first (its start before its first lines), or
-    last when it ended (after everything it did). A server shutting down ends
-    the stream UNAVAILABLE: watch again.
+    such a change a run that (re)started comes first (EXECUTING before its
+    first lines); a run that moved otherwise comes after what moved it (a
+    task's WAITING before the run's, its last lines before its end). A server
+    shutting down ends the stream UNAVAILABLE: watch again.
     """
 
 @_typing.type_check_only
@@ -69,9 +70,10 @@ class RunServiceAsyncStub(RunServiceStub):
     then every change, ending after the run reaches a terminal status. Changes
     close together may arrive as one: the run's and each changed task's latest
     state, not each state they passed through; every log line arrives. Within
-    such a change the run comes first (its start before its first lines), or
-    last when it ended (after everything it did). A server shutting down ends
-    the stream UNAVAILABLE: watch again.
+    such a change a run that (re)started comes first (EXECUTING before its
+    first lines); a run that moved otherwise comes after what moved it (a
+    task's WAITING before the run's, its last lines before its end). A server
+    shutting down ends the stream UNAVAILABLE: watch again.
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -113,9 +115,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         then every change, ending after the run reaches a terminal status. Changes
         close together may arrive as one: the run's and each changed task's latest
         state, not each state they passed through; every log line arrives. Within
-        such a change the run comes first (its start before its first lines), or
-        last when it ended (after everything it did). A server shutting down ends
-        the stream UNAVAILABLE: watch again.
+        such a change a run that (re)started comes first (EXECUTING before its
+        first lines); a run that moved otherwise comes after what moved it (a
+        task's WAITING before the run's, its last lines before its end). A server
+        shutting down ends the stream UNAVAILABLE: watch again.
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

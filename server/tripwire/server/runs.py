@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument, NotFound, Unavailable
 from .hub import Hub
-from .models import LogEntry, Page, Run, RunChanges, Task
+from .models import LogEntry, Page, Run, RunChanges, RunStatus, Task
 
 if TYPE_CHECKING:
     from .store import Store
@@ -108,9 +108,11 @@ class RunService:
                     run.updated_at,
                     run.attempt,
                 )
-                # A run that moved on comes before what it did since (EXECUTING, then
-                # its first lines); its end comes after everything it did.
-                if moved and not latest.status.terminal:
+                # A run that (re)started comes before what it did since (EXECUTING,
+                # then its first lines); any other move comes after what made it (a
+                # task's WAITING before the run's, the last lines before the end).
+                started = moved and latest.status is RunStatus.EXECUTING
+                if started:
                     yield latest
                 for task in tasks:
                     if seen_tasks.get(task.id) != (mark := task.mark()):
@@ -120,7 +122,7 @@ class RunService:
                     if entry.seq not in seen_logs:
                         seen_logs.add(entry.seq)
                         yield entry
-                if moved and latest.status.terminal:
+                if moved and not started:
                     yield latest
                 run = latest
                 del tasks, logs  # not held while waiting (a copy per watch)
