@@ -24,6 +24,7 @@ from tripwire.client import (
     LogEntry,
     NotFound,
     Run,
+    TripwireError,
     Unauthenticated,
     Unavailable,
     _channel,
@@ -535,3 +536,34 @@ async def test_a_wait_with_a_timeout_waits_for_a_server_it_cannot_reach_yet(
             await both.wait_for_run("run_x")
     finally:
         await both.close()
+
+
+async def test_closing_an_async_client_ends_its_calls_with_an_error_not_a_cancellation(
+    start_server: StartServer,
+) -> None:
+    """A task waiting on a call was not cancelled: it must not see CancelledError
+    (a TaskGroup, say, would take it for its own). A task that is cancelled still is."""
+    server = await start_server()
+    client = AsyncClient("tests", server.address)
+    await client.register_job("inv", version="1.0.0", trigger=invoke_trigger())
+    run = await client.invoke_job("inv")  # no worker: it stays QUEUED
+    seen = asyncio.Event()
+
+    async def wait() -> Run:
+        async for update in client.watch_run(run.id, timeout=10):
+            seen.set()
+            assert isinstance(update, Run)
+        raise AssertionError("the watch ended")
+
+    waiting = asyncio.create_task(wait())
+    await asyncio.wait_for(seen.wait(), 10)
+    await client.close()
+    with pytest.raises(TripwireError, match="the client was closed during the call") as err:
+        await waiting
+    assert err.value.code == grpc.StatusCode.CANCELLED
+    cancelled = asyncio.create_task(client.wait_for_run(run.id, timeout=10))
+    await asyncio.sleep(0)  # let it start its call
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await client.close()

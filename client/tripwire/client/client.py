@@ -114,6 +114,10 @@ class AsyncClient(ClientBase):
                 reply = await method(
                     call.request, timeout=settings.timeout, metadata=settings.metadata
                 )
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise
+                raise _closed_under_the_call() from None
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
                 delay = retry_delay(call.idempotent, error, attempt)
@@ -251,6 +255,10 @@ class AsyncClient(ClientBase):
                     if update is not None:
                         yield update
                 return
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise
+                raise _closed_under_the_call() from None
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
                 delay = rewatch_delay(
@@ -284,6 +292,18 @@ class AsyncClient(ClientBase):
         except DeadlineExceeded:
             raise _requests.wait_timed_out(id, last, wanted, timeout) from None
         raise _requests.wait_ended(id, last, wanted)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+def _closed_under_the_call() -> TripwireError:
+    """What a CancelledError in a call becomes when this task is not being cancelled:
+    the client's channel was closed under the call (gRPC cancels its calls then),
+    which the caller must not take for its own cancellation."""
+    return TripwireError("the client was closed during the call", code=grpc.StatusCode.CANCELLED)
 
 
 # How many events a repeated send_events reads back at once (see _as_sent).
