@@ -567,3 +567,49 @@ async def test_closing_an_async_client_ends_its_calls_with_an_error_not_a_cancel
     with pytest.raises(asyncio.CancelledError):
         await cancelled
     await client.close()
+
+
+async def test_a_repeated_batch_whose_read_back_fails_leaves_no_lookup_running(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    client = AsyncClient("tests", server.address, timeout=10)
+    stubs = client._live_stubs()
+    sends = FailsAfterStoring(stubs.events, "async", LostReply, once=True)
+    in_flight = 0
+
+    class ReadsFail:
+        def __getattr__(self, name: str) -> Any:
+            if name != "GetEvent":
+                return getattr(sends, name)
+
+            async def fails(request: Any, **kwargs: Any) -> Any:
+                nonlocal in_flight
+                in_flight += 1
+                try:
+                    await asyncio.sleep(0)  # a call in flight
+                    raise LostReply()
+                finally:
+                    in_flight -= 1
+
+            return fails
+
+    stubs.events = ReadsFail()
+    read_back = client._as_sent
+    unfinished = 0
+
+    async def counted(*args: Any) -> Any:
+        nonlocal unfinished
+        unfinished += 1
+        try:
+            return await read_back(*args)
+        finally:
+            unfinished -= 1
+
+    client._as_sent = counted  # type: ignore[method-assign]
+    with pytest.raises(Unavailable) as err:
+        await client.send_events([{"name": f"e{i}"} for i in range(100)])
+    assert len(err.value.event_ids) == 100
+    # Every lookup (with its retries) ended before the error was raised.
+    assert (unfinished, in_flight) == (0, 0)
+    await client.close()

@@ -880,37 +880,42 @@ async def test_watch_run_streams_changes_until_terminal(conn: Stubs, worker: Raw
 
 
 async def test_a_watch_gives_a_start_before_its_lines_and_a_wait_after_its_task(
-    conn: Stubs, worker: RawWorker
+    conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:
-    """The claim and the first line commit with the task request after them (the one
-    write someone waits on): the watch still gives EXECUTING first. A wait's task
-    comes before the WAITING it puts the run in; the end comes after everything."""
+    """A start comes before what the run did since (the claim and its first line
+    may commit together: the task asked for after them is the one write someone
+    waits on); a wait's task before the WAITING it puts the run in; the end last."""
     await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
     run_id = (await send(conn, "x"))["runs"][0]["id"]
     watch = conn.runs.WatchRun(rn.WatchRunRequest(id=run_id))
-    assert js(await watch.read())["run"]["status"] == "RUN_STATUS_QUEUED"
+    seen: list[str] = []
+
+    async def until(wanted: str) -> None:
+        while not seen or seen[-1] != wanted:
+            msg = await asyncio.wait_for(watch.read(), 10)
+            assert msg is not grpc.aio.EOF, seen
+            update = js(msg)
+            if "run" in update:
+                seen.append(update["run"]["status"])
+            elif "task" in update:
+                seen.append(f"{update['task']['key']} {update['task']['status']}")
+            else:
+                seen.append(update["log"]["message"])
+
+    await until("RUN_STATUS_QUEUED")
     await worker.connect([job("j", ["x"])])  # only now can the run start
     run = (await worker.run_request())["run"]
     worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 1, "message": "first"}})
-    await worker.task(run, "pause", kind="TASK_KIND_WAIT", params={"seconds": 0})
-    seen = []
-    while (msg := await watch.read()) is not grpc.aio.EOF:
-        update = js(msg)
-        if "run" in update:
-            seen.append(update["run"]["status"])
-        elif "task" in update:
-            seen.append(update["task"]["status"])
-        else:
-            seen.append(update["log"]["message"])
-        if seen[-1] == "RUN_STATUS_EXECUTING" and "RUN_STATUS_WAITING" in seen:
-            worker.result((await worker.run_request())["run"], output=1)
-    assert seen[:4] == [
-        "RUN_STATUS_EXECUTING",
-        "first",
-        "TASK_STATUS_WAITING",
-        "RUN_STATUS_WAITING",
-    ]
-    assert seen[-1] == "RUN_STATUS_SUCCESS"
+    started = await worker.task(run, "t")
+    await until("first")
+    assert seen.index("RUN_STATUS_EXECUTING") < seen.index("first")
+    await worker.complete(run, started["task"]["id"], output=1)
+    await worker.task(run, "nap", kind="TASK_KIND_WAIT", params={"seconds": 60})
+    await until("RUN_STATUS_WAITING")
+    assert seen[-2:] == ["nap TASK_STATUS_WAITING", "RUN_STATUS_WAITING"]
+    clock.advance(61)
+    worker.result((await worker.run_request())["run"], output=2)
+    await until("RUN_STATUS_SUCCESS")
 
 
 async def test_watches_of_one_run_share_one_read_per_change(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import decimal
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -14,6 +15,7 @@ import pytest
 from tripwire.client import (
     AsyncClient,
     Client,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -413,18 +415,26 @@ def test_async_client_outside_a_loop_and_settings() -> None:
 
 def test_a_wait_that_timed_out_says_where_the_run_stands() -> None:
     wanted = frozenset({"SUCCESS", "FAILURE"})
-    timed_out = _requests.wait_timed_out("run_1", None, wanted, None)
+    why = DeadlineExceeded("failed to connect")
+    timed_out = _requests.wait_timed_out("run_1", None, wanted, None, why)
     assert isinstance(timed_out, TimeoutError)
-    assert str(timed_out) == "run run_1 was not seen, not yet FAILURE or SUCCESS"
+    assert (
+        str(timed_out) == "run run_1 was not seen, not yet FAILURE or SUCCESS (failed to connect)"
+    )
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), 1e12])
 def test_a_timeout_that_no_call_could_meet_is_refused(timeout: float) -> None:
-    """gRPC fails every call at once for these (a deadline past what it counts too)."""
+    """gRPC fails every call at once for these (a deadline past what it counts too).
+    A watch takes 0 or less as a budget spent: over at once."""
     with pytest.raises(ValueError, match="timeout must be a number of seconds > 0 and at most"):
         Client("app", "h:1", timeout=timeout)
-    with pytest.raises(InvalidArgument, match="timeout must be a number of seconds > 0"):
-        next(iter(Client("app", "h:1").watch_run("run_1", timeout=timeout)))
+    if timeout <= 0:
+        with pytest.raises(DeadlineExceeded):
+            next(Client("app", "h:1").watch_run("run_1", timeout=timeout))
+    else:
+        with pytest.raises(InvalidArgument, match="timeout must be a number of seconds at most"):
+            Client("app", "h:1").watch_run("run_1", timeout=timeout)
     assert Client("app", "h:1", timeout=None).timeout is None
     assert Client("app", "h:1", timeout=0.5).timeout == 0.5
 
@@ -433,3 +443,5 @@ def test_send_events_takes_any_iterable_of_events() -> None:
     call = _requests.send_events({"name": f"e{i}"} for i in range(3))
     assert [e.name for e in call.request.events] == ["e0", "e1", "e2"]
     assert len(call.minted) == 3
+    assert Client("app", "h:1").send_events(e for e in ()) == []  # no call made
+    assert Client("app", "h:1", timeout=decimal.Decimal("1.5")).timeout == 1.5

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import decimal
+import math
+import numbers
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,14 +36,18 @@ _PLAIN_SCHEMES = ("http://", "grpc://")
 MAX_TIMEOUT = 10 * 365 * 86400
 
 
-def check_timeout(timeout: float | None) -> None:
+def check_timeout(timeout: float | None, *, spent: bool = False) -> None:
+    """A timeout in seconds, or None; ``spent``: one of 0 or less (what is left of a
+    budget, say) is taken too, as over already."""
     if timeout is None:
         return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real | decimal.Decimal):
         raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    if not 0 < timeout <= MAX_TIMEOUT:  # NaN and infinity too
+    low = -math.inf if spent else 0
+    if not low < timeout <= MAX_TIMEOUT:  # NaN and infinity too
+        least = "" if spent else " > 0 and"
         raise ValueError(
-            f"timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT} (ten "
+            f"timeout must be a number of seconds{least} at most {MAX_TIMEOUT} (ten "
             f"years), or None for no deadline: got {timeout!r}"
         )
 
@@ -57,6 +64,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         check_timeout(self.timeout)
+        if self.timeout is not None:  # gRPC takes a float (not a Decimal, say)
+            object.__setattr__(self, "timeout", float(self.timeout))
         if self.api_key:
             # A key read from a file keeps its newline; gRPC would refuse every call
             # with INTERNAL "Invalid metadata". The server strips the token too.

@@ -401,7 +401,7 @@ def cancel_run(id: str) -> Call[Run]:
 
 def watch_run(id: str, timeout: float | None) -> run_service_pb2.WatchRunRequest:
     with _arguments():
-        check_timeout(timeout)
+        check_timeout(timeout, spent=True)
     return run_service_pb2.WatchRunRequest(id=_id(id, "run id"))
 
 
@@ -430,12 +430,18 @@ def run_statuses(statuses: Collection[str] | None) -> frozenset[str]:
 
 
 def wait_timed_out(
-    id: str, last: Run | None, wanted: frozenset[str], timeout: float | None
+    id: str,
+    last: Run | None,
+    wanted: frozenset[str],
+    timeout: float | None,
+    error: DeadlineExceeded,
 ) -> DeadlineExceeded:
-    """The error for a wait whose timeout came first, saying where the run stands."""
+    """The error for a wait whose timeout came first, saying where the run stands (or,
+    never seen, why: a server that could not be reached, say)."""
     now = f"is still {last.status}" if last is not None else "was not seen"
-    waited = f" after {timeout:g} s" if timeout is not None else ""
-    return DeadlineExceeded(f"run {id} {now}{waited}, not yet {' or '.join(sorted(wanted))}")
+    waited = f" after {float(timeout):g} s" if timeout is not None else ""
+    why = f" ({error.details})" if last is None else ""
+    return DeadlineExceeded(f"run {id} {now}{waited}, not yet {' or '.join(sorted(wanted))}{why}")
 
 
 def wait_ended(id: str, last: Run | None, wanted: frozenset[str]) -> TripwireError:

@@ -152,20 +152,29 @@ class AsyncClient(ClientBase):
         /,
         **more: Unpack[SendOptions],
     ) -> list[Event]:
-        if not events:
-            return []
         call = _requests.send_events(events, **send_options(options, more))
+        if not _requests.sent_ids(call):
+            return []
         with _naming_ids(call):
             sent, tries = await self._tries(call)
-            if tries == 1:
-                return sent
-            reading = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+            return sent if tries == 1 else await self._read_back(sent, call)
 
-            async def as_sent(event: Event) -> Event:
-                async with reading:
-                    return await self._as_sent(event, call)
+    async def _read_back(self, sent: list[Event], call: Call[Any]) -> list[Event]:
+        """_as_sent for each event of a repeated batch, LOOKUPS_AT_ONCE at a time; the
+        first failure stops the others before it is raised."""
+        reading = asyncio.Semaphore(LOOKUPS_AT_ONCE)
 
-            return list(await asyncio.gather(*(as_sent(e) for e in sent)))
+        async def as_sent(event: Event) -> Event:
+            async with reading:
+                return await self._as_sent(event, call)
+
+        lookups = [asyncio.ensure_future(as_sent(e)) for e in sent]
+        try:
+            return list(await asyncio.gather(*lookups))
+        finally:
+            for lookup in lookups:
+                lookup.cancel()
+            await asyncio.gather(*lookups, return_exceptions=True)
 
     async def get_event(self, id: str) -> EventDetail:
         detail, token = await self._call(_requests.get_event(id))
@@ -243,7 +252,7 @@ class AsyncClient(ClientBase):
         resume: bool = False,
     ) -> AsyncGenerator[RunUpdate, None]:
         attempt, watched = 0, False
-        end = None if timeout is None else time.monotonic() + timeout
+        end = None if timeout is None else time.monotonic() + float(timeout)
         while True:
             stream = self._live_stubs().runs.WatchRun(
                 request, timeout=_time_left(end), metadata=self._settings.metadata
@@ -289,8 +298,8 @@ class AsyncClient(ClientBase):
                         last = update
                         if update.status in wanted:
                             return update
-        except DeadlineExceeded:
-            raise _requests.wait_timed_out(id, last, wanted, timeout) from None
+        except DeadlineExceeded as exc:
+            raise _requests.wait_timed_out(id, last, wanted, timeout, exc) from None
         raise _requests.wait_ended(id, last, wanted)
 
 
@@ -441,9 +450,9 @@ class Client(ClientBase):
         **more: Unpack[SendOptions],
     ) -> list[Event]:
         """Send a batch atomically (all or none), in order, with the same options."""
-        if not events:
-            return []
         call = _requests.send_events(events, **send_options(options, more))
+        if not _requests.sent_ids(call):
+            return []
         with _naming_ids(call):
             sent, tries = self._tries(call)
             if tries == 1:
@@ -536,7 +545,7 @@ class Client(ClientBase):
         self, request: Any, timeout: float | None, *, resume: bool = False
     ) -> Generator[RunUpdate, None, None]:
         attempt, watched = 0, False
-        end = None if timeout is None else time.monotonic() + timeout
+        end = None if timeout is None else time.monotonic() + float(timeout)
         while True:
             stream = self._live_stubs().runs.WatchRun(
                 request, timeout=_time_left(end), metadata=self._settings.metadata
@@ -583,8 +592,8 @@ class Client(ClientBase):
                         last = update
                         if update.status in wanted:
                             return update
-        except DeadlineExceeded:
-            raise _requests.wait_timed_out(id, last, wanted, timeout) from None
+        except DeadlineExceeded as exc:
+            raise _requests.wait_timed_out(id, last, wanted, timeout, exc) from None
         raise _requests.wait_ended(id, last, wanted)
 
     # -- worker ----------------------------------------------------------------------
