@@ -17,6 +17,7 @@ import pytest
 from pydantic import BaseModel
 from tripwire.client import (
     AsyncClient,
+    Cancelled,
     Client,
     DeadlineExceeded,
     FailedPrecondition,
@@ -24,7 +25,6 @@ from tripwire.client import (
     LogEntry,
     NotFound,
     Run,
-    TripwireError,
     Unauthenticated,
     Unavailable,
     _channel,
@@ -558,7 +558,7 @@ async def test_closing_an_async_client_ends_its_calls_with_an_error_not_a_cancel
     waiting = asyncio.create_task(wait())
     await asyncio.wait_for(seen.wait(), 10)
     await client.close()
-    with pytest.raises(TripwireError, match="the client was closed during the call") as err:
+    with pytest.raises(Cancelled, match="the client was closed during the call") as err:
         await waiting
     assert err.value.code == grpc.StatusCode.CANCELLED
     cancelled = asyncio.create_task(client.wait_for_run(run.id, timeout=10))

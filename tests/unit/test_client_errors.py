@@ -7,6 +7,7 @@ import pytest
 from tripwire.client import errors
 from tripwire.client.errors import (
     AlreadyExists,
+    Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -17,6 +18,7 @@ from tripwire.client.errors import (
     TripwireError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
     from_rpc_error,
 )
 
@@ -45,10 +47,10 @@ TABLE = [
     (grpc.StatusCode.INTERNAL, Internal),
     (grpc.StatusCode.UNKNOWN, Internal),
     (grpc.StatusCode.DATA_LOSS, Internal),
-    (grpc.StatusCode.CANCELLED, TripwireError),
+    (grpc.StatusCode.CANCELLED, Cancelled),
     (grpc.StatusCode.ABORTED, TripwireError),
     (grpc.StatusCode.OUT_OF_RANGE, TripwireError),
-    (grpc.StatusCode.UNIMPLEMENTED, TripwireError),
+    (grpc.StatusCode.UNIMPLEMENTED, Unimplemented),
 ]
 
 

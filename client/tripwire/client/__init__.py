@@ -19,6 +19,7 @@ Workers: ``@client.define_job(...)`` on ``async def handler(payload, io, ctx)``,
 from tripwire.client.client import AsyncClient, Client, RunUpdate
 from tripwire.client.errors import (
     AlreadyExists,
+    Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -29,6 +30,7 @@ from tripwire.client.errors import (
     TripwireError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 from tripwire.client.io import IO, DuplicateKeyError, RunEnded, SyncIO, TaskError
 from tripwire.client.jobs import JobDefinition, JobDefinitionError, RunContext
@@ -58,6 +60,7 @@ __all__ = [
     "TERMINAL_RUN_STATUSES",
     "AlreadyExists",
     "AsyncClient",
+    "Cancelled",
     "Client",
     "DeadlineExceeded",
     "DuplicateKeyError",
@@ -88,6 +91,7 @@ __all__ = [
     "TripwireError",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "ValidationError",
     "Worker",
     "cron_trigger",

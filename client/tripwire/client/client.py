@@ -37,7 +37,7 @@ from tripwire.client._channel import (
     rewatch_delay,
 )
 from tripwire.client._requests import Call
-from tripwire.client.errors import DeadlineExceeded, TripwireError, from_rpc_error
+from tripwire.client.errors import Cancelled, DeadlineExceeded, TripwireError, from_rpc_error
 from tripwire.client.jobs import Handler, JobDefinition, JobRegistry
 from tripwire.client.models import (
     TERMINAL_RUN_STATUSES,
@@ -312,7 +312,7 @@ def _closed_under_the_call() -> TripwireError:
     """What a CancelledError in a call becomes when this task is not being cancelled:
     the client's channel was closed under the call (gRPC cancels its calls then),
     which the caller must not take for its own cancellation."""
-    return TripwireError("the client was closed during the call", code=grpc.StatusCode.CANCELLED)
+    return Cancelled("the client was closed during the call")
 
 
 # How many events a repeated send_events reads back at once (see _as_sent).

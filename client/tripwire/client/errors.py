@@ -15,6 +15,7 @@ import grpc
 
 __all__ = [
     "AlreadyExists",
+    "Cancelled",
     "DeadlineExceeded",
     "FailedPrecondition",
     "Internal",
@@ -25,6 +26,7 @@ __all__ = [
     "TripwireError",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "error_class",
     "from_rpc_error",
 ]
@@ -118,6 +120,19 @@ class Internal(TripwireError):
     status_code = grpc.StatusCode.INTERNAL
 
 
+class Cancelled(TripwireError):
+    """The call was cancelled before it finished (the client was closed under it,
+    say); whether a write it carried was stored is not known."""
+
+    status_code = grpc.StatusCode.CANCELLED
+
+
+class Unimplemented(TripwireError):
+    """The server does not have this method (an older tripwire, or not tripwire)."""
+
+    status_code = grpc.StatusCode.UNIMPLEMENTED
+
+
 _BY_CODE: dict[grpc.StatusCode, type[TripwireError]] = {
     cls.status_code: cls
     for cls in (
@@ -131,6 +146,8 @@ _BY_CODE: dict[grpc.StatusCode, type[TripwireError]] = {
         Unavailable,
         DeadlineExceeded,
         Internal,
+        Cancelled,
+        Unimplemented,
     )
     if cls.status_code is not None
 }
