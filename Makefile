@@ -34,12 +34,13 @@ test-integration: $(STAMP) ## Run the in-process server tests only
 test-e2e: $(STAMP) ## Run the subprocess/grpcurl tests only
 	$(BIN)/pytest -q tests/e2e
 
-proto: $(STAMP) ## Regenerate the Python code beside the .proto files
+proto: $(STAMP) ## Regenerate the Python code (and the documented descriptors reflection serves)
 	$(BIN)/python -m grpc_tools.protoc -Iproto \
 		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
 		--python_out=proto --grpc_python_out=proto \
 		--mypy_out=proto --mypy_grpc_out=proto \
+		--include_source_info --descriptor_set_out=proto/tripwire/v1/descriptors.binpb \
 		$(PROTO_SRC)
 
 proto-check: proto ## Regenerate and fail if the committed code differs

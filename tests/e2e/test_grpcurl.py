@@ -47,6 +47,23 @@ def test_describe_a_method(server, grpcurl, symbol, shown):
     assert shown in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("symbol", "documented"),
+    [
+        ("tripwire.v1.EventService.SendEvent", "// Stores one event."),
+        ("tripwire.v1.EventService", "// Events in: send, inspect, cancel."),
+        ("tripwire.v1.EventInput", "// What a sender supplies for one event."),
+        ("tripwire.v1.Run", "// Dispatch count; the fencing token of the worker protocol."),
+        ("tripwire.v1.RunJobRequest", "// Worker -> server."),
+    ],
+)
+def test_describe_shows_the_proto_comments(server, grpcurl, symbol, documented):
+    result = grpcurl(server.address, symbol, verb=["describe"])
+
+    assert result.returncode == 0, result.stderr
+    assert documented in result.stdout, result.stdout
+
+
 def test_send_event_with_plain_json(server, grpcurl):
     reply = grpcurl.json(server.address, "tripwire.v1.EventService/SendEvent", NEW_USER)
 

@@ -1,0 +1,57 @@
+"""The documented descriptors reflection serves: used only where they match the code."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from google.protobuf import descriptor_pb2
+from tripwire.server.api import reflection
+from tripwire.v1 import event_pb2, event_service_pb2
+
+
+def _shipped() -> descriptor_pb2.FileDescriptorSet:
+    found = descriptor_pb2.FileDescriptorSet()
+    found.ParseFromString(reflection.documented_bytes())
+    return found
+
+
+def test_every_file_of_the_contract_is_served_with_its_comments() -> None:
+    served = reflection.documented([event_service_pb2.DESCRIPTOR])
+
+    # The service's file and the files it imports from tripwire; not Google's.
+    assert set(served) == {
+        "tripwire/v1/event_service.proto",
+        "tripwire/v1/event.proto",
+        "tripwire/v1/job.proto",
+        "tripwire/v1/run.proto",
+    }
+    file = descriptor_pb2.FileDescriptorProto.FromString(served["tripwire/v1/event.proto"])
+    comments = [location.leading_comments for location in file.source_code_info.location]
+    assert any("What a sender supplies for one event." in c for c in comments)
+    # JSON names as protoc computes them, which grpcurl prints.
+    event = next(m for m in file.message_type if m.name == "Event")
+    fields = {f.name: f.json_name for f in event.field}
+    assert fields["delivered_at"] == "deliveredAt"
+
+
+def test_a_stale_file_is_served_without_comments(caplog: pytest.LogCaptureFixture) -> None:
+    stale = _shipped()
+    for file in stale.file:
+        if file.name == "tripwire/v1/event.proto":
+            file.message_type[0].field.add(name="added_later", number=99, type=9, label=1)
+
+    with caplog.at_level(logging.WARNING):
+        served = reflection.documented([event_service_pb2.DESCRIPTOR], stale.SerializeToString())
+
+    assert "tripwire/v1/event.proto" not in served
+    assert "tripwire/v1/event_service.proto" in served
+    assert "describes another version of it" in caplog.text
+
+
+def test_an_unreadable_set_serves_no_comments(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        served = reflection.documented([event_pb2.DESCRIPTOR], b"\xff\xff not a descriptor set")
+
+    assert served == {}
+    assert "without comments" in caplog.text
