@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import math
+import uuid
 from typing import Any
 
+import pydantic
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from tripwire.client.convert import from_struct
 from tripwire.client.errors import InvalidArgument
 from tripwire.client.jobs import (
@@ -16,7 +19,13 @@ from tripwire.client.jobs import (
     define_job,
     validate_cron,
 )
-from tripwire.client.models import Trigger, cron_trigger, event_trigger, invoke_trigger
+from tripwire.client.models import (
+    Trigger,
+    cron_trigger,
+    event_trigger,
+    interval_trigger,
+    invoke_trigger,
+)
 from tripwire.v1 import job_pb2
 
 
@@ -44,6 +53,7 @@ def good(**overrides: Any) -> dict[str, Any]:
         ({"version": "v1.0.0"}, "not a semantic version"),
         ({"version": "01.0.0"}, "not a semantic version"),
         ({"version": "1.0.0-"}, "not a semantic version"),
+        ({"version": "1.1\u0660.0"}, "not a semantic version"),  # an Arabic-Indic zero
         ({"trigger": "new.user"}, "trigger must come from"),
         ({"trigger": Trigger(kind="cron", cron="61 * * * *")}, "minute field"),
         ({"trigger": Trigger(kind="cron", cron="0 24 * * *")}, "hour field"),
@@ -56,6 +66,7 @@ def good(**overrides: Any) -> dict[str, Any]:
         ({"trigger": Trigger(kind="cron", cron="5-1 * * * *")}, "backwards"),
         ({"trigger": Trigger(kind="cron", cron="0 9 ? * *")}, "day of month field"),
         ({"trigger": Trigger(kind="cron", cron="0 9 * *")}, "5 fields"),
+        ({"trigger": Trigger(kind="cron", cron="0 \u0669 * * *")}, "hour field"),  # a 9, Arabic
         ({"concurrency_limit": -1}, "concurrency_limit"),
         ({"max_duration_seconds": 1.5}, "max_duration_seconds"),
         ({"log_level": "LOUD"}, "log_level"),
@@ -95,9 +106,27 @@ def test_plausible_cron_expressions_pass(cron: str) -> None:
 
 def test_a_cron_trigger_names_a_real_time_zone() -> None:
     assert cron_trigger("0 9 * * *", timezone="Europe/Paris").timezone == "Europe/Paris"
-    for bad in ("Mars/Olympus", "../etc/passwd", "Europe"):
-        with pytest.raises(ValueError, match="IANA time zone"):
+    # The host's own zoneinfo files too, which the server refuses at the worker's hello.
+    for bad in ("Mars/Olympus", "../etc/passwd", "Europe", "localtime", "posix/Europe/Paris"):
+        with pytest.raises(JobDefinitionError, match="IANA time zone"):
             cron_trigger("0 9 * * *", timezone=bad)
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda: cron_trigger("0 9 * *"), "5 fields"),
+        (lambda: cron_trigger("0 9 * * *", timezone="right/UTC"), "host's own setting"),
+        (lambda: interval_trigger(0), ">= 1"),
+        (lambda: interval_trigger(31_536_001), "at most 31536000 .one year."),
+        (lambda: event_trigger(""), "non-empty event name"),
+    ],
+)
+def test_a_bad_trigger_raises_job_definition_error(make: Any, fragment: str) -> None:
+    with pytest.raises(JobDefinitionError, match=fragment) as error:
+        make()
+    assert isinstance(error.value, ValueError)
+    assert interval_trigger(31_536_000).seconds == 31_536_000
 
 
 def test_retry_policies_at_the_servers_bounds_pass() -> None:
@@ -197,3 +226,25 @@ def test_a_pydantic_schema_parses_the_payload() -> None:
     assert isinstance(parsed, NewUser) and parsed.userId == "u_1"
     plain = define_job(**good(trigger=event_trigger("x", schema={"type": "object"})))(handler)
     assert plain.parse_payload({"a": 1}) == {"a": 1}
+
+
+class StrictSignup(BaseModel):
+    model_config = ConfigDict(strict=True)
+    userId: str
+    at: datetime.datetime
+    id: uuid.UUID
+    tags: tuple[str, ...]
+
+
+def test_a_strict_model_parses_the_payload_as_json() -> None:
+    """A payload is JSON: an ISO 8601 string is a datetime, a string a UUID, an array
+    a tuple, as the model's JSON Schema (which the server checked) allows."""
+    job = define_job(**good(trigger=event_trigger("signup", schema=StrictSignup)))(handler)
+    given = "5f0c6f5e-8d6c-4c43-9b2a-1f1f6e1e2a3b"
+    parsed = job.parse_payload(
+        {"userId": "u_1", "at": "2024-01-01T00:00:00Z", "id": given, "tags": ["a", "b"]}
+    )
+    assert parsed.at == datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    assert parsed.id == uuid.UUID(given) and parsed.tags == ("a", "b")
+    with pytest.raises(pydantic.ValidationError):  # still strict where JSON is: 1 is no str
+        job.parse_payload({"userId": 1, "at": "2024-01-01T00:00:00Z", "id": given, "tags": []})

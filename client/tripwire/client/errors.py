@@ -20,6 +20,7 @@ __all__ = [
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
+    "JobDefinitionError",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
@@ -64,6 +65,11 @@ class InvalidArgument(TripwireError):
     """The request was invalid."""
 
     status_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class JobDefinitionError(InvalidArgument, ValueError):
+    """The job definition is invalid (raised where the job or its trigger is defined,
+    before anything reaches the server; also a ValueError)."""
 
 
 class NotFound(TripwireError):

@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tripwire.client import convert
-from tripwire.client.errors import InvalidArgument
+from tripwire.client.errors import JobDefinitionError
 from tripwire.client.io import (
     IO,
     THREAD_EXITS,
@@ -58,7 +59,8 @@ _SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 _SEMVER = re.compile(
     r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?",
+    re.ASCII,
 )
 _LOG_LEVELS = ("LOG", "ERROR", "WARN", "INFO", "DEBUG")
 
@@ -72,15 +74,11 @@ _CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
     ("month", 1, 12, _MONTHS),
     ("day of week", 0, 7, _DAYS),  # 0 and 7 are both Sunday
 )
-_CRON_ITEM = re.compile(r"(?P<base>\*|(?P<lo>\w+)(?:-(?P<hi>\w+))?)(?:/(?P<step>\d+))?")
-
-
-class JobDefinitionError(InvalidArgument, ValueError):
-    """The job definition is invalid."""
+_CRON_ITEM = re.compile(r"(?P<base>\*|(?P<lo>\w+)(?:-(?P<hi>\w+))?)(?:/(?P<step>\d+))?", re.ASCII)
 
 
 def _cron_value(text: str, lowest: int, highest: int, names: tuple[str, ...]) -> int:
-    if text.isdigit():
+    if text.isdigit():  # ASCII only: _CRON_ITEM matches nothing else
         number = int(text)
     elif text.upper() in names:
         number = names.index(text.upper()) + lowest
@@ -187,9 +185,13 @@ class JobDefinition:
         return handler(payload, io, ctx)
 
     def parse_payload(self, payload: Any) -> Any:
-        """The payload as the handler gets it: parsed into the trigger's pydantic model."""
+        """The payload as the handler gets it: parsed into the trigger's pydantic model,
+        as JSON (a strict model takes an ISO 8601 string for a datetime, as its JSON
+        Schema, which the server checked, says it may)."""
         model = self.trigger.model
-        return payload if model is None else model.model_validate(payload)
+        if model is None:
+            return payload
+        return model.model_validate_json(json.dumps(payload, allow_nan=False))
 
     def to_proto(self) -> job_pb2.Job:
         """The ``tripwire.v1.Job`` sent in the worker's hello."""

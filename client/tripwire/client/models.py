@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tripwire.client.errors import JobDefinitionError
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
     from tripwire.v1 import job_pb2
@@ -52,6 +54,8 @@ TERMINAL_RUN_STATUSES: frozenset[str] = frozenset(
 )
 
 DEFAULT_SOURCE = "trigger.dev"
+#: The longest interval the server takes: one year.
+MAX_INTERVAL_SECONDS = 31_536_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +284,9 @@ def event_trigger(
     """
     names = (name,) if isinstance(name, str) else tuple(name)
     if not names or not all(isinstance(n, str) and n for n in names):
-        raise ValueError(f"event_trigger needs at least one non-empty event name, got {name!r}")
+        raise JobDefinitionError(
+            f"event_trigger needs at least one non-empty event name, got {name!r}"
+        )
     json_schema, model = _schema(schema)
     return Trigger(
         kind="event",
@@ -296,21 +302,22 @@ def event_trigger(
 def cron_trigger(cron: str, *, timezone: str = "", catch_up: bool = False) -> Trigger:
     """Run the job on a 5-field cron expression, in UTC unless ``timezone`` names a zone."""
     if not isinstance(cron, str) or len(cron.split()) != 5:
-        raise ValueError(f"cron needs 5 fields (minute hour day month weekday), got {cron!r}")
+        raise JobDefinitionError(
+            f"cron needs 5 fields (minute hour day month weekday), got {cron!r}"
+        )
     if timezone:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise ValueError(
-                f"timezone {timezone!r} is not an IANA time zone name (e.g. 'Europe/Paris')"
-            ) from None
+        _check_timezone(timezone)
     return Trigger(kind="cron", cron=" ".join(cron.split()), timezone=timezone, catch_up=catch_up)
 
 
 def interval_trigger(seconds: int, *, catch_up: bool = False) -> Trigger:
     """Run the job every ``seconds`` (at least 1)."""
     if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
-        raise ValueError(f"interval seconds must be a whole number >= 1, got {seconds!r}")
+        raise JobDefinitionError(f"interval seconds must be a whole number >= 1, got {seconds!r}")
+    if seconds > MAX_INTERVAL_SECONDS:
+        raise JobDefinitionError(
+            f"interval seconds must be at most {MAX_INTERVAL_SECONDS} (one year), got {seconds}"
+        )
     return Trigger(kind="interval", seconds=seconds, catch_up=catch_up)
 
 
@@ -318,6 +325,22 @@ def invoke_trigger(*, schema: Mapping[str, Any] | type[BaseModel] | None = None)
     """Run the job only when invoked (``invoke_job``); ``schema`` checks the payload."""
     json_schema, model = _schema(schema)
     return Trigger(kind="invoke", schema=json_schema, model=model)
+
+
+def _check_timezone(name: str) -> None:
+    """The server's rule: an IANA name this machine knows, not one of the host's own
+    zoneinfo files, whose meaning depends on the machine."""
+    if name in ("localtime", "posixrules") or name.startswith(("posix/", "right/")):
+        raise JobDefinitionError(
+            f"timezone {name!r} is the host's own setting, not an IANA time zone name "
+            "(e.g. 'Europe/Paris')"
+        )
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise JobDefinitionError(
+            f"timezone {name!r} is not an IANA time zone name (e.g. 'Europe/Paris')"
+        ) from None
 
 
 def _mapping(what: str, value: Mapping[str, Any] | None) -> dict[str, Any] | None:
