@@ -1346,6 +1346,28 @@ async def test_a_hello_keeps_the_enabled_switch_of_a_version_already_stored(
     assert {v.version: v.enabled for v in versions} == {"1.0.0": True, "2.0.0": True}
 
 
+async def test_an_old_builds_worker_reconnecting_does_not_take_back_new_events(
+    conn: Stubs,
+) -> None:
+    """Of versions differing only in +build the one registered last runs new events;
+    a hello that registers a version unchanged (a reconnect) does not move it."""
+    old, new = RawWorker(conn.workers), RawWorker(conn.workers)
+    await old.connect([job("j", ["x"], version="1.0.0+old")], worker_id="old")
+    await new.connect([job("j", ["x"], version="1.0.0+new")], worker_id="new")
+    await old.close()
+    again = RawWorker(conn.workers)
+    await again.connect([job("j", ["x"], version="1.0.0+old")], worker_id="old")
+    latest = (await conn.jobs.GetJob(jb.GetJobRequest(id="j"))).job.version
+    assert latest == "1.0.0+new"
+    # One that changes the version (its trigger) is a registration: it is the latest.
+    await again.close()
+    changed = RawWorker(conn.workers)
+    await changed.connect([job("j", ["x", "y"], version="1.0.0+old")], worker_id="old")
+    assert (await conn.jobs.GetJob(jb.GetJobRequest(id="j"))).job.version == "1.0.0+old"
+    await changed.close()
+    await new.close()
+
+
 async def test_payload_limits_hold_for_invoke_and_send_event(
     start_server: StartServer,
 ) -> None:

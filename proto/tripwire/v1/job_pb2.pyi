@@ -76,8 +76,9 @@ class Job(_message.Message):
     """Required, at most 256 characters. A semantic version
     (MAJOR.MINOR.PATCH[-pre][+build]), compared as semver. The highest
     registered version is the one new events run (of versions differing only
-    in +build, the one registered last); a run stays on the version it was
-    created with.
+    in +build, the one registered last; a worker's hello that registers a
+    version exactly as stored, as a reconnect does, does not count); a run
+    stays on the version it was created with.
     """
     enabled: _builtins.bool
     """Absent means true. A disabled latest version gets no new runs. Registering

@@ -89,20 +89,33 @@ class JobOps:
     def _register(self, tx: Tx, job: Job, now: int, keep_enabled: bool) -> Job:
         conn = tx.conn
         old = conn.execute(
-            "SELECT created_at, enabled FROM job_versions WHERE env = ? AND id = ? AND version = ?",
+            "SELECT env, id, version, name, trigger, enabled, concurrency_limit, retry, "
+            "max_duration_seconds, log_level, created_at FROM job_versions "
+            "WHERE env = ? AND id = ? AND version = ?",
             (job.env, job.id, job.version),
         ).fetchone()
-        job.created_at = old[0] if old else now
+        job.created_at = old[-1] if old else now
         if old and keep_enabled:
-            job.enabled = bool(old[1])
+            job.enabled = bool(old[5])
         job.updated_at = now
-        conn.execute(
-            "INSERT OR REPLACE INTO job_versions (env, id, version, name, trigger, enabled, "
-            "concurrency_limit, retry, max_duration_seconds, log_level, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows.job_params(job),
-        )
-        if old and old[1] and not job.enabled:  # disabled as SetJobEnabled would
+        params = rows.job_params(job)
+        if old and keep_enabled and tuple(old) == params[:-1]:
+            # A worker's hello with a version as stored (a reconnect, a restart of the
+            # server): it keeps its place among the versions that differ only in
+            # +build, so an old build's worker reconnecting does not take new events
+            # back from the build registered after it.
+            conn.execute(
+                "UPDATE job_versions SET updated_at = ? WHERE env = ? AND id = ? AND version = ?",
+                (now, job.env, job.id, job.version),
+            )
+        else:
+            conn.execute(
+                "INSERT OR REPLACE INTO job_versions (env, id, version, name, trigger, enabled, "
+                "concurrency_limit, retry, max_duration_seconds, log_level, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
+        if old and old[5] and not job.enabled:  # disabled as SetJobEnabled would
             self._abort_runs_of(tx, job.env, job.id, [job.version], now)
         self._refresh_head(tx, job.env, job.id, now)
         return self._job(conn, job.env, job.id, job.version)
@@ -112,8 +125,8 @@ class JobOps:
         conn = tx.conn
         # Newest registration first: among versions of equal precedence (they differ
         # only in +build metadata, which semver ignores) the latest registered wins.
-        # Every registration is an INSERT OR REPLACE, which gives the row a rowid
-        # above all others; SetJobEnabled's UPDATE keeps it.
+        # A registration is an INSERT OR REPLACE, which gives the row a rowid above
+        # all others; SetJobEnabled's UPDATE keeps it, as does a hello's unchanged one.
         found = [
             r[0]
             for r in conn.execute(
