@@ -251,8 +251,16 @@ async def test_client_ids_of_a_scheduled_jobs_fire_form_are_refused(
         assert sorted(e.id for e in listed.events) == ["nojob:123", "orders:123", "tick:12a"]
 
 
+@pytest.mark.parametrize(
+    "holder",
+    [
+        {"name": "x"},
+        # Named and sourced as a fire's own event is: still not this job's fire.
+        {"name": "tripwire.scheduled", "source": "tripwire"},
+    ],
+)
 async def test_a_fire_whose_id_an_older_event_holds_is_skipped_loudly(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, holder: dict[str, str]
 ) -> None:
     clock = FakeClock(START)
     server = await start_server(clock=clock)
@@ -260,7 +268,7 @@ async def test_a_fire_whose_id_an_older_event_holds_is_skipped_loudly(
         stubs = make_stubs(channel)
         # Sent while "tick" had no schedule, so nothing could refuse it.
         await stubs.events.SendEvent(
-            req(ev.SendEventRequest, {"event": {"name": "x", "id": f"tick:{START + 10_000}"}})
+            req(ev.SendEventRequest, {"event": {**holder, "id": f"tick:{START + 10_000}"}})
         )
         await register(
             stubs,
@@ -276,6 +284,7 @@ async def test_a_fire_whose_id_an_older_event_holds_is_skipped_loudly(
         (run,) = await wait_runs(stubs, "tick", 1)
         assert run["eventId"] == f"tick:{START + 20_000}"
     assert f"the fire tick:{START + 10_000} is skipped" in caplog.text
+    assert f"held by an event named {holder['name']!r}" in caplog.text
 
 
 async def test_a_schedule_that_cannot_be_computed_stops_neither_the_others_nor_the_server(

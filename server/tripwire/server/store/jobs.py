@@ -385,21 +385,27 @@ class JobOps:
             delivered_at=now,
         )
         if not self._insert_event(tx, event, or_ignore=True):
-            held = tx.conn.execute(
-                "SELECT name, source FROM events WHERE env = ? AND id = ?", (event.env, event.id)
+            fired = tx.conn.execute(
+                "SELECT 1 FROM runs WHERE env = ? AND event_id = ? AND job_id = ?",
+                (event.env, event.id, job.id),
             ).fetchone()
-            if held != (SCHEDULED_EVENT, INTERNAL_SOURCE):
-                # Client ids of this form are refused while the job has a schedule;
-                # this one was sent before it had. The fire cannot have its id.
+            if fired is None:
+                # Not this tick's earlier fire (that made a run of the job): an event
+                # a client sent with this id before the job had a schedule (such ids
+                # are refused while it has one), whatever its name and source.
+                held = tx.conn.execute(
+                    "SELECT name, source FROM events WHERE env = ? AND id = ?",
+                    (event.env, event.id),
+                ).fetchone()
                 log.warning(
                     "job %r (env %r): the fire %s is skipped: its event id is held by an "
-                    "event named %r",
+                    "event named %r from source %r",
                     job.id,
                     job.env,
                     event.id,
-                    held[0] if held else None,
+                    *(held if held else (None, None)),
                 )
-            return None  # this tick already fired (another replica, or before a crash)
+            return None
         return self._new_run(event, RunSpec(job.id, job.version), now)
 
 
