@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tripwire.server.errors import InvalidArgument
+from tripwire.server.jobs import retry_policy
 from tripwire.server.retry import RetryPolicy, next_delay_ms
 
 DEFAULT = RetryPolicy()
@@ -92,6 +93,17 @@ def test_validate_rejects(policy: RetryPolicy, path: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         policy.validate("task.retry")
     assert info.value.field == path
+
+
+def test_a_minimum_over_the_default_maximum_names_the_field_given() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        retry_policy({"min_timeout_ms": 120_000}, "job.retry")
+    assert info.value.field == "job.retry.min_timeout_ms"
+    assert "over the default max_timeout_ms (60000): set max_timeout_ms too" in str(info.value)
+    with pytest.raises(InvalidArgument) as info:
+        retry_policy({"min_timeout_ms": 120_000, "max_timeout_ms": 60_000}, "job.retry")
+    assert info.value.field == "job.retry.max_timeout_ms"
+    assert retry_policy({"min_timeout_ms": 120_000, "max_timeout_ms": 120_000}, "r").limit == 5
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,7 @@ def good(**overrides: Any) -> dict[str, Any]:
         ({"retry": {"limit": 0}}, r"retry\.limit: must be between 1 and 100"),
         ({"retry": {"factor": 0.5}}, r"retry\.factor"),
         ({"retry": {"min_timeout_ms": 5, "max_timeout_ms": 1}}, r"retry\.max_timeout_ms"),
+        ({"retry": {"min_timeout_ms": 120_000}}, r"retry\.min_timeout_ms: .* set max_timeout_ms"),
         ({"retry": {"min_timeout_ms": -1}}, r"retry\.min_timeout_ms"),
         ({"trigger": event_trigger("a", filter={"tags": b"x"})}, r"trigger: filter\.tags"),
         ({"trigger": event_trigger("a", context_filter={"n": math.nan})}, "context_filter.n"),

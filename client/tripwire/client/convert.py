@@ -420,6 +420,11 @@ def _check_retry(policy: job_pb2.RetryPolicy) -> None:
         raise ValueError(f"retry.factor: must be a finite number >= 1, got {get('factor')}")
     # min_timeout_ms >= 0 holds already: the field is unsigned.
     if get("min_timeout_ms") > get("max_timeout_ms"):
+        if not policy.HasField("max_timeout_ms"):
+            raise ValueError(
+                f"retry.min_timeout_ms: is {get('min_timeout_ms')}, over the default "
+                f"max_timeout_ms ({get('max_timeout_ms')}): set max_timeout_ms too"
+            )
         raise ValueError(
             f"retry.max_timeout_ms: must be >= min_timeout_ms ({get('min_timeout_ms')}), "
             f"got {get('max_timeout_ms')}"

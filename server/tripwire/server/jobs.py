@@ -61,8 +61,9 @@ def validate_job(job: Job, field: str = "job", max_name_length: int = 256) -> No
 
 def retry_policy(spec: dict[str, Any], field: str) -> RetryPolicy:
     known = {f.name for f in fields(RetryPolicy)}
-    policy = RetryPolicy(**{k: v for k, v in spec.items() if k in known and v is not None})
-    policy.validate(field)
+    given = {k: v for k, v in spec.items() if k in known and v is not None}
+    policy = RetryPolicy(**given)
+    policy.validate(field, given)
     return policy
 
 

@@ -8,6 +8,7 @@ lags one failure behind, which makes the first two retries both wait about `min`
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from .errors import InvalidArgument
@@ -23,8 +24,9 @@ class RetryPolicy:
     max_timeout_ms: int = 60000
     randomize: bool = True
 
-    def validate(self, field: str) -> None:
-        """Raise InvalidArgument naming `field.<attribute>` for the first bad attribute."""
+    def validate(self, field: str, given: Collection[str] | None = None) -> None:
+        """Raise InvalidArgument naming `field.<attribute>` for the first bad attribute.
+        `given`: the attributes the caller set (the others are defaults), if known."""
         if not 1 <= self.limit <= MAX_LIMIT:
             raise InvalidArgument(f"{field}.limit", f"must be between 1 and {MAX_LIMIT}")
         if not math.isfinite(self.factor) or self.factor < 1:
@@ -32,6 +34,12 @@ class RetryPolicy:
         if self.min_timeout_ms < 0:
             raise InvalidArgument(f"{field}.min_timeout_ms", "must be >= 0")
         if self.min_timeout_ms > self.max_timeout_ms:
+            if given is not None and "max_timeout_ms" not in given:
+                raise InvalidArgument(
+                    f"{field}.min_timeout_ms",
+                    f"is {self.min_timeout_ms}, over the default max_timeout_ms "
+                    f"({self.max_timeout_ms}): set max_timeout_ms too",
+                )
             raise InvalidArgument(
                 f"{field}.max_timeout_ms",
                 f"must be >= min_timeout_ms ({self.min_timeout_ms})",
