@@ -131,6 +131,10 @@ MATCH_CASES: list[tuple[str, Any, dict[str, Any], bool]] = [
             ("co\u00adop", "coop", True),  # a soft hyphen
             ("a\u200bb", "AB", True),  # a zero-width space
             ("a\tb", "ab", False),
+            ("\u0661\u0662\u0663", "123", True),  # Arabic-Indic digits
+            ("\u0967\u0968\u0969", "123", True),  # Devanagari digits
+            ("\u2460", "1", True),  # a circled digit
+            ("\u0661\u0662\u0663", "124", False),
         ]
     ],
     ("$ignoreCaseEquals non-string", {"s": 1}, {"s": [{"$ignoreCaseEquals": "1"}]}, False),

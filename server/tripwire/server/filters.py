@@ -149,6 +149,11 @@ def _same_letter() -> dict[int, int | None]:
             table[c] = None
     for c in (0x34F, *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)):
         table[c] = None
+    # A digit of any script is its ASCII digit ("١٢٣" equals "123"), as in collation.
+    for c in range(0x30000):
+        digit = unicodedata.digit(chr(c), None)
+        if digit is not None and c not in table:
+            table[c] = ord(str(digit))
     return table
 
 
@@ -159,11 +164,14 @@ def _fold(s: str) -> str:
     """A key that is equal where v2's `localeCompare(sensitivity: "accent")` says equal:
     case ignored, accents not; compatibility forms (fullwidth, superscripts, ligatures,
     Roman numerals, half-width kana) equal to their plain letters, katakana to hiragana,
-    format characters ignored. Checked against Node's ICU for every character with its
-    case and compatibility variants, and every mark or control character put inside a
-    word: it differs for spacing accents (as "¨" against " \u0308"), the long s (taken
-    for an s), and some 450 marks collation ignores (Hebrew cantillation, say), which
-    count here."""
+    digits of every script to ASCII digits, format characters ignored. Checked against
+    Node's ICU for every character with its case and compatibility variants, and every
+    mark or control character put inside a word: it differs for spacing accents (as "¨"
+    against " \u0308"), the long s (taken for an s), some 450 marks collation ignores
+    (Hebrew cantillation, say), which count here, and some 540 characters collation
+    takes for a letter or digit that have no digit value or decomposition to show it
+    (negative circled letters, combining Latin letters, Hangzhou numerals, Tibetan half
+    digits; and characters newer than Python's Unicode database)."""
     lowered = unicodedata.normalize("NFKC", s).lower().translate(_SAME_LETTER)
     return unicodedata.normalize("NFKC", lowered)
 
