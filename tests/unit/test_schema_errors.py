@@ -94,6 +94,33 @@ def test_patterns_re2_takes_are_taken_though_python_re_refuses_them() -> None:
     ]
 
 
+# The truth of each: JavaScript's `new RegExp(pattern, "u").test(text)` (Node 20), as
+# ajv and every other ECMA-262 validator of JSON Schema patterns has it.
+@pytest.mark.parametrize(
+    ("pattern", "text", "matches"),
+    [
+        ("^\\S+$", "bob\u00a0smith", False),  # a no-break space is white space
+        ("^\\S+$", "bob", True),
+        ("^[^\\s]+$", "a\u3000b", False),  # so is the ideographic space
+        ("^\\s$", "\ufeff", True),
+        ("^\\s$", "\u0085", False),  # not NEL
+        ("^[\\S]$", "\u00a0", False),
+        ("^[\\s\\S]+$", "a\nb", True),
+        ("^.+$", "a\rb", False),  # a dot takes no line terminator
+        ("^.+$", "a\u2028b", False),
+        ("^.+$", "ab", True),
+        ("^[.]$", "x", False),  # in a class, a dot is a dot
+        ("^a\\.b$", "axb", False),
+        ("^\\u00e9$", "\u00e9", True),
+        ("^\\d+$", "\u0661", False),  # \d and \w are ASCII's
+        ("^\\w+$", "\u00e9", False),
+    ],
+)
+def test_patterns_mean_what_ecma_262_says(pattern: str, text: str, matches: bool) -> None:
+    validator = check_schema({"pattern": pattern}, "schema")
+    assert (schema_errors(validator, text) == ()) is matches
+
+
 def test_a_pattern_in_a_value_is_data_not_a_regular_expression() -> None:
     check_schema({"const": {"pattern": "(a)\\1"}, "default": {"pattern": "(?=x)"}}, "schema")
 

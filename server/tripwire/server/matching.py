@@ -40,19 +40,46 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
 
 
-# An escape of a JSON Schema (ECMA-262) pattern: a backslash and what it escapes.
-_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.)", re.DOTALL)
+# A piece of a JSON Schema (ECMA-262) pattern: an escape (a backslash and what it
+# escapes), a bracket, a dot, or a run of anything else.
+_PIECE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|.)|[\[\].]|[^\\\[\].]+", re.DOTALL)
+# ECMA-262's white space and line terminators (its \s), as ranges of RE2 classes.
+_SPACE = r"\t-\r \x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}\x{feff}"
+_NOT_SPACE = (
+    r"\x{0}-\x{8}\x{e}-\x{1f}\x{21}-\x{9f}\x{a1}-\x{167f}\x{1681}-\x{1fff}"
+    r"\x{200b}-\x{2027}\x{202a}-\x{202e}\x{2030}-\x{205e}\x{2060}-\x{2fff}"
+    r"\x{3001}-\x{fefe}\x{ff00}-\x{10ffff}"
+)
 
 
 @functools.lru_cache(maxsize=1024)
 def _re2(pattern: str) -> Any:
-    return re2.compile(_ESCAPE.sub(_re2_escape, pattern), options=_RE2_OPTIONS)
+    return re2.compile(ecma_to_re2(pattern), options=_RE2_OPTIONS)
 
 
-def _re2_escape(escape: re.Match[str]) -> str:
-    """ECMA-262's `\\uXXXX`, which RE2 spells `\\x{XXXX}`; any other escape as it is."""
-    escaped = escape.group(1)
-    return f"\\x{{{escaped[1:]}}}" if len(escaped) == 5 else escape.group(0)
+def ecma_to_re2(pattern: str) -> str:
+    """A JSON Schema pattern in RE2's syntax, meaning what ECMA-262 (which JSON Schema
+    patterns follow, as every JavaScript validator does) says: `\\uXXXX` is RE2's
+    `\\x{XXXX}`; `\\s` and `\\S` take Unicode's spaces (no-break space, U+3000, ...)
+    and `.` no line terminator (RE2's know ASCII's only, and its `.` takes `\\r`).
+    `\\d`, `\\w` and `\\b` are ASCII's in both."""
+    out: list[str] = []
+    in_class = False
+    for piece in _PIECE.findall(pattern):
+        if piece.startswith("\\") and len(piece) == 6:
+            out.append(f"\\x{{{piece[2:]}}}")
+        elif piece in ("\\s", "\\S"):
+            ranges = _SPACE if piece == "\\s" else _NOT_SPACE
+            out.append(ranges if in_class else f"[{ranges}]")
+        elif piece == "." and not in_class:
+            out.append(r"[^\n\r\x{2028}\x{2029}]")
+        else:
+            if piece == "[":
+                in_class = True
+            elif piece == "]":
+                in_class = False
+            out.append(piece)
+    return "".join(out)
 
 
 class _LinearRe:
