@@ -68,6 +68,14 @@ def test_send_twice_with_one_id_is_deduplicated(cli):
     assert again["delivered_at"] == first["delivered_at"]
 
 
+def test_a_resend_that_delivers_an_event_matching_no_job_says_so(cli):
+    assert "PENDING" in ok(cli("send", "nobody.listens", "--id", "r1", "--deliver-after", "600"))
+    out = ok(cli("send", "nobody.listens", "--id", "r1", "--payload", '{"a": 1}'))
+
+    assert "DELIVERED" in out
+    assert "runs: none created by this call" in out and "`tripwire match`" in out
+
+
 def test_events_lists_newest_first(cli):
     for n in range(3):
         ok(cli("send", "new.user", "--id", f"evt_{n}", "--payload", json.dumps({"n": n})))

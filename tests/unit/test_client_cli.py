@@ -227,6 +227,17 @@ def test_block_aligns_labels() -> None:
     )
 
 
+def test_a_multi_line_value_keeps_its_lines_but_no_terminal_controls() -> None:
+    """A run's error is the handler's text: it must not clear or recolour the screen,
+    nor reorder it, in `tripwire run`."""
+    error = "harmless\r\n\x1b[2J\x1b[31mSTATUS SUCCESS\x1b[0m \u202eevil\n\tat line 3"
+    assert render.block([("error", error)]) == (
+        "error  harmless\n"
+        "       \\x1b[2J\\x1b[31mSTATUS SUCCESS\\x1b[0m \\u202eevil\n"
+        "       \tat line 3"
+    )
+
+
 def test_iso_is_utc_with_z() -> None:
     assert render.iso(T0) == "2024-05-01T09:00:00Z"
     assert render.iso(T0, precise=True) == "2024-05-01T09:00:00.123456Z"

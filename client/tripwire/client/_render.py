@@ -28,6 +28,8 @@ MAX_CELL = 80
 EMPTY = "-"
 # Control characters left once lines are joined (a tab, say): shown escaped.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# The same in a value shown on several lines, where a tab is harmless.
+_BLOCK_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 # Shown escaped before lines are joined: the line and paragraph separators
 # (which would join as spaces, as if typed so) and the bidirectional controls
 # (which would reorder the rest of the row).
@@ -98,13 +100,15 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 
 def block(pairs: Iterable[tuple[str, object]]) -> str:
-    """``label  value`` lines with the values aligned; multi-line values stay intact."""
+    """``label  value`` lines with the values aligned; a multi-line value keeps its
+    lines (and tabs), its other control and layout characters shown escaped."""
     items = list(pairs)
     width = max((len(label) for label, _ in items), default=0)
     out = []
     for label, value in items:
         if isinstance(value, str) and "\n" in value:
-            text = value.replace("\n", "\n" + " " * (width + 2))
+            lines = _LAYOUT.sub(_escape, value).splitlines()
+            text = ("\n" + " " * (width + 2)).join(_BLOCK_CONTROL.sub(_escape, x) for x in lines)
         else:
             text = cell(value, limit=10_000)
         out.append(f"{label.ljust(width)}  {text}".rstrip())

@@ -297,7 +297,12 @@ def _send(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     if event.delivered_at is None and event.status == "PENDING":
         none = f"runs: none yet (delivery at {render.iso(event.deliver_at)})"
     elif event.deduplicated:
-        none = "runs: none (this id was already known; see `tripwire event ID`)"
+        # Either this call delivered a pending event (rescheduled to now) and no job
+        # matched, or an earlier send delivered it: the reply cannot tell them apart.
+        none = (
+            "runs: none created by this call (the id was already known: "
+            "`tripwire event ID` has its runs, `tripwire match` says why a job did not match)"
+        )
     else:
         none = "runs: none (no job matched; try `tripwire match`)"
     return event, f"{render.event_block(event)}\n\n{_runs_note(event.runs, none)}"
