@@ -315,12 +315,30 @@ async def test_what_a_suspended_attempt_still_reports_is_kept_until_the_run_is_d
         ("charge", "TASK_STATUS_COMPLETED"),
         ("nap", "TASK_STATUS_COMPLETED"),
     ]
-    # Once dispatched again, the suspended attempt is stale like any other.
+    # Once dispatched again, the suspended attempt is stale like any other: a task it
+    # asks for (this stream still remembers it suspended the run) and a line alike.
+    worker.send({"task": {"requestId": "r-old", "runId": run["id"], "attempt": 1, "key": "c"}})
+    assert (await worker.expect("abandon"))["attempt"] == 1
     worker.send({"log": {"runId": run["id"], "attempt": 1, "seq": 6, "message": "late"}})
     assert (await worker.expect("abandon"))["attempt"] == 1
     worker.result(resumed["run"], output="receipt")
     got = await run_status(conn, run["id"], "SUCCESS")
     assert [line["message"] for line in got["logs"]] == ["charged"]
+
+
+async def test_a_task_from_a_suspended_attempt_of_a_run_since_cancelled_is_told_it_ended(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["w"])])
+    await send(conn, "w")
+    run = (await worker.run_request())["run"]
+    await worker.task(run, "nap", kind="TASK_KIND_WAIT", params={"seconds": 60})
+    await conn.runs.CancelRun(rn.CancelRunRequest(id=run["id"]))
+    # Not WAITING ("it will come back"): it has ended, which the worker is told.
+    worker.send({"task": {"requestId": "r-late", "runId": run["id"], "attempt": 1, "key": "b"}})
+    ended = await worker.expect("cancel")
+    assert (ended["runId"], ended["attempt"]) == (run["id"], 1)
+    assert ended["reason"].endswith("has ended CANCELED")
 
 
 async def test_a_suspended_attempt_is_only_heard_on_its_own_stream(
@@ -634,6 +652,39 @@ async def test_bad_task_requests_are_rejected_naming_the_field(
     )
     rejected = await worker.expect("rejected")
     assert rejected["message"].startswith("task.params.event.id: 't:1700000000000' is reserved")
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "field"),
+    [
+        (
+            "TASK_KIND_SEND_EVENT",
+            {"event": {"name": "e"}, "options": {"deliverAfter": -5}},
+            "task.params.options.deliver_after",
+        ),
+        (
+            "TASK_KIND_SEND_EVENT",
+            {"event": {"name": "e"}, "options": {"accountId": "a\nb"}},
+            "task.params.options.account_id",
+        ),
+        (
+            "TASK_KIND_SEND_EVENTS",
+            {"events": [{"name": "e"}], "options": {"deliverAfter": 999_999_999_999}},
+            "task.params.options.deliver_after",
+        ),
+        ("TASK_KIND_SEND_EVENTS", {"events": []}, "task.params.events"),
+    ],
+)
+async def test_a_send_event_task_refused_names_the_field_in_its_message(
+    conn: Stubs, worker: RawWorker, kind: str, params: dict, field: str
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    task = {"requestId": "r", "runId": run["id"], "attempt": 1, "key": "k", "kind": kind}
+    worker.send({"task": {**task, "params": params}})
+    rejected = await worker.expect("rejected")
+    assert rejected["message"].startswith(f"{field}: "), rejected["message"]
 
 
 @pytest.mark.parametrize(

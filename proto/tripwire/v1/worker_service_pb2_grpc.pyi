@@ -100,8 +100,9 @@ class WorkerServiceStub:
        retried waits for its own retry time, even if the run wakes earlier.
        A `task` the worker sent before it heard of the suspension is answered
        WAITING and nothing starts; a `run_result` is stale (answered
-       `abandon`). After the next dispatch, all of these are stale like
-       anything else (see 8.).
+       `abandon`). After the next dispatch, on any stream, all of these are
+       stale like anything else (see 8.), and once the run has ended (cancelled
+       while waiting, say) they are answered `cancel`.
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a
@@ -263,8 +264,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        retried waits for its own retry time, even if the run wakes earlier.
        A `task` the worker sent before it heard of the suspension is answered
        WAITING and nothing starts; a `run_result` is stale (answered
-       `abandon`). After the next dispatch, all of these are stale like
-       anything else (see 8.).
+       `abandon`). After the next dispatch, on any stream, all of these are
+       stale like anything else (see 8.), and once the run has ended (cancelled
+       while waiting, say) they are answered `cancel`.
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a
@@ -422,8 +424,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        retried waits for its own retry time, even if the run wakes earlier.
        A `task` the worker sent before it heard of the suspension is answered
        WAITING and nothing starts; a `run_result` is stale (answered
-       `abandon`). After the next dispatch, all of these are stale like
-       anything else (see 8.).
+       `abandon`). After the next dispatch, on any stream, all of these are
+       stale like anything else (see 8.), and once the run has ended (cancelled
+       while waiting, say) they are answered `cancel`.
        A task the server already has under that key but of another kind is a
        nondeterministic replay: the run fails and the worker gets `cancel`.
     5. Log lines go as `log` with a `seq` the server keeps once per run: a

@@ -66,6 +66,8 @@ class DeliveryOptions:
     deliver_at: int | None = None
     deliver_after: int = 0
     account_id: str = ""
+    # Where the request holds them, for the errors naming one of them.
+    field: str = "options"
 
 
 def json_bytes(value: Any) -> int:
@@ -155,7 +157,7 @@ def prepare(
         payload={} if draft.payload is None else draft.payload,
         context={} if draft.context is None else draft.context,
         timestamp=now if draft.timestamp is None else draft.timestamp,
-        deliver_at=deliver_time(options, now, "options"),
+        deliver_at=deliver_time(options, now, options.field),
         account_id=options.account_id,
         payload_given=draft.payload is not None,
         context_given=draft.context is not None,

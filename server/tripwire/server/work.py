@@ -160,7 +160,12 @@ class WorkService:
         events: tuple[Any, ...] = ()
         if kind in (TaskKind.SEND_EVENT, TaskKind.SEND_EVENTS):
             if not asked.events:
-                raise InvalidArgument("task.params.event", "is required")
+                raise InvalidArgument(
+                    "task.params.event" if kind is TaskKind.SEND_EVENT else "task.params.events",
+                    "is required"
+                    if kind is TaskKind.SEND_EVENT
+                    else "must hold at least one event",
+                )
             if len(asked.events) > self.limits.max_batch:
                 raise InvalidArgument(
                     "task.params.events", f"exceed the batch limit of {self.limits.max_batch}"
@@ -209,6 +214,12 @@ class WorkService:
             events,
             kept if events else None,
         )
+
+    async def check_suspended(self, env: str, run_id: str, attempt: int) -> bool:
+        """True if `attempt` suspended the run and none has started since; else
+        StaleAttempt."""
+        await self.store.check_attempt(env, run_id, attempt, suspended=True)
+        return True
 
     async def complete_task(
         self,

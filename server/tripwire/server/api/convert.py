@@ -143,11 +143,14 @@ def draft(msg: event_pb2.EventInput, field: str) -> EventDraft:
     )
 
 
-def options(msg: event_pb2.SendEventOptions) -> DeliveryOptions:
+def options(msg: event_pb2.SendEventOptions, field: str = "options") -> DeliveryOptions:
     return DeliveryOptions(
-        deliver_at=ms(msg.deliver_at, "options.deliver_at") if msg.HasField("deliver_at") else None,
+        deliver_at=ms(msg.deliver_at, f"{field}.deliver_at")
+        if msg.HasField("deliver_at")
+        else None,
         deliver_after=msg.deliver_after,
         account_id=msg.account_id,
+        field=field,
     )
 
 

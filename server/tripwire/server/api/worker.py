@@ -455,7 +455,16 @@ class WorkerStream:
     async def _on_task(self, msg: pb.TaskRequest) -> None:
         if self.suspended.get(msg.run_id) == msg.attempt:
             # Sent before the worker heard that the run was suspended: nothing new
-            # starts, and what is already running may still report (not `abandon`).
+            # starts, and what is already running may still report (not `abandon`),
+            # unless the run was dispatched again or has ended since.
+            still = await self._guard(
+                msg.run_id,
+                msg.attempt,
+                msg.request_id,
+                self.work.check_suspended(self.env, msg.run_id, msg.attempt),
+            )
+            if still is None:
+                return  # stale (the worker was told to abandon the run), or rejected
             reply = pb.RunJobResponse()
             result = reply.task_result
             result.request_id, result.run_id, result.attempt = (
@@ -793,8 +802,9 @@ def _task_input(msg: pb.TaskRequest, payload_limit: int, batch_limit: int) -> Ta
             parsed.append(convert.draft(given, where))
         events = tuple(parsed)
         if params.get("options"):
+            where = "task.params.options"
             options = convert.options(
-                _parse(params["options"], event_pb2.SendEventOptions(), "task.params.options")
+                _parse(params["options"], event_pb2.SendEventOptions(), where), where
             )
     return TaskInput(
         msg.key,

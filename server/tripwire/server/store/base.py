@@ -159,6 +159,13 @@ class Store(Protocol):
     async def append_log(
         self, env: str, run_id: str, attempt: int, entry: LogEntry, *, suspended: bool = False
     ) -> bool: ...
+    async def check_attempt(
+        self, env: str, run_id: str, attempt: int, *, suspended: bool = False
+    ) -> Run:
+        """The run if `attempt` may still write to it (as request_task, complete_task
+        and append_log decide), read only; else StaleAttempt (or NotFound)."""
+        ...
+
     async def finish_run(
         self,
         env: str,

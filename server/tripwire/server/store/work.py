@@ -247,6 +247,13 @@ class WorkOps:
 
     # -- the fencing token ------------------------------------------------------
 
+    async def check_attempt(
+        self, env: str, run_id: str, attempt: int, *, suspended: bool = False
+    ) -> Run:
+        return await self._read(
+            lambda conn: self._fenced(conn, env, run_id, attempt, suspended=suspended)
+        )
+
     @staticmethod
     def _fenced(
         conn: sqlite3.Connection, env: str, run_id: str, attempt: int, *, suspended: bool = False
