@@ -486,7 +486,7 @@ def test_list_filters_reach_the_client(
     assert fake.calls[1] == (
         "list_runs",
         (),
-        {"job_id": "j", "event_id": "e", "status": "FAILURE", "page_size": 3},
+        {"job_id": "j", "event_id": "e", "status": "FAILURE", "page_size": 3, "page_token": None},
     )
     run_cli(["invoke", "j", "--idempotency-key", "k"], capsys)
     assert fake.calls[-1] == ("invoke_job", ("j", None), {"context": None, "idempotency_key": "k"})
@@ -558,6 +558,22 @@ def test_an_empty_url_is_a_usage_error(
         "error: --url: is empty (TRIPWIRE_URL too?)\n",
     )
     assert fake.calls == []
+
+
+def test_a_listing_with_more_says_how_to_get_the_next_page(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run_cli(["runs", "--page-token", "t1"], capsys)
+    assert status == 0 and out.rstrip().endswith("more: add --page-token next")
+    assert fake.calls[-1][2]["page_token"] == "t1"
+    # With --json, stdout stays the list; the hint goes to stderr.
+    status, out, err = run_cli(["--json", "runs"], capsys)
+    assert [r["id"] for r in json.loads(out)] == ["r1"]
+    assert err == "more: add --page-token next\n"
+    assert fake.calls[-1][2]["page_token"] is None
+    # The last page says nothing more.
+    status, out, err = run_cli(["events", "--page-token", "x"], capsys)
+    assert "more:" not in out + err and fake.calls[-1][2]["page_token"] == "x"
 
 
 def test_events_as_json_leave_out_the_runs_a_list_does_not_carry(

@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--limit", type=_positive, default=20, help=f"at most this many (20; up to {MAX_LIMIT})"
     )
+    _page_option(sub, "events")
 
     command("event", _event, "show an event and its runs").add_argument("id")
     command("cancel-event", _cancel_event, "cancel a pending event").add_argument("id")
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--limit", type=_positive, default=20, help=f"at most this many (20; up to {MAX_LIMIT})"
     )
+    _page_option(sub, "runs")
 
     command("run", _run, "show a run with its tasks and logs").add_argument("id")
     command("cancel-run", _cancel_run, "cancel an unfinished run").add_argument("id")
@@ -246,6 +248,14 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     parser.add_argument(
         "--json", action="store_true", default=default(False), help="print JSON, not tables"
+    )
+
+
+def _page_option(sub: argparse.ArgumentParser, what: str) -> None:
+    sub.add_argument(
+        "--page-token",
+        metavar="TOKEN",
+        help=f"the next page of {what}, as the last listing said (`more: ...`)",
     )
 
 
@@ -308,12 +318,26 @@ def _send(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     return event, f"{render.event_block(event)}\n\n{_runs_note(event.runs, none)}"
 
 
+def _more(args: argparse.Namespace, page: Any, text: str) -> str:
+    """`text`, and how to list the next page if there is one (on stderr with --json,
+    whose output stays the page's list)."""
+    if not page.next_page_token:
+        return text
+    more = f"more: add --page-token {page.next_page_token}"
+    if args.json:
+        print(more, file=sys.stderr)
+        return text
+    return f"{text}\n\n{more}"
+
+
 def _events(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
-    page = client.list_events(name=args.name, status=args.status, page_size=args.limit)
+    page = client.list_events(
+        name=args.name, status=args.status, page_size=args.limit, page_token=args.page_token
+    )
     # ListEvents leaves out the runs ("tripwire event ID" has them): no empty list
     # that reads as "no runs".
     listed = [{k: v for k, v in jsonable(e).items() if k != "runs"} for e in page]
-    return listed, render.events_table(page.items) if page.items else "no events"
+    return listed, _more(args, page, render.events_table(page.items) if page.items else "no events")
 
 
 def _event(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
@@ -351,9 +375,13 @@ def _job(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
 
 def _runs(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     page = client.list_runs(
-        job_id=args.job, event_id=args.event, status=args.status, page_size=args.limit
+        job_id=args.job,
+        event_id=args.event,
+        status=args.status,
+        page_size=args.limit,
+        page_token=args.page_token,
     )
-    return list(page), render.runs_table(page.items) if page.items else "no runs"
+    return list(page), _more(args, page, render.runs_table(page.items) if page.items else "no runs")
 
 
 def _run(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
