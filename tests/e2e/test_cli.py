@@ -89,6 +89,14 @@ def test_events_lists_newest_first(cli):
     named = json.loads(ok(cli("events", "--name", "new.user", "--json")))
     assert [e["id"] for e in named] == ["evt_2", "evt_1", "evt_0"]
 
+    # A page at a time, the next one as the last line says.
+    first = ok(cli("events", "--limit", "3")).splitlines()
+    assert [line.split()[0] for line in first[1:4]] == ["evt_other", "evt_2", "evt_1"]
+    assert first[-1].startswith("more: add --page-token ")
+    token = first[-1].split()[-1]
+    rest = ok(cli("events", "--limit", "3", "--page-token", token)).splitlines()
+    assert [line.split()[0] for line in rest[1:]] == ["evt_0"]
+
 
 def test_event_shows_its_runs(server, cli, grpcurl):
     grpcurl.json(server.address, "tripwire.v1.JobService/RegisterJob", JOB)
