@@ -12,6 +12,12 @@ def test_defaults() -> None:
     assert not settings.auth_enabled
 
 
+@pytest.mark.parametrize("key", ["k1 ", "k 1", "kéy", "k\t1"])
+def test_an_api_key_no_client_could_present_is_refused(key: str) -> None:
+    with pytest.raises(ValueError, match="the API key for environment 'prod' holds a space"):
+        Settings(api_keys={key: "prod"})
+
+
 def test_an_api_key_may_end_in_base64_padding() -> None:
     assert parse_api_keys(["c2VjcmV0LWtleQ===prod"]) == {"c2VjcmV0LWtleQ==": "prod"}
 

@@ -46,6 +46,12 @@ class Settings:
         for key, env in self.api_keys.items():
             if not key or not env:
                 raise ValueError("API keys must be KEY=ENV with both parts non-empty")
+            if not (key.isascii() and key.isprintable()) or " " in key:
+                # What `authorization: Bearer KEY` can carry, as the server reads it.
+                raise ValueError(
+                    f"the API key for environment {env!r} holds a space or a character "
+                    "other than printable ASCII: no client could present it"
+                )
         for name in ("max_payload_bytes", "max_batch", "max_name_length"):
             if getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")
