@@ -382,7 +382,7 @@ def test_retry_policy() -> None:
         ({"factor": 0.99}, r"retry\.factor: must be a finite number >= 1"),
         ({"factor": math.inf}, r"retry\.factor"),
         ({"min_timeout_ms": 10, "max_timeout_ms": 9}, r"retry\.max_timeout_ms: must be >= min"),
-        ({"min_timeout_ms": 60001}, r"retry\.max_timeout_ms"),  # over the default maximum
+        ({"min_timeout_ms": 60001}, r"retry\.min_timeout_ms: .*over the default max_timeout_ms"),
         ({"min_timeout_ms": -1}, r"retry\.min_timeout_ms"),
         ({"limit": "3"}, r"retry\.limit"),
     ],
@@ -478,6 +478,9 @@ def test_pydantic_schema_is_sent_as_json_schema_and_the_model_kept() -> None:
 def test_describe() -> None:
     assert event_trigger(["a", "b"]).describe() == "event a,b"
     assert event_trigger("a", source="s").describe() == "event a from s"
+    # Not "event a,b": one name holding a comma is told from two names.
+    assert event_trigger(["a,b"]).describe() == 'event ["a,b"]'
+    assert event_trigger(["new user", "x"]).describe() == 'event ["new user", "x"]'
     assert cron_trigger("0 9 * * *").describe() == "cron 0 9 * * * (UTC)"
     assert interval_trigger(5).describe() == "every 5s"
     assert invoke_trigger().describe() == "invoke"

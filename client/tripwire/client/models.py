@@ -13,6 +13,7 @@ imported, not when the first event arrives.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -192,7 +193,11 @@ class Trigger:
     def describe(self) -> str:
         """A one-line summary, e.g. ``event new.user`` or ``cron 0 9 * * * (UTC)``."""
         if self.kind == "event":
-            text = "event " + ",".join(self.names)
+            plain = all("," not in n and " " not in n and '"' not in n for n in self.names)
+            # Names that would read as several, or run into the words around them,
+            # are shown as the JSON list they are.
+            names = ",".join(self.names) if plain else json.dumps(list(self.names))
+            text = f"event {names}"
             return text if self.source in ("", DEFAULT_SOURCE) else f"{text} from {self.source}"
         if self.kind == "cron":
             return f"cron {self.cron} ({self.timezone or 'UTC'})"
