@@ -130,6 +130,13 @@ def test_a_bad_trigger_raises_job_definition_error(make: Any, fragment: str) -> 
     assert interval_trigger(31_536_000).seconds == 31_536_000
 
 
+def test_a_trigger_argument_of_the_wrong_type_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="timezone must be a string, got int"):
+        cron_trigger("0 9 * * *", timezone=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="filter must be a dict"):
+        event_trigger("a", filter="x")  # type: ignore[arg-type]
+
+
 def test_retry_policies_at_the_servers_bounds_pass() -> None:
     for retry in (
         {"limit": 1, "factor": 1, "min_timeout_ms": 0, "max_timeout_ms": 0},

@@ -335,6 +335,8 @@ def invoke_trigger(*, schema: Mapping[str, Any] | type[BaseModel] | None = None)
 def _check_timezone(name: str) -> None:
     """The server's rule: an IANA name this machine knows, not one of the host's own
     zoneinfo files, whose meaning depends on the machine."""
+    if not isinstance(name, str):
+        raise TypeError(f"timezone must be a string, got {type(name).__name__}")
     if name in ("localtime", "posixrules") or name.startswith(("posix/", "right/")):
         raise JobDefinitionError(
             f"timezone {name!r} is the host's own setting, not an IANA time zone name "
