@@ -59,7 +59,11 @@ class WorkerServiceStub:
     sent nothing for a whole lease (its process was paused, its loop
     blocked): the server may have given its runs away meanwhile, so an answer
     read after that (a task RUNNING, a run_request) must start nothing; the
-    Python SDK stops its runs and reconnects.
+    Python SDK stops its runs and reconnects. A worker whose stream breaks
+    must stop its runs before it reconnects, and send nothing more for
+    them: a server that crashed may dispatch again, under the same attempt
+    number, a run_request it sent in the last few milliseconds before it
+    had recorded it (the number fences attempts within a server's life).
     3. The server sends `run_request`s, never more executing runs than the
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a
@@ -229,7 +233,11 @@ class WorkerServiceServicer:
     sent nothing for a whole lease (its process was paused, its loop
     blocked): the server may have given its runs away meanwhile, so an answer
     read after that (a task RUNNING, a run_request) must start nothing; the
-    Python SDK stops its runs and reconnects.
+    Python SDK stops its runs and reconnects. A worker whose stream breaks
+    must stop its runs before it reconnects, and send nothing more for
+    them: a server that crashed may dispatch again, under the same attempt
+    number, a run_request it sent in the last few milliseconds before it
+    had recorded it (the number fences attempts within a server's life).
     3. The server sends `run_request`s, never more executing runs than the
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a
@@ -408,7 +416,11 @@ class WorkerService:
     sent nothing for a whole lease (its process was paused, its loop
     blocked): the server may have given its runs away meanwhile, so an answer
     read after that (a task RUNNING, a run_request) must start nothing; the
-    Python SDK stops its runs and reconnects.
+    Python SDK stops its runs and reconnects. A worker whose stream breaks
+    must stop its runs before it reconnects, and send nothing more for
+    them: a server that crashed may dispatch again, under the same attempt
+    number, a run_request it sent in the last few milliseconds before it
+    had recorded it (the number fences attempts within a server's life).
     3. The server sends `run_request`s, never more executing runs than the
     capacity, each only to a worker serving that exact job id and version.
     Each carries the run (id and `attempt`), its event (always), the job, a

@@ -393,8 +393,9 @@ class Dispatcher(RunListener):
             self._pump(keys)
             return
         # The claim was not stored: the store still has the run QUEUED at
-        # item.stored_attempt. The abandoned attempt's number is never reused, so
-        # nothing a worker still sends for it can pass for the next dispatch's.
+        # item.stored_attempt. The abandoned attempt's number is not reused while
+        # this server runs, so nothing a worker still sends for it can pass for the
+        # next dispatch's. (After a crash it may be: worker_service.proto, 2.)
         log.error("claiming run %s failed; it stays queued", run.id, exc_info=failure)
         if held:
             session.link.stop_run(run.id, run.attempt, "the dispatch was not recorded", ended=False)
