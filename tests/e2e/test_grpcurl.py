@@ -38,18 +38,7 @@ def test_describe_event_service(server, grpcurl):
         ("tripwire.v1.EventService.SendEvent", "rpc SendEvent ( .tripwire.v1.SendEventRequest )"),
         ("tripwire.v1.RunService.WatchRun", "returns ( stream .tripwire.v1.WatchRunResponse )"),
         ("grpc.health.v1.Health.Check", "rpc Check ( .grpc.health.v1.HealthCheckRequest )"),
-    ],
-)
-def test_describe_a_method(server, grpcurl, symbol, shown):
-    result = grpcurl(server.address, symbol, verb=["describe"])
-
-    assert result.returncode == 0, result.stderr
-    assert shown in result.stdout
-
-
-@pytest.mark.parametrize(
-    ("symbol", "documented"),
-    [
+        # With the documentation of the .proto files.
         ("tripwire.v1.EventService.SendEvent", "// Stores one event."),
         ("tripwire.v1.EventService", "// Events in: send, inspect, cancel."),
         ("tripwire.v1.EventInput", "// What a sender supplies for one event."),
@@ -57,11 +46,11 @@ def test_describe_a_method(server, grpcurl, symbol, shown):
         ("tripwire.v1.RunJobRequest", "// Worker -> server."),
     ],
 )
-def test_describe_shows_the_proto_comments(server, grpcurl, symbol, documented):
+def test_describe_a_symbol(server, grpcurl, symbol, shown):
     result = grpcurl(server.address, symbol, verb=["describe"])
 
     assert result.returncode == 0, result.stderr
-    assert documented in result.stdout, result.stdout
+    assert shown in result.stdout
 
 
 def test_send_event_with_plain_json(server, grpcurl):

@@ -326,21 +326,6 @@ async def test_what_a_suspended_attempt_still_reports_is_kept_until_the_run_is_d
     assert [line["message"] for line in got["logs"]] == ["charged"]
 
 
-async def test_a_task_from_a_suspended_attempt_of_a_run_since_cancelled_is_told_it_ended(
-    conn: Stubs, worker: RawWorker
-) -> None:
-    await worker.connect([job("j", ["w"])])
-    await send(conn, "w")
-    run = (await worker.run_request())["run"]
-    await worker.task(run, "nap", kind="TASK_KIND_WAIT", params={"seconds": 60})
-    await conn.runs.CancelRun(rn.CancelRunRequest(id=run["id"]))
-    # Not WAITING ("it will come back"): it has ended, which the worker is told.
-    worker.send({"task": {"requestId": "r-late", "runId": run["id"], "attempt": 1, "key": "b"}})
-    ended = await worker.expect("cancel")
-    assert (ended["runId"], ended["attempt"]) == (run["id"], 1)
-    assert ended["reason"].endswith("has ended CANCELED")
-
-
 async def test_a_suspended_attempt_is_only_heard_on_its_own_stream(
     conn: Stubs, worker: RawWorker
 ) -> None:
@@ -500,6 +485,12 @@ async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(
     stored = js((await conn.runs.GetRun(rn.GetRunRequest(id=run["id"]))).run)
     assert cancelled == stored and cancelled["status"] == "RUN_STATUS_CANCELED"
     assert "waitUntil" not in cancelled
+    # A task the suspended attempt still asks for is not WAITING ("it will come
+    # back"): the run has ended, which the worker is told.
+    worker.send({"task": {"requestId": "r-late", "runId": run["id"], "attempt": 1, "key": "b"}})
+    ended = await worker.expect("cancel")
+    assert (ended["runId"], ended["attempt"]) == (run["id"], 1)
+    assert ended["reason"].endswith("has ended CANCELED")
 
 
 @pytest.mark.parametrize("end", ["cancel", "disable"])
