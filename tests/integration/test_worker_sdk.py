@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import itertools
 import math
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -700,6 +702,45 @@ async def test_a_worker_on_a_half_open_connection_reconnects_within_a_lease(
         await relayed.aio.close()
         relayed.close()
         await relay.close()
+
+
+async def test_a_stream_given_up_for_a_new_connection_is_freed_without_a_collection(
+    client: Client,
+) -> None:
+    """Its call holds the TCP connection (the server's end too): one kept alive until
+    a full garbage collection would leave a connection behind per reconnect."""
+
+    @client.define_job(id="j", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> str:
+        return "done"
+
+    gc.disable()
+    try:
+        async with Worker(client, backoff=Backoff(base=0.01, cap=0.05)) as worker:
+            await serving(worker)
+            for _ in range(3):
+                old = worker._session
+                assert old is not None
+                gone = weakref.ref(old.call)
+                # As the watchdog finds a lease lost while the worker was paused: it
+                # gives the stream up and reconnects on a new connection.
+                old.queue.lost = True
+                old.lease_lost.set()
+                await eventually(functools.partial(_reconnected, worker, old))
+                del old
+                await eventually(functools.partial(_dead, gone))
+            run = await client.aio.invoke_job("j")
+            assert (await finished(client, run.id)).status == "SUCCESS"
+    finally:
+        gc.enable()
+
+
+async def _reconnected(worker: Worker, old: Any) -> bool:
+    return worker._session is not None and worker._session is not old
+
+
+async def _dead(ref: weakref.ref[Any]) -> bool:
+    return ref() is None
 
 
 async def past_the_retry_and_the_nap(client: Client, clock: FakeClock, run_id: str) -> Any:

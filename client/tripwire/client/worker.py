@@ -804,6 +804,10 @@ class Worker:
                 if task is not None:
                     task.cancel()
             call.cancel()
+            # A cancelled task keeps its CancelledError, whose traceback holds the
+            # task's frames and so the session: a cycle, with the call and its
+            # connection in it, that only a full garbage collection would free.
+            session.reader = session.closer = None
 
     async def _watch(self, session: _Session, lease: float) -> str:
         """Return (why) when the server has given this worker's runs away, so that
