@@ -166,9 +166,10 @@ def register_job(address: str, job_id: str, event_names: Iterable[str]) -> None:
         )
 
 
-def count_events(address: str, name: str) -> int:
-    """Stored events named `name`, by paging ListEvents to the end."""
-    total, token = 0, ""
+def stored_ids(address: str, name: str) -> set[str]:
+    """The ids of the stored events named `name`, by paging ListEvents to the end."""
+    ids: set[str] = set()
+    token = ""
     with grpc.insecure_channel(address) as channel:
         stub = event_service_pb2_grpc.EventServiceStub(channel)
         while True:
@@ -176,10 +177,23 @@ def count_events(address: str, name: str) -> int:
                 event_service_pb2.ListEventsRequest(name=name, page_size=1000, page_token=token),
                 timeout=RPC_TIMEOUT,
             )
-            total += len(page.events)
+            ids.update(e.id for e in page.events)
             token = page.next_page_token
             if not token:
-                return total
+                return ids
+
+
+def missing_ids(acked: Iterable[str], stored: set[str]) -> list[str]:
+    """The acknowledged events that are not stored."""
+    return [event_id for event_id in acked if event_id not in stored]
+
+
+def missing(acked: Iterable[str], stored: set[str]) -> list[str]:
+    """The failure, if any acknowledged event is not stored."""
+    lost = missing_ids(acked, stored)
+    if not lost:
+        return []
+    return [f"{len(lost)} acknowledged events not stored, e.g. {', '.join(lost[:5])}"]
 
 
 def check_sample(address: str, event_ids: Iterable[str], job_id: str) -> list[str]:

@@ -2,8 +2,9 @@
 
     make bench        # or: .venv/bin/python bench/run_all.py
 
-Each benchmark (bench/send_event.py, send_events.py, and the Celery baseline
-celery_send.py) runs as its own subprocess with a deadline; its output is shown
+Each benchmark (bench/send_event.py, send_events.py, the Celery baseline
+celery_send.py, dispatch_latency.py and runs_throughput.py) runs as its own
+subprocess with a deadline; its output is shown
 as it comes and its last `RESULT {...}` line feeds the table. Exits non-zero
 when a benchmark failed (an error, a lost event, a timeout), never because a
 figure missed its target: the targets are for reading.
@@ -89,7 +90,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 f"Celery send_task, {result['threads']} threads",
                 f"{result['calls_per_s']:,.0f} tasks/s",
-                "baseline: Redis, no fsync",
+                "one Python producer; Redis, no fsync",
             )
         ]
     elif result["bench"] == "dispatch_latency":
