@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from tripwire.server.dispatcher import Dispatcher, Session
@@ -65,3 +66,43 @@ async def test_a_freed_slot_costs_one_pass_over_the_queues_however_many() -> Non
     await dispatcher.close()
     assert link.started[10:] == [f"run{seq}" for seq in range(11, 16)]
     assert ages <= 5 * (VERSIONS + 1)  # one look at each queue per freed slot
+
+
+async def test_a_run_that_comes_back_goes_before_newer_runs_of_its_version() -> None:
+    """A woken run, one due to retry, one requeued after a lease: the oldest queued
+    run is handed out first, wherever it came from (the stored queue's order)."""
+    dispatcher = Dispatcher(_Store(), _Index(), lambda: 0)  # type: ignore[arg-type]
+    link = _Link()
+    session = Session("s1", "env", "w1", frozenset({("job", "v")}), capacity=1, link=link)
+    dispatcher.add_session(session)
+    dispatcher.queued([_run(seq, "v") for seq in (1, 2, 3)], {})
+    assert link.started == ["run1"]
+    # run1 waits (its slot is free), run2 takes it, then run1's wait is over.
+    dispatcher.finished("run1", 1)
+    assert link.started == ["run1", "run2"]
+    dispatcher.queued([replace(_run(1, "v"), attempt=1)], {})  # as the store has it
+    # New runs (no seq yet: not read back from the store) come after all of them.
+    new = Run("env", "run9", "job", "v", "e", RunStatus.QUEUED, 0, 0, 0)
+    dispatcher.queued([new], {})
+    for _ in range(3):
+        run_id, attempt = next(iter(session.running.items()))
+        dispatcher.finished(run_id, attempt)
+    await dispatcher.close()
+    assert link.started == ["run1", "run2", "run1", "run3", "run9"]
+
+
+async def test_a_run_cancelled_while_queued_is_never_handed_out() -> None:
+    dispatcher = Dispatcher(_Store(), _Index(), lambda: 0)  # type: ignore[arg-type]
+    link = _Link()
+    session = Session("s1", "env", "w1", frozenset({("job", "v")}), capacity=1, link=link)
+    dispatcher.add_session(session)
+    dispatcher.queued([_run(seq, "v") for seq in range(1, 201)], {})
+    # Most of the queue ends while queued (the order's entries outnumber the runs).
+    dispatcher.released([f"run{seq}" for seq in range(2, 200)], "cancelled")
+    # One is queued again: its first entry in the order is stale, its new one counts.
+    dispatcher.queued([replace(_run(5, "v"), attempt=1)], {})
+    for _ in range(2):
+        run_id, attempt = next(iter(session.running.items()))
+        dispatcher.finished(run_id, attempt)
+    await dispatcher.close()
+    assert link.started == ["run1", "run5", "run200"]

@@ -80,13 +80,65 @@ class _Queued:
     arrival: int = field(default_factory=lambda: next(_ARRIVALS))
 
 
+class _RunQueue:
+    """A job version's queued runs, oldest first: by their place in the store (the
+    stored queue, and runs that come back: woken, due to retry, requeued after a
+    lease), then new runs (not read back from the store, so without a seq yet) in
+    the order they came."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, _Queued] = {}
+        self._order: list[tuple[int, int, str]] = []  # (seq or _NEW, arrival, run id)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._items
+
+    def add(self, item: _Queued) -> None:
+        self._items[item.run.id] = item
+        heapq.heappush(self._order, (*_age(item), item.run.id))
+
+    def discard(self, run_id: str) -> bool:
+        """Forget a run (its entry in the order goes when it reaches the top)."""
+        if self._items.pop(run_id, None) is None:
+            return False
+        if len(self._order) > 2 * len(self._items) + 64:
+            self._order = [(*_age(item), item.run.id) for item in self._items.values()]
+            heapq.heapify(self._order)
+        return True
+
+    def head(self) -> _Queued:
+        self._settle()
+        return self._items[self._order[0][2]]
+
+    def pop(self) -> _Queued:
+        self._settle()
+        return self._items.pop(heapq.heappop(self._order)[2])
+
+    def _settle(self) -> None:
+        """Drop the entries at the top that stand for runs forgotten (or forgotten
+        and added again: their entry is the one with their current arrival)."""
+        while True:
+            _, arrival, run_id = self._order[0]
+            item = self._items.get(run_id)
+            if item is not None and item.arrival == arrival:
+                return
+            heapq.heappop(self._order)
+
+
+def _age(item: _Queued) -> tuple[int, int]:
+    return (item.run.seq or _NEW, item.arrival)
+
+
 class Dispatcher(RunListener):
     def __init__(self, store: Store, index: JobIndex, clock: Callable[[], int]) -> None:
         self.store = store
         self.index = index
         self.clock = clock
-        # Per job version with a worker: its QUEUED runs in order, by run id.
-        self._queues: dict[Key, dict[str, _Queued]] = {}
+        # Per job version with a worker: its QUEUED runs, oldest first.
+        self._queues: dict[Key, _RunQueue] = {}
         self._loading: set[asyncio.Task[None]] = set()
         # Per job version whose queue is being loaded: the attempt last handed out
         # of each run dispatched meanwhile. A load's snapshot, read in the store's
@@ -127,14 +179,14 @@ class Dispatcher(RunListener):
             last = self._backlog.get(key)
             if last is not None and not 0 < run.seq <= last:
                 continue  # newer than the backlog still in the store: a later page
-            queue = self._queues.setdefault(key, {})
+            queue = self._queues.setdefault(key, _RunQueue())
             if run.id in queue or run.id in self._owner:
                 continue
             if run.attempt < self._handed.get(key, {}).get(run.id, 0):
                 continue  # a load's stale snapshot: this run has been dispatched since
             # A copy: the caller's run (e.g. in a SendEvent reply) is not ours to change.
             queued = replace(run)
-            queue[run.id] = _Queued(queued, events.get((run.env, run.event_id)), run.attempt)
+            queue.add(_Queued(queued, events.get((run.env, run.event_id)), run.attempt))
             keys.add(key)
         self._pump(keys)
 
@@ -323,7 +375,7 @@ class Dispatcher(RunListener):
             if session.free <= 0 or (limit and self._executing.get((env, job_id), 0) >= limit):
                 continue
             queue = self._queues[key]
-            self._assign(session, queue.pop(next(iter(queue))))
+            self._assign(session, queue.pop())
             if queue:
                 heapq.heappush(heads, (self._age(key), key))
             else:
@@ -336,8 +388,7 @@ class Dispatcher(RunListener):
         """How old the run at the head of a queue is: by its place in the store
         (the stored queue, runs woken or requeued), else by when it came here (a new
         run, not read back from the store, which has no seq yet and is the newest)."""
-        head = next(iter(self._queues[key].values()))
-        return (head.run.seq or _NEW, head.arrival)
+        return _age(self._queues[key].head())
 
     def _assign(self, session: Session, item: _Queued) -> None:
         run, now = item.run, self.clock()
@@ -360,7 +411,7 @@ class Dispatcher(RunListener):
 
     def _forget_queued(self, run_id: str) -> None:
         for queue in self._queues.values():
-            if queue.pop(run_id, None) is not None:
+            if queue.discard(run_id):
                 return
 
     def _claimed(self, future: asyncio.Future[bool], session: Session, item: _Queued) -> None:
@@ -400,9 +451,9 @@ class Dispatcher(RunListener):
         if held:
             session.link.stop_run(run.id, run.attempt, "the dispatch was not recorded", ended=False)
         key = (run.env, run.job_id, run.job_version)
-        queue = self._queues.setdefault(key, {}) if self._serving.get(key) else None
+        queue = self._queues.setdefault(key, _RunQueue()) if self._serving.get(key) else None
         if queue is not None and run.id not in queue:
             # A copy: the abandoned attempt's run request may still be on its way.
-            queue[run.id] = _Queued(replace(run), item.event, item.stored_attempt)
+            queue.add(_Queued(replace(run), item.event, item.stored_attempt))
             keys.add(key)
         self._pump(keys)
