@@ -72,6 +72,7 @@ def test_patterns_match_with_re2_whatever_the_text() -> None:
         ({"properties": {"s": {"pattern": "(a)\\1"}}}, "schema/properties/s/pattern"),
         ({"patternProperties": {"^(?=x)": {}}}, "schema/patternProperties/^(?=x)"),
         ({"items": {"pattern": "a(?!b)"}}, "schema/items/pattern"),
+        ({"pattern": "abc\\"}, "schema/pattern"),  # a trailing backslash
     ],
 )
 def test_a_pattern_re2_cannot_run_is_refused_naming_it(schema: dict, path: str) -> None:
@@ -114,6 +115,11 @@ def test_patterns_re2_takes_are_taken_though_python_re_refuses_them() -> None:
         ("^\\u00e9$", "\u00e9", True),
         ("^\\d+$", "\u0661", False),  # \d and \w are ASCII's
         ("^\\w+$", "\u00e9", False),
+        # In a class, a "-" after a class escape is a "-" (not a range from it).
+        ("^[\\w\\s-.]+$", "a b-c.", True),
+        ("^[\\w\\s-.]+$", "a!", False),
+        ("^[\\d-x]$", "-", True),
+        ("^[\\d-x]$", "a", False),
     ],
 )
 def test_patterns_mean_what_ecma_262_says(pattern: str, text: str, matches: bool) -> None:

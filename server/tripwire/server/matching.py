@@ -42,7 +42,9 @@ _RE2_OPTIONS.log_errors = False
 
 # A piece of a JSON Schema (ECMA-262) pattern: an escape (a backslash and what it
 # escapes), a bracket, a dot, or a run of anything else.
-_PIECE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|.)|[\[\].]|[^\\\[\].]+", re.DOTALL)
+_PIECE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|.)|\\|[\[\].]|[^\\\[\].]+", re.DOTALL)
+# ECMA-262's class escapes: in a class, a "-" right after one is a "-" (Annex B).
+_CLASS_ESCAPES = frozenset({"\\d", "\\D", "\\s", "\\S", "\\w", "\\W"})
 # ECMA-262's white space and line terminators (its \s), as ranges of RE2 classes.
 _SPACE = r"\t-\r \x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}\x{feff}"
 _NOT_SPACE = (
@@ -64,8 +66,11 @@ def ecma_to_re2(pattern: str) -> str:
     and `.` no line terminator (RE2's know ASCII's only, and its `.` takes `\\r`).
     `\\d`, `\\w` and `\\b` are ASCII's in both."""
     out: list[str] = []
-    in_class = False
+    in_class = after_class_escape = False
     for piece in _PIECE.findall(pattern):
+        if after_class_escape and piece.startswith("-"):
+            piece = "\\" + piece  # not a range from the escape's class (RE2 would say so)
+        after_class_escape = in_class and piece in _CLASS_ESCAPES
         if piece.startswith("\\") and len(piece) == 6:
             out.append(f"\\x{{{piece[2:]}}}")
         elif piece in ("\\s", "\\S"):
