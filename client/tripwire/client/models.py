@@ -196,7 +196,8 @@ class Trigger:
             plain = all("," not in n and " " not in n and '"' not in n for n in self.names)
             # Names that would read as several, or run into the words around them,
             # are shown as the JSON list they are.
-            names = ",".join(self.names) if plain else json.dumps(list(self.names), ensure_ascii=False)
+            listed = json.dumps(list(self.names), ensure_ascii=False)
+            names = ",".join(self.names) if plain else listed
             text = f"event {names}"
             return text if self.source in ("", DEFAULT_SOURCE) else f"{text} from {self.source}"
         if self.kind == "cron":
