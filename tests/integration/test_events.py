@@ -618,7 +618,8 @@ async def test_match_event_with_a_known_id_says_what_sending_it_again_would_do(
 ) -> None:
     await register(stubs, event_job("pro", ["signup"], filter={"plan": ["pro"]}))
     await send(stubs, {"name": "signup", "id": "done", "payload": {"plan": "pro"}})
-    await send(stubs, {"name": "signup", "id": "soon", "payload": {"plan": "pro"}}, deliverAfter=2)
+    # Due within the 5 s window, and late enough that a slow machine still finds it pending.
+    await send(stubs, {"name": "signup", "id": "soon", "payload": {"plan": "pro"}}, deliverAfter=4)
     later = {"name": "signup", "id": "later", "payload": {"plan": "free"}}
     await send(stubs, later, deliverAfter=3600)
     await send(stubs, {"name": "signup", "id": "off"}, deliverAfter=3600)
