@@ -64,6 +64,11 @@ def test_the_same_key_twice_for_one_environment_is_fine() -> None:
         {"db_path": ""},
         {"db_path": ":memory:"},
         {"event_loop": "trio"},
+        {"retention_days": -1.0},
+        {"retention_days": 0.01},  # under an hour
+        {"retention_days": 40_000.0},
+        {"retention_days": float("nan")},
+        {"retention_days": float("inf")},
     ],
 )
 def test_invalid_settings(overrides: dict) -> None:
@@ -108,3 +113,12 @@ def test_the_name_length_limit_from_variable_and_flag() -> None:
         settings_from(["--max-name-length", "0"], {})
     with pytest.raises(ValueError, match=r"^--max-payload-bytes must be positive, got -1$"):
         settings_from(["--max-payload-bytes", "-1"], {})
+
+
+def test_retention_from_a_flag_or_a_variable() -> None:
+    assert Settings().retention_days == 0
+    assert settings_from(["--retention-days", "30"], {}).retention_days == 30
+    assert settings_from([], {"TRIPWIRE_RETENTION_DAYS": "0.5"}).retention_days == 0.5
+    assert settings_from([], {"TRIPWIRE_RETENTION_DAYS": str(1 / 24)}).retention_days == 1 / 24
+    with pytest.raises(ValueError, match=r"retention must be 0 \(keep everything\) or 1/24"):
+        settings_from(["--retention-days", "0.001"], {})

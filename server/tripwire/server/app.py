@@ -24,7 +24,7 @@ from tripwire.v1 import (
     worker_service_pb2,
 )
 
-from . import scheduler
+from . import retention, scheduler
 from .api import convert, reflection, services
 from .api.events import EventServicer
 from .api.jobs import JobServicer
@@ -151,6 +151,13 @@ class Server:
         self._supervise(
             "timers", scheduler.run_timers(self.store, self.hub, self.clock, grace_ms, self._stop)
         )
+        if settings.retention_days:
+            self._supervise(
+                "retention",
+                retention.run_retention(
+                    self.store, self.clock, settings.retention_days, self._stop
+                ),
+            )
         log.info("tripwire listening on %s (db %s)", self.address, settings.db_path)
         return self.address
 

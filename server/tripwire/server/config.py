@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 DEFAULT_ENVIRONMENT = "default"
 MAX_LEASE_SECONDS = 86_400
 MAX_GRACE_SECONDS = 86_400
+# Retention in days: 0 keeps everything; otherwise one hour to a hundred years.
+MIN_RETENTION_DAYS = 1 / 24
+MAX_RETENTION_DAYS = 36_500
 # uvloop: the same asyncio API on libuv, ~10% less CPU per call here; asyncio:
 # the standard library's loop (what the in-process tests run on).
 EVENT_LOOPS = ("uvloop", "asyncio")
@@ -36,6 +39,9 @@ class Settings:
     schedule_grace: float = 60.0
     shutdown_grace: float = 10.0
     event_loop: str = "uvloop"
+    # Events finished (delivered or cancelled, every run ended) longer ago than
+    # this are deleted with their runs, tasks and logs. 0: nothing is deleted.
+    retention_days: float = 0.0
 
     def __post_init__(self) -> None:
         host, sep, port = self.address.rpartition(":")
@@ -76,6 +82,13 @@ class Settings:
             value = getattr(self, name)
             if not 0 <= value <= MAX_GRACE_SECONDS:  # NaN fails this too
                 raise ValueError(f"{name.replace('_', ' ')} must be 0 to {MAX_GRACE_SECONDS} s")
+        if self.retention_days != 0 and not (
+            MIN_RETENTION_DAYS <= self.retention_days <= MAX_RETENTION_DAYS  # NaN fails this too
+        ):
+            raise ValueError(
+                "retention must be 0 (keep everything) or 1/24 (one hour) to "
+                f"{MAX_RETENTION_DAYS} days, got {self.retention_days}"
+            )
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(
                 f"event loop must be {' or '.join(EVENT_LOOPS)}, got {self.event_loop!r}"
@@ -141,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--shutdown-grace", type=float, help="seconds")
     parser.add_argument(
+        "--retention-days",
+        type=float,
+        help="delete events finished (delivered or cancelled, every run ended) this many "
+        "days ago, with their runs, tasks and logs; an event id can be sent again after "
+        "that (default 0: keep everything)",
+    )
+    parser.add_argument(
         "--event-loop",
         help=f"{' or '.join(EVENT_LOOPS)} (default uvloop: the same server, less CPU per call)",
     )
@@ -164,6 +184,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
         "schedule_grace": ("TRIPWIRE_SCHEDULE_GRACE", float),
         "shutdown_grace": ("TRIPWIRE_SHUTDOWN_GRACE", float),
         "event_loop": ("TRIPWIRE_EVENT_LOOP", str),
+        "retention_days": ("TRIPWIRE_RETENTION_DAYS", float),
     }
     for name, (var, kind) in sources.items():
         flag = getattr(args, name)

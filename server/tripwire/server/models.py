@@ -147,6 +147,16 @@ class Page(Generic[T]):
     next_cursor: str = ""
 
 
+@dataclass(frozen=True)
+class Purged:
+    """What one step of a retention pass deleted (Store.purge)."""
+
+    events: int
+    runs: int
+    # Where the pass goes on scanning; None once it reached events too new to go.
+    next_seq: int | None
+
+
 class TaskKind(StrEnum):
     RUN = "RUN"
     SEND_EVENT = "SEND_EVENT"

@@ -13,6 +13,7 @@ from ..models import (
     LogEntry,
     NewEvent,
     Page,
+    Purged,
     Run,
     RunChanges,
     Task,
@@ -175,3 +176,10 @@ class Store(Protocol):
         error: dict[str, str] | None,
         now: int,
     ) -> Run: ...
+
+    # Retention
+    async def purge(self, cutoff: int, after_seq: int = 0, limit: int = 200) -> Purged:
+        """Delete, of the `limit` events after `after_seq` (oldest first), those
+        delivered or cancelled before `cutoff` whose runs all ended before it, with
+        their runs, tasks and logs, in one transaction; says where to go on."""
+        ...

@@ -36,6 +36,7 @@ from ..models import (
 )
 from . import rows
 from .jobs import JobOps
+from .retention import RetentionOps
 from .rows import ACTIVE, EVENT_COLUMNS, RUN_COLUMNS, dumps
 from .schema import migrate
 from .work import WorkOps
@@ -75,7 +76,7 @@ def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class SQLiteStore(JobOps, WorkOps):
+class SQLiteStore(JobOps, WorkOps, RetentionOps):
     def __init__(self, path: str, index: JobIndex, hub: Hub) -> None:
         self.path = path
         self.index = index

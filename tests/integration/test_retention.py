@@ -1,0 +1,152 @@
+"""Retention: events finished longer ago than --retention-days go, with their
+runs, tasks and logs; nothing pending or still running does."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from tripwire.server.app import Server
+from tripwire.server.retention import DAY_MS, purge_pass
+from tripwire.v1 import event_service_pb2 as ev
+from tripwire.v1 import job_service_pb2 as jb
+from tripwire.v1 import run_service_pb2 as rn
+
+from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
+from .helpers import event_job, js, req
+from .raw_worker import RawWorker, job
+
+
+@pytest.fixture
+async def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def server(start_server: StartServer, clock: FakeClock) -> Server:
+    return await start_server(clock=clock)
+
+
+@pytest.fixture
+async def conn(server: Server) -> AsyncIterator[Stubs]:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        yield make_stubs(channel)
+
+
+async def send(stubs: Stubs, event_id: str, name: str, **options: object) -> dict:
+    body = {"event": {"id": event_id, "name": name, "payload": {"n": 1}}, "options": options}
+    return js((await stubs.events.SendEvent(req(ev.SendEventRequest, body))).event)
+
+
+async def exists(stubs: Stubs, event_id: str) -> bool:
+    try:
+        await stubs.events.GetEvent(ev.GetEventRequest(id=event_id))
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+        return False
+    return True
+
+
+async def run_exists(stubs: Stubs, run_id: str) -> bool:
+    try:
+        await stubs.runs.GetRun(rn.GetRunRequest(id=run_id))
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+        return False
+    return True
+
+
+def rows_of(db: Path, table: str, run_id: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(
+            conn.execute(f"SELECT COUNT(*) FROM {table} WHERE run_id = ?", (run_id,)).fetchone()[0]
+        )
+
+
+async def finished_run(stubs: Stubs, worker: RawWorker, event_id: str) -> str:
+    """An event of `done`, its run carried through a task and a log line to SUCCESS."""
+    event = await send(stubs, event_id, "done")
+    run = (await worker.run_request())["run"]
+    assert run["id"] == event["runs"][0]["id"]
+    started = await worker.task(run, "step")
+    await worker.complete(run, started["task"]["id"], output={"ok": True})
+    log = {"runId": run["id"], "attempt": 1, "seq": 1, "message": "did it"}
+    worker.send({"log": {**log, "level": "LOG_LEVEL_INFO"}})
+    worker.result(run, output={"ok": True})
+
+    async def succeeded() -> bool:
+        got = js(await stubs.runs.GetRun(rn.GetRunRequest(id=run["id"])))
+        return got["run"]["status"] == "RUN_STATUS_SUCCESS" and bool(got.get("logs"))
+
+    await eventually(succeeded)
+    return str(run["id"])
+
+
+async def test_what_finished_before_the_cutoff_goes_and_the_rest_stays(
+    server: Server, conn: Stubs, clock: FakeClock, tmp_path: Path
+) -> None:
+    db = tmp_path / "tripwire.db"
+    worker = RawWorker(conn.workers)
+    await worker.connect([job("on-done", ["done"])])
+    for body in (event_job("idle", ["queued"]), event_job("cancelled", ["cancel-me"])):
+        await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, body))
+    try:
+        succeeded = await finished_run(conn, worker, "old-success")
+    finally:
+        await worker.close()
+    cancelled_run = (await send(conn, "old-cancelled-run", "cancel-me"))["runs"][0]["id"]
+    await conn.runs.CancelRun(rn.CancelRunRequest(id=cancelled_run))
+    await send(conn, "old-no-runs", "nobody.listens")
+    await send(conn, "old-cancelled-event", "later", deliverAfter=3600)
+    await conn.events.CancelEvent(ev.CancelEventRequest(id="old-cancelled-event"))
+    await send(conn, "old-pending", "later", deliverAfter=30 * 86_400)
+    queued_run = (await send(conn, "old-queued", "queued"))["runs"][0]["id"]
+    ended_lately = (await send(conn, "old-ended-lately", "cancel-me"))["runs"][0]["id"]
+
+    clock.advance(2 * 86_400)
+    await conn.runs.CancelRun(rn.CancelRunRequest(id=ended_lately))
+    await send(conn, "new-no-runs", "nobody.listens")
+    # Two events examined per step: the pass goes on past steps that delete nothing.
+    done = await purge_pass(server.store, clock() - DAY_MS, step=2)
+
+    assert (done.events, done.runs) == (4, 2)
+    for gone in ("old-success", "old-cancelled-run", "old-no-runs", "old-cancelled-event"):
+        assert not await exists(conn, gone), gone
+    assert not await run_exists(conn, succeeded)
+    assert not await run_exists(conn, cancelled_run)
+    assert rows_of(db, "tasks", succeeded) == 0 and rows_of(db, "logs", succeeded) == 0
+    for kept in ("old-pending", "old-queued", "old-ended-lately", "new-no-runs"):
+        assert await exists(conn, kept), kept
+    queued = js(await conn.runs.GetRun(rn.GetRunRequest(id=queued_run)))["run"]
+    assert queued["status"] == "RUN_STATUS_QUEUED"
+    assert await run_exists(conn, ended_lately)
+
+    # Its id is forgotten: sent again, it is a new event, with a new run.
+    again = await send(conn, "old-cancelled-run", "cancel-me")
+    assert not again.get("deduplicated") and again["runs"][0]["id"] != cancelled_run
+    # A second pass finds nothing more to delete.
+    assert await purge_pass(server.store, clock() - DAY_MS) == type(done)(0, 0)
+
+
+async def test_a_server_with_retention_purges_at_start(
+    start_server: StartServer, clock: FakeClock
+) -> None:
+    first = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(first.address) as channel:
+        await send(make_stubs(channel), "old", "nobody.listens")
+    await first.stop(grace=0.5)
+
+    clock.advance(3 * 86_400)
+    second = await start_server(clock=clock, retention_days=2.0)
+    async with grpc.aio.insecure_channel(second.address) as channel:
+        stubs = make_stubs(channel)
+        await send(stubs, "new", "nobody.listens")
+
+        async def purged() -> bool:
+            return not await exists(stubs, "old")
+
+        await eventually(purged)
+        assert await exists(stubs, "new")
