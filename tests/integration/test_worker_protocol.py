@@ -595,6 +595,32 @@ async def test_cancel_reaches_the_worker_and_nondeterminism_fails(
     assert got["run"]["error"]["type"] == "NondeterminismError"
 
 
+async def test_a_result_without_an_outcome_is_rejected_not_taken_for_success(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    started = await worker.task(run, "step")
+    ids = {"runId": run["id"], "attempt": 1}
+    worker.send({"taskComplete": {**ids, "requestId": "c", "taskId": started["task"]["id"]}})
+    rejected = await worker.expect("rejected")
+    assert rejected["requestId"] == "c"
+    assert rejected["message"].startswith("task_complete.outcome: is required")
+    worker.send({"runResult": ids})
+    rejected = await worker.expect("rejected")
+    assert rejected["runId"] == run["id"]
+    assert rejected["message"].startswith("run_result.outcome: is required")
+    got = js(await conn.runs.GetRun(rn.GetRunRequest(id=run["id"])))
+    assert got["run"]["status"] == "RUN_STATUS_EXECUTING"
+    assert got["tasks"][0]["status"] == "TASK_STATUS_RUNNING"
+    # Still this attempt's: a result with an outcome (null: nothing returned) ends both.
+    done = await worker.complete(run, started["task"]["id"], output=None)
+    assert done["task"]["status"] == "TASK_STATUS_COMPLETED"
+    worker.result(run, output=None)
+    await run_status(conn, run["id"], "SUCCESS")
+
+
 async def test_bad_task_requests_are_rejected_naming_the_field(
     conn: Stubs, worker: RawWorker
 ) -> None:

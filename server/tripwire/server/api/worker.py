@@ -522,6 +522,9 @@ class WorkerStream:
         suspended = self._suspended_by(msg.run_id, msg.attempt, msg.request_id)
         if suspended is None:
             return
+        if msg.WhichOneof("outcome") is None:
+            self._send(_rejected(msg.request_id, msg.run_id, _no_outcome("task_complete")))
+            return
         output, error, final = _outcome(msg, "task output")
         outcome = await self._guard(
             msg.run_id,
@@ -572,6 +575,10 @@ class WorkerStream:
 
     async def _on_run_result(self, msg: pb.RunResult) -> None:
         if self._owned(msg.run_id, msg.attempt) is None:
+            return
+        if msg.WhichOneof("outcome") is None:
+            # Not taken for a success: a worker that lost its error would report one.
+            self._send(_rejected("", msg.run_id, _no_outcome("run_result")))
             return
         size = _outcome_bytes(msg)
         output, error, _ = _outcome(msg, "run output")
@@ -751,6 +758,12 @@ def _ctx(env: str, run: Run, event: Event | None, job_id: str, version: str) -> 
 _HEARTBEAT = pb.RunJobResponse(heartbeat=pb.Heartbeat())
 
 
+def _no_outcome(message: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{message}.outcome", "is required: set output (a null Value for none) or error"
+    )
+
+
 def _rejected(request_id: str, run_id: str, exc: TripwireError) -> pb.RunJobResponse:
     return pb.RunJobResponse(
         rejected=pb.Rejected(
@@ -827,8 +840,6 @@ def _outcome(msg: pb.TaskComplete | pb.RunResult, what: str) -> tuple[Any, Any, 
         # A task's worker may say that its error is final (RunResult has no such flag).
         final = isinstance(msg, pb.TaskComplete) and msg.final
         return None, convert.error_from_pb(msg.error), final
-    if not msg.HasField("output"):
-        return None, None, False
     try:
         return convert.value_to_py(msg.output, what), None, False
     except InvalidArgument as exc:
