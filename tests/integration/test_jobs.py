@@ -546,7 +546,26 @@ async def test_list_jobs_pages_end_before_a_clients_4_mib_limit(stubs: Stubs) ->
     assert pages >= 2
 
 
-@pytest.mark.parametrize("token", ["Not A Job!", "\u00b2", "-1", "x" * 500])
+async def test_list_jobs_pages_on_after_any_job_id(stubs: Stubs) -> None:
+    ids = ["a", "b.c-d_e", "0-9", "z" * 128]
+    for job_id in ids:
+        await register(stubs, event_job(job_id, ["e"]))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await stubs.jobs.ListJobs(jb.ListJobsRequest(page_token=token, page_size=1))
+        seen += [j.id for j in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    # A job id is no token: it would have listed the jobs after it, skipping others.
+    "token",
+    ["Not A Job!", "\u00b2", "-1", "x" * 500, "zzz", "a", "YWZ0ZXI6"],
+)
 async def test_list_jobs_refuses_a_page_token_it_never_issued(stubs: Stubs, token: str) -> None:
     await register(stubs, event_job("a", ["e"]))
     with pytest.raises(grpc.aio.AioRpcError) as err:

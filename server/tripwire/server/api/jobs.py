@@ -16,6 +16,8 @@ from .rpc import (
     check_payload_size,
     fill,
     fill_page,
+    name_after,
+    name_token,
     offset_token,
     page_size,
     unary,
@@ -59,11 +61,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: pb.ListJobsRequest, context: Any, env: str
     ) -> pb.ListJobsResponse:
         page = await self.jobs.find(
-            env, limit=page_size(request.page_size), after=request.page_token
+            env, limit=page_size(request.page_size), after=name_after(request.page_token)
         )
         reply = pb.ListJobsResponse()
         reply.next_page_token = fill_page(
-            page.items, reply.jobs, convert.job_to_pb, page.next_cursor, lambda j: j.id
+            page.items,
+            reply.jobs,
+            convert.job_to_pb,
+            name_token(page.next_cursor) if page.next_cursor else "",
+            lambda j: name_token(j.id),
         )
         return reply
 

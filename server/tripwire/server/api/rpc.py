@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -193,3 +195,26 @@ def seq_token(token: str) -> int | None:
     if not (token.isascii() and token.isdigit()) or len(token) > 19:
         raise InvalidArgument("page_token", "is not a token this server issued")
     return int(token)
+
+
+_AFTER = "after:"
+
+
+def name_token(name: str) -> str:
+    """A token that pages on after `name` (a job id). Opaque, so that a mistyped
+    token is refused rather than taken for a name to list from."""
+    return base64.urlsafe_b64encode(f"{_AFTER}{name}".encode()).decode().rstrip("=")
+
+
+def name_after(token: str) -> str:
+    """The name a `name_token` pages on after; "" for the first page."""
+    if not token:
+        return ""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeError, ValueError):
+        text = ""
+    if not text.startswith(_AFTER) or len(text) == len(_AFTER):
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    return text[len(_AFTER) :]
