@@ -194,9 +194,13 @@ async def test_of_versions_differing_only_in_build_the_last_registered_is_latest
         await register(stubs, event_job("j", ["e"], version=version))
     got = js(await stubs.jobs.GetJob(jb.GetJobRequest(id="j")))
     assert got["job"]["version"] == order[-1]
-    assert (await send(stubs, {"name": "e"}))["runs"][0]["jobVersion"] == order[-1]
-    # Enabling or disabling another version is not a registration: latest stays.
     other = next(v for v in order if v != order[-1])
+    # Highest first: of equal precedence, the latest (the one events run) first.
+    assert [v["version"] for v in got["versions"]] == [order[-1], other]
+    assert (await send(stubs, {"name": "e"}))["runs"][0]["jobVersion"] == order[-1]
+    every = await stubs.jobs.SetJobEnabled(jb.SetJobEnabledRequest(job_id="j", enabled=True))
+    assert [j.version for j in every.jobs] == [order[-1], other]
+    # Enabling or disabling another version is not a registration: latest stays.
     request = jb.SetJobEnabledRequest(job_id="j", version=other, enabled=False)
     await stubs.jobs.SetJobEnabled(request)
     assert js(await stubs.jobs.GetJob(jb.GetJobRequest(id="j")))["job"]["version"] == order[-1]

@@ -195,8 +195,12 @@ class JobOps:
 
     async def job_versions(self, env: str, job_id: str) -> list[Job]:
         def query(conn: sqlite3.Connection) -> list[Job]:
+            # Newest registration first, kept by the (stable) sort among versions that
+            # differ only in +build: the latest of them, as _refresh_head picks it, first.
             cursor = conn.execute(
-                f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.env = ? AND v.id = ?", (env, job_id)
+                f"SELECT {JOB_COLUMNS} {_JOB_FROM} WHERE v.env = ? AND v.id = ? "
+                "ORDER BY v.rowid DESC",
+                (env, job_id),
             )
             found = [rows.job_from_row(r) for r in cursor]
             found.sort(key=lambda j: versions.parse(j.version, "version"), reverse=True)
@@ -225,6 +229,7 @@ class JobOps:
             if version:
                 sql += " AND version = ?"
                 params = (env, job_id, version)
+            sql += " ORDER BY rowid DESC"  # as job_versions lists them
             targets = [r[0] for r in conn.execute(sql, params)]
             if not targets:
                 what = f"version {version!r} of job" if version else "job"
