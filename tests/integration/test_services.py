@@ -6,6 +6,7 @@ import logging
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tripwire.v1 import event_service_pb2 as ev
 
@@ -47,6 +48,32 @@ async def test_an_undecodable_request_is_invalid_argument_naming_its_type(
     assert (err.value.details() or "").startswith(f"the request is not a valid {reason}: ")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert js(await stubs.events.ListEvents(ev.ListEventsRequest())) == {}
+
+
+def _nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+async def test_a_value_nested_past_what_protobuf_decodes_is_refused_saying_so(
+    stubs: Stubs,
+) -> None:
+    request = json_format.ParseDict(
+        {"event": {"name": "deep", "payload": _nested(40)}}, ev.SendEventRequest()
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.events.SendEvent(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "nests objects and arrays too deep (30 levels at most)" in (err.value.details() or "")
+    # Within protobuf's limit, the value's own check names the field.
+    request = json_format.ParseDict(
+        {"event": {"name": "deep", "payload": _nested(31)}}, ev.SendEventRequest()
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.events.SendEvent(request)
+    assert (err.value.details() or "").startswith("event.payload: nests objects and arrays")
 
 
 async def test_health_lists_every_service_as_check_answers_it(stubs: Stubs) -> None:

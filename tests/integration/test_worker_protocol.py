@@ -621,6 +621,47 @@ async def test_a_result_without_an_outcome_is_rejected_not_taken_for_success(
     await run_status(conn, run["id"], "SUCCESS")
 
 
+@pytest.mark.parametrize(
+    ("kind", "params", "message"),
+    [
+        ("TASK_KIND_SEND_EVENT", "not an object", "task.params: must be an object"),
+        ("TASK_KIND_SEND_EVENTS", [1], "task.params: must be an object"),
+        (
+            "TASK_KIND_SEND_EVENT",
+            {"event": {"name": "x"}, "options": {"deliverAt": "tomorrow"}},
+            "task.params.options.deliver_at: is not an RFC 3339 time",
+        ),
+        (
+            "TASK_KIND_SEND_EVENT",
+            {"event": {"name": "x", "timestamp": 5}},
+            "task.params.event.timestamp: is not an RFC 3339 time",
+        ),
+        (
+            "TASK_KIND_SEND_EVENTS",
+            {"events": [{"name": "x"}, {"name": "y", "bogus": 1}]},
+            "task.params.events[1].bogus: is not a field of EventInput",
+        ),
+        (
+            "TASK_KIND_SEND_EVENT",
+            {"event": {"name": 5}},
+            "task.params.event.name: expected string",
+        ),
+    ],
+)
+async def test_send_event_task_params_errors_name_the_field(
+    conn: Stubs, worker: RawWorker, kind: str, params: object, message: str
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    ids = {"requestId": "bad", "runId": run["id"], "attempt": 1, "key": "s", "kind": kind}
+    worker.send({"task": {**ids, "params": params}})
+    rejected = await worker.expect("rejected")
+    assert rejected["message"].startswith(message), rejected["message"]
+    got = js(await conn.runs.GetRun(rn.GetRunRequest(id=run["id"])))
+    assert "tasks" not in got  # nothing stored
+
+
 async def test_bad_task_requests_are_rejected_naming_the_field(
     conn: Stubs, worker: RawWorker
 ) -> None:

@@ -26,7 +26,17 @@ class Undecodable:
     """What an undecodable request becomes, so that the call can refuse it."""
 
     def __init__(self, type_name: str, error: Exception) -> None:
-        self.message = f"the request is not a valid {type_name}: {error}"
+        if "MaxDepth" in str(error):
+            # Protobuf decodes messages nested at most 100 deep; a JSON value (an event's
+            # payload, a job's filter or schema) costs three levels per object.
+            self.message = (
+                f"the request is not a valid {type_name}: it nests messages more than "
+                "100 levels deep, which protobuf does not decode; a JSON value in it (a "
+                "payload, context, filter or schema) nests objects and arrays too deep "
+                "(30 levels at most)"
+            )
+        else:
+            self.message = f"the request is not a valid {type_name}: {error}"
 
 
 def _decoder(cls: type[message.Message]) -> Callable[[bytes], Any]:

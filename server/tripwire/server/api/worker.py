@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -801,6 +802,10 @@ def _task_input(msg: pb.TaskRequest, payload_limit: int, batch_limit: int) -> Ta
     kind = convert.task_kind_name(msg.kind)
     events: tuple[EventDraft, ...] = ()
     options = convert.options(event_pb2.SendEventOptions())
+    if allowed is not None and params is not None and not isinstance(params, dict):
+        raise InvalidArgument(
+            "task.params", f"must be an object with {' and/or '.join(sorted(allowed))}"
+        )
     if kind in ("SEND_EVENT", "SEND_EVENTS") and isinstance(params, dict):
         raw = [params.get("event")] if kind == "SEND_EVENT" else params.get("events") or []
         if not isinstance(raw, list):
@@ -854,9 +859,34 @@ def _outcome_bytes(msg: pb.TaskComplete | pb.RunResult) -> int:
 M = TypeVar("M", bound=Message)
 
 
+# What json_format says of a field's value, without its wrapping.
+_PARSE_ERROR = re.compile(r"Failed to parse \w+ field: (.*?)(?: at [\w.]+)?\.?", re.S)
+
+
 def _parse(value: Any, message: M, field: str) -> M:
+    """A message in its JSON form (as a worker sends a send_event task's event or
+    options); an error names the field at fault, as a request's would."""
     if not isinstance(value, dict):
         raise InvalidArgument(field, "must be an object")
+    fields = message.DESCRIPTOR.fields
+    by_name = {f.json_name: f for f in fields} | {f.name: f for f in fields}
+    for key, item in value.items():
+        described = by_name.get(key)
+        if described is None:
+            names = ", ".join(f.name for f in fields)
+            raise InvalidArgument(
+                f"{field}.{key}", f"is not a field of {message.DESCRIPTOR.name} ({names})"
+            )
+        try:
+            json_format.ParseDict({key: item}, type(message)())
+        except (json_format.ParseError, TypeError, ValueError) as exc:
+            found = _PARSE_ERROR.fullmatch(str(exc))
+            reason = found.group(1) if found else str(exc)
+            if described.message_type is not None and described.message_type.full_name == (
+                "google.protobuf.Timestamp"
+            ):
+                reason = f'is not an RFC 3339 time such as "2026-01-02T15:04:05Z" ({reason})'
+            raise InvalidArgument(f"{field}.{described.name}", reason) from None
     try:
         return json_format.ParseDict(value, message)
     except (json_format.ParseError, TypeError, ValueError) as exc:
