@@ -23,7 +23,7 @@ from tripwire.v1 import run_service_pb2 as rn
 from tripwire.v1 import worker_service_pb2 as pb
 
 from ..conftest import FakeClock, StartServer, Stubs, eventually, make_stubs
-from .helpers import FailsOnce, js, req
+from .helpers import FailsOnce, event_job, js, req
 from .raw_worker import RawWorker, job
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -262,6 +262,33 @@ async def test_send_event_task_is_executed_once_by_the_server(
     assert len(listed["events"]) == 1
 
 
+async def test_a_send_event_tasks_output_is_the_event_as_get_event_shows_it(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    strict = {"type": "object", "required": ["userId"]}
+    await conn.jobs.RegisterJob(
+        req(jb.RegisterJobRequest, event_job("strict", ["signup"], schema=strict))
+    )
+    await worker.connect([job("parent", ["start"])])
+    await send(conn, "start")
+    run = (await worker.run_request())["run"]
+    for key, params in [
+        ("invalid", {"event": {"name": "signup", "payload": {"nope": 1}}}),
+        (
+            "far",
+            {"event": {"name": "signup"}, "options": {"deliverAt": "9999-12-31T23:59:59.999Z"}},
+        ),
+    ]:
+        sent = await worker.task(run, key, kind="TASK_KIND_SEND_EVENT", params=params)
+        output = sent["task"]["output"]
+        got = js(await conn.events.GetEvent(ev.GetEventRequest(id=output.pop("id"))))
+        runs = output.pop("runs")
+        assert output.pop("deduplicated") is False
+        expected = {k: v for k, v in got["event"].items() if k != "id"}
+        assert output == expected and runs == got.get("runs", [])
+    assert runs == [] and output["deliverAt"] == "9999-12-31T23:59:59.999Z"
+
+
 async def test_wait_frees_the_slot_and_resumes(
     conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:
@@ -491,6 +518,17 @@ async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(
     ended = await worker.expect("cancel")
     assert (ended["runId"], ended["attempt"]) == (run["id"], 1)
     assert ended["reason"].endswith("has ended CANCELED")
+    # And so is everything else it sends for that attempt, not only the first.
+    ids = {"runId": run["id"], "attempt": 1}
+    late: list[dict] = [
+        {"task": {**ids, "requestId": "r-later", "key": "c"}},
+        {"log": {**ids, "seq": 3, "message": "late"}},
+        {"runResult": {**ids, "output": 1}},
+    ]
+    for message in late:
+        worker.send(message)
+        again = await worker.expect("cancel")
+        assert again["reason"].endswith("has ended CANCELED"), message
 
 
 @pytest.mark.parametrize("end", ["cancel", "disable"])

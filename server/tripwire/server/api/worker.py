@@ -441,7 +441,10 @@ class WorkerStream:
         try:
             return await work
         except StaleAttempt as exc:
-            if self.suspended.get(run_id) == attempt:
+            if self.suspended.get(run_id) == attempt and not exc.ended:
+                # Dispatched again since: anything more from this attempt is stale
+                # (abandon). A run that has ended stays, so that all of it is
+                # answered cancel.
                 del self.suspended[run_id]
             self.stop_run(run_id, attempt, exc.message, ended=exc.ended)
             self.dispatcher.finished(run_id, attempt)
@@ -575,6 +578,17 @@ class WorkerStream:
         )
 
     async def _on_run_result(self, msg: pb.RunResult) -> None:
+        if self.suspended.get(msg.run_id) == msg.attempt:
+            # From an attempt that suspended the run: stale, answered abandon, or
+            # cancel once the run has ended (cancelled while waiting, say).
+            still = await self._guard(
+                msg.run_id,
+                msg.attempt,
+                "",
+                self.work.check_suspended(self.env, msg.run_id, msg.attempt),
+            )
+            if still is None:
+                return
         if self._owned(msg.run_id, msg.attempt) is None:
             return
         if msg.WhichOneof("outcome") is None:

@@ -637,15 +637,16 @@ def _policy(spec: dict[str, Any]) -> RetryPolicy:
 
 
 def _event_json(event: Event) -> dict[str, Any]:
-    """An event as a task output: the proto JSON mapping's field names."""
-    from datetime import UTC, datetime
+    """An event as a task output: what SendEvent replies, in the proto JSON mapping."""
+    from datetime import UTC, datetime, timedelta
+
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
 
     def iso(ms: int | None) -> str | None:
         if ms is None:
             return None
-        return (
-            datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-        )
+        # In whole milliseconds: through a float, times past ~2240 came out 1 ms early.
+        return (epoch + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6] + "Z"
 
     out = {
         "id": event.id,
@@ -670,10 +671,19 @@ def _event_json(event: Event) -> dict[str, Any]:
                     "jobVersion": r.job_version,
                     "eventId": r.event_id,
                     "status": f"RUN_STATUS_{r.status.value}",
+                    "attempt": r.attempt or None,
                     "createdAt": iso(r.created_at),
                     "updatedAt": iso(r.updated_at),
+                    "startedAt": iso(r.started_at),
                     "completedAt": iso(r.completed_at),
+                    "waitUntil": iso(r.wait_until),
+                    # As the JSON mapping shows them: an empty path (the payload) is left out.
+                    "validationErrors": [
+                        {k: e[k] for k in ("path", "message") if e[k]} for e in r.validation_errors
+                    ]
+                    or None,
                     "accountId": r.account_id or None,
+                    "workerId": r.worker_id or None,
                 }.items()
                 if v is not None
             }
