@@ -25,6 +25,10 @@ class RawWorker:
         self._heartbeat: asyncio.Task[None] | None = None
         self.held: list[pb.RunJobResponse] = []
         self.batches: list[int] = []  # the size of each batch received, unpacked
+        # With `acks`, heartbeats carry the last server heartbeat read (Heartbeat.seq).
+        self.acks = False
+        self.beat_read = 0
+        self.deaf = False
 
     async def _requests(self) -> AsyncIterator[pb.RunJobRequest]:
         while True:
@@ -40,7 +44,9 @@ class RawWorker:
         worker_id: str = "w1",
         metadata: Any = (),
         accepts_batches: bool = False,
+        acks: bool = False,
     ) -> dict[str, Any]:
+        self.acks = acks
         self.call = self.stub.RunJob(self._requests(), metadata=metadata)
         self._reader = asyncio.create_task(self._read())
         hello = {"workerId": worker_id, "jobs": jobs, "capacity": capacity}
@@ -55,7 +61,12 @@ class RawWorker:
             try:
                 await asyncio.wait_for(tick.wait(), interval)
             except TimeoutError:
-                self.send({"heartbeat": {}})
+                self.send({"heartbeat": {"seq": self.beat_read} if self.acks else {}})
+
+    def deafen(self) -> None:
+        """Stop reading the stream (the call stays open), heartbeats going on (saying
+        what was read last)."""
+        self.deaf = True
 
     def stall(self) -> None:
         """Stop sending anything (heartbeats included), keeping the connection open."""
@@ -65,11 +76,15 @@ class RawWorker:
     async def _read(self) -> None:
         try:
             async for msg in self.call:
+                if self.deaf:
+                    await asyncio.Event().wait()  # reads nothing more, until closed
                 if msg.HasField("batch"):
                     self.batches.append(len(msg.batch.messages))
                     for inner in msg.batch.messages:
                         self.incoming.put_nowait(inner)
                 else:
+                    if msg.HasField("heartbeat"):
+                        self.beat_read = max(self.beat_read, msg.heartbeat.seq)
                     self.incoming.put_nowait(msg)
         except BaseException as exc:  # recorded for the test to inspect
             self.error = exc
@@ -173,6 +188,8 @@ class RawWorker:
         if self.call is not None:
             self.call.cancel()
         if self._reader is not None:
+            if self.deaf:
+                self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
 
 

@@ -500,6 +500,51 @@ async def test_a_worker_that_stops_reading_its_stream_loses_its_runs_after_a_lea
             await good.close()
 
 
+async def test_a_worker_whose_heartbeats_show_it_stopped_reading_loses_its_runs(
+    conn: Stubs, fast: Server
+) -> None:
+    """Small messages never fill the connection's window: the heartbeats' seq shows it."""
+    deaf = RawWorker(conn.workers)
+    good = RawWorker(conn.workers)
+    try:
+        await deaf.connect([job("j", ["go"])], worker_id="deaf", acks=True)
+
+        async def read_some() -> bool:
+            return deaf.beat_read >= 3
+
+        await eventually(read_some)
+        deaf.deafen()
+        runs = {(await send(conn, "go"))["runs"][0]["id"] for _ in range(3)}
+        for run_id in runs:
+            await held_by(conn, run_id, "deaf")
+        await good.connect([job("j", ["go"])], worker_id="good", acks=True)
+        got = {(await good.run_request(within=10))["run"]["id"] for _ in runs}
+        assert got == runs
+    finally:
+        await deaf.close()
+        await good.close()
+
+
+async def test_a_worker_reading_and_saying_so_keeps_its_runs_lease_after_lease(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    await worker.connect([job("j", ["go"])], acks=True)
+    await send(conn, "go")
+    run = (await worker.run_request())["run"]
+    start = worker.beat_read
+
+    async def five_leases() -> bool:  # heartbeats every 0.2 s, lease 1 s
+        return worker.beat_read >= start + 25
+
+    await eventually(five_leases)
+    kinds = {
+        worker.incoming.get_nowait().WhichOneof("message") for _ in range(worker.incoming.qsize())
+    }
+    assert kinds == {"heartbeat"} and not worker.held  # no abandon, nothing else
+    worker.result(run, output="done")
+    await run_status(conn, run["id"], "SUCCESS")
+
+
 async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(
     conn: Stubs, worker: RawWorker
 ) -> None:

@@ -360,6 +360,9 @@ class _Session:
         # says so), silence for a whole lease means the stream is dead.
         self.last_heard = time.monotonic()
         self.answers_heartbeats = False
+        # The number of the last heartbeat read from the server, sent back in each
+        # of ours: the server drops a worker that sends but stopped reading.
+        self.beat_read = 0
         # Set when a run finds the lease gone (see _Outbox): the session ends, its
         # runs stop, and the worker connects again.
         self.lease_lost = asyncio.Event()
@@ -411,8 +414,9 @@ class _Session:
             self.close(message.drain.deadline_ms / 1000)
         elif kind == "rejected":
             self.on_rejected(message.rejected)
-        # `heartbeat` (the server's answer: it moved last_heard), `welcome` again, or
-        # a kind this SDK does not know yet: nothing to do.
+        elif kind == "heartbeat":  # the server's answer (it moved last_heard too)
+            self.beat_read = max(self.beat_read, message.heartbeat.seq)
+        # `welcome` again, or a kind this SDK does not know yet: nothing to do.
 
     def current(self, run_id: str, attempt: int) -> _Running | None:
         running = self.runs.get(run_id)
@@ -770,10 +774,11 @@ class Worker:
             self.backoff.connected()
             self._connected.set()
             self._activity.set()
-            beat = worker_service_pb2.Heartbeat()
             heartbeat = asyncio.create_task(
                 heartbeat_loop(
-                    lambda: queue.put_nowait(Request(heartbeat=beat)),
+                    lambda: queue.put_nowait(
+                        Request(heartbeat=worker_service_pb2.Heartbeat(seq=session.beat_read))
+                    ),
                     self.heartbeat_interval,
                     self._sleep,
                 ),

@@ -280,12 +280,22 @@ Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 class Heartbeat(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Server -> worker: the number of this answer on the stream (1, 2, ...).
+    Worker -> server: the number of the last server heartbeat the worker has
+    read (0 or absent: none, or the worker does not say). A worker that says
+    is held to it (see 2.): keep sending heartbeats every interval, busy or
+    not, and send in each the last number read.
+    """
     def __init__(
         self,
+        *,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,11 @@ class WorkerServiceStub:
     run out, and are dispatched to another worker with a higher attempt.
     Reading is part of it: a worker that takes nothing the server writes
     for a whole lease (it sends, but does not read) is dropped the same way.
+    The server sees that by itself only once its writes back up (the
+    connection's window is full); a worker whose heartbeats carry the `seq`
+    of the last server heartbeat it read is also dropped as soon as one
+    shows a server heartbeat sent over a lease ago still unread (its reader
+    is stuck while its heartbeats go on), however little the server wrote.
     A half-close is no different: a worker that ends its stream while a
     handler of it may still be running (a thread that cannot be stopped)
     keeps the run counted against the job's concurrency limit, and off
@@ -221,6 +226,11 @@ class WorkerServiceServicer:
     run out, and are dispatched to another worker with a higher attempt.
     Reading is part of it: a worker that takes nothing the server writes
     for a whole lease (it sends, but does not read) is dropped the same way.
+    The server sees that by itself only once its writes back up (the
+    connection's window is full); a worker whose heartbeats carry the `seq`
+    of the last server heartbeat it read is also dropped as soon as one
+    shows a server heartbeat sent over a lease ago still unread (its reader
+    is stuck while its heartbeats go on), however little the server wrote.
     A half-close is no different: a worker that ends its stream while a
     handler of it may still be running (a thread that cannot be stopped)
     keeps the run counted against the job's concurrency limit, and off
@@ -404,6 +414,11 @@ class WorkerService:
     run out, and are dispatched to another worker with a higher attempt.
     Reading is part of it: a worker that takes nothing the server writes
     for a whole lease (it sends, but does not read) is dropped the same way.
+    The server sees that by itself only once its writes back up (the
+    connection's window is full); a worker whose heartbeats carry the `seq`
+    of the last server heartbeat it read is also dropped as soon as one
+    shows a server heartbeat sent over a lease ago still unread (its reader
+    is stuck while its heartbeats go on), however little the server wrote.
     A half-close is no different: a worker that ends its stream while a
     handler of it may still be running (a thread that cannot be stopped)
     keeps the run counted against the job's concurrency limit, and off

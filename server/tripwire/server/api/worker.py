@@ -47,6 +47,9 @@ SHUTTING_DOWN = "the server is shutting down; connect again later"
 BATCH_BYTES = 1024 * 1024
 # Suspended runs a stream remembers (see WorkerStream.suspended), the oldest forgotten first.
 MAX_SUSPENDED = 10_000
+# Heartbeats whose reading the server waits to hear of; past that, newer ones are
+# not tracked (the oldest decide).
+MAX_UNREAD_BEATS = 1_000
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -192,6 +195,12 @@ class WorkerStream:
         self.last_seen = time.monotonic()
         # When the reply gRPC is writing now was handed to it (None: it is idle).
         self.writing_since: float | None = None
+        # Heartbeats answered, numbered; of those the worker's heartbeats have not yet
+        # said it read, when each was sent. Only a worker whose heartbeats say so
+        # (`seq`) is held to it: found not reading, it is dropped (`deaf`).
+        self.beats = 0
+        self.unread_beats: dict[int, float] = {}
+        self.deaf = False
         self._handlers: set[asyncio.Task[None]] = set()
         self._tails: dict[str, asyncio.Task[None]] = {}  # run id -> its latest message's task
         # Run id -> the tasks of its log lines since that message (see _in_order).
@@ -296,6 +305,9 @@ class WorkerStream:
                 # One timer per lease, not per message: messages only move last_seen.
                 done, _ = await asyncio.wait({reader}, timeout=remaining)
                 if done:
+                    if self.deaf:
+                        self._lease_expired(unread=True)
+                        return
                     if not reader.cancelled() and reader.exception() is not None:
                         log.error("reading a worker stream failed", exc_info=reader.exception())
                     return
@@ -340,13 +352,33 @@ class WorkerStream:
                         self._receive(inner, inner_kind)
             else:
                 self._receive(msg, kind)
+            if self.deaf:
+                return
         # A clean close: what the worker sent last (often a run's result, when it
         # drains) is still stored before the stream ends.
         await asyncio.gather(*self._handlers, return_exceptions=True)
 
+    def _heartbeat(self, read: int) -> None:
+        """Answer a heartbeat: the worker's proof that the stream is alive. `read`: the
+        last of the server's heartbeats the worker has read, if it says."""
+        now = time.monotonic()
+        beats = self.unread_beats
+        while beats and next(iter(beats)) <= read:
+            del beats[next(iter(beats))]
+        if read and beats and next(iter(beats.values())) + self.lease <= now:
+            # It sends, but has not read what the server wrote a lease ago: its reader
+            # is stuck while its heartbeats go on (small messages never fill the
+            # connection's window, so gRPC alone would not show it).
+            self.deaf = True
+            return
+        self.beats += 1
+        if len(beats) < MAX_UNREAD_BEATS:
+            beats[self.beats] = now
+        self._send(pb.RunJobResponse(heartbeat=pb.Heartbeat(seq=self.beats)))
+
     def _receive(self, msg: pb.RunJobRequest, kind: str | None) -> None:
         if kind == "heartbeat":
-            self._send(_HEARTBEAT)  # the worker's proof that the stream is alive
+            self._heartbeat(msg.heartbeat.seq)
             return
         handler = getattr(self, f"_on_{kind}", None) if kind else None
         if kind is None or handler is None:
@@ -768,9 +800,6 @@ def _ctx(env: str, run: Run, event: Event | None, job_id: str, version: str) -> 
     if run.account_id:
         ctx["account"] = {"id": run.account_id}
     return ctx
-
-
-_HEARTBEAT = pb.RunJobResponse(heartbeat=pb.Heartbeat())
 
 
 def _no_outcome(message: str) -> InvalidArgument:
