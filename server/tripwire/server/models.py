@@ -153,7 +153,8 @@ class Purged:
 
     events: int
     runs: int
-    # Where the pass goes on scanning; None once it reached events too new to go.
+    # Where the pass goes on scanning; None when it is done (no more events, or
+    # only events created since the cutoff).
     next_seq: int | None
 
 
