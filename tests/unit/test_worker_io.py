@@ -17,7 +17,6 @@ from tripwire.client.io import (
     IO,
     DuplicateKeyError,
     Execution,
-    RunEnded,
     Suspend,
     SyncIO,
     TaskError,
@@ -187,7 +186,7 @@ async def test_a_function_running_when_the_run_is_suspended_still_reports_its_ou
     assert (line.log.message, line.log.attempt) == ("charged", ATTEMPT)
     assert complete.task_complete.task_id == "t1"
     assert from_value(complete.task_complete.output) == "receipt"
-    with pytest.raises(RunEnded):  # nothing new starts
+    with pytest.raises(Suspend):  # nothing new starts: it unwinds, as the handler did
         await io.run_task("other", never_called)
     assert wire.drained() == []
 

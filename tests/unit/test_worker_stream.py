@@ -473,6 +473,51 @@ async def test_abandon_unwinds_a_sync_handler_at_its_next_io_call(make: Make) ->
     assert await within(unwound) == "Suspend"
 
 
+@pytest.mark.parametrize("notice", ["cancel", "abandon"])
+async def test_a_stopped_sync_handler_cannot_catch_its_way_past_the_stop(
+    make: Make, notice: str
+) -> None:
+    """`except Exception` around each step does not keep a stopped run going: every io
+    call after the stop unwinds the handler (not a RunEnded it could catch)."""
+    loop = asyncio.get_running_loop()
+    unwound: asyncio.Future[list[str]] = loop.create_future()
+    stopped = threading.Event()
+
+    def step() -> None:
+        stopped.wait(30)  # the stop comes while the step's function runs
+
+    def handler(payload: Any, io: SyncIO, ctx: RunContext) -> None:
+        caught: list[str] = []
+        try:
+            for i in range(20):
+                try:
+                    io.run_task(f"step-{i}", step)
+                except Exception as exc:  # a handler skipping failed steps
+                    caught.append(type(exc).__name__)
+        except BaseException as exc:
+            caught.append(type(exc).__name__)
+            raise
+        finally:
+            loop.call_soon_threadsafe(unwound.set_result, caught)
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    request = await stream.expect("task")
+    stream.reply(
+        task_result=result(request.request_id, "run_1", 1, task("t1", "step-0", "RUNNING"))
+    )
+    stream.reply(**{notice: {"run_id": "run_1", "attempt": 1}})
+
+    async def let_go() -> bool:  # the worker is done with the run, its function still running
+        return h.worker._session is not None and not h.worker._session.runs
+
+    await eventually(let_go)
+    stopped.set()
+    assert await within(unwound) == ["Suspend"]
+    assert [m.WhichOneof("message") for m in stream.log].count("task") == 1
+
+
 async def test_a_sync_handler_runs_in_a_worker_thread(make: Make) -> None:
     loop_thread = threading.get_ident()
 

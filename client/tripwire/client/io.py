@@ -313,6 +313,9 @@ class Execution:
         self.halted = False
         self.suspended = False
         self.ended = False
+        # Halted before it ended: the worker stopped it (suspended, cancelled,
+        # abandoned, its stream lost), rather than its handler returning.
+        self.stopped = False
         self._send = send
         cached = list(cached_tasks)
         self._cache = {(task.parent_id, task.key): task for task in cached}
@@ -382,15 +385,18 @@ class Execution:
         """The worker is done with this execution (its result sent, or it stopped):
         nothing more is sent, and io calls still in flight, which the handler started
         but did not await, fail instead of waiting for ever."""
+        self.stopped = self.stopped or (self.halted and not self.ended)
         self.ended = self.halted = True
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(RunEnded(self.run_id))
 
     def _check_open(self) -> None:
-        if self.ended:
+        if self.ended and not self.stopped:
             raise RunEnded(self.run_id)
         if self.halted:
+            # Stopped (a plain handler's thread may still call, the run long gone):
+            # unwinds the handler, which `except Exception` does not stop.
             raise Suspend()
 
     def suspend(self) -> Suspend:
