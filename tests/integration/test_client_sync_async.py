@@ -54,11 +54,11 @@ class Both:
 
         return in_thread
 
-    async def watch(self, run_id: str) -> list[Any]:
+    async def watch(self, run_id: str, timeout: float = 10) -> list[Any]:
         if isinstance(self.client, AsyncClient):
-            return [update async for update in self.client.watch_run(run_id, timeout=10)]
+            return [update async for update in self.client.watch_run(run_id, timeout=timeout)]
         client = self.client
-        return await asyncio.to_thread(lambda: list(client.watch_run(run_id, timeout=10)))
+        return await asyncio.to_thread(lambda: list(client.watch_run(run_id, timeout=timeout)))
 
     async def close(self) -> None:
         if isinstance(self.client, AsyncClient):
@@ -414,6 +414,13 @@ async def test_watch_and_wait_for_a_run(tw: Both) -> None:
         await tw.wait_for_run(run.id, statuses={"EXECUTING"}, timeout=10)
     with pytest.raises(NotFound):
         await tw.wait_for_run("missing", timeout=10)
+    # A budget already spent, even on a run that has ended: at once, every time.
+    for spent in (0, 0.0, -1):
+        for _ in range(10):
+            with pytest.raises(DeadlineExceeded):
+                await tw.wait_for_run(run.id, timeout=spent)
+            with pytest.raises(DeadlineExceeded):
+                await tw.watch(run.id, timeout=spent)
 
 
 # -- connection, auth -------------------------------------------------------------------

@@ -342,8 +342,15 @@ def _pause_within(delay: float, end: float | None, error: TripwireError) -> floa
 
 
 def _time_left(end: float | None) -> float | None:
-    """The gRPC deadline of the next stream of a watch that must be over by ``end``."""
-    return None if end is None else max(end - time.monotonic(), 0.0)
+    """The gRPC deadline of the next stream of a watch that must be over by ``end``;
+    none left: DeadlineExceeded before any call (a deadline of 0 raced the server's
+    first reply, which often won)."""
+    if end is None:
+        return None
+    left = end - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("deadline exceeded watching the run: its time was spent")
+    return left
 
 
 class Client(ClientBase):
