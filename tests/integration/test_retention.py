@@ -6,10 +6,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from tripwire.server.app import Server
+from tripwire.server.store import retention as store_retention
 from tripwire.server.retention import DAY_MS, purge_pass
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
@@ -150,3 +152,64 @@ async def test_a_server_with_retention_purges_at_start(
 
         await eventually(purged)
         assert await exists(stubs, "new")
+
+
+async def test_a_step_deletes_few_events_when_their_runs_hold_many_rows(
+    server: Server, conn: Stubs, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = RawWorker(conn.workers)
+    await worker.connect([job("on-done", ["done"])])
+    try:
+        ids = [await finished_run(conn, worker, f"e{i}") for i in range(3)]
+    finally:
+        await worker.close()
+    # Each event weighs 5 rows (its run, a task, a log line... and itself): 6 a step.
+    monkeypatch.setattr(store_retention, "PURGE_ROWS", 6)
+    steps: list[int] = []
+    purge = server.store.purge
+
+    async def counted(*args: Any) -> Any:
+        done = await purge(*args)
+        steps.append(done.events)
+        return done
+
+    monkeypatch.setattr(server.store, "purge", counted)
+    clock.advance(2 * 86_400)
+    done = await purge_pass(server.store, clock() - DAY_MS)
+    assert (done.events, done.runs) == (3, 3)
+    assert [n for n in steps if n] == [1, 1, 1]
+    assert not any([await run_exists(conn, run_id) for run_id in ids])
+
+
+async def test_an_event_dated_ahead_by_a_wrong_clock_does_not_stop_the_scan(
+    server: Server, conn: Stubs, clock: FakeClock
+) -> None:
+    await send(conn, "before", "nobody.listens")
+    clock.advance(365 * 86_400)  # the host's clock a year ahead, then set right
+    await send(conn, "ahead", "nobody.listens")
+    clock.advance(-365 * 86_400)
+    await send(conn, "after", "nobody.listens")
+    clock.advance(2 * 86_400)
+    done = await purge_pass(server.store, clock() - DAY_MS, step=2)
+    assert done.events == 2
+    assert [await exists(conn, i) for i in ("before", "ahead", "after")] == [False, True, False]
+
+
+async def test_a_late_message_for_a_run_deleted_since_is_answered_cancel(
+    server: Server, conn: Stubs, clock: FakeClock
+) -> None:
+    worker = RawWorker(conn.workers)
+    await worker.connect([job("napper", ["nap"])])
+    try:
+        await send(conn, "n", "nap")
+        run = (await worker.run_request())["run"]
+        await worker.task(run, "zz", kind="TASK_KIND_WAIT", params={"seconds": 3600})
+        await conn.runs.CancelRun(rn.CancelRunRequest(id=run["id"]))
+        clock.advance(2 * 86_400)
+        assert (await purge_pass(server.store, clock() - DAY_MS)).runs == 1
+        ids = {"runId": run["id"], "attempt": 1}
+        worker.send({"task": {**ids, "requestId": "late", "key": "after"}})
+        ended = await worker.expect("cancel")
+        assert ended["runId"] == run["id"] and "deleted" in ended["reason"]
+    finally:
+        await worker.close()

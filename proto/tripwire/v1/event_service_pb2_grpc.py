@@ -122,7 +122,8 @@ class EventServiceServicer:
 
     def CancelEvent(self, request, context):
         """Cancels a pending event: it is never delivered, not even if its id is
-        sent again. Cancelling a cancelled event returns it unchanged; a
+        sent again (while the event is kept: a server with --retention-days
+        deletes it that long after, and the id is new again). Cancelling a cancelled event returns it unchanged; a
         delivered event is FAILED_PRECONDITION. Runs are not touched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

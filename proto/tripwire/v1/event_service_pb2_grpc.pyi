@@ -59,7 +59,8 @@ class EventServiceStub:
     """Events newest first."""
     CancelEvent: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.CancelEventRequest, _event_service_pb2.CancelEventResponse]
     """Cancels a pending event: it is never delivered, not even if its id is
-    sent again. Cancelling a cancelled event returns it unchanged; a
+    sent again (while the event is kept: a server with --retention-days
+    deletes it that long after, and the id is new again). Cancelling a cancelled event returns it unchanged; a
     delivered event is FAILED_PRECONDITION. Runs are not touched.
     """
     CancelRunsForEvent: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.CancelRunsForEventRequest, _event_service_pb2.CancelRunsForEventResponse]
@@ -106,7 +107,8 @@ class EventServiceAsyncStub(EventServiceStub):
     """Events newest first."""
     CancelEvent: _aio.UnaryUnaryMultiCallable[_event_service_pb2.CancelEventRequest, _event_service_pb2.CancelEventResponse]  # type: ignore[assignment]
     """Cancels a pending event: it is never delivered, not even if its id is
-    sent again. Cancelling a cancelled event returns it unchanged; a
+    sent again (while the event is kept: a server with --retention-days
+    deletes it that long after, and the id is new again). Cancelling a cancelled event returns it unchanged; a
     delivered event is FAILED_PRECONDITION. Runs are not touched.
     """
     CancelRunsForEvent: _aio.UnaryUnaryMultiCallable[_event_service_pb2.CancelRunsForEventRequest, _event_service_pb2.CancelRunsForEventResponse]  # type: ignore[assignment]
@@ -180,7 +182,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_event_service_pb2.CancelEventResponse, _abc.Awaitable[_event_service_pb2.CancelEventResponse]]:
         """Cancels a pending event: it is never delivered, not even if its id is
-        sent again. Cancelling a cancelled event returns it unchanged; a
+        sent again (while the event is kept: a server with --retention-days
+        deletes it that long after, and the id is new again). Cancelling a cancelled event returns it unchanged; a
         delivered event is FAILED_PRECONDITION. Runs are not touched.
         """
 

@@ -101,7 +101,8 @@ class JobServiceServicer:
         version is disabled), whatever its trigger, via
         an event named "tripwire.invoke" (source "tripwire") delivered to this
         job only. `idempotency_key` is that event's id: invoking again with it
-        returns the first run; a key that is the id of another event (sent, or
+        returns the first run (while the event is kept: see --retention-days);
+        a key that is the id of another event (sent, or
         another job's invoke) is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -50,7 +50,8 @@ class JobServiceStub:
     version is disabled), whatever its trigger, via
     an event named "tripwire.invoke" (source "tripwire") delivered to this
     job only. `idempotency_key` is that event's id: invoking again with it
-    returns the first run; a key that is the id of another event (sent, or
+    returns the first run (while the event is kept: see --retention-days);
+    a key that is the id of another event (sent, or
     another job's invoke) is ALREADY_EXISTS.
     """
 
@@ -76,7 +77,8 @@ class JobServiceAsyncStub(JobServiceStub):
     version is disabled), whatever its trigger, via
     an event named "tripwire.invoke" (source "tripwire") delivered to this
     job only. `idempotency_key` is that event's id: invoking again with it
-    returns the first run; a key that is the id of another event (sent, or
+    returns the first run (while the event is kept: see --retention-days);
+    a key that is the id of another event (sent, or
     another job's invoke) is ALREADY_EXISTS.
     """
 
@@ -129,7 +131,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         version is disabled), whatever its trigger, via
         an event named "tripwire.invoke" (source "tripwire") delivered to this
         job only. `idempotency_key` is that event's id: invoking again with it
-        returns the first run; a key that is the id of another event (sent, or
+        returns the first run (while the event is kept: see --retention-days);
+        a key that is the id of another event (sent, or
         another job's invoke) is ALREADY_EXISTS.
         """
 

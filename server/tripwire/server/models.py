@@ -156,6 +156,8 @@ class Purged:
     # Where the pass goes on scanning; None when it is done (no more events, or
     # only events created since the cutoff).
     next_seq: int | None
+    # Events created since the cutoff met in a row at the end of the step.
+    new_in_a_row: int = 0
 
 
 class TaskKind(StrEnum):

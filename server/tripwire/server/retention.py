@@ -33,11 +33,12 @@ class PassResult:
 async def purge_pass(store: Store, cutoff: int, step: int = 200) -> PassResult:
     """Delete everything finished before `cutoff` (ms), `step` events examined
     per transaction."""
-    events = runs = 0
+    events = runs = new = 0
     after: int | None = 0
     while after is not None:
-        done = await store.purge(cutoff, after, step)
+        done = await store.purge(cutoff, after, step, new)
         events, runs, after = events + done.events, runs + done.runs, done.next_seq
+        new = done.new_in_a_row
     return PassResult(events, runs)
 
 

@@ -164,7 +164,7 @@ class Store(Protocol):
         self, env: str, run_id: str, attempt: int, *, suspended: bool = False
     ) -> Run:
         """The run if `attempt` may still write to it (as request_task, complete_task
-        and append_log decide), read only; else StaleAttempt (or NotFound)."""
+        and append_log decide), read only; else StaleAttempt."""
         ...
 
     async def finish_run(
@@ -178,8 +178,10 @@ class Store(Protocol):
     ) -> Run: ...
 
     # Retention
-    async def purge(self, cutoff: int, after_seq: int = 0, limit: int = 200) -> Purged:
+    async def purge(
+        self, cutoff: int, after_seq: int = 0, limit: int = 200, new_in_a_row: int = 0
+    ) -> Purged:
         """Delete, of the `limit` events after `after_seq` (oldest first), those
         delivered or cancelled before `cutoff` whose runs all ended before it, with
-        their runs, tasks and logs, in one transaction; says where to go on."""
+        their runs, tasks and logs, in one short transaction; says where to go on."""
         ...

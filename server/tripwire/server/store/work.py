@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import tasks as task_rules
-from ..errors import InvalidArgument, NotFound, StaleAttempt
+from ..errors import InvalidArgument, StaleAttempt
 from ..hub import Hub
 from ..ids import new_task_id
 from ..models import (
@@ -262,8 +262,8 @@ class WorkOps:
         also when that attempt suspended the run (WAITING, or QUEUED again after it)
         and no other has started since: what its functions already running report."""
         run = rows.find_run(conn, env, run_id)
-        if run is None:
-            raise NotFound(f"run {run_id!r} not found")
+        if run is None:  # a run the worker held, ended and deleted since (retention)
+            raise StaleAttempt(f"run {run_id} has ended and is deleted", ended=True)
         if run.status.terminal:
             raise StaleAttempt(f"run {run_id} has ended {run.status.value}", ended=True)
         held = (RunStatus.EXECUTING, RunStatus.WAITING, RunStatus.QUEUED)
