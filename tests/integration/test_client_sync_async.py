@@ -54,7 +54,7 @@ class Both:
 
         return in_thread
 
-    async def watch(self, run_id: str, timeout: float = 10) -> list[Any]:
+    async def watch(self, run_id: str, timeout: float = 10) -> list[Any]:  # noqa: ASYNC109
         if isinstance(self.client, AsyncClient):
             return [update async for update in self.client.watch_run(run_id, timeout=timeout)]
         client = self.client

@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 import pytest
 from tripwire.server.app import Server
-from tripwire.server.store import retention as store_retention
 from tripwire.server.retention import DAY_MS, purge_pass
+from tripwire.server.store import retention as store_retention
 from tripwire.v1 import event_service_pb2 as ev
 from tripwire.v1 import job_service_pb2 as jb
 from tripwire.v1 import run_service_pb2 as rn
