@@ -14,7 +14,7 @@ const definition = protoLoader.loadSync('tripwire/v1/worker_service.proto', {
   includeDirs: [path.join(__dirname, '..', '..', 'proto')], // google/protobuf/* ship with proto-loader
   keepCase: false, // fields in camelCase: run_request -> runRequest
   enums: String, // 'TASK_STATUS_RUNNING', not 1
-  longs: Number, // RunLog.seq and Heartbeat.seq are uint64s
+  longs: Number, // RunLog.seq and Heartbeat.received are uint64s
   oneofs: true, // msg.message names the oneof member that is set
   defaults: true,
 });
@@ -134,7 +134,7 @@ function main() {
   const runs = new Map(); // runId -> Execution
   const assembling = new Map(); // runId -> {request, tasks}: cached_tasks pages still to come
   let heartbeat = null;
-  let beatRead = 0; // the last server heartbeat read, sent back in each of ours (step 2)
+  let received = 0; // messages read from the stream, the welcome included, said in each heartbeat
   let draining = false;
   let closing = false;
   let exitCode = 0;
@@ -173,12 +173,13 @@ function main() {
   send({ hello: { workerId: `node-${os.hostname()}-${process.pid}`, jobs: [JOB], capacity: 4, sdk: 'tripwire-node-example/0.1.0' } });
 
   call.on('data', (msg) => {
+    received += 1;
     const body = msg[msg.message];
     const current = body && body.runId && runs.get(body.runId);
     const mine = current && current.attempt === body.attempt ? current : null;
     switch (msg.message) {
-      case 'welcome': // step 2: heartbeat every interval, saying which of the server's we read
-        heartbeat = setInterval(() => send({ heartbeat: { seq: beatRead } }), body.heartbeatIntervalMs || 5000);
+      case 'welcome': // step 2: heartbeat every interval, saying how many messages were read
+        heartbeat = setInterval(() => send({ heartbeat: { received } }), body.heartbeatIntervalMs || 5000);
         console.log('ready');
         break;
       case 'runRequest': // step 3: start now, or once every cached_tasks page is in
@@ -205,9 +206,6 @@ function main() {
         assembling.clear();
         if (runs.size === 0) close(0);
         else setTimeout(() => close(0), body.deadlineMs).unref();
-        break;
-      case 'heartbeat': // the server's answer to ours
-        beatRead = Math.max(beatRead, body.seq);
         break;
       case 'rejected': // step 9: a bug in this worker; say what and stop
         console.error(`rejected: code ${body.code} ${body.message} (request ${body.requestId || '-'}, run ${body.runId || '-'})`);

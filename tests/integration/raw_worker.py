@@ -25,10 +25,11 @@ class RawWorker:
         self._heartbeat: asyncio.Task[None] | None = None
         self.held: list[pb.RunJobResponse] = []
         self.batches: list[int] = []  # the size of each batch received, unpacked
-        # With `acks`, heartbeats carry the last server heartbeat read (Heartbeat.seq).
+        # With `acks`, heartbeats say how many messages were read (Heartbeat.received).
         self.acks = False
-        self.beat_read = 0
+        self.received = 0
         self.deaf = False
+        self.pause = 0.0  # seconds spent on each message read (a slow reader)
 
     async def _requests(self) -> AsyncIterator[pb.RunJobRequest]:
         while True:
@@ -61,11 +62,11 @@ class RawWorker:
             try:
                 await asyncio.wait_for(tick.wait(), interval)
             except TimeoutError:
-                self.send({"heartbeat": {"seq": self.beat_read} if self.acks else {}})
+                self.send({"heartbeat": {"received": self.received} if self.acks else {}})
 
     def deafen(self) -> None:
         """Stop reading the stream (the call stays open), heartbeats going on (saying
-        what was read last)."""
+        how much was read)."""
         self.deaf = True
 
     def stall(self) -> None:
@@ -78,13 +79,14 @@ class RawWorker:
             async for msg in self.call:
                 if self.deaf:
                     await asyncio.Event().wait()  # reads nothing more, until closed
+                if self.pause:
+                    await asyncio.sleep(self.pause)
+                self.received += 1
                 if msg.HasField("batch"):
                     self.batches.append(len(msg.batch.messages))
                     for inner in msg.batch.messages:
                         self.incoming.put_nowait(inner)
                 else:
-                    if msg.HasField("heartbeat"):
-                        self.beat_read = max(self.beat_read, msg.heartbeat.seq)
                     self.incoming.put_nowait(msg)
         except BaseException as exc:  # recorded for the test to inspect
             self.error = exc

@@ -503,14 +503,14 @@ async def test_a_worker_that_stops_reading_its_stream_loses_its_runs_after_a_lea
 async def test_a_worker_whose_heartbeats_show_it_stopped_reading_loses_its_runs(
     conn: Stubs, fast: Server
 ) -> None:
-    """Small messages never fill the connection's window: the heartbeats' seq shows it."""
+    """Small messages never fill the connection's window: the heartbeats' count shows it."""
     deaf = RawWorker(conn.workers)
     good = RawWorker(conn.workers)
     try:
         await deaf.connect([job("j", ["go"])], worker_id="deaf", acks=True)
 
         async def read_some() -> bool:
-            return deaf.beat_read >= 3
+            return deaf.received >= 3
 
         await eventually(read_some)
         deaf.deafen()
@@ -531,10 +531,10 @@ async def test_a_worker_reading_and_saying_so_keeps_its_runs_lease_after_lease(
     await worker.connect([job("j", ["go"])], acks=True)
     await send(conn, "go")
     run = (await worker.run_request())["run"]
-    start = worker.beat_read
+    start = worker.received
 
-    async def five_leases() -> bool:  # heartbeats every 0.2 s, lease 1 s
-        return worker.beat_read >= start + 25
+    async def five_leases() -> bool:  # heartbeats (and their answers) every 0.2 s, lease 1 s
+        return worker.received >= start + 25
 
     await eventually(five_leases)
     kinds = {
@@ -543,6 +543,21 @@ async def test_a_worker_reading_and_saying_so_keeps_its_runs_lease_after_lease(
     assert kinds == {"heartbeat"} and not worker.held  # no abandon, nothing else
     worker.result(run, output="done")
     await run_status(conn, run["id"], "SUCCESS")
+
+
+async def test_a_slow_reader_saying_what_it_read_keeps_its_runs(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    """Reading a backlog that takes it over a lease (40 run requests, 0.05 s each,
+    lease 1 s), but reading: nothing is taken from it."""
+    await worker.connect([job("j", ["go"])], acks=True, capacity=40)
+    worker.pause = 0.05
+    runs = {(await send(conn, "go"))["runs"][0]["id"] for _ in range(40)}
+    got = {(await worker.run_request(within=20))["run"]["id"] for _ in runs}
+    assert got == runs
+    for run_id in runs:
+        await held_by(conn, run_id, "w1")
+    assert not [m for m in worker.held if m.WhichOneof("message") == "abandon"]
 
 
 async def test_cancelling_a_waiting_run_replies_with_the_run_as_stored(

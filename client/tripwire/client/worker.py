@@ -360,9 +360,9 @@ class _Session:
         # says so), silence for a whole lease means the stream is dead.
         self.last_heard = time.monotonic()
         self.answers_heartbeats = False
-        # The number of the last heartbeat read from the server, sent back in each
-        # of ours: the server drops a worker that sends but stopped reading.
-        self.beat_read = 0
+        # How many messages this stream has read, the welcome included, sent in each
+        # heartbeat: the server drops a worker that sends but stopped reading.
+        self.received = 1
         # Set when a run finds the lease gone (see _Outbox): the session ends, its
         # runs stop, and the worker connects again.
         self.lease_lost = asyncio.Event()
@@ -379,6 +379,7 @@ class _Session:
     async def read_loop(self) -> None:
         while (message := await self.call.read()) is not grpc.aio.EOF:
             self.last_heard = time.monotonic()
+            self.received += 1
             self.dispatch(message)
 
     def dispatch(self, message: worker_service_pb2.RunJobResponse) -> None:
@@ -414,9 +415,8 @@ class _Session:
             self.close(message.drain.deadline_ms / 1000)
         elif kind == "rejected":
             self.on_rejected(message.rejected)
-        elif kind == "heartbeat":  # the server's answer (it moved last_heard too)
-            self.beat_read = max(self.beat_read, message.heartbeat.seq)
-        # `welcome` again, or a kind this SDK does not know yet: nothing to do.
+        # `heartbeat` (the server's answer: it moved last_heard), `welcome` again, or
+        # a kind this SDK does not know yet: nothing to do.
 
     def current(self, run_id: str, attempt: int) -> _Running | None:
         running = self.runs.get(run_id)
@@ -777,7 +777,7 @@ class Worker:
             heartbeat = asyncio.create_task(
                 heartbeat_loop(
                     lambda: queue.put_nowait(
-                        Request(heartbeat=worker_service_pb2.Heartbeat(seq=session.beat_read))
+                        Request(heartbeat=worker_service_pb2.Heartbeat(received=session.received))
                     ),
                     self.heartbeat_interval,
                     self._sleep,

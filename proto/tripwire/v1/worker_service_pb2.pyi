@@ -280,22 +280,22 @@ Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 class Heartbeat(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    SEQ_FIELD_NUMBER: _builtins.int
-    seq: _builtins.int
-    """Server -> worker: the number of this answer on the stream (1, 2, ...).
-    Worker -> server: the number of the last server heartbeat the worker has
-    read (0 or absent: none, or the worker does not say). A worker that says
-    is held to it (see 2.): keep sending heartbeats every interval, busy or
-    not, and send in each the last number read.
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    received: _builtins.int
+    """Worker -> server: how many messages the worker has read on this stream
+    so far, the welcome included (a `batch` counts as one; each stream counts
+    from 0). 0: the worker does not say. A worker that says is held to it
+    (see 2.), so it must send a heartbeat every interval, busy or not.
+    Server -> worker: 0.
     """
     def __init__(
         self,
         *,
-        seq: _builtins.int = ...,
+        received: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["received", b"received"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -49,10 +49,12 @@ class WorkerServiceStub:
        Reading is part of it: a worker that takes nothing the server writes
        for a whole lease (it sends, but does not read) is dropped the same way.
        The server sees that by itself only once its writes back up (the
-       connection's window is full); a worker whose heartbeats carry the `seq`
-       of the last server heartbeat it read is also dropped as soon as one
-       shows a server heartbeat sent over a lease ago still unread (its reader
-       is stuck while its heartbeats go on), however little the server wrote.
+       connection's window is full). A worker whose heartbeats say how many
+       messages it has read (`received`) is also dropped when one shows that
+       it has read nothing for a whole lease while a message handed to it a
+       lease ago waits unread (its reader is stuck while its heartbeats go on),
+       however little the server wrote; a slow reader that keeps reading is
+       not.
        A half-close is no different: a worker that ends its stream while a
        handler of it may still be running (a thread that cannot be stopped)
        keeps the run counted against the job's concurrency limit, and off
@@ -222,10 +224,12 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        Reading is part of it: a worker that takes nothing the server writes
        for a whole lease (it sends, but does not read) is dropped the same way.
        The server sees that by itself only once its writes back up (the
-       connection's window is full); a worker whose heartbeats carry the `seq`
-       of the last server heartbeat it read is also dropped as soon as one
-       shows a server heartbeat sent over a lease ago still unread (its reader
-       is stuck while its heartbeats go on), however little the server wrote.
+       connection's window is full). A worker whose heartbeats say how many
+       messages it has read (`received`) is also dropped when one shows that
+       it has read nothing for a whole lease while a message handed to it a
+       lease ago waits unread (its reader is stuck while its heartbeats go on),
+       however little the server wrote; a slow reader that keeps reading is
+       not.
        A half-close is no different: a worker that ends its stream while a
        handler of it may still be running (a thread that cannot be stopped)
        keeps the run counted against the job's concurrency limit, and off
@@ -391,10 +395,12 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        Reading is part of it: a worker that takes nothing the server writes
        for a whole lease (it sends, but does not read) is dropped the same way.
        The server sees that by itself only once its writes back up (the
-       connection's window is full); a worker whose heartbeats carry the `seq`
-       of the last server heartbeat it read is also dropped as soon as one
-       shows a server heartbeat sent over a lease ago still unread (its reader
-       is stuck while its heartbeats go on), however little the server wrote.
+       connection's window is full). A worker whose heartbeats say how many
+       messages it has read (`received`) is also dropped when one shows that
+       it has read nothing for a whole lease while a message handed to it a
+       lease ago waits unread (its reader is stuck while its heartbeats go on),
+       however little the server wrote; a slow reader that keeps reading is
+       not.
        A half-close is no different: a worker that ends its stream while a
        handler of it may still be running (a thread that cannot be stopped)
        keeps the run counted against the job's concurrency limit, and off

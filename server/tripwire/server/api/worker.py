@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -47,9 +47,6 @@ SHUTTING_DOWN = "the server is shutting down; connect again later"
 BATCH_BYTES = 1024 * 1024
 # Suspended runs a stream remembers (see WorkerStream.suspended), the oldest forgotten first.
 MAX_SUSPENDED = 10_000
-# Heartbeats whose reading the server waits to hear of; past that, newer ones are
-# not tracked (the oldest decide).
-MAX_UNREAD_BEATS = 1_000
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -195,11 +192,18 @@ class WorkerStream:
         self.last_seen = time.monotonic()
         # When the reply gRPC is writing now was handed to it (None: it is idle).
         self.writing_since: float | None = None
-        # Heartbeats answered, numbered; of those the worker's heartbeats have not yet
-        # said it read, when each was sent. Only a worker whose heartbeats say so
-        # (`seq`) is held to it: found not reading, it is dropped (`deaf`).
-        self.beats = 0
-        self.unread_beats: dict[int, float] = {}
+        # Messages handed to gRPC on this stream, the welcome first. A worker whose
+        # heartbeats say how many it has read (Heartbeat.received) is held to it:
+        # when the messages it has not read include one handed over a lease ago and
+        # it has read nothing for a lease, it is dropped (`deaf`), however little
+        # the server wrote (small messages never fill the connection's window, so
+        # gRPC alone would not show it).
+        self.sent = 1
+        self.read = 0  # as the worker's heartbeats last said
+        self.read_moved = 0.0  # when that last moved
+        # (number, when handed to gRPC) of messages not yet read, oldest first;
+        # kept once the worker says what it read.
+        self.unread: deque[tuple[int, float]] = deque()
         self.deaf = False
         self._handlers: set[asyncio.Task[None]] = set()
         self._tails: dict[str, asyncio.Task[None]] = {}  # run id -> its latest message's task
@@ -256,7 +260,10 @@ class WorkerStream:
         self.dispatcher.add_session(self.session)
         self._reader = asyncio.create_task(self._read())
         async for reply in outgoing(self.outbox, self.batches):
-            self.writing_since = time.monotonic()
+            self.writing_since = now = time.monotonic()
+            self.sent += 1
+            if self.read:
+                self.unread.append((self.sent, now))
             yield reply  # gRPC comes back for the next once the worker took this one
             self.writing_since = None
 
@@ -358,27 +365,28 @@ class WorkerStream:
         # drains) is still stored before the stream ends.
         await asyncio.gather(*self._handlers, return_exceptions=True)
 
-    def _heartbeat(self, read: int) -> None:
-        """Answer a heartbeat: the worker's proof that the stream is alive. `read`: the
-        last of the server's heartbeats the worker has read, if it says."""
+    def _heartbeat(self, received: int) -> None:
+        """Answer a heartbeat: the worker's proof that the stream is alive.
+        `received`: how many of this stream's messages the worker has read, if it says."""
         now = time.monotonic()
-        beats = self.unread_beats
-        while beats and next(iter(beats)) <= read:
-            del beats[next(iter(beats))]
-        if read and beats and next(iter(beats.values())) + self.lease <= now:
-            # It sends, but has not read what the server wrote a lease ago: its reader
-            # is stuck while its heartbeats go on (small messages never fill the
-            # connection's window, so gRPC alone would not show it).
+        if received > self.read:
+            if not self.read and received < self.sent:
+                # Saying so for the first time: what it has not read went before now.
+                self.unread.append((received + 1, now))
+            self.read, self.read_moved = received, now
+        unread = self.unread
+        while unread and unread[0][0] <= received:
+            unread.popleft()
+        if unread and now - max(unread[0][1], self.read_moved) >= self.lease:
+            # It sends, but has read nothing for a lease, with a message a lease old
+            # waiting: its reader is stuck while its heartbeats go on.
             self.deaf = True
             return
-        self.beats += 1
-        if len(beats) < MAX_UNREAD_BEATS:
-            beats[self.beats] = now
-        self._send(pb.RunJobResponse(heartbeat=pb.Heartbeat(seq=self.beats)))
+        self._send(_HEARTBEAT)
 
     def _receive(self, msg: pb.RunJobRequest, kind: str | None) -> None:
         if kind == "heartbeat":
-            self._heartbeat(msg.heartbeat.seq)
+            self._heartbeat(msg.heartbeat.received)
             return
         handler = getattr(self, f"_on_{kind}", None) if kind else None
         if kind is None or handler is None:
@@ -800,6 +808,9 @@ def _ctx(env: str, run: Run, event: Event | None, job_id: str, version: str) -> 
     if run.account_id:
         ctx["account"] = {"id": run.account_id}
     return ctx
+
+
+_HEARTBEAT = pb.RunJobResponse(heartbeat=pb.Heartbeat())
 
 
 def _no_outcome(message: str) -> InvalidArgument:
