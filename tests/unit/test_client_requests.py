@@ -137,6 +137,44 @@ def test_a_bad_argument_of_any_call_is_invalid_argument(build: Any) -> None:
         build()
 
 
+_WHEN = "2026-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: _requests.list_runs(page_size=-1), "page_size is a whole number >= 0"),
+        (lambda: _requests.list_events(page_size=-5), "page_size is a whole number >= 0"),
+        (lambda: _requests.list_jobs(page_size=2**40), "page_size is a whole number >= 0"),
+        (lambda: _requests.list_runs(page_size="10"), "page_size is a whole number >= 0"),
+        (lambda: _requests.list_runs(job_id=5), "job_id must be a string, got int"),
+        (lambda: _requests.list_events(page_token=7), "page_token must be a string"),
+        (lambda: _requests.send_event({"name": "x", "id": 5}), "event id must be a string"),
+        (lambda: _requests.send_event({"name": "x", "source": 5}), "event source must be"),
+        (lambda: _requests.send_event({"name": "x"}, account_id=5), "account_id must be"),
+        (
+            lambda: _requests.invoke_job("j", None, idempotency_key=5),
+            "idempotency_key must be a string",
+        ),
+        (
+            lambda: _requests.send_event({"name": "x", "timestamp": _WHEN}),
+            "event timestamp must be a timezone-aware datetime, got str",
+        ),
+        (
+            lambda: _requests.send_event({"name": "x"}, deliver_at=_WHEN),
+            "deliver_at must be a timezone-aware datetime, got str",
+        ),
+        (
+            lambda: _requests.send_event({"name": "x"}, deliver_at=datetime(2030, 1, 1)),
+            "deliver_at 2030-01-01 00:00:00 is naive",
+        ),
+    ],
+)
+def test_a_bad_argument_is_named(build: Any, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        build()
+
+
 @pytest.mark.parametrize("after", [1.5, -1, True, "60"])
 def test_a_bad_deliver_after_is_named_as_io_send_event_names_it(after: Any) -> None:
     message = f"deliver_after is whole seconds >= 0, got {after!r}"

@@ -104,14 +104,16 @@ def event_input(event: Mapping[str, Any]) -> event_pb2.EventInput:
         raise ValueError("event name is required")
     message = event_pb2.EventInput(
         name=name,
-        id=event.get("id") or new_event_id(),
-        source=event.get("source") or "",
+        id=_text(event.get("id"), "event id") or new_event_id(),
+        source=_text(event.get("source"), "event source"),
     )
     for key in ("payload", "context"):
         if event.get(key) is not None:
             convert.fill_value(getattr(message, key), event[key], what=key)
     if event.get("timestamp") is not None:
-        message.timestamp.CopyFrom(convert.datetime_to_timestamp(event["timestamp"]))
+        message.timestamp.CopyFrom(
+            convert.datetime_to_timestamp(event["timestamp"], what="event timestamp")
+        )
     return message
 
 
@@ -128,11 +130,12 @@ def send_options_message(options: SendOptions) -> event_pb2.SendEventOptions:
     ):
         raise ValueError(f"deliver_after is whole seconds >= 0, got {deliver_after!r}")
     message = event_pb2.SendEventOptions(
-        deliver_after=deliver_after or 0, account_id=options.get("account_id") or ""
+        deliver_after=deliver_after or 0,
+        account_id=_text(options.get("account_id"), "account_id"),
     )
     deliver_at = options.get("deliver_at")
     if deliver_at is not None:
-        message.deliver_at.CopyFrom(convert.datetime_to_timestamp(deliver_at))
+        message.deliver_at.CopyFrom(convert.datetime_to_timestamp(deliver_at, what="deliver_at"))
     return message
 
 
@@ -210,10 +213,10 @@ def list_events(**filters: Unpack[EventFilters]) -> Call[Page[Event]]:
     _known("list_events", filters, EventFilters)
     with _arguments():
         request = event_service_pb2.ListEventsRequest(
-            name=filters.get("name") or "",
+            name=_text(filters.get("name"), "name"),
             status=_status(event_pb2.EventStatus, filters.get("status"), "EVENT_STATUS_"),
-            page_size=filters.get("page_size") or 0,
-            page_token=filters.get("page_token") or "",
+            page_size=_page_size(filters.get("page_size")),
+            page_token=_text(filters.get("page_token"), "page_token"),
         )
     return Call("events", "ListEvents", request, _event_page, idempotent=True)
 
@@ -302,7 +305,8 @@ def list_jobs(**page: Unpack[PageOptions]) -> Call[Page[Job]]:
     _known("list_jobs", page, PageOptions)
     with _arguments():
         request = job_service_pb2.ListJobsRequest(
-            page_size=page.get("page_size") or 0, page_token=page.get("page_token") or ""
+            page_size=_page_size(page.get("page_size")),
+            page_token=_text(page.get("page_token"), "page_token"),
         )
     return Call("jobs", "ListJobs", request, _job_page, idempotent=True)
 
@@ -318,7 +322,7 @@ def set_job_enabled(
     clients then read every version with get_job: all of them were changed)."""
     with _arguments():
         request = job_service_pb2.SetJobEnabledRequest(
-            job_id=_id(job_id, "job id"), enabled=enabled, version=version or ""
+            job_id=_id(job_id, "job id"), enabled=enabled, version=_text(version, "version")
         )
     return Call("jobs", "SetJobEnabled", request, _changed_jobs)
 
@@ -333,8 +337,8 @@ def invoke_job(job_id: str, payload: Any, **options: Unpack[InvokeOptions]) -> C
     with _arguments():
         request = job_service_pb2.InvokeJobRequest(
             job_id=_id(job_id, "job id"),
-            idempotency_key=idempotency_key or "",
-            account_id=options.get("account_id") or "",
+            idempotency_key=_text(idempotency_key, "idempotency_key"),
+            account_id=_text(options.get("account_id"), "account_id"),
         )
         if payload is not None:
             convert.fill_value(request.payload, payload, what="payload")
@@ -381,11 +385,11 @@ def list_runs(**filters: Unpack[RunFilters]) -> Call[Page[Run]]:
     _known("list_runs", filters, RunFilters)
     with _arguments():
         request = run_service_pb2.ListRunsRequest(
-            job_id=filters.get("job_id") or "",
-            event_id=filters.get("event_id") or "",
+            job_id=_text(filters.get("job_id"), "job_id"),
+            event_id=_text(filters.get("event_id"), "event_id"),
             status=_status(run_pb2.RunStatus, filters.get("status"), "RUN_STATUS_"),
-            page_size=filters.get("page_size") or 0,
-            page_token=filters.get("page_token") or "",
+            page_size=_page_size(filters.get("page_size")),
+            page_token=_text(filters.get("page_token"), "page_token"),
         )
     return Call("runs", "ListRuns", request, _run_page, idempotent=True)
 
@@ -467,6 +471,28 @@ def _known(method: str, options: Mapping[str, Any], spec: Any) -> None:
 def _id(value: str, what: str = "id") -> str:
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"{what} is required, got {value!r}")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    """An optional string argument ("" when absent), named when it is not a string."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+_MAX_PAGE_SIZE = 2**31 - 1
+
+
+def _page_size(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_PAGE_SIZE:
+        raise ValueError(
+            f"page_size is a whole number >= 0 (0: the server's default), got {value!r}"
+        )
     return value
 
 

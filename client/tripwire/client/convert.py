@@ -225,12 +225,12 @@ def _struct_field(message: Message, name: str) -> dict[str, Any] | None:
 # -- datetime <-> Timestamp ------------------------------------------------------------
 
 
-def datetime_to_timestamp(when: datetime) -> timestamp_pb2.Timestamp:
-    """A ``Timestamp`` for a timezone-aware datetime."""
+def datetime_to_timestamp(when: datetime, what: str = "time") -> timestamp_pb2.Timestamp:
+    """A ``Timestamp`` for a timezone-aware datetime; ``what`` names it in errors."""
     if not isinstance(when, datetime):
-        raise TypeError(f"expected a datetime, got {type(when).__name__}")
+        raise TypeError(f"{what} must be a timezone-aware datetime, got {type(when).__name__}")
     if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"{when} is naive; pass an aware datetime (e.g. tzinfo=UTC)")
+        raise ValueError(f"{what} {when} is naive; pass an aware datetime (e.g. tzinfo=UTC)")
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(when.astimezone(UTC))
     return stamp
