@@ -537,8 +537,10 @@ async def test_a_wait_with_a_timeout_waits_for_a_server_it_cannot_reach_yet(
     """Until its timeout, not for a few quick retries; without one, UNAVAILABLE."""
     both = make(flavour, f"127.0.0.1:{unused_tcp_port}")
     try:
-        with pytest.raises(DeadlineExceeded, match="run run_x was not seen after 1 s"):
+        with pytest.raises(DeadlineExceeded, match="run run_x was not seen after 1 s") as late:
             await both.wait_for_run("run_x", timeout=1)
+        assert "its time was spent" not in str(late.value)  # but why: it could not connect
+        assert "connect" in str(late.value).lower(), late.value
         with pytest.raises(Unavailable):
             await both.wait_for_run("run_x")
     finally:

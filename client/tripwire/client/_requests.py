@@ -100,7 +100,9 @@ def event_input(event: Mapping[str, Any]) -> event_pb2.EventInput:
     if unknown:
         raise ValueError(f"unknown event key(s) {unknown} (known: {sorted(_EVENT_KEYS)})")
     name = event.get("name")
-    if not isinstance(name, str) or not name:
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"event name must be a string, got {type(name).__name__}")
+    if not name:
         raise ValueError("event name is required")
     message = event_pb2.EventInput(
         name=name,
@@ -497,4 +499,8 @@ def _page_size(value: Any) -> int:
 
 
 def _status(enum: Any, status: str | None, prefix: str) -> Any:
-    return 0 if status is None else convert.enum_value(enum, status, prefix)
+    if status is None:
+        return 0
+    if not isinstance(status, str):
+        raise TypeError(f"status must be a string, got {type(status).__name__}")
+    return convert.enum_value(enum, status, prefix)

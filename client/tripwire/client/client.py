@@ -253,9 +253,10 @@ class AsyncClient(ClientBase):
     ) -> AsyncGenerator[RunUpdate, None]:
         attempt, watched = 0, False
         end = None if timeout is None else time.monotonic() + float(timeout)
+        error: TripwireError | None = None  # why the last stream ended
         while True:
             stream = self._live_stubs().runs.WatchRun(
-                request, timeout=_time_left(end), metadata=self._settings.metadata
+                request, timeout=_time_left(end, error), metadata=self._settings.metadata
             )
             try:
                 async for reply in stream:
@@ -341,15 +342,16 @@ def _pause_within(delay: float, end: float | None, error: TripwireError) -> floa
     return min(delay, left)
 
 
-def _time_left(end: float | None) -> float | None:
+def _time_left(end: float | None, error: TripwireError | None = None) -> float | None:
     """The gRPC deadline of the next stream of a watch that must be over by ``end``;
     none left: DeadlineExceeded before any call (a deadline of 0 raced the server's
-    first reply, which often won)."""
+    first reply, which often won), saying why the last stream ended, if one did."""
     if end is None:
         return None
     left = end - time.monotonic()
     if left <= 0:
-        raise DeadlineExceeded("deadline exceeded watching the run: its time was spent")
+        why = error.details if error is not None else "its time was spent"
+        raise DeadlineExceeded(f"deadline exceeded watching the run: {why}")
     return left
 
 
@@ -553,9 +555,10 @@ class Client(ClientBase):
     ) -> Generator[RunUpdate, None, None]:
         attempt, watched = 0, False
         end = None if timeout is None else time.monotonic() + float(timeout)
+        error: TripwireError | None = None  # why the last stream ended
         while True:
             stream = self._live_stubs().runs.WatchRun(
-                request, timeout=_time_left(end), metadata=self._settings.metadata
+                request, timeout=_time_left(end, error), metadata=self._settings.metadata
             )
             try:
                 for reply in stream:

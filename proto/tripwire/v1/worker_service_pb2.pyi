@@ -283,9 +283,11 @@ class Heartbeat(_message.Message):
     RECEIVED_FIELD_NUMBER: _builtins.int
     received: _builtins.int
     """Worker -> server: how many messages the worker has read on this stream
-    so far, the welcome included (a `batch` counts as one; each stream counts
-    from 0). 0: the worker does not say. A worker that says is held to it
-    (see 2.), so it must send a heartbeat every interval, busy or not.
+    so far: every message read from the stream counts, as it is read, the
+    welcome, the server's heartbeats and kinds the worker does not know
+    included (a `batch` counts as one; each stream counts from 0). 0: the
+    worker does not say. A worker that says is held to it (see 2.), so it
+    must send a heartbeat every interval, busy or not.
     Server -> worker: 0.
     """
     def __init__(

@@ -52,8 +52,9 @@ class WorkerServiceStub:
     messages it has read (`received`) is also dropped when one shows that
     it has read nothing for a whole lease while a message handed to it a
     lease ago waits unread (its reader is stuck while its heartbeats go on),
-    however little the server wrote; a slow reader that keeps reading is
-    not.
+    however little the server wrote: within a lease and two heartbeat
+    intervals of its last read, since the server hears of reads only from
+    heartbeats. A slow reader that keeps reading is not dropped.
     A half-close is no different: a worker that ends its stream while a
     handler of it may still be running (a thread that cannot be stopped)
     keeps the run counted against the job's concurrency limit, and off
@@ -233,8 +234,9 @@ class WorkerServiceServicer:
     messages it has read (`received`) is also dropped when one shows that
     it has read nothing for a whole lease while a message handed to it a
     lease ago waits unread (its reader is stuck while its heartbeats go on),
-    however little the server wrote; a slow reader that keeps reading is
-    not.
+    however little the server wrote: within a lease and two heartbeat
+    intervals of its last read, since the server hears of reads only from
+    heartbeats. A slow reader that keeps reading is not dropped.
     A half-close is no different: a worker that ends its stream while a
     handler of it may still be running (a thread that cannot be stopped)
     keeps the run counted against the job's concurrency limit, and off
@@ -423,8 +425,9 @@ class WorkerService:
     messages it has read (`received`) is also dropped when one shows that
     it has read nothing for a whole lease while a message handed to it a
     lease ago waits unread (its reader is stuck while its heartbeats go on),
-    however little the server wrote; a slow reader that keeps reading is
-    not.
+    however little the server wrote: within a lease and two heartbeat
+    intervals of its last read, since the server hears of reads only from
+    heartbeats. A slow reader that keeps reading is not dropped.
     A half-close is no different: a worker that ends its stream while a
     handler of it may still be running (a thread that cannot be stopped)
     keeps the run counted against the job's concurrency limit, and off
