@@ -30,13 +30,16 @@ class PassResult:
     runs: int = 0
 
 
-async def purge_pass(store: Store, cutoff: int, step: int = 200) -> PassResult:
+async def purge_pass(store: Store, cutoff: int, step: int | None = None) -> PassResult:
     """Delete everything finished before `cutoff` (ms), `step` events examined
-    per transaction."""
+    per transaction (by default, as many as the store takes in one short one)."""
     events = runs = new = 0
     after: int | None = 0
     while after is not None:
-        done = await store.purge(cutoff, after, step, new)
+        if step is None:
+            done = await store.purge(cutoff, after, new_in_a_row=new)
+        else:
+            done = await store.purge(cutoff, after, step, new)
         events, runs, after = events + done.events, runs + done.runs, done.next_seq
         new = done.new_in_a_row
     return PassResult(events, runs)

@@ -179,7 +179,7 @@ class Store(Protocol):
 
     # Retention
     async def purge(
-        self, cutoff: int, after_seq: int = 0, limit: int = 200, new_in_a_row: int = 0
+        self, cutoff: int, after_seq: int = 0, limit: int = 50, new_in_a_row: int = 0
     ) -> Purged:
         """Delete, of the `limit` events after `after_seq` (oldest first), those
         delivered or cancelled before `cutoff` whose runs all ended before it, with

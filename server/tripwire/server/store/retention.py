@@ -15,8 +15,8 @@ T = TypeVar("T")
 # most, so that one step holds the writer (and the event loop) a few
 # milliseconds: an event is deleted whole, so one whose runs hold more rows than
 # this goes alone, in a step of its own.
-PURGE_STEP = 200
-PURGE_ROWS = 5_000
+PURGE_STEP = 50
+PURGE_ROWS = 1_000
 # Events are numbered as they are stored, so those created since the cutoff come
 # last: a scan ends after this many in a row (not at the first, which a clock
 # set ahead for a while could have dated past the cutoff).
