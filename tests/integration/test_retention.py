@@ -168,8 +168,8 @@ async def test_a_step_deletes_few_events_when_their_runs_hold_many_rows(
     steps: list[int] = []
     purge = server.store.purge
 
-    async def counted(*args: Any) -> Any:
-        done = await purge(*args)
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        done = await purge(*args, **kwargs)
         steps.append(done.events)
         return done
 
