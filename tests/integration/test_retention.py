@@ -4,7 +4,7 @@ runs, tasks and logs; nothing pending or still running does."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +43,22 @@ async def send(stubs: Stubs, event_id: str, name: str, **options: object) -> dic
     return js((await stubs.events.SendEvent(req(ev.SendEventRequest, body))).event)
 
 
-async def exists(stubs: Stubs, event_id: str) -> bool:
+async def found(call: Awaitable[Any]) -> bool:
+    """True if the Get call answers, False if it is NOT_FOUND."""
     try:
-        await stubs.events.GetEvent(ev.GetEventRequest(id=event_id))
+        await call
     except grpc.aio.AioRpcError as exc:
         assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
         return False
     return True
+
+
+async def exists(stubs: Stubs, event_id: str) -> bool:
+    return await found(stubs.events.GetEvent(ev.GetEventRequest(id=event_id)))
 
 
 async def run_exists(stubs: Stubs, run_id: str) -> bool:
-    try:
-        await stubs.runs.GetRun(rn.GetRunRequest(id=run_id))
-    except grpc.aio.AioRpcError as exc:
-        assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
-        return False
-    return True
+    return await found(stubs.runs.GetRun(rn.GetRunRequest(id=run_id)))
 
 
 def rows_of(db: Path, table: str, run_id: str) -> int:
