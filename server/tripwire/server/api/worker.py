@@ -47,6 +47,11 @@ SHUTTING_DOWN = "the server is shutting down; connect again later"
 BATCH_BYTES = 1024 * 1024
 # Suspended runs a stream remembers (see WorkerStream.suspended), the oldest forgotten first.
 MAX_SUSPENDED = 10_000
+# Times of unread messages a stream keeps (see WorkerStream.unread): at most this
+# many a lease, and this many in all (a worker whose heartbeats stop saying what
+# it read keeps none past them).
+UNREAD_MARKS = 16
+MAX_UNREAD_MARKS = 1_024
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -201,8 +206,8 @@ class WorkerStream:
         self.sent = 1
         self.read = 0  # as the worker's heartbeats last said
         self.read_moved = 0.0  # when that last moved
-        # (number, when handed to gRPC) of messages not yet read, oldest first;
-        # kept once the worker says what it read.
+        # (number, when handed to gRPC) of messages not yet read, oldest first, a
+        # few per lease; kept once the worker says what it read.
         self.unread: deque[tuple[int, float]] = deque()
         self.deaf = False
         self._handlers: set[asyncio.Task[None]] = set()
@@ -262,8 +267,12 @@ class WorkerStream:
         async for reply in outgoing(self.outbox, self.batches):
             self.writing_since = now = time.monotonic()
             self.sent += 1
-            if self.read:
-                self.unread.append((self.sent, now))
+            unread = self.unread
+            if self.read and (not unread or now - unread[-1][1] >= self.lease / UNREAD_MARKS):
+                # The first message of each 1/UNREAD_MARKS of a lease: the one after a
+                # read count is taken as handed over no earlier than the mark after it.
+                if len(unread) < MAX_UNREAD_MARKS:
+                    unread.append((self.sent, now))
             yield reply  # gRPC comes back for the next once the worker took this one
             self.writing_since = None
 
