@@ -163,7 +163,7 @@ async def test_a_step_deletes_few_events_when_their_runs_hold_many_rows(
         ids = [await finished_run(conn, worker, f"e{i}") for i in range(3)]
     finally:
         await worker.close()
-    # Each event weighs 5 rows (its run, a task, a log line... and itself): 6 a step.
+    # Each event weighs 4 rows (itself, its run, a task, a log line): at most 6 a step.
     monkeypatch.setattr(store_retention, "PURGE_ROWS", 6)
     steps: list[int] = []
     purge = server.store.purge

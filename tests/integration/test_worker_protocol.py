@@ -525,6 +525,34 @@ async def test_a_worker_whose_heartbeats_show_it_stopped_reading_loses_its_runs(
         await good.close()
 
 
+async def test_a_worker_that_said_what_it_read_and_stopped_heartbeating_loses_its_runs(
+    conn: Stubs, worker: RawWorker
+) -> None:
+    """It still sends (log lines), but neither reads nor says what it read."""
+    await worker.connect([job("j", ["go"])], acks=True)
+    await send(conn, "go")
+    run = (await worker.run_request())["run"]
+
+    async def said() -> bool:
+        return worker.received >= 3
+
+    await eventually(said)
+    worker.stall()
+    worker.deafen()
+    await send(conn, "go")  # a run request it does not read
+    seq = 0
+
+    async def dropped() -> bool:
+        nonlocal seq
+        seq += 1
+        line = {"runId": run["id"], "attempt": 1, "seq": seq, "message": "busy"}
+        worker.send({"log": line})
+        got = js(await conn.runs.GetRun(rn.GetRunRequest(id=run["id"])))
+        return got["run"]["status"] == "RUN_STATUS_QUEUED" or got["run"]["attempt"] > 1
+
+    await eventually(dropped, every=0.1)
+
+
 async def test_a_worker_reading_and_saying_so_keeps_its_runs_lease_after_lease(
     conn: Stubs, worker: RawWorker
 ) -> None:

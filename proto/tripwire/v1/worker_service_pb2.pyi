@@ -287,7 +287,9 @@ class Heartbeat(_message.Message):
     welcome, the server's heartbeats and kinds the worker does not know
     included (a `batch` counts as one; each stream counts from 0). 0: the
     worker does not say. A worker that says is held to it (see 2.), so it
-    must send a heartbeat every interval, busy or not.
+    must send a heartbeat every interval, busy or not: one whose heartbeats
+    stop while a message a lease old waits unread is dropped, whatever else
+    it still sends.
     Server -> worker: 0.
     """
     def __init__(

@@ -206,6 +206,7 @@ class WorkerStream:
         self.sent = 1
         self.read = 0  # as the worker's heartbeats last said
         self.read_moved = 0.0  # when that last moved
+        self.last_beat = time.monotonic()  # when its last heartbeat came
         # (number, when handed to gRPC) of messages not yet read, oldest first, a
         # few per lease; kept once the worker says what it read.
         self.unread: deque[tuple[int, float]] = deque()
@@ -312,12 +313,20 @@ class WorkerStream:
                 remaining = self.last_seen + self.lease - now
                 writing = self.writing_since
                 unread = writing is not None and writing + self.lease <= now
+                # A worker that says what it read must heartbeat: one that stopped,
+                # with a message a lease old waiting, cannot be shown to read.
+                marks = self.unread
+                unread = unread or bool(
+                    self.read and marks and now - max(marks[0][1], self.last_beat) >= self.lease
+                )
                 if remaining <= 0 or unread:
                     reader.cancel()
                     self._lease_expired(unread)
                     return
                 if writing is not None:
                     remaining = min(remaining, writing + self.lease - now)
+                if self.read and marks:
+                    remaining = min(remaining, max(marks[0][1], self.last_beat) + self.lease - now)
                 # One timer per lease, not per message: messages only move last_seen.
                 done, _ = await asyncio.wait({reader}, timeout=remaining)
                 if done:
@@ -377,7 +386,7 @@ class WorkerStream:
     def _heartbeat(self, received: int) -> None:
         """Answer a heartbeat: the worker's proof that the stream is alive.
         `received`: how many of this stream's messages the worker has read, if it says."""
-        now = time.monotonic()
+        self.last_beat = now = time.monotonic()
         if received > self.read:
             if not self.read and received < self.sent:
                 # Saying so for the first time: what it has not read went before now.
