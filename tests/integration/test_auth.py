@@ -75,3 +75,46 @@ async def test_delayed_events_sharing_an_id_reach_the_workers_of_their_own_envir
         await dev_worker.close()
     assert to_prod["event"]["payload"] == {"env": "prod"}
     assert to_dev["event"]["payload"] == {"env": "dev"}
+
+
+async def test_a_request_is_decoded_only_once_its_key_is_checked(
+    start_server: StartServer,
+) -> None:
+    """Bytes no tripwire message decodes from: without a key the call is refused
+    UNAUTHENTICATED, as any would be, rather than INVALID_ARGUMENT, which only
+    decoding can tell (and which a caller without a key must not make the
+    server spend time on); with the key, the decoding refuses them."""
+    server = await start_server(api_keys={"k": "prod"})
+    garbage = b"\x0a\xff\xff\xff\xff\x0f"  # field 1, a length past the end
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        unary = channel.unary_unary("/tripwire.v1.EventService/SendEvent")
+        streaming = channel.unary_stream("/tripwire.v1.RunService/WatchRun")
+        for metadata, code in (
+            ((), grpc.StatusCode.UNAUTHENTICATED),
+            ((("authorization", "Bearer k"),), grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await unary(garbage, metadata=metadata)
+            assert err.value.code() == code
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in streaming(garbage, metadata=metadata):
+                    pass
+            assert err.value.code() == code
+        assert "not a valid tripwire.v1.WatchRunRequest" in (err.value.details() or "")
+
+
+async def test_two_authorization_headers_are_refused_whatever_their_order(
+    start_server: StartServer,
+) -> None:
+    """The environment must not depend on which of two headers comes first (a
+    proxy that adds its own after the client's)."""
+    server = await start_server(api_keys={"k-prod": "prod", "k-dev": "dev"})
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        for first, second in (("k-prod", "k-dev"), ("k-dev", "k-prod"), ("k-prod", "k-prod")):
+            metadata = (("authorization", f"Bearer {first}"), ("authorization", f"Bearer {second}"))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stubs.events.ListEvents(ev.ListEventsRequest(), metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "authorization is given 2 times" in (err.value.details() or "")
+            assert first not in (err.value.details() or "")

@@ -476,6 +476,18 @@ async def test_send_events_is_atomic_ordered_and_capped(start_server: StartServe
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stubs.events.SendEvents(req(ev.SendEventsRequest, over))
         assert "batch limit of 3" in (err.value.details() or "")
+        # The count comes first, before any event is converted (a batch of half a
+        # million tiny events fits the byte limit): not events[0].payload's error.
+        deep: dict = {}
+        for _ in range(31):
+            deep = {"a": deep}
+        too_deep = {"name": "a", "payload": deep}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.SendEvents(req(ev.SendEventsRequest, {"events": [too_deep] * 3}))
+        assert (err.value.details() or "").startswith("events[0].payload")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.SendEvents(req(ev.SendEventsRequest, {"events": [too_deep] * 4}))
+        assert err.value.details() == "events: 4 events exceed the batch limit of 3"
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stubs.events.SendEvents(ev.SendEventsRequest())
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

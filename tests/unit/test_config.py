@@ -42,6 +42,31 @@ def test_bad_api_keys(bad: str) -> None:
         parse_api_keys([bad])
 
 
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["s3cr3t-no-env"], "API key 1st is not KEY=ENV"),
+        (["a=prod", "s3cr3t="], "API key 2nd is not KEY=ENV"),
+        (["s3cr3t=prod,b=qa,s3cr3t=dev"], "API key 3rd is also given for another environment"),
+    ],
+)
+def test_an_api_key_refused_is_named_by_its_place_never_by_its_text(
+    items: list[str], message: str
+) -> None:
+    # The message reaches terminals and logs.
+    with pytest.raises(ValueError, match=message) as err:
+        parse_api_keys(items)
+    assert "s3cr3t" not in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["", " ", ","])
+def test_tripwire_api_keys_set_but_empty_is_refused_not_taken_for_no_keys(value: str) -> None:
+    # A secret that did not render must not open the server to anyone.
+    with pytest.raises(ValueError, match=r"TRIPWIRE_API_KEYS: .*\(unset it to run without"):
+        settings_from([], {"TRIPWIRE_API_KEYS": value})
+    assert settings_from([], {}).api_keys == {}
+
+
 def test_the_same_key_twice_for_one_environment_is_fine() -> None:
     assert parse_api_keys(["a=prod", "a=prod,b=dev"]) == {"a": "prod", "b": "dev"}
 

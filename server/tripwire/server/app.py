@@ -31,7 +31,7 @@ from .api.jobs import JobServicer
 from .api.rpc import Authenticator
 from .api.runs import RunServicer
 from .api.worker import WorkerServicer
-from .config import Settings
+from .config import DEFAULT_ENVIRONMENT, Settings
 from .dispatcher import Dispatcher
 from .events import EventService, Limits
 from .hub import Hub
@@ -123,7 +123,7 @@ class Server:
             ),
             strict=True,
         ):
-            services.add(self.grpc, service, servicer)
+            services.add(self.grpc, service, servicer, auth)
         self.health = services.Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable(
@@ -158,7 +158,12 @@ class Server:
                     self.store, self.clock, settings.retention_days, self._stop
                 ),
             )
-        log.info("tripwire listening on %s (db %s)", self.address, settings.db_path)
+        if settings.api_keys:
+            envs = ", ".join(sorted({repr(env) for env in settings.api_keys.values()}))
+            keys = f"{len(settings.api_keys)} API keys, for environments {envs}"
+        else:
+            keys = f"no API keys: every call is in environment {DEFAULT_ENVIRONMENT!r}"
+        log.info("tripwire listening on %s (db %s; %s)", self.address, settings.db_path, keys)
         return self.address
 
     def _supervise(self, name: str, loop: Coroutine[Any, Any, None]) -> None:

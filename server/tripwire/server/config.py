@@ -101,23 +101,37 @@ class Settings:
 
 def parse_api_keys(items: Sequence[str]) -> dict[str, str]:
     """KEY=ENV items (each may be a comma-separated list). Given any item at all,
-    at least one key must come out of it: an empty list never turns auth off."""
+    at least one key must come out of it: an empty list never turns auth off.
+    Errors name a key by its place and its environment, never by its text: they
+    end up in terminals and logs."""
     keys: dict[str, str] = {}
+    place = 0
     for item in items:
         for part in item.split(","):
             part = part.strip()
             if not part:
                 continue
+            place += 1
             # At the last '=': keys often end in base64 padding ('=='), names never do.
             key, sep, env = part.rpartition("=")
             if not sep or not key or not env:
-                raise ValueError(f"API key must be KEY=ENV, got {part!r}")
+                raise ValueError(
+                    f"API key {_nth(place)} is not KEY=ENV (a key, '=', an environment name)"
+                )
             if keys.get(key, env) != env:
-                raise ValueError(f"API key {key!r} is given for two environments")
+                raise ValueError(
+                    f"API key {_nth(place)} is also given for another environment: "
+                    f"one key, two environments ({keys[key]!r} and {env!r})"
+                )
             keys[key] = env
     if items and not keys:
-        raise ValueError(f"no KEY=ENV in the API keys given ({', '.join(map(repr, items))})")
+        raise ValueError("no KEY=ENV in the API keys given: every one is empty")
     return keys
+
+
+def _nth(place: int) -> str:
+    suffix = "th" if 10 <= place % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(place % 10, "th")
+    return f"{place}{suffix}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,8 +210,15 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
             except ValueError:
                 what = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
                 raise ValueError(f"{var} must be {what}, got {env[var]!r}") from None
-    key_items = list(args.api_key) or (
-        [env["TRIPWIRE_API_KEYS"]] if env.get("TRIPWIRE_API_KEYS") else []
-    )
-    values["api_keys"] = parse_api_keys(key_items)
+    if args.api_key:
+        values["api_keys"] = parse_api_keys(args.api_key)
+    elif "TRIPWIRE_API_KEYS" in env:
+        # Set but empty (a secret that did not render, say) is refused, not taken
+        # for "no keys": that would open the server to anyone.
+        try:
+            values["api_keys"] = parse_api_keys([env["TRIPWIRE_API_KEYS"]])
+        except ValueError as exc:
+            raise ValueError(
+                f"TRIPWIRE_API_KEYS: {exc} (unset it to run without API keys)"
+            ) from None
     return Settings(**values)  # type: ignore[arg-type]

@@ -168,7 +168,8 @@ class WorkService:
                 )
             if len(asked.events) > self.limits.max_batch:
                 raise InvalidArgument(
-                    "task.params.events", f"exceed the batch limit of {self.limits.max_batch}"
+                    "task.params.events",
+                    f"{len(asked.events)} events exceed the batch limit of {self.limits.max_batch}",
                 )
             # The id defaults to one derived from the task, so a replay that reaches
             # the server again (it cannot: the task is cached) still sends nothing new.

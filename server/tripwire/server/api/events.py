@@ -14,6 +14,7 @@ from ..models import Event
 from . import convert
 from .rpc import (
     Authenticator,
+    check_batch_count,
     check_batch_size,
     check_payload_size,
     check_reply_size,
@@ -63,6 +64,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     async def SendEvents(
         self, request: pb.SendEventsRequest, context: Any, env: str
     ) -> pb.SendEventsResponse:
+        check_batch_count(len(request.events), self.events.limits.max_batch, "events")
         size = sum(given.ByteSize() for given in request.events)
         check_batch_size(size, self.max_batch_bytes, "events")
         for i, given in enumerate(request.events):

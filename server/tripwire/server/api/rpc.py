@@ -60,16 +60,22 @@ class Authenticator:
             raise Unavailable("the server is shutting down; try again later")
         if not self._keys:
             return DEFAULT_ENVIRONMENT
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                scheme, _, token = str(value).partition(" ")
-                if scheme.lower() != "bearer" or not token:
-                    raise Unauthenticated("authorization must be 'Bearer <key>'")
-                env = self._keys.get(token.strip())
-                if env is None:
-                    raise Unauthenticated("unknown API key")
-                return env
-        raise Unauthenticated()
+        given = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        if not given:
+            raise Unauthenticated()
+        if len(given) > 1:
+            # Which one would count? A proxy that adds its own header after the
+            # client's must not leave the choice to the order of the two.
+            raise Unauthenticated(
+                f"authorization is given {len(given)} times: send one 'Bearer <key>'"
+            )
+        scheme, _, token = str(given[0]).partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("authorization must be 'Bearer <key>'")
+        env = self._keys.get(token.strip())
+        if env is None:
+            raise Unauthenticated("unknown API key")
+        return env
 
 
 Req = TypeVar("Req")
@@ -124,6 +130,13 @@ def check_batch_size(size: int, limit: int, field: str) -> None:
             field,
             f"are {size} bytes, over the limit of {limit} bytes; send fewer events per call",
         )
+
+
+def check_batch_count(count: int, limit: int, field: str) -> None:
+    """Before any event of a batch is looked at: a batch of half a million tiny
+    events fits the byte limit, and converting them all would hold the loop."""
+    if count > limit:
+        raise InvalidArgument(field, f"{count} events exceed the batch limit of {limit}")
 
 
 # A list page ends early rather than pass this: grpcurl and most gRPC clients

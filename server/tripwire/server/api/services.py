@@ -1,11 +1,13 @@
 """Putting the services on the gRPC server.
 
 Built from each service's descriptor, as the generated `add_*_to_server`
-functions build them, with one difference: a request that cannot be decoded
-(corrupt bytes, a string field that is not UTF-8) is answered
-INVALID_ARGUMENT naming its message type. gRPC's own decoding answered
-UNKNOWN and logged a traceback at ERROR for every such call. A stream's
-requests (RunJob) are decoded by gRPC as before: only workers send them.
+functions build them, with two differences: a request is decoded only once
+the call's API key is checked (a caller without one cannot make the server
+spend time decoding up to 64 MiB), and one that cannot be decoded (corrupt
+bytes, a string field that is not UTF-8) is answered INVALID_ARGUMENT naming
+its message type. gRPC's own decoding answered UNKNOWN and logged a traceback
+at ERROR for every such call. A stream's requests (RunJob) are decoded by
+gRPC as they are read, which its handler does only once it has checked the key.
 
 Also grpc's asyncio health servicer with `List`, which it leaves
 unimplemented while reflection lists it.
@@ -20,6 +22,9 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, message, message_factory
 from grpc_health.v1 import health, health_pb2
+
+from ..errors import TripwireError
+from .rpc import Authenticator, status_of
 
 
 class Undecodable:
@@ -51,9 +56,22 @@ def _decoder(cls: type[message.Message]) -> Callable[[bytes], Any]:
     return decode
 
 
-def _unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+async def _admit(auth: Authenticator, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """The key checked before the request is decoded: decoding a large request
+    costs the loop time, which a caller without a key must not get to spend."""
+    try:
+        auth.environment(context)
+    except TripwireError as exc:
+        await context.abort(status_of(exc), exc.message)
+
+
+def _unary(
+    behavior: Callable[[Any, Any], Any], decode: Callable[[bytes], Any], auth: Authenticator
+) -> Callable[[Any, Any], Any]:
     @functools.wraps(behavior)
-    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def call(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await _admit(auth, context)
+        request = decode(data)
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         return await behavior(request, context)
@@ -61,9 +79,13 @@ def _unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return call
 
 
-def _server_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+def _server_stream(
+    behavior: Callable[[Any, Any], Any], decode: Callable[[bytes], Any], auth: Authenticator
+) -> Callable[[Any, Any], Any]:
     @functools.wraps(behavior)
-    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def call(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        await _admit(auth, context)
+        request = decode(data)
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         async for reply in behavior(request, context):
@@ -72,7 +94,15 @@ def _server_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], 
     return call
 
 
-def add(server: grpc.aio.Server, service: descriptor.ServiceDescriptor, servicer: object) -> None:
+def add(
+    server: grpc.aio.Server,
+    service: descriptor.ServiceDescriptor,
+    servicer: object,
+    auth: Authenticator,
+) -> None:
+    """A unary or server-streaming call's request arrives as bytes and is decoded
+    once `auth` has admitted the call; a stream's requests (RunJob) as they are
+    read, which its handler does only after checking the key."""
     handlers = {}
     for method in service.methods:
         request = message_factory.GetMessageClass(method.input_type)
@@ -89,13 +119,11 @@ def add(server: grpc.aio.Server, service: descriptor.ServiceDescriptor, servicer
             )
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _server_stream(behavior),
-                request_deserializer=_decoder(request),
-                response_serializer=reply,
+                _server_stream(behavior, _decoder(request), auth), response_serializer=reply
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(behavior), request_deserializer=_decoder(request), response_serializer=reply
+                _unary(behavior, _decoder(request), auth), response_serializer=reply
             )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)

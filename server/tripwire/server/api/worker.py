@@ -32,7 +32,14 @@ from ..ids import new_event_id
 from ..models import Event, Job, Run, RunStatus, Task
 from ..work import TaskInput, WorkService
 from . import convert
-from .rpc import Authenticator, check_batch_size, check_job_size, check_payload_size, status_of
+from .rpc import (
+    Authenticator,
+    check_batch_count,
+    check_batch_size,
+    check_job_size,
+    check_payload_size,
+    status_of,
+)
 
 log = logging.getLogger(__name__)
 # Cached tasks travel in messages of about this size (v2 capped the whole body at 3.5 MB).
@@ -547,7 +554,7 @@ class WorkerStream:
             return
         try:
             settings = self.servicer.settings
-            asked = _task_input(msg, settings.max_payload_bytes, settings.max_batch_bytes)
+            asked = _task_input(msg, settings)
         except TripwireError as exc:
             self._send(_rejected(msg.request_id, msg.run_id, exc))
             return
@@ -854,7 +861,7 @@ _SEND_PARAMS = {
 }
 
 
-def _task_input(msg: pb.TaskRequest, payload_limit: int, batch_limit: int) -> TaskInput:
+def _task_input(msg: pb.TaskRequest, settings: Settings) -> TaskInput:
     allowed = _SEND_PARAMS.get(msg.kind)
     if allowed is not None:
         # Its events are limited one by one (and together), so nothing else may
@@ -866,9 +873,15 @@ def _task_input(msg: pb.TaskRequest, payload_limit: int, batch_limit: int) -> Ta
                     f"task.params.{key}", f"is not a parameter of this kind: {sorted(allowed)}"
                 )
         if "events" in fields:
+            events_value = fields["events"]
+            if events_value.HasField("list_value"):
+                count = len(events_value.list_value.values)
+                check_batch_count(count, settings.max_batch, "task.params.events")
             # The task stores its events twice, as params and in its output (the
             # events as sent): half the SendEvents limit keeps it within one reply.
-            check_batch_size(fields["events"].ByteSize(), batch_limit // 2, "task.params.events")
+            check_batch_size(
+                events_value.ByteSize(), settings.max_batch_bytes // 2, "task.params.events"
+            )
     params = convert.value_to_py(msg.params, "task.params") if msg.HasField("params") else None
     retry = convert._retry_from_pb(msg.retry) if msg.HasField("retry") else None
     kind = convert.task_kind_name(msg.kind)
@@ -888,7 +901,7 @@ def _task_input(msg: pb.TaskRequest, payload_limit: int, batch_limit: int) -> Ta
                 continue
             where = "task.params.event" if kind == "SEND_EVENT" else f"task.params.events[{i}]"
             given = _parse(item, event_pb2.EventInput(), where)
-            check_payload_size(given, payload_limit, where)
+            check_payload_size(given, settings.max_payload_bytes, where)
             parsed.append(convert.draft(given, where))
         events = tuple(parsed)
         if params.get("options"):
