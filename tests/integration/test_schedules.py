@@ -314,3 +314,34 @@ async def test_a_schedule_that_cannot_be_computed_stops_neither_the_others_nor_t
         clock.advance(60)
         (fired,) = await wait_runs(stubs, "broken", 1)
     assert fired["eventId"] == f"broken:{START + 90_000}"
+
+
+async def test_a_tick_whose_schedule_failed_once_fires_on_the_retry_a_minute_later(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry is past the default grace of 60 s, but the tick was on time when it
+    was first tried: it fires, late, rather than being skipped as late."""
+    real, calls = schedules.decide, []
+
+    def fails_once(schedule: schedules.Schedule, *args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise LookupError("no such time zone")
+        return real(schedule, *args)
+
+    monkeypatch.setattr(schedules, "decide", fails_once)
+    clock = FakeClock(START)
+    server = await start_server(clock=clock)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        trigger = {"interval": {"seconds": 3600}}
+        await register(stubs, {"job": {"id": "hourly", "version": "1.0.0", "trigger": trigger}})
+        clock.advance(3600.001)
+
+        async def tried() -> bool:
+            return bool(calls)
+
+        await eventually(tried)
+        clock.advance(60)
+        (fired,) = await wait_runs(stubs, "hourly", 1)
+    assert fired["eventId"] == f"hourly:{START + 3_600_000}"

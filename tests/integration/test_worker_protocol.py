@@ -2073,14 +2073,16 @@ async def test_a_long_bad_value_in_hello_still_ends_the_stream_invalid_argument(
 ) -> None:
     bad = RawWorker(conn.workers)
     bad.call = conn.workers.RunJob(bad._requests())
-    cron = {**job("j", []), "trigger": {"cron": {"cron": "x " * 20000}}}  # quoted in the error
-    bad.send({"hello": {"workerId": "w", "capacity": 1, "jobs": [cron]}})
+    operator = "$" + "x" * 20000  # quoted in the error
+    filtered = job("j", ["x"])
+    filtered["trigger"]["event"]["filter"] = {"age": [{operator: 1}]}
+    bad.send({"hello": {"workerId": "w", "capacity": 1, "jobs": [filtered]}})
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await bad.call.read()
     await bad.close()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = err.value.details() or ""
-    assert details.startswith("hello.jobs[0].trigger.cron.cron") and details.endswith(" … (cut)")
+    assert details.startswith("hello.jobs[0].trigger.event.filter") and details.endswith(" … (cut)")
     assert len(details.encode()) <= 4000
 
 

@@ -106,3 +106,26 @@ async def test_a_run_cancelled_while_queued_is_never_handed_out() -> None:
         dispatcher.finished(run_id, attempt)
     await dispatcher.close()
     assert link.started == ["run1", "run5", "run200"]
+
+
+async def test_a_new_run_goes_before_newer_stored_runs_of_another_job() -> None:
+    """A new run has no seq here (it is not read back from the store): it is ranked by
+    when it was created, not after every run read from the store, however newer."""
+    dispatcher = Dispatcher(_Store(), _Index(), lambda: 0)  # type: ignore[arg-type]
+    link = _Link()
+    serves = frozenset({("a", "v"), ("b", "v")})
+    session = Session("s1", "env", "w1", serves, capacity=1, link=link)
+    dispatcher.add_session(session)
+    busy = Run("env", "busy", "b", "v", "e", RunStatus.QUEUED, 0, 50, 50, seq=1)
+    dispatcher.queued([busy], {})
+    new = Run("env", "new", "b", "v", "e", RunStatus.QUEUED, 0, 100, 100)
+    dispatcher.queued([new], {})
+    stored = [
+        Run("env", f"y{i}", "a", "v", "e", RunStatus.QUEUED, 0, 200, 200, seq=i) for i in (2, 3)
+    ]
+    dispatcher.queued(stored, {})
+    for _ in range(3):
+        run_id, attempt = next(iter(session.running.items()))
+        dispatcher.finished(run_id, attempt)
+    await dispatcher.close()
+    assert link.started == ["busy", "new", "y2", "y3"]

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tripwire.server import schedules
 from tripwire.server.errors import InvalidArgument
 from tripwire.server.schedules import (
     MAX_MISSED_COUNT,
@@ -158,6 +159,8 @@ def test_validate_accepts(schedule: Schedule) -> None:
         (cron("0 0 * * *", "right/UTC"), "job.trigger.timezone", "the host's own setting"),
         (cron("0 0 * * *", "/etc/localtime"), "job.trigger.timezone", "IANA"),
         (cron("0 0 * * *", "Europe"), "job.trigger.timezone", "IANA"),
+        (cron("0 9 * * " + "1," * 600 + "2"), "job.trigger.cron", "over the limit of 1024"),
+        (cron("0 0 * * *", "Europe/" + "x" * 60), "job.trigger.timezone", "longer than any IANA"),
         (every(0), "job.trigger.seconds", "between 1 and"),
         (every(-5), "job.trigger.seconds", "between 1 and"),
         (every(31_536_001), "job.trigger.seconds", "between 1 and"),
@@ -169,6 +172,15 @@ def test_validate_rejects(schedule: Schedule, path: str, words: str) -> None:
         validate(schedule, "job.trigger")
     assert info.value.field == path
     assert words in str(info.value)
+
+
+def test_a_cron_over_the_length_limit_is_refused_before_it_is_parsed_or_cached() -> None:
+    # Parsing costs time with length, and what is parsed is cached.
+    before = schedules._standard.cache_info().currsize
+    never = ",".join(["0"] * 600) + " 0 30 2 *"  # would never fire, too
+    with pytest.raises(InvalidArgument, match="over the limit"):
+        validate(cron(never), "job.trigger")
+    assert schedules._standard.cache_info().currsize == before
 
 
 # --- next_after ---------------------------------------------------------------------------

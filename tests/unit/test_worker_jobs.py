@@ -105,6 +105,11 @@ def test_plausible_cron_expressions_pass(cron: str) -> None:
     assert job.trigger.cron == " ".join(cron.split())
 
 
+def test_a_cron_over_the_servers_length_limit_is_refused_at_definition() -> None:
+    with pytest.raises(JobDefinitionError, match="over the server's limit of 1024"):
+        define_job(**good(trigger=cron_trigger("0 9 * * " + "1," * 600 + "2")))(handler)
+
+
 def test_a_cron_trigger_names_a_real_time_zone() -> None:
     assert cron_trigger("0 9 * * *", timezone="Europe/Paris").timezone == "Europe/Paris"
     # The host's own zoneinfo files too, which the server refuses at the worker's hello.

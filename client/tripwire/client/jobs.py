@@ -89,6 +89,10 @@ def _cron_value(text: str, lowest: int, highest: int, names: tuple[str, ...]) ->
     return number
 
 
+# As the server: longer is refused before any parsing.
+MAX_CRON_LENGTH = 1024
+
+
 def validate_cron(cron: str) -> None:
     """Raise JobDefinitionError unless ``cron`` is a plausible 5-field expression.
 
@@ -96,6 +100,10 @@ def validate_cron(cron: str) -> None:
     ``*``, ``N`` or ``N-M``, each optionally ``/step``, with numbers in the field's range and
     month and weekday names (``JAN``, ``MON``) where they make sense.
     """
+    if isinstance(cron, str) and len(cron) > MAX_CRON_LENGTH:
+        raise JobDefinitionError(
+            f"cron is {len(cron)} characters, over the server's limit of {MAX_CRON_LENGTH}"
+        )
     fields = cron.split() if isinstance(cron, str) else []
     if len(fields) != 5:
         raise JobDefinitionError(

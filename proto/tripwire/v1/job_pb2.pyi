@@ -86,7 +86,10 @@ class Job(_message.Message):
     active runs end ABORTED.
     """
     concurrency_limit: _builtins.int
-    """Most runs of this job executing at once across all workers; 0 = no limit."""
+    """Most runs of this job executing at once across all workers; 0 = no limit.
+    The runs of every version count, and the latest version's limit holds for
+    them all (registering a new version changes it for the older ones' runs).
+    """
     max_duration_seconds: _builtins.int
     """A run still not finished this long after it first started ends TIMED_OUT;
     0 = no limit.
@@ -246,8 +249,10 @@ Global___EventTrigger: _TypeAlias = EventTrigger  # noqa: Y015
 class CronTrigger(_message.Message):
     """Fires on a 5-field cron expression. Each fire is an event named
     "tripwire.scheduled" with id "<job id>:<planned time in ms>" and payload
-    {"ts": planned time, "lastTimestamp": previous planned time (absent on the
-    first fire, and on the first after the schedule changed)}.
+    {"ts": planned time, "lastTimestamp": the planned time of the previous fire
+    (absent on the first fire, and on the first after the schedule changed)}.
+    Ticks skipped (late, or while the job was disabled) are not fires: a job
+    that handles what happened in (lastTimestamp, ts] misses nothing.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -81,14 +81,15 @@ class _Queued:
 
 
 class _RunQueue:
-    """A job version's queued runs, oldest first: by their place in the store (the
-    stored queue, and runs that come back: woken, due to retry, requeued after a
-    lease), then new runs (not read back from the store, so without a seq yet) in
-    the order they came."""
+    """A job version's queued runs, oldest first: by when they were created, then
+    (runs created in the same millisecond) by their place in the store (the stored
+    queue, and runs that come back: woken, due to retry, requeued after a lease),
+    then new runs (not read back from the store, so without a seq yet) in the order
+    they came."""
 
     def __init__(self) -> None:
         self._items: dict[str, _Queued] = {}
-        self._order: list[tuple[int, int, str]] = []  # (seq or _NEW, arrival, run id)
+        self._order: list[tuple[int, int, int, str]] = []  # (*_age, run id)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -111,25 +112,28 @@ class _RunQueue:
 
     def head(self) -> _Queued:
         self._settle()
-        return self._items[self._order[0][2]]
+        return self._items[self._order[0][3]]
 
     def pop(self) -> _Queued:
         self._settle()
-        return self._items.pop(heapq.heappop(self._order)[2])
+        return self._items.pop(heapq.heappop(self._order)[3])
 
     def _settle(self) -> None:
         """Drop the entries at the top that stand for runs forgotten (or forgotten
         and added again: their entry is the one with their current arrival)."""
         while True:
-            _, arrival, run_id = self._order[0]
+            *_, arrival, run_id = self._order[0]
             item = self._items.get(run_id)
             if item is not None and item.arrival == arrival:
                 return
             heapq.heappop(self._order)
 
 
-def _age(item: _Queued) -> tuple[int, int]:
-    return (item.run.seq or _NEW, item.arrival)
+def _age(item: _Queued) -> tuple[int, int, int]:
+    """Created first, first out. A new run's seq is not known here (it is not read
+    back from the store), so the time comes first: by seq alone, a new run would
+    wait behind every stored run of another job, however much newer."""
+    return (item.run.created_at, item.run.seq or _NEW, item.arrival)
 
 
 class Dispatcher(RunListener):
@@ -384,10 +388,8 @@ class Dispatcher(RunListener):
             if self._serving.get(key):
                 self._load_more(key)
 
-    def _age(self, key: Key) -> tuple[int, int]:
-        """How old the run at the head of a queue is: by its place in the store
-        (the stored queue, runs woken or requeued), else by when it came here (a new
-        run, not read back from the store, which has no seq yet and is the newest)."""
+    def _age(self, key: Key) -> tuple[int, int, int]:
+        """How old the run at the head of a queue is (see `_age`)."""
         return _age(self._queues[key].head())
 
     def _assign(self, session: Session, item: _Queued) -> None:

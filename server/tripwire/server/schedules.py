@@ -27,6 +27,11 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 from .errors import InvalidArgument
 
 MAX_INTERVAL_SECONDS = 31_536_000  # one year
+# Every value of every field written out is ~350 characters; the longest IANA time
+# zone name ~30. Longer is refused before any parsing (which costs time with length,
+# and the parsed expressions are cached).
+MAX_CRON_LENGTH = 1024
+MAX_TIMEZONE_LENGTH = 64
 # Counting a cron's missed ticks walks them one by one (~0.1 ms each), inside
 # the transaction that fires the schedules: after a long downtime it stops here.
 MAX_MISSED_COUNT = 100
@@ -101,6 +106,12 @@ def validate(schedule: Schedule, field: str) -> None:
 def _validate_timezone(name: str, field: str) -> ZoneInfo:
     if not name:
         return ZoneInfo("UTC")
+    if len(name) > MAX_TIMEZONE_LENGTH:
+        raise InvalidArgument(
+            field,
+            f"is {len(name)} characters, longer than any IANA time zone name "
+            f"(at most {MAX_TIMEZONE_LENGTH} are taken)",
+        )
     if name in ("localtime", "posixrules") or name.startswith(("posix/", "right/")):
         # Files of the host's zoneinfo directory: what they mean depends on the machine.
         raise InvalidArgument(
@@ -117,6 +128,10 @@ def _validate_timezone(name: str, field: str) -> ZoneInfo:
 
 
 def _validate_cron(expr: str, tz: ZoneInfo, field: str) -> None:
+    if len(expr) > MAX_CRON_LENGTH:
+        raise InvalidArgument(
+            field, f"is {len(expr)} characters, over the limit of {MAX_CRON_LENGTH}"
+        )
     fields = expr.split()
     if len(fields) != 5:
         raise InvalidArgument(
@@ -361,7 +376,12 @@ def _count_due(schedule: Schedule, first: datetime, last: datetime, anchor: date
 
 
 def decide(
-    schedule: Schedule, next_fire: datetime, now: datetime, anchor: datetime, grace: timedelta
+    schedule: Schedule,
+    next_fire: datetime,
+    now: datetime,
+    anchor: datetime,
+    grace: timedelta,
+    tried: datetime | None = None,
 ) -> Decision | None:
     """What to fire at `now`, given the stored `next_fire`; None when it is not due yet.
 
@@ -370,7 +390,8 @@ def decide(
     timer loop finds a tick a little after it (a grace of 0 would skip them all). Older
     ones are skipped, as in v2, so a long downtime never produces a burst. The returned
     `next_fire` is after `now`, so applying `decide` again with the returned value never
-    fires the same tick twice.
+    fires the same tick twice. `tried`: when an earlier try at `now`'s ticks failed (the
+    schedule could not be computed), lateness is judged as of that try.
     """
     _require_aware(next_fire, now, anchor)
     if next_fire > now:
@@ -380,7 +401,8 @@ def decide(
         # Nothing planned in [next_fire, now]: next_fire was not on the grid (the schedule
         # changed under it). Move it onto the grid without firing anything.
         return Decision(fire_at=None, next_fire=next_after(schedule, now, anchor), missed=0)
-    fire = schedule.catch_up or now - latest <= max(grace, ON_TIME)
+    judged = now if tried is None else min(tried, now)
+    fire = schedule.catch_up or judged - latest <= max(grace, ON_TIME)
     due = _count_due(schedule, next_fire, latest, anchor)
     missed = due - 1 if fire else due
     if schedule.kind == "cron":

@@ -318,13 +318,13 @@ class JobOps:
         def op(tx: Tx) -> list[Run]:
             conn = tx.conn
             due = conn.execute(
-                "SELECT env, id, anchor, next_fire, last_fire FROM jobs "
+                "SELECT env, id, anchor, next_fire, last_fire, retry_at FROM jobs "
                 "WHERE next_fire IS NOT NULL AND next_fire <= ? AND COALESCE(retry_at, 0) <= ? "
                 "ORDER BY next_fire",
                 (now, now),
             ).fetchall()
             created: list[Run] = []
-            for env, job_id, anchor, next_fire, last_fire in due:
+            for env, job_id, anchor, next_fire, last_fire, retry_at in due:
                 compiled = self.index.get(env, job_id)
                 schedule = _schedule_of(compiled.job) if compiled else None
                 if compiled is None or schedule is None:
@@ -332,9 +332,12 @@ class JobOps:
                         "UPDATE jobs SET next_fire = NULL WHERE env = ? AND id = ?", (env, job_id)
                     )
                     continue
+                # A retry judges the tick's lateness as of the try that failed: a
+                # tick on time then still fires, though the retry is past the grace.
+                tried = None if retry_at is None else _dt(retry_at - SCHEDULE_RETRY_MS)
                 try:
                     decision = schedules.decide(
-                        schedule, _dt(next_fire), _dt(now), _dt(anchor), _td(grace_ms)
+                        schedule, _dt(next_fire), _dt(now), _dt(anchor), _td(grace_ms), tried
                     )
                 except Exception:
                     # E.g. a time zone gone from the system's tzdata. One job's
