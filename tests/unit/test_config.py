@@ -125,7 +125,7 @@ def test_the_event_loop_from_variable_and_flag() -> None:
     env = {"TRIPWIRE_EVENT_LOOP": "asyncio"}
     assert settings_from([], env).event_loop == "asyncio"
     assert settings_from(["--event-loop", "uvloop"], env).event_loop == "uvloop"
-    with pytest.raises(ValueError, match="event loop must be uvloop or asyncio, got 'tokio'"):
+    with pytest.raises(ValueError, match="--event-loop must be uvloop or asyncio, got 'tokio'"):
         settings_from(["--event-loop", "tokio"], {})
 
 
@@ -145,5 +145,52 @@ def test_retention_from_a_flag_or_a_variable() -> None:
     assert settings_from(["--retention-days", "30"], {}).retention_days == 30
     assert settings_from([], {"TRIPWIRE_RETENTION_DAYS": "0.5"}).retention_days == 0.5
     assert settings_from([], {"TRIPWIRE_RETENTION_DAYS": str(1 / 24)}).retention_days == 1 / 24
-    with pytest.raises(ValueError, match=r"retention must be 0 \(keep everything\) or 1/24"):
+    with pytest.raises(ValueError, match=r"--retention-days must be 0 \(keep everything\) or 1/24"):
         settings_from(["--retention-days", "0.001"], {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (
+            [],
+            {"TRIPWIRE_MAX_PAYLOAD_BYTES": "0"},
+            "TRIPWIRE_MAX_PAYLOAD_BYTES must be positive, got 0",
+        ),
+        (["--max-batch", "0"], {}, "--max-batch must be positive, got 0"),
+        ([], {"TRIPWIRE_MAX_BATCH_BYTES": "0"}, "TRIPWIRE_MAX_BATCH_BYTES must be positive, got 0"),
+        (
+            ["--max-batch-bytes", "40000000"],
+            {},
+            "--max-batch-bytes must be at most 33554432 (32 MiB, half the 64 MiB message limit), "
+            "got 40000000",
+        ),
+        (
+            ["--max-payload-bytes", "200000000"],
+            {},
+            "--max-payload-bytes must be at most 33554432",
+        ),
+        (
+            [],
+            {"TRIPWIRE_LEASE": "3"},
+            "--heartbeat-interval must be positive and shorter than TRIPWIRE_LEASE, and "
+            "TRIPWIRE_LEASE at most 86400 s (one day); got 5 and 3",
+        ),
+        (["--schedule-grace", "-1"], {}, "--schedule-grace must be 0 to 86400 s, got -1"),
+        (
+            [],
+            {"TRIPWIRE_SHUTDOWN_GRACE": "nan"},
+            "TRIPWIRE_SHUTDOWN_GRACE must be 0 to 86400 s, got nan",
+        ),
+        ([], {"TRIPWIRE_RETENTION_DAYS": "0.001"}, "TRIPWIRE_RETENTION_DAYS must be 0"),
+        ([], {"TRIPWIRE_EVENT_LOOP": "tokio"}, "TRIPWIRE_EVENT_LOOP must be uvloop or asyncio"),
+        ([], {"TRIPWIRE_ADDRESS": "nohost"}, "TRIPWIRE_ADDRESS must be HOST:PORT, got 'nohost'"),
+        (["--db", ":memory:"], {}, "--db must be a file path"),
+    ],
+)
+def test_a_bad_setting_is_named_as_it_was_given_with_its_value(
+    argv: list[str], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValueError) as err:
+        settings_from(argv, env)
+    assert str(err.value).startswith(message), str(err.value)

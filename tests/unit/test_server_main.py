@@ -67,3 +67,14 @@ def test_without_uvloop_installed_the_server_says_how_to_start(
     monkeypatch.setattr(logging, "basicConfig", lambda **options: None)
     assert main(["--event-loop", "uvloop"]) == 2
     assert "--event-loop asyncio" in capsys.readouterr().err
+
+
+def test_without_the_servers_dependencies_it_says_how_to_install_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A light install (the client only): the server's modules fail to import.
+    monkeypatch.setitem(sys.modules, "tripwire.server.app", None)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tripwire serve: the server is not installed (")
+    assert "pip install '.[server]' in a checkout of this repository" in err

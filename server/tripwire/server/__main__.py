@@ -8,9 +8,15 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .app import Server
 from .config import settings_from
+
+if TYPE_CHECKING:
+    from .app import Server
+
+# The server's dependencies are an extra: a light install has the client only.
+INSTALL_HINT = "pip install '.[server]' in a checkout of this repository"
 
 
 async def _serve(server: Server) -> None:
@@ -37,6 +43,14 @@ async def _serve(server: Server) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        from .app import Server
+    except ImportError as exc:
+        print(
+            f"tripwire serve: the server is not installed ({exc}): {INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
         settings = settings_from(argv)
     except ValueError as exc:
         print(f"tripwire serve: {exc}", file=sys.stderr)
@@ -56,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ImportError:
                 print(
                     "tripwire serve: the uvloop event loop needs the uvloop package "
-                    "(pip install 'tripwire[server]'); or run with --event-loop asyncio",
+                    f"({INSTALL_HINT}); or run with --event-loop asyncio",
                     file=sys.stderr,
                 )
                 return 2

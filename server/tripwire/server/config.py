@@ -42,13 +42,20 @@ class Settings:
     # Events finished (delivered or cancelled, every run ended) longer ago than
     # this are deleted with their runs, tasks and logs. 0: nothing is deleted.
     retention_days: float = 0.0
+    # Setting -> where it was given (its flag or TRIPWIRE_* variable), so that an
+    # error names what the operator wrote; a setting not in it is named by its flag.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def _named(self, setting: str) -> str:
+        flag = {"db_path": "--db"}.get(setting, "--" + setting.replace("_", "-"))
+        return self.sources.get(setting, flag)
 
     def __post_init__(self) -> None:
         host, sep, port = self.address.rpartition(":")
         if not sep or not host or not (port.isascii() and port.isdigit()):
-            raise ValueError(f"address must be HOST:PORT, got {self.address!r}")
+            raise ValueError(f"{self._named('address')} must be HOST:PORT, got {self.address!r}")
         if int(port) > 65535:
-            raise ValueError(f"address port must be 0 to 65535, got {port}")
+            raise ValueError(f"{self._named('address')} port must be 0 to 65535, got {port}")
         for key, env in self.api_keys.items():
             if not key or not env:
                 raise ValueError("API keys must be KEY=ENV with both parts non-empty")
@@ -60,38 +67,54 @@ class Settings:
                 )
         for name in ("max_payload_bytes", "max_batch", "max_name_length"):
             if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} must be positive, got {getattr(self, name)}")
-        if not 1 <= self.max_batch_bytes <= self.max_message_bytes // 2:
+                raise ValueError(f"{self._named(name)} must be positive, got {getattr(self, name)}")
+        # Half the message size limit: a payload travels inside other messages (a
+        # run request, a task's output), and a batch's reply echoes the batch.
+        half = self.max_message_bytes // 2
+        for name in ("max_payload_bytes", "max_batch_bytes"):
+            value = getattr(self, name)
+            if value > half:
+                raise ValueError(
+                    f"{self._named(name)} must be at most {half} ({half // 2**20} MiB, half the "
+                    f"{self.max_message_bytes // 2**20} MiB message limit), got {value}"
+                )
+        if self.max_batch_bytes < 1:
             raise ValueError(
-                f"max batch bytes must be 1 to {self.max_message_bytes // 2} "
-                "(half the message size limit: the reply echoes the batch)"
+                f"{self._named('max_batch_bytes')} must be positive, got {self.max_batch_bytes}"
             )
         if (
             not self.db_path
             or self.db_path == ":memory:"
             or self.db_path.startswith("file::memory:")
         ):
-            raise ValueError("db must be a file path (every connection needs the same database)")
-        if not 0 < self.heartbeat_interval < self.lease <= MAX_LEASE_SECONDS:
             raise ValueError(
-                "heartbeat interval must be positive and shorter than the lease, "
-                f"and the lease at most {MAX_LEASE_SECONDS} s (one day)"
+                f"{self._named('db_path')} must be a file path (every connection needs the "
+                f"same database), got {self.db_path!r}"
+            )
+        if not 0 < self.heartbeat_interval < self.lease <= MAX_LEASE_SECONDS:
+            heartbeat, lease = self._named("heartbeat_interval"), self._named("lease")
+            raise ValueError(
+                f"{heartbeat} must be positive and shorter than {lease}, and {lease} at most "
+                f"{MAX_LEASE_SECONDS} s (one day); got {self.heartbeat_interval:g} and "
+                f"{self.lease:g}"
             )
         for name in ("schedule_grace", "shutdown_grace"):
             value = getattr(self, name)
             if not 0 <= value <= MAX_GRACE_SECONDS:  # NaN fails this too
-                raise ValueError(f"{name.replace('_', ' ')} must be 0 to {MAX_GRACE_SECONDS} s")
+                raise ValueError(
+                    f"{self._named(name)} must be 0 to {MAX_GRACE_SECONDS} s, got {value:g}"
+                )
         if self.retention_days != 0 and not (
             MIN_RETENTION_DAYS <= self.retention_days <= MAX_RETENTION_DAYS  # NaN fails this too
         ):
             raise ValueError(
-                "retention must be 0 (keep everything) or 1/24 (one hour) to "
-                f"{MAX_RETENTION_DAYS} days, got {self.retention_days}"
+                f"{self._named('retention_days')} must be 0 (keep everything) or 1/24 (one "
+                f"hour) to {MAX_RETENTION_DAYS} days, got {self.retention_days:g}"
             )
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(
-                f"event loop must be {' or '.join(EVENT_LOOPS)}, got {self.event_loop!r}"
+                f"{self._named('event_loop')} must be {' or '.join(EVENT_LOOPS)}, "
+                f"got {self.event_loop!r}"
             )
 
     @property
@@ -200,6 +223,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
         "event_loop": ("TRIPWIRE_EVENT_LOOP", str),
         "retention_days": ("TRIPWIRE_RETENTION_DAYS", float),
     }
+    given: dict[str, str] = {}
     for name, (var, kind) in sources.items():
         flag = getattr(args, name)
         if flag is not None:
@@ -210,6 +234,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
             except ValueError:
                 what = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
                 raise ValueError(f"{var} must be {what}, got {env[var]!r}") from None
+            given[name] = var
+    values["sources"] = given
     if args.api_key:
         values["api_keys"] = parse_api_keys(args.api_key)
     elif "TRIPWIRE_API_KEYS" in env:
