@@ -118,3 +118,45 @@ async def test_two_authorization_headers_are_refused_whatever_their_order(
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "authorization is given 2 times" in (err.value.details() or "")
             assert first not in (err.value.details() or "")
+
+
+async def test_list_page_tokens_tell_nothing_of_other_environments(
+    start_server: StartServer,
+) -> None:
+    """A token names where its environment's page ended, not a row number all the
+    environments share: how far such numbers moved between two pages told how many
+    events and runs the other environments had made meanwhile."""
+    server = await start_server(api_keys={"ka": "a", "kb": "b"})
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        a, b = (("authorization", "Bearer ka"),), (("authorization", "Bearer kb"),)
+        for metadata in (a, b):
+            await stubs.jobs.RegisterJob(
+                req(jb.RegisterJobRequest, event_job("j", ["x"])), metadata=metadata
+            )
+
+        async def tokens() -> tuple[str, str]:
+            events = await stubs.events.ListEvents(ev.ListEventsRequest(page_size=1), metadata=b)
+            runs = await stubs.runs.ListRuns(rn.ListRunsRequest(page_size=1), metadata=b)
+            return events.next_page_token, runs.next_page_token
+
+        for i in range(2):
+            body = {"event": {"name": "x", "id": f"b{i}"}}
+            await stubs.events.SendEvent(req(ev.SendEventRequest, body), metadata=b)
+        before = await tokens()
+        assert all(before)
+        body = {"events": [{"name": "x"} for _ in range(37)]}
+        await stubs.events.SendEvents(req(ev.SendEventsRequest, body), metadata=a)
+        assert await tokens() == before
+        # Each still pages on in its own environment only.
+        rest = js(
+            await stubs.events.ListEvents(ev.ListEventsRequest(page_token=before[0]), metadata=b)
+        )
+        assert [e["id"] for e in rest["events"]] == ["b0"]
+        # Another environment's token continues from nothing it has.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.events.ListEvents(ev.ListEventsRequest(page_token=before[0]), metadata=a)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith(
+            "page_token: continues from an event that is no longer stored"
+        )

@@ -217,7 +217,10 @@ class ListEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Empty on the last page."""
+    """Empty on the last page. Opaque: it continues from before the last event
+    of this page, and tells nothing of other environments; INVALID_ARGUMENT
+    once retention has deleted that event (list again from the first page).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]: ...
     def __init__(

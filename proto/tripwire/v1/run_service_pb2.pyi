@@ -102,6 +102,7 @@ class ListRunsRequest(_message.Message):
     next_page_token continues it.
     """
     page_token: _builtins.str
+    """`next_page_token` of the previous page."""
     def __init__(
         self,
         *,
@@ -126,6 +127,10 @@ class ListRunsResponse(_message.Message):
     RUNS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page. Opaque: it continues from before the last run of
+    this page, and tells nothing of other environments; INVALID_ARGUMENT once
+    retention has deleted that run (list again from the first page).
+    """
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]: ...
     def __init__(

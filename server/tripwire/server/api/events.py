@@ -20,9 +20,10 @@ from .rpc import (
     check_reply_size,
     fill,
     fill_page,
+    item_before,
+    item_token,
     offset_token,
     page_size,
-    seq_token,
     unary,
 )
 
@@ -110,11 +111,15 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             name=request.name,
             status=convert.event_status_name(request.status),
             limit=page_size(request.page_size),
-            before=seq_token(request.page_token),
+            before=item_before(request.page_token),
         )
         reply = pb.ListEventsResponse()
         reply.next_page_token = fill_page(
-            page.items, reply.events, convert.event_to_pb, page.next_cursor, lambda e: str(e.seq)
+            page.items,
+            reply.events,
+            convert.event_to_pb,
+            item_token(page.next_cursor) if page.next_cursor else "",
+            lambda e: item_token(e.id),
         )
         return reply
 

@@ -202,32 +202,44 @@ def offset_token(token: str) -> int:
     return int(token)
 
 
-def seq_token(token: str) -> int | None:
-    if not token:
-        return None
-    if not (token.isascii() and token.isdigit()) or len(token) > 19:
-        raise InvalidArgument("page_token", "is not a token this server issued")
-    return int(token)
-
-
 _AFTER = "after:"
+_BEFORE = "before:"
 
 
-def name_token(name: str) -> str:
-    """A token that pages on after `name` (a job id). Opaque, so that a mistyped
-    token is refused rather than taken for a name to list from."""
-    return base64.urlsafe_b64encode(f"{_AFTER}{name}".encode()).decode().rstrip("=")
+def _wrap(prefix: str, text: str) -> str:
+    return base64.urlsafe_b64encode(f"{prefix}{text}".encode()).decode().rstrip("=")
 
 
-def name_after(token: str) -> str:
-    """The name a `name_token` pages on after; "" for the first page."""
-    if not token:
-        return ""
+def _unwrap(prefix: str, token: str) -> str:
     try:
         padded = token + "=" * (-len(token) % 4)
         text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeError, ValueError):
         text = ""
-    if not text.startswith(_AFTER) or len(text) == len(_AFTER):
+    if not text.startswith(prefix) or len(text) == len(prefix):
         raise InvalidArgument("page_token", "is not a token this server issued")
-    return text[len(_AFTER) :]
+    return text[len(prefix) :]
+
+
+def item_token(item_id: str) -> str:
+    """A token that pages on, newest first, from before the event or run `item_id`
+    (the last of a page). Opaque, and about nothing but what the page showed: the
+    store's row numbers are shared by every environment, and how far they moved
+    between two pages would tell how much other environments wrote."""
+    return _wrap(_BEFORE, item_id)
+
+
+def item_before(token: str) -> str | None:
+    """The id an `item_token` pages on from; None for the first page."""
+    return _unwrap(_BEFORE, token) if token else None
+
+
+def name_token(name: str) -> str:
+    """A token that pages on after `name` (a job id). Opaque, so that a mistyped
+    token is refused rather than taken for a name to list from."""
+    return _wrap(_AFTER, name)
+
+
+def name_after(token: str) -> str:
+    """The name a `name_token` pages on after; "" for the first page."""
+    return _unwrap(_AFTER, token) if token else ""

@@ -12,7 +12,16 @@ from ..errors import InvalidArgument, TripwireError
 from ..models import Run, Task
 from ..runs import RunService
 from . import convert
-from .rpc import Authenticator, fill, fill_page, page_size, seq_token, status_of, unary
+from .rpc import (
+    Authenticator,
+    fill,
+    fill_page,
+    item_before,
+    item_token,
+    page_size,
+    status_of,
+    unary,
+)
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
@@ -51,11 +60,15 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
             event_id=request.event_id,
             status=convert.run_status_name(request.status),
             limit=page_size(request.page_size),
-            before=seq_token(request.page_token),
+            before=item_before(request.page_token),
         )
         reply = pb.ListRunsResponse()
         reply.next_page_token = fill_page(
-            page.items, reply.runs, convert.run_to_pb, page.next_cursor, lambda r: str(r.seq)
+            page.items,
+            reply.runs,
+            convert.run_to_pb,
+            item_token(page.next_cursor) if page.next_cursor else "",
+            lambda r: item_token(r.id),
         )
         return reply
 

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from sqlite_utils import Database
 
-from ..errors import FailedPrecondition, NotFound, ResourceExhausted
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from ..events import resend_action
 from ..hub import Hub
 from ..ids import new_run_id
@@ -385,13 +385,14 @@ class SQLiteStore(JobOps, WorkOps, RetentionOps):
         return await self._read(query)
 
     async def list_events(
-        self, env: str, *, name: str, status: str, limit: int, before: int | None
+        self, env: str, *, name: str, status: str, limit: int, before: str | None
     ) -> Page[Event]:
         def query(conn: sqlite3.Connection) -> Page[Event]:
             # Without a name, newest first is the table's own order: walked from
             # the end (`+env` keeps SQLite from reading the whole environment
             # through an index to sort it), it stops after a page.
-            where, params = ["env = ?" if name else "+env = ?"], [env]
+            where = ["env = ?" if name else "+env = ?"]
+            params: list[object] = [env]
             if name:
                 where.append("name = ?")
                 params.append(name)
@@ -400,14 +401,14 @@ class SQLiteStore(JobOps, WorkOps, RetentionOps):
                 params.append(status)
             if before is not None:
                 where.append("seq < ?")
-                params.append(str(before))
+                params.append(_seq_of(conn, "events", "an event", env, before))
             cursor = conn.execute(
                 f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
                 "ORDER BY seq DESC LIMIT ?",
                 (*params, limit + 1),
             )
             found = [rows.event_from_row(r) for r in cursor]
-            return rows.page(found, limit, lambda e: str(e.seq))
+            return rows.page(found, limit, lambda e: e.id)
 
         return await self._read(query)
 
@@ -444,25 +445,26 @@ class SQLiteStore(JobOps, WorkOps, RetentionOps):
         event_id: str,
         status: str,
         limit: int,
-        before: int | None,
+        before: str | None,
     ) -> Page[Run]:
         def query(conn: sqlite3.Connection) -> Page[Run]:
             # As for events: without a job or event, the table's own order.
-            where, params = ["env = ?" if job_id or event_id else "+env = ?"], [env]
+            where = ["env = ?" if job_id or event_id else "+env = ?"]
+            params: list[object] = [env]
             for column, value in (("job_id", job_id), ("event_id", event_id), ("status", status)):
                 if value:
                     where.append(f"{column} = ?")
                     params.append(value)
             if before is not None:
                 where.append("seq < ?")
-                params.append(str(before))
+                params.append(_seq_of(conn, "runs", "a run", env, before))
             cursor = conn.execute(
                 f"SELECT {RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)} "
                 "ORDER BY seq DESC LIMIT ?",
                 (*params, limit + 1),
             )
             found = [rows.run_from_row(r) for r in cursor]
-            return rows.page(found, limit, lambda r: str(r.seq))
+            return rows.page(found, limit, lambda r: r.id)
 
         return await self._read(query)
 
@@ -536,6 +538,20 @@ def _reply(event: Event, resend: Resend) -> Event:
     if resend == "new":
         return event
     return replace(event, runs=event.runs if resend == "rescheduled" else [], deduplicated=True)
+
+
+def _seq_of(conn: sqlite3.Connection, table: str, what: str, env: str, item_id: str) -> int:
+    """Where a list page continues from: before this event or run of `env`."""
+    row = conn.execute(
+        f"SELECT seq FROM {table} WHERE env = ? AND id = ?", (env, item_id)
+    ).fetchone()
+    if row is None:
+        raise InvalidArgument(
+            "page_token",
+            f"continues from {what} that is no longer stored (deleted by retention): "
+            "list again from the first page",
+        )
+    return int(row[0])
 
 
 def _insert(conn: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -> None:
