@@ -33,8 +33,15 @@ from tripwire.client import (
     event_trigger,
     invoke_trigger,
 )
+from tripwire.v1 import (
+    event_pb2,
+    event_service_pb2,
+    job_pb2,
+    job_service_pb2,
+    run_service_pb2,
+)
 
-from ..conftest import StartServer
+from ..conftest import StartServer, Stubs
 
 
 class Both:
@@ -269,10 +276,127 @@ async def test_errors_are_typed(tw: Both) -> None:
     with pytest.raises(NotFound) as info:
         await tw.get_event("nope")
     assert info.value.code_name == "NOT_FOUND" and info.value.details
-    with pytest.raises(InvalidArgument, match="event name is required"):
+    with pytest.raises(InvalidArgument, match=r"^event\.name: is required$"):
         await tw.send_event({"payload": {}})  # refused before the call
-    with pytest.raises(InvalidArgument):  # refused by the server
-        await tw.send_event({"name": "x"}, deliver_after=-1)
+    with pytest.raises(InvalidArgument, match=r"^event\.name: holds the control character"):
+        await tw.send_event({"name": "x\n"})  # refused by the server
+
+
+_TRIGGER = job_pb2.Trigger(event=job_pb2.EventTrigger(names=["a"]))
+
+
+def _job(**fields: Any) -> job_pb2.Job:
+    return job_pb2.Job(**{"id": "j", "version": "1.0.0", "trigger": _TRIGGER, **fields})
+
+
+# (what the client is asked, the same request sent as it is, past the client's checks)
+_REFUSED_ALIKE: list[tuple[Any, Any]] = [
+    (
+        lambda c: c.send_event({"name": ""}),
+        lambda s: s.events.SendEvent(
+            event_service_pb2.SendEventRequest(event=event_pb2.EventInput(name=""))
+        ),
+    ),
+    (
+        lambda c: c.send_event({"name": "neg"}, deliver_after=-5),
+        lambda s: s.events.SendEvent(
+            event_service_pb2.SendEventRequest(
+                event=event_pb2.EventInput(name="neg"),
+                options=event_pb2.SendEventOptions(deliver_after=-5),
+            )
+        ),
+    ),
+    (
+        lambda c: c.send_events([{"name": "a"}, {"name": ""}]),
+        lambda s: s.events.SendEvents(
+            event_service_pb2.SendEventsRequest(
+                events=[event_pb2.EventInput(name="a"), event_pb2.EventInput(name="")]
+            )
+        ),
+    ),
+    (
+        lambda c: c.match_event({"name": ""}),
+        lambda s: s.events.MatchEvent(
+            event_service_pb2.MatchEventRequest(event=event_pb2.EventInput(name=""))
+        ),
+    ),
+    (
+        lambda c: c.get_event(""),
+        lambda s: s.events.GetEvent(event_service_pb2.GetEventRequest()),
+    ),
+    (
+        lambda c: c.cancel_event(""),
+        lambda s: s.events.CancelEvent(event_service_pb2.CancelEventRequest()),
+    ),
+    (
+        lambda c: c.cancel_runs_for_event(""),
+        lambda s: s.events.CancelRunsForEvent(event_service_pb2.CancelRunsForEventRequest()),
+    ),
+    (
+        lambda c: c.register_job("", version="1.0.0", trigger=event_trigger("a")),
+        lambda s: s.jobs.RegisterJob(job_service_pb2.RegisterJobRequest(job=_job(id=""))),
+    ),
+    (
+        lambda c: c.register_job("j", version="", trigger=event_trigger("a")),
+        lambda s: s.jobs.RegisterJob(job_service_pb2.RegisterJobRequest(job=_job(version=""))),
+    ),
+    (
+        lambda c: c.register_job(
+            "j", version="1.0.0", trigger=event_trigger("a"), retry={"limit": 0}
+        ),
+        lambda s: s.jobs.RegisterJob(
+            job_service_pb2.RegisterJobRequest(job=_job(retry=job_pb2.RetryPolicy(limit=0)))
+        ),
+    ),
+    (
+        lambda c: c.register_job(
+            "j", version="1.0.0", trigger=event_trigger("a"), retry={"min_timeout_ms": 90_000}
+        ),
+        lambda s: s.jobs.RegisterJob(
+            job_service_pb2.RegisterJobRequest(
+                job=_job(retry=job_pb2.RetryPolicy(min_timeout_ms=90_000))
+            )
+        ),
+    ),
+    (
+        lambda c: c.get_job(""),
+        lambda s: s.jobs.GetJob(job_service_pb2.GetJobRequest()),
+    ),
+    (
+        lambda c: c.set_job_enabled("", False),
+        lambda s: s.jobs.SetJobEnabled(job_service_pb2.SetJobEnabledRequest()),
+    ),
+    (
+        lambda c: c.invoke_job(""),
+        lambda s: s.jobs.InvokeJob(job_service_pb2.InvokeJobRequest()),
+    ),
+    (
+        lambda c: c.get_run(""),
+        lambda s: s.runs.GetRun(run_service_pb2.GetRunRequest()),
+    ),
+    (
+        lambda c: c.cancel_run(""),
+        lambda s: s.runs.CancelRun(run_service_pb2.CancelRunRequest()),
+    ),
+]
+
+
+@pytest.mark.parametrize(("ask", "raw"), _REFUSED_ALIKE)
+async def test_an_argument_the_client_refuses_reads_as_the_servers_refusal(
+    ask: Any, raw: Any, stubs: Stubs
+) -> None:
+    """The client's own INVALID_ARGUMENT names the field as the server does
+    (``event.name: is required``); where the server's wording stops, the client may
+    add what it was given."""
+    client = Client("tests", "127.0.0.1:9")  # refused before any call: never reached
+    with pytest.raises(InvalidArgument) as own:
+        ask(client)
+    with pytest.raises(grpc.aio.AioRpcError) as sent:
+        await raw(stubs)
+    assert sent.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    server_says = sent.value.details()
+    assert own.value.details.startswith(server_says), (own.value.details, server_says)
+    assert own.value.details.partition(": ")[0] == server_says.partition(": ")[0]
 
 
 # -- jobs and matching ------------------------------------------------------------------
@@ -510,7 +634,7 @@ async def test_cli_commands(start_server: StartServer, capsys: pytest.CaptureFix
     status, out, _ = await cli_run(capsys, *url, "match", "new.user", "--payload", "{}")
     assert "welcome" in out and "yes" in out
     status, _, err = await cli_run(capsys, *url, "event", "")  # refused before any call
-    assert status == 2 and err.strip() == "error: id is required, got ''"
+    assert status == 2 and err.strip() == "error: id: is required"
     status, out, _ = await cli_run(capsys, *url, "invoke", "report", "--idempotency-key", "k")
     assert "job           report@1.0.0" in out and "deduplicated" not in out
     status, out, _ = await cli_run(capsys, *url, "invoke", "report", "--idempotency-key", "k")

@@ -109,8 +109,14 @@ def test_list_arguments() -> None:
         (["send", "a", "--deliver-after", "soon"], "expected whole seconds"),
         (["frobnicate"], "invalid choice"),
         (["send"], "required: name"),
-        (["runs", "--status", "bogus"], "argument --status: unknown status 'bogus' (one of QUEUED"),
-        (["events", "--status", "nope"], "argument --status: unknown status 'nope' (one of PEND"),
+        (["runs", "--status", "bogus"], "argument --status: must be one of QUEUED, EXECUTING"),
+        (["events", "--status", "nope"], "argument --status: must be one of PENDING, DELIVERED"),
+        # Refused by the client before any call, named as the server names it.
+        (["send", "neg", "--deliver-after", "-5"], "error: options.deliver_after: must not be"),
+        (["send", "", "--url", "127.0.0.1:9"], "error: event.name: is required\n"),
+        (["match", "", "--url", "127.0.0.1:9"], "error: event.name: is required\n"),
+        (["invoke", "", "--url", "127.0.0.1:9"], "error: job_id: is required\n"),
+        (["run", "", "--url", "127.0.0.1:9"], "error: id: is required\n"),
     ],
 )
 def test_usage_errors_exit_2(

@@ -248,8 +248,12 @@ def test_enum_names_drop_the_prefix_and_survive_unknown_numbers() -> None:
     assert convert.enum_name(run_pb2.RunStatus, 99, "RUN_STATUS_") == "99"
     assert convert.enum_value(run_pb2.RunStatus, " queued ", "RUN_STATUS_") == 1
     assert convert.enum_value(run_pb2.RunStatus, "RUN_STATUS_SUCCESS", "RUN_STATUS_") == 4
-    with pytest.raises(ValueError, match=r"unknown status 'DONE'.*QUEUED"):
+    with pytest.raises(ValueError, match=r"^must be one of QUEUED, .*, got 'DONE'$"):
         convert.enum_value(run_pb2.RunStatus, "DONE", "RUN_STATUS_")
+    with pytest.raises(ValueError, match=r"^statuses: must be one of QUEUED, .*, got 'DONE'$"):
+        convert.enum_value(run_pb2.RunStatus, "DONE", "RUN_STATUS_", field="statuses")
+    with pytest.raises(TypeError, match=r"^status: must be a string, got int$"):
+        convert.enum_value(run_pb2.RunStatus, 4, "RUN_STATUS_", field="status")  # type: ignore[arg-type]
 
 
 # -- messages -> models -----------------------------------------------------------------
@@ -370,8 +374,10 @@ def test_retry_policy() -> None:
     }
     assert convert.retry_from_pb(convert.retry_to_pb(policy)) == policy
     assert convert.retry_from_pb(convert.retry_to_pb({"limit": 1})) == {"limit": 1}
-    with pytest.raises(ValueError, match="unknown retry option"):
+    with pytest.raises(ValueError, match=r"^retry\.limits: is not a retry option \(known: limit,"):
         convert.retry_to_pb({"limits": 1})
+    with pytest.raises(ValueError, match=r"^job\.retry\.limit: must be between 1 and 100"):
+        convert.retry_to_pb({"limit": 0}, field="job.retry")
 
 
 @pytest.mark.parametrize(

@@ -91,11 +91,11 @@ def test_an_error_without_a_code_is_unknown_and_internal() -> None:
 
 
 def test_raised_client_side_an_error_carries_its_class_code() -> None:
-    error = InvalidArgument("event name is required")
+    error = InvalidArgument("event.name: is required")
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert TripwireError("x").code is None
     assert TripwireError("x").code_name == "ERROR"
-    assert repr(error) == "InvalidArgument('event name is required', code=INVALID_ARGUMENT)"
+    assert repr(error) == "InvalidArgument('event.name: is required', code=INVALID_ARGUMENT)"
 
 
 def test_every_class_is_a_tripwire_error_with_its_own_code() -> None:

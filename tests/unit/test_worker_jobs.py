@@ -70,7 +70,7 @@ def good(**overrides: Any) -> dict[str, Any]:
         ({"concurrency_limit": -1}, "concurrency_limit"),
         ({"max_duration_seconds": 1.5}, "max_duration_seconds"),
         ({"log_level": "LOUD"}, "log_level"),
-        ({"retry": {"limit": 3, "tries": 2}}, "unknown retry option"),
+        ({"retry": {"limit": 3, "tries": 2}}, r"retry\.tries: is not a retry option"),
         # What the server would refuse at the worker's hello fails here already.
         ({"retry": {"limit": 0}}, r"retry\.limit: must be between 1 and 100"),
         ({"retry": {"factor": 0.5}}, r"retry\.factor"),

@@ -42,12 +42,12 @@ def check_timeout(timeout: float | None, *, spent: bool = False) -> None:
     if timeout is None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real | decimal.Decimal):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+        raise TypeError(f"timeout: must be a number of seconds or None, got {timeout!r}")
     low = -math.inf if spent else 0
     if not low < timeout <= MAX_TIMEOUT:  # NaN and infinity too
         least = "" if spent else " > 0 and"
         raise ValueError(
-            f"timeout must be a number of seconds{least} at most {MAX_TIMEOUT} (ten "
+            f"timeout: must be a number of seconds{least} at most {MAX_TIMEOUT} (ten "
             f"years), or None for no deadline: got {timeout!r}"
         )
 

@@ -77,7 +77,9 @@ class Call(Generic[R]):
 
 @contextmanager
 def _arguments() -> Iterator[None]:
-    """Bad input found while building a request is INVALID_ARGUMENT, as from the server."""
+    """Bad input found while building a request is INVALID_ARGUMENT, as from the server:
+    every check below says ``field.path: problem``, the path naming the request field
+    as the server's own message for it would."""
     try:
         yield
     except (TypeError, ValueError) as exc:
@@ -92,52 +94,59 @@ def new_event_id() -> str:
 # -- events ----------------------------------------------------------------------------
 
 
-def event_input(event: Mapping[str, Any]) -> event_pb2.EventInput:
-    """An ``EventInput`` from an event dict; an event without an id gets a new ULID."""
+def event_input(event: Mapping[str, Any], field: str = "event") -> event_pb2.EventInput:
+    """An ``EventInput`` from an event dict; an event without an id gets a new ULID.
+    ``field`` is where the request holds it (``events[2]``), for the errors."""
     if not isinstance(event, Mapping):
-        raise TypeError(f"an event is a dict with at least a name, got {type(event).__name__}")
-    unknown = sorted(set(event) - _EVENT_KEYS)
-    if unknown:
-        raise ValueError(f"unknown event key(s) {unknown} (known: {sorted(_EVENT_KEYS)})")
+        raise TypeError(f"{field}: must be a dict with at least a name, got {type(event).__name__}")
+    _no_unknown_keys(event, _EVENT_KEYS, field, "an event")
     name = event.get("name")
     if name is not None and not isinstance(name, str):
-        raise TypeError(f"event name must be a string, got {type(name).__name__}")
+        raise TypeError(f"{field}.name: must be a string, got {type(name).__name__}")
     if not name:
-        raise ValueError("event name is required")
+        raise ValueError(f"{field}.name: is required")
     message = event_pb2.EventInput(
         name=name,
-        id=_text(event.get("id"), "event id") or new_event_id(),
-        source=_text(event.get("source"), "event source"),
+        id=_text(event.get("id"), f"{field}.id") or new_event_id(),
+        source=_text(event.get("source"), f"{field}.source"),
     )
     for key in ("payload", "context"):
         if event.get(key) is not None:
-            convert.fill_value(getattr(message, key), event[key], what=key)
+            convert.fill_value(getattr(message, key), event[key], what=f"{field}.{key}")
     if event.get("timestamp") is not None:
         message.timestamp.CopyFrom(
-            convert.datetime_to_timestamp(event["timestamp"], what="event timestamp")
+            convert.datetime_to_timestamp(event["timestamp"], what=f"{field}.timestamp")
         )
     return message
 
 
-def send_options_message(options: SendOptions) -> event_pb2.SendEventOptions:
-    """The options of a send (client.send_event(s), io.send_event(s)), checked."""
-    unknown = sorted(set(options) - SendOptions.__optional_keys__)
-    if unknown:
-        raise TypeError(
-            f"unknown send option(s) {unknown} (known: deliver_at, deliver_after, account_id)"
-        )
+#: The most deliver_after can be (int64): far past the year 9999 the server allows.
+_MAX_DELIVER_AFTER = 2**63 - 1
+
+
+def send_options_message(
+    options: SendOptions, field: str = "options"
+) -> event_pb2.SendEventOptions:
+    """The options of a send (client.send_event(s), io.send_event(s)), checked;
+    ``field`` is where the request holds them, for the errors."""
+    _no_unknown_keys(options, SendOptions.__optional_keys__, field, "a send option")
     deliver_after = options.get("deliver_after")
-    if deliver_after is not None and (
-        isinstance(deliver_after, bool) or not isinstance(deliver_after, int) or deliver_after < 0
-    ):
-        raise ValueError(f"deliver_after is whole seconds >= 0, got {deliver_after!r}")
+    if deliver_after is not None:
+        if isinstance(deliver_after, bool) or not isinstance(deliver_after, int):
+            raise TypeError(f"{field}.deliver_after: must be whole seconds, got {deliver_after!r}")
+        if deliver_after < 0:
+            raise ValueError(f"{field}.deliver_after: must not be negative")
+        if deliver_after > _MAX_DELIVER_AFTER:
+            raise ValueError(f"{field}.deliver_after: is past the year 9999")
     message = event_pb2.SendEventOptions(
         deliver_after=deliver_after or 0,
-        account_id=_text(options.get("account_id"), "account_id"),
+        account_id=_text(options.get("account_id"), f"{field}.account_id"),
     )
     deliver_at = options.get("deliver_at")
     if deliver_at is not None:
-        message.deliver_at.CopyFrom(convert.datetime_to_timestamp(deliver_at, what="deliver_at"))
+        message.deliver_at.CopyFrom(
+            convert.datetime_to_timestamp(deliver_at, what=f"{field}.deliver_at")
+        )
     return message
 
 
@@ -161,10 +170,10 @@ def send_events(
     _known("send_events", options, SendOptions)
     with _arguments():
         if isinstance(events, (str, bytes, Mapping)):
-            raise TypeError("send_events takes a list of event dicts")
+            raise TypeError("events: must be a list of event dicts")
         events = list(events)  # read twice below: a generator would be spent
         request = event_service_pb2.SendEventsRequest(
-            events=[event_input(e) for e in events],
+            events=[event_input(e, f"events[{i}]") for i, e in enumerate(events)],
             options=send_options_message(options),
         )
     minted = frozenset(i.id for e, i in zip(events, request.events, strict=True) if not e.get("id"))
@@ -261,21 +270,26 @@ def register_job(
     _known("register_job", options, JobOptions)
     with _arguments():
         if not isinstance(trigger, Trigger):
-            raise TypeError("trigger must come from event_trigger(), cron_trigger(), ...")
+            raise TypeError(
+                "job.trigger: must come from event_trigger(), cron_trigger(), "
+                f"interval_trigger() or invoke_trigger(), got {type(trigger).__name__}"
+            )
         job = job_pb2.Job(
-            id=_id(id, "job id"),
-            name=options.get("name") or "",
-            version=version,
-            trigger=trigger.to_proto(),
-            enabled=options.get("enabled", True),
-            concurrency_limit=options.get("concurrency_limit", 0),
-            max_duration_seconds=options.get("max_duration_seconds", 0),
+            id=_id(id, "job.id"),
+            name=_text(options.get("name"), "job.name"),
+            version=_id(version, "job.version"),
+            trigger=trigger.to_proto(field="job.trigger"),
         )
+        _set(job, "enabled", options.get("enabled", True), "job.enabled")
+        for name in ("concurrency_limit", "max_duration_seconds"):
+            _set(job, name, options.get(name, 0), f"job.{name}")
         retry, log_level = options.get("retry"), options.get("log_level")
         if retry is not None:
-            job.retry.CopyFrom(convert.retry_to_pb(retry))
+            job.retry.CopyFrom(convert.retry_to_pb(retry, field="job.retry"))
         if log_level is not None:
-            job.log_level = convert.enum_value(job_pb2.LogLevel, log_level, "LOG_LEVEL_")
+            job.log_level = convert.enum_value(
+                job_pb2.LogLevel, log_level, "LOG_LEVEL_", field="job.log_level"
+            )
     request = job_service_pb2.RegisterJobRequest(job=job)
     return Call("jobs", "RegisterJob", request, _job_reply)
 
@@ -289,7 +303,7 @@ def get_job(id: str, version: str | None, page_token: str = "") -> Call[tuple[Jo
     done); the clients' get_job reads them all."""
     with _arguments():
         request = job_service_pb2.GetJobRequest(
-            id=_id(id, "job id"), version=version or "", page_token=page_token
+            id=_id(id), version=_text(version, "version"), page_token=page_token
         )
     return Call("jobs", "GetJob", request, _job_with_versions, idempotent=True)
 
@@ -324,8 +338,9 @@ def set_job_enabled(
     clients then read every version with get_job: all of them were changed)."""
     with _arguments():
         request = job_service_pb2.SetJobEnabledRequest(
-            job_id=_id(job_id, "job id"), enabled=enabled, version=_text(version, "version")
+            job_id=_id(job_id, "job_id"), version=_text(version, "version")
         )
+        _set(request, "enabled", enabled, "enabled")
     return Call("jobs", "SetJobEnabled", request, _changed_jobs)
 
 
@@ -338,7 +353,7 @@ def invoke_job(job_id: str, payload: Any, **options: Unpack[InvokeOptions]) -> C
     idempotency_key, context = options.get("idempotency_key"), options.get("context")
     with _arguments():
         request = job_service_pb2.InvokeJobRequest(
-            job_id=_id(job_id, "job id"),
+            job_id=_id(job_id, "job_id"),
             idempotency_key=_text(idempotency_key, "idempotency_key"),
             account_id=_text(options.get("account_id"), "account_id"),
         )
@@ -365,7 +380,7 @@ def _run_reply(reply: Any) -> Run:
 def get_run(id: str, page_token: str = "") -> Call[tuple[RunDetail, str]]:
     """One page of a run's details, and the token of the next ("" when done);
     the clients' get_run reads them all."""
-    request = run_service_pb2.GetRunRequest(id=_id(id, "run id"), page_token=page_token)
+    request = run_service_pb2.GetRunRequest(id=_id(id), page_token=page_token)
     return Call("runs", "GetRun", request, _run_detail, idempotent=True)
 
 
@@ -401,14 +416,14 @@ def _run_page(reply: Any) -> Page[Run]:
 
 
 def cancel_run(id: str) -> Call[Run]:
-    request = run_service_pb2.CancelRunRequest(id=_id(id, "run id"))
+    request = run_service_pb2.CancelRunRequest(id=_id(id))
     return Call("runs", "CancelRun", request, _run_reply)
 
 
 def watch_run(id: str, timeout: float | None) -> run_service_pb2.WatchRunRequest:
     with _arguments():
         check_timeout(timeout, spent=True)
-    return run_service_pb2.WatchRunRequest(id=_id(id, "run id"))
+    return run_service_pb2.WatchRunRequest(id=_id(id))
 
 
 def watch_update(reply: Any) -> Run | Task | LogEntry | None:
@@ -431,7 +446,7 @@ def run_statuses(statuses: Collection[str] | None) -> frozenset[str]:
         statuses = (statuses,)
     with _arguments():
         for status in statuses:
-            convert.enum_value(run_pb2.RunStatus, status, "RUN_STATUS_")
+            convert.enum_value(run_pb2.RunStatus, status, "RUN_STATUS_", field="statuses")
     return frozenset(s.strip().upper().removeprefix("RUN_STATUS_") for s in statuses)
 
 
@@ -470,19 +485,44 @@ def _known(method: str, options: Mapping[str, Any], spec: Any) -> None:
         raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
 
 
-def _id(value: str, what: str = "id") -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"{what} is required, got {value!r}")
+def _no_unknown_keys(
+    given: Mapping[Any, Any], known: Collection[str], field: str, what: str
+) -> None:
+    """A dict argument holds only ``known`` keys: the first other one is named, as the
+    server names a field it does not know (``event.paylod: ...``)."""
+    for key in given:
+        if key not in known:
+            where = f"{field}.{key}" if isinstance(key, str) else f"{field}[{key!r}]"
+            raise ValueError(f"{where}: is not {what} (known: {', '.join(sorted(known))})")
+
+
+def _id(value: str, field: str = "id") -> str:
+    """A required string: ``field: is required`` when absent or empty, as the server says."""
+    if value is None or value == "":
+        raise InvalidArgument(f"{field}: is required")
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field}: must be a string, got {type(value).__name__}")
     return value
 
 
-def _text(value: Any, what: str) -> str:
+def _text(value: Any, field: str) -> str:
     """An optional string argument ("" when absent), named when it is not a string."""
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string, got {type(value).__name__}")
+        raise TypeError(f"{field}: must be a string, got {type(value).__name__}")
     return value
+
+
+def _set(message: Message, name: str, value: Any, field: str) -> None:
+    """``message.<name> = value``; protobuf's complaint (a negative uint32, a float for
+    an integer) names the field. None leaves the field unset, as in a constructor."""
+    if value is None:
+        return
+    try:
+        setattr(message, name, value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{field}: {exc}") from None
 
 
 _MAX_PAGE_SIZE = 2**31 - 1
@@ -493,7 +533,7 @@ def _page_size(value: Any) -> int:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_PAGE_SIZE:
         raise ValueError(
-            f"page_size is a whole number >= 0 (0: the server's default), got {value!r}"
+            f"page_size: must be a whole number >= 0 (0: the server's default), got {value!r}"
         )
     return value
 
@@ -502,5 +542,5 @@ def _status(enum: Any, status: str | None, prefix: str) -> Any:
     if status is None:
         return 0
     if not isinstance(status, str):
-        raise TypeError(f"status must be a string, got {type(status).__name__}")
-    return convert.enum_value(enum, status, prefix)
+        raise TypeError(f"status: must be a string, got {type(status).__name__}")
+    return convert.enum_value(enum, status, prefix, field="status")

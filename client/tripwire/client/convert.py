@@ -226,11 +226,12 @@ def _struct_field(message: Message, name: str) -> dict[str, Any] | None:
 
 
 def datetime_to_timestamp(when: datetime, what: str = "time") -> timestamp_pb2.Timestamp:
-    """A ``Timestamp`` for a timezone-aware datetime; ``what`` names it in errors."""
+    """A ``Timestamp`` for a timezone-aware datetime; ``what`` names it in errors
+    (``what: problem``)."""
     if not isinstance(when, datetime):
-        raise TypeError(f"{what} must be a timezone-aware datetime, got {type(when).__name__}")
+        raise TypeError(f"{what}: must be a timezone-aware datetime, got {type(when).__name__}")
     if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"{what} {when} is naive; pass an aware datetime (e.g. tzinfo=UTC)")
+        raise ValueError(f"{what}: {when} is naive; pass an aware datetime (e.g. tzinfo=UTC)")
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(when.astimezone(UTC))
     return stamp
@@ -264,8 +265,13 @@ def enum_name(enum: Any, number: int, prefix: str) -> str:
     return name.removeprefix(prefix)
 
 
-def enum_value(enum: Any, name: str, prefix: str) -> Any:
-    """``"queued"`` or ``"RUN_STATUS_QUEUED"`` -> 1. Raises ValueError for unknown names."""
+def enum_value(enum: Any, name: str, prefix: str, *, field: str = "") -> Any:
+    """``"queued"`` or ``"RUN_STATUS_QUEUED"`` -> 1. Raises ValueError for unknown names
+    (TypeError for a name that is not a string), saying ``field: problem`` when a
+    field is given."""
+    where = f"{field}: " if field else ""
+    if not isinstance(name, str):
+        raise TypeError(f"{where}must be a string, got {type(name).__name__}")
     wanted = name.strip().upper()
     if not wanted.startswith(prefix):
         wanted = prefix + wanted
@@ -273,7 +279,7 @@ def enum_value(enum: Any, name: str, prefix: str) -> Any:
         number = enum.Value(wanted)
     except ValueError:
         known = ", ".join(enum_names(enum, prefix))
-        raise ValueError(f"unknown status {name!r} (one of {known})") from None
+        raise ValueError(f"{where}must be one of {known}, got {name!r}") from None
     return number
 
 
@@ -384,17 +390,21 @@ _RETRY_DEFAULTS = job_pb2.RetryPolicy(
 RETRY_MAX_LIMIT = 100
 
 
-def retry_to_pb(retry: Mapping[str, Any]) -> job_pb2.RetryPolicy:
+def retry_to_pb(retry: Mapping[str, Any], *, field: str = "retry") -> job_pb2.RetryPolicy:
     """A RetryPolicy from a dict with some of ``limit``, ``factor``, ``min_timeout_ms``,
     ``max_timeout_ms``, ``randomize`` (None or absent: the server's default).
 
-    Raises TypeError or ValueError naming the field for any other key, a value of the
-    wrong type, or one the server refuses: ``limit`` from 1 to 100, ``factor`` a finite
-    number >= 1, ``min_timeout_ms`` <= ``max_timeout_ms`` (defaults 1000 and 60000).
+    Raises TypeError or ValueError naming the field (``retry.limit: ...``, ``field``
+    being where the policy is) for any other key, a value of the wrong type, or one
+    the server refuses: ``limit`` from 1 to 100, ``factor`` a finite number >= 1,
+    ``min_timeout_ms`` <= ``max_timeout_ms`` (defaults 1000 and 60000).
     """
-    unknown = sorted(set(retry) - set(_RETRY_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown retry option(s) {unknown} (known: {list(_RETRY_FIELDS)})")
+    if not isinstance(retry, Mapping):
+        raise TypeError(f"{field}: must be a dict such as {{'limit': 3}}, got {retry!r}")
+    for key in retry:
+        if key not in _RETRY_FIELDS:
+            where = f"{field}.{key}" if isinstance(key, str) else f"{field}[{key!r}]"
+            raise ValueError(f"{where}: is not a retry option (known: {', '.join(_RETRY_FIELDS)})")
     policy = job_pb2.RetryPolicy()
     for name in _RETRY_FIELDS:
         value = retry.get(name)
@@ -403,41 +413,44 @@ def retry_to_pb(retry: Mapping[str, Any]) -> job_pb2.RetryPolicy:
         try:
             setattr(policy, name, value)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"retry.{name}: {exc}") from None
-    _check_retry(policy)
+            raise type(exc)(f"{field}.{name}: {exc}") from None
+    _check_retry(policy, field)
     return policy
 
 
-def _check_retry(policy: job_pb2.RetryPolicy) -> None:
+def _check_retry(policy: job_pb2.RetryPolicy, field: str) -> None:
     def get(name: _RetryField) -> Any:
         return getattr(policy if policy.HasField(name) else _RETRY_DEFAULTS, name)
 
     if not 1 <= get("limit") <= RETRY_MAX_LIMIT:
         raise ValueError(
-            f"retry.limit: must be between 1 and {RETRY_MAX_LIMIT}, got {get('limit')}"
+            f"{field}.limit: must be between 1 and {RETRY_MAX_LIMIT}, got {get('limit')}"
         )
     if not math.isfinite(get("factor")) or get("factor") < 1:
-        raise ValueError(f"retry.factor: must be a finite number >= 1, got {get('factor')}")
+        raise ValueError(f"{field}.factor: must be a finite number >= 1, got {get('factor')}")
     # min_timeout_ms >= 0 holds already: the field is unsigned.
     if get("min_timeout_ms") > get("max_timeout_ms"):
         if not policy.HasField("max_timeout_ms"):
             raise ValueError(
-                f"retry.min_timeout_ms: is {get('min_timeout_ms')}, over the default "
+                f"{field}.min_timeout_ms: is {get('min_timeout_ms')}, over the default "
                 f"max_timeout_ms ({get('max_timeout_ms')}): set max_timeout_ms too"
             )
         raise ValueError(
-            f"retry.max_timeout_ms: must be >= min_timeout_ms ({get('min_timeout_ms')}), "
+            f"{field}.max_timeout_ms: must be >= min_timeout_ms ({get('min_timeout_ms')}), "
             f"got {get('max_timeout_ms')}"
         )
 
 
-def trigger_to_pb(trigger: Trigger) -> job_pb2.Trigger:
+def trigger_to_pb(trigger: Trigger, field: str = "") -> job_pb2.Trigger:
+    """The Trigger message; ``field``, where a request holds it (``job.trigger``),
+    prefixes the path of a filter or schema that is not JSON in the error."""
+    where = f"{field}.{trigger.kind}." if field else ""
     if trigger.kind == "event":
         event = job_pb2.EventTrigger(names=trigger.names, source=trigger.source)
         for name in ("filter", "context_filter", "schema"):
             value = getattr(trigger, name)
             if value is not None:
-                fill_struct(getattr(event, name), value, what=name)
+                fill_struct(getattr(event, name), value, what=where + name)
         return job_pb2.Trigger(event=event)
     if trigger.kind == "cron":
         cron = job_pb2.CronTrigger(
@@ -449,7 +462,7 @@ def trigger_to_pb(trigger: Trigger) -> job_pb2.Trigger:
         return job_pb2.Trigger(interval=interval)
     invoke = job_pb2.InvokeTrigger()
     if trigger.schema is not None:
-        fill_struct(invoke.schema, trigger.schema, what="schema")
+        fill_struct(invoke.schema, trigger.schema, what=where + "schema")
     return job_pb2.Trigger(invoke=invoke)
 
 

@@ -215,37 +215,56 @@ def run_spec(key: str, name: str | None, retry: Mapping[str, Any] | None, params
     )
 
 
-def _event_json(event: Mapping[str, Any]) -> dict[str, Any]:
-    message = event_input(event)
+# The checks of a send task's arguments name the fields of the TaskRequest the server
+# would name (task.params.event.name, task.key), as client.send_event's do its request's.
+
+
+def _send_key(key: str) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"task.key: must be a string, got {type(key).__name__}")
+    if not key:
+        raise ValueError("task.key: is required: every io call needs a cache key")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"task.key: is longer than {MAX_KEY_LENGTH} characters")
+    return key
+
+
+def _event_json(event: Mapping[str, Any], field: str) -> dict[str, Any]:
+    message = event_input(event, field)
     if not event.get("id"):
         message.ClearField("id")  # the server derives the id from the task's key
     return json_format.MessageToDict(message)
 
 
-def _options_json(given: SendOptions) -> dict[str, Any]:
-    as_json = json_format.MessageToDict(send_options_message(given))
+def _options_json(given: SendOptions | None, more: SendOptions) -> dict[str, Any]:
+    if given is not None and not isinstance(given, Mapping):
+        raise TypeError(
+            f"task.params.options: must be a dict such as {{'deliver_after': 60}}, got {given!r}"
+        )
+    options = send_options(given, more)
+    as_json = json_format.MessageToDict(send_options_message(options, "task.params.options"))
     if "deliverAfter" in as_json:  # int64 is a string in proto JSON; a number reads better
         as_json["deliverAfter"] = int(as_json["deliverAfter"])
     return as_json
 
 
 def send_event_spec(key: str, event: Mapping[str, Any], options: dict[str, Any]) -> TaskSpec:
-    params = {"event": _event_json(event), "options": options}
+    params = {"event": _event_json(event, "task.params.event"), "options": options}
     name = f"send event {event.get('name')}"
-    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENT, _key(key), name, convert.to_value(params))
+    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENT, _send_key(key), name, convert.to_value(params))
 
 
 def send_events_spec(
     key: str, events: Sequence[Mapping[str, Any]], options: dict[str, Any]
 ) -> TaskSpec:
     if isinstance(events, (str, bytes, Mapping)) or not isinstance(events, Iterable):
-        raise TypeError("send_events takes a list of event dicts")
-    as_json = [_event_json(e) for e in events]
+        raise TypeError("task.params.events: must be a list of events")
+    as_json = [_event_json(e, f"task.params.events[{i}]") for i, e in enumerate(events)]
     if not as_json:
-        raise ValueError("send_events needs at least one event")
+        raise ValueError("task.params.events: must hold at least one event")
     params = {"events": as_json, "options": options}
     name = f"send {len(as_json)} events"
-    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENTS, _key(key), name, convert.to_value(params))
+    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENTS, _send_key(key), name, convert.to_value(params))
 
 
 def wait_spec(key: str, seconds: float) -> TaskSpec:
@@ -723,7 +742,7 @@ class IO:
         Bad input raises InvalidArgument, as from ``client.send_event``.
         """
         with _arguments():
-            spec = send_event_spec(key, event, _options_json(send_options(options, more)))
+            spec = send_event_spec(key, event, _options_json(options, more))
         return _event_output((await self._execution.open(spec, _parent.get())).output, key)
 
     async def send_events(
@@ -737,7 +756,7 @@ class IO:
         """Send several events atomically and in order, with the same options (as for
         :meth:`send_event`); returns the stored events."""
         with _arguments():
-            spec = send_events_spec(key, events, _options_json(send_options(options, more)))
+            spec = send_events_spec(key, events, _options_json(options, more))
         return _events_output((await self._execution.open(spec, _parent.get())).output, key)
 
     async def wait(self, key: str, seconds: float) -> None:

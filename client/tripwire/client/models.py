@@ -184,11 +184,12 @@ class Trigger:
     catch_up: bool = False
     model: type[BaseModel] | None = field(default=None, compare=False, repr=False)
 
-    def to_proto(self) -> job_pb2.Trigger:
-        """The ``tripwire.v1.Trigger`` message."""
+    def to_proto(self, field: str = "") -> job_pb2.Trigger:
+        """The ``tripwire.v1.Trigger`` message; ``field`` (``job.trigger``) is where a
+        request holds it, named in the error for a filter or schema that is not JSON."""
         from tripwire.client.convert import trigger_to_pb  # convert imports this module
 
-        return trigger_to_pb(self)
+        return trigger_to_pb(self, field)
 
     def describe(self) -> str:
         """A one-line summary, e.g. ``event new.user`` or ``cron 0 9 * * * (UTC)``."""
