@@ -3,11 +3,13 @@ its Python client example runs against a real server."""
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
 
 import pytest
+from tripwire.client import cli
 
 from .test_quickstart import QUICKSTART
 from .test_seed import SEED
@@ -49,3 +51,42 @@ def test_worker_example_defines_a_valid_job(tmp_path: Path, run) -> None:
     result = run([sys.executable, script])
     assert result.returncode == 0, result.stderr
     assert "welcome" in result.stdout
+
+
+def cli_synopsis() -> dict[str, str]:
+    """The CLI section's synopsis: each command's line, by command."""
+    section = README.split("\n## CLI\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```\n(.*?)```", section, flags=re.DOTALL)
+    assert block is not None
+    lines = [line for line in block.group(1).splitlines() if line.strip()]
+    assert all(line.startswith("tripwire ") for line in lines), lines
+    return {line.split()[1]: line for line in lines}
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: p for name, p in sub.choices.items() if name != "serve"}
+
+
+GLOBAL = {"-h", "--help", "--url", "--api-key", "--json"}
+
+
+@pytest.mark.parametrize("name", sorted(commands()))
+def test_the_cli_synopsis_gives_each_commands_real_arguments(name: str) -> None:
+    """Every option of the command, shown optional (none is required), and no other;
+    its positional arguments by their metavars, in order."""
+    line = cli_synopsis()[name]
+    parser = commands()[name]
+    options = {
+        s for a in parser._actions for s in a.option_strings if a.help != argparse.SUPPRESS
+    } - GLOBAL
+    assert set(re.findall(r"--[a-z-]+", line)) == options
+    for option in options:
+        assert f"[{option}" in line, (option, line)
+    positionals = [a.metavar or a.dest.upper() for a in parser._actions if not a.option_strings]
+    assert re.sub(r" \[--[^]]*\]", "", line).split()[2:] == positionals
+
+
+def test_the_cli_synopsis_has_every_command() -> None:
+    assert set(cli_synopsis()) == set(commands())

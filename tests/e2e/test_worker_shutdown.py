@@ -1,9 +1,12 @@
 """Python workers as processes: SIGTERM or SIGINT drains `await client.run_worker()` as it
 drains `client.listen()`, a handler stuck past the drain deadline does not keep
-the process alive, and `tripwire worker` reports a bad target plainly."""
+the process alive, and `tripwire worker` says when it is connected and when it drains,
+and reports a bad target plainly."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -144,3 +147,24 @@ def test_a_worker_target_without_jobs_is_an_error_not_a_traceback(server, run, t
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "nojobs:client" in result.stderr and "at least one job" in result.stderr
+
+
+async def test_the_worker_command_says_when_it_connects_and_when_it_drains(
+    server, workers, tmp_path, poll
+):
+    (tmp_path / "said_worker.py").write_text(ASYNC_WORKER)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    worker = workers.start(server.address, "said_worker:client", env={"PYTHONPATH": path})
+
+    async def output() -> str:
+        assert worker.proc.poll() is None, worker.output()
+        return worker.output()
+
+    said = await poll(output, lambda out: "connected to" in out, within=WITHIN, what="connected")
+    connected = rf"\d\d:\d\d:\d\d INFO tripwire\.worker: connected to {re.escape(server.address)} "
+    assert re.search(rf"{connected}as \S+, serving slow@1\.0\.0 \(session ", said), said
+    worker.signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=STOP_DEADLINE) == 0, worker.output()
+    said = worker.output()
+    assert "INFO tripwire.worker: shutting down: finishing running runs" in said, said
+    assert "INFO tripwire.worker: draining: no more runs asked for" in said, said

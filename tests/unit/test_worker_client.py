@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -34,8 +36,10 @@ def test_define_job_adds_checked_jobs_to_the_client() -> None:
     assert len(client.jobs) == 1
 
 
-def test_listen_serves_until_sigterm_then_drains() -> None:
-    client = Client("app")
+def test_listen_serves_until_sigterm_then_drains(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tripwire")
+    root_handlers = list(logging.getLogger().handlers)
+    client = Client("app", url="tw.example:50051")
     client.define_job(id="job-1", version="1.0.0", trigger=invoke_trigger())(handler)
 
     class SignallingServer(FakeServer):
@@ -54,6 +58,20 @@ def test_listen_serves_until_sigterm_then_drains() -> None:
     assert stream.half_closed.is_set()
     assert stream.log[0].HasField("hello")
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    # Said at INFO through the `tripwire` logger, once each; logging itself is left
+    # to the application (only `tripwire worker` sets it up).
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    connected = [m for m in said if m.startswith("connected to")]
+    assert len(connected) == 1
+    assert re.fullmatch(
+        rf"connected to tw\.example:50051 as {re.escape(stream.log[0].hello.worker_id)}, "
+        r"serving job-1@1\.0\.0 \(session .*\)",
+        connected[0],
+    )
+    assert "shutting down: finishing running runs (signal again to stop now)" in said
+    assert len([m for m in said if m.startswith("draining: ")]) == 1
+    assert all(r.name.startswith("tripwire.") for r in caplog.records)
+    assert logging.getLogger().handlers == root_handlers
 
 
 def test_the_worker_command_loads_the_client_and_listens(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,6 +86,76 @@ def test_the_worker_command_loads_the_client_and_listens(monkeypatch: pytest.Mon
     assert cli.main(["worker", "myapp.jobs:other"]) == 0
     assert cli.main(["worker", "myapp.jobs"]) == 0  # the attribute defaults to `client`
     assert seen == ["myapp.jobs", "listen", "myapp.jobs", "listen"]
+
+
+def logs_on_listen(seen: list[str]) -> Any:
+    def listen() -> None:
+        seen.append("listen")
+        logging.getLogger("tripwire.worker").info("connected to h:1 as w1, serving job-1@1.0.0")
+
+    return SimpleNamespace(listen=listen)
+
+
+def test_the_worker_command_logs_to_stderr_unless_logging_is_set_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without it the SDK's INFO lines (connected, draining) would go nowhere."""
+    seen: list[str] = []
+    monkeypatch.setattr(
+        cli.importlib, "import_module", lambda name: SimpleNamespace(client=logs_on_listen(seen))
+    )
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # pytest's own are put back after
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    assert cli.main(["worker", "myapp.jobs"]) == 0
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d INFO tripwire\.worker: connected to h:1 as w1, serving job-1@1\.0\.0\n",
+        err,
+    )
+    # A module that set logging up itself keeps its own.
+    own = logging.NullHandler()
+    monkeypatch.setattr(root, "handlers", [own])
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    assert cli.main(["worker", "myapp.jobs"]) == 0
+    assert root.handlers == [own] and root.level == logging.WARNING
+    assert capsys.readouterr().err == ""
+    assert seen == ["listen", "listen"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["worker", "--url", "h:1", "myapp.jobs"],
+        ["--url", "h:1", "worker", "myapp.jobs"],
+        ["worker", "myapp.jobs", "--api-key=k"],
+        ["--api-key", "k", "worker", "myapp.jobs"],
+        ["worker", "--json", "myapp.jobs"],
+        ["--json", "worker", "myapp.jobs"],
+    ],
+)
+def test_the_worker_command_refuses_the_options_of_the_commands_own_client(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loaded: list[str] = []
+    monkeypatch.setattr(cli.importlib, "import_module", loaded.append)
+    assert cli.main(argv) == 2
+    option = next(a for a in argv if a.startswith("--")).partition("=")[0]
+    assert capsys.readouterr().err == (
+        f"error: {option}: `tripwire worker` takes its URL and API key from the Client in "
+        "its module (Client(name, url=..., api_key=...)), and has no --url, --api-key or "
+        "--json\n"
+    )
+    assert loaded == []  # refused before anything is loaded
+
+
+def test_the_worker_commands_help_says_what_it_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["worker", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "usage: tripwire worker [-h] MODULE[:ATTR]" in out
+    assert "(ATTR defaults to client)" in out
+    assert "--url" not in out.split("options:")[1]  # not listed as one it takes
+    assert "--api-key" not in out.split("options:")[1]
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
 """The ``tripwire`` command: send and inspect events, jobs and runs; ``serve`` the server.
 
 ``tripwire [--url URL] [--api-key KEY] [--json] COMMAND ...``; the global options may
-also follow the command. Exit status: 0 done, 1 the server refused (``error: CODE:
-details`` on stderr), 2 bad usage (``error: details`` for what argparse cannot check,
-e.g. a ``worker`` target that does not load, or an argument the client refuses
-before any call).
+also follow the command (``worker`` refuses them: its Client has its own). Exit
+status: 0 done, 1 the server refused (``error: CODE: details`` on stderr), 2 bad
+usage (``error: details`` for what argparse cannot check, e.g. a ``worker`` target
+that does not load, or an argument the client refuses before any call).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
+    if handler is _worker:
+        return _worker_command(args)
     if not args.url.strip():
         print("error: --url: is empty (TRIPWIRE_URL too?)", file=sys.stderr)
         return 2
@@ -70,18 +73,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with client:
             data, text = handler(client, args)
-    except UsageError as exc:
+    except (UsageError, TripwireError) as exc:
+        return _error(exc)
+    return _print(render.dumps(data) if args.json else text)
+
+
+def _error(exc: UsageError | TripwireError) -> int:
+    """Say why a command failed, on stderr; its exit status."""
+    if isinstance(exc, UsageError):
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except TripwireError as exc:
-        if isinstance(exc, InvalidArgument) and not isinstance(exc.__cause__, grpc.RpcError):
-            # Refused by the client while building the request: no call was made.
-            print(f"error: {exc.details}", file=sys.stderr)
-            return 2
-        code = f"{exc.code_name}: " if exc.code is not None else ""
-        print(f"error: {code}{exc.details}", file=sys.stderr)
-        return 1
-    return _print(render.dumps(data) if args.json else text)
+    if isinstance(exc, InvalidArgument) and not isinstance(exc.__cause__, grpc.RpcError):
+        # Refused by the client while building the request: no call was made.
+        print(f"error: {exc.details}", file=sys.stderr)
+        return 2
+    code = f"{exc.code_name}: " if exc.code is not None else ""
+    print(f"error: {code}{exc.details}", file=sys.stderr)
+    return 1
 
 
 def _print(output: str) -> int:
@@ -168,9 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser, suppress=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Handler, help: str, *, hidden_globals: bool = False
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
-        _global_options(sub, suppress=True)
+        _global_options(sub, suppress=True, hidden=hidden_globals)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -223,31 +233,68 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(
         "worker",
         _worker,
-        "serve the jobs of a Client until SIGTERM or SIGINT (it connects where that "
-        "Client's url and api_key say; --url and --api-key do not apply)",
+        "serve the jobs of a Client until SIGTERM or SIGINT, logging to stderr; it "
+        "connects where that Client's url and api_key say (--url, --api-key and --json "
+        "are refused)",
+        hidden_globals=True,
     )
-    sub.add_argument("target", metavar="MODULE:CLIENT", help="e.g. myapp.jobs:client")
+    sub.add_argument(
+        "target",
+        metavar="MODULE[:ATTR]",
+        help="the module to import and its Client (ATTR defaults to client), "
+        "e.g. myapp.jobs:client",
+    )
     return parser
 
 
-def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+class _Given(argparse.Action):
+    """Stores an option's value (True for a flag, given ``nargs=0``) and notes that it
+    was given, as ``<dest>_given_as``: a command that takes none can refuse it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+        setattr(namespace, f"{self.dest}_given_as", option_string)
+
+
+_GLOBAL_DESTS = ("url", "api_key", "json")
+
+
+def _global_options(
+    parser: argparse.ArgumentParser, *, suppress: bool, hidden: bool = False
+) -> None:
     # Accepted before or after the command: a sub-parser knows them too, with SUPPRESS
     # defaults so that it only overrides what was actually given after the command.
+    # ``hidden``: parsed (to be refused by name), but not listed in the command's help.
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
+    def help(text: str) -> str:
+        return argparse.SUPPRESS if hidden else text
+
     parser.add_argument(
         "--url",
+        action=_Given,
         default=default(os.environ.get("TRIPWIRE_URL") or DEFAULT_URL),
-        help=f"server address (env TRIPWIRE_URL, default {DEFAULT_URL})",
+        help=help(f"server address (env TRIPWIRE_URL, default {DEFAULT_URL})"),
     )
     parser.add_argument(
         "--api-key",
+        action=_Given,
         default=default(os.environ.get("TRIPWIRE_API_KEY")),
-        help="env TRIPWIRE_API_KEY",
+        help=help("env TRIPWIRE_API_KEY"),
     )
     parser.add_argument(
-        "--json", action="store_true", default=default(False), help="print JSON, not tables"
+        "--json",
+        action=_Given,
+        nargs=0,
+        default=default(False),
+        help=help("print JSON, not tables"),
     )
 
 
@@ -416,8 +463,31 @@ class UsageError(Exception):
     """A command argparse could not check is wrong (exit status 2)."""
 
 
-def _worker(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
-    # The application's own Client serves its jobs; the command's client is not used.
+#: How ``tripwire worker`` logs, when the application has not set logging up itself.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%H:%M:%S"
+
+
+def _worker_command(args: argparse.Namespace) -> int:
+    """``tripwire worker``: no client of the command's own, so none of its options."""
+    given = [getattr(args, f"{dest}_given_as", None) for dest in _GLOBAL_DESTS]
+    if any(given):
+        print(
+            f"error: {', '.join(g for g in given if g)}: `tripwire worker` takes its URL and "
+            "API key from the Client in its module (Client(name, url=..., api_key=...)), "
+            "and has no --url, --api-key or --json",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        _, text = _worker(None, args)
+    except (UsageError, TripwireError) as exc:
+        return _error(exc)
+    return _print(text)
+
+
+def _worker(client: Client | None, args: argparse.Namespace) -> tuple[Any, str]:
+    # The application's own Client serves its jobs: the command makes none.
     module, _, attr = args.target.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` does: modules beside the caller
@@ -427,6 +497,12 @@ def _worker(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
         raise UsageError(f"cannot load {args.target}: {exc}") from exc
     if not callable(getattr(app, "listen", None)):
         raise UsageError(f"{args.target} is not a tripwire Client")
+    # The SDK logs (through the `tripwire` logger) when it connects and when it
+    # drains; unless the module set logging up itself, show that and the rest on stderr.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT, stream=sys.stderr
+        )
     try:
         app.listen()
     except (ValueError, TypeError) as exc:  # the worker refused its settings (no jobs, ...)

@@ -519,6 +519,11 @@ class _Session:
         earlier of the two ends holds."""
         end = asyncio.get_running_loop().time() + max(deadline, 0)
         if self.closer is None:
+            log.info(
+                "draining: no more runs asked for; %d running run(s) have %g s to finish",
+                len(self.runs),
+                max(deadline, 0),
+            )
             self.draining = True
             self.close_at = end
             # So that the server sends no more runs here (they go to other workers).
@@ -769,7 +774,13 @@ class Worker:
                 raise TripwireError(f"expected welcome, got {first.WhichOneof('message')}")
             welcome = first.welcome
             self.heartbeat_interval = welcome.heartbeat_interval_ms / 1000 or _DEFAULT_HEARTBEAT
-            log.info("connected as %s (session %s)", self.worker_id, welcome.session_id)
+            log.info(
+                "connected to %s as %s, serving %s (session %s)",
+                self.client.url,
+                self.worker_id,
+                ", ".join(f"{job.id}@{job.version}" for job in self._jobs.values()),
+                welcome.session_id,
+            )
             self._session = session
             self.backoff.connected()
             self._connected.set()
