@@ -90,3 +90,14 @@ def test_the_cli_synopsis_gives_each_commands_real_arguments(name: str) -> None:
 
 def test_the_cli_synopsis_has_every_command() -> None:
     assert set(cli_synopsis()) == set(commands())
+
+
+def test_installs_from_a_checkout_as_serve_says_when_the_server_is_missing() -> None:
+    """tripwire is not on PyPI: no `pip install tripwire` that would fetch another
+    project's package."""
+    for command in re.findall(r"pip install ([^`]*)", README):
+        if command.lstrip("'").startswith("tripwire"):
+            assert " @ git+" in command, command  # from the repository, not an index
+    assert "pip install ." in README
+    command = cli.NOT_INSTALLED.split(": ", 1)[1].rsplit(", ", 1)[1]
+    assert command == "pip install '.[server]'" and command in README

@@ -184,7 +184,7 @@ def test_serve_without_the_server_installed(
     monkeypatch.setattr(cli.importlib, "import_module", import_module)
     assert cli.main(["serve"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "the server is not installed: pip install 'tripwire[server]'"
+        "the server is not installed: from a checkout of this repository, pip install '.[server]'"
     )
 
 

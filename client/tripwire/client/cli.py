@@ -29,7 +29,10 @@ from tripwire.v1 import event_pb2, run_pb2
 __all__ = ["build_parser", "main"]
 
 DEFAULT_URL = "localhost:50051"
-NOT_INSTALLED = "the server is not installed: pip install 'tripwire[server]'"
+# Not on PyPI: installed from a checkout of the repository.
+NOT_INSTALLED = (
+    "the server is not installed: from a checkout of this repository, pip install '.[server]'"
+)
 
 #: A command: the client and the parsed arguments in, (JSON data, text) out.
 Handler = Callable[[Client, argparse.Namespace], tuple[Any, str]]
