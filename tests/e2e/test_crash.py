@@ -274,7 +274,7 @@ async def test_stalled_worker_loses_its_run_after_the_lease(start_server, crash,
         stalled.signal(signal.SIGCONT)
         await crash.wait(
             lambda: _async(stalled.output),
-            lambda out: out.count("connected as") >= 2,
+            lambda out: out.count("tripwire.worker: connected to") >= 2,
             within=RECOVERY_DEADLINE,
             what="the woken worker reconnected",
         )

@@ -158,5 +158,5 @@ async def test_list_page_tokens_tell_nothing_of_other_environments(
             await stubs.events.ListEvents(ev.ListEventsRequest(page_token=before[0]), metadata=a)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (err.value.details() or "").startswith(
-            "page_token: continues from an event that is no longer stored"
+            "page_token: continues from an event this environment does not have"
         )

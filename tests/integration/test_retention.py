@@ -213,3 +213,27 @@ async def test_a_late_message_for_a_run_deleted_since_is_answered_cancel(
         assert ended["runId"] == run["id"] and "deleted" in ended["reason"]
     finally:
         await worker.close()
+
+
+async def test_a_page_token_from_an_event_deleted_since_is_refused_even_if_its_id_came_back(
+    server: Server, conn: Stubs, clock: FakeClock
+) -> None:
+    """Sent again after retention deleted its event, an id names a newer event: a
+    token continuing from the old one must not page on from the new one (that would
+    list the newer events again), nor fail silently."""
+    for event_id in ("e0", "e1", "e2"):
+        await send(conn, event_id, "nobody.listens")
+    page = await conn.events.ListEvents(ev.ListEventsRequest(page_size=2))
+    assert [e.id for e in page.events] == ["e2", "e1"]
+    token = page.next_page_token
+    clock.advance(2 * 86_400)
+    await purge_pass(server.store, clock() - DAY_MS)
+    for event_id in ("e0", "e1", "e2"):
+        await send(conn, event_id, "nobody.listens")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await conn.events.ListEvents(ev.ListEventsRequest(page_token=token))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(
+        "page_token: continues from an event this environment does not have (deleted by "
+        "retention since"
+    )

@@ -283,6 +283,9 @@ async def test_a_fire_whose_id_an_older_event_holds_is_skipped_loudly(
         clock.advance(10)
         (run,) = await wait_runs(stubs, "tick", 1)
         assert run["eventId"] == f"tick:{START + 20_000}"
+        # The job's first fire: the skipped tick is no previous fire of it.
+        fired = js(await stubs.events.GetEvent(ev.GetEventRequest(id=run["eventId"])))
+        assert "lastTimestamp" not in fired["event"]["payload"]
     assert f"the fire tick:{START + 10_000} is skipped" in caplog.text
     assert f"held by an event named {holder['name']!r}" in caplog.text
 
@@ -316,20 +319,21 @@ async def test_a_schedule_that_cannot_be_computed_stops_neither_the_others_nor_t
     assert fired["eventId"] == f"broken:{START + 90_000}"
 
 
-async def test_a_tick_whose_schedule_failed_once_fires_on_the_retry_a_minute_later(
-    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("failures", [1, 2])
+async def test_a_tick_whose_schedule_failed_fires_on_the_retry_that_works(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, failures: int
 ) -> None:
-    """The retry is past the default grace of 60 s, but the tick was on time when it
-    was first tried: it fires, late, rather than being skipped as late."""
+    """The retries are past the default grace of 60 s, but the tick was on time when
+    it was first tried: it fires, late, rather than being skipped as late."""
     real, calls = schedules.decide, []
 
-    def fails_once(schedule: schedules.Schedule, *args: Any) -> Any:
+    def fails_at_first(schedule: schedules.Schedule, *args: Any) -> Any:
         calls.append(args)
-        if len(calls) == 1:
+        if len(calls) <= failures:
             raise LookupError("no such time zone")
         return real(schedule, *args)
 
-    monkeypatch.setattr(schedules, "decide", fails_once)
+    monkeypatch.setattr(schedules, "decide", fails_at_first)
     clock = FakeClock(START)
     server = await start_server(clock=clock)
     async with grpc.aio.insecure_channel(server.address) as channel:
@@ -337,11 +341,12 @@ async def test_a_tick_whose_schedule_failed_once_fires_on_the_retry_a_minute_lat
         trigger = {"interval": {"seconds": 3600}}
         await register(stubs, {"job": {"id": "hourly", "version": "1.0.0", "trigger": trigger}})
         clock.advance(3600.001)
+        for failure in range(1, failures + 1):
 
-        async def tried() -> bool:
-            return bool(calls)
+            async def tried(times: int = failure) -> bool:
+                return len(calls) >= times
 
-        await eventually(tried)
-        clock.advance(60)
+            await eventually(tried)
+            clock.advance(60)
         (fired,) = await wait_runs(stubs, "hourly", 1)
     assert fired["eventId"] == f"hourly:{START + 3_600_000}"

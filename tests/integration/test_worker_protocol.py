@@ -1680,11 +1680,12 @@ async def test_a_send_events_task_is_capped_in_bytes_like_send_events(
 async def test_a_send_events_task_over_the_batch_count_is_refused_before_its_events_are_read(
     start_server: StartServer,
 ) -> None:
-    """As SendEvents: the count first (not events[0]'s own error), and nothing stored."""
+    """As SendEvents: the count first (not events[0]'s own error, which converting
+    the events finds), and nothing stored."""
     async with a_run(start_server, max_batch=3) as (_, stubs, w, run):
         w.send({"task": {"requestId": "over", "runId": run["id"], "attempt": 1, "key": "s",
                          "kind": "TASK_KIND_SEND_EVENTS",
-                         "params": {"events": [{"name": ""}] * 4}}})  # fmt: skip
+                         "params": {"events": [{"name": 5}] * 4}}})  # fmt: skip
         rejected = await w.expect("rejected")
         assert rejected["message"] == "task.params.events: 4 events exceed the batch limit of 3"
         assert "tasks" not in js(await stubs.runs.GetRun(rn.GetRunRequest(id=run["id"])))

@@ -372,6 +372,40 @@ def test_decide(
     assert decide(schedule, next_fire, now, ANCHOR, GRACE) == expected
 
 
+@pytest.mark.parametrize(
+    ("now", "tried", "expected"),
+    [
+        # The tick was due, and on time, at the failed try: it fires at the retry.
+        pytest.param(
+            utc(2024, 1, 1, 11, 2),
+            utc(2024, 1, 1, 11, 0, 1),
+            Decision(utc(2024, 1, 1, 11), utc(2024, 1, 1, 12), 0),
+            id="on time at the failed try",
+        ),
+        # Already past the grace at the failed try: skipped, as it would have been.
+        pytest.param(
+            utc(2024, 1, 1, 11, 3),
+            utc(2024, 1, 1, 11, 2),
+            Decision(None, utc(2024, 1, 1, 12), 1),
+            id="late at the failed try",
+        ),
+        # The retry comes a day late (the server was down): the latest tick, planned
+        # after the failed try, is judged now, and skipped like any late one.
+        pytest.param(
+            utc(2024, 1, 2, 11, 30),
+            utc(2024, 1, 1, 11, 0, 1),
+            Decision(None, utc(2024, 1, 2, 12), 25),
+            id="a newer tick is judged now",
+        ),
+    ],
+)
+def test_a_retry_judges_the_tick_due_at_the_failed_try_as_of_then(
+    now: datetime, tried: datetime, expected: Decision
+) -> None:
+    hourly = every(3600)
+    assert decide(hourly, utc(2024, 1, 1, 11), now, ANCHOR, GRACE, tried) == expected
+
+
 # --- event id and payload -------------------------------------------------------------------
 
 

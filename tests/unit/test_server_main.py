@@ -77,4 +77,4 @@ def test_without_the_servers_dependencies_it_says_how_to_install_them(
     assert main([]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tripwire serve: the server is not installed (")
-    assert "pip install '.[server]' in a checkout of this repository" in err
+    assert "from a checkout of this repository, pip install '.[server]'" in err

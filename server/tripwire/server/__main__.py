@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .app import Server
 
 # The server's dependencies are an extra: a light install has the client only.
-INSTALL_HINT = "pip install '.[server]' in a checkout of this repository"
+INSTALL_HINT = "from a checkout of this repository, pip install '.[server]'"
 
 
 async def _serve(server: Server) -> None:

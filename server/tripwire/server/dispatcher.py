@@ -132,7 +132,9 @@ class _RunQueue:
 def _age(item: _Queued) -> tuple[int, int, int]:
     """Created first, first out. A new run's seq is not known here (it is not read
     back from the store), so the time comes first: by seq alone, a new run would
-    wait behind every stored run of another job, however much newer."""
+    wait behind every stored run of another job, however much newer. The time is
+    the server's clock: runs made while it ran ahead (until corrected) go after
+    those made since, when they compete for a slot."""
     return (item.run.created_at, item.run.seq or _NEW, item.arrival)
 
 

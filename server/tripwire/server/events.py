@@ -246,7 +246,7 @@ class EventService:
         return event, await self.store.event_runs(env, event_id)
 
     async def find(
-        self, env: str, *, name: str, status: str, limit: int, before: str | None
+        self, env: str, *, name: str, status: str, limit: int, before: tuple[str, int] | None
     ) -> Page[Event]:
         return await self.store.list_events(
             env, name=name, status=status, limit=limit, before=before

@@ -69,7 +69,7 @@ class RunService:
         event_id: str,
         status: str,
         limit: int,
-        before: str | None,
+        before: tuple[str, int] | None,
     ) -> Page[Run]:
         return await self.store.list_runs(
             env, job_id=job_id, event_id=event_id, status=status, limit=limit, before=before

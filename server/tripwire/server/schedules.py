@@ -390,8 +390,9 @@ def decide(
     timer loop finds a tick a little after it (a grace of 0 would skip them all). Older
     ones are skipped, as in v2, so a long downtime never produces a burst. The returned
     `next_fire` is after `now`, so applying `decide` again with the returned value never
-    fires the same tick twice. `tried`: when an earlier try at `now`'s ticks failed (the
-    schedule could not be computed), lateness is judged as of that try.
+    fires the same tick twice. `tried`: when the schedule could not be computed at an
+    earlier try (the first of those that failed), the latest tick is judged late or
+    not as of that try, if it was due then.
     """
     _require_aware(next_fire, now, anchor)
     if next_fire > now:
@@ -401,7 +402,8 @@ def decide(
         # Nothing planned in [next_fire, now]: next_fire was not on the grid (the schedule
         # changed under it). Move it onto the grid without firing anything.
         return Decision(fire_at=None, next_fire=next_after(schedule, now, anchor), missed=0)
-    judged = now if tried is None else min(tried, now)
+    # Judged as of the failed try only if the tick was due then; not one planned since.
+    judged = tried if tried is not None and latest <= tried <= now else now
     fire = schedule.catch_up or judged - latest <= max(grace, ON_TIME)
     due = _count_due(schedule, next_fire, latest, anchor)
     missed = due - 1 if fire else due

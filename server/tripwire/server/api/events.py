@@ -118,8 +118,9 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             page.items,
             reply.events,
             convert.event_to_pb,
-            item_token(page.next_cursor) if page.next_cursor else "",
-            lambda e: item_token(e.id),
+            # The store's cursor is the page's last event: the token names it.
+            item_token(page.items[-1].id, page.items[-1].created_at) if page.next_cursor else "",
+            lambda e: item_token(e.id, e.created_at),
         )
         return reply
 

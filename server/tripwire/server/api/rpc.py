@@ -221,17 +221,24 @@ def _unwrap(prefix: str, token: str) -> str:
     return text[len(prefix) :]
 
 
-def item_token(item_id: str) -> str:
+def item_token(item_id: str, created_at: int) -> str:
     """A token that pages on, newest first, from before the event or run `item_id`
-    (the last of a page). Opaque, and about nothing but what the page showed: the
-    store's row numbers are shared by every environment, and how far they moved
-    between two pages would tell how much other environments wrote."""
-    return _wrap(_BEFORE, item_id)
+    (the last of a page), made at `created_at` (an event id sent again after
+    retention deleted its event names another event). Opaque, and about nothing but
+    what the page showed: the store's row numbers are shared by every environment,
+    and how far they moved between two pages would tell how much other
+    environments wrote."""
+    return _wrap(_BEFORE, f"{created_at}:{item_id}")
 
 
-def item_before(token: str) -> str | None:
-    """The id an `item_token` pages on from; None for the first page."""
-    return _unwrap(_BEFORE, token) if token else None
+def item_before(token: str) -> tuple[str, int] | None:
+    """The (id, created_at) an `item_token` pages on from; None for the first page."""
+    if not token:
+        return None
+    created_at, _, item_id = _unwrap(_BEFORE, token).partition(":")
+    if not item_id or not (created_at.isascii() and created_at.isdigit()):
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    return item_id, int(created_at)
 
 
 def name_token(name: str) -> str:

@@ -67,8 +67,9 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
             page.items,
             reply.runs,
             convert.run_to_pb,
-            item_token(page.next_cursor) if page.next_cursor else "",
-            lambda r: item_token(r.id),
+            # The store's cursor is the page's last run: the token names it.
+            item_token(page.items[-1].id, page.items[-1].created_at) if page.next_cursor else "",
+            lambda r: item_token(r.id, r.created_at),
         )
         return reply
 

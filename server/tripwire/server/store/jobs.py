@@ -159,7 +159,7 @@ class JobOps:
             next_fire = schedules.first_fire(schedule, _dt(now)) if schedule else None
             conn.execute(
                 "UPDATE jobs SET schedule = ?, anchor = ?, next_fire = ?, last_fire = NULL, "
-                "retry_at = NULL WHERE env = ? AND id = ?",
+                "retry_at = NULL, failed_at = NULL WHERE env = ? AND id = ?",
                 (spec, now, _ms(next_fire) if next_fire else None, env, job_id),
             )
             latest = self._job(conn, env, job_id, latest_version)
@@ -318,13 +318,13 @@ class JobOps:
         def op(tx: Tx) -> list[Run]:
             conn = tx.conn
             due = conn.execute(
-                "SELECT env, id, anchor, next_fire, last_fire, retry_at FROM jobs "
+                "SELECT env, id, anchor, next_fire, last_fire, failed_at FROM jobs "
                 "WHERE next_fire IS NOT NULL AND next_fire <= ? AND COALESCE(retry_at, 0) <= ? "
                 "ORDER BY next_fire",
                 (now, now),
             ).fetchall()
             created: list[Run] = []
-            for env, job_id, anchor, next_fire, last_fire, retry_at in due:
+            for env, job_id, anchor, next_fire, last_fire, failed_at in due:
                 compiled = self.index.get(env, job_id)
                 schedule = _schedule_of(compiled.job) if compiled else None
                 if compiled is None or schedule is None:
@@ -332,9 +332,10 @@ class JobOps:
                         "UPDATE jobs SET next_fire = NULL WHERE env = ? AND id = ?", (env, job_id)
                     )
                     continue
-                # A retry judges the tick's lateness as of the try that failed: a
-                # tick on time then still fires, though the retry is past the grace.
-                tried = None if retry_at is None else _dt(retry_at - SCHEDULE_RETRY_MS)
+                # A retry judges the tick it was planning as of the first try that
+                # failed: on time then, it still fires, though the retry is past the
+                # grace (a tick planned since is judged as any other).
+                tried = None if failed_at is None else _dt(failed_at)
                 try:
                     decision = schedules.decide(
                         schedule, _dt(next_fire), _dt(now), _dt(anchor), _td(grace_ms), tried
@@ -350,8 +351,9 @@ class JobOps:
                         SCHEDULE_RETRY_MS // 1000,
                     )
                     conn.execute(
-                        "UPDATE jobs SET retry_at = ? WHERE env = ? AND id = ?",
-                        (now + SCHEDULE_RETRY_MS, env, job_id),
+                        "UPDATE jobs SET retry_at = ?, failed_at = COALESCE(failed_at, ?) "
+                        "WHERE env = ? AND id = ?",
+                        (now + SCHEDULE_RETRY_MS, now, env, job_id),
                     )
                     continue
                 if decision is None:
@@ -364,13 +366,14 @@ class JobOps:
                 fired = last_fire
                 if decision.fire_at is not None and compiled.job.enabled:
                     planned = decision.fire_at
-                    run = self._fire(tx, compiled.job, planned, last_fire, now)
+                    run, made = self._fire(tx, compiled.job, planned, last_fire, now)
                     if run is not None:
                         created.append(run)
-                    fired = _ms(planned)
+                    if made:  # not a tick whose id a client's event holds: no fire
+                        fired = _ms(planned)
                 conn.execute(
-                    "UPDATE jobs SET next_fire = ?, last_fire = ?, retry_at = NULL "
-                    "WHERE env = ? AND id = ?",
+                    "UPDATE jobs SET next_fire = ?, last_fire = ?, retry_at = NULL, "
+                    "failed_at = NULL WHERE env = ? AND id = ?",
                     (_ms(decision.next_fire), fired, env, job_id),
                 )
             self._insert_runs(tx, created)
@@ -378,7 +381,11 @@ class JobOps:
 
         return await self._write(op)
 
-    def _fire(self, tx: Tx, job: Job, planned: Any, last_fire: int | None, now: int) -> Run | None:
+    def _fire(
+        self, tx: Tx, job: Job, planned: Any, last_fire: int | None, now: int
+    ) -> tuple[Run | None, bool]:
+        """The run of this tick's fire (None if it was made already), and whether the
+        tick is a fire at all: not when a client's event holds its id."""
         event = Event(
             env=job.env,
             id=schedules.scheduled_event_id(job.id, planned),
@@ -413,8 +420,8 @@ class JobOps:
                     event.id,
                     *(held if held else (None, None)),
                 )
-            return None
-        return self._new_run(event, RunSpec(job.id, job.version), now)
+            return None, fired is not None
+        return self._new_run(event, RunSpec(job.id, job.version), now), True
 
 
 def _schedule_of(job: Job) -> schedules.Schedule | None:

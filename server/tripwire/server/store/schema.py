@@ -135,6 +135,11 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX runs_queued ON runs (env, job_id, job_version, seq) WHERE status = 'QUEUED'
     """,
+    # 6: when a schedule's next fire first failed to compute (retried since at
+    # retry_at): the tick it was planning is judged late or not as of then.
+    """
+    ALTER TABLE jobs ADD COLUMN failed_at INTEGER
+    """,
 ]
 
 

@@ -385,7 +385,7 @@ class SQLiteStore(JobOps, WorkOps, RetentionOps):
         return await self._read(query)
 
     async def list_events(
-        self, env: str, *, name: str, status: str, limit: int, before: str | None
+        self, env: str, *, name: str, status: str, limit: int, before: tuple[str, int] | None
     ) -> Page[Event]:
         def query(conn: sqlite3.Connection) -> Page[Event]:
             # Without a name, newest first is the table's own order: walked from
@@ -445,7 +445,7 @@ class SQLiteStore(JobOps, WorkOps, RetentionOps):
         event_id: str,
         status: str,
         limit: int,
-        before: str | None,
+        before: tuple[str, int] | None,
     ) -> Page[Run]:
         def query(conn: sqlite3.Connection) -> Page[Run]:
             # As for events: without a job or event, the table's own order.
@@ -540,16 +540,22 @@ def _reply(event: Event, resend: Resend) -> Event:
     return replace(event, runs=event.runs if resend == "rescheduled" else [], deduplicated=True)
 
 
-def _seq_of(conn: sqlite3.Connection, table: str, what: str, env: str, item_id: str) -> int:
-    """Where a list page continues from: before this event or run of `env`."""
+def _seq_of(
+    conn: sqlite3.Connection, table: str, what: str, env: str, before: tuple[str, int]
+) -> int:
+    """Where a list page continues from: before this event or run of `env`, the one
+    made at that time (an event id sent again after retention deleted its event
+    names another)."""
+    item_id, created_at = before
     row = conn.execute(
-        f"SELECT seq FROM {table} WHERE env = ? AND id = ?", (env, item_id)
+        f"SELECT seq, created_at FROM {table} WHERE env = ? AND id = ?", (env, item_id)
     ).fetchone()
-    if row is None:
+    if row is None or row[1] != created_at:
         raise InvalidArgument(
             "page_token",
-            f"continues from {what} that is no longer stored (deleted by retention): "
-            "list again from the first page",
+            f"continues from {what} this environment does not have (deleted by retention "
+            f"since, or the token is another list's or environment's): list again from "
+            "the first page",
         )
     return int(row[0])
 
