@@ -280,9 +280,9 @@ def register_job(
             version=_id(version, "job.version"),
             trigger=trigger.to_proto(field="job.trigger"),
         )
-        _set(job, "enabled", options.get("enabled", True), "job.enabled")
+        convert.set_field(job, "enabled", options.get("enabled", True), "job.enabled")
         for name in ("concurrency_limit", "max_duration_seconds"):
-            _set(job, name, options.get(name, 0), f"job.{name}")
+            convert.set_field(job, name, options.get(name, 0), f"job.{name}")
         retry, log_level = options.get("retry"), options.get("log_level")
         if retry is not None:
             job.retry.CopyFrom(convert.retry_to_pb(retry, field="job.retry"))
@@ -340,7 +340,7 @@ def set_job_enabled(
         request = job_service_pb2.SetJobEnabledRequest(
             job_id=_id(job_id, "job_id"), version=_text(version, "version")
         )
-        _set(request, "enabled", enabled, "enabled")
+        convert.set_field(request, "enabled", enabled, "enabled")
     return Call("jobs", "SetJobEnabled", request, _changed_jobs)
 
 
@@ -512,17 +512,6 @@ def _text(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{field}: must be a string, got {type(value).__name__}")
     return value
-
-
-def _set(message: Message, name: str, value: Any, field: str) -> None:
-    """``message.<name> = value``; protobuf's complaint (a negative uint32, a float for
-    an integer) names the field. None leaves the field unset, as in a constructor."""
-    if value is None:
-        return
-    try:
-        setattr(message, name, value)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{field}: {exc}") from None
 
 
 _MAX_PAGE_SIZE = 2**31 - 1

@@ -407,13 +407,7 @@ def retry_to_pb(retry: Mapping[str, Any], *, field: str = "retry") -> job_pb2.Re
             raise ValueError(f"{where}: is not a retry option (known: {', '.join(_RETRY_FIELDS)})")
     policy = job_pb2.RetryPolicy()
     for name in _RETRY_FIELDS:
-        value = retry.get(name)
-        if value is None:
-            continue
-        try:
-            setattr(policy, name, value)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{field}.{name}: {exc}") from None
+        set_field(policy, name, retry.get(name), f"{field}.{name}")
     _check_retry(policy, field)
     return policy
 
@@ -518,3 +512,14 @@ def job_match_from_pb(match: event_service_pb2.JobMatch) -> JobMatch:
         reason=match.reason,
         validation_errors=_validation_errors(match.validation_errors),
     )
+
+
+def set_field(message: Message, name: str, value: Any, field: str) -> None:
+    """``message.<name> = value``; protobuf's complaint (a negative uint32, a float for
+    an integer) names the field. None leaves the field unset, as in a constructor."""
+    if value is None:
+        return
+    try:
+        setattr(message, name, value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{field}: {exc}") from None
