@@ -91,36 +91,53 @@ def test_the_worker_command_loads_the_client_and_listens(monkeypatch: pytest.Mon
 def logs_on_listen(seen: list[str]) -> Any:
     def listen() -> None:
         seen.append("listen")
-        logging.getLogger("tripwire.worker").info("connected to h:1 as w1, serving job-1@1.0.0")
+        logging.getLogger("tripwire.worker").info(CONNECTED)
 
     return SimpleNamespace(listen=listen)
 
 
-def test_the_worker_command_logs_to_stderr_unless_logging_is_set_up(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+CONNECTED = "connected to h:1 as w1, serving job-1@1.0.0"
+
+
+@pytest.mark.parametrize("setup", ["none", "root handler", "sdk handler", "sdk level"])
+def test_the_worker_command_shows_the_sdks_lines_as_the_module_set_logging_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], setup: str
 ) -> None:
-    """Without it the SDK's INFO lines (connected, draining) would go nowhere."""
+    """Without it the SDK's INFO lines (connected, draining) would go nowhere. They go
+    to stderr when the module set nothing up; through the module's handlers when it
+    did (even by accident: logging.info() before any setup makes a root handler at
+    WARNING); not at all twice; and other loggers keep their level."""
     seen: list[str] = []
     monkeypatch.setattr(
         cli.importlib, "import_module", lambda name: SimpleNamespace(client=logs_on_listen(seen))
     )
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [])  # pytest's own are put back after
+    root, sdk = logging.getLogger(), logging.getLogger("tripwire")
+    kept = _Kept()
+    # pytest's own handlers, and the loggers' levels, are put back after.
+    monkeypatch.setattr(root, "handlers", [kept] if setup == "root handler" else [])
     monkeypatch.setattr(root, "level", logging.WARNING)
+    monkeypatch.setattr(sdk, "handlers", [kept] if setup == "sdk handler" else [])
+    monkeypatch.setattr(sdk, "level", logging.WARNING if setup == "sdk level" else logging.NOTSET)
+    if setup == "sdk handler":
+        sdk.setLevel(logging.INFO)
     assert cli.main(["worker", "myapp.jobs"]) == 0
     err = capsys.readouterr().err
-    assert re.fullmatch(
-        r"\d\d:\d\d:\d\d INFO tripwire\.worker: connected to h:1 as w1, serving job-1@1\.0\.0\n",
-        err,
-    )
-    # A module that set logging up itself keeps its own.
-    own = logging.NullHandler()
-    monkeypatch.setattr(root, "handlers", [own])
-    monkeypatch.setattr(root, "level", logging.WARNING)
-    assert cli.main(["worker", "myapp.jobs"]) == 0
-    assert root.handlers == [own] and root.level == logging.WARNING
-    assert capsys.readouterr().err == ""
-    assert seen == ["listen", "listen"]
+    if setup == "none":
+        assert re.fullmatch(rf"\d\d:\d\d:\d\d INFO tripwire\.worker: {re.escape(CONNECTED)}\n", err)
+    else:
+        assert err == ""
+    assert kept.lines == ([] if setup in ("none", "sdk level") else [CONNECTED])
+    assert root.level == logging.WARNING
+    assert seen == ["listen"]
 
 
 @pytest.mark.parametrize(

@@ -608,19 +608,31 @@ async def test_send_events_asks_once_for_the_batch() -> None:
 @pytest.mark.parametrize(
     ("call", "error"),
     [
-        (lambda io: io.wait("k", -1), "seconds"),
-        (lambda io: io.run_task("", lambda: 1), "cache key"),
-        (lambda io: io.run_task("k" * 1025, lambda: 1), "cache key is at most 1024"),
-        (lambda io: io.run_task("k", lambda: 1, name="n" * 1025), "task name is at most 1024"),
-        (lambda io: io.wait("k" * 1025, 1), "cache key is at most 1024"),
-        (lambda io: io.run_task("k", lambda: 1, retry={"tries": 1}), "retry.tries: is not a retry"),
-        (lambda io: io.run_task("k", lambda: 1, retry={"limit": 0}), "retry.limit"),
+        (lambda io: io.wait("k", -1), "task.params.seconds: must be finite and >= 0, got -1"),
+        (lambda io: io.wait("k", "1"), "task.params.seconds: must be a number, got '1'"),
+        (lambda io: io.wait("", 1), "task.key: is required: every io call needs a cache key"),
+        (lambda io: io.run_task("", lambda: 1), "task.key: is required"),
+        (lambda io: io.run_task(3, lambda: 1), "task.key: must be a string, got int"),
+        (lambda io: io.run_task("k" * 1025, lambda: 1), "task.key: is longer than 1024"),
+        (lambda io: io.run_task("k", lambda: 1, name="n" * 1025), "task.name: is longer than 1024"),
+        (lambda io: io.wait("k" * 1025, 1), "task.key: is longer than 1024"),
+        (
+            lambda io: io.run_task("k", lambda: 1, retry={"tries": 1}),
+            "task.retry.tries: is not a retry option",
+        ),
+        (lambda io: io.run_task("k", lambda: 1, retry={"limit": 0}), "task.retry.limit: "),
+        (
+            lambda io: io.run_task("k", lambda: 1, params={"x": float("nan")}),
+            "task.params.x: holds nan",
+        ),
     ],
 )
 async def test_bad_io_calls_raise_before_anything_is_sent(call: Any, error: str) -> None:
+    """As every io call: InvalidArgument naming the task request's field."""
     _, io, wire = make()
-    with pytest.raises((TypeError, ValueError), match=error):
+    with pytest.raises(InvalidArgument) as info:
         await within(call(io))
+    assert str(info.value).startswith(error), str(info.value)
     assert wire.drained() == []
 
 
@@ -637,14 +649,9 @@ async def test_bad_io_calls_raise_before_anything_is_sent(call: Any, error: str)
             "task.params.options.deliver_after: must not be negative",
         ),
         (
-            lambda io: io.send_event("k", {"name": "n"}, deliver_in=3),
-            "task.params.options.deliver_in: is not a send option (known: ",
+            lambda io: io.send_event("k", {"name": "n"}, deliver_after=2**62),
+            "task.params.options.deliver_after: is past the year 9999",
         ),
-        (
-            lambda io: io.send_event("k", {"name": "n"}, {"deliver_in": 3}),
-            "task.params.options.deliver_in: is not a send option (known: ",
-        ),
-        (lambda io: io.send_event("k", {"name": "n"}, 60), "task.params.options: must be a dict"),
         (
             lambda io: io.send_event("", {"name": "n"}),
             "task.key: is required: every io call needs a cache key",
@@ -666,6 +673,29 @@ async def test_bad_events_raise_invalid_argument_as_from_the_client(call: Any, e
     with pytest.raises(InvalidArgument) as info:
         await within(call(io))
     assert str(info.value).startswith(error)
+    assert wire.drained() == []
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda io: io.send_event("k", {"name": "n"}, deliver_in=3),
+        lambda io: io.send_event("k", {"name": "n"}, {"deliver_in": 3}),
+        lambda io: io.send_events("k", [{"name": "n"}], deliver_in=3),
+        lambda io: io.send_event("k", {"name": "n"}, 60),
+    ],
+)
+async def test_send_options_are_taken_as_client_send_event_takes_them(call: Any) -> None:
+    """A dict, keywords or both; not a dict, or an option misspelt (a keyword or a
+    key of the dict), is a TypeError, as from client.send_event and any Python call."""
+    _, io, wire = make()
+    with pytest.raises(TypeError) as info:
+        await within(call(io))
+    assert not isinstance(info.value, InvalidArgument)
+    message = str(info.value)
+    assert "unexpected keyword argument 'deliver_in'" in message or (
+        message.startswith("options must be a dict")
+    )
     assert wire.drained() == []
 
 

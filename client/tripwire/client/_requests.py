@@ -120,8 +120,9 @@ def event_input(event: Mapping[str, Any], field: str = "event") -> event_pb2.Eve
     return message
 
 
-#: The most deliver_after can be (int64): far past the year 9999 the server allows.
-_MAX_DELIVER_AFTER = 2**63 - 1
+#: Seconds from 1970 to the end of 9999, the last time a Timestamp holds: a larger
+#: deliver_after is past it from any now (the server refuses what is past it from its now).
+_MAX_DELIVER_AFTER = 253_402_300_799
 
 
 def send_options_message(
@@ -151,7 +152,7 @@ def send_options_message(
 
 
 def send_event(event: Mapping[str, Any], **options: Unpack[SendOptions]) -> Call[Event]:
-    _known("send_event", options, SendOptions)
+    known_options("send_event", options, SendOptions)
     with _arguments():
         request = event_service_pb2.SendEventRequest(
             event=event_input(event), options=send_options_message(options)
@@ -167,7 +168,7 @@ def _event_reply(reply: Any) -> Event:
 def send_events(
     events: Sequence[Mapping[str, Any]], **options: Unpack[SendOptions]
 ) -> Call[list[Event]]:
-    _known("send_events", options, SendOptions)
+    known_options("send_events", options, SendOptions)
     with _arguments():
         if isinstance(events, (str, bytes, Mapping)):
             raise TypeError("events: must be a list of event dicts")
@@ -221,7 +222,7 @@ def more_event_detail(detail: EventDetail, page: EventDetail) -> EventDetail:
 
 
 def list_events(**filters: Unpack[EventFilters]) -> Call[Page[Event]]:
-    _known("list_events", filters, EventFilters)
+    known_options("list_events", filters, EventFilters)
     with _arguments():
         request = event_service_pb2.ListEventsRequest(
             name=_text(filters.get("name"), "name"),
@@ -267,7 +268,7 @@ def _matches(reply: Any) -> list[JobMatch]:
 def register_job(
     id: str, *, version: str, trigger: Trigger, **options: Unpack[JobOptions]
 ) -> Call[Job]:
-    _known("register_job", options, JobOptions)
+    known_options("register_job", options, JobOptions)
     with _arguments():
         if not isinstance(trigger, Trigger):
             raise TypeError(
@@ -318,7 +319,7 @@ def more_job_versions(job: Job, page: Job) -> Job:
 
 
 def list_jobs(**page: Unpack[PageOptions]) -> Call[Page[Job]]:
-    _known("list_jobs", page, PageOptions)
+    known_options("list_jobs", page, PageOptions)
     with _arguments():
         request = job_service_pb2.ListJobsRequest(
             page_size=_page_size(page.get("page_size")),
@@ -349,7 +350,7 @@ def _changed_jobs(reply: Any) -> tuple[list[Job], bool]:
 
 
 def invoke_job(job_id: str, payload: Any, **options: Unpack[InvokeOptions]) -> Call[Run]:
-    _known("invoke_job", options, InvokeOptions)
+    known_options("invoke_job", options, InvokeOptions)
     idempotency_key, context = options.get("idempotency_key"), options.get("context")
     with _arguments():
         request = job_service_pb2.InvokeJobRequest(
@@ -399,7 +400,7 @@ def more_run_detail(detail: RunDetail, page: RunDetail) -> RunDetail:
 
 
 def list_runs(**filters: Unpack[RunFilters]) -> Call[Page[Run]]:
-    _known("list_runs", filters, RunFilters)
+    known_options("list_runs", filters, RunFilters)
     with _arguments():
         request = run_service_pb2.ListRunsRequest(
             job_id=_text(filters.get("job_id"), "job_id"),
@@ -477,7 +478,7 @@ def wait_ended(id: str, last: Run | None, wanted: frozenset[str]) -> TripwireErr
 # -- argument helpers ------------------------------------------------------------------
 
 
-def _known(method: str, options: Mapping[str, Any], spec: Any) -> None:
+def known_options(method: str, options: Mapping[str, Any], spec: Any) -> None:
     """``**options`` accept anything at run time: refuse a misspelt option like Python."""
     unknown = set(options) - spec.__required_keys__ - spec.__optional_keys__
     if unknown:

@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(
         "worker",
         _worker,
-        "serve the jobs of a Client until SIGTERM or SIGINT, logging to stderr; it "
+        "serve the jobs of a Client until SIGTERM or SIGINT, showing the SDK's INFO lines "
+        "(on stderr unless the module set logging up); it "
         "connects where that Client's url and api_key say (--url, --api-key and --json "
         "are refused)",
         hidden_globals=True,
@@ -471,6 +472,23 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
 
 
+def _show_sdk_lines() -> None:
+    """The SDK logs through the `tripwire` logger when it connects and when it drains:
+    show those lines (INFO), through the module's own handlers if it set logging up
+    (which may have happened by itself: `logging.info()` before any setup makes a
+    root handler), on stderr if it did not. A module that gave the `tripwire` logger
+    handlers or a level of its own has said how it wants them: left as it is. Other
+    loggers keep the level the module gave them."""
+    sdk = logging.getLogger("tripwire")
+    if sdk.handlers or sdk.level != logging.NOTSET:
+        return
+    sdk.setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+        logging.getLogger().addHandler(handler)
+
+
 def _worker_command(args: argparse.Namespace) -> int:
     """``tripwire worker``: no client of the command's own, so none of its options."""
     given = [getattr(args, f"{dest}_given_as", None) for dest in _GLOBAL_DESTS]
@@ -500,12 +518,7 @@ def _worker(client: Client | None, args: argparse.Namespace) -> tuple[Any, str]:
         raise UsageError(f"cannot load {args.target}: {exc}") from exc
     if not callable(getattr(app, "listen", None)):
         raise UsageError(f"{args.target} is not a tripwire Client")
-    # The SDK logs (through the `tripwire` logger) when it connects and when it
-    # drains; unless the module set logging up itself, show that and the rest on stderr.
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT, stream=sys.stderr
-        )
+    _show_sdk_lines()
     try:
         app.listen()
     except (ValueError, TypeError) as exc:  # the worker refused its settings (no jobs, ...)

@@ -36,7 +36,12 @@ from typing import Any, TypeVar, Unpack
 
 from google.protobuf import json_format, struct_pb2
 from tripwire.client import convert
-from tripwire.client._requests import _arguments, event_input, send_options_message
+from tripwire.client._requests import (
+    _arguments,
+    event_input,
+    known_options,
+    send_options_message,
+)
 from tripwire.client.errors import TripwireError
 from tripwire.client.models import Event
 from tripwire.client.options import SendOptions, send_options
@@ -167,7 +172,9 @@ def json_value(obj: Any, *, what: str) -> struct_pb2.Value:
     value = convert.to_value(obj, what=what)
     size = value.ByteSize()
     if size > MAX_RESULT_BYTES:
-        raise ValueError(f"{what} is {size} bytes, more than a message to the server can carry")
+        # `what` is a request field (task.params) or says what the value is.
+        subject = f"{what}:" if what.startswith("task.") else what
+        raise ValueError(f"{subject} is {size} bytes, more than a message to the server can carry")
     return value
 
 
@@ -197,36 +204,34 @@ def error_info(exc: BaseException) -> run_pb2.ErrorInfo:
 MAX_KEY_LENGTH = 1024
 
 
-def _key(key: str, what: str = "a cache key") -> str:
-    if not isinstance(key, str) or not key:
-        raise TypeError(f"{what} is a non-empty string, got {key!r}")
+# The checks of an io call's arguments name the fields of the TaskRequest the server
+# would name (task.key, task.params.event.name), as client.send_event's do its
+# request's; raised as InvalidArgument (see _arguments).
+
+
+def _key(key: str, field: str = "task.key") -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"{field}: must be a string, got {type(key).__name__}")
+    if not key:
+        raise ValueError(f"{field}: is required: every io call needs a cache key")
     if len(key) > MAX_KEY_LENGTH:
-        raise ValueError(f"{what} is at most {MAX_KEY_LENGTH} characters, got {len(key)}")
+        raise ValueError(f"{field}: is longer than {MAX_KEY_LENGTH} characters")
     return key
 
 
 def run_spec(key: str, name: str | None, retry: Mapping[str, Any] | None, params: Any) -> TaskSpec:
-    return TaskSpec(
-        kind=run_pb2.TASK_KIND_RUN,
-        key=_key(key),
-        name=_key(name, "a task name") if name else key,
-        params=None if params is None else json_value(params, what="params"),
-        retry=None if retry is None else convert.retry_to_pb(retry),
-    )
-
-
-# The checks of a send task's arguments name the fields of the TaskRequest the server
-# would name (task.params.event.name, task.key), as client.send_event's do its request's.
-
-
-def _send_key(key: str) -> str:
-    if not isinstance(key, str):
-        raise TypeError(f"task.key: must be a string, got {type(key).__name__}")
-    if not key:
-        raise ValueError("task.key: is required: every io call needs a cache key")
-    if len(key) > MAX_KEY_LENGTH:
-        raise ValueError(f"task.key: is longer than {MAX_KEY_LENGTH} characters")
-    return key
+    with _arguments():
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"task.name: must be a string, got {type(name).__name__}")
+        if name and len(name) > MAX_KEY_LENGTH:
+            raise ValueError(f"task.name: is longer than {MAX_KEY_LENGTH} characters")
+        return TaskSpec(
+            kind=run_pb2.TASK_KIND_RUN,
+            key=_key(key),
+            name=name or key,
+            params=None if params is None else json_value(params, what="task.params"),
+            retry=None if retry is None else convert.retry_to_pb(retry, field="task.retry"),
+        )
 
 
 def _event_json(event: Mapping[str, Any], field: str) -> dict[str, Any]:
@@ -236,12 +241,15 @@ def _event_json(event: Mapping[str, Any], field: str) -> dict[str, Any]:
     return json_format.MessageToDict(message)
 
 
-def _options_json(given: SendOptions | None, more: SendOptions) -> dict[str, Any]:
-    if given is not None and not isinstance(given, Mapping):
-        raise TypeError(
-            f"task.params.options: must be a dict such as {{'deliver_after': 60}}, got {given!r}"
-        )
+def _send_options(method: str, given: SendOptions | None, more: SendOptions) -> SendOptions:
+    """The options of a send, from a dict, keywords or both, taken as client.send_event
+    takes them: not a dict, or an option misspelt, is a TypeError."""
     options = send_options(given, more)
+    known_options(method, options, SendOptions)
+    return options
+
+
+def _options_json(options: SendOptions) -> dict[str, Any]:
     as_json = json_format.MessageToDict(send_options_message(options, "task.params.options"))
     if "deliverAfter" in as_json:  # int64 is a string in proto JSON; a number reads better
         as_json["deliverAfter"] = int(as_json["deliverAfter"])
@@ -251,7 +259,7 @@ def _options_json(given: SendOptions | None, more: SendOptions) -> dict[str, Any
 def send_event_spec(key: str, event: Mapping[str, Any], options: dict[str, Any]) -> TaskSpec:
     params = {"event": _event_json(event, "task.params.event"), "options": options}
     name = f"send event {event.get('name')}"
-    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENT, _send_key(key), name, convert.to_value(params))
+    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENT, _key(key), name, convert.to_value(params))
 
 
 def send_events_spec(
@@ -264,16 +272,17 @@ def send_events_spec(
         raise ValueError("task.params.events: must hold at least one event")
     params = {"events": as_json, "options": options}
     name = f"send {len(as_json)} events"
-    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENTS, _send_key(key), name, convert.to_value(params))
+    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENTS, _key(key), name, convert.to_value(params))
 
 
 def wait_spec(key: str, seconds: float) -> TaskSpec:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"wait seconds must be a number, got {seconds!r}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"wait seconds must be finite and >= 0, got {seconds!r}")
-    params = convert.to_value({"seconds": seconds})
-    return TaskSpec(run_pb2.TASK_KIND_WAIT, _key(key), f"wait {seconds}s", params)
+    with _arguments():
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"task.params.seconds: must be a number, got {seconds!r}")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"task.params.seconds: must be finite and >= 0, got {seconds!r}")
+        params = convert.to_value({"seconds": seconds})
+        return TaskSpec(run_pb2.TASK_KIND_WAIT, _key(key), f"wait {seconds}s", params)
 
 
 def _events_output(output: Any, key: str) -> list[Event]:
@@ -739,10 +748,12 @@ class IO:
         a second event. Options (``deliver_at``, ``deliver_after``, ``account_id``) come
         as a dict after the event, as keywords, or both: ``io.send_event(key, event,
         {"deliver_after": 60})`` or ``io.send_event(key, event, deliver_after=60)``.
-        Bad input raises InvalidArgument, as from ``client.send_event``.
+        Bad input raises InvalidArgument, as from ``client.send_event``, naming the task
+        request's field; options that are not a dict, or an option misspelt, TypeError.
         """
+        given = _send_options("send_event", options, more)
         with _arguments():
-            spec = send_event_spec(key, event, _options_json(options, more))
+            spec = send_event_spec(key, event, _options_json(given))
         return _event_output((await self._execution.open(spec, _parent.get())).output, key)
 
     async def send_events(
@@ -755,8 +766,9 @@ class IO:
     ) -> list[Event]:
         """Send several events atomically and in order, with the same options (as for
         :meth:`send_event`); returns the stored events."""
+        given = _send_options("send_events", options, more)
         with _arguments():
-            spec = send_events_spec(key, events, _options_json(options, more))
+            spec = send_events_spec(key, events, _options_json(given))
         return _events_output((await self._execution.open(spec, _parent.get())).output, key)
 
     async def wait(self, key: str, seconds: float) -> None:
