@@ -108,35 +108,54 @@ class _Kept(logging.Handler):
 CONNECTED = "connected to h:1 as w1, serving job-1@1.0.0"
 
 
-@pytest.mark.parametrize("setup", ["none", "root handler", "sdk handler", "sdk level"])
+@pytest.mark.parametrize(
+    "setup",
+    ["none", "root handler", "sdk handler", "sdk level", "child handler", "no propagate",
+     "app logger", "disabled"],
+)  # fmt: skip
 def test_the_worker_command_shows_the_sdks_lines_as_the_module_set_logging_up(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], setup: str
 ) -> None:
     """Without it the SDK's INFO lines (connected, draining) would go nowhere. They go
     to stderr when the module set nothing up; through the module's handlers when it
     did (even by accident: logging.info() before any setup makes a root handler at
-    WARNING); not at all twice; and other loggers keep their level."""
+    WARNING, and dictConfig disables the SDK's loggers); as the module says when it
+    set the SDK's loggers up itself; never twice, and nothing else of the module's
+    is shown twice or at another level."""
     seen: list[str] = []
     monkeypatch.setattr(
         cli.importlib, "import_module", lambda name: SimpleNamespace(client=logs_on_listen(seen))
     )
     root, sdk = logging.getLogger(), logging.getLogger("tripwire")
+    child, app = logging.getLogger("tripwire.worker"), logging.getLogger("app")
     kept = _Kept()
-    # pytest's own handlers, and the loggers' levels, are put back after.
-    monkeypatch.setattr(root, "handlers", [kept] if setup == "root handler" else [])
+    # pytest's own handlers, and the loggers' settings, are put back after.
+    monkeypatch.setattr(root, "handlers", [kept] if setup in ("root handler", "disabled") else [])
     monkeypatch.setattr(root, "level", logging.WARNING)
     monkeypatch.setattr(sdk, "handlers", [kept] if setup == "sdk handler" else [])
-    monkeypatch.setattr(sdk, "level", logging.WARNING if setup == "sdk level" else logging.NOTSET)
-    if setup == "sdk handler":
-        sdk.setLevel(logging.INFO)
+    monkeypatch.setattr(sdk, "level", logging.INFO if setup == "sdk handler" else logging.NOTSET)
+    if setup == "sdk level":
+        sdk.level = logging.WARNING
+    monkeypatch.setattr(sdk, "propagate", setup != "no propagate")
+    monkeypatch.setattr(child, "handlers", [kept] if setup == "child handler" else [])
+    monkeypatch.setattr(
+        child, "level", logging.INFO if setup == "child handler" else logging.NOTSET
+    )
+    monkeypatch.setattr(child, "disabled", setup == "disabled")
+    app_lines = _Kept()
+    monkeypatch.setattr(app, "handlers", [app_lines] if setup == "app logger" else [])
+    monkeypatch.setattr(app, "level", logging.INFO if setup == "app logger" else logging.NOTSET)
     assert cli.main(["worker", "myapp.jobs"]) == 0
+    app.info("the module's own line")
     err = capsys.readouterr().err
-    if setup == "none":
+    if setup in ("none", "app logger"):
         assert re.fullmatch(rf"\d\d:\d\d:\d\d INFO tripwire\.worker: {re.escape(CONNECTED)}\n", err)
     else:
         assert err == ""
-    assert kept.lines == ([] if setup in ("none", "sdk level") else [CONNECTED])
-    assert root.level == logging.WARNING
+    shown = setup in ("root handler", "sdk handler", "child handler", "disabled")
+    assert kept.lines == ([CONNECTED] if shown else [])
+    assert app_lines.lines == (["the module's own line"] if setup == "app logger" else [])
+    assert root.level == logging.WARNING and not root.handlers or root.handlers == [kept]
     assert seen == ["listen"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import threading
 from datetime import UTC, datetime
@@ -608,7 +609,10 @@ async def test_send_events_asks_once_for_the_batch() -> None:
 @pytest.mark.parametrize(
     ("call", "error"),
     [
-        (lambda io: io.wait("k", -1), "task.params.seconds: must be finite and >= 0, got -1"),
+        (lambda io: io.wait("k", -1), "task.params.seconds: must be a number of seconds >= 0"),
+        (lambda io: io.wait("k", 10**400), "task.params.seconds: must be a number of seconds"),
+        (lambda io: io.wait("k", 2**60), "task.params.seconds: must be a number of seconds"),
+        (lambda io: io.wait("k", math.nan), "task.params.seconds: must be a number of seconds"),
         (lambda io: io.wait("k", "1"), "task.params.seconds: must be a number, got '1'"),
         (lambda io: io.wait("", 1), "task.key: is required: every io call needs a cache key"),
         (lambda io: io.run_task("", lambda: 1), "task.key: is required"),
@@ -621,10 +625,6 @@ async def test_send_events_asks_once_for_the_batch() -> None:
             "task.retry.tries: is not a retry option",
         ),
         (lambda io: io.run_task("k", lambda: 1, retry={"limit": 0}), "task.retry.limit: "),
-        (
-            lambda io: io.run_task("k", lambda: 1, params={"x": float("nan")}),
-            "task.params.x: holds nan",
-        ),
     ],
 )
 async def test_bad_io_calls_raise_before_anything_is_sent(call: Any, error: str) -> None:
@@ -696,6 +696,25 @@ async def test_send_options_are_taken_as_client_send_event_takes_them(call: Any)
     assert "unexpected keyword argument 'deliver_in'" in message or (
         message.startswith("options must be a dict")
     )
+    assert wire.drained() == []
+
+
+async def test_an_error_of_the_applications_own_code_in_params_is_its_own() -> None:
+    """Converting params runs a pydantic model's serializers: what they raise is the
+    application's error, which its handler may catch as such, not a refused argument."""
+    from pydantic import BaseModel, field_serializer
+
+    class Broken(BaseModel):
+        x: int
+
+        @field_serializer("x")
+        def serialize(self, value: int) -> int:
+            raise ValueError("a bug of the serializer")
+
+    _, io, wire = make()
+    with pytest.raises(ValueError, match="a bug of the serializer") as info:
+        await within(io.run_task("k", lambda: 1, params=Broken(x=1)))
+    assert not isinstance(info.value, InvalidArgument)
     assert wire.drained() == []
 
 

@@ -473,20 +473,30 @@ LOG_DATE_FORMAT = "%H:%M:%S"
 
 
 def _show_sdk_lines() -> None:
-    """The SDK logs through the `tripwire` logger when it connects and when it drains:
-    show those lines (INFO), through the module's own handlers if it set logging up
-    (which may have happened by itself: `logging.info()` before any setup makes a
-    root handler), on stderr if it did not. A module that gave the `tripwire` logger
-    handlers or a level of its own has said how it wants them: left as it is. Other
-    loggers keep the level the module gave them."""
+    """The SDK logs through the `tripwire` loggers when it connects and when it
+    drains: show those lines (INFO), through the root's handlers if the module set
+    them up (which may have happened by itself: `logging.info()` before any setup
+    makes one), else on stderr, from the `tripwire` logger alone (so that nothing
+    else of the module's is shown twice or at a level it did not ask for). A module
+    that gave one of the `tripwire` loggers handlers, a level or propagate=False
+    has said how it wants them: left as it is."""
     sdk = logging.getLogger("tripwire")
-    if sdk.handlers or sdk.level != logging.NOTSET:
+    ours = [sdk] + [
+        logger
+        for name, logger in logging.root.manager.loggerDict.items()
+        if name.startswith("tripwire.") and isinstance(logger, logging.Logger)
+    ]
+    if any(lg.handlers or lg.level != logging.NOTSET or not lg.propagate for lg in ours):
         return
+    for logger in ours:
+        # dictConfig disables every logger that exists and that it does not name;
+        # the SDK's, made when the CLI imported it, are not what it meant.
+        logger.disabled = False
     sdk.setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
-        logging.getLogger().addHandler(handler)
+        sdk.addHandler(handler)
 
 
 def _worker_command(args: argparse.Namespace) -> int:

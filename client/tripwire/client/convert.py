@@ -69,7 +69,7 @@ def _fill(target: struct_pb2.Value, obj: object, depth: int = 0) -> None:
         target.number_value = obj
     elif isinstance(obj, float):
         if not math.isfinite(obj):
-            raise _BadValue(ValueError, f"holds {obj}: NaN and Infinity are not JSON numbers")
+            raise _BadValue(ValueError, f"holds {obj}: NaN or Infinity, which JSON cannot carry")
         target.number_value = obj
     elif obj is None:
         target.null_value = _NULL

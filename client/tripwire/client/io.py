@@ -25,7 +25,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import inspect
-import math
 import threading
 import traceback
 import uuid
@@ -221,17 +220,21 @@ def _key(key: str, field: str = "task.key") -> str:
 
 def run_spec(key: str, name: str | None, retry: Mapping[str, Any] | None, params: Any) -> TaskSpec:
     with _arguments():
-        if name is not None and not isinstance(name, str):
+        if name and not isinstance(name, str):
             raise TypeError(f"task.name: must be a string, got {type(name).__name__}")
         if name and len(name) > MAX_KEY_LENGTH:
             raise ValueError(f"task.name: is longer than {MAX_KEY_LENGTH} characters")
-        return TaskSpec(
-            kind=run_pb2.TASK_KIND_RUN,
-            key=_key(key),
-            name=name or key,
-            params=None if params is None else json_value(params, what="task.params"),
-            retry=None if retry is None else convert.retry_to_pb(retry, field="task.retry"),
-        )
+        checked_key = _key(key)
+        policy = None if retry is None else convert.retry_to_pb(retry, field="task.retry")
+    # Outside: converting params may run the application's own code (a pydantic
+    # model's serializers), whose errors are its own, not a refused argument.
+    return TaskSpec(
+        kind=run_pb2.TASK_KIND_RUN,
+        key=checked_key,
+        name=name or key,
+        params=None if params is None else json_value(params, what="task.params"),
+        retry=policy,
+    )
 
 
 def _event_json(event: Mapping[str, Any], field: str) -> dict[str, Any]:
@@ -275,13 +278,21 @@ def send_events_spec(
     return TaskSpec(run_pb2.TASK_KIND_SEND_EVENTS, _key(key), name, convert.to_value(params))
 
 
+# Seconds from 1970 to the end of 9999: a longer wait ends after it from any now (the
+# server refuses one that does from its now).
+_MAX_WAIT_SECONDS = 253_402_300_799
+
+
 def wait_spec(key: str, seconds: float) -> TaskSpec:
     with _arguments():
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError(f"task.params.seconds: must be a number, got {seconds!r}")
-        if not math.isfinite(seconds) or seconds < 0:
-            raise ValueError(f"task.params.seconds: must be finite and >= 0, got {seconds!r}")
-        params = convert.to_value({"seconds": seconds})
+        if not 0 <= seconds <= _MAX_WAIT_SECONDS:  # NaN fails this too
+            raise ValueError(
+                "task.params.seconds: must be a number of seconds >= 0 that ends before "
+                f"the year 10000, got {seconds!r}"
+            )
+        params = convert.to_value({"seconds": seconds}, what="task.params")
         return TaskSpec(run_pb2.TASK_KIND_WAIT, _key(key), f"wait {seconds}s", params)
 
 
