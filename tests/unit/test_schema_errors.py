@@ -33,6 +33,29 @@ def test_errors_are_listed_by_path_with_json_pointers() -> None:
     assert schema_errors(validator, {"a": "ok"}) == ()
 
 
+def test_a_missing_required_property_is_at_its_own_path_escaped_as_a_pointer() -> None:
+    # Where the value should be, as v2's zod says; a key's "/" and "~" escaped.
+    validator = check_schema(
+        {
+            "required": ["user", "a/b"],
+            "properties": {
+                "tags": {"type": "array"},
+                "user": {"required": ["id"], "properties": {"x~y": {"type": "string"}}},
+            },
+        },
+        "schema",
+    )
+    assert schema_errors(validator, {"tags": 5}) == (
+        {"path": "/a~1b", "message": "'a/b' is a required property"},
+        {"path": "/tags", "message": "5 is not of type 'array'"},
+        {"path": "/user", "message": "'user' is a required property"},
+    )
+    assert schema_errors(validator, {"a/b": 1, "user": {"x~y": 1}}) == (
+        {"path": "/user/id", "message": "'id' is a required property"},
+        {"path": "/user/x~0y", "message": "1 is not of type 'string'"},
+    )
+
+
 def test_a_huge_offending_value_is_not_copied_into_the_message() -> None:
     validator = check_schema({"properties": {"b": {"maxLength": 10}}}, "schema")
     ((error,),) = [schema_errors(validator, {"b": "x" * 1_000_000})]

@@ -666,6 +666,26 @@ async def test_the_lease_is_counted_from_the_welcome_however_late_it_came(make: 
     assert h.worker.connected
 
 
+async def test_silence_from_the_server_is_counted_from_the_welcome_however_late_it_came(
+    make: Make,
+) -> None:
+    """The welcome is word from the server: a stream welcomed after more than a lease
+    (the server was stalled) is not dropped at the watchdog's first look for the
+    silence before it."""
+    h = await make(job(lambda payload, io, ctx: None))
+    stream = await h.server.next_stream()
+    await stream.expect("hello")
+    await asyncio.sleep(1.2)  # the server answered late: longer than the lease
+    welcome = worker_service_pb2.Welcome(
+        session_id="s1", heartbeat_interval_ms=600_000, lease_ms=1000, answers_heartbeats=True
+    )
+    stream.reply(welcome=welcome)
+    await within(h.worker.wait_connected())
+    await asyncio.sleep(0.7)  # past the watchdog's first look (every half lease)
+    assert h.worker.connected and h.worker._session is not None
+    assert h.worker._session.call is stream
+
+
 async def test_the_backoff_grows_while_connecting_fails(make: Make) -> None:
     h = await make(job(lambda payload, io, ctx: None), backoff=Backoff(rand=lambda: 1.0))
     delays = []

@@ -773,6 +773,9 @@ class Worker:
             if first.WhichOneof("message") != "welcome":
                 raise TripwireError(f"expected welcome, got {first.WhichOneof('message')}")
             welcome = first.welcome
+            # Word from the server: silence is counted from here, not from the hello
+            # (a welcome that came late, the server stalled, is no silence).
+            session.last_heard = time.monotonic()
             self.heartbeat_interval = welcome.heartbeat_interval_ms / 1000 or _DEFAULT_HEARTBEAT
             log.info(
                 "connected to %s as %s, serving %s (session %s)",

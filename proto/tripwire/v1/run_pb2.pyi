@@ -241,7 +241,9 @@ class ValidationError(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """JSON-pointer-like path into the payload, "" for the root."""
+    """JSON Pointer (RFC 6901) into the payload, "" for the root; a missing
+    required property is at its own path ("/user"), where it should be.
+    """
     message: _builtins.str
     def __init__(
         self,

@@ -457,7 +457,7 @@ def schema_errors(validator: Validator, payload: Any) -> tuple[dict[str, str], .
     allowed = MAX_STEPS if call_left is None else min(MAX_STEPS, call_left)
     _budget.left = allowed
     try:
-        errors = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path)))
+        errors = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, _where(e))))
     except TooCostly as exc:
         if allowed < MAX_STEPS:  # the call's budget ran out, not the value's
             raise ResourceExhausted(
@@ -475,13 +475,31 @@ def schema_errors(validator: Validator, payload: Any) -> tuple[dict[str, str], .
         if call_left is not None:
             _budget.call_left = call_left - (allowed - max(_budget.left, 0))
     kept = tuple(
-        {"path": _cut("".join(f"/{p}" for p in e.absolute_path)), "message": _cut(e.message)}
+        {
+            "path": _cut("".join(f"/{_pointer(str(p))}" for p in _where(e))),
+            "message": _cut(e.message),
+        }
         for e in errors[:MAX_VALIDATION_ERRORS]
     )
     if len(errors) > MAX_VALIDATION_ERRORS:
         more = len(errors) - MAX_VALIDATION_ERRORS
         kept += ({"path": "...", "message": f"and {more} more"},)
     return kept
+
+
+def _where(error: Any) -> list[Any]:
+    """Where in the payload an error is: a missing required property at its own
+    path (where the value should be, as v2's zod puts it), not at its object's."""
+    path = list(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [
+            name
+            for name in error.validator_value
+            if isinstance(name, str) and name not in error.instance and repr(name) in error.message
+        ]
+        if missing:
+            path.append(missing[0])
+    return path
 
 
 def _cut(text: str) -> str:
