@@ -45,9 +45,9 @@ def test_bad_api_keys(bad: str) -> None:
 @pytest.mark.parametrize(
     ("items", "message"),
     [
-        (["s3cr3t-no-env"], "API key 1st is not KEY=ENV"),
-        (["a=prod", "s3cr3t="], "API key 2nd is not KEY=ENV"),
-        (["s3cr3t=prod,b=qa,s3cr3t=dev"], "API key 3rd is also given for another environment"),
+        (["s3cr3t-no-env"], "the 1st API key is not KEY=ENV"),
+        (["a=prod", "s3cr3t="], "the 2nd API key is not KEY=ENV"),
+        (["s3cr3t=prod,b=qa,s3cr3t=dev"], "the 3rd API key is also given for another environment"),
     ],
 )
 def test_an_api_key_refused_is_named_by_its_place_never_by_its_text(

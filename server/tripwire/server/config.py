@@ -139,11 +139,11 @@ def parse_api_keys(items: Sequence[str]) -> dict[str, str]:
             key, sep, env = part.rpartition("=")
             if not sep or not key or not env:
                 raise ValueError(
-                    f"API key {_nth(place)} is not KEY=ENV (a key, '=', an environment name)"
+                    f"the {_nth(place)} API key is not KEY=ENV (a key, '=', an environment name)"
                 )
             if keys.get(key, env) != env:
                 raise ValueError(
-                    f"API key {_nth(place)} is also given for another environment: "
+                    f"the {_nth(place)} API key is also given for another environment: "
                     f"one key, two environments ({keys[key]!r} and {env!r})"
                 )
             keys[key] = env
