@@ -56,6 +56,25 @@ def test_a_missing_required_property_is_at_its_own_path_escaped_as_a_pointer() -
     )
 
 
+def test_a_required_name_holding_quotes_is_at_its_own_path() -> None:
+    validator = check_schema({"required": ["a", "x'a'y", 'q"']}, "schema")
+    assert [e["path"] for e in schema_errors(validator, {})] == ["/a", '/q"', "/x'a'y"]
+
+
+def test_many_missing_required_properties_cost_one_pass() -> None:
+    names = [f"p{i:05d}" for i in range(5000)]
+    validator = check_schema({"required": names}, "schema")
+    errors = schema_errors(validator, {})
+    assert [e["path"] for e in errors[:-1]] == [f"/{n}" for n in names[:MAX_VALIDATION_ERRORS]]
+    assert errors[-1]["message"] == f"and {5000 - MAX_VALIDATION_ERRORS} more"
+
+
+def test_errors_are_in_path_order_with_indexes_as_numbers() -> None:
+    validator = check_schema({"items": {"type": "string"}}, "schema")
+    errors = schema_errors(validator, list(range(12)))
+    assert [e["path"] for e in errors[:-1]] == [f"/{i}" for i in range(MAX_VALIDATION_ERRORS)]
+
+
 def test_a_huge_offending_value_is_not_copied_into_the_message() -> None:
     validator = check_schema({"properties": {"b": {"maxLength": 10}}}, "schema")
     ((error,),) = [schema_errors(validator, {"b": "x" * 1_000_000})]

@@ -625,6 +625,12 @@ async def test_send_events_asks_once_for_the_batch() -> None:
             "task.retry.tries: is not a retry option",
         ),
         (lambda io: io.run_task("k", lambda: 1, retry={"limit": 0}), "task.retry.limit: "),
+        (
+            lambda io: io.run_task("k", lambda: 1, params={"x": math.nan}),
+            "task.params.x: holds nan",
+        ),
+        (lambda io: io.run_task("k", lambda: 1, params=object()), "task.params: object is not"),
+        (lambda io: io.wait("k", 10**5000), "task.params.seconds: must be a number of seconds"),
     ],
 )
 async def test_bad_io_calls_raise_before_anything_is_sent(call: Any, error: str) -> None:

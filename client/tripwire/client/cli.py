@@ -476,10 +476,11 @@ def _show_sdk_lines() -> None:
     """The SDK logs through the `tripwire` loggers when it connects and when it
     drains: show those lines (INFO), through the root's handlers if the module set
     them up (which may have happened by itself: `logging.info()` before any setup
-    makes one), else on stderr, from the `tripwire` logger alone (so that nothing
-    else of the module's is shown twice or at a level it did not ask for). A module
-    that gave one of the `tripwire` loggers handlers, a level or propagate=False
-    has said how it wants them: left as it is."""
+    makes one), else through one on stderr (on the root, as basicConfig would put
+    it: a later basicConfig or implicit setup then finds it and adds no second).
+    Other loggers keep their levels. A module that gave one of the `tripwire`
+    loggers handlers, a level or propagate=False has said how it wants them: left
+    as it is."""
     sdk = logging.getLogger("tripwire")
     ours = [sdk] + [
         logger
@@ -496,7 +497,7 @@ def _show_sdk_lines() -> None:
     if not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
-        sdk.addHandler(handler)
+        logging.getLogger().addHandler(handler)
 
 
 def _worker_command(args: argparse.Namespace) -> int:

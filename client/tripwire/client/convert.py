@@ -145,9 +145,25 @@ def _fill_struct(struct: struct_pb2.Struct, obj: Mapping[Any, Any], depth: int =
             raise
 
 
+_REFUSED = "_tripwire_not_json"
+
+
 def _raise(bad: _BadValue, what: str) -> Exception:
     where = what + "".join(reversed(bad.path))
-    return bad.error(f"{where}: {bad.message}")
+    return not_json(bad.error(f"{where}: {bad.message}"))
+
+
+def not_json(exc: Exception) -> Exception:
+    """Mark `exc` (a TypeError or ValueError naming where in a value) as this
+    client's refusal of a value it cannot send as JSON."""
+    setattr(exc, _REFUSED, True)
+    return exc
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether `exc` is the conversion's own refusal of a value, not an error the
+    application's code raised while being converted (a pydantic serializer's)."""
+    return getattr(exc, _REFUSED, False) is True
 
 
 def fill_value(target: struct_pb2.Value, obj: object, *, what: str = "value") -> None:

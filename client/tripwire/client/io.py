@@ -41,7 +41,7 @@ from tripwire.client._requests import (
     known_options,
     send_options_message,
 )
-from tripwire.client.errors import TripwireError
+from tripwire.client.errors import InvalidArgument, TripwireError
 from tripwire.client.models import Event
 from tripwire.client.options import SendOptions, send_options
 from tripwire.v1 import event_pb2, job_pb2, run_pb2, worker_service_pb2
@@ -173,7 +173,9 @@ def json_value(obj: Any, *, what: str) -> struct_pb2.Value:
     if size > MAX_RESULT_BYTES:
         # `what` is a request field (task.params) or says what the value is.
         subject = f"{what}:" if what.startswith("task.") else what
-        raise ValueError(f"{subject} is {size} bytes, more than a message to the server can carry")
+        raise convert.not_json(
+            ValueError(f"{subject} is {size} bytes, more than a message to the server can carry")
+        )
     return value
 
 
@@ -226,14 +228,16 @@ def run_spec(key: str, name: str | None, retry: Mapping[str, Any] | None, params
             raise ValueError(f"task.name: is longer than {MAX_KEY_LENGTH} characters")
         checked_key = _key(key)
         policy = None if retry is None else convert.retry_to_pb(retry, field="task.retry")
-    # Outside: converting params may run the application's own code (a pydantic
-    # model's serializers), whose errors are its own, not a refused argument.
+    # Converting params may run the application's own code (a pydantic model's
+    # serializers), whose errors are its own; only what the conversion refuses is.
+    try:
+        value = None if params is None else json_value(params, what="task.params")
+    except (TypeError, ValueError) as exc:
+        if not convert.refused(exc):
+            raise
+        raise InvalidArgument(str(exc)) from exc
     return TaskSpec(
-        kind=run_pb2.TASK_KIND_RUN,
-        key=checked_key,
-        name=name or key,
-        params=None if params is None else json_value(params, what="task.params"),
-        retry=policy,
+        kind=run_pb2.TASK_KIND_RUN, key=checked_key, name=name or key, params=value, retry=policy
     )
 
 
@@ -288,9 +292,10 @@ def wait_spec(key: str, seconds: float) -> TaskSpec:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError(f"task.params.seconds: must be a number, got {seconds!r}")
         if not 0 <= seconds <= _MAX_WAIT_SECONDS:  # NaN fails this too
+            shown = repr(seconds) if isinstance(seconds, float) or seconds < 10**20 else "more"
             raise ValueError(
                 "task.params.seconds: must be a number of seconds >= 0 that ends before "
-                f"the year 10000, got {seconds!r}"
+                f"the year 10000, got {shown}"
             )
         params = convert.to_value({"seconds": seconds}, what="task.params")
         return TaskSpec(run_pb2.TASK_KIND_WAIT, _key(key), f"wait {seconds}s", params)

@@ -10,6 +10,7 @@ the new job: an event or an invoke stored after a disable never runs it.
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import re
@@ -457,7 +458,7 @@ def schema_errors(validator: Validator, payload: Any) -> tuple[dict[str, str], .
     allowed = MAX_STEPS if call_left is None else min(MAX_STEPS, call_left)
     _budget.left = allowed
     try:
-        errors = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, _where(e))))
+        errors = sorted(validator.iter_errors(payload), key=_by_path)
     except TooCostly as exc:
         if allowed < MAX_STEPS:  # the call's budget ran out, not the value's
             raise ResourceExhausted(
@@ -487,19 +488,27 @@ def schema_errors(validator: Validator, payload: Any) -> tuple[dict[str, str], .
     return kept
 
 
+_REQUIRED = " is a required property"
+
+
 def _where(error: Any) -> list[Any]:
     """Where in the payload an error is: a missing required property at its own
-    path (where the value should be, as v2's zod puts it), not at its object's."""
+    path (where the value should be, as v2's zod puts it), not at its object's. The
+    name is read back from the message, which jsonschema writes as `repr(name)`."""
     path = list(error.absolute_path)
-    if error.validator == "required" and isinstance(error.instance, dict):
-        missing = [
-            name
-            for name in error.validator_value
-            if isinstance(name, str) and name not in error.instance and repr(name) in error.message
-        ]
-        if missing:
-            path.append(missing[0])
+    if error.validator == "required" and error.message.endswith(_REQUIRED):
+        try:
+            name = ast.literal_eval(error.message.removesuffix(_REQUIRED))
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return path
+        if isinstance(name, str):
+            path.append(name)
     return path
+
+
+def _by_path(error: Any) -> list[tuple[int, int, str]]:
+    """Errors in path order, array indexes as numbers (/2 before /10)."""
+    return [(0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in _where(error)]
 
 
 def _cut(text: str) -> str:
