@@ -631,6 +631,11 @@ async def test_send_events_asks_once_for_the_batch() -> None:
         ),
         (lambda io: io.run_task("k", lambda: 1, params=object()), "task.params: object is not"),
         (lambda io: io.wait("k", 10**5000), "task.params.seconds: must be a number of seconds"),
+        (lambda io: io.wait("k", -(10**5000)), "task.params.seconds: must be a number of seconds"),
+        (
+            lambda io: io.run_task("k", lambda: 1, params={"x": "\ud800"}),
+            "task.params: text is not valid Unicode",
+        ),
     ],
 )
 async def test_bad_io_calls_raise_before_anything_is_sent(call: Any, error: str) -> None:

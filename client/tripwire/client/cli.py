@@ -472,15 +472,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
 
 
-def _show_sdk_lines() -> None:
+def _show_sdk_lines() -> Callable[[], None]:
     """The SDK logs through the `tripwire` loggers when it connects and when it
     drains: show those lines (INFO), through the root's handlers if the module set
     them up (which may have happened by itself: `logging.info()` before any setup
-    makes one), else through one on stderr (on the root, as basicConfig would put
-    it: a later basicConfig or implicit setup then finds it and adds no second).
-    Other loggers keep their levels. A module that gave one of the `tripwire`
-    loggers handlers, a level or propagate=False has said how it wants them: left
-    as it is."""
+    makes one), else on stderr through a handler of the `tripwire` logger, which
+    then keeps its lines to itself (propagate=False: a root handler the module sets
+    up later shows them no second time, and the module's own logging, later
+    basicConfig included, is as it would be without the command). A module that
+    gave one of the `tripwire` loggers handlers, a level or propagate=False has
+    said how it wants them: left as it is. Returns what undoes it."""
     sdk = logging.getLogger("tripwire")
     ours = [sdk] + [
         logger
@@ -488,16 +489,27 @@ def _show_sdk_lines() -> None:
         if name.startswith("tripwire.") and isinstance(logger, logging.Logger)
     ]
     if any(lg.handlers or lg.level != logging.NOTSET or not lg.propagate for lg in ours):
-        return
-    for logger in ours:
-        # dictConfig disables every logger that exists and that it does not name;
-        # the SDK's, made when the CLI imported it, are not what it meant.
+        return lambda: None
+    # dictConfig disables every logger that exists and that it does not name; the
+    # SDK's, made when this command imported it, are not what it meant.
+    disabled = [logger for logger in ours if logger.disabled]
+    for logger in disabled:
         logger.disabled = False
     sdk.setLevel(logging.INFO)
+    handler: logging.Handler | None = None
     if not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
-        logging.getLogger().addHandler(handler)
+        sdk.addHandler(handler)
+        sdk.propagate = False
+
+    def undo() -> None:
+        sdk.setLevel(logging.NOTSET)
+        if handler is not None:
+            sdk.removeHandler(handler)
+            sdk.propagate = True
+
+    return undo
 
 
 def _worker_command(args: argparse.Namespace) -> int:
@@ -529,9 +541,11 @@ def _worker(client: Client | None, args: argparse.Namespace) -> tuple[Any, str]:
         raise UsageError(f"cannot load {args.target}: {exc}") from exc
     if not callable(getattr(app, "listen", None)):
         raise UsageError(f"{args.target} is not a tripwire Client")
-    _show_sdk_lines()
+    undo = _show_sdk_lines()
     try:
         app.listen()
     except (ValueError, TypeError) as exc:  # the worker refused its settings (no jobs, ...)
         raise TripwireError(f"{args.target}: {exc}") from exc
+    finally:
+        undo()  # as it was (cli.main may run again in this process)
     return None, "worker stopped"

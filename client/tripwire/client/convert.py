@@ -173,7 +173,7 @@ def fill_value(target: struct_pb2.Value, obj: object, *, what: str = "value") ->
     except _BadValue as bad:
         raise _raise(bad, what) from None
     except UnicodeEncodeError as exc:  # lone surrogates cannot be UTF-8
-        raise ValueError(f"{what}: text is not valid Unicode ({exc.reason})") from None
+        raise not_json(ValueError(f"{what}: text is not valid Unicode ({exc.reason})")) from None
 
 
 def to_value(obj: object, *, what: str = "value") -> struct_pb2.Value:
@@ -196,7 +196,7 @@ def fill_struct(target: struct_pb2.Struct, obj: Mapping[str, Any], *, what: str 
     except _BadValue as bad:
         raise _raise(bad, what) from None
     except UnicodeEncodeError as exc:
-        raise ValueError(f"{what}: text is not valid Unicode ({exc.reason})") from None
+        raise not_json(ValueError(f"{what}: text is not valid Unicode ({exc.reason})")) from None
 
 
 def to_struct(obj: Mapping[str, Any], *, what: str = "object") -> struct_pb2.Struct:

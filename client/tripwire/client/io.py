@@ -292,7 +292,7 @@ def wait_spec(key: str, seconds: float) -> TaskSpec:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError(f"task.params.seconds: must be a number, got {seconds!r}")
         if not 0 <= seconds <= _MAX_WAIT_SECONDS:  # NaN fails this too
-            shown = repr(seconds) if isinstance(seconds, float) or seconds < 10**20 else "more"
+            shown = repr(seconds) if isinstance(seconds, float) or abs(seconds) < 10**20 else "more"
             raise ValueError(
                 "task.params.seconds: must be a number of seconds >= 0 that ends before "
                 f"the year 10000, got {shown}"
