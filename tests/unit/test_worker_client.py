@@ -159,10 +159,11 @@ def test_the_worker_command_shows_the_sdks_lines_as_the_module_set_logging_up(
     before = (sdk.level, sdk.propagate, list(sdk.handlers))
     assert cli.main(["worker", "myapp.jobs"]) == 0
     err = capsys.readouterr().err
-    if later:  # ours once each; the module's warning as Python's own setup prints it
+    if later:  # once each: ours, until the module's warning sets the root up; then there
         line = r"\d\d:\d\d:\d\d INFO tripwire\.worker: "
         expected = (
-            rf"{line}{re.escape(CONNECTED)}\nWARNING:root:later, at run time\n{line}draining\n"
+            rf"{line}{re.escape(CONNECTED)}\nWARNING:root:later, at run time\n"
+            r"INFO:tripwire\.worker:draining\n"
         )
         assert re.fullmatch(expected, err), err
     else:
@@ -173,6 +174,35 @@ def test_the_worker_command_shows_the_sdks_lines_as_the_module_set_logging_up(
     assert root.level == logging.WARNING
     assert (sdk.level, sdk.propagate, list(sdk.handlers)) == before
     assert seen == ["listen"]
+
+
+def test_the_sdks_lines_go_to_a_root_handler_the_module_sets_up_at_run_time(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Until then on stderr; from then on where the module's logging goes (a file, an
+    error tracker), as without the command; afterwards the loggers as they were."""
+    kept = _Kept()
+
+    def listen() -> None:
+        logging.getLogger("tripwire.worker").info(CONNECTED)
+        logging.getLogger().addHandler(kept)  # the module's own setup, at run time
+        logging.getLogger("tripwire.worker").warning("draining")
+
+    monkeypatch.setattr(
+        cli.importlib,
+        "import_module",
+        lambda name: SimpleNamespace(client=SimpleNamespace(listen=listen)),
+    )
+    root, sdk = logging.getLogger(), logging.getLogger("tripwire")
+    monkeypatch.setattr(root, "handlers", [])  # pytest's own are put back after
+    monkeypatch.setattr(sdk, "handlers", [])
+    monkeypatch.setattr(sdk, "level", logging.NOTSET)
+    monkeypatch.setattr(sdk, "propagate", True)
+    assert cli.main(["worker", "myapp.jobs"]) == 0
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"\d\d:\d\d:\d\d INFO tripwire\.worker: {re.escape(CONNECTED)}\n", err)
+    assert kept.lines == ["draining"]
+    assert (sdk.level, sdk.propagate, sdk.handlers) == (logging.NOTSET, True, [])
 
 
 @pytest.mark.parametrize(

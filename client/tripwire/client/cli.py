@@ -472,16 +472,30 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
 
 
+class _SdkLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """The SDK's lines on stderr while the root logger has no handler; once the
+    module sets one up (basicConfig at run time, a file, an error tracker), handed to
+    the root's handlers instead, as propagation would."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        root = logging.getLogger()
+        if root.handlers:
+            root.handle(record)
+        else:
+            super().emit(record)
+
+
 def _show_sdk_lines() -> Callable[[], None]:
     """The SDK logs through the `tripwire` loggers when it connects and when it
     drains: show those lines (INFO), through the root's handlers if the module set
     them up (which may have happened by itself: `logging.info()` before any setup
-    makes one), else on stderr through a handler of the `tripwire` logger, which
-    then keeps its lines to itself (propagate=False: a root handler the module sets
-    up later shows them no second time, and the module's own logging, later
-    basicConfig included, is as it would be without the command). A module that
-    gave one of the `tripwire` loggers handlers, a level or propagate=False has
-    said how it wants them: left as it is. Returns what undoes it."""
+    makes one), else through a handler of the `tripwire` logger, which keeps them to
+    itself and writes them on stderr until the root has handlers of its own (then it
+    hands them there: never twice, and the module's own logging, a later basicConfig
+    included, is as it would be without the command). A module that gave one of the
+    `tripwire` loggers handlers, a level or propagate=False has said how it wants
+    them: left as it is. Returns what undoes it (what the module has not changed
+    since)."""
     sdk = logging.getLogger("tripwire")
     ours = [sdk] + [
         logger
@@ -498,16 +512,20 @@ def _show_sdk_lines() -> Callable[[], None]:
     sdk.setLevel(logging.INFO)
     handler: logging.Handler | None = None
     if not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _SdkLines(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
         sdk.addHandler(handler)
         sdk.propagate = False
 
     def undo() -> None:
-        sdk.setLevel(logging.NOTSET)
-        if handler is not None:
+        if sdk.level == logging.INFO:
+            sdk.setLevel(logging.NOTSET)
+        if handler is not None and handler in sdk.handlers:
             sdk.removeHandler(handler)
-            sdk.propagate = True
+            if not sdk.propagate:
+                sdk.propagate = True
+        for logger in disabled:
+            logger.disabled = True
 
     return undo
 

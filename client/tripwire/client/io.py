@@ -292,7 +292,8 @@ def wait_spec(key: str, seconds: float) -> TaskSpec:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError(f"task.params.seconds: must be a number, got {seconds!r}")
         if not 0 <= seconds <= _MAX_WAIT_SECONDS:  # NaN fails this too
-            shown = repr(seconds) if isinstance(seconds, float) or abs(seconds) < 10**20 else "more"
+            big = not isinstance(seconds, float) and abs(seconds) >= 10**20
+            shown = ("more" if seconds > 0 else "less") if big else repr(seconds)
             raise ValueError(
                 "task.params.seconds: must be a number of seconds >= 0 that ends before "
                 f"the year 10000, got {shown}"
