@@ -186,7 +186,10 @@ def test_the_sdks_lines_go_to_a_root_handler_the_module_sets_up_at_run_time(
     def listen() -> None:
         logging.getLogger("tripwire.worker").info(CONNECTED)
         logging.getLogger().addHandler(kept)  # the module's own setup, at run time
-        logging.getLogger("tripwire.worker").warning("draining")
+        logging.getLogger().addFilter(lambda record: record.name == "root")  # as propagation,
+        logging.getLogger("tripwire.worker").warning("draining")  # the root's filters pass
+        logging.getLogger("tripwire").propagate = True  # the module's say: propagation
+        logging.getLogger("tripwire.worker").warning("stopped")  # hands it there, once
 
     monkeypatch.setattr(
         cli.importlib,
@@ -195,13 +198,14 @@ def test_the_sdks_lines_go_to_a_root_handler_the_module_sets_up_at_run_time(
     )
     root, sdk = logging.getLogger(), logging.getLogger("tripwire")
     monkeypatch.setattr(root, "handlers", [])  # pytest's own are put back after
+    monkeypatch.setattr(root, "filters", [])
     monkeypatch.setattr(sdk, "handlers", [])
     monkeypatch.setattr(sdk, "level", logging.NOTSET)
     monkeypatch.setattr(sdk, "propagate", True)
     assert cli.main(["worker", "myapp.jobs"]) == 0
     err = capsys.readouterr().err
     assert re.fullmatch(rf"\d\d:\d\d:\d\d INFO tripwire\.worker: {re.escape(CONNECTED)}\n", err)
-    assert kept.lines == ["draining"]
+    assert kept.lines == ["draining", "stopped"]
     assert (sdk.level, sdk.propagate, sdk.handlers) == (logging.NOTSET, True, [])
 
 

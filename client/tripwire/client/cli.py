@@ -475,14 +475,21 @@ LOG_DATE_FORMAT = "%H:%M:%S"
 class _SdkLines(logging.StreamHandler):  # type: ignore[type-arg]
     """The SDK's lines on stderr while the root logger has no handler; once the
     module sets one up (basicConfig at run time, a file, an error tracker), handed to
-    the root's handlers instead, as propagation would."""
+    the root's handlers instead, as propagation would (and not at all if the module
+    made the `tripwire` logger propagate again: that hands them there already)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def __init__(self, sdk: logging.Logger) -> None:
+        super().__init__(sys.stderr)
+        self.sdk = sdk
+
+    def handle(self, record: logging.LogRecord) -> bool:
         root = logging.getLogger()
-        if root.handlers:
-            root.handle(record)
-        else:
-            super().emit(record)
+        if not root.handlers:
+            return bool(super().handle(record))
+        if not self.sdk.propagate:
+            # Without this handler's lock held: a root handler may log in turn.
+            root.callHandlers(record)
+        return True
 
 
 def _show_sdk_lines() -> Callable[[], None]:
@@ -495,7 +502,7 @@ def _show_sdk_lines() -> Callable[[], None]:
     included, is as it would be without the command). A module that gave one of the
     `tripwire` loggers handlers, a level or propagate=False has said how it wants
     them: left as it is. Returns what undoes it (what the module has not changed
-    since)."""
+    since; the loggers it enabled stay enabled)."""
     sdk = logging.getLogger("tripwire")
     ours = [sdk] + [
         logger
@@ -512,7 +519,7 @@ def _show_sdk_lines() -> Callable[[], None]:
     sdk.setLevel(logging.INFO)
     handler: logging.Handler | None = None
     if not logging.getLogger().handlers:
-        handler = _SdkLines(sys.stderr)
+        handler = _SdkLines(sdk)
         handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
         sdk.addHandler(handler)
         sdk.propagate = False
@@ -524,8 +531,6 @@ def _show_sdk_lines() -> Callable[[], None]:
             sdk.removeHandler(handler)
             if not sdk.propagate:
                 sdk.propagate = True
-        for logger in disabled:
-            logger.disabled = True
 
     return undo
 
