@@ -7,12 +7,14 @@ import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
 from pydantic import BaseModel
 from tripwire.client import Client
+from tripwire.client import worker as worker_module
 from tripwire.client.convert import from_value, to_value
 from tripwire.client.errors import InvalidArgument, Unauthenticated
 from tripwire.client.io import IO, RunEnded, SyncIO
@@ -667,23 +669,37 @@ async def test_the_lease_is_counted_from_the_welcome_however_late_it_came(make: 
 
 
 async def test_silence_from_the_server_is_counted_from_the_welcome_however_late_it_came(
-    make: Make,
+    make: Make, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The welcome is word from the server: a stream welcomed after more than a lease
     (the server was stalled) is not dropped at the watchdog's first look for the
     silence before it."""
+    now = [1000.0]
+    monkeypatch.setattr(worker_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    looks: list[None] = []
+    look = worker_module._Session.lease_held
+
+    def counted(self: Any) -> bool:  # the watchdog looks at the lease, then the silence
+        looks.append(None)
+        return look(self)
+
+    monkeypatch.setattr(worker_module._Session, "lease_held", counted)
     h = await make(job(lambda payload, io, ctx: None))
     stream = await h.server.next_stream()
     await stream.expect("hello")
-    await asyncio.sleep(1.2)  # the server answered late: longer than the lease
+    now[0] += 10  # the server answered late: longer than the lease
     welcome = worker_service_pb2.Welcome(
         session_id="s1", heartbeat_interval_ms=600_000, lease_ms=1000, answers_heartbeats=True
     )
     stream.reply(welcome=welcome)
     await within(h.worker.wait_connected())
-    await asyncio.sleep(0.7)  # past the watchdog's first look (every half lease)
-    assert h.worker.connected and h.worker._session is not None
-    assert h.worker._session.call is stream
+
+    async def looked() -> bool:
+        return bool(looks)
+
+    await eventually(looked)
+    assert "nothing from the server" not in caplog.text
+    assert h.worker._session is not None and h.worker._session.call is stream
 
 
 async def test_the_backoff_grows_while_connecting_fails(make: Make) -> None:
