@@ -99,7 +99,7 @@ def event_input(event: Mapping[str, Any], field: str = "event") -> event_pb2.Eve
     ``field`` is where the request holds it (``events[2]``), for the errors."""
     if not isinstance(event, Mapping):
         raise TypeError(f"{field}: must be a dict with at least a name, got {type(event).__name__}")
-    _no_unknown_keys(event, _EVENT_KEYS, field, "an event")
+    convert.no_unknown_keys(event, _EVENT_KEYS, field, "an event")
     name = event.get("name")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"{field}.name: must be a string, got {type(name).__name__}")
@@ -130,7 +130,7 @@ def send_options_message(
 ) -> event_pb2.SendEventOptions:
     """The options of a send (client.send_event(s), io.send_event(s)), checked;
     ``field`` is where the request holds them, for the errors."""
-    _no_unknown_keys(options, SendOptions.__optional_keys__, field, "a send option")
+    convert.no_unknown_keys(options, SendOptions.__optional_keys__, field, "a send option")
     deliver_after = options.get("deliver_after")
     if deliver_after is not None:
         if isinstance(deliver_after, bool) or not isinstance(deliver_after, int):
@@ -484,17 +484,6 @@ def known_options(method: str, options: Mapping[str, Any], spec: Any) -> None:
     if unknown:
         name = sorted(unknown)[0]
         raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
-
-
-def _no_unknown_keys(
-    given: Mapping[Any, Any], known: Collection[str], field: str, what: str
-) -> None:
-    """A dict argument holds only ``known`` keys: the first other one is named, as the
-    server names a field it does not know (``event.paylod: ...``)."""
-    for key in given:
-        if key not in known:
-            where = f"{field}.{key}" if isinstance(key, str) else f"{field}[{key!r}]"
-            raise ValueError(f"{where}: is not {what} (known: {', '.join(sorted(known))})")
 
 
 def _id(value: str, field: str = "id") -> str:

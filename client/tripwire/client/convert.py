@@ -16,7 +16,7 @@ import decimal
 import enum
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Set
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
@@ -417,10 +417,7 @@ def retry_to_pb(retry: Mapping[str, Any], *, field: str = "retry") -> job_pb2.Re
     """
     if not isinstance(retry, Mapping):
         raise TypeError(f"{field}: must be a dict such as {{'limit': 3}}, got {retry!r}")
-    for key in retry:
-        if key not in _RETRY_FIELDS:
-            where = f"{field}.{key}" if isinstance(key, str) else f"{field}[{key!r}]"
-            raise ValueError(f"{where}: is not a retry option (known: {', '.join(_RETRY_FIELDS)})")
+    no_unknown_keys(retry, _RETRY_FIELDS, field, "a retry option")
     policy = job_pb2.RetryPolicy()
     for name in _RETRY_FIELDS:
         set_field(policy, name, retry.get(name), f"{field}.{name}")
@@ -539,3 +536,15 @@ def set_field(message: Message, name: str, value: Any, field: str) -> None:
         setattr(message, name, value)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{field}: {exc}") from None
+
+
+def no_unknown_keys(
+    given: Mapping[Any, Any], known: Collection[str], field: str, what: str
+) -> None:
+    """A dict argument holds only ``known`` keys: the first other one is named, as the
+    server names a field it does not know (``event.paylod: ...``)."""
+    for key in given:
+        if key not in known:
+            where = f"{field}.{key}" if isinstance(key, str) else f"{field}[{key!r}]"
+            names = sorted(known) if isinstance(known, Set) else known  # a set has no order
+            raise ValueError(f"{where}: is not {what} (known: {', '.join(names)})")
