@@ -120,11 +120,6 @@ def event_input(event: Mapping[str, Any], field: str = "event") -> event_pb2.Eve
     return message
 
 
-#: Seconds from 1970 to the end of 9999, the last time a Timestamp holds: a larger
-#: deliver_after is past it from any now (the server refuses what is past it from its now).
-_MAX_DELIVER_AFTER = 253_402_300_799
-
-
 def send_options_message(
     options: SendOptions, field: str = "options"
 ) -> event_pb2.SendEventOptions:
@@ -137,7 +132,7 @@ def send_options_message(
             raise TypeError(f"{field}.deliver_after: must be whole seconds, got {deliver_after!r}")
         if deliver_after < 0:
             raise ValueError(f"{field}.deliver_after: must not be negative")
-        if deliver_after > _MAX_DELIVER_AFTER:
+        if deliver_after > convert.LAST_SECOND:  # past it from any now
             raise ValueError(f"{field}.deliver_after: is past the year 9999")
     message = event_pb2.SendEventOptions(
         deliver_after=deliver_after or 0,

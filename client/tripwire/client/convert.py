@@ -241,6 +241,11 @@ def _struct_field(message: Message, name: str) -> dict[str, Any] | None:
 # -- datetime <-> Timestamp ------------------------------------------------------------
 
 
+#: Seconds from 1970 to the end of 9999, the last time a Timestamp holds (the server
+#: refuses a delay or wait that ends past it from its own now).
+LAST_SECOND = 253_402_300_799
+
+
 def datetime_to_timestamp(when: datetime, what: str = "time") -> timestamp_pb2.Timestamp:
     """A ``Timestamp`` for a timezone-aware datetime; ``what`` names it in errors
     (``what: problem``)."""

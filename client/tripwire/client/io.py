@@ -282,16 +282,12 @@ def send_events_spec(
     return TaskSpec(run_pb2.TASK_KIND_SEND_EVENTS, _key(key), name, convert.to_value(params))
 
 
-# Seconds from 1970 to the end of 9999: a longer wait ends after it from any now (the
-# server refuses one that does from its now).
-_MAX_WAIT_SECONDS = 253_402_300_799
-
-
 def wait_spec(key: str, seconds: float) -> TaskSpec:
     with _arguments():
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError(f"task.params.seconds: must be a number, got {seconds!r}")
-        if not 0 <= seconds <= _MAX_WAIT_SECONDS:  # NaN fails this too
+        # A longer wait ends after the year 9999 from any now; NaN fails this too.
+        if not 0 <= seconds <= convert.LAST_SECOND:
             big = not isinstance(seconds, float) and abs(seconds) >= 10**20
             shown = ("more" if seconds > 0 else "less") if big else repr(seconds)
             raise ValueError(
