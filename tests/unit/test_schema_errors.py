@@ -75,9 +75,104 @@ def test_errors_are_in_path_order_with_indexes_as_numbers() -> None:
     assert [e["path"] for e in errors[:-1]] == [f"/{i}" for i in range(MAX_VALIDATION_ERRORS)]
 
 
-def test_a_huge_offending_value_is_not_copied_into_the_message() -> None:
-    validator = check_schema({"properties": {"b": {"maxLength": 10}}}, "schema")
-    ((error,),) = [schema_errors(validator, {"b": "x" * 1_000_000})]
+def test_a_huge_offending_value_is_quoted_short_so_the_message_says_what_is_wrong() -> None:
+    validator = check_schema(
+        {"properties": {"b": {"maxLength": 10}, "c": {"type": "object"}}}, "schema"
+    )
+    errors = schema_errors(validator, {"b": "x" * 1_000_000, "c": list(range(100_000))})
+    assert errors == (
+        {"path": "/b", "message": f"'{'x' * 37}...{'x' * 38}' is too long"},
+        {"path": "/c", "message": "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...] is not of type 'object'"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("schema", "payload", "message"),
+    [
+        ({"type": "string"}, None, "null is not of type 'string'"),
+        ({"type": "integer"}, True, "true is not of type 'integer'"),
+        ({"type": ["string", "null"]}, False, "false is not of type 'string', 'null'"),
+        ({"enum": ["x", "y"]}, {"k": [False]}, "{'k': [false]} is not one of ['x', 'y']"),
+        ({"enum": [None, True]}, 1, "1 is not one of [null, true]"),
+        ({"const": False}, 0, "false was expected"),
+        ({"const": {"a": None}}, {}, "{'a': null} was expected"),
+        ({"minItems": 2}, [None], "[null] is too short"),
+        ({"maxProperties": 0}, {"a": True}, "{'a': true} is expected to be empty"),
+        ({"uniqueItems": True}, [True, True], "[true, true] has non-unique elements"),
+        (
+            {"anyOf": [{"type": "string"}, {"type": "number"}]},
+            None,
+            "null is not valid under any of the given schemas",
+        ),
+        ({"not": {"type": "boolean"}}, True, "true should not be valid under {'type': 'boolean'}"),
+        # Strings, numbers and names are quoted as before.
+        ({"minimum": 5}, 4.5, "4.5 is less than the minimum of 5"),
+        ({"pattern": "^a"}, "b", "'b' does not match '^a'"),
+        ({"required": ["id"]}, {}, "'id' is a required property"),
+    ],
+)
+def test_values_are_quoted_in_jsons_words_not_pythons(
+    schema: dict, payload: Any, message: str
+) -> None:
+    # The messages reach clients in every language: null, true and false, never
+    # Python's None, True and False.
+    (error,) = schema_errors(check_schema(schema, "schema"), payload)
+    assert error["message"] == message
+
+
+# Short enough that no message is cut before its end.
+_scalars = st.none() | st.booleans() | st.integers(-999, 999) | st.sampled_from([0.5, -2.25, 1e20])
+_no_strings = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(_no_strings)
+def test_no_python_literal_is_ever_quoted(value: Any) -> None:
+    (error,) = schema_errors(check_schema({"type": "string"}, "schema"), value)
+    assert error["message"].endswith(" is not of type 'string'")
+    assert not {"None", "True", "False"} & set(error["message"].replace(",", " ").split())
+
+
+@pytest.mark.parametrize(
+    ("schema", "payload", "path"),
+    [
+        ({"properties": {"d": False}}, {"d": None}, "/d"),
+        ({"patternProperties": {"^p": False}}, {"p1": 3}, "/p1"),
+        ({"additionalProperties": False, "properties": {"a": {}}}, {"a": 1, "x": 2}, ""),
+        ({"prefixItems": [True, False]}, [1, 2], "/1"),
+        ({"properties": {"u": {"items": {"prefixItems": [False]}}}}, {"u": [[], [7]]}, "/u/1/0"),
+        ({"$defs": {"no": False}, "properties": {"r": {"$ref": "#/$defs/no"}}}, {"r": 1}, "/r"),
+        ({"allOf": [False]}, {"x": 1}, ""),
+    ],
+)
+def test_a_false_subschema_refuses_the_part_at_its_own_path(
+    schema: dict, payload: Any, path: str
+) -> None:
+    (error,) = schema_errors(check_schema(schema, "schema"), payload)
+    assert error["path"] == path
+    if schema.get("additionalProperties") is False:
+        assert error["message"] == "Additional properties are not allowed ('x' was unexpected)"
+    else:
+        assert error["message"].endswith(" is not allowed here (the schema here is false)")
+
+
+def test_a_schema_refused_at_registration_quotes_in_jsons_words_too() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        check_schema({"properties": {"a": {"type": None}}}, "schema")
+    assert raised.value.message == (
+        "schema/properties/a/type: not a valid JSON Schema: null is not valid under any of "
+        "the given schemas"
+    )
+
+
+def test_a_message_too_long_even_so_is_cut() -> None:
+    validator = check_schema({"properties": {"b": {"pattern": "^" + "a" * 500 + "$"}}}, "schema")
+    ((error,),) = [schema_errors(validator, {"b": "b"})]
     assert error["path"] == "/b"
     assert len(error["message"]) == MAX_VALIDATION_MESSAGE and error["message"].endswith("...")
 
@@ -217,7 +312,11 @@ def test_unique_items_on_a_large_array_of_mixed_values_is_linear() -> None:
     items: list = [f"tag-{i}" for i in range(20_000)] + [1]
     assert schema_errors(validator, items) == ()
     (error,) = schema_errors(validator, [*items, "tag-7"])
-    assert error["path"] == "" and error["message"].endswith("...")
+    assert error == {
+        "path": "",
+        "message": "['tag-0', 'tag-1', 'tag-2', 'tag-3', 'tag-4', 'tag-5', 'tag-6', 'tag-7', "
+        "'tag-8', 'tag-9', ...] has non-unique elements",
+    }
 
 
 @pytest.mark.parametrize(
@@ -458,7 +557,7 @@ def test_a_large_enum_or_const_is_checked_by_value_and_quoted_short() -> None:
     (error,) = schema_errors(validator, [True])  # true is not 1
     assert error == {
         "path": "/0",
-        "message": "True is not one of [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]",
+        "message": "true is not one of [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]",
     }
     constant = check_schema({"const": {"ids": list(range(1000)), "n": 1}}, "schema")
     assert schema_errors(constant, {"n": 1.0, "ids": list(range(1000))}) == ()

@@ -17,7 +17,7 @@ import re
 import reprlib
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -124,7 +124,7 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> An
         for item in instance:
             key = _canonical(item)
             if key in seen:
-                yield ValidationError(f"{instance!r} has non-unique elements")
+                yield ValidationError(f"{_QUOTE.repr(instance)} has non-unique elements")
                 return
             seen.add(key)
 
@@ -154,13 +154,69 @@ def _charge(steps: int) -> None:
         )
 
 
-def _counted(keyword: Any) -> Any:
+def _counted(keyword: Any, name: str = "") -> Any:
+    subschemas = _SUBSCHEMAS_OF_PARTS.get(name)
+
     def counted(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
         _charge(1)
+        if subschemas is not None and filters.derived(value, subschemas):
+            validator = _PathKeeping(validator)
         errors = keyword(validator, value, instance, schema)
         return None if errors is None else _charged(errors)
 
     return counted
+
+
+def _holds_false(subschemas: Iterable[Any]) -> bool:
+    return any(subschema is False for subschema in subschemas)
+
+
+# The keywords that apply subschemas of their own to parts of the value, naming the
+# part (the others refuse a part with a `false` of theirs by their own message):
+# whether a value of theirs holds a `false` one.
+_SUBSCHEMAS_OF_PARTS: dict[str, Callable[[Any], bool]] = {
+    "properties": lambda value: _holds_false(value.values()),
+    "patternProperties": lambda value: _holds_false(value.values()),
+    "prefixItems": _holds_false,
+}
+
+
+class _PathKeeping:
+    """The validator as a keyword sees it, but an error of a `false` subschema
+    keeps the path to the part it refused: jsonschema's descend drops it, so that
+    `{"properties": {"d": false}}` refused `{"d": 1}` at the root."""
+
+    __slots__ = ("_validator",)
+
+    def __init__(self, validator: Any) -> None:
+        self._validator = validator
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._validator, name)
+
+    def descend(
+        self,
+        instance: Any,
+        schema: Any,
+        path: Any = None,
+        schema_path: Any = None,
+        resolver: Any = None,
+    ) -> Iterator[ValidationError]:
+        if schema is not False:
+            yield from self._validator.descend(instance, schema, path, schema_path, resolver)
+            return
+        error = ValidationError(  # as jsonschema's descend makes it, with no keyword
+            f"{_FALSE_SCHEMA}{_QUOTE.repr(instance)}",  # the full repr costs the value's size
+            validator=None,  # type: ignore[arg-type]
+            validator_value=None,
+            instance=instance,
+            schema=schema,
+        )
+        if path is not None:
+            error.path.appendleft(path)
+        if schema_path is not None:
+            error.schema_path.appendleft(schema_path)
+        yield error
 
 
 def _charged(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
@@ -196,10 +252,22 @@ def call_budget(shared: bool = True) -> Iterator[None]:
         _budget.call_left = outer
 
 
-# How an error message quotes a schema's value (an enum's list, a const): at most
-# ten elements of a list or object, three levels down, strings cut; whatever its size,
-# in bounded time.
-_QUOTE = reprlib.Repr()
+class _JsonWords(reprlib.Repr):
+    """Quotes a value in JSON's words for null, true and false (the clients reading
+    the message may never have seen Python's None, True and False); strings stay in
+    single quotes, which read cleanly inside a JSON reply."""
+
+    def repr_NoneType(self, x: None, level: int) -> str:
+        return "null"
+
+    def repr_bool(self, x: bool, level: int) -> str:
+        return "true" if x else "false"
+
+
+# How an error message quotes a value (the payload's part at fault, an enum's list, a
+# const): at most ten elements of a list or object, three levels down, strings cut;
+# whatever its size, in bounded time.
+_QUOTE = _JsonWords()
 _QUOTE.maxlist = _QUOTE.maxtuple = _QUOTE.maxdict = _QUOTE.maxset = 10
 _QUOTE.maxlevel = 3
 _QUOTE.maxstring = _QUOTE.maxother = 80
@@ -220,7 +288,7 @@ def _enum(validator: Any, enums: Any, instance: Any, schema: Any) -> Any:
     else:
         found = _canonical(instance) in filters.derived(enums, _enum_set)
     if not found:
-        yield ValidationError(f"{instance!r} is not one of {_QUOTE.repr(enums)}")
+        yield ValidationError(f"{_QUOTE.repr(instance)} is not one of {_QUOTE.repr(enums)}")
 
 
 def _const(validator: Any, const: Any, instance: Any, schema: Any) -> Any:
@@ -233,7 +301,7 @@ def _const(validator: Any, const: Any, instance: Any, schema: Any) -> Any:
 SchemaValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator,
     {
-        name: _counted(keyword)
+        name: _counted(keyword, name)
         for name, keyword in {
             **Draft202012Validator.VALIDATORS,
             "uniqueItems": _unique_items,
@@ -398,7 +466,7 @@ def check_schema(schema: Mapping[str, Any], field: str) -> Validator:
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         raise InvalidArgument(
-            f"{field}{'/' + where if where else ''}", f"not a valid JSON Schema: {exc.message}"
+            f"{field}{'/' + where if where else ''}", f"not a valid JSON Schema: {_message(exc)}"
         ) from None
     for path, pattern in _patterns(schema):
         try:
@@ -478,7 +546,7 @@ def schema_errors(validator: Validator, payload: Any) -> tuple[dict[str, str], .
     kept = tuple(
         {
             "path": _cut("".join(f"/{_pointer(str(p))}" for p in _where(e))),
-            "message": _cut(e.message),
+            "message": _cut(_message(e)),
         }
         for e in errors[:MAX_VALIDATION_ERRORS]
     )
@@ -489,6 +557,24 @@ def schema_errors(validator: Validator, payload: Any) -> tuple[dict[str, str], .
 
 
 _REQUIRED = " is a required property"
+_FALSE_SCHEMA = "False schema does not allow "
+
+
+def _message(error: Any) -> str:
+    """jsonschema's message with the value at fault quoted by _QUOTE: jsonschema
+    writes Python's repr of it in full (`None is not of type 'string'`, a whole
+    array before what is wrong with it), where this has `null`, and a large value
+    cut short so that the message still says what is wrong within its length."""
+    message: str = error.message
+    if error.validator in ("const", "enum", "uniqueItems"):  # quoted by _QUOTE already
+        return message
+    instance = error.instance
+    if error.validator is None and message.startswith(_FALSE_SCHEMA):  # no keyword's
+        return f"{_QUOTE.repr(instance)} is not allowed here (the schema here is false)"
+    python = repr(instance)
+    if message.startswith(python):
+        return _QUOTE.repr(instance) + message[len(python) :]
+    return message
 
 
 def _where(error: Any) -> list[Any]:
