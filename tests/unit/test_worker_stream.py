@@ -311,6 +311,56 @@ async def test_a_result_too_large_for_any_message_fails_here_not_the_stream(
     assert outcome.error.message.startswith("the handler's return value is 2003 bytes")
 
 
+async def test_events_lines_and_errors_too_large_for_any_message_fail_here_not_the_stream(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the handler sends, as what it returns: an event or a log line no message
+    can carry raises in the handler; an error that long is cut to fit."""
+    monkeypatch.setattr("tripwire.client.io.MAX_RESULT_BYTES", 1000)
+    monkeypatch.setattr("tripwire.client.io.MAX_ERROR_TEXT_BYTES", 300)
+    refused: list[str] = []
+
+    def fails() -> None:
+        raise ValueError("é" * 2000)
+
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> None:
+        big = {"name": "n", "payload": {"blob": "x" * 2000}}
+        for call in (
+            lambda: io.send_event("one", big),
+            lambda: io.send_events("many", [{"name": "n"}, big]),
+            lambda: io.logger.info("x" * 2000),
+            lambda: io.logger.info("x" * 600, {"blob": "y" * 600}),
+        ):
+            try:
+                await call()
+            except (InvalidArgument, ValueError) as exc:
+                refused.append(f"{type(exc).__name__}: {exc}")
+        await io.run_task("fails", fails)
+
+    h = await make(job(handler))
+    stream = await h.connect()
+    stream.reply(run_request=run_request())
+    request = await stream.expect("task")  # the first message: nothing above was sent
+    assert request.key == "fails"
+    assert refused == [
+        "InvalidArgument: task.params: is 2080 bytes, more than a message to the server can carry",
+        "InvalidArgument: task.params: is 2104 bytes, more than a message to the server can carry",
+        "ValueError: log message is 2000 bytes, more than a message to the server can carry",
+        "ValueError: log message and data are 1218 bytes, more than a message to the server can "
+        "carry",
+    ]
+    stream.reply(task_result=result(request.request_id, "run_1", 1, task("t1", "k", "RUNNING")))
+    complete = await stream.expect("task_complete")
+    error = complete.error
+    assert error.message.endswith(" [cut: too long for a message to the server]")
+    assert len(error.message.encode()) <= 300 and len(error.stack.encode()) <= 300
+    failed = task("t1", "k", "ERRORED", error=("ValueError", "é" * 2000))
+    stream.reply(task_result=result(request.request_id, "run_1", 1, failed))
+    outcome = await stream.expect("run_result")
+    assert outcome.error.type == "TaskError"
+    assert len(outcome.error.message.encode()) <= 300
+
+
 @pytest.mark.parametrize("exit", [SystemExit(3), KeyboardInterrupt()], ids=type)
 async def test_an_exit_raised_in_a_sync_handlers_thread_fails_only_its_run(
     make: Make, exit: BaseException

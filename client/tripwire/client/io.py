@@ -189,11 +189,30 @@ def printable(text: str) -> str:
     return text
 
 
+# An error's type, message and stack each keep at most this many bytes, so that the
+# error fits a message to the server whatever the exception says; the server cuts
+# them further, to its payload limit.
+MAX_ERROR_TEXT_BYTES = MAX_RESULT_BYTES // 4
+CUT_NOTE = " [cut: too long for a message to the server]"
+
+
+def error_text(text: str) -> str:
+    """``text`` as an error's field carries it: printable, and cut to
+    MAX_ERROR_TEXT_BYTES (saying so)."""
+    text = printable(text)
+    if len(text) * 4 <= MAX_ERROR_TEXT_BYTES:  # short enough in any encoding
+        return text
+    data = text.encode()
+    if len(data) <= MAX_ERROR_TEXT_BYTES:
+        return text
+    return data[: MAX_ERROR_TEXT_BYTES - len(CUT_NOTE)].decode(errors="ignore") + CUT_NOTE
+
+
 def error_info(exc: BaseException) -> run_pb2.ErrorInfo:
     """An exception as the protocol carries it: class name, message and traceback."""
     stack = "".join(traceback.format_exception(exc))
     return run_pb2.ErrorInfo(
-        type=type(exc).__name__, message=printable(str(exc)), stack=printable(stack)
+        type=error_text(type(exc).__name__), message=error_text(str(exc)), stack=error_text(stack)
     )
 
 
@@ -266,7 +285,9 @@ def _options_json(options: SendOptions) -> dict[str, Any]:
 def send_event_spec(key: str, event: Mapping[str, Any], options: dict[str, Any]) -> TaskSpec:
     params = {"event": _event_json(event, "task.params.event"), "options": options}
     name = f"send event {event.get('name')}"
-    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENT, _key(key), name, convert.to_value(params))
+    # Sized as run_task's params: a message too large for the server would end the stream.
+    value = json_value(params, what="task.params")
+    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENT, _key(key), name, value)
 
 
 def send_events_spec(
@@ -279,7 +300,8 @@ def send_events_spec(
         raise ValueError("task.params.events: must hold at least one event")
     params = {"events": as_json, "options": options}
     name = f"send {len(as_json)} events"
-    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENTS, _key(key), name, convert.to_value(params))
+    value = json_value(params, what="task.params")
+    return TaskSpec(run_pb2.TASK_KIND_SEND_EVENTS, _key(key), name, value)
 
 
 def wait_spec(key: str, seconds: float) -> TaskSpec:
@@ -681,8 +703,16 @@ class Logger:
 
     def _emit(self, level: job_pb2.LogLevel.ValueType, message: str, data: Any) -> _Done:
         value = None if data is None else json_value(data, what="log data")
+        text = str(message)
+        data_size = 0 if value is None else value.ByteSize()
+        if (len(text) * 4 > MAX_RESULT_BYTES - data_size) and (
+            size := len(printable(text).encode()) + data_size
+        ) > MAX_RESULT_BYTES:
+            # As for data that large: a line no message can carry would end the stream.
+            what = "log message is" if value is None else "log message and data are"
+            raise ValueError(f"{what} {size} bytes, more than a message to the server can carry")
         execution, inside = self._execution, _parent.get()
-        line = (level, str(message), value, inside)
+        line = (level, text, value, inside)
         if self._loop is None and self._home is not None:
             if threading.get_ident() != self._home_thread:
                 self._home.call_soon_threadsafe(execution.log, *line)

@@ -37,7 +37,7 @@ from typing import Any, Protocol, Self, TypeVar
 import grpc
 from tripwire.client._channel import ClientBase, Settings, open_async
 from tripwire.client.errors import TripwireError, error_class, from_rpc_error
-from tripwire.client.io import Execution, printable
+from tripwire.client.io import Execution, error_text
 from tripwire.client.jobs import JobDefinition, execute_run
 from tripwire.v1 import run_pb2, worker_service_pb2, worker_service_pb2_grpc
 
@@ -866,7 +866,7 @@ class Worker:
                     run_id=execution.run_id, attempt=execution.attempt
                 )
                 result.error.type = "WorkerError"
-                result.error.message = printable(
+                result.error.message = error_text(
                     f"the worker could not report the run's outcome: {exc!r}"
                 )
                 execution.send(Request(run_result=result))
