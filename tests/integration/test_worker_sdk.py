@@ -19,6 +19,7 @@ from tripwire.client import (
     IO,
     Client,
     Event,
+    InvalidArgument,
     Run,
     RunContext,
     SyncIO,
@@ -541,6 +542,35 @@ async def test_io_send_event_gives_the_stored_event_as_client_send_event_does(
         one["id"],
     )
     assert [(e["name"], e["status"]) for e in both] == [("hello", "PENDING"), ("later", "PENDING")]
+
+
+async def test_an_event_name_over_the_limit_is_refused_naming_the_event_not_the_task(
+    client: Client,
+) -> None:
+    """The task's display name holds the event's name: it must not be what is refused."""
+
+    @client.define_job(id="long-names", version="1.0.0", trigger=invoke_trigger())
+    async def handler(payload: Any, io: IO, ctx: RunContext) -> Any:
+        refused = []
+        for length in (300, 1100):
+            with pytest.raises(InvalidArgument) as info:
+                await io.send_event(f"send-{length}", {"name": "n" * length})
+            refused.append(str(info.value))
+        return refused
+
+    async with Worker(client) as worker:
+        await serving(worker)
+        run = await client.aio.invoke_job("long-names")
+        done = await finished(client, run.id)
+    assert done.status == "SUCCESS", done.error
+    assert (
+        done.output
+        == [
+            "rejected by the server: task.params.event.name: is longer than the limit of 256 "
+            "characters"
+        ]
+        * 2
+    )
 
 
 async def test_cancelling_a_run_stops_its_handler(client: Client) -> None:

@@ -284,7 +284,8 @@ def _options_json(options: SendOptions) -> dict[str, Any]:
 
 def send_event_spec(key: str, event: Mapping[str, Any], options: dict[str, Any]) -> TaskSpec:
     params = {"event": _event_json(event, "task.params.event"), "options": options}
-    name = f"send event {event.get('name')}"
+    # Cut to the longest task name: a name over it is the event's to be refused for.
+    name = f"send event {event.get('name')}"[:MAX_KEY_LENGTH]
     # Sized as run_task's params: a message too large for the server would end the stream.
     value = json_value(params, what="task.params")
     return TaskSpec(run_pb2.TASK_KIND_SEND_EVENT, _key(key), name, value)
