@@ -1007,8 +1007,9 @@ def test_worker_arguments_are_checked() -> None:
     one = job(lambda payload, io, ctx: None)
     with pytest.raises(ValueError, match="at least one job"):
         Worker(Client("t"), [])
-    with pytest.raises(ValueError, match="capacity"):
-        Worker(Client("t"), [one], capacity=0)
+    for bad in (0, 10_001, 2**32):  # the server takes 1 to 10,000 (a hello's uint32)
+        with pytest.raises(ValueError, match="capacity must be an integer from 1 to 10000"):
+            Worker(Client("t"), [one], capacity=bad)
     with pytest.raises(ValueError, match="welcome_timeout"):
         Worker(Client("t"), [one], welcome_timeout=0)
     for bad in (math.inf, math.nan, -1, 2**32):  # a Drain's deadline_ms could not say it

@@ -63,6 +63,8 @@ _DEFAULT_LEASE = 30.0
 _CLOSE_TIMEOUT = 5.0
 # Requests waiting together go as one batch of at most about this many bytes.
 BATCH_BYTES = 1024 * 1024
+# The most runs a worker's hello may ask for at once (the server refuses more).
+MAX_CAPACITY = 10_000
 # The longest drain a Drain message's deadline_ms (uint32) can announce: ~49 days.
 MAX_SHUTDOWN_TIMEOUT = (2**32 - 1) // 1000
 
@@ -594,8 +596,14 @@ class Worker:
             self._jobs[job.id] = job
         if not self._jobs:
             raise ValueError("a worker needs at least one job (define_job, or jobs=[...])")
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"capacity must be an integer >= 1, got {capacity!r}")
+        if (
+            isinstance(capacity, bool)
+            or not isinstance(capacity, int)
+            or not 1 <= capacity <= MAX_CAPACITY
+        ):
+            raise ValueError(
+                f"capacity must be an integer from 1 to {MAX_CAPACITY}, got {capacity!r}"
+            )
         if not welcome_timeout > 0:
             raise ValueError(f"welcome_timeout must be > 0 seconds, got {welcome_timeout!r}")
         if not 0 <= shutdown_timeout <= MAX_SHUTDOWN_TIMEOUT:
