@@ -1093,6 +1093,28 @@ async def test_watch_run_streams_changes_until_terminal(conn: Stubs, worker: Raw
     assert any("task" in u and u["task"]["status"] == "TASK_STATUS_COMPLETED" for u in updates)
 
 
+async def test_a_watch_the_store_fails_ends_internal_as_other_calls_do(
+    conn: Stubs,
+    worker: RawWorker,
+    fast: Server,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await worker.connect([job("j", ["x"])])
+    run_id = (await send(conn, "x"))["runs"][0]["id"]
+    watch = conn.runs.WatchRun(rn.WatchRunRequest(id=run_id))
+    assert js(await watch.read())["run"]["id"] == run_id
+    FailsOnce(fast.store, "run_changes", monkeypatch)  # the read after the next change
+    run = (await worker.run_request())["run"]
+    worker.result(run, output=1)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        while await watch.read() is not grpc.aio.EOF:
+            pass
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert err.value.details() == "internal error; see the server log"
+    assert "disk I/O error" in caplog.text
+
+
 async def test_a_watch_gives_a_start_before_its_lines_and_a_wait_after_its_task(
     conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:

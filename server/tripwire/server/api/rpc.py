@@ -95,11 +95,17 @@ def unary(method: Handler[Req, Resp]) -> Callable[[Any, Req, Any], Awaitable[Res
         except TripwireError as exc:
             await context.abort(status_of(exc), exc.message)
         except Exception:
-            log.exception("%s failed", method.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            await abort_internal(context, method.__qualname__)
         raise AssertionError("unreachable")  # abort() always raises
 
     return wrapper
+
+
+async def abort_internal(context: Any, what: str) -> None:
+    """End a call that failed by no fault of the caller (a bug, a store that failed):
+    INTERNAL, the cause in the server log rather than in the reply. Always raises."""
+    log.exception("%s failed", what)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
 def check_payload_size(message: Any, limit: int, field: str) -> None:

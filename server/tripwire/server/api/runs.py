@@ -14,6 +14,7 @@ from ..runs import RunService
 from . import convert
 from .rpc import (
     Authenticator,
+    abort_internal,
     fill,
     fill_page,
     item_before,
@@ -98,6 +99,8 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
                 yield reply
         except TripwireError as exc:
             await context.abort(status_of(exc), exc.message)
+        except Exception:  # as the unary calls answer it, not UNKNOWN naming the cause
+            await abort_internal(context, "RunServicer.WatchRun")
 
 
 def _detail_token(token: str) -> tuple[int, int]:
