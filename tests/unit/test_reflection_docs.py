@@ -55,3 +55,24 @@ def test_an_unreadable_set_serves_no_comments(caplog: pytest.LogCaptureFixture) 
 
     assert served == {}
     assert "without comments" in caplog.text
+
+
+def test_error_info_names_the_error_types_the_server_sets() -> None:
+    served = reflection.documented([event_service_pb2.DESCRIPTOR])
+    file = descriptor_pb2.FileDescriptorProto.FromString(served["tripwire/v1/run.proto"])
+    error_info = next(i for i, m in enumerate(file.message_type) if m.name == "ErrorInfo")
+    path = [4, error_info, 2, 0]  # message_type[ErrorInfo].field[0]: type
+    (comment,) = [
+        loc.leading_comments for loc in file.source_code_info.location if list(loc.path) == path
+    ]
+    # As the store writes them (CancelRun, timeouts, SetJobEnabled, a replay's
+    # nondeterminism) and the worker stream (outputs over the limit or not JSON).
+    for kind in (
+        "Canceled",
+        "TimeoutError",
+        "Aborted",
+        "NondeterminismError",
+        "OutputTooLarge",
+        "InvalidOutput",
+    ):
+        assert f'"{kind}"' in comment, kind

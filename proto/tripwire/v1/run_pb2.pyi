@@ -269,7 +269,13 @@ class ErrorInfo(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     STACK_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """Exception class (or "TimeoutError", "Nondeterminism", ...)."""
+    """The exception's class name as the worker sent it ("Error" when it sent
+    none), or one the server sets: "Canceled" (CANCELED), "TimeoutError"
+    (TIMED_OUT), "Aborted" (ABORTED), "NondeterminismError" (a replay asked
+    for another kind of task at a cached one), "OutputTooLarge" (an output
+    over the payload limit), "InvalidOutput" (an output JSON cannot carry,
+    such as NaN).
+    """
     message: _builtins.str
     stack: _builtins.str
     def __init__(
