@@ -289,6 +289,22 @@ async def test_a_send_event_tasks_output_is_the_event_as_get_event_shows_it(
     assert runs == [] and output["deliverAt"] == "9999-12-31T23:59:59.999Z"
 
 
+async def test_a_send_event_tasks_output_gives_a_whole_second_as_get_event_does(
+    conn: Stubs, worker: RawWorker, clock: FakeClock
+) -> None:
+    await worker.connect([job("parent", ["start"])])
+    await send(conn, "start")
+    run = (await worker.run_request())["run"]
+    clock.now -= clock.now % 1000  # the JSON mapping of a Timestamp leaves out ".000"
+    params = {"event": {"name": "signup"}}
+    sent = await worker.task(run, "send", kind="TASK_KIND_SEND_EVENT", params=params)
+    output = sent["task"]["output"]
+    got = js(await conn.events.GetEvent(ev.GetEventRequest(id=output["id"])))["event"]
+    times = ("timestamp", "deliverAt", "deliveredAt", "createdAt")
+    assert {k: output[k] for k in times} == {k: got[k] for k in times}
+    assert "." not in output["createdAt"]
+
+
 async def test_wait_frees_the_slot_and_resumes(
     conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:

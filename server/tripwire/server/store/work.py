@@ -646,7 +646,9 @@ def _event_json(event: Event) -> dict[str, Any]:
         if ms is None:
             return None
         # In whole milliseconds: through a float, times past ~2240 came out 1 ms early.
-        return (epoch + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6] + "Z"
+        text = (epoch + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6]
+        # A whole second has no fraction in the JSON mapping (as GetEvent shows it).
+        return text.removesuffix(".000") + "Z"
 
     out = {
         "id": event.id,
