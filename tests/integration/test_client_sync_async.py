@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import tripwire.client.client as client_module
 from pydantic import BaseModel
 from tripwire.client import (
     AsyncClient,
@@ -700,6 +701,47 @@ async def test_closing_an_async_client_ends_its_calls_with_an_error_not_a_cancel
     with pytest.raises(asyncio.CancelledError):
         await cancelled
     await client.close()
+
+
+def close_at_the_first_retry(both: Both, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Closes the client when the call first gets UNAVAILABLE, before its next try
+    (as another thread or task would while the call waits to try again)."""
+    delay = getattr(client_module, name)
+
+    def closing(*args: Any, **kwargs: Any) -> Any:
+        client = both.client
+        if isinstance(client, Client):
+            client.close()
+        elif client._stubs is not None:  # at once: the next try comes after this task
+            asyncio.get_running_loop().create_task(client.close())
+        return delay(*args, **kwargs)
+
+    monkeypatch.setattr(client_module, name, closing)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_a_client_closed_before_a_calls_next_try_ends_it_with_cancelled(
+    flavour: str, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not with gRPC's ValueError or UsageError about the closed channel."""
+    both = make(flavour, f"127.0.0.1:{unused_tcp_port}")
+    close_at_the_first_retry(both, monkeypatch, "retry_delay")
+    with pytest.raises(Cancelled, match="the client was closed during the call"):
+        await both.list_events()
+    await both.close()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_a_client_closed_while_a_wait_retries_ends_it_with_cancelled(
+    flavour: str, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait does not open a channel of its own and go on to its timeout."""
+    both = make(flavour, f"127.0.0.1:{unused_tcp_port}")
+    close_at_the_first_retry(both, monkeypatch, "rewatch_delay")
+    with pytest.raises(Cancelled, match="the client was closed during the call"):
+        await both.wait_for_run("run_x", timeout=60)
+    assert both.client._stubs is None  # closed, and left so
+    await both.close()
 
 
 async def test_a_repeated_batch_whose_read_back_fails_leaves_no_lookup_running(

@@ -106,7 +106,8 @@ class AsyncClient(ClientBase):
 
     async def _tries(self, call: Call[R]) -> tuple[R, int]:
         """The call's result, and how many tries it took."""
-        method = getattr(getattr(self._live_stubs(), call.service), call.method)
+        stubs = self._live_stubs()
+        method = getattr(getattr(stubs, call.service), call.method)
         settings = self._settings
         attempt = 0
         while True:
@@ -116,6 +117,10 @@ class AsyncClient(ClientBase):
                 )
             except asyncio.CancelledError:
                 if _cancelling():
+                    raise
+                raise _closed_under_the_call() from None
+            except grpc.aio.UsageError:  # a try after the client was closed
+                if self._stubs is stubs:
                     raise
                 raise _closed_under_the_call() from None
             except grpc.RpcError as exc:
@@ -254,10 +259,17 @@ class AsyncClient(ClientBase):
         attempt, watched = 0, False
         end = None if timeout is None else time.monotonic() + float(timeout)
         error: TripwireError | None = None  # why the last stream ended
+        stubs = self._live_stubs()  # closed under the watch: Cancelled, not a new channel
         while True:
-            stream = self._live_stubs().runs.WatchRun(
-                request, timeout=_time_left(end, error), metadata=self._settings.metadata
-            )
+            left = _time_left(end, error)
+            try:
+                stream = stubs.runs.WatchRun(
+                    request, timeout=left, metadata=self._settings.metadata
+                )
+            except grpc.aio.UsageError:
+                if self._stubs is stubs:
+                    raise
+                raise _closed_under_the_call() from None
             try:
                 async for reply in stream:
                     watched, attempt = True, 0
@@ -312,7 +324,10 @@ def _cancelling() -> bool:
 def _closed_under_the_call() -> TripwireError:
     """What a CancelledError in a call becomes when this task is not being cancelled:
     the client's channel was closed under the call (gRPC cancels its calls then),
-    which the caller must not take for its own cancellation."""
+    which the caller must not take for its own cancellation. Also what a call's next
+    try (after UNAVAILABLE) or a watch's next stream ends with once the client was
+    closed meanwhile: gRPC refuses the closed channel with a ValueError or a
+    UsageError, and a new channel would outlive the close."""
     return Cancelled("the client was closed during the call")
 
 
@@ -413,12 +428,17 @@ class Client(ClientBase):
 
     def _tries(self, call: Call[R]) -> tuple[R, int]:
         """The call's result, and how many tries it took."""
-        method = getattr(getattr(self._live_stubs(), call.service), call.method)
+        stubs = self._live_stubs()
+        method = getattr(getattr(stubs, call.service), call.method)
         settings = self._settings
         attempt = 0
         while True:
             try:
                 reply = method(call.request, timeout=settings.timeout, metadata=settings.metadata)
+            except ValueError:  # gRPC's "Cannot invoke RPC on closed channel!"
+                if self._stubs is stubs:
+                    raise
+                raise _closed_under_the_call() from None
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
                 delay = retry_delay(call.idempotent, error, attempt)
@@ -556,10 +576,17 @@ class Client(ClientBase):
         attempt, watched = 0, False
         end = None if timeout is None else time.monotonic() + float(timeout)
         error: TripwireError | None = None  # why the last stream ended
+        stubs = self._live_stubs()  # closed under the watch: Cancelled, not a new channel
         while True:
-            stream = self._live_stubs().runs.WatchRun(
-                request, timeout=_time_left(end, error), metadata=self._settings.metadata
-            )
+            left = _time_left(end, error)
+            try:
+                stream = stubs.runs.WatchRun(
+                    request, timeout=left, metadata=self._settings.metadata
+                )
+            except ValueError:  # gRPC's "Cannot invoke RPC: Channel closed!"
+                if self._stubs is stubs:
+                    raise
+                raise _closed_under_the_call() from None
             try:
                 for reply in stream:
                     watched, attempt = True, 0
