@@ -329,7 +329,7 @@ class FakeClient:
     """Stands in for Client: canned answers, records the calls."""
 
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-    fail: Exception | None = None
+    fail: BaseException | None = None
 
     def __init__(self, name: str, url: str, *, api_key: str | None = None) -> None:
         FakeClient.calls.append(("__init__", (name, url), {"api_key": api_key}))
@@ -503,6 +503,15 @@ def test_server_errors_exit_1(fake: type[FakeClient], capsys: pytest.CaptureFixt
     status, out, err = run_cli(["run", "r9"], capsys)
     assert (status, out) == (1, "")
     assert err == "error: NOT_FOUND: no run r9\n"
+
+
+def test_ctrl_c_during_a_call_exits_130_without_a_traceback(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A server that accepts the connection and never answers: the user gives up.
+    fake.fail = KeyboardInterrupt()
+    status, out, err = run_cli(["events"], capsys)
+    assert (status, out, err) == (130, "", "")
 
 
 def test_a_reader_gone_early_ends_the_output_quietly() -> None:

@@ -4,7 +4,8 @@
 also follow the command (``worker`` refuses them: its Client has its own). Exit
 status: 0 done, 1 the server refused (``error: CODE: details`` on stderr), 2 bad
 usage (``error: details`` for what argparse cannot check, e.g. a ``worker`` target
-that does not load, or an argument the client refuses before any call).
+that does not load, or an argument the client refuses before any call), 130 stopped
+by Ctrl-C (a call to a server that does not answer, say: no traceback).
 """
 
 from __future__ import annotations
@@ -78,7 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             data, text = handler(client, args)
     except (UsageError, TripwireError) as exc:
         return _error(exc)
+    except KeyboardInterrupt:
+        return INTERRUPTED
     return _print(render.dumps(data) if args.json else text)
+
+
+#: The exit status of a command stopped by Ctrl-C, as a shell gives one killed by SIGINT.
+INTERRUPTED = 130  # 128 + SIGINT
 
 
 def _error(exc: UsageError | TripwireError) -> int:
@@ -550,6 +557,8 @@ def _worker_command(args: argparse.Namespace) -> int:
         _, text = _worker(None, args)
     except (UsageError, TripwireError) as exc:
         return _error(exc)
+    except KeyboardInterrupt:  # before the worker handles SIGINT (importing the module)
+        return INTERRUPTED
     return _print(text)
 
 
