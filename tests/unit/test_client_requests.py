@@ -209,6 +209,10 @@ _WHEN = "2026-01-01T00:00:00Z"
         (lambda: _requests.watch_run("", None), "id: is required"),
         (lambda: _requests.run_statuses(["RUNNING"]), "statuses: must be one of QUEUED, "),
         (lambda: _requests.run_statuses([4]), "statuses: must be a string, got int"),  # type: ignore[list-item]
+        (lambda: _requests.run_statuses([]), "statuses: must name at least one run status"),
+        (lambda: _requests.run_statuses(["unspecified"]), "statuses: must be one of QUEUED, "),
+        (lambda: _requests.run_statuses(5), "statuses: must be run status names, got 5"),  # type: ignore[arg-type]
+        (lambda: _requests.list_runs(status="UNSPECIFIED"), "status: must be one of QUEUED, "),
     ],
 )
 def test_a_bad_argument_is_named(build: Any, message: str) -> None:
@@ -318,6 +322,7 @@ def test_watch_updates_and_wait_statuses() -> None:
     assert _requests.watch_update(run_service_pb2.WatchRunResponse()) is None
     assert _requests.run_statuses(["executing", "RUN_STATUS_WAITING"]) == {"EXECUTING", "WAITING"}
     assert _requests.run_statuses("success") == {"SUCCESS"}
+    assert _requests.run_statuses(s for s in ("success",)) == {"SUCCESS"}  # read once
     with pytest.raises(InvalidArgument):
         _requests.run_statuses(["RUNNING"])
     assert isinstance(_requests.wait_ended("r", None, frozenset({"SUCCESS"})), TripwireError)

@@ -9,7 +9,7 @@ method sends or returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Literal, TypeVar, Unpack
@@ -441,6 +441,12 @@ def run_statuses(statuses: Collection[str] | None) -> frozenset[str]:
     if isinstance(statuses, str):
         statuses = (statuses,)
     with _arguments():
+        if not isinstance(statuses, Iterable):
+            raise TypeError(f"statuses: must be run status names, got {statuses!r}")
+        statuses = list(statuses)  # read twice below: a generator would be spent
+        if not statuses:
+            # None would be reached: the wait would only end with the run, as an error.
+            raise ValueError("statuses: must name at least one run status")
         for status in statuses:
             convert.enum_value(run_pb2.RunStatus, status, "RUN_STATUS_", field="statuses")
     return frozenset(s.strip().upper().removeprefix("RUN_STATUS_") for s in statuses)

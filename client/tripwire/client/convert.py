@@ -288,20 +288,18 @@ def enum_name(enum: Any, number: int, prefix: str) -> str:
 
 def enum_value(enum: Any, name: str, prefix: str, *, field: str = "") -> Any:
     """``"queued"`` or ``"RUN_STATUS_QUEUED"`` -> 1. Raises ValueError for unknown names
-    (TypeError for a name that is not a string), saying ``field: problem`` when a
-    field is given."""
+    and the zero value's (``UNSPECIFIED`` names no status or level), TypeError for a
+    name that is not a string, saying ``field: problem`` when a field is given."""
     where = f"{field}: " if field else ""
     if not isinstance(name, str):
         raise TypeError(f"{where}must be a string, got {type(name).__name__}")
     wanted = name.strip().upper()
     if not wanted.startswith(prefix):
         wanted = prefix + wanted
-    try:
-        number = enum.Value(wanted)
-    except ValueError:
+    if wanted.removeprefix(prefix) not in enum_names(enum, prefix):
         known = ", ".join(enum_names(enum, prefix))
-        raise ValueError(f"{where}must be one of {known}, got {name!r}") from None
-    return number
+        raise ValueError(f"{where}must be one of {known}, got {name!r}")
+    return enum.Value(wanted)
 
 
 def enum_names(enum: Any, prefix: str) -> list[str]:
