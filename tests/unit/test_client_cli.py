@@ -575,6 +575,21 @@ def test_an_empty_url_is_a_usage_error(
     assert fake.calls == []
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--url", "http://"], "error: --url: names no server: give host:port, e.g. "),
+        (["--api-key", "k\u00e9y"], "error: --api-key: must be printable ASCII"),
+    ],
+)
+def test_settings_the_client_refuses_name_their_option(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli([*argv, "events"], capsys)
+    assert (status, out) == (2, "")
+    assert err.startswith(said), err
+
+
 def test_a_listing_with_more_says_how_to_get_the_next_page(
     fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
 ) -> None:

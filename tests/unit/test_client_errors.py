@@ -106,6 +106,20 @@ def test_every_class_is_a_tripwire_error_with_its_own_code() -> None:
     assert errors.error_class(None) is TripwireError
 
 
+@pytest.mark.parametrize("flavour", ["Client", "AsyncClient"])
+def test_a_url_naming_no_server_is_refused_by_the_constructor(flavour: str) -> None:
+    """Not at the first call, as an AttributeError or gRPC's UNKNOWN."""
+    import tripwire.client
+
+    cls = getattr(tripwire.client, flavour)
+    with pytest.raises(TypeError, match="url: must be a string such as 'localhost:50051'"):
+        cls("a", url=None)  # os.environ.get("TRIPWIRE_URL"), unset
+    for url in ("", "  ", "http://", "grpcs:///"):
+        with pytest.raises(ValueError, match="url: names no server: give host:port"):
+            cls("a", url=url)
+    assert cls("a", url="https://h:1/").url == "https://h:1/"
+
+
 def test_an_api_key_is_stripped_and_must_be_printable_ascii() -> None:
     from tripwire.client._channel import Settings
 

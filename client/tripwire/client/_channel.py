@@ -63,6 +63,12 @@ class Settings:
     metadata: tuple[tuple[str, str], ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        # Checked here, not at the first call (an AttributeError from deep inside, or
+        # gRPC's UNKNOWN "the target uri is not valid" for an empty one).
+        if not isinstance(self.url, str):
+            raise TypeError(f"url: must be a string such as {DEFAULT_URL!r}, got {self.url!r}")
+        if not self.target()[0]:
+            raise ValueError(f"url: names no server: give host:port, e.g. {DEFAULT_URL!r}")
         check_timeout(self.timeout)
         if self.timeout is not None:  # gRPC takes a float (not a Decimal, say)
             object.__setattr__(self, "timeout", float(self.timeout))
@@ -71,20 +77,22 @@ class Settings:
             # with INTERNAL "Invalid metadata". The server strips the token too.
             object.__setattr__(self, "api_key", self.api_key.strip())
             if not all(" " <= char <= "~" for char in self.api_key):
-                raise ValueError("api_key must be printable ASCII (it travels in an HTTP/2 header)")
+                raise ValueError(
+                    "api_key: must be printable ASCII (it travels in an HTTP/2 header)"
+                )
         auth = (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
         object.__setattr__(self, "metadata", auth)
 
     def target(self) -> tuple[str, bool]:
         """The gRPC target and whether it needs TLS (``https://`` or ``grpcs://`` URLs)."""
-        url = self.url.strip().rstrip("/")
+        url = self.url.strip()
         for scheme in _SECURE_SCHEMES:
             if url.startswith(scheme):
-                return url.removeprefix(scheme), True
+                return url.removeprefix(scheme).rstrip("/"), True
         for scheme in _PLAIN_SCHEMES:
             if url.startswith(scheme):
-                return url.removeprefix(scheme), False
-        return url, False
+                return url.removeprefix(scheme).rstrip("/"), False
+        return url.rstrip("/"), False
 
     def options(self) -> list[tuple[str, Any]]:
         return [

@@ -71,8 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         client = Client("tripwire-cli", args.url, api_key=args.api_key or None)
-    except ValueError as exc:  # an API key no gRPC header can carry
-        print(f"error: --api-key: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a URL naming no server, an API key no header can carry
+        field, _, problem = str(exc).partition(": ")  # url: ..., api_key: ...
+        print(f"error: --{field.replace('_', '-')}: {problem}", file=sys.stderr)
         return 2
     try:
         with client:
