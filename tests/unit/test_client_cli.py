@@ -546,6 +546,14 @@ def test_a_task_shows_its_outcome_not_an_earlier_tries_error(status: str, shown:
     assert row.rstrip().endswith(shown)
 
 
+def test_the_tasks_table_counts_failed_tries_under_a_header_saying_so() -> None:
+    # `attempts` counts failed executions: a task that ran once and completed has 0,
+    # which a column named ATTEMPTS showed as if it had never run.
+    header, row = render.tasks_table([dataclasses.replace(TASK, attempts=0)]).splitlines()
+    assert header.split()[:5] == ["#", "KEY", "KIND", "STATUS", "FAILED"]
+    assert row.split()[4] == "0"
+
+
 def test_an_executing_run_names_the_worker_holding_it() -> None:
     held = render.run_block(_run("EXECUTING", output=None, worker_id="host-7-4242"))
     assert "worker        host-7-4242" in held.splitlines()

@@ -197,7 +197,7 @@ def runs_table(runs: Sequence[Run]) -> str:
 
 def tasks_table(tasks: Sequence[Task]) -> str:
     return table(
-        ["#", "KEY", "KIND", "STATUS", "ATTEMPTS", "STARTED AT", "COMPLETED AT", "OUTPUT"],
+        ["#", "KEY", "KIND", "STATUS", "FAILED", "STARTED AT", "COMPLETED AT", "OUTPUT"],
         [
             (
                 str(t.position),

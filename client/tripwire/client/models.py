@@ -140,7 +140,7 @@ class Task:
     kind: str
     status: str
     position: int
-    attempts: int
+    attempts: int  # failed executions so far (a task that completed at once has 0)
     params: Any
     output: Any
     error: ErrorInfo | None
