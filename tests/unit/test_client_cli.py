@@ -163,16 +163,34 @@ def test_serve_hands_everything_after_it_to_the_server(monkeypatch: pytest.Monke
         return SimpleNamespace(main=lambda argv: seen.append(argv) or 3)
 
     monkeypatch.setattr(cli.importlib, "import_module", import_module)
-    assert cli.main(["--url", "x", "--json", "serve", "--address", "127.0.0.1:0", "--help"]) == 3
-    assert seen == ["tripwire.server.__main__", ["--address", "127.0.0.1:0", "--help"]]
+    assert cli.main(["serve", "--address", "127.0.0.1:0", "--url", "x", "--help"]) == 3
+    assert seen == [
+        "tripwire.server.__main__",
+        ["--address", "127.0.0.1:0", "--url", "x", "--help"],
+    ]
     assert cli._serve_args(["--url=x", "serve"]) == []
     assert cli._serve_args(["events", "serve"]) is None
 
 
-def test_an_api_key_before_serve_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["--api-key", "k=prod", "serve"]) == 2
-    assert cli.main(["--api-key=k=prod", "serve", "--address", "127.0.0.1:0"]) == 2
-    assert "tripwire serve --api-key KEY=ENV" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--api-key", "k=prod", "serve"], "tripwire serve --api-key KEY=ENV"),
+        (["--api-key=k=prod", "serve", "--address", "127.0.0.1:0"], "--api-key KEY=ENV"),
+        # It was dropped: the server listened on its default address instead.
+        (["--url", "0.0.0.0:6000", "serve"], "tripwire serve --address HOST:PORT"),
+        (["--url=0.0.0.0:6000", "serve"], "tripwire serve --address HOST:PORT"),
+        (["--json", "serve"], "the server has no such option"),
+    ],
+)
+def test_a_client_option_before_serve_is_refused(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "_serve", lambda argv: pytest.fail("the server was started"))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {argv[0].partition('=')[0]} before 'serve' is the client's")
+    assert says in err
 
 
 def test_serve_without_the_server_installed(

@@ -45,14 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_args = _serve_args(args_list)
     if serve_args is not None:
         before = args_list[: len(args_list) - len(serve_args) - 1]
-        if any(arg == "--api-key" or arg.startswith("--api-key=") for arg in before):
-            # The client's --api-key KEY means nothing to the server: dropping it
-            # would start a server with no auth at all.
-            print(
-                "error: --api-key before 'serve' is the client's option; the server's "
-                "keys go after it: tripwire serve --api-key KEY=ENV",
-                file=sys.stderr,
-            )
+        if refused := _client_options_before_serve(before):
+            print(refused, file=sys.stderr)
             return 2
         return _serve(serve_args)
     parser = build_parser()
@@ -131,6 +125,23 @@ def _serve_args(argv: list[str]) -> list[str] | None:
             index += 1
         else:
             return None
+    return None
+
+
+# The client's options mean nothing to the server: dropping --api-key would start a
+# server with no auth at all, dropping --url one listening elsewhere than asked.
+_SERVER_SAYS = {
+    "--api-key": "the server's keys go after it: tripwire serve --api-key KEY=ENV",
+    "--url": "the server listens where --address says: tripwire serve --address HOST:PORT",
+    "--json": "the server has no such option",
+}
+
+
+def _client_options_before_serve(before: list[str]) -> str | None:
+    for arg in before:
+        option = arg.partition("=")[0]
+        if option in _SERVER_SAYS:
+            return f"error: {option} before 'serve' is the client's option; {_SERVER_SAYS[option]}"
     return None
 
 
