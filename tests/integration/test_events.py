@@ -586,6 +586,17 @@ async def test_a_filter_on_an_array_payload_passes_when_any_element_does(stubs: 
     assert reason.startswith("filter: no element of payload matches"), reason
 
 
+async def test_an_empty_filter_is_no_filter_and_takes_an_empty_array_payload(
+    stubs: Stubs,
+) -> None:
+    # v2 matched no element of [] against {} (`[].some(...)` is false), so a job
+    # filtering only the context never ran for such an event.
+    await register(stubs, event_job("any", ["order"], filter={}))
+    await register(stubs, event_job("eu", ["order"], context_filter={"region": ["eu"]}))
+    hit = await send(stubs, {"name": "order", "payload": [], "context": {"region": "eu"}})
+    assert sorted(r["jobId"] for r in hit["runs"]) == ["any", "eu"]
+
+
 async def test_match_event_explains(stubs: Stubs) -> None:
     await register(stubs, event_job("hit", ["signup"], filter={"plan": ["pro"]}))
     await register(stubs, event_job("wrong-name", ["login"]))
