@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -720,26 +720,27 @@ def close_at_the_first_retry(both: Both, monkeypatch: pytest.MonkeyPatch, name: 
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("delay", "call"),
+    [
+        # Not with gRPC's ValueError or UsageError about the closed channel.
+        ("retry_delay", lambda both: both.list_events()),
+        # The wait does not open a channel of its own and go on to its timeout.
+        ("rewatch_delay", lambda both: both.wait_for_run("run_x", timeout=60)),
+    ],
+    ids=["call", "wait_for_run"],
+)
 async def test_a_client_closed_before_a_calls_next_try_ends_it_with_cancelled(
-    flavour: str, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
+    flavour: str,
+    delay: str,
+    call: Callable[[Both], Awaitable[Any]],
+    unused_tcp_port: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Not with gRPC's ValueError or UsageError about the closed channel."""
     both = make(flavour, f"127.0.0.1:{unused_tcp_port}")
-    close_at_the_first_retry(both, monkeypatch, "retry_delay")
+    close_at_the_first_retry(both, monkeypatch, delay)
     with pytest.raises(Cancelled, match="the client was closed during the call"):
-        await both.list_events()
-    await both.close()
-
-
-@pytest.mark.parametrize("flavour", ["sync", "async"])
-async def test_a_client_closed_while_a_wait_retries_ends_it_with_cancelled(
-    flavour: str, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The wait does not open a channel of its own and go on to its timeout."""
-    both = make(flavour, f"127.0.0.1:{unused_tcp_port}")
-    close_at_the_first_retry(both, monkeypatch, "rewatch_delay")
-    with pytest.raises(Cancelled, match="the client was closed during the call"):
-        await both.wait_for_run("run_x", timeout=60)
+        await call(both)
     assert both.client._stubs is None  # closed, and left so
     await both.close()
 
