@@ -113,6 +113,26 @@ def test_event_shows_its_runs(server, cli, grpcurl):
     assert run["status"] == "QUEUED"
 
 
+def test_watch_cancel_runs_and_disable_against_the_server(server, cli, grpcurl):
+    grpcurl.json(server.address, "tripwire.v1.JobService/RegisterJob", JOB)
+    [run] = json.loads(ok(cli("send", "new.user", "--id", "evt_w", "--json")))["runs"]
+
+    # No worker: the run stays QUEUED, and the watch gives up at its timeout.
+    waited = cli("watch", run["id"], "--timeout", "1")
+    assert waited.returncode == 1
+    assert waited.stdout.split()[1:3] == ["run", "QUEUED"]
+    assert waited.stderr == "error: the run did not end within --timeout 1 s\n"
+
+    assert ok(cli("cancel-runs", "evt_w")) == f"cancelled 1 run:\n{run['id']}\n"
+    assert ok(cli("cancel-runs", "evt_w")) == "no unfinished runs: none cancelled\n"
+    [line] = ok(cli("watch", run["id"], "--json")).splitlines()
+    assert json.loads(line)["run"]["status"] == "CANCELED"
+
+    assert "welcome-email  1.0.0    no" in ok(cli("disable", "welcome-email"))
+    [job] = json.loads(ok(cli("enable", "welcome-email", "--version", "1.0.0", "--json")))
+    assert (job["version"], job["enabled"]) == ("1.0.0", True)
+
+
 def test_unknown_event_is_an_error(cli):
     result = cli("event", "evt_missing")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from tripwire.client import (
+    DeadlineExceeded,
     ErrorInfo,
     Event,
     EventDetail,
@@ -397,6 +398,15 @@ ANSWERS: dict[str, Any] = {
     "list_runs": Page((_run(),), "next"),
     "get_run": RunDetail(_run(), (TASK,), (LOG,)),
     "cancel_run": _run("CANCELED"),
+    "cancel_runs_for_event": ["r1", "r2"],
+    "set_job_enabled": [_job(enabled=False), _job(version="0.9.0", enabled=False, latest=False)],
+    "watch_run": [
+        _run("EXECUTING", completed_at=None, output=None, worker_id="host-7-4242"),
+        dataclasses.replace(TASK, status="RUNNING", output=None, completed_at=None),
+        LOG,
+        TASK,
+        _run("SUCCESS"),
+    ],
     "invoke_job": _run("QUEUED", output=None),
     "match_event": [
         JobMatch("welcome", "1.0.0", True, ""),
@@ -501,6 +511,72 @@ def test_run_shows_tasks_and_logs(
         "strict   1.0.0    yes    payload fails the schema\n\n"
         "strict 1.0.0, schema errors:\n  /userId: is required\n"
     )
+
+
+def test_watch_prints_each_update_on_a_line_as_it_comes(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run_cli(["watch", "r1", "--timeout", "30"], capsys)
+    assert status == 0
+    assert fake.calls[1] == ("watch_run", ("r1",), {"timeout": 30.0})
+    at = "2024-05-01T09:00:00.123456Z"
+    assert out.splitlines() == [
+        f"{at}  run  EXECUTING  attempt 1  on host-7-4242",
+        f"{at}  task  #1  send-email  RUN  RUNNING",
+        f'{at}  log  INFO  New user created  {{"userId":"u_1"}}',
+        f'{at}  task  #1  send-email  RUN  COMPLETED  {{"ok":1}}',
+        f'{at}  run  SUCCESS  attempt 1  output {{"sent":true}}',
+    ]
+
+
+def test_watch_json_is_an_object_a_line_named_by_its_kind(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run_cli(["--json", "watch", "r1"], capsys)
+    assert status == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [next(iter(line)) for line in lines] == ["run", "task", "log", "task", "run"]
+    assert lines[2]["log"]["message"] == "New user created"
+    assert lines[-1]["run"]["status"] == "SUCCESS"
+
+
+def test_watch_past_its_timeout_says_so(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.fail = DeadlineExceeded("Deadline Exceeded")
+    assert run_cli(["watch", "r1", "--timeout", "2.5"], capsys) == (
+        1,
+        "",
+        "error: the run did not end within --timeout 2.5 s\n",
+    )
+    for bad in ("0", "-1", "inf", "nan", "soon"):
+        status, _, err = run_cli(["watch", "r1", "--timeout", bad], capsys)
+        assert status == 2 and f"expected seconds > 0, got '{bad}'" in err
+
+
+def test_cancel_runs_lists_the_runs_it_cancelled(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(["cancel-runs", "e1"], capsys) == (0, "cancelled 2 runs:\nr1\nr2\n", "")
+    assert fake.calls[1] == ("cancel_runs_for_event", ("e1",), {})
+    ANSWERS["cancel_runs_for_event"] = []
+    try:
+        assert run_cli(["cancel-runs", "e1"], capsys)[1] == "no unfinished runs: none cancelled\n"
+    finally:
+        ANSWERS["cancel_runs_for_event"] = ["r1", "r2"]
+
+
+@pytest.mark.parametrize(("command", "enabled"), [("enable", True), ("disable", False)])
+def test_enable_and_disable_switch_a_jobs_versions(
+    command: str, enabled: bool, fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run_cli([command, "welcome"], capsys)
+    assert status == 0
+    assert fake.calls[1] == ("set_job_enabled", ("welcome", enabled), {"version": None})
+    assert out.splitlines()[0].split() == ["ID", "VERSION", "ENABLED", "LATEST"]
+    assert out.splitlines()[2].split() == ["welcome", "0.9.0", "no", "no"]
+    run_cli([command, "welcome", "--version", "1.0.0"], capsys)
+    assert fake.calls[-1] == ("set_job_enabled", ("welcome", enabled), {"version": "1.0.0"})
 
 
 def test_list_filters_reach_the_client(

@@ -231,6 +231,32 @@ def logs_table(logs: Sequence[LogEntry]) -> str:
     )
 
 
+def update_line(update: Run | Task | LogEntry) -> str:
+    """One WatchRun update on one line: when, what (run, task or log), and what it says."""
+    if isinstance(update, Run):
+        when, parts = update.updated_at, ["run", update.status, f"attempt {update.attempt}"]
+        if update.wait_until is not None:
+            parts.append(f"until {iso(update.wait_until)}")
+        if update.worker_id:
+            parts.append(f"on {cell(update.worker_id)}")
+        if update.output is not None:
+            parts.append(f"output {cell(update.output)}")
+        if update.error is not None:
+            parts.append(f"error {cell(f'{update.error.type}: {update.error.message}')}")
+        if update.validation_errors:
+            parts.append(f"invalid {cell(_errors(update.validation_errors))}")
+    elif isinstance(update, Task):
+        when = update.completed_at or update.started_at
+        parts = ["task", f"#{update.position}", cell(update.key), update.kind, update.status]
+        if (outcome := _task_outcome(update)) is not None:
+            parts.append(cell(outcome))
+    else:
+        when, parts = update.time, ["log", update.level, cell(update.message)]
+        if update.data is not None:
+            parts.append(cell(update.data))
+    return "  ".join([iso(when, precise=True), *parts])
+
+
 def trigger_text(trigger: Trigger | None) -> str:
     return trigger.describe() if trigger is not None else EMPTY
 

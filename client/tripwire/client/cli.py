@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -23,8 +24,8 @@ import grpc
 from tripwire.client import _render as render
 from tripwire.client import convert
 from tripwire.client.client import Client
-from tripwire.client.errors import InvalidArgument, TripwireError
-from tripwire.client.models import Event, Job, jsonable
+from tripwire.client.errors import DeadlineExceeded, InvalidArgument, TripwireError
+from tripwire.client.models import Event, Job, Run, Task, jsonable
 from tripwire.v1 import event_pb2, run_pb2
 
 __all__ = ["build_parser", "main"]
@@ -37,6 +38,8 @@ NOT_INSTALLED = (
 
 #: A command: the client and the parsed arguments in, (JSON data, text) out.
 Handler = Callable[[Client, argparse.Namespace], tuple[Any, str]]
+#: A command that prints as it goes, and gives its exit status.
+Streamer = Callable[[Client, argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(args_list)
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else 2
-    handler: Handler | None = getattr(args, "handler", None)
+    handler: Handler | Streamer | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
@@ -71,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with client:
-            data, text = handler(client, args)
+            result = handler(client, args)
+            if isinstance(result, int):  # printed as it went: its exit status
+                return result
+            data, text = result
     except (UsageError, TripwireError) as exc:
         return _error(exc)
     except KeyboardInterrupt:
@@ -193,13 +199,23 @@ def _seconds(text: str) -> int:
     return value
 
 
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tripwire", description="tripwire: event-driven jobs.")
     _global_options(parser, suppress=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(
-        name: str, handler: Handler, help: str, *, hidden_globals: bool = False
+        name: str, handler: Handler | Streamer, help: str, *, hidden_globals: bool = False
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         _global_options(sub, suppress=True, hidden=hidden_globals)
@@ -240,7 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     _page_option(sub, "runs")
 
     command("run", _run, "show a run with its tasks and logs").add_argument("id")
+    sub = command(
+        "watch",
+        _watch,
+        "show a run, its tasks and logs, then each change as it happens, until the run ends",
+    )
+    sub.add_argument("id")
+    sub.add_argument("--timeout", type=_timeout, metavar="SECONDS", help="give up after this long")
     command("cancel-run", _cancel_run, "cancel an unfinished run").add_argument("id")
+    command("cancel-runs", _cancel_runs, "cancel every unfinished run of an event").add_argument(
+        "id", help="event id"
+    )
+    for name, enabled in (("enable", True), ("disable", False)):
+        what = "new runs again" if enabled else "no new runs; its unfinished runs end ABORTED"
+        sub = command(name, _set_enabled(enabled), f"{name} a job's versions ({what})")
+        sub.add_argument("id", help="job id")
+        sub.add_argument("--version", help="only this version (default: every version)")
 
     sub = command("invoke", _invoke, "start a run of a job now")
     sub.add_argument("job_id", metavar="JOB_ID")
@@ -465,6 +496,40 @@ def _run(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
 def _cancel_run(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     run = client.cancel_run(args.id)
     return run, render.run_block(run)
+
+
+def _cancel_runs(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    ids = client.cancel_runs_for_event(args.id)
+    if not ids:
+        return ids, "no unfinished runs: none cancelled"
+    return ids, f"cancelled {len(ids)} run{'' if len(ids) == 1 else 's'}:\n" + "\n".join(ids)
+
+
+def _watch(client: Client, args: argparse.Namespace) -> int:
+    """``tripwire watch``: each update printed as it comes (a JSON object a line with
+    --json: {"run": ...}, {"task": ...} or {"log": ...}), until the run ends."""
+    try:
+        for update in client.watch_run(args.id, timeout=args.timeout):
+            if args.json:
+                kind = {Run: "run", Task: "task"}.get(type(update), "log")
+                line = json.dumps({kind: jsonable(update)}, ensure_ascii=False)
+            else:
+                line = render.update_line(update)
+            if (status := _print(line)) != 0:
+                return status
+    except DeadlineExceeded:
+        print(f"error: the run did not end within --timeout {args.timeout:g} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _set_enabled(enabled: bool) -> Handler:
+    def set_enabled(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+        jobs = client.set_job_enabled(args.id, enabled, version=args.version)
+        rows = [(job.id, job.version, job.enabled, job.latest) for job in jobs]
+        return jobs, render.table(["ID", "VERSION", "ENABLED", "LATEST"], rows)
+
+    return set_enabled
 
 
 def _invoke(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
