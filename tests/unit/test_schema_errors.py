@@ -105,6 +105,36 @@ def test_a_huge_offending_value_is_quoted_short_so_the_message_says_what_is_wron
             "null is not valid under any of the given schemas",
         ),
         ({"not": {"type": "boolean"}}, True, "true should not be valid under {'type': 'boolean'}"),
+        (
+            {"items": False},
+            [None, True],
+            "Expected at most 0 items but found 2 extra: [null, true]",
+        ),
+        (
+            {"prefixItems": [{}], "items": False},
+            [1, None],
+            "Expected at most 1 item but found 1 extra: null",
+        ),
+        (
+            {"prefixItems": [{}], "items": False},
+            [0, *range(100_000)],
+            "Expected at most 1 item but found 100000 extra: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]",
+        ),
+        (
+            {"unevaluatedItems": False},
+            [None],
+            "Unevaluated items are not allowed (null was unexpected)",
+        ),
+        (
+            {"prefixItems": [{}], "unevaluatedItems": {"type": "string"}},
+            [0, "a", False, {"b": True}],
+            "Unevaluated items are not allowed (false, {'b': true} were unexpected)",
+        ),
+        (
+            {"unevaluatedItems": False},
+            list(range(12)),
+            "Unevaluated items are not allowed (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ... were unexpected)",
+        ),
         # Strings, numbers and names are quoted as before.
         ({"minimum": 5}, 4.5, "4.5 is less than the minimum of 5"),
         ({"pattern": "^a"}, "b", "'b' does not match '^a'"),

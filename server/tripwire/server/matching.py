@@ -297,6 +297,43 @@ def _const(validator: Any, const: Any, instance: Any, schema: Any) -> Any:
         yield ValidationError(f"{_QUOTE.repr(const)} was expected")
 
 
+_JSONSCHEMA_ITEMS = Draft202012Validator.VALIDATORS["items"]
+
+
+def _items(validator: Any, items: Any, instance: Any, schema: Any) -> Any:
+    """`items`, the extra items a `false` refuses quoted short (jsonschema quotes
+    them all, in Python's words: `found 1 extra: None`)."""
+    if items is not False:
+        yield from _JSONSCHEMA_ITEMS(validator, items, instance, schema)
+        return
+    if not validator.is_type(instance, "array"):
+        return
+    prefix = len(schema.get("prefixItems", []))
+    extra = len(instance) - prefix
+    if extra > 0:
+        rest = instance[prefix:] if extra != 1 else instance[prefix]
+        yield ValidationError(
+            f"Expected at most {prefix} item{'' if prefix == 1 else 's'} but found {extra} "
+            f"extra: {_QUOTE.repr(rest)}"
+        )
+
+
+def _unevaluated_items(validator: Any, unevaluated: Any, instance: Any, schema: Any) -> Any:
+    """`unevaluatedItems` as jsonschema applies it, the items quoted short (it quotes
+    every one, in Python's words: `(None was unexpected)`)."""
+    if not validator.is_type(instance, "array"):
+        return
+    evaluated = jsonschema._utils.find_evaluated_item_indexes_by_schema(validator, instance, schema)
+    items = [item for index, item in enumerate(instance) if index not in evaluated]
+    if items:
+        verb = "was" if len(items) == 1 else "were"
+        quoted = ", ".join(_QUOTE.repr(item) for item in items[: _QUOTE.maxlist])
+        more = ", ..." if len(items) > _QUOTE.maxlist else ""
+        yield ValidationError(
+            f"Unevaluated items are not allowed ({quoted}{more} {verb} unexpected)"
+        )
+
+
 # Draft 2020-12 with uniqueItems, enum and const in linear time, every keyword counted.
 SchemaValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator,
@@ -307,6 +344,8 @@ SchemaValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped
             "uniqueItems": _unique_items,
             "enum": _enum,
             "const": _const,
+            "items": _items,
+            "unevaluatedItems": _unevaluated_items,
         }.items()
     },
 )
@@ -556,6 +595,8 @@ def schema_errors(validator: Validator, payload: Any) -> tuple[dict[str, str], .
     return kept
 
 
+# The keywords of this module's own, which quote their values with _QUOTE already.
+_QUOTED = frozenset({"const", "enum", "uniqueItems", "items", "unevaluatedItems"})
 _REQUIRED = " is a required property"
 _FALSE_SCHEMA = "False schema does not allow "
 
@@ -566,7 +607,7 @@ def _message(error: Any) -> str:
     array before what is wrong with it), where this has `null`, and a large value
     cut short so that the message still says what is wrong within its length."""
     message: str = error.message
-    if error.validator in ("const", "enum", "uniqueItems"):  # quoted by _QUOTE already
+    if error.validator in _QUOTED:
         return message
     instance = error.instance
     if error.validator is None and message.startswith(_FALSE_SCHEMA):  # no keyword's
