@@ -330,6 +330,8 @@ async def test_events_lines_and_errors_too_large_for_any_message_fail_here_not_t
             lambda: io.send_events("many", [{"name": "n"}, big]),
             lambda: io.logger.info("x" * 2000),
             lambda: io.logger.info("x" * 600, {"blob": "y" * 600}),
+            # 200 characters, but 1,200 bytes as sent: each lone surrogate goes as \udc80.
+            lambda: io.logger.info("\udc80" * 200),
         ):
             try:
                 await call()
@@ -348,6 +350,7 @@ async def test_events_lines_and_errors_too_large_for_any_message_fail_here_not_t
         "ValueError: log message is 2000 bytes, more than a message to the server can carry",
         "ValueError: log message and data are 1218 bytes, more than a message to the server can "
         "carry",
+        "ValueError: log message is 1200 bytes, more than a message to the server can carry",
     ]
     stream.reply(task_result=result(request.request_id, "run_1", 1, task("t1", "k", "RUNNING")))
     complete = await stream.expect("task_complete")

@@ -706,7 +706,8 @@ class Logger:
         value = None if data is None else json_value(data, what="log data")
         text = str(message)
         data_size = 0 if value is None else value.ByteSize()
-        if (len(text) * 4 > MAX_RESULT_BYTES - data_size) and (
+        # At most 6 bytes a character as sent: printable writes a lone surrogate as \udcXX.
+        if (len(text) * 6 > MAX_RESULT_BYTES - data_size) and (
             size := len(printable(text).encode()) + data_size
         ) > MAX_RESULT_BYTES:
             # As for data that large: a line no message can carry would end the stream.
