@@ -87,6 +87,33 @@ def test_a_huge_offending_value_is_quoted_short_so_the_message_says_what_is_wron
 
 
 @pytest.mark.parametrize(
+    ("schema", "payload"),
+    [
+        ({"required": ["a", "b"]}, {"x": [1] * 1000}),
+        ({"dependentRequired": {"x": ["a"]}}, {"x": [1] * 1000}),
+        ({"additionalProperties": False}, {"x": [1] * 1000}),
+        ({"unevaluatedProperties": False}, {"x": [1] * 1000}),
+        ({"contains": {"type": "integer"}, "maxContains": 1}, [1] * 1000),
+        ({"contains": {"type": "string"}, "minContains": 2}, ["s", *[1] * 1000]),
+    ],
+)
+def test_a_message_not_quoting_the_value_costs_nothing_of_its_size(
+    schema: dict, payload: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each error about a large object (a 1 MiB payload missing ten properties)
+    # wrote the whole of it out once more: a tenth of a second held on the loop.
+    written: list[Any] = []
+
+    def python_repr(value: Any) -> str:
+        written.append(value)
+        return repr(value)
+
+    monkeypatch.setattr(matching, "repr", python_repr, raising=False)
+    assert schema_errors(check_schema(schema, "schema"), payload)
+    assert payload not in written
+
+
+@pytest.mark.parametrize(
     ("schema", "payload", "message"),
     [
         ({"type": "string"}, None, "null is not of type 'string'"),

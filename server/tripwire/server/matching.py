@@ -595,8 +595,15 @@ def schema_errors(validator: Validator, payload: Any) -> tuple[dict[str, str], .
     return kept
 
 
-# The keywords of this module's own, which quote their values with _QUOTE already.
-_QUOTED = frozenset({"const", "enum", "uniqueItems", "items", "unevaluatedItems"})
+# The keywords whose messages _message keeps as they are: this module's own, which
+# quote with _QUOTE already, and jsonschema's that do not begin with the value at
+# fault (for those, quoting the value, a whole 1 MiB object missing a property,
+# would only cost its size again for each error).
+_KEPT = frozenset(
+    {"const", "enum", "uniqueItems", "items", "unevaluatedItems"}
+    | {"required", "dependentRequired", "additionalProperties", "unevaluatedProperties"}
+    | {"minContains", "maxContains"}
+)
 _REQUIRED = " is a required property"
 _FALSE_SCHEMA = "False schema does not allow "
 
@@ -607,7 +614,7 @@ def _message(error: Any) -> str:
     array before what is wrong with it), where this has `null`, and a large value
     cut short so that the message still says what is wrong within its length."""
     message: str = error.message
-    if error.validator in _QUOTED:
+    if error.validator in _KEPT:
         return message
     instance = error.instance
     if error.validator is None and message.startswith(_FALSE_SCHEMA):  # no keyword's
