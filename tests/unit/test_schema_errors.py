@@ -132,6 +132,17 @@ def test_a_message_not_quoting_the_value_costs_nothing_of_its_size(
             "null is not valid under any of the given schemas",
         ),
         ({"not": {"type": "boolean"}}, True, "true should not be valid under {'type': 'boolean'}"),
+        ({"not": {"const": None}}, None, "null should not be valid under {'const': null}"),
+        (
+            {"oneOf": [{"type": "null"}, {"type": "string"}, {"const": None}]},
+            None,
+            "null is valid under each of {'type': 'null'}, {'const': null}",
+        ),
+        (
+            {"oneOf": [{"type": "string"}, {"type": "number"}]},
+            True,
+            "true is not valid under any of the given schemas",
+        ),
         (
             {"items": False},
             [None, True],

@@ -334,6 +334,20 @@ def _unevaluated_items(validator: Any, unevaluated: Any, instance: Any, schema: 
         )
 
 
+_JSONSCHEMA_ONE_OF = Draft202012Validator.VALIDATORS["oneOf"]
+
+
+def _one_of(validator: Any, one_of: Any, instance: Any, schema: Any) -> Any:
+    """`oneOf`, the subschemas a value is valid under more than one of quoted short
+    in JSON's words (jsonschema writes them in Python's: `{'const': None}`)."""
+    for error in _JSONSCHEMA_ONE_OF(validator, one_of, instance, schema):
+        if not error.context:  # valid under more than one (the other has the failures)
+            valid = [s for s in one_of if validator.evolve(schema=s).is_valid(instance)]
+            quoted = ", ".join(_QUOTE.repr(s) for s in valid)
+            error.message = f"{_QUOTE.repr(instance)} is valid under each of {quoted}"
+        yield error
+
+
 # Draft 2020-12 with uniqueItems, enum and const in linear time, every keyword counted.
 SchemaValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator,
@@ -346,6 +360,7 @@ SchemaValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped
             "const": _const,
             "items": _items,
             "unevaluatedItems": _unevaluated_items,
+            "oneOf": _one_of,
         }.items()
     },
 )
@@ -619,6 +634,9 @@ def _message(error: Any) -> str:
     instance = error.instance
     if error.validator is None and message.startswith(_FALSE_SCHEMA):  # no keyword's
         return f"{_QUOTE.repr(instance)} is not allowed here (the schema here is false)"
+    if error.validator == "not":  # jsonschema quotes the schema in Python's words too
+        not_schema = _QUOTE.repr(error.validator_value)
+        return f"{_QUOTE.repr(instance)} should not be valid under {not_schema}"
     python = repr(instance)
     if message.startswith(python):
         return _QUOTE.repr(instance) + message[len(python) :]
