@@ -832,6 +832,12 @@ async def test_bad_task_requests_are_rejected_naming_the_field(
             "task.params.options.deliver_after: ",
         ),
         ("TASK_KIND_SEND_EVENTS", {"events": []}, "task.params.events: "),
+        (
+            "TASK_KIND_SEND_EVENTS",
+            {"events": [None, {"name": "x"}]},
+            "task.params.events[0]: must be an object",
+        ),
+        ("TASK_KIND_SEND_EVENT", {"event": None}, "task.params.event: is required"),
         ("TASK_KIND_SEND_EVENT", "not an object", "task.params: must be an object"),
         ("TASK_KIND_SEND_EVENTS", [1], "task.params: must be an object"),
         (

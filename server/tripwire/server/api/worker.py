@@ -897,8 +897,10 @@ def _task_input(msg: pb.TaskRequest, settings: Settings) -> TaskInput:
             raise InvalidArgument("task.params.events", "must be a list of events")
         parsed = []
         for i, item in enumerate(raw):
-            if item is None:
-                continue
+            if item is None and kind == "SEND_EVENT":
+                continue  # no event: refused as one missing
+            # A null among the events is refused as one that is not an object: skipped,
+            # it would shift the index of the rest (their default ids, their errors).
             where = "task.params.event" if kind == "SEND_EVENT" else f"task.params.events[{i}]"
             given = _parse(item, event_pb2.EventInput(), where)
             check_payload_size(given, settings.max_payload_bytes, where)
