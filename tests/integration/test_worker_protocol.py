@@ -188,14 +188,17 @@ async def test_a_run_with_one_task_end_to_end(conn: Stubs, worker: RawWorker) ->
 
 
 async def test_a_run_request_shows_when_the_run_started_as_get_run_does(
-    conn: Stubs, worker: RawWorker
+    conn: Stubs, worker: RawWorker, clock: FakeClock
 ) -> None:
-    await worker.connect([job("j", ["x"])])
+    await conn.jobs.RegisterJob(req(jb.RegisterJobRequest, {"job": job("j", ["x"])}))
     await send(conn, "x")
+    clock.advance(5)  # the run waits in the queue before a worker comes
+    await worker.connect([job("j", ["x"])])
     request = await worker.run_request()
     run = request["run"]
     stored = (await run_status(conn, run["id"], "EXECUTING"))["run"]  # the claim is lazy
     assert stored["startedAt"] == run["startedAt"]
+    assert stored["updatedAt"] == run["updatedAt"] == run["startedAt"] != run["createdAt"]
 
 
 async def test_stale_attempts_are_abandoned_and_cached_tasks_replayed(

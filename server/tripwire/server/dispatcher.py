@@ -398,7 +398,9 @@ class Dispatcher(RunListener):
         run, now = item.run, self.clock()
         run.attempt += 1
         run.worker_id = session.worker_id
-        if run.started_at is None:  # as the claim stores it: the run request shows it
+        # As the claim stores them: the run request shows them.
+        run.updated_at = now
+        if run.started_at is None:
             run.started_at = now
         session.running[run.id] = run.attempt
         self._owner[run.id] = session
