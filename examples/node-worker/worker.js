@@ -109,7 +109,7 @@ class Execution {
     this.pending.delete(result.requestId);
     if (waiter) waiter.resolve(result.task);
   }
-  stop(reason) { // step 7 (cancel/abandon), or the worker is closing: unwind the handler
+  stop(reason) { // step 8 (cancel/abandon), or the worker is closing: unwind the handler
     this.stopped = true;
     for (const waiter of this.pending.values()) waiter.reject(new Stopped(reason));
     this.pending.clear();
@@ -197,17 +197,17 @@ function main() {
       case 'taskResult':
         if (mine) mine.resolve(body);
         break;
-      case 'cancel': case 'abandon': // step 7: stop that run, report nothing
+      case 'cancel': case 'abandon': // step 8: stop that run, report nothing
         console.error(`run ${body.runId} attempt ${body.attempt}: ${msg.message} (${body.reason})`);
         if (mine) { mine.stop(body.reason); runs.delete(body.runId); }
         break;
-      case 'drain': // step 8: no new work; finish in-flight runs, then close
+      case 'drain': // step 9: no new work; finish in-flight runs, then close
         draining = true;
         assembling.clear();
         if (runs.size === 0) close(0);
         else setTimeout(() => close(0), body.deadlineMs).unref();
         break;
-      case 'rejected': // step 9: a bug in this worker; say what and stop
+      case 'rejected': // step 10: a bug in this worker; say what and stop
         console.error(`rejected: code ${body.code} ${body.message} (request ${body.requestId || '-'}, run ${body.runId || '-'})`);
         close(1);
         break;
