@@ -217,8 +217,8 @@ class Hello(_message.Message):
     """True: this worker reads `batch` messages (see 11.)."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
-        """The job versions this worker serves, each once. Each is registered
-        (upserted).
+        """The job versions this worker serves, at least one, each once. Each is
+        registered (upserted).
         """
 
     def __init__(
@@ -334,7 +334,9 @@ class RunRequest(_message.Message):
 
     @_builtins.property
     def cached_tasks(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Task]:
-        """Tasks cached so far, by position."""
+        """The run's tasks so far, by position, in every status: only a COMPLETED
+        one answers an io call without a message (see 4.).
+        """
 
     def __init__(
         self,
@@ -402,8 +404,8 @@ class TaskRequest(_message.Message):
     run_id: _builtins.str
     attempt: _builtins.int
     key: _builtins.str
-    """Cache key, unique within one execution of the run; at most 1,024
-    characters.
+    """Cache key, unique among the calls with the same parent_id within one
+    execution of the run (see 4.); at most 1,024 characters.
     """
     parent_id: _builtins.str
     """Enclosing task id, "" at top level: a RUN task of this run, or the

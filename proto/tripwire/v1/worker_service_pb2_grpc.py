@@ -36,9 +36,10 @@ class WorkerServiceStub:
     keeps its `enabled` switch, so a reconnecting worker never re-enables
     what SetJobEnabled turned off; re-sending an identical definition keeps
     its schedule and runs, only updated_at moves) and its capacity. Anything
-    else first, or an invalid job, ends the stream with INVALID_ARGUMENT
-    naming the field (e.g. "hello.jobs[0].id: ..."). The jobs of a hello are
-    stored together or not at all: one that ends the stream stores none.
+    else first, no hello within the server's lease (15 s by default), or an
+    invalid job, ends the stream with INVALID_ARGUMENT naming the field (e.g.
+    "hello.jobs[0].id: ..."). The jobs of a hello are stored together or not
+    at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
     The worker must send some message (a `heartbeat` when idle) at least
     every heartbeat interval. When nothing arrives for a whole lease (counted
@@ -150,7 +151,9 @@ class WorkerServiceStub:
     lines so logged so far in the execution: no replay logs there. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
-    6. When the handler returns or raises, send `run_result`.
+    6. When the handler returns or raises, send `run_result`. Nothing answers
+    a result that is stored (`rejected`, `abandon` or `cancel` says it was
+    not).
     7. The server applies the messages of one run in the order they were sent
     (a `log` sent before the `run_result` is stored before the run ends).
     Messages for different runs are handled concurrently.
@@ -218,9 +221,10 @@ class WorkerServiceServicer:
     keeps its `enabled` switch, so a reconnecting worker never re-enables
     what SetJobEnabled turned off; re-sending an identical definition keeps
     its schedule and runs, only updated_at moves) and its capacity. Anything
-    else first, or an invalid job, ends the stream with INVALID_ARGUMENT
-    naming the field (e.g. "hello.jobs[0].id: ..."). The jobs of a hello are
-    stored together or not at all: one that ends the stream stores none.
+    else first, no hello within the server's lease (15 s by default), or an
+    invalid job, ends the stream with INVALID_ARGUMENT naming the field (e.g.
+    "hello.jobs[0].id: ..."). The jobs of a hello are stored together or not
+    at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
     The worker must send some message (a `heartbeat` when idle) at least
     every heartbeat interval. When nothing arrives for a whole lease (counted
@@ -332,7 +336,9 @@ class WorkerServiceServicer:
     lines so logged so far in the execution: no replay logs there. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
-    6. When the handler returns or raises, send `run_result`.
+    6. When the handler returns or raises, send `run_result`. Nothing answers
+    a result that is stored (`rejected`, `abandon` or `cancel` says it was
+    not).
     7. The server applies the messages of one run in the order they were sent
     (a `log` sent before the `run_result` is stored before the run ends).
     Messages for different runs are handled concurrently.
@@ -409,9 +415,10 @@ class WorkerService:
     keeps its `enabled` switch, so a reconnecting worker never re-enables
     what SetJobEnabled turned off; re-sending an identical definition keeps
     its schedule and runs, only updated_at moves) and its capacity. Anything
-    else first, or an invalid job, ends the stream with INVALID_ARGUMENT
-    naming the field (e.g. "hello.jobs[0].id: ..."). The jobs of a hello are
-    stored together or not at all: one that ends the stream stores none.
+    else first, no hello within the server's lease (15 s by default), or an
+    invalid job, ends the stream with INVALID_ARGUMENT naming the field (e.g.
+    "hello.jobs[0].id: ..."). The jobs of a hello are stored together or not
+    at all: one that ends the stream stores none.
     2. The server answers `welcome` with the heartbeat interval and the lease.
     The worker must send some message (a `heartbeat` when idle) at least
     every heartbeat interval. When nothing arrives for a whole lease (counted
@@ -523,7 +530,9 @@ class WorkerService:
     lines so logged so far in the execution: no replay logs there. Lines are
     listed in `seq` order. Level UNSPECIFIED is INFO; lines above the job's
     log_level are dropped.
-    6. When the handler returns or raises, send `run_result`.
+    6. When the handler returns or raises, send `run_result`. Nothing answers
+    a result that is stored (`rejected`, `abandon` or `cancel` says it was
+    not).
     7. The server applies the messages of one run in the order they were sent
     (a `log` sent before the `run_result` is stored before the run ends).
     Messages for different runs are handled concurrently.
