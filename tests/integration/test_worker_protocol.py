@@ -766,6 +766,38 @@ async def test_a_result_without_an_outcome_is_rejected_not_taken_for_success(
     await run_status(conn, run["id"], "SUCCESS")
 
 
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("task", {"requestId": "r", "key": "k", "kind": "TASK_KIND_RUN"}),
+        ("taskComplete", {"requestId": "r", "taskId": "t", "output": 1}),
+        ("log", {"seq": 1, "message": "hi"}),
+        ("runResult", {"output": 1}),
+    ],
+)
+@pytest.mark.parametrize("missing", ["runId", "attempt"])
+async def test_a_message_naming_no_run_or_no_attempt_is_rejected_naming_the_field(
+    conn: Stubs, worker: RawWorker, kind: str, body: dict[str, Any], missing: str
+) -> None:
+    """A run id or attempt left out (a field misspelt, which many JSON encoders
+    drop) is a bad message, not a stale attempt: told to abandon "attempt 0 of run
+    ''", a worker would stop the run without a word of what it got wrong."""
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    ids = {"runId": run["id"], "attempt": 1}
+    del ids[missing]
+    worker.send({kind: {**body, **ids}})
+    rejected = await worker.expect("rejected")
+    snake = {"runId": "run_id", "attempt": "attempt"}[missing]
+    what = {"taskComplete": "task_complete", "runResult": "run_result"}.get(kind, kind)
+    assert rejected["message"] == f"{what}.{snake}: is required: the run request's run.{snake}"
+    assert rejected.get("requestId", "") == body.get("requestId", "")
+    assert rejected.get("runId", "") == ids.get("runId", "")
+    worker.result(run, output="still mine")  # the run was not taken away
+    await run_status(conn, run["id"], "SUCCESS")
+
+
 async def test_bad_task_requests_are_rejected_naming_the_field(
     conn: Stubs, worker: RawWorker
 ) -> None:
@@ -2408,15 +2440,21 @@ async def test_a_batch_from_a_worker_is_applied_message_by_message_in_order(
     assert ended["run"]["output"] == "done"
 
 
-@pytest.mark.parametrize("inner", [{"batch": {}}, {"hello": {"workerId": "w2", "capacity": 1}}])
-async def test_a_batch_holding_a_batch_or_a_hello_has_that_message_rejected(
-    conn: Stubs, worker: RawWorker, inner: dict[str, Any]
+@pytest.mark.parametrize(
+    ("inner", "problem"),
+    [
+        ({"batch": {}}, "a batch cannot hold a batch"),
+        ({"hello": {"workerId": "w2", "capacity": 1}}, "a batch cannot hold a hello"),
+        ({}, "is empty: it sets none of its fields"),
+    ],
+)
+async def test_a_batch_holding_a_batch_a_hello_or_nothing_has_that_message_rejected(
+    conn: Stubs, worker: RawWorker, inner: dict[str, Any], problem: str
 ) -> None:
     await worker.connect([job("j", ["x"])])
     worker.send({"batch": {"messages": [{"heartbeat": {}}, inner]}})
     rejected = await worker.expect("rejected")
-    kind = next(iter(inner))
-    assert rejected["message"] == f"batch.messages[1]: a batch cannot hold a {kind}"
+    assert rejected["message"] == f"batch.messages[1]: {problem}"
     assert rejected["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     await send(conn, "x")  # the stream goes on
     assert (await worker.run_request())["run"]["attempt"] == 1

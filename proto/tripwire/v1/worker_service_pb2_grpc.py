@@ -177,13 +177,13 @@ class WorkerServiceStub:
     sends it no more run requests, so they go to other workers. Run a
     request that was already on its way (it was sent before the server read
     the drain) like the rest, then finish and half-close as above.
-    10. A message the server cannot accept (a bad field, a task id not in the
-    run, a value over a limit) is answered with `rejected`, carrying the
-    request_id (task messages) or the
-    run_id (log, run_result) and the field in the message; the stream stays
-    open. A run_id or request_id over 256 characters (no id is) is rejected
-    without being echoed. A message for a run or attempt this worker does not hold gets
-    `abandon` instead (see 8.).
+    10. A message the server cannot accept (a bad field, a run_id or attempt
+    left out, a task id not in the run, a value over a limit, an empty one)
+    is answered with `rejected`, carrying the request_id (task messages) or
+    the run_id (log, run_result) and the field in the message; the stream
+    stays open. A run_id or request_id over 256 characters (no id is) is
+    rejected without being echoed. A message for a run or attempt this
+    worker does not hold gets `abandon` instead (see 8.).
     11. Batches (optional, both ways): a worker whose hello says
     `accepts_batches` may get a `batch` holding several messages, which it
     reads one by one, in order, exactly as if each had come alone; the
@@ -362,13 +362,13 @@ class WorkerServiceServicer:
     sends it no more run requests, so they go to other workers. Run a
     request that was already on its way (it was sent before the server read
     the drain) like the rest, then finish and half-close as above.
-    10. A message the server cannot accept (a bad field, a task id not in the
-    run, a value over a limit) is answered with `rejected`, carrying the
-    request_id (task messages) or the
-    run_id (log, run_result) and the field in the message; the stream stays
-    open. A run_id or request_id over 256 characters (no id is) is rejected
-    without being echoed. A message for a run or attempt this worker does not hold gets
-    `abandon` instead (see 8.).
+    10. A message the server cannot accept (a bad field, a run_id or attempt
+    left out, a task id not in the run, a value over a limit, an empty one)
+    is answered with `rejected`, carrying the request_id (task messages) or
+    the run_id (log, run_result) and the field in the message; the stream
+    stays open. A run_id or request_id over 256 characters (no id is) is
+    rejected without being echoed. A message for a run or attempt this
+    worker does not hold gets `abandon` instead (see 8.).
     11. Batches (optional, both ways): a worker whose hello says
     `accepts_batches` may get a `batch` holding several messages, which it
     reads one by one, in order, exactly as if each had come alone; the
@@ -556,13 +556,13 @@ class WorkerService:
     sends it no more run requests, so they go to other workers. Run a
     request that was already on its way (it was sent before the server read
     the drain) like the rest, then finish and half-close as above.
-    10. A message the server cannot accept (a bad field, a task id not in the
-    run, a value over a limit) is answered with `rejected`, carrying the
-    request_id (task messages) or the
-    run_id (log, run_result) and the field in the message; the stream stays
-    open. A run_id or request_id over 256 characters (no id is) is rejected
-    without being echoed. A message for a run or attempt this worker does not hold gets
-    `abandon` instead (see 8.).
+    10. A message the server cannot accept (a bad field, a run_id or attempt
+    left out, a task id not in the run, a value over a limit, an empty one)
+    is answered with `rejected`, carrying the request_id (task messages) or
+    the run_id (log, run_result) and the field in the message; the stream
+    stays open. A run_id or request_id over 256 characters (no id is) is
+    rejected without being echoed. A message for a run or attempt this
+    worker does not hold gets `abandon` instead (see 8.).
     11. Batches (optional, both ways): a worker whose hello says
     `accepts_batches` may get a `batch` holding several messages, which it
     reads one by one, in order, exactly as if each had come alone; the

@@ -376,9 +376,14 @@ class WorkerStream:
             if kind == "batch":
                 for i, inner in enumerate(msg.batch.messages):
                     inner_kind = inner.WhichOneof("message")
-                    if inner_kind in ("batch", "hello"):
+                    if inner_kind in ("batch", "hello", None):
                         field = f"batch.messages[{i}]"
-                        problem = InvalidArgument(field, f"a batch cannot hold a {inner_kind}")
+                        problem = InvalidArgument(
+                            field,
+                            f"a batch cannot hold a {inner_kind}"
+                            if inner_kind
+                            else "is empty: it sets none of its fields",
+                        )
                         self._send(_rejected("", "", problem))
                     else:
                         self._receive(inner, inner_kind)
@@ -426,6 +431,15 @@ class WorkerStream:
                 problem = f"is longer than {MAX_ID_LENGTH} characters"
                 self._send(_rejected("", "", InvalidArgument(f"{kind}.{name}", problem)))
                 return
+        if hasattr(body, "run_id") and not (body.run_id and body.attempt):
+            # No run is "" and no attempt 0: a field left out (or misspelt, which
+            # many JSON encoders drop), not a stale attempt to abandon.
+            name = "run_id" if not body.run_id else "attempt"
+            missing = InvalidArgument(
+                f"{kind}.{name}", f"is required: the run request's run.{name}"
+            )
+            self._send(_rejected(getattr(body, "request_id", ""), body.run_id, missing))
+            return
         self._in_order(getattr(body, "run_id", ""), handler, body, kind == "log")
 
     def _in_order(
