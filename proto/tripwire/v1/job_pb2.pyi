@@ -28,21 +28,35 @@ class _LogLevel:
 class _LogLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LogLevel.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     LOG_LEVEL_UNSPECIFIED: _LogLevel.ValueType  # 0
+    """Not given: INFO, for a job's log_level and for a log line alike."""
     LOG_LEVEL_LOG: _LogLevel.ValueType  # 1
+    """io.logger.log: kept whatever the job's log_level."""
     LOG_LEVEL_ERROR: _LogLevel.ValueType  # 2
+    """Kept unless the job's log_level is LOG."""
     LOG_LEVEL_WARN: _LogLevel.ValueType  # 3
+    """Kept from log_level WARN on."""
     LOG_LEVEL_INFO: _LogLevel.ValueType  # 4
+    """Kept from log_level INFO (the default) on."""
     LOG_LEVEL_DEBUG: _LogLevel.ValueType  # 5
+    """Kept only at log_level DEBUG."""
 
 class LogLevel(_LogLevel, metaclass=_LogLevelEnumTypeWrapper):
-    """Levels of `io.logger`, in the order v2 used for filtering."""
+    """Levels of `io.logger`, in the order v2 used for filtering: a job keeps
+    the lines of its `log_level` and of the levels before it.
+    """
 
 LOG_LEVEL_UNSPECIFIED: LogLevel.ValueType  # 0
+"""Not given: INFO, for a job's log_level and for a log line alike."""
 LOG_LEVEL_LOG: LogLevel.ValueType  # 1
+"""io.logger.log: kept whatever the job's log_level."""
 LOG_LEVEL_ERROR: LogLevel.ValueType  # 2
+"""Kept unless the job's log_level is LOG."""
 LOG_LEVEL_WARN: LogLevel.ValueType  # 3
+"""Kept from log_level WARN on."""
 LOG_LEVEL_INFO: LogLevel.ValueType  # 4
+"""Kept from log_level INFO (the default) on."""
 LOG_LEVEL_DEBUG: LogLevel.ValueType  # 5
+"""Kept only at log_level DEBUG."""
 Global___LogLevel: _TypeAlias = LogLevel  # noqa: Y015
 
 @_typing.final
