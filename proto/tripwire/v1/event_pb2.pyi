@@ -200,7 +200,9 @@ class Event(_message.Message):
         """
 
     @_builtins.property
-    def cancelled_at(self) -> _timestamp_pb2.Timestamp: ...
+    def cancelled_at(self) -> _timestamp_pb2.Timestamp:
+        """When CancelEvent cancelled it; unset otherwise."""
+
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
         """In SendEvent/SendEvents replies: the runs this call's delivery created.

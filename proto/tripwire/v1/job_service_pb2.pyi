@@ -132,6 +132,7 @@ class ListJobsRequest(_message.Message):
     page_size: _builtins.int
     """At most this many (default 50, at most 1,000)."""
     page_token: _builtins.str
+    """`next_page_token` of the previous page."""
     def __init__(
         self,
         *,
@@ -153,6 +154,7 @@ class ListJobsResponse(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
         """By id, the latest version of each. A page also ends before its reply
@@ -269,7 +271,9 @@ class InvokeJobRequest(_message.Message):
         """
 
     @_builtins.property
-    def context(self) -> _struct_pb2.Value: ...
+    def context(self) -> _struct_pb2.Value:
+        """As EventInput.context: absent or null is {}."""
+
     def __init__(
         self,
         *,

@@ -180,11 +180,19 @@ class Run(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the run was first dispatched (later attempts keep it); its
+        job's max_duration_seconds counts from here. Unset until then.
+        """
+
     @_builtins.property
-    def completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def completed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the run reached its terminal status; unset before."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the run last changed status (each dispatch is one change)."""
+
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
         """SUCCESS only: what the handler returned."""
@@ -357,9 +365,13 @@ class Task(_message.Message):
         """
 
     @_builtins.property
-    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When its latest try started (a retried RUN task's moves with each try)."""
+
     @_builtins.property
-    def completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def completed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it became COMPLETED, ERRORED or CANCELED; unset before."""
+
     @_builtins.property
     def retry_at(self) -> _timestamp_pb2.Timestamp:
         """WAITING: when the task is retried or the wait ends."""
@@ -418,7 +430,9 @@ class LogEntry(_message.Message):
     @_builtins.property
     def data(self) -> _struct_pb2.Value: ...
     @_builtins.property
-    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the server stored the line."""
+
     def __init__(
         self,
         *,
