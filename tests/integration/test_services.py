@@ -89,3 +89,15 @@ async def test_health_lists_every_service_as_check_answers_it(stubs: Stubs) -> N
     }
     check = await health.Check(health_pb2.HealthCheckRequest(service="tripwire.v1.RunService"))
     assert check.status == serving
+
+
+async def test_an_enum_number_out_of_range_is_refused_naming_the_values(stubs: Stubs) -> None:
+    """grpcurl sends any number for an enum ("status": 7): the reply says which
+    values there are."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.events.ListEvents(ev.ListEventsRequest(status=7))  # type: ignore[arg-type]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (
+        "status: 7 is not a value of EventStatus "
+        "(EVENT_STATUS_PENDING, EVENT_STATUS_DELIVERED, EVENT_STATUS_CANCELLED)"
+    )

@@ -265,7 +265,8 @@ def _enum_name(enum: Any, number: int, prefix: str, field: str) -> str:
     if not number:
         return ""
     if number not in enum.values():
-        raise InvalidArgument(field, f"{number} is not a {enum.DESCRIPTOR.name} value")
+        names = ", ".join(name for name, value in enum.items() if value)
+        raise InvalidArgument(field, f"{number} is not a value of {enum.DESCRIPTOR.name} ({names})")
     return str(enum.Name(number)).removeprefix(prefix)
 
 
