@@ -798,6 +798,29 @@ async def test_a_message_naming_no_run_or_no_attempt_is_rejected_naming_the_fiel
     await run_status(conn, run["id"], "SUCCESS")
 
 
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [
+        ("TASK_KIND_SEND_EVENT", {"event": {"name": "y"}}),
+        ("TASK_KIND_SEND_EVENTS", {"events": [{"name": "y"}]}),
+        ("TASK_KIND_WAIT", {"seconds": 1}),
+    ],
+)
+async def test_a_retry_policy_on_a_task_that_is_not_run_is_rejected(
+    conn: Stubs, worker: RawWorker, kind: str, params: dict[str, Any]
+) -> None:
+    """Nothing retries it: stored, it showed as the task's policy in force."""
+    await worker.connect([job("j", ["x"])])
+    await send(conn, "x")
+    run = (await worker.run_request())["run"]
+    ids = {"requestId": "r", "runId": run["id"], "attempt": 1, "key": "k", "kind": kind}
+    worker.send({"task": {**ids, "params": params, "retry": {"limit": 3}}})
+    rejected = await worker.expect("rejected")
+    name = kind.removeprefix("TASK_KIND_")
+    assert rejected["message"] == f"task.retry: only a RUN task is retried, not {name}"
+    assert "tasks" not in js(await conn.runs.GetRun(rn.GetRunRequest(id=run["id"])))
+
+
 async def test_bad_task_requests_are_rejected_naming_the_field(
     conn: Stubs, worker: RawWorker
 ) -> None:

@@ -432,9 +432,10 @@ class TaskRequest(_message.Message):
 
     @_builtins.property
     def retry(self) -> _job_pb2.RetryPolicy:
-        """RUN only: how a failure of this task is retried. Absent: the job's
-        `retry` policy; when the job has none either, a failure is final and the
-        task comes back ERRORED. `limit: 1` also means no retries.
+        """RUN only (on another kind it is rejected, naming task.retry): how a
+        failure of this task is retried. Absent: the job's `retry` policy; when
+        the job has none either, a failure is final and the task comes back
+        ERRORED. `limit: 1` also means no retries.
         """
 
     def __init__(

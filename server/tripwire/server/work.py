@@ -150,6 +150,9 @@ class WorkService:
                 "task.kind", "must be RUN, SEND_EVENT, SEND_EVENTS or WAIT"
             ) from None
         if asked.retry is not None:
+            if kind is not TaskKind.RUN:
+                # Stored, it would show as the task's policy, though nothing retries it.
+                raise InvalidArgument("task.retry", f"only a RUN task is retried, not {kind.value}")
             retry_policy(asked.retry, "task.retry")
         limit = self.limits.max_payload_bytes
         # The events of SEND_EVENT(S) are limited one by one, like SendEvents'.
