@@ -738,6 +738,11 @@ async def test_cancel_reaches_the_worker_and_nondeterminism_fails(
     await worker.expect("cancel")
     got = await run_status(conn, run["id"], "FAILURE")
     assert got["run"]["error"]["type"] == "NondeterminismError"
+    # The same execution asked for both: not "an earlier execution".
+    assert got["run"]["error"]["message"] == (
+        "task 'k' is a RUN task, asked for now as a WAIT task: a cache key names one task "
+        "under its parent (the handler is not deterministic, or gives two io calls the same key)"
+    )
 
 
 async def test_a_result_without_an_outcome_is_rejected_not_taken_for_success(

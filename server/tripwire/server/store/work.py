@@ -359,9 +359,12 @@ class WorkOps:
 
     def _replay(self, tx: Tx, run: Run, task: Task, ask: TaskAsk, now: int) -> TaskOutcome:
         if task.kind is not ask.kind:
+            # Asked for in an earlier execution, or earlier in this one: either way
+            # the key no longer names what the handler means by it.
             message = (
-                f"task {ask.key!r} was a {task.kind.value} task in an earlier execution, "
-                f"now {ask.kind.value}: the handler is not deterministic"
+                f"task {ask.key!r} is a {task.kind.value} task, asked for now as a "
+                f"{ask.kind.value} task: a cache key names one task under its parent (the "
+                "handler is not deterministic, or gives two io calls the same key)"
             )
             self._finish(
                 tx, run, None, {"type": "NondeterminismError", "message": message, "stack": ""}, now
