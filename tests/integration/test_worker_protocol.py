@@ -2377,6 +2377,38 @@ async def test_shutdown_takes_one_grace_period_and_a_second_request_cuts_it_shor
     assert given and given[0] < 0.5
 
 
+@pytest.mark.parametrize("second_request", [False, True])
+async def test_a_write_lock_another_process_holds_keeps_the_shutdown_in_its_grace_period(
+    start_server: StartServer, second_request: bool
+) -> None:
+    grace = 3600.0 if second_request else 1.0
+    server = await start_server(lease=30.0, heartbeat_interval=1.0, shutdown_grace=grace)
+    outsider = await asyncio.to_thread(
+        sqlite3.connect, server.settings.db_path, isolation_level=None, check_same_thread=False
+    )
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        busy = RawWorker(stubs.workers)
+        await busy.connect([job("j", ["x"])], worker_id="busy")
+        (queued,) = (await send(stubs, "x"))["runs"]
+        await busy.run_request()  # never finished: its run is requeued at the end
+        await held_by(stubs, queued["id"], "busy")
+        await asyncio.to_thread(outsider.execute, "BEGIN IMMEDIATE")  # an operator's shell
+        server.request_stop()
+        if second_request:
+            server.request_stop()
+        # The requeue (and the writes queued at close) give up with the grace, not
+        # after the writer's 30 s of patience with a lock.
+        await asyncio.wait_for(server.wait_closed(), 10)
+        await busy.close()
+    await asyncio.to_thread(outsider.execute, "ROLLBACK")
+    await asyncio.to_thread(outsider.close)
+    # Never requeued: the next start does it.
+    restarted = await start_server(db_path=server.settings.db_path)
+    async with grpc.aio.insecure_channel(restarted.address) as channel:
+        await run_status(make_stubs(channel), queued["id"], "QUEUED")
+
+
 async def test_list_runs_pages_end_early_rather_than_outgrow_a_clients_4_mib_limit(
     conn: Stubs, worker: RawWorker
 ) -> None:

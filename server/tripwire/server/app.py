@@ -188,6 +188,7 @@ class Server:
             if not self._hurry.is_set():
                 log.warning("asked again to stop: not waiting for runs or calls any more")
             self._hurry.set()
+            self.store.wait_at_most(0)  # nor for a write lock another process holds
 
     async def stop(self, grace: float | None = None) -> None:
         if self._stop.is_set():
@@ -196,6 +197,9 @@ class Server:
         self._stop.set()
         grace = self.settings.shutdown_grace if grace is None else grace
         deadline = time.monotonic() + grace  # one grace period for every stage
+        # Writes (the requeue of workers' runs, what is queued at close) wait no longer
+        # for a write lock another process holds (a sqlite3 shell's open transaction).
+        self.store.wait_at_most(grace)
         await self.health.enter_graceful_shutdown()
         # New calls are refused UNAVAILABLE (a client retries them later); calls
         # already in progress finish.

@@ -31,6 +31,10 @@ class Store(Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+    def wait_at_most(self, seconds: float) -> None:
+        """Shutdown: writes wait `seconds` more at most for a lock or a resource
+        another process holds (0: none), failing Unavailable past that."""
+        ...
 
     # Events
     async def ingest(

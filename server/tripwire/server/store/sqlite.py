@@ -147,6 +147,9 @@ class SQLiteStore(JobOps, WorkOps, RetentionOps):
             self._reader_conns.clear()
         self._unclaim()
 
+    def wait_at_most(self, seconds: float) -> None:
+        self._writer.wait_at_most(seconds)
+
     def _write(self, operation: Callable[[Tx], T], *, lazy: bool = False) -> asyncio.Future[T]:
         return self._writer.submit(operation, lazy=lazy)
 

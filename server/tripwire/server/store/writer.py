@@ -153,6 +153,9 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._lazy_timer: asyncio.TimerHandle | None = None
+        # Shutdown: the loop time past which no batch waits for another process's
+        # write lock (None: BUSY_SECONDS each).
+        self._give_up_at: float | None = None
 
     async def start(self) -> None:
         try:
@@ -173,12 +176,19 @@ class Writer:
             await self._sync.run(conn.close)
         self._sync.close()
 
-    @staticmethod
-    async def _begin(conn: sqlite3.Connection) -> None:
+    def wait_at_most(self, seconds: float) -> None:
+        """Shutdown: from now on, a batch waits for another process's write lock
+        `seconds` more at most, all batches together (0: each tries once), so that
+        stopping ends in time; a batch that cannot begin fails as usual."""
+        until = asyncio.get_running_loop().time() + max(seconds, 0.0)
+        self._give_up_at = until if self._give_up_at is None else min(self._give_up_at, until)
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, without blocking the loop while another process (an
         operator's sqlite3 shell, a backup) holds the write lock: the connection
         does not wait (busy_timeout 0); this does, asynchronously, up to
-        BUSY_SECONDS, and the loop serves everything else meanwhile."""
+        BUSY_SECONDS (or until `wait_at_most` says), and the loop serves everything
+        else meanwhile."""
         loop = asyncio.get_running_loop()
         deadline, pause = loop.time() + BUSY_SECONDS, 0.001
         while True:
@@ -187,7 +197,8 @@ class Writer:
                 return
             except sqlite3.OperationalError as exc:
                 busy = (exc.sqlite_errorcode or 0) & 0xFF == sqlite3.SQLITE_BUSY
-                if not busy or loop.time() > deadline:
+                give_up = deadline if self._give_up_at is None else min(deadline, self._give_up_at)
+                if not busy or loop.time() >= give_up:
                     raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.1)
