@@ -31,6 +31,23 @@ async def test_a_database_that_cannot_be_opened_is_an_os_error_naming_it(
         await start_server(db_path=path)
 
 
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("missing/tripwire.db", r"its directory '.*missing' does not exist"),
+        ("a-file/tripwire.db", r"'.*a-file' is not a directory"),
+        ("a-directory", r"it is a directory"),
+    ],
+)
+async def test_a_database_path_that_cannot_be_opened_says_what_is_wrong_with_it(
+    start_server: StartServer, tmp_path: Path, where: str, reason: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-directory").mkdir()
+    with pytest.raises(OSError, match=rf"cannot open the database .*: .* \({reason}\)$"):
+        await start_server(db_path=str(tmp_path / where))
+
+
 async def test_a_database_a_newer_server_has_migrated_is_refused_untouched(
     start_server: StartServer, tmp_path: Path
 ) -> None:

@@ -76,6 +76,30 @@ def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _why_unopenable(path: str) -> str:
+    """What about a file path SQLite could not open (its error says only "unable to
+    open database file" or "readonly") is at fault, if anything visible is."""
+    if path.startswith("file:"):  # a URI: its options may be the cause
+        return ""
+    where = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "it is a directory"
+    if not os.path.isdir(where):
+        if os.path.exists(where):
+            return f"{where!r} is not a directory"
+        return f"its directory {where!r} does not exist"
+    if not os.access(where, os.W_OK | os.X_OK):
+        # WAL mode keeps two files beside the database, created as it opens.
+        name = os.path.basename(path)
+        return (
+            f"no permission to create files in {where!r}: SQLite keeps {name}-wal and "
+            f"{name}-shm there"
+        )
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        return "no permission to read and write it"
+    return ""
+
+
 class SQLiteStore(JobOps, WorkOps, RetentionOps):
     def __init__(self, path: str, index: JobIndex, hub: Hub) -> None:
         self.path = path
@@ -136,7 +160,12 @@ class SQLiteStore(JobOps, WorkOps, RetentionOps):
             await self._writer.start()
         except (sqlite3.Error, OSError) as exc:  # a missing directory, no permission,
             # not a database, another server on it
-            raise OSError(f"cannot open the database {self.path!r}: {exc}") from exc
+            code = getattr(exc, "sqlite_errorcode", None) or 0
+            unopened = code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+            why = _why_unopenable(self.path) if unopened else ""
+            raise OSError(
+                f"cannot open the database {self.path!r}: {exc}{f' ({why})' if why else ''}"
+            ) from exc
 
     async def close(self) -> None:
         await self._writer.stop()
