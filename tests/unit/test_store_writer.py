@@ -115,6 +115,37 @@ async def test_a_batch_sqlite_rolled_back_fails_whole_and_the_writer_goes_on(
     assert keys(tmp_path) == {"after"}
 
 
+async def test_a_batch_sqlite_rolled_back_on_a_full_disk_tells_every_caller_so(
+    writer: Writer, tmp_path: Path
+) -> None:
+    small = sqlite3.connect(":memory:")
+    small.execute("CREATE TABLE big (b BLOB)")
+    small.execute("PRAGMA max_page_count = 2")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        small.execute("INSERT INTO big VALUES (zeroblob(100000))")
+    small.close()
+    assert full.value.sqlite_errorcode == sqlite3.SQLITE_FULL
+
+    def fills_the_disk(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO t VALUES ('lost too')")
+        # What SQLite may do by itself when a statement finds the disk full.
+        tx.conn.execute("ROLLBACK")
+        raise full.value
+
+    outcomes = await asyncio.gather(
+        writer.submit(insert("lost")),
+        writer.submit(fills_the_disk),
+        writer.submit(insert("never run")),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        assert isinstance(outcome, Unavailable)
+        assert "database or disk is full" in outcome.message
+        assert "nothing was stored" in outcome.message
+    assert await writer.submit(insert("after")) == "after"
+    assert keys(tmp_path) == {"after"}
+
+
 async def test_a_lone_failing_operation_stores_nothing(writer: Writer, tmp_path: Path) -> None:
     hooks: list[str] = []
 

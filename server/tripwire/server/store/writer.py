@@ -226,6 +226,10 @@ class Writer:
             try:
                 result = operation(tx)
             except Exception as exc:  # handed to the caller
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (a full disk, an I/O
+                    # error): the batch fails, every caller told this cause.
+                    raise
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 tx._roll_back_to(mark)
