@@ -4,7 +4,10 @@ event the delivery still owed. SIGTERM and SIGINT stop the server cleanly."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sqlite3
+import sys
 
 import grpc
 import pytest
@@ -161,3 +164,44 @@ async def test_signal_stops_the_server_cleanly(start_server, sig, loop):
         )
     assert got.event.status == event_pb2.EVENT_STATUS_DELIVERED
     assert [r.job_id for r in got.runs] == [JOB_ID]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_ctrl_c_while_the_start_waits_for_a_locked_database_exits_at_once(
+    tmp_path, poll, loop
+):
+    db = tmp_path / "tripwire.db"
+    outsider = sqlite3.connect(db, isolation_level=None)
+    outsider.execute("PRAGMA journal_mode = WAL")
+    outsider.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 shell, mid-transaction
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tripwire.server", "--address", "127.0.0.1:0"),
+        *("--db", str(db), "--event-loop", loop),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        lock = tmp_path / "tripwire.db.lock"
+
+        async def holder() -> str:
+            return lock.read_text() if lock.exists() else ""
+
+        # It has claimed the file: its migration now waits for the outsider's lock.
+        await poll(holder, lambda text: text.strip() == str(proc.pid), within=20, what="claim")
+        proc.send_signal(signal.SIGINT)
+        # Not after SQLite's 30 s of patience with the lock, nor with a traceback.
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 130, err
+        assert err.decode().strip().splitlines()[-1] == (
+            "tripwire serve: interrupted while starting"
+        )
+        assert b"Traceback" not in err
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        outsider.close()

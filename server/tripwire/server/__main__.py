@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 # The server's dependencies are an extra: a light install has the client only.
 INSTALL_HINT = "from a checkout of this repository, pip install '.[server]'"
+# The exit status after Ctrl-C, as a shell gives a process killed by SIGINT.
+INTERRUPTED = 130
 
 
 async def _serve(server: Server) -> None:
@@ -80,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"tripwire serve: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while starting, before SIGINT stops in stages
+        print("tripwire serve: interrupted while starting", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

@@ -117,9 +117,11 @@ class Committer:
         self._jobs.put((fn, args, future))
         return future
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """End the thread once the jobs queued are done; `wait`: until then."""
         self._jobs.put(None)
-        self._thread.join()
+        if wait:
+            self._thread.join()
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -158,8 +160,15 @@ class Writer:
         self._give_up_at: float | None = None
 
     async def start(self) -> None:
+        connecting = self._sync.run(self._connect)
         try:
-            self._conn = await self._sync.run(self._connect)
+            self._conn = await connecting
+        except asyncio.CancelledError:
+            # Given up (Ctrl-C at start) while SQLite may be waiting out its busy
+            # timeout for a lock another process holds: the thread ends once
+            # SQLite does, not waited for.
+            self._sync.close(wait=False)
+            raise
         except BaseException:
             self._sync.close()
             raise
