@@ -101,6 +101,20 @@ def test_invalid_settings(overrides: dict) -> None:
         Settings(**overrides)
 
 
+@pytest.mark.parametrize("var", ["TRIPWIRE_DB", "TRIPWIRE_ADDRESS", "TRIPWIRE_LEASE"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_a_variable_set_but_empty_is_refused_not_taken_for_the_default(
+    var: str, value: str
+) -> None:
+    # TRIPWIRE_DB= started the server on ./tripwire.db, wherever it was started.
+    with pytest.raises(ValueError, match=f"^{var} is set but empty: give it a value, or unset"):
+        settings_from([], {var: value})
+    # A flag still wins over it, as over any variable.
+    flag = {"TRIPWIRE_DB": "--db", "TRIPWIRE_ADDRESS": "--address", "TRIPWIRE_LEASE": "--lease"}
+    given = {"TRIPWIRE_DB": "x.db", "TRIPWIRE_ADDRESS": "127.0.0.1:0", "TRIPWIRE_LEASE": "30"}
+    settings_from([flag[var], given[var]], {var: value})
+
+
 def test_a_bad_variable_is_named() -> None:
     with pytest.raises(ValueError, match="TRIPWIRE_MAX_BATCH must be a whole number, got 'abc'"):
         settings_from([], {"TRIPWIRE_MAX_BATCH": "abc"})

@@ -228,7 +228,13 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
         flag = getattr(args, name)
         if flag is not None:
             values[name] = flag
-        elif env.get(var):
+        elif var in env:
+            if not env[var].strip():
+                # An unrendered template (TRIPWIRE_DB=${DB_PATH}) is not the default:
+                # the server would start on ./tripwire.db, wherever it was started.
+                raise ValueError(
+                    f"{var} is set but empty: give it a value, or unset it for the default"
+                )
             try:
                 values[name] = kind(env[var])
             except ValueError:
