@@ -192,6 +192,16 @@ async def test_ctrl_c_while_the_start_waits_for_a_locked_database_exits_at_once(
 
         # It has claimed the file: its migration now waits for the outsider's lock.
         await poll(holder, lambda text: text.strip() == str(proc.pid), within=20, what="claim")
+
+        async def notice() -> bytes:
+            # Not silent while it waits: a line says what it may be waiting for.
+            assert proc.stderr is not None
+            while b"still opening the database" not in (line := await proc.stderr.readline()):
+                assert line, "the server ended before saying it was still opening"
+            return line
+
+        line = await asyncio.wait_for(notice(), 20)
+        assert b"waiting (up to 30 s) for a write lock another process holds" in line
         proc.send_signal(signal.SIGINT)
         # Not after SQLite's 30 s of patience with the lock, nor with a traceback.
         _, err = await asyncio.wait_for(proc.communicate(), 10)

@@ -7,9 +7,11 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tripwire.server.__main__ import main
+from tripwire.server.store import sqlite as sqlite_store
 from tripwire.server.store.schema import MIGRATIONS
 
 from ..conftest import StartServer
@@ -46,6 +48,32 @@ async def test_a_database_path_that_cannot_be_opened_says_what_is_wrong_with_it(
     (tmp_path / "a-directory").mkdir()
     with pytest.raises(OSError, match=rf"cannot open the database .*: .* \({reason}\)$"):
         await start_server(db_path=str(tmp_path / where))
+
+
+async def test_a_write_lock_held_past_the_wait_is_named_as_the_cause(
+    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tripwire.db"
+    outsider = sqlite3.connect(path, isolation_level=None)
+    outsider.execute("PRAGMA journal_mode = WAL")
+    outsider.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 shell, mid-transaction
+    connect = sqlite_store._connect
+
+    def impatient(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.execute("PRAGMA busy_timeout = 50")  # not SQLite's 30 s
+        return conn
+
+    monkeypatch.setattr(sqlite_store, "_connect", impatient)
+    try:
+        with pytest.raises(OSError) as raised:
+            await start_server(db_path=str(path))
+    finally:
+        outsider.close()
+    assert str(raised.value).endswith(
+        "database is locked (another process held its write lock for 30 s: an sqlite3 "
+        "shell, a backup?)"
+    )
 
 
 async def test_a_database_a_newer_server_has_migrated_is_refused_untouched(

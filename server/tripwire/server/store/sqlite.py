@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -57,6 +58,10 @@ _INSERT_RUN = (
 Resend = Literal["new", "rescheduled", "unchanged"]
 _JOB_FROM = "FROM job_versions v JOIN jobs j ON j.env = v.env AND j.id = v.id"
 WAL_SIZE_LIMIT = 8 * 1024 * 1024
+# Opening the database for longer than this is logged (a lock, a long migration).
+OPEN_NOTICE_SECONDS = 2.0
+
+log = logging.getLogger(__name__)
 
 
 def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
@@ -156,16 +161,32 @@ class SQLiteStore(JobOps, WorkOps, RetentionOps):
             self._lock_fd = None
 
     async def open(self) -> None:
+        # Opening waits up to 30 s for a write lock another process holds: say so
+        # rather than sit silent.
+        slow = asyncio.get_running_loop().call_later(
+            OPEN_NOTICE_SECONDS,
+            log.warning,
+            "still opening the database %r after %g s: migrating it, or waiting (up to "
+            "30 s) for a write lock another process holds (an sqlite3 shell, a backup)",
+            self.path,
+            OPEN_NOTICE_SECONDS,
+        )
         try:
             await self._writer.start()
         except (sqlite3.Error, OSError) as exc:  # a missing directory, no permission,
             # not a database, another server on it
-            code = getattr(exc, "sqlite_errorcode", None) or 0
-            unopened = code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
-            why = _why_unopenable(self.path) if unopened else ""
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+            if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+                why = _why_unopenable(self.path)
+            elif code == sqlite3.SQLITE_BUSY:
+                why = "another process held its write lock for 30 s: an sqlite3 shell, a backup?"
+            else:
+                why = ""
             raise OSError(
                 f"cannot open the database {self.path!r}: {exc}{f' ({why})' if why else ''}"
             ) from exc
+        finally:
+            slow.cancel()
 
     async def close(self) -> None:
         await self._writer.stop()
