@@ -29,6 +29,7 @@ class _EventStatus:
 class _EventStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     EVENT_STATUS_UNSPECIFIED: _EventStatus.ValueType  # 0
+    """No event has it. As ListEvents' `status`: any status."""
     EVENT_STATUS_PENDING: _EventStatus.ValueType  # 1
     """Stored, waiting for `deliver_at`."""
     EVENT_STATUS_DELIVERED: _EventStatus.ValueType  # 2
@@ -40,6 +41,7 @@ class EventStatus(_EventStatus, metaclass=_EventStatusEnumTypeWrapper):
     """Where an event is in its life."""
 
 EVENT_STATUS_UNSPECIFIED: EventStatus.ValueType  # 0
+"""No event has it. As ListEvents' `status`: any status."""
 EVENT_STATUS_PENDING: EventStatus.ValueType  # 1
 """Stored, waiting for `deliver_at`."""
 EVENT_STATUS_DELIVERED: EventStatus.ValueType  # 2
@@ -175,20 +177,42 @@ class Event(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The id sent, or the one the server assigned (see EventInput.id). A
+    schedule's fire has "<job id>:<planned time in ms>"; InvokeJob's event,
+    its idempotency_key or a ULID.
+    """
     name: _builtins.str
+    """As sent; "tripwire.scheduled" for a schedule's fire, "tripwire.invoke"
+    for InvokeJob's event.
+    """
     source: _builtins.str
+    """As sent, "trigger.dev" when none was; "tripwire" for a schedule's fire
+    and InvokeJob's event.
+    """
     deduplicated: _builtins.bool
     """True when the id was already known, so this reply describes the stored
     event (possibly rescheduled) and nothing new was created.
     """
     status: Global___EventStatus.ValueType
+    """Where the event is in its life."""
     account_id: _builtins.str
+    """SendEventOptions.account_id of the first send (InvokeJobRequest's for an
+    invoke); "" when none was given.
+    """
     @_builtins.property
-    def payload(self) -> _struct_pb2.Value: ...
+    def payload(self) -> _struct_pb2.Value:
+        """As sent ({} when absent or null), or as a resend that rescheduled the
+        pending event replaced it.
+        """
+
     @_builtins.property
-    def context(self) -> _struct_pb2.Value: ...
+    def context(self) -> _struct_pb2.Value:
+        """As sent ({} when absent or null), or as a rescheduling resend replaced it."""
+
     @_builtins.property
-    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """EventInput.timestamp of the first send; its time of receipt when absent."""
+
     @_builtins.property
     def deliver_at(self) -> _timestamp_pb2.Timestamp:
         """When the event is (or was) due. Always set."""

@@ -174,13 +174,21 @@ class Trigger(_message.Message):
     INTERVAL_FIELD_NUMBER: _builtins.int
     INVOKE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> Global___EventTrigger: ...
+    def event(self) -> Global___EventTrigger:
+        """A run for each matching event."""
+
     @_builtins.property
-    def cron(self) -> Global___CronTrigger: ...
+    def cron(self) -> Global___CronTrigger:
+        """A run for each fire of a cron expression."""
+
     @_builtins.property
-    def interval(self) -> Global___IntervalTrigger: ...
+    def interval(self) -> Global___IntervalTrigger:
+        """A run every so many seconds."""
+
     @_builtins.property
-    def invoke(self) -> Global___InvokeTrigger: ...
+    def invoke(self) -> Global___InvokeTrigger:
+        """Runs only when invoked."""
+
     def __init__(
         self,
         *,

@@ -29,6 +29,7 @@ class _RunStatus:
 class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RUN_STATUS_UNSPECIFIED: _RunStatus.ValueType  # 0
+    """No run has it. As ListRuns' `status`: any status."""
     RUN_STATUS_QUEUED: _RunStatus.ValueType  # 1
     """Waiting for a worker."""
     RUN_STATUS_EXECUTING: _RunStatus.ValueType  # 2
@@ -55,6 +56,7 @@ class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     """
 
 RUN_STATUS_UNSPECIFIED: RunStatus.ValueType  # 0
+"""No run has it. As ListRuns' `status`: any status."""
 RUN_STATUS_QUEUED: RunStatus.ValueType  # 1
 """Waiting for a worker."""
 RUN_STATUS_EXECUTING: RunStatus.ValueType  # 2
@@ -82,6 +84,7 @@ class _TaskKind:
 class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TASK_KIND_UNSPECIFIED: _TaskKind.ValueType  # 0
+    """No task has it: a TaskRequest with it is rejected naming task.kind."""
     TASK_KIND_RUN: _TaskKind.ValueType  # 1
     """io.run_task: the worker runs a function; the output is cached."""
     TASK_KIND_SEND_EVENT: _TaskKind.ValueType  # 2
@@ -95,6 +98,7 @@ class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper):
     """What a task does."""
 
 TASK_KIND_UNSPECIFIED: TaskKind.ValueType  # 0
+"""No task has it: a TaskRequest with it is rejected naming task.kind."""
 TASK_KIND_RUN: TaskKind.ValueType  # 1
 """io.run_task: the worker runs a function; the output is cached."""
 TASK_KIND_SEND_EVENT: TaskKind.ValueType  # 2
@@ -112,6 +116,7 @@ class _TaskStatus:
 class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TASK_STATUS_UNSPECIFIED: _TaskStatus.ValueType  # 0
+    """No task has it."""
     TASK_STATUS_RUNNING: _TaskStatus.ValueType  # 1
     """The worker is executing the function."""
     TASK_STATUS_WAITING: _TaskStatus.ValueType  # 2
@@ -125,9 +130,11 @@ class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus
     while the task was still open.
     """
 
-class TaskStatus(_TaskStatus, metaclass=_TaskStatusEnumTypeWrapper): ...
+class TaskStatus(_TaskStatus, metaclass=_TaskStatusEnumTypeWrapper):
+    """Where a task is in its life."""
 
 TASK_STATUS_UNSPECIFIED: TaskStatus.ValueType  # 0
+"""No task has it."""
 TASK_STATUS_RUNNING: TaskStatus.ValueType  # 1
 """The worker is executing the function."""
 TASK_STATUS_WAITING: TaskStatus.ValueType  # 2
@@ -165,20 +172,32 @@ class Run(_message.Message):
     WAIT_UNTIL_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The run's id, "run_" and a ULID."""
     job_id: _builtins.str
+    """The id of the job it runs."""
     job_version: _builtins.str
+    """The job version it runs: the latest when its event was delivered (or the
+    job invoked). A run stays on it.
+    """
     event_id: _builtins.str
+    """The id of the event that created it (InvokeJob's invoke event; for a
+    schedule's fire, "<job id>:<planned time in ms>").
+    """
     status: Global___RunStatus.ValueType
+    """Where the run is in its life."""
     attempt: _builtins.int
     """Dispatch count; the fencing token of the worker protocol."""
     account_id: _builtins.str
+    """Its event's account_id; "" when the event has none."""
     worker_id: _builtins.str
     """EXECUTING only: the Hello.worker_id of the worker holding the current
     attempt (if its stream has ended, it holds the run until its lease runs
     out, then the run is QUEUED again).
     """
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the run was created: when its event was delivered."""
+
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When the run was first dispatched (later attempts keep it); its
@@ -253,6 +272,9 @@ class ValidationError(_message.Message):
     required property is at its own path ("/user"), where it should be.
     """
     message: _builtins.str
+    """What is wrong there, as the JSON Schema validator says it (the value at
+    fault quoted in JSON, shortened). For path "...": "and <n> more".
+    """
     def __init__(
         self,
         *,
@@ -285,7 +307,11 @@ class ErrorInfo(_message.Message):
     such as NaN).
     """
     message: _builtins.str
+    """What went wrong. An error over the payload limit has its message and
+    stack cut to fit, ending " [cut to the payload limit]".
+    """
     stack: _builtins.str
+    """The stack trace the worker sent; "" in the errors the server sets."""
     def __init__(
         self,
         *,
@@ -326,7 +352,9 @@ class Task(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     TRY_OFFSET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The task's id, "task_" and a ULID: TaskComplete.task_id names it."""
     run_id: _builtins.str
+    """The id of the run it belongs to."""
     parent_id: _builtins.str
     """The enclosing task, "" at the top level."""
     key: _builtins.str
@@ -336,7 +364,11 @@ class Task(_message.Message):
     parent "" at the top level).
     """
     kind: Global___TaskKind.ValueType
+    """What the io call was, as its TaskRequest said."""
     status: Global___TaskStatus.ValueType
+    """Where it is in its life; for a worker, what to do next (see
+    worker_service.proto, step 4).
+    """
     position: _builtins.int
     """1-based order of first request within the run."""
     attempts: _builtins.int
@@ -426,9 +458,13 @@ class LogEntry(_message.Message):
     lines are listed in this order.
     """
     level: _job_pb2.LogLevel.ValueType
+    """The line's level; a line sent without one is stored INFO."""
     message: _builtins.str
+    """The text the worker sent."""
     @_builtins.property
-    def data(self) -> _struct_pb2.Value: ...
+    def data(self) -> _struct_pb2.Value:
+        """The JSON the worker sent with the line; unset when it sent none (or null)."""
+
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the server stored the line."""
