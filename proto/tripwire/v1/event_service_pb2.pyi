@@ -23,14 +23,20 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class SendEventRequest(_message.Message):
+    """SendEvent: one event and when to deliver it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _event_pb2.EventInput: ...
+    def event(self) -> _event_pb2.EventInput:
+        """Required (INVALID_ARGUMENT naming `event` without it)."""
+
     @_builtins.property
-    def options(self) -> _event_pb2.SendEventOptions: ...
+    def options(self) -> _event_pb2.SendEventOptions:
+        """Absent: deliver now, for no account."""
+
     def __init__(
         self,
         *,
@@ -47,11 +53,19 @@ Global___SendEventRequest: _TypeAlias = SendEventRequest  # noqa: Y015
 
 @_typing.final
 class SendEventResponse(_message.Message):
+    """SendEvent's reply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _event_pb2.Event: ...
+    def event(self) -> _event_pb2.Event:
+        """The event as stored, with the runs this call created. For a known id
+        (`deduplicated`), the stored event: a resend changes at most its payload,
+        context and deliver_at (see SendEvent), never its name, source, timestamp
+        or account_id.
+        """
+
     def __init__(
         self,
         *,
@@ -67,6 +81,8 @@ Global___SendEventResponse: _TypeAlias = SendEventResponse  # noqa: Y015
 
 @_typing.final
 class SendEventsRequest(_message.Message):
+    """SendEvents: a batch and the options all its events share."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
@@ -81,7 +97,9 @@ class SendEventsRequest(_message.Message):
         """
 
     @_builtins.property
-    def options(self) -> _event_pb2.SendEventOptions: ...
+    def options(self) -> _event_pb2.SendEventOptions:
+        """As SendEventRequest.options, for every event of the batch."""
+
     def __init__(
         self,
         *,
@@ -98,6 +116,8 @@ Global___SendEventsRequest: _TypeAlias = SendEventsRequest  # noqa: Y015
 
 @_typing.final
 class SendEventsResponse(_message.Message):
+    """SendEvents' reply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
@@ -120,11 +140,16 @@ Global___SendEventsResponse: _TypeAlias = SendEventsResponse  # noqa: Y015
 
 @_typing.final
 class GetEventRequest(_message.Message):
+    """GetEvent: an event by id, with a page of its runs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The event's id. Required (INVALID_ARGUMENT when empty); NOT_FOUND when the
+    environment has no such event.
+    """
     page_token: _builtins.str
     """Empty for the first page; a reply's next_page_token for the next."""
     def __init__(
@@ -143,6 +168,8 @@ Global___GetEventRequest: _TypeAlias = GetEventRequest  # noqa: Y015
 
 @_typing.final
 class GetEventResponse(_message.Message):
+    """GetEvent's reply: the event and a page of its runs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
@@ -177,6 +204,8 @@ Global___GetEventResponse: _TypeAlias = GetEventResponse  # noqa: Y015
 
 @_typing.final
 class ListEventsRequest(_message.Message):
+    """ListEvents: filters (each optional, all applying together) and paging."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -212,6 +241,8 @@ Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
 
 @_typing.final
 class ListEventsResponse(_message.Message):
+    """A page of ListEvents."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
@@ -222,7 +253,11 @@ class ListEventsResponse(_message.Message):
     once retention has deleted that event (list again from the first page).
     """
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]:
+        """Newest first (by when the server first stored them), each without its
+        runs.
+        """
+
     def __init__(
         self,
         *,
@@ -239,10 +274,15 @@ Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
 
 @_typing.final
 class CancelEventRequest(_message.Message):
+    """CancelEvent: which event."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The id of the event to cancel. Required (INVALID_ARGUMENT when empty);
+    NOT_FOUND when the environment has no such event.
+    """
     def __init__(
         self,
         *,
@@ -258,11 +298,15 @@ Global___CancelEventRequest: _TypeAlias = CancelEventRequest  # noqa: Y015
 
 @_typing.final
 class CancelEventResponse(_message.Message):
+    """CancelEvent's reply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _event_pb2.Event: ...
+    def event(self) -> _event_pb2.Event:
+        """The event, now CANCELLED, with cancelled_at."""
+
     def __init__(
         self,
         *,
@@ -278,10 +322,15 @@ Global___CancelEventResponse: _TypeAlias = CancelEventResponse  # noqa: Y015
 
 @_typing.final
 class CancelRunsForEventRequest(_message.Message):
+    """CancelRunsForEvent: which event."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The id of the event whose runs to cancel. Required (INVALID_ARGUMENT when
+    empty); NOT_FOUND when the environment has no such event.
+    """
     def __init__(
         self,
         *,
@@ -297,6 +346,8 @@ Global___CancelRunsForEventRequest: _TypeAlias = CancelRunsForEventRequest  # no
 
 @_typing.final
 class CancelRunsForEventResponse(_message.Message):
+    """CancelRunsForEvent's reply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CANCELLED_RUN_IDS_FIELD_NUMBER: _builtins.int
@@ -333,11 +384,17 @@ Global___CancelRunsForEventResponse: _TypeAlias = CancelRunsForEventResponse  # 
 
 @_typing.final
 class MatchEventRequest(_message.Message):
+    """MatchEvent: the event to try."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _event_pb2.EventInput: ...
+    def event(self) -> _event_pb2.EventInput:
+        """Required, and checked as SendEvent checks it (INVALID_ARGUMENT naming the
+        field).
+        """
+
     def __init__(
         self,
         *,
@@ -363,7 +420,9 @@ class JobMatch(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     VALIDATION_ERRORS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job's id."""
     job_version: _builtins.str
+    """Its latest version, the one a run would be of."""
     matched: _builtins.bool
     """True if the event would create a run of this job."""
     reason: _builtins.str
@@ -393,6 +452,8 @@ Global___JobMatch: _TypeAlias = JobMatch  # noqa: Y015
 
 @_typing.final
 class MatchEventResponse(_message.Message):
+    """MatchEvent's reply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int

@@ -23,11 +23,17 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class RegisterJobRequest(_message.Message):
+    """RegisterJob: one job version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> _job_pb2.Job: ...
+    def job(self) -> _job_pb2.Job:
+        """Required. Registering an id and version again replaces that version's
+        definition (its created_at stays).
+        """
+
     def __init__(
         self,
         *,
@@ -43,11 +49,15 @@ Global___RegisterJobRequest: _TypeAlias = RegisterJobRequest  # noqa: Y015
 
 @_typing.final
 class RegisterJobResponse(_message.Message):
+    """RegisterJob's reply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> _job_pb2.Job: ...
+    def job(self) -> _job_pb2.Job:
+        """The version as stored: defaults applied, output-only fields set."""
+
     def __init__(
         self,
         *,
@@ -63,12 +73,17 @@ Global___RegisterJobResponse: _TypeAlias = RegisterJobResponse  # noqa: Y015
 
 @_typing.final
 class GetJobRequest(_message.Message):
+    """GetJob: a job version, with a page of all its versions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The job's id. Required (INVALID_ARGUMENT when empty); NOT_FOUND when the
+    environment has no such job, or no such `version` of it.
+    """
     version: _builtins.str
     """Absent: the latest version."""
     page_token: _builtins.str
@@ -90,6 +105,8 @@ Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
 
 @_typing.final
 class GetJobResponse(_message.Message):
+    """GetJob's reply: the version asked for and a page of every version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
@@ -125,6 +142,8 @@ Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
 
 @_typing.final
 class ListJobsRequest(_message.Message):
+    """ListJobs: paging."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
@@ -149,6 +168,8 @@ Global___ListJobsRequest: _TypeAlias = ListJobsRequest  # noqa: Y015
 
 @_typing.final
 class ListJobsResponse(_message.Message):
+    """A page of ListJobs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
@@ -177,12 +198,17 @@ Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
 
 @_typing.final
 class SetJobEnabledRequest(_message.Message):
+    """SetJobEnabled: which versions, and on or off."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     ENABLED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job's id. Required (INVALID_ARGUMENT when empty); NOT_FOUND when the
+    environment has no such job, or no such `version` of it.
+    """
     version: _builtins.str
     """Absent: every version."""
     enabled: _builtins.bool
@@ -206,6 +232,8 @@ Global___SetJobEnabledRequest: _TypeAlias = SetJobEnabledRequest  # noqa: Y015
 
 @_typing.final
 class SetJobEnabledResponse(_message.Message):
+    """SetJobEnabled's reply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
@@ -249,6 +277,8 @@ Global___SetJobEnabledResponse: _TypeAlias = SetJobEnabledResponse  # noqa: Y015
 
 @_typing.final
 class InvokeJobRequest(_message.Message):
+    """InvokeJob: the job, the payload and the invoke event's id."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -257,6 +287,9 @@ class InvokeJobRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The id of the job to invoke. Required (INVALID_ARGUMENT when empty);
+    NOT_FOUND when the environment has no such job.
+    """
     idempotency_key: _builtins.str
     """The id of the invoke event, held to EventInput.id's rules (at most 256
     characters, ...). Absent: a new ULID (not idempotent). Refused like an
@@ -293,6 +326,8 @@ Global___InvokeJobRequest: _TypeAlias = InvokeJobRequest  # noqa: Y015
 
 @_typing.final
 class InvokeJobResponse(_message.Message):
+    """InvokeJob's reply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
@@ -300,7 +335,12 @@ class InvokeJobResponse(_message.Message):
     deduplicated: _builtins.bool
     """True when `idempotency_key` was already used and `run` is the first one."""
     @_builtins.property
-    def run(self) -> _run_pb2.Run: ...
+    def run(self) -> _run_pb2.Run:
+        """The run created: QUEUED, or INVALID_PAYLOAD when the payload fails the
+        schema of the job's trigger. When `deduplicated`, the first run as it
+        stands now.
+        """
+
     def __init__(
         self,
         *,

@@ -21,11 +21,16 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GetRunRequest(_message.Message):
+    """GetRun: a run by id, with a page of its tasks and log lines."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The run's id. Required (INVALID_ARGUMENT when empty); NOT_FOUND when the
+    environment has no such run.
+    """
     page_token: _builtins.str
     """Empty for the first page; a reply's next_page_token for the next."""
     def __init__(
@@ -44,6 +49,8 @@ Global___GetRunRequest: _TypeAlias = GetRunRequest  # noqa: Y015
 
 @_typing.final
 class GetRunResponse(_message.Message):
+    """GetRun's reply: the run and a page of its tasks and log lines."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
@@ -64,7 +71,9 @@ class GetRunResponse(_message.Message):
         """
 
     @_builtins.property
-    def logs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.LogEntry]: ...
+    def logs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.LogEntry]:
+        """The log lines by seq, once every task has been sent (see `tasks`)."""
+
     def __init__(
         self,
         *,
@@ -83,6 +92,8 @@ Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
 
 @_typing.final
 class ListRunsRequest(_message.Message):
+    """ListRuns: filters (each optional, all applying together) and paging."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -122,6 +133,8 @@ Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
 
 @_typing.final
 class ListRunsResponse(_message.Message):
+    """A page of ListRuns."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNS_FIELD_NUMBER: _builtins.int
@@ -132,7 +145,9 @@ class ListRunsResponse(_message.Message):
     retention has deleted that run (list again from the first page).
     """
     @_builtins.property
-    def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]: ...
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
+        """Newest first (by creation)."""
+
     def __init__(
         self,
         *,
@@ -149,10 +164,15 @@ Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
 
 @_typing.final
 class CancelRunRequest(_message.Message):
+    """CancelRun: which run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The id of the run to cancel. Required (INVALID_ARGUMENT when empty);
+    NOT_FOUND when the environment has no such run.
+    """
     def __init__(
         self,
         *,
@@ -168,11 +188,15 @@ Global___CancelRunRequest: _TypeAlias = CancelRunRequest  # noqa: Y015
 
 @_typing.final
 class CancelRunResponse(_message.Message):
+    """CancelRun's reply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def run(self) -> _run_pb2.Run: ...
+    def run(self) -> _run_pb2.Run:
+        """The run as stored now: CANCELED, with error type "Canceled"."""
+
     def __init__(
         self,
         *,
@@ -188,10 +212,15 @@ Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
 
 @_typing.final
 class WatchRunRequest(_message.Message):
+    """WatchRun: which run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The run's id. Required (INVALID_ARGUMENT when empty); NOT_FOUND when the
+    environment has no such run. Either ends the stream before any message.
+    """
     def __init__(
         self,
         *,
@@ -215,11 +244,21 @@ class WatchRunResponse(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def run(self) -> _run_pb2.Run: ...
+    def run(self) -> _run_pb2.Run:
+        """The run: first, then each time its status, attempt or updated_at moves."""
+
     @_builtins.property
-    def task(self) -> _run_pb2.Task: ...
+    def task(self) -> _run_pb2.Task:
+        """A task of the run: each one after the first `run` (by position), then
+        each that changed, as it stands.
+        """
+
     @_builtins.property
-    def log(self) -> _run_pb2.LogEntry: ...
+    def log(self) -> _run_pb2.LogEntry:
+        """A log line: each stored one after the tasks (by seq), then each new one,
+        once.
+        """
+
     def __init__(
         self,
         *,

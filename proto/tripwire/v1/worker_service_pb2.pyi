@@ -37,17 +37,29 @@ class RunJobRequest(_message.Message):
     DRAIN_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def hello(self) -> Global___Hello: ...
+    def hello(self) -> Global___Hello:
+        """First, and only once (see 1.)."""
+
     @_builtins.property
-    def heartbeat(self) -> Global___Heartbeat: ...
+    def heartbeat(self) -> Global___Heartbeat:
+        """At least every heartbeat interval, busy or not (see 2.)."""
+
     @_builtins.property
-    def task(self) -> Global___TaskRequest: ...
+    def task(self) -> Global___TaskRequest:
+        """An io call that no COMPLETED cached task answers (see 4.)."""
+
     @_builtins.property
-    def task_complete(self) -> Global___TaskComplete: ...
+    def task_complete(self) -> Global___TaskComplete:
+        """The outcome of a task's function the server answered RUNNING (see 4.)."""
+
     @_builtins.property
-    def log(self) -> Global___RunLog: ...
+    def log(self) -> Global___RunLog:
+        """One io.logger line (see 5.)."""
+
     @_builtins.property
-    def run_result(self) -> Global___RunResult: ...
+    def run_result(self) -> Global___RunResult:
+        """The handler's outcome (see 6.)."""
+
     @_builtins.property
     def drain(self) -> Global___Drain:
         """This worker is shutting down on its own: send it no more run requests
@@ -123,21 +135,37 @@ class RunJobResponse(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def welcome(self) -> Global___Welcome: ...
+    def welcome(self) -> Global___Welcome:
+        """The answer to hello (see 2.)."""
+
     @_builtins.property
-    def run_request(self) -> Global___RunRequest: ...
+    def run_request(self) -> Global___RunRequest:
+        """Run this attempt of a run (see 3.)."""
+
     @_builtins.property
-    def cached_tasks(self) -> Global___CachedTasks: ...
+    def cached_tasks(self) -> Global___CachedTasks:
+        """More of a run_request's cached tasks (see 3.)."""
+
     @_builtins.property
-    def task_result(self) -> Global___TaskResult: ...
+    def task_result(self) -> Global___TaskResult:
+        """The answer to a `task` or `task_complete` (see 4.)."""
+
     @_builtins.property
-    def cancel(self) -> Global___CancelRunNotice: ...
+    def cancel(self) -> Global___CancelRunNotice:
+        """The run has ended: stop it (see 8.)."""
+
     @_builtins.property
-    def abandon(self) -> Global___AbandonRun: ...
+    def abandon(self) -> Global___AbandonRun:
+        """This attempt is no longer the worker's: stop it (see 8.)."""
+
     @_builtins.property
-    def drain(self) -> Global___Drain: ...
+    def drain(self) -> Global___Drain:
+        """The server shuts down (see 9.)."""
+
     @_builtins.property
-    def rejected(self) -> Global___Rejected: ...
+    def rejected(self) -> Global___Rejected:
+        """A message the server could not accept (see 10.)."""
+
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat:
         """The answer to each of the worker's heartbeats (see 2.)."""
@@ -182,7 +210,9 @@ class RunJobResponseBatch(_message.Message):
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunJobResponse]: ...
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunJobResponse]:
+        """In the order they were sent."""
+
     def __init__(
         self,
         *,
@@ -198,6 +228,10 @@ Global___RunJobResponseBatch: _TypeAlias = RunJobResponseBatch  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
+    """Worker -> server: the first message of a stream (see 1.). A second one is
+    rejected.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
@@ -240,6 +274,8 @@ Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):
+    """Server -> worker: the answer to hello (see 2.)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
@@ -248,7 +284,7 @@ class Welcome(_message.Message):
     ANSWERS_HEARTBEATS_FIELD_NUMBER: _builtins.int
     ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """The server's id for this stream."""
+    """The server's id for this stream, a ULID."""
     heartbeat_interval_ms: _builtins.int
     """Send a message at least this often."""
     lease_ms: _builtins.int
@@ -278,6 +314,8 @@ Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
+    """Both ways: the stream is alive (see 2.)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RECEIVED_FIELD_NUMBER: _builtins.int
@@ -307,6 +345,8 @@ Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 
 @_typing.final
 class RunRequest(_message.Message):
+    """Server -> worker: run this attempt of a run (see 3.)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
@@ -322,9 +362,17 @@ class RunRequest(_message.Message):
         """id, attempt, status and times of the run."""
 
     @_builtins.property
-    def event(self) -> _event_pb2.Event: ...
+    def event(self) -> _event_pb2.Event:
+        """The event the run was created for. Its `runs` are not kept current: when
+        the run is dispatched as its event is delivered, they are the runs that
+        delivery created, as they were then (QUEUED); otherwise there are none.
+        GetEvent lists them as they stand.
+        """
+
     @_builtins.property
-    def job(self) -> _job_pb2.Job: ...
+    def job(self) -> _job_pb2.Job:
+        """The job version the run is on, as registered."""
+
     @_builtins.property
     def ctx(self) -> _struct_pb2.Value:
         """{"run": {...}, "job": {...}, "event": {...}, "environment": ...,
@@ -358,6 +406,10 @@ Global___RunRequest: _TypeAlias = RunRequest  # noqa: Y015
 
 @_typing.final
 class CachedTasks(_message.Message):
+    """Server -> worker: more cached tasks of a run_request, when they did not
+    all fit it (see 3.).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
@@ -365,11 +417,15 @@ class CachedTasks(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run_request's run.id."""
     attempt: _builtins.int
+    """The run_request's run.attempt."""
     last: _builtins.bool
     """The last page for this run request."""
     @_builtins.property
-    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Task]: ...
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Task]:
+        """The next of the run's tasks, by position."""
+
     def __init__(
         self,
         *,
@@ -388,6 +444,8 @@ Global___CachedTasks: _TypeAlias = CachedTasks  # noqa: Y015
 
 @_typing.final
 class TaskRequest(_message.Message):
+    """Worker -> server: an io call (see 4.)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -402,7 +460,11 @@ class TaskRequest(_message.Message):
     request_id: _builtins.str
     """Chosen by the worker; echoed in the TaskResult."""
     run_id: _builtins.str
+    """The run_request's run.id. Required, as in every message naming a run."""
     attempt: _builtins.int
+    """The run_request's run.attempt. Required; one this worker does not hold
+    is answered `abandon` (see 8.).
+    """
     key: _builtins.str
     """Cache key, unique among the calls with the same parent_id within one
     execution of the run (see 4.); at most 1,024 characters.
@@ -412,6 +474,7 @@ class TaskRequest(_message.Message):
     request is rejected naming task.parent_id.
     """
     kind: _run_pb2.TaskKind.ValueType
+    """Required: UNSPECIFIED is rejected naming task.kind."""
     name: _builtins.str
     """Display name; at most 1,024 characters. Absent: the key."""
     @_builtins.property
@@ -461,6 +524,8 @@ Global___TaskRequest: _TypeAlias = TaskRequest  # noqa: Y015
 
 @_typing.final
 class TaskComplete(_message.Message):
+    """Worker -> server: how a task's function ended (see 4.)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -474,7 +539,11 @@ class TaskComplete(_message.Message):
     request_id: _builtins.str
     """The request_id of the TaskRequest that started the task."""
     run_id: _builtins.str
+    """The run_request's run.id. Required, as in every message naming a run."""
     attempt: _builtins.int
+    """The run_request's run.attempt. Required; one this worker does not hold
+    is answered `abandon` (see 8.).
+    """
     task_id: _builtins.str
     """`task.id` of the RUNNING TaskResult."""
     next_try_offset: _builtins.int
@@ -490,9 +559,15 @@ class TaskComplete(_message.Message):
     message), and running the function again would only make it again.
     """
     @_builtins.property
-    def output(self) -> _struct_pb2.Value: ...
+    def output(self) -> _struct_pb2.Value:
+        """What the function returned: the task becomes COMPLETED."""
+
     @_builtins.property
-    def error(self) -> _run_pb2.ErrorInfo: ...
+    def error(self) -> _run_pb2.ErrorInfo:
+        """What it raised (a `type` of "" is stored as "Error"): the task is
+        retried as its retry policy says, or ERRORED.
+        """
+
     def __init__(
         self,
         *,
@@ -517,6 +592,8 @@ Global___TaskComplete: _TypeAlias = TaskComplete  # noqa: Y015
 
 @_typing.final
 class TaskResult(_message.Message):
+    """Server -> worker: the answer to a `task` or `task_complete` (see 4.)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -524,10 +601,18 @@ class TaskResult(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The request_id of the message it answers."""
     run_id: _builtins.str
+    """The run_id of the message it answers."""
     attempt: _builtins.int
+    """The attempt of the message it answers."""
     @_builtins.property
-    def task(self) -> _run_pb2.Task: ...
+    def task(self) -> _run_pb2.Task:
+        """The task as stored; its status says what to do (see 4.). The answer to a
+        `task` sent after the run was suspended has only key, parent_id, kind and
+        status (WAITING): no task was looked up or created.
+        """
+
     def __init__(
         self,
         *,
@@ -546,6 +631,8 @@ Global___TaskResult: _TypeAlias = TaskResult  # noqa: Y015
 
 @_typing.final
 class RunLog(_message.Message):
+    """Worker -> server: one io.logger line of a run (see 5.)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
@@ -555,18 +642,27 @@ class RunLog(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run_request's run.id. Required, as in every message naming a run."""
     attempt: _builtins.int
+    """The run_request's run.attempt. Required; one this worker does not hold
+    is answered `abandon` (see 8.).
+    """
     seq: _builtins.int
     """Stored once per run: a replay sending the same seq adds nothing (see 5.).
     1 to 2^63 - 1.
     """
     level: _job_pb2.LogLevel.ValueType
+    """UNSPECIFIED is INFO. A line above the job's log_level is dropped, and
+    nothing says so.
+    """
     message: _builtins.str
     """message and data together within the payload limit, and data without
     NaN or Infinity, or the line is rejected and not stored.
     """
     @_builtins.property
-    def data(self) -> _struct_pb2.Value: ...
+    def data(self) -> _struct_pb2.Value:
+        """Any JSON to keep with the line (LogEntry.data); absent or null: none."""
+
     def __init__(
         self,
         *,
@@ -587,6 +683,8 @@ Global___RunLog: _TypeAlias = RunLog  # noqa: Y015
 
 @_typing.final
 class RunResult(_message.Message):
+    """Worker -> server: how the handler ended, which ends the run (see 6.)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
@@ -594,11 +692,21 @@ class RunResult(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run_request's run.id. Required, as in every message naming a run."""
     attempt: _builtins.int
+    """The run_request's run.attempt. Required; one this worker does not hold
+    is answered `abandon` (see 8.).
+    """
     @_builtins.property
-    def output(self) -> _struct_pb2.Value: ...
+    def output(self) -> _struct_pb2.Value:
+        """What the handler returned: the run ends SUCCESS."""
+
     @_builtins.property
-    def error(self) -> _run_pb2.ErrorInfo: ...
+    def error(self) -> _run_pb2.ErrorInfo:
+        """What it raised (a `type` of "" is stored as "Error"): the run ends
+        FAILURE, without a retry.
+        """
+
     def __init__(
         self,
         *,
@@ -619,14 +727,23 @@ Global___RunResult: _TypeAlias = RunResult  # noqa: Y015
 
 @_typing.final
 class CancelRunNotice(_message.Message):
+    """Server -> worker: the run has ended; stop it and send nothing more for it
+    (see 8.).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run that ended."""
     attempt: _builtins.int
+    """The attempt of it this worker holds (or sent a message for)."""
     reason: _builtins.str
+    """Why: the message of the run's error (e.g. "cancelled by CancelRun", what a
+    nondeterministic replay did), or "run <id> has ended <status>".
+    """
     def __init__(
         self,
         *,
@@ -644,14 +761,24 @@ Global___CancelRunNotice: _TypeAlias = CancelRunNotice  # noqa: Y015
 
 @_typing.final
 class AbandonRun(_message.Message):
+    """Server -> worker: this attempt is not the worker's (any more); stop it and
+    send nothing more for it (see 8.).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run whose attempt to stop."""
     attempt: _builtins.int
+    """The attempt to stop."""
     reason: _builtins.str
+    """Why, e.g. "lease expired", "attempt 1 of run <id> is stale (current
+    attempt 2, EXECUTING)", "attempt 1 of run <id> is not held by this
+    worker".
+    """
     def __init__(
         self,
         *,
@@ -669,6 +796,8 @@ Global___AbandonRun: _TypeAlias = AbandonRun  # noqa: Y015
 
 @_typing.final
 class Drain(_message.Message):
+    """Both ways: a shutdown (see 9.)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEADLINE_MS_FIELD_NUMBER: _builtins.int
@@ -691,6 +820,10 @@ Global___Drain: _TypeAlias = Drain  # noqa: Y015
 
 @_typing.final
 class Rejected(_message.Message):
+    """Server -> worker: a message the server did not accept; the stream stays
+    open (see 10.).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -700,9 +833,13 @@ class Rejected(_message.Message):
     request_id: _builtins.str
     """The request_id of the rejected message, if it had one."""
     run_id: _builtins.str
+    """The run_id of the rejected message, if it had one."""
     code: _builtins.int
     """A google.rpc.Code number, e.g. 3 for INVALID_ARGUMENT."""
     message: _builtins.str
+    """What was wrong, naming the field, e.g. "task.key: is required: every io
+    call needs a cache key".
+    """
     def __init__(
         self,
         *,

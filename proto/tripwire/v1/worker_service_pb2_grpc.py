@@ -383,7 +383,8 @@ class WorkerServiceServicer:
     """
 
     def RunJob(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """One long-lived stream per worker process, carrying the conversation above.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

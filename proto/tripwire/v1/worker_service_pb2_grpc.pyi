@@ -203,6 +203,7 @@ class WorkerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> WorkerServiceAsyncStub: ...
     RunJob: _grpc.StreamStreamMultiCallable[_worker_service_pb2.RunJobRequest, _worker_service_pb2.RunJobResponse]
+    """One long-lived stream per worker process, carrying the conversation above."""
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -379,6 +380,7 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RunJob: _aio.StreamStreamMultiCallable[_worker_service_pb2.RunJobRequest, _worker_service_pb2.RunJobResponse]  # type: ignore[assignment]
+    """One long-lived stream per worker process, carrying the conversation above."""
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The worker protocol. A worker process opens one RunJob stream and keeps it
@@ -557,6 +559,7 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_worker_service_pb2.RunJobRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_worker_service_pb2.RunJobResponse], _abc.AsyncIterator[_worker_service_pb2.RunJobResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_worker_service_pb2.RunJobResponse], _abc.AsyncIterator[_worker_service_pb2.RunJobResponse]]:
+        """One long-lived stream per worker process, carrying the conversation above."""
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
