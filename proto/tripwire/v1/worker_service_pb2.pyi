@@ -363,10 +363,8 @@ class RunRequest(_message.Message):
 
     @_builtins.property
     def event(self) -> _event_pb2.Event:
-        """The event the run was created for. Its `runs` are not kept current: when
-        the run is dispatched as its event is delivered, they are the runs that
-        delivery created, as they were then (QUEUED); otherwise there are none.
-        GetEvent lists them as they stand.
+        """The event the run was created for, without its `runs` (always empty
+        here; GetEvent lists them as they stand).
         """
 
     @_builtins.property
