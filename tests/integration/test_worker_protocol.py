@@ -799,7 +799,8 @@ async def test_a_message_naming_no_run_or_no_attempt_is_rejected_naming_the_fiel
     rejected = await worker.expect("rejected")
     snake = {"runId": "run_id", "attempt": "attempt"}[missing]
     what = {"taskComplete": "task_complete", "runResult": "run_result"}.get(kind, kind)
-    assert rejected["message"] == f"{what}.{snake}: is required: the run request's run.{snake}"
+    given = {"runId": "id", "attempt": "attempt"}[missing]  # the run request's Run field
+    assert rejected["message"] == f"{what}.{snake}: is required: the run request's run.{given}"
     assert rejected.get("requestId", "") == body.get("requestId", "")
     assert rejected.get("runId", "") == ids.get("runId", "")
     worker.result(run, output="still mine")  # the run was not taken away

@@ -434,9 +434,9 @@ class WorkerStream:
         if hasattr(body, "run_id") and not (body.run_id and body.attempt):
             # No run is "" and no attempt 0: a field left out (or misspelt, which
             # many JSON encoders drop), not a stale attempt to abandon.
-            name = "run_id" if not body.run_id else "attempt"
+            name, given = ("run_id", "id") if not body.run_id else ("attempt", "attempt")
             missing = InvalidArgument(
-                f"{kind}.{name}", f"is required: the run request's run.{name}"
+                f"{kind}.{name}", f"is required: the run request's run.{given}"
             )
             self._send(_rejected(getattr(body, "request_id", ""), body.run_id, missing))
             return
