@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from tripwire.client import _render as render
 from tripwire.client import convert
+from tripwire.client._channel import MAX_TIMEOUT
 from tripwire.client.client import Client
 from tripwire.client.errors import DeadlineExceeded, InvalidArgument, TripwireError
 from tripwire.client.models import Event, Job, Run, Task, jsonable
@@ -204,8 +205,10 @@ def _timeout(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    if not 0 < value <= MAX_TIMEOUT:  # the client takes no longer one (nor NaN)
+        raise argparse.ArgumentTypeError(
+            f"expected seconds > 0 and <= {MAX_TIMEOUT} (ten years), got {text!r}"
+        )
     return value
 
 
