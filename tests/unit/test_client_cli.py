@@ -579,6 +579,11 @@ def test_enable_and_disable_switch_a_jobs_versions(
     assert out.splitlines()[2].split() == ["welcome", "0.9.0", "no", "no"]
     run_cli([command, "welcome", "--version", "1.0.0"], capsys)
     assert fake.calls[-1] == ("set_job_enabled", ("welcome", enabled), {"version": "1.0.0"})
+    # An empty one (--version "$UNSET") is not taken for every version.
+    calls = len(fake.calls)
+    status, _, err = run_cli([command, "welcome", "--version", ""], capsys)
+    assert status == 2 and "--version: expected a version, got ''" in err
+    assert len(fake.calls) == calls
 
 
 def test_list_filters_reach_the_client(

@@ -212,6 +212,15 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _version(text: str) -> str:
+    # An empty one (an unset shell variable) would be no version: every version.
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "expected a version, got '' (leave it out for every version)"
+        )
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tripwire", description="tripwire: event-driven jobs.")
     _global_options(parser, suppress=False)
@@ -274,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         what = "new runs again" if enabled else "no new runs; its unfinished runs end ABORTED"
         sub = command(name, _set_enabled(enabled), f"{name} a job's versions ({what})")
         sub.add_argument("id", help="job id")
-        sub.add_argument("--version", help="only this version (default: every version)")
+        sub.add_argument(
+            "--version", type=_version, help="only this version (default: every version)"
+        )
 
     sub = command("invoke", _invoke, "start a run of a job now")
     sub.add_argument("job_id", metavar="JOB_ID")
