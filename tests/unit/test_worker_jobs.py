@@ -68,6 +68,12 @@ def good(**overrides: Any) -> dict[str, Any]:
         ({"trigger": Trigger(kind="cron", cron="0 9 * *")}, "5 fields"),
         ({"trigger": Trigger(kind="cron", cron="0 \u0669 * * *")}, "hour field"),  # a 9, Arabic
         ({"concurrency_limit": -1}, "concurrency_limit"),
+        # What the hello could not carry fails here, naming it, not at the worker's start.
+        ({"concurrency_limit": 2**32}, "concurrency_limit must be an integer from 0 to 4294967295"),
+        ({"max_duration_seconds": 2**32}, "max_duration_seconds must be an integer from 0"),
+        ({"enabled": "false"}, "enabled must be True or False, got 'false'"),
+        ({"enabled": 1}, "enabled must be True or False"),
+        ({"name": 5}, "name must be a string, got 5"),
         ({"max_duration_seconds": 1.5}, "max_duration_seconds"),
         ({"log_level": "LOUD"}, "log_level"),
         ({"retry": {"limit": 3, "tries": 2}}, r"retry\.tries: is not a retry option"),
@@ -140,6 +146,12 @@ def test_a_trigger_argument_of_the_wrong_type_is_a_type_error() -> None:
         cron_trigger("0 9 * * *", timezone=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="filter must be a dict"):
         event_trigger("a", filter="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="source must be a string, got int"):
+        event_trigger("a", source=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="catch_up must be True or False, got 'false'"):
+        cron_trigger("0 9 * * *", catch_up="false")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="catch_up must be True or False, got 'no'"):
+        interval_trigger(60, catch_up="no")  # type: ignore[arg-type]
 
 
 def test_retry_policies_at_the_servers_bounds_pass() -> None:

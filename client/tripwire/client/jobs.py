@@ -63,6 +63,8 @@ _SEMVER = re.compile(
     re.ASCII,
 )
 _LOG_LEVELS = ("LOG", "ERROR", "WARN", "INFO", "DEBUG")
+# concurrency_limit and max_duration_seconds are uint32 in the hello's Job.
+_MAX_UINT32 = 2**32 - 1
 
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 _DAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
@@ -239,10 +241,18 @@ def _check(job: JobDefinition) -> None:
         job.trigger.to_proto()
     except (TypeError, ValueError) as exc:
         raise JobDefinitionError(f"job {job.id}: trigger: {exc}") from None
+    if not isinstance(job.name, str):
+        raise JobDefinitionError(f"job {job.id}: name must be a string, got {job.name!r}")
+    if not isinstance(job.enabled, bool):  # a variable's "false" would read as true
+        raise JobDefinitionError(
+            f"job {job.id}: enabled must be True or False, got {job.enabled!r}"
+        )
     for what in ("concurrency_limit", "max_duration_seconds"):
         value = getattr(job, what)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise JobDefinitionError(f"job {job.id}: {what} must be an integer >= 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_UINT32:
+            raise JobDefinitionError(
+                f"job {job.id}: {what} must be an integer from 0 to {_MAX_UINT32}, got {value!r}"
+            )
     if not isinstance(job.log_level, str) or job.log_level.upper() not in _LOG_LEVELS:
         raise JobDefinitionError(
             f"job {job.id}: log_level {job.log_level!r} is not one of {', '.join(_LOG_LEVELS)}"

@@ -289,6 +289,8 @@ def event_trigger(
     ``filter`` and ``context_filter`` are EventFilters on the payload and the context;
     ``schema`` is a JSON Schema dict or a pydantic model class.
     """
+    if source is not None and not isinstance(source, str):
+        raise TypeError(f"source must be a string, got {type(source).__name__}")
     names = (name,) if isinstance(name, str) else tuple(name)
     if not names or not all(isinstance(n, str) and n for n in names):
         raise JobDefinitionError(
@@ -314,6 +316,7 @@ def cron_trigger(cron: str, *, timezone: str = "", catch_up: bool = False) -> Tr
         )
     if timezone:
         _check_timezone(timezone)
+    _check_catch_up(catch_up)
     return Trigger(kind="cron", cron=" ".join(cron.split()), timezone=timezone, catch_up=catch_up)
 
 
@@ -325,6 +328,7 @@ def interval_trigger(seconds: int, *, catch_up: bool = False) -> Trigger:
         raise JobDefinitionError(
             f"interval seconds must be at most {MAX_INTERVAL_SECONDS} (one year), got {seconds}"
         )
+    _check_catch_up(catch_up)
     return Trigger(kind="interval", seconds=seconds, catch_up=catch_up)
 
 
@@ -332,6 +336,11 @@ def invoke_trigger(*, schema: Mapping[str, Any] | type[BaseModel] | None = None)
     """Run the job only when invoked (``invoke_job``); ``schema`` checks the payload."""
     json_schema, model = _schema(schema)
     return Trigger(kind="invoke", schema=json_schema, model=model)
+
+
+def _check_catch_up(catch_up: bool) -> None:
+    if not isinstance(catch_up, bool):  # a variable's "false" would read as true
+        raise TypeError(f"catch_up must be True or False, got {catch_up!r}")
 
 
 def _check_timezone(name: str) -> None:
