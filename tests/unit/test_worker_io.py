@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import sys
 import threading
@@ -947,6 +948,47 @@ async def test_sync_io_unwinds_its_thread_when_the_run_is_stopped() -> None:
     execution.halt()
     with pytest.raises(Suspend):
         await within(thread_call)
+
+
+async def fetch(user_id: str) -> str:
+    return user_id
+
+
+@pytest.mark.parametrize(
+    ("make_fn", "fragment"),
+    [
+        (lambda: fetch("u_1"), r"got a coroutine object: pass the function, not its call"),
+        (lambda: fetch, r"'fetch' takes \(user_id: .*: pass its arguments in a lambda"),
+        (lambda: {"n": 1}, r"must be a function called with no arguments, got dict"),
+    ],
+)
+async def test_run_task_refuses_a_function_it_cannot_call_before_asking_for_the_task(
+    make_fn: Any, fragment: str
+) -> None:
+    # It would be stored, then fail each of its retries saying only "'coroutine'
+    # object is not callable" or "missing 1 required positional argument".
+    execution, io, wire = make()
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TypeError, match=fragment):
+        await within(io.run_task("k", make_fn(), retry={"limit": 5}))
+    thread_call = loop.run_in_executor(
+        None, lambda: SyncIO(execution, loop).run_task("k", make_fn())
+    )
+    with pytest.raises(TypeError, match=fragment):
+        await within(thread_call)
+    assert wire.drained() == []
+
+
+async def test_run_task_takes_any_function_called_with_no_arguments() -> None:
+    _, io, _ = make(task("t1", "a", output=1), task("t2", "b", output=2), task("t3", "c", output=3))
+
+    class Fetch:
+        def __call__(self, user_id: str = "u_1") -> str:
+            return user_id
+
+    assert await io.run_task("a", functools.partial(fetch, "u_1")) == 1
+    assert await io.run_task("b", Fetch()) == 2
+    assert await io.run_task("c", dict) == 3  # a class, called with no arguments
 
 
 async def test_sync_io_refuses_to_block_the_event_loop() -> None:

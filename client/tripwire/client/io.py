@@ -239,6 +239,36 @@ def _key(key: str, field: str = "task.key") -> str:
     return key
 
 
+def task_function(fn: object) -> None:
+    """Raise TypeError unless ``fn`` can be run_task's function: called with no
+    arguments, again on each retry. Checked before the task is asked for, so that a
+    call that can only fail neither stores a task nor spends its retries failing."""
+    if inspect.isawaitable(fn):
+        if inspect.iscoroutine(fn):
+            fn.close()  # never to be awaited: no "never awaited" warning on top
+        raise TypeError(
+            f"run_task: fn must be a function called with no arguments, got a "
+            f"{type(fn).__name__} object: pass the function, not its call "
+            "(lambda: fetch(user_id), or the coroutine function itself)"
+        )
+    if not callable(fn):
+        raise TypeError(
+            f"run_task: fn must be a function called with no arguments, got {type(fn).__name__}"
+        )
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # some builtins have no signature; nothing to check
+    try:
+        signature.bind()
+    except TypeError:
+        raise TypeError(
+            "run_task: fn must be a function called with no arguments, but "
+            f"{getattr(fn, '__qualname__', fn)!r} takes {signature}: pass its arguments "
+            "in a lambda (lambda: fetch(user_id))"
+        ) from None
+
+
 def run_spec(key: str, name: str | None, retry: Mapping[str, Any] | None, params: Any) -> TaskSpec:
     with _arguments():
         if name and not isinstance(name, str):
@@ -767,11 +797,13 @@ class IO:
         """``fn()``'s JSON output, cached under ``key``: run once, replayed from the cache.
 
         ``fn`` takes no arguments; a coroutine function runs on the loop, a plain one in a
-        thread. ``retry`` (limit, factor, min_timeout_ms, max_timeout_ms, randomize) says
-        how a failure is retried; without it the job's policy applies, and without that a
-        failure raises :class:`TaskError`.
+        thread. Anything else (a coroutine object, a function needing arguments) raises
+        TypeError before the task is asked for. ``retry`` (limit, factor, min_timeout_ms,
+        max_timeout_ms, randomize) says how a failure is retried; without it the job's
+        policy applies, and without that a failure raises :class:`TaskError`.
         """
         execution = self._execution
+        task_function(fn)
         step = await execution.open(run_spec(key, name, retry, params), _parent.get())
         while step.run:
             outcome = await _call_async(fn, step.task.id, execution.executor)
@@ -887,6 +919,7 @@ class SyncIO:
     ) -> Any:
         """As :meth:`IO.run_task`; ``fn`` runs in this thread."""
         execution = self._execution
+        task_function(fn)
         step = self._wait(execution.open(run_spec(key, name, retry, params), _parent.get()))
         while step.run:  # the function runs here, in this thread
             outcome = self._call(fn, step.task.id)
