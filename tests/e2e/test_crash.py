@@ -41,6 +41,7 @@ SERVER_ARGS = ["--lease", str(LEASE), "--heartbeat-interval", str(HEARTBEAT)]
 TARGET = "tests.e2e.crash_worker:client"
 # As crash_worker.py defines them (not imported: it needs its environment).
 JOB_ID = "three-steps"
+LIMITED_JOB_ID = "one-at-a-time"
 EVENT_NAME = "crash.step-sent"
 CONNECT_DEADLINE = 20.0
 GATE_DEADLINE = 20.0
@@ -114,9 +115,17 @@ class Crash:
             )
         return lines
 
-    async def invoke_when_registered(self, stubs: Stubs) -> str:
+    def entries(self) -> list[tuple[str, str, int]]:
+        """(enter or exit, run id, attempt) of each side effect of `one-at-a-time`."""
+        lines = []
+        for line in self.side_effects.read_text().splitlines():
+            what, run, attempt, _ = line.split()
+            lines.append((what, run.removeprefix("run="), int(attempt.removeprefix("attempt="))))
+        return lines
+
+    async def invoke_when_registered(self, stubs: Stubs, job_id: str = JOB_ID) -> str:
         """Wait for the worker's hello to register the job, invoke it; the run id."""
-        request = job_service_pb2.GetJobRequest(id=JOB_ID)
+        request = job_service_pb2.GetJobRequest(id=job_id)
 
         async def registered() -> bool:
             try:
@@ -131,10 +140,10 @@ class Crash:
             registered,
             bool,
             within=CONNECT_DEADLINE,
-            what=f"{JOB_ID} registered",
+            what=f"{job_id} registered",
         )
         reply = await stubs.jobs.InvokeJob(
-            job_service_pb2.InvokeJobRequest(job_id=JOB_ID), timeout=RPC_TIMEOUT
+            job_service_pb2.InvokeJobRequest(job_id=job_id), timeout=RPC_TIMEOUT
         )
         run_id: str = reply.run.id
         return run_id
@@ -283,3 +292,54 @@ async def test_stalled_worker_loses_its_run_after_the_lease(start_server, crash,
         )
     assert (after.run.status, after.run.attempt) == (got.run.status, got.run.attempt)
     assert [step for step, _, _ in crash.steps()] == ["step-1", "step-2", "step-3"], crash.steps()
+
+
+async def test_runs_executing_when_the_server_crashed_are_held_for_a_lease(
+    start_server, crash, connect
+):
+    # A crash breaks every worker's stream. As with any broken stream, what they were
+    # executing stays counted against its job's concurrency limit, and off every
+    # worker, until a lease has passed: a function in a thread may still be running
+    # it. (The restarted server queued it again at once: the run's function ran twice
+    # at the same time, over a limit of 1.)
+    lease = 5.0  # long enough to look at the runs within it after the restart
+    args = ["--lease", str(lease), "--heartbeat-interval", str(HEARTBEAT)]
+    server = start_server(args=args)
+    for _ in range(2):
+        crash.start_worker(server.address)
+    async with connect(server.address) as stubs:
+        first = await crash.invoke_when_registered(stubs, LIMITED_JOB_ID)
+        second = await crash.invoke_when_registered(stubs, LIMITED_JOB_ID)
+        await crash.wait(
+            lambda: _async(crash.entries),
+            lambda entries: entries == [("enter", first, 1)],
+            within=GATE_DEADLINE,
+            what=f"{first} in its function",
+        )
+
+    server.kill9()
+    restarted = start_server(db=server.db, args=[*args, "--address", server.address])
+    async with connect(restarted.address) as stubs:
+        runs = [
+            (await stubs.runs.GetRun(run_service_pb2.GetRunRequest(id=i), timeout=RPC_TIMEOUT)).run
+            for i in (first, second)
+        ]
+        assert [(r.status, r.attempt) for r in runs] == [
+            (run_pb2.RUN_STATUS_EXECUTING, 1),  # its function is still running
+            (run_pb2.RUN_STATUS_QUEUED, 0),  # the limit of 1 is taken
+        ], f"{runs}\n{crash.workers.outputs()}"
+
+        crash.gate.touch()
+        for run_id in (first, second):
+            got = await crash.finished(stubs, run_id)
+            assert got.run.status == run_pb2.RUN_STATUS_SUCCESS, got
+    # One at a time: the first run's function again (its outcome went with the
+    # stream), then the second's.
+    assert crash.entries() == [
+        ("enter", first, 1),
+        ("exit", first, 1),
+        ("enter", first, 2),
+        ("exit", first, 2),
+        ("enter", second, 1),
+        ("exit", second, 1),
+    ]

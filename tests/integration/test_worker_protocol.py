@@ -2407,8 +2407,10 @@ async def test_a_write_lock_another_process_holds_keeps_the_shutdown_in_its_grac
         await busy.close()
     await asyncio.to_thread(outsider.execute, "ROLLBACK")
     await asyncio.to_thread(outsider.close)
-    # Never requeued: the next start does it.
-    restarted = await start_server(db_path=server.settings.db_path)
+    # Never requeued: the next start does it, once a lease has passed (as for a crash).
+    restarted = await start_server(
+        db_path=server.settings.db_path, lease=1.0, heartbeat_interval=0.2
+    )
     async with grpc.aio.insecure_channel(restarted.address) as channel:
         await run_status(make_stubs(channel), queued["id"], "QUEUED")
 

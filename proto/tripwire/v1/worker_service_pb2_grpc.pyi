@@ -47,6 +47,8 @@ class WorkerServiceStub:
        from the welcome, then from each message), or the stream breaks, the
        worker's runs go back to QUEUED once the lease has
        run out, and are dispatched to another worker with a higher attempt.
+       A server that crashed broke every stream: restarted, it gives back what
+       was executing one lease after its start.
        Reading is part of it: a worker that takes nothing the server writes
        for a whole lease (it sends, but does not read) is dropped the same way.
        The server sees that by itself only once its writes back up (the
@@ -227,6 +229,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
        from the welcome, then from each message), or the stream breaks, the
        worker's runs go back to QUEUED once the lease has
        run out, and are dispatched to another worker with a higher attempt.
+       A server that crashed broke every stream: restarted, it gives back what
+       was executing one lease after its start.
        Reading is part of it: a worker that takes nothing the server writes
        for a whole lease (it sends, but does not read) is dropped the same way.
        The server sees that by itself only once its writes back up (the
@@ -403,6 +407,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
        from the welcome, then from each message), or the stream breaks, the
        worker's runs go back to QUEUED once the lease has
        run out, and are dispatched to another worker with a higher attempt.
+       A server that crashed broke every stream: restarted, it gives back what
+       was executing one lease after its start.
        Reading is part of it: a worker that takes nothing the server writes
        for a whole lease (it sends, but does not read) is dropped the same way.
        The server sees that by itself only once its writes back up (the

@@ -94,10 +94,12 @@ class Server:
         self.work = WorkService(self.store, self.index, self.jobs, limits, self.clock)
         self.dispatcher = Dispatcher(self.store, self.index, self.clock)
         self.hub.listener = self.dispatcher
-        # Nobody holds a run across a restart: what was executing is queued again.
+        # What was executing when the last server stopped: its workers' streams broke
+        # with it, so, as any broken stream's, their runs are queued again once a
+        # lease has passed (they may still be running them: a function in a thread).
         # The first write: where a read-only or locked file shows.
         try:
-            await self.store.requeue_orphans(self.clock())
+            orphans = await self.store.orphans()
         except Exception as exc:  # whatever the backend raises: it cannot be written
             await self.store.close()
             raise OSError(f"cannot write to the database {settings.db_path!r}: {exc}") from exc
@@ -142,6 +144,8 @@ class Server:
             raise OSError(
                 f"could not bind {settings.address} (in use, or not an address of this host)"
             )
+        self.dispatcher.hold(orphans)
+        self.workers.requeue_later([(run.id, run.attempt) for run in orphans], settings.lease)
         await self.grpc.start()
         self.address = f"{host}:{port}"
         for name in ("", *SERVICE_NAMES):

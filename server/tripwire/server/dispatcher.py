@@ -303,6 +303,16 @@ class Dispatcher(RunListener):
             self._release(run_id, still_counted=True)
         return held
 
+    def hold(self, runs: Sequence[Run]) -> None:
+        """At start: the runs the workers of the server's last life held. Their
+        streams broke with it, but they may still be running them: like a gone
+        worker's, they count toward their job's concurrency limit, off every
+        worker, until they end or go back to the queue (once a lease has passed)."""
+        for run in runs:
+            job = (run.env, run.job_id)
+            self._gone[run.id] = job
+            self._executing[job] = self._executing.get(job, 0) + 1
+
     def finished(self, run_id: str, attempt: int) -> None:
         """The worker ended or suspended that attempt itself: free its slot quietly.
         A newer attempt of the same run (dispatched since) keeps its slot."""

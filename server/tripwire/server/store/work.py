@@ -100,16 +100,16 @@ class WorkOps:
 
         return await self._write(op)
 
-    async def requeue_orphans(self, now: int) -> int:
-        """At start no worker holds anything: EXECUTING runs go back to QUEUED."""
+    async def orphans(self) -> list[Run]:
+        """At start: the EXECUTING runs, each held by a worker of the server's last
+        life whose stream broke with it. Read in a write, the server's first: where
+        a read-only or locked file shows."""
 
-        def op(tx: Tx) -> int:
+        def op(tx: Tx) -> list[Run]:
             cursor = tx.conn.execute(
-                "UPDATE runs SET status = 'QUEUED', worker_id = NULL, updated_at = ? "
-                "WHERE status = 'EXECUTING'",
-                (now,),
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'EXECUTING' ORDER BY seq"
             )
-            return cursor.rowcount
+            return [rows.run_from_row(r) for r in cursor]
 
         return await self._write(op)
 
