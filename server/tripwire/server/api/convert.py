@@ -221,10 +221,15 @@ def _retry_from_pb(msg: job_pb2.RetryPolicy) -> dict[str, Any]:
 
 
 def event_to_pb(
-    event: Event, out: event_pb2.Event, given: event_pb2.EventInput | None = None
+    event: Event,
+    out: event_pb2.Event,
+    given: event_pb2.EventInput | None = None,
+    *,
+    with_runs: bool = True,
 ) -> event_pb2.Event:
     """`given`: the request's input for this event, whose payload and context are
-    copied as they are (cheaper than converting back) when the event is new."""
+    copied as they are (cheaper than converting back) when the event is new.
+    `with_runs`: the runs the event has at hand too."""
     out.id = event.id
     out.name = event.name
     out.source = event.source
@@ -245,8 +250,9 @@ def event_to_pb(
     out.status = _EVENT_STATUS[event.status.value]
     out.account_id = event.account_id
     set_ts(out.created_at, event.created_at)
-    for run in event.runs:
-        run_to_pb(run, out.runs.add())
+    if with_runs:
+        for run in event.runs:
+            run_to_pb(run, out.runs.add())
     return out
 
 

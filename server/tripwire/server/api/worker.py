@@ -742,10 +742,9 @@ class WorkerStream:
         convert.run_to_pb(run, request.run)
         request.run.status = run_pb2.RUN_STATUS_EXECUTING
         if event is not None:
-            convert.event_to_pb(event, request.event)
-            # The same whichever way the run came: the runs of the delivery at hand
-            # are not read back for a run loaded from the store (GetEvent has them).
-            del request.event.runs[:]
+            # Without runs, whichever way the run came: the runs of the delivery at
+            # hand are not read back for a run loaded from the store (GetEvent has them).
+            convert.event_to_pb(event, request.event, with_runs=False)
         request.job.CopyFrom(self.servicer.job_message(job))
         convert.py_to_value(_ctx(self.env, run, event, job.id, job.version), request.ctx)
         pages = _pages(tasks, TASK_PAGE_BYTES - request.ByteSize())
