@@ -960,6 +960,8 @@ async def fetch(user_id: str) -> str:
         (lambda: fetch("u_1"), r"got a coroutine object: pass the function, not its call"),
         (lambda: fetch, r"'fetch' takes \(user_id: .*: pass its arguments in a lambda"),
         (lambda: {"n": 1}, r"must be a function called with no arguments, got dict"),
+        (lambda: lambda *, k: k, r"<lambda>' takes \(\*, k\): pass its arguments"),
+        (lambda: lambda a, b=1: a, r"<lambda>' takes \(a, b=1\): pass its arguments"),
     ],
 )
 async def test_run_task_refuses_a_function_it_cannot_call_before_asking_for_the_task(
@@ -980,7 +982,13 @@ async def test_run_task_refuses_a_function_it_cannot_call_before_asking_for_the_
 
 
 async def test_run_task_takes_any_function_called_with_no_arguments() -> None:
-    _, io, _ = make(task("t1", "a", output=1), task("t2", "b", output=2), task("t3", "c", output=3))
+    _, io, _ = make(
+        task("t1", "a", output=1),
+        task("t2", "b", output=2),
+        task("t3", "c", output=3),
+        task("t4", "d", output=4),
+        task("t5", "e", output=5),
+    )
 
     class Fetch:
         def __call__(self, user_id: str = "u_1") -> str:
@@ -989,6 +997,8 @@ async def test_run_task_takes_any_function_called_with_no_arguments() -> None:
     assert await io.run_task("a", functools.partial(fetch, "u_1")) == 1
     assert await io.run_task("b", Fetch()) == 2
     assert await io.run_task("c", dict) == 3  # a class, called with no arguments
+    assert await io.run_task("d", lambda a=1, *rest, k=2: a) == 4  # defaults enough
+    assert await io.run_task("e", lambda *args, **kwargs: 5) == 5
 
 
 async def test_sync_io_refuses_to_block_the_event_loop() -> None:
